@@ -1,0 +1,50 @@
+/*
+ * reboundd's configuration: one option table (config.c) drives parsing of
+ * the JSON config file, defaults, validation, the -t check and the dump of
+ * effective settings. Flags given on the command line override the file.
+ */
+#ifndef REBOUND_CONFIG_CONFIG_H
+#define REBOUND_CONFIG_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct config {
+    char *listen;          /* "HOST:PORT" for TCP, "" = no TCP; default "127.0.0.1:7411" */
+    char *unix_path;       /* Unix socket path, "" = none; default "" (the systemd unit sets /run/rebound/rebound.sock) */
+    int unix_mode;         /* default 0660 */
+    char *unix_group;      /* "" = the daemon's group */
+    char *redis;           /* "HOST:PORT", "redis://[user:pass@]host:port[/db]" or a Unix socket path; default "127.0.0.1:6379" */
+    char *redis_user;      /* ACL user, "" = none */
+    char *redis_password;  /* "" = none */
+    int redis_db;          /* default 0 */
+    char *prefix;          /* key prefix, default "rebound:" */
+    char *policy;          /* policy file; default: the installed policy.json */
+    size_t max_line;       /* default 65536 */
+    int max_connections;   /* default 1024 */
+    int max_inflight;      /* unanswered requests per connection, default 1024 */
+    char *token;           /* shared token, "" = none */
+    char *metrics_listen;  /* "HOST:PORT", "" = off */
+    char *log_level;       /* "debug" | "info" | "warn" | "error", default "info" */
+    long long stream_maxlen; /* approximate cap of the event stream, default 1000000 */
+    int fire_batch;        /* retries fired per Redis round trip, default 1000 */
+    int64_t redis_timeout_ms; /* connect and command time-out, default 5000 */
+};
+
+/* Fills cfg with the defaults (strings malloc'd). */
+void config_defaults(struct config *cfg, const char *default_policy);
+/* Loads path over the current values. Returns 0, or -1 with
+ * "file:line:column: what is wrong" in err. */
+int config_load_file(struct config *cfg, const char *path, char *err, size_t errlen);
+/* Sets one option by name from a string (for command-line flags). Returns
+ * 0, or -1 with the reason in err. */
+int config_set(struct config *cfg, const char *name, const char *value, char *err, size_t errlen);
+/* Checks cross-field constraints. Returns 0 or -1 with err. */
+int config_validate(const struct config *cfg, char *err, size_t errlen);
+/* Writes the effective settings as JSON (secrets masked). */
+void config_dump(const struct config *cfg, FILE *out);
+void config_free(struct config *cfg);
+
+#endif

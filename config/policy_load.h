@@ -1,0 +1,17 @@
+/*
+ * Loading the policy file (JSON, docs/policy.md) into a struct policy.
+ */
+#ifndef REBOUND_CONFIG_POLICY_LOAD_H
+#define REBOUND_CONFIG_POLICY_LOAD_H
+
+#include <stddef.h>
+
+#include "queue/policy.h"
+
+/* Loads and validates a policy file. Returns a new policy (free it with
+ * policy_free), or NULL with "file:line:column: what is wrong" in err. */
+struct policy *policy_load_file(const char *path, char *err, size_t errlen);
+/* The same from text in memory; name stands for the file in messages. */
+struct policy *policy_load_string(const char *text, size_t len, const char *name, char *err, size_t errlen);
+
+#endif

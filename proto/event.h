@@ -1,0 +1,31 @@
+/*
+ * Events as they travel: a body (a compact JSON object without "eid") is
+ * what the Redis stream holds; the line a subscriber gets is the body with
+ * the stream entry id inserted as "eid".
+ */
+#ifndef REBOUND_PROTO_EVENT_H
+#define REBOUND_PROTO_EVENT_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "proto/request.h"
+
+/* The message part that every event about a message carries, encoded once
+ * at bounce time and kept in the message's record: the members
+ *   "id":..,"rcpt":..[,"campaign":..][,"meta":{..}]
+ * without braces. Returns a malloc'd string and its length. */
+char *event_msg_fragment(const char *id, const char *rcpt, const char *campaign, json_t *meta, size_t *len);
+
+/* Returns a malloc'd body {"type":..,"at":..,<fragment>,<extra members>}:
+ * extra is an object (borrowed, may be NULL) whose members are appended. */
+char *event_body(enum event_type type, long long at_ms, const char *fragment, json_t *extra, size_t *len);
+
+/* Returns the malloc'd line {"eid":"<eid>",<rest of body>}\n, or NULL if
+ * body is not a JSON object text. */
+char *event_line(const char *eid, const char *body, size_t body_len, size_t *len);
+
+/* Returns the event type named in a body ("type":"..."), or -1. */
+int event_body_type(const char *body, size_t body_len);
+
+#endif

@@ -1,0 +1,99 @@
+/*
+ * Parsing and validation of one request line (newline-delimited JSON, see
+ * docs/protocol.md). Pure: jansson and libc only.
+ */
+#ifndef REBOUND_PROTO_REQUEST_H
+#define REBOUND_PROTO_REQUEST_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum op {
+    OP_BOUNCE,
+    OP_DELIVERED,
+    OP_CANCEL,
+    OP_GET,
+    OP_CLASSIFY,
+    OP_STATS,
+    OP_SUBSCRIBE,
+    OP_ACK,
+    OP_PING,
+    OP_AUTH,
+    OP__COUNT
+};
+
+/* Event types, as a bit each in request.types. */
+enum event_type {
+    EV_RETRY,
+    EV_GIVE_UP,
+    EV_SUPPRESS,
+    EV_SENDER_ALERT,
+    EV_DOMAIN_THROTTLED,
+    EV__COUNT
+};
+#define EV_ALL ((1u << EV__COUNT) - 1)
+
+struct proto_limits {
+    size_t max_id;       /* 200 */
+    size_t max_rcpt;     /* 320 */
+    size_t max_text;     /* 4096 */
+    size_t max_meta;     /* 4096, as compact JSON */
+    size_t max_campaign; /* 200 */
+    size_t max_group;    /* 64 */
+    size_t max_ack_ids;  /* 10000 */
+};
+void proto_limits_default(struct proto_limits *lim);
+
+/* Error codes of replies: static strings, one of these. */
+#define ERR_BAD_REQUEST "bad_request"
+#define ERR_UNKNOWN_OP "unknown_op"
+#define ERR_TOO_LARGE "too_large"
+#define ERR_NOT_FOUND "not_found"
+#define ERR_UNAVAILABLE "unavailable"
+#define ERR_BUSY "busy"
+#define ERR_AUTH "auth_required"
+#define ERR_INTERNAL "internal"
+
+struct proto_error {
+    const char *code;   /* ERR_* */
+    char message[256];
+};
+
+/* A parsed request. Every pointer is borrowed from root and lives until
+ * request_free. Absent optional strings are NULL, absent numbers 0. */
+struct request {
+    enum op op;
+    json_t *root;
+    json_t *req;          /* the "req" value to echo, or NULL */
+    const char *id;       /* bounce, delivered, cancel, get */
+    size_t id_len;
+    const char *rcpt;     /* bounce (required), delivered (optional) */
+    size_t rcpt_len;
+    int code;             /* bounce (required), classify (optional): 200..599 */
+    const char *enhanced; /* "X.Y.Z", validated */
+    const char *text;
+    const char *campaign;
+    int64_t not_before;   /* epoch ms, 0 when absent */
+    json_t *meta;         /* an object, or NULL */
+    const char *group;    /* subscribe */
+    unsigned types;       /* subscribe: EV_* bits, EV_ALL when absent */
+    json_t *ids;          /* ack: an array of strings */
+    const char *token;    /* auth */
+};
+
+/* Parses and validates one line (without its '\n'). Returns 0, or -1 with
+ * err filled in; on error out->req is still set when the line was a JSON
+ * object with a "req", so the error reply can echo it. Call request_free
+ * on every path. */
+int request_parse(const char *line, size_t len, const struct proto_limits *lim, struct request *out,
+                  struct proto_error *err);
+void request_free(struct request *r);
+
+const char *op_name(enum op op);
+const char *event_type_name(enum event_type t);
+/* Returns the event type called name, or -1. */
+int event_type_parse(const char *name);
+
+#endif

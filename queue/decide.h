@@ -1,0 +1,53 @@
+/*
+ * The retry state machine's decision for one bounce report: given the
+ * classification, the message's prior state and the time, what to do now.
+ * Pure: time and randomness come in as arguments.
+ */
+#ifndef REBOUND_QUEUE_DECIDE_H
+#define REBOUND_QUEUE_DECIDE_H
+
+#include "queue/classify.h"
+
+/* What is known of a message before this report. attempt is the number of
+ * retries already scheduled for it (0 for a message never seen). */
+struct prior {
+    int attempt;
+    int64_t first_ms; /* time of the first bounce; ignored when attempt == 0 */
+};
+
+enum reason {
+    REASON_NONE = 0,
+    REASON_HARD_INVALID,   /* suppress: the address does not exist */
+    REASON_PERMANENT,      /* give_up: a permanent failure for this message */
+    REASON_MAX_ATTEMPTS,   /* give_up: the class's or policy's attempt limit */
+    REASON_MAX_AGE,        /* give_up: the next retry would fall past max age */
+    REASON_CHRONIC_SOFT,   /* suppress: the recipient keeps soft-bouncing */
+};
+
+struct decision {
+    enum action action;
+    int class_idx;
+    int attempt;        /* retry: the number of the retry scheduled (1 = first) */
+    int64_t retry_at;   /* retry: epoch ms */
+    int64_t first_ms;   /* first bounce of the message (now for a new one) */
+    enum reason reason; /* give_up / suppress */
+    bool alert;         /* also raise a sender_alert */
+};
+
+/* Decides what to do with a bounce. not_before_ms is the sender's earliest
+ * retry time or 0. *rng is a xorshift64 state (never 0), advanced here. */
+void decide_bounce(const struct policy *p, const struct classification *c, const struct prior *prior,
+                   int64_t now_ms, int64_t not_before_ms, uint64_t *rng, struct decision *out);
+
+/* The forecast for a class: the delay windows of the retries that would
+ * follow a first bounce with this code, and when it would be given up.
+ * Writes up to max windows into lo/hi (ms after the first bounce, cumulative,
+ * before jitter: lo is the earliest, hi the latest) and returns how many. */
+int decide_forecast(const struct policy *p, int class_idx, int code, int64_t *lo, int64_t *hi, int max);
+
+const char *reason_name(enum reason r);
+
+/* xorshift64: the one random source of queue/. */
+uint64_t rng_next(uint64_t *state);
+
+#endif
