@@ -39,6 +39,8 @@ struct policy_class {
     struct policy_step steps[POLICY_MAX_STEPS]; /* steps[k] is the delay before retry k+1 */
     int nsteps;             /* retries past nsteps reuse steps[nsteps-1] */
     int jitter_pct;         /* +/- percent applied to fixed steps, 0..100 */
+    int64_t jitter_lo_ms;   /* or a range added to fixed steps (when jitter_pct is 0), */
+    int64_t jitter_hi_ms;   /* e.g. 0 .. 60 s; lo may be negative */
     int max_attempts;       /* retries allowed for this class; 0: the policy's */
     int64_t max_age_ms;     /* 0: the policy's */
     bool counts_streak;     /* a give_up in this class counts toward the recipient's soft streak */

@@ -1,0 +1,88 @@
+/*
+ * The daemon's connection to Redis, owned as a state machine:
+ *
+ *   DISCONNECTED --start/backoff timer--> CONNECTING --connected, AUTH,
+ *   SELECT, SCRIPT LOAD done--> READY --error/timeout--> DISCONNECTED
+ *   (reconnect with capped exponential back-off and jitter)
+ *   any --redis_link_close--> DRAINING (in-flight replies still arrive)
+ *   --> CLOSED (handles closed, closed_cb called)
+ *
+ * hiredis 0.14 has no connect or command time-outs, so a uv_timer watches
+ * both: a connect that takes longer than timeout_ms, or a command whose
+ * reply is older than timeout_ms, drops the connection. When the connection
+ * drops, every command in flight gets its callback with reply == NULL: the
+ * write may or may not have been applied (the caller must treat it as in
+ * doubt).
+ */
+#ifndef REBOUND_DAEMON_REDIS_LINK_H
+#define REBOUND_DAEMON_REDIS_LINK_H
+
+#include <hiredis/hiredis.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+enum link_state {
+    LINK_DISCONNECTED,
+    LINK_CONNECTING,
+    LINK_READY,
+    LINK_DRAINING,
+    LINK_CLOSED,
+};
+
+struct redis_link_opts {
+    const char *host;         /* NULL when unix_path is set */
+    int port;
+    const char *unix_path;    /* NULL for TCP */
+    const char *user;         /* ACL user or NULL */
+    const char *password;     /* NULL = no AUTH */
+    int db;
+    int64_t timeout_ms;       /* connect and command time-out */
+    const char *const *scripts; /* Lua sources, loaded with SCRIPT LOAD at every connect */
+    int nscripts;
+};
+
+struct redis_link;
+
+/* Called on every change between up (READY) and down. */
+typedef void (*link_state_cb)(struct redis_link *link, bool up, void *arg);
+/* Called exactly once per command accepted by redis_link_*: reply is the
+ * reply (owned by hiredis, valid during the call) or NULL when the link
+ * went down first. */
+typedef void (*link_reply_cb)(struct redis_link *link, redisReply *reply, void *privdata);
+
+/* Returns a new link (not yet connecting); copies opts. */
+struct redis_link *redis_link_new(uv_loop_t *loop, const struct redis_link_opts *opts, link_state_cb cb,
+                                  void *arg);
+/* Starts connecting (and keeps reconnecting until closed). */
+void redis_link_start(struct redis_link *link);
+enum link_state redis_link_state(const struct redis_link *link);
+static inline bool redis_link_ready(const struct redis_link *link) { return redis_link_state(link) == LINK_READY; }
+/* Human-readable reason for the last failure ("" if none). */
+const char *redis_link_last_error(const struct redis_link *link);
+/* Commands sent and not yet answered. */
+size_t redis_link_inflight(const struct redis_link *link);
+
+/* Sends one command. Returns 0 (cb will be called once), or -1 when the
+ * link is not READY (cb is not called). */
+int redis_link_command(struct redis_link *link, link_reply_cb cb, void *privdata, int argc, const char **argv,
+                       const size_t *argvlen);
+/* Runs script number `script` (an index into opts.scripts) with EVALSHA;
+ * argv holds the keys first, then the arguments. On a NOSCRIPT error it
+ * re-sends the script with EVAL, transparently. Same return as above. */
+int redis_link_script(struct redis_link *link, int script, link_reply_cb cb, void *privdata, int nkeys, int argc,
+                      const char **argv, const size_t *argvlen);
+
+/* Stops reconnecting, waits (at most timeout_ms) for commands in flight,
+ * disconnects, closes every handle, then calls closed_cb. The link is freed
+ * after closed_cb returns. */
+void redis_link_close(struct redis_link *link, void (*closed_cb)(void *arg), void *arg);
+
+/* Parses "HOST:PORT", "redis://[user:password@]host[:port][/db]", or a path
+ * starting with '/' (Unix socket) into opts fields (malloc'd strings in
+ * *out_strings, freed by the caller with free). Returns 0 or -1. */
+int redis_link_parse_address(const char *addr, struct redis_link_opts *opts, char **host_out, char **path_out,
+                             char **user_out, char **password_out);
+
+#endif

@@ -1,0 +1,15 @@
+/* Allocation that cannot fail: on OOM the daemon logs and aborts, so call
+ * sites stay clean (a half-handled OOM in a scheduler is worse than a
+ * restart, which loses nothing: Redis holds the state). */
+#ifndef REBOUND_DAEMON_XMALLOC_H
+#define REBOUND_DAEMON_XMALLOC_H
+
+#include <stddef.h>
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+#endif
