@@ -1,1 +1,311 @@
-/* placeholder: being written */
+#include "daemon/conn.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/daemon.h"
+#include "daemon/events.h"
+#include "daemon/log.h"
+#include "daemon/ops.h"
+#include "daemon/xmalloc.h"
+#include "proto/reply.h"
+#include "proto/request.h"
+
+/* Stop reading while this much output waits for a slow reader. */
+#define WRITE_BACKLOG_MAX (4u << 20)
+
+struct slot {
+    struct slot *next;
+    char *data;
+    size_t len;
+    bool ready;
+};
+
+struct write_req {
+    uv_write_t req;
+    struct conn *conn;
+    size_t nbufs;
+    uv_buf_t bufs[];
+};
+
+static struct conn *all_conns;
+static bool reading_stopped_all;
+
+static void conn_resume_cb(struct conn *c);
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+
+void conn_ref(struct conn *c)
+{
+    c->refs++;
+}
+
+static void conn_release(struct conn *c)
+{
+    struct slot *s = c->head;
+    while (s) {
+        struct slot *n = s->next;
+        free(s->data);
+        free(s);
+        s = n;
+    }
+    frame_free(&c->in);
+    free(c);
+}
+
+void conn_unref(struct conn *c)
+{
+    if (--c->refs == 0)
+        conn_release(c);
+}
+
+static void close_cb(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    conn_unref(c);
+}
+
+void conn_close(struct conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    if (c->sub)
+        events_unsubscribe(c);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        all_conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    rbd->nconns--;
+    uv_close(&c->h.handle, close_cb);
+}
+
+void conn_close_all(void)
+{
+    while (all_conns)
+        conn_close(all_conns);
+}
+
+void conn_stop_reading_all(void)
+{
+    reading_stopped_all = true;
+    for (struct conn *c = all_conns; c; c = c->next)
+        uv_read_stop(&c->h.stream);
+}
+
+size_t conn_write_backlog(const struct conn *c)
+{
+    return c->h.stream.write_queue_size;
+}
+
+static void write_cb(uv_write_t *req, int status)
+{
+    struct write_req *w = (struct write_req *)req;
+    struct conn *c = w->conn;
+    for (size_t i = 0; i < w->nbufs; i++)
+        free(w->bufs[i].base);
+    free(w);
+    if (status < 0 && !c->closing) {
+        log_debug("conn: write failed: %s", uv_strerror(status));
+        conn_close(c);
+    } else if (!c->closing && c->close_after_flush && !c->head && conn_write_backlog(c) == 0) {
+        conn_close(c);
+    } else if (!c->closing) {
+        conn_resume_cb(c);
+        if (c->sub)
+            events_writable(c);
+    }
+    conn_unref(c);
+}
+
+/* Hands bufs (each malloc'd) to libuv in one write. */
+static void write_bufs(struct conn *c, uv_buf_t *bufs, size_t n)
+{
+    struct write_req *w = xmalloc(sizeof *w + n * sizeof(uv_buf_t));
+    w->conn = c;
+    w->nbufs = n;
+    memcpy(w->bufs, bufs, n * sizeof(uv_buf_t));
+    conn_ref(c);
+    int rc = uv_write(&w->req, &c->h.stream, w->bufs, (unsigned)n, write_cb);
+    if (rc < 0) {
+        for (size_t i = 0; i < n; i++)
+            free(w->bufs[i].base);
+        free(w);
+        conn_unref(c);
+        conn_close(c);
+    }
+}
+
+static void flush_ready(struct conn *c)
+{
+    uv_buf_t bufs[64];
+    size_t n = 0;
+    while (c->head && c->head->ready) {
+        struct slot *s = c->head;
+        c->head = s->next;
+        if (!c->head)
+            c->tail = NULL;
+        bufs[n++] = uv_buf_init(s->data, (unsigned)s->len);
+        free(s);
+        c->unanswered--;
+        if (n == 64) {
+            write_bufs(c, bufs, n);
+            n = 0;
+        }
+    }
+    if (n)
+        write_bufs(c, bufs, n);
+}
+
+struct slot *conn_slot(struct conn *c)
+{
+    struct slot *s = xcalloc(1, sizeof *s);
+    if (c->tail)
+        c->tail->next = s;
+    else
+        c->head = s;
+    c->tail = s;
+    c->unanswered++;
+    return s;
+}
+
+void conn_reply(struct conn *c, struct slot *s, char *line, size_t len)
+{
+    s->data = line;
+    s->len = len;
+    s->ready = true;
+    if (c->closing)
+        return; /* freed with the connection */
+    flush_ready(c);
+    conn_resume_cb(c);
+}
+
+int conn_send_event(struct conn *c, char *line, size_t len)
+{
+    if (c->closing) {
+        free(line);
+        return -1;
+    }
+    uv_buf_t b = uv_buf_init(line, (unsigned)len);
+    write_bufs(c, &b, 1);
+    return 0;
+}
+
+static bool conn_can_take(const struct conn *c)
+{
+    return !c->closing && !c->close_after_flush && !reading_stopped_all &&
+           c->unanswered < rbd->cfg.max_inflight && conn_write_backlog(c) < WRITE_BACKLOG_MAX;
+}
+
+/* Runs the requests already buffered, as far as back-pressure allows. */
+static void process_lines(struct conn *c)
+{
+    const char *line;
+    size_t len;
+    while (conn_can_take(c)) {
+        int r = frame_next(&c->in, &line, &len);
+        if (r == 0)
+            break;
+        if (r < 0) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "request line longer than %zu bytes; closing the connection",
+                     rbd->cfg.max_line);
+            size_t n;
+            char *out = reply_error(NULL, ERR_TOO_LARGE, msg, &n);
+            conn_reply(c, conn_slot(c), out, n);
+            c->close_after_flush = true;
+            uv_read_stop(&c->h.stream);
+            if (!c->head && conn_write_backlog(c) == 0)
+                conn_close(c);
+            return;
+        }
+        if (len == 0)
+            continue; /* blank lines are keep-alives */
+        ops_dispatch(c, line, len);
+    }
+}
+
+static void conn_resume_cb(struct conn *c)
+{
+    if (c->closing)
+        return;
+    if (conn_can_take(c)) {
+        conn_ref(c);
+        process_lines(c);
+        if (!c->closing && conn_can_take(c) && c->paused) {
+            c->paused = false;
+            uv_read_start(&c->h.stream, alloc_cb, read_cb);
+        }
+        conn_unref(c);
+    }
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct conn *c = h->data;
+    size_t avail;
+    char *p = frame_space(&c->in, 65536, &avail);
+    *buf = uv_buf_init(p, (unsigned)avail);
+}
+
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    struct conn *c = stream->data;
+    if (nread < 0) {
+        if (nread != UV_EOF)
+            log_debug("conn: read error: %s", uv_strerror((int)nread));
+        conn_close(c);
+        return;
+    }
+    frame_commit(&c->in, (size_t)nread);
+    conn_ref(c);
+    process_lines(c);
+    if (!c->closing && !conn_can_take(c) && !c->close_after_flush) {
+        c->paused = true;
+        uv_read_stop(&c->h.stream);
+    }
+    conn_unref(c);
+}
+
+int conn_accept(uv_stream_t *server, bool is_pipe)
+{
+    struct conn *c = xcalloc(1, sizeof *c);
+    int rc = is_pipe ? uv_pipe_init(rbd->loop, &c->h.pipe, 0) : uv_tcp_init(rbd->loop, &c->h.tcp);
+    if (rc < 0) {
+        free(c);
+        return -1;
+    }
+    c->refs = 1; /* dropped in close_cb */
+    c->h.handle.data = c;
+    frame_init(&c->in, rbd->cfg.max_line);
+    c->authed = rbd->cfg.token[0] == '\0';
+    c->next = all_conns;
+    if (all_conns)
+        all_conns->prev = c;
+    all_conns = c;
+    rbd->nconns++;
+    if (uv_accept(server, &c->h.stream) < 0) {
+        conn_close(c);
+        return -1;
+    }
+    if (rbd->nconns > rbd->cfg.max_connections) {
+        log_warn("conn: refusing a connection: %d open, the limit is %d", rbd->nconns - 1,
+                 rbd->cfg.max_connections);
+        size_t n;
+        char *out = reply_error(NULL, ERR_BUSY, "too many connections", &n);
+        conn_reply(c, conn_slot(c), out, n);
+        c->close_after_flush = true;
+        return 0;
+    }
+    if (!is_pipe)
+        uv_tcp_nodelay(&c->h.tcp, 1);
+    if (reading_stopped_all) {
+        conn_close(c);
+        return 0;
+    }
+    uv_read_start(&c->h.stream, alloc_cb, read_cb);
+    return 0;
+}

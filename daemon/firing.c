@@ -1,1 +1,285 @@
-/* placeholder: being written */
+#include "daemon/firing.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/daemon.h"
+#include "daemon/events.h"
+#include "daemon/log.h"
+#include "daemon/ops.h"
+#include "daemon/redis_link.h"
+#include "daemon/store.h"
+#include "daemon/xmalloc.h"
+#include "queue/policy.h"
+
+/* A sleep never lasts longer than this, so a wall-clock jump is noticed. */
+#define MAX_SLEEP_MS 60000
+/* Fire batches in flight at once: enough to hide a round trip. */
+#define MAX_BATCHES_IN_FLIGHT 2
+/* How long an entry waits when its write is busy at its due time. */
+#define BUSY_RETRY_MS 50
+
+static uv_timer_t timer;
+static int batches_in_flight;
+
+struct fire_batch {
+    int n;
+    struct entry **entries;
+    int64_t *due;
+};
+
+static void timer_cb(uv_timer_t *t);
+
+void firing_init(void)
+{
+    uv_timer_init(rbd->loop, &timer);
+    batches_in_flight = 0;
+}
+
+void firing_stop(void)
+{
+    if (!uv_is_closing((uv_handle_t *)&timer))
+        uv_close((uv_handle_t *)&timer, NULL);
+}
+
+void firing_kick(void)
+{
+    if (rbd->stopping || uv_is_closing((uv_handle_t *)&timer))
+        return;
+    struct entry *e = sched_next(rbd->sched);
+    if (!e) {
+        uv_timer_stop(&timer);
+        return;
+    }
+    int64_t delay = e->node.due_ms - now_ms();
+    if (delay < 0)
+        delay = 0;
+    if (delay > MAX_SLEEP_MS)
+        delay = MAX_SLEEP_MS;
+    uv_timer_start(&timer, timer_cb, (uint64_t)delay, 0);
+}
+
+static void expire_done_cb(void *arg, bool ok)
+{
+    struct entry *e = arg;
+    e->flags &= ~ENTRY_BUSY;
+    if (!ok) {
+        /* Try again later; forgetting is never urgent. */
+        sched_set_due(rbd->sched, e, now_ms() + 1000);
+        ops_run_waiters(e);
+        return;
+    }
+    stats_entry_leave(e);
+    e->state = ENTRY_NEW;
+    ops_run_waiters(e);
+    if (e->state == ENTRY_NEW && !(e->flags & ENTRY_BUSY) && !e->waiters)
+        sched_remove(rbd->sched, e);
+}
+
+static void fire_reply_cb(void *arg, redisReply *reply)
+{
+    struct fire_batch *b = arg;
+    batches_in_flight--;
+    bool ok = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == (size_t)b->n;
+    if (reply && !ok)
+        log_error("redis: fire script failed: %s", reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+    int64_t awaiting = rbd->policy->awaiting_ms;
+    uint64_t fired = 0;
+    for (int i = 0; i < b->n; i++) {
+        struct entry *e = b->entries[i];
+        e->flags &= ~(ENTRY_BUSY | ENTRY_FIRING);
+        if (!ok) {
+            /* Not fired as far as we know: due again once Redis is back. */
+            if (!entry_scheduled(e))
+                sched_set_due(rbd->sched, e, b->due[i]);
+            ops_run_waiters(e);
+            continue;
+        }
+        redisReply *r = reply->element[i];
+        if (r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
+            /* Redis no longer knows it (removed by hand): forget it. */
+            stats_entry_leave(e);
+            e->state = ENTRY_NEW;
+        } else {
+            if (r->type == REDIS_REPLY_STRING)
+                fired++;
+            stats_entry_leave(e);
+            e->state = ENTRY_AWAITING;
+            stats_entry_enter(e);
+            sched_set_due(rbd->sched, e, b->due[i] + awaiting);
+        }
+        ops_run_waiters(e);
+        if (e->state == ENTRY_NEW && !(e->flags & ENTRY_BUSY) && !e->waiters)
+            sched_remove(rbd->sched, e);
+    }
+    rbd->events_emitted[EV_RETRY] += fired;
+    free(b->entries);
+    free(b->due);
+    free(b);
+    if (fired)
+        events_notify();
+    firing_kick();
+}
+
+static void timer_cb(uv_timer_t *t)
+{
+    if (!rbd->loaded || rbd->stopping || !redis_link_ready(rbd->link))
+        return; /* kicked again when Redis is back */
+    int64_t now = now_ms();
+    while (batches_in_flight < MAX_BATCHES_IN_FLIGHT) {
+        int max = rbd->cfg.fire_batch;
+        struct fire_batch *b = xcalloc(1, sizeof *b);
+        b->entries = xmalloc((size_t)max * sizeof *b->entries);
+        b->due = xmalloc((size_t)max * sizeof *b->due);
+        const char **ids = xmalloc((size_t)max * sizeof *ids);
+        size_t *lens = xmalloc((size_t)max * sizeof *lens);
+        struct entry *e;
+        while (b->n < max && (e = sched_pop_due(rbd->sched, now))) {
+            if (e->flags & ENTRY_BUSY) {
+                /* A write for it is in flight and will reschedule it. */
+                sched_set_due(rbd->sched, e, now + BUSY_RETRY_MS);
+                continue;
+            }
+            if (e->state == ENTRY_AWAITING) {
+                struct store_change ch = {.id = e->id, .id_len = e->id_len, .mode = 'D'};
+                e->flags |= ENTRY_BUSY;
+                if (store_queue(&ch, expire_done_cb, e) != 0)
+                    expire_done_cb(e, false);
+                continue;
+            }
+            if (e->state != ENTRY_PENDING)
+                continue;
+            e->flags |= ENTRY_BUSY | ENTRY_FIRING;
+            b->entries[b->n] = e;
+            b->due[b->n] = e->node.due_ms;
+            ids[b->n] = e->id;
+            lens[b->n] = e->id_len;
+            b->n++;
+        }
+        int n = b->n;
+        if (n > 0) {
+            batches_in_flight++;
+            if (store_fire(ids, lens, n, now, fire_reply_cb, b) != 0) {
+                fire_reply_cb(b, NULL);
+                n = 0;
+            }
+        } else {
+            free(b->entries);
+            free(b->due);
+            free(b);
+        }
+        free(ids);
+        free(lens);
+        if (n < max)
+            break;
+    }
+    if (batches_in_flight < MAX_BATCHES_IN_FLIGHT)
+        firing_kick();
+}
+
+/* ---- loading --------------------------------------------------------- */
+
+static void (*load_done)(void);
+static char load_cursor[32];
+static uint64_t load_count;
+
+static void load_page(void);
+
+static int class_for(const char *name, size_t len)
+{
+    char buf[POLICY_NAME_MAX];
+    if (len >= sizeof buf)
+        return rbd->policy->temp_other;
+    memcpy(buf, name, len);
+    buf[len] = '\0';
+    int i = policy_class_find(rbd->policy, buf);
+    return i >= 0 ? i : rbd->policy->temp_other;
+}
+
+static void load_reply_cb(void *arg, redisReply *reply)
+{
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_STRING || reply->element[1]->type != REDIS_REPLY_ARRAY) {
+        log_warn("load: reading the schedule failed (%s); will retry when Redis is back",
+                 reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "no reply");
+        return; /* firing_load is called again on reconnect */
+    }
+    redisReply *items = reply->element[1];
+    int64_t awaiting = rbd->policy->awaiting_ms;
+    for (size_t i = 0; i + 1 < items->elements; i += 2) {
+        redisReply *k = items->element[i], *v = items->element[i + 1];
+        struct record rec;
+        if (k->len == 0 || k->len > 255 || record_parse(v->str, v->len, &rec) != 0) {
+            log_warn("load: skipping a malformed record (%.*s)", (int)(k->len > 64 ? 64 : k->len), k->str);
+            continue;
+        }
+        if (sched_find(rbd->sched, k->str, k->len))
+            continue; /* HSCAN may return a field twice */
+        struct entry *e = sched_add(rbd->sched, k->str, k->len);
+        e->class_idx = (uint8_t)class_for(rec.class_name, rec.class_len);
+        e->attempt = (uint16_t)rec.attempt;
+        e->first_ms = rec.first_ms;
+        e->state = rec.state == 'P' ? ENTRY_PENDING : ENTRY_AWAITING;
+        stats_entry_enter(e);
+        sched_set_due(rbd->sched, e, rec.state == 'P' ? rec.due_ms : rec.due_ms + awaiting);
+        load_count++;
+    }
+    snprintf(load_cursor, sizeof load_cursor, "%.*s", (int)reply->element[0]->len, reply->element[0]->str);
+    if (strcmp(load_cursor, "0") == 0) {
+        log_info("load: %llu messages read back from Redis (%llu pending, %llu awaiting)",
+                 (unsigned long long)load_count, (unsigned long long)rbd->npending,
+                 (unsigned long long)rbd->nawaiting);
+        void (*done)(void) = load_done;
+        load_done = NULL;
+        if (done)
+            done();
+        return;
+    }
+    load_page();
+}
+
+static void load_page(void)
+{
+    const char *argv[] = {"HSCAN", rbd->key_msgs, load_cursor, "COUNT", "2000"};
+    size_t lens[5];
+    for (int i = 0; i < 5; i++)
+        lens[i] = strlen(argv[i]);
+    if (store_command(5, argv, lens, load_reply_cb, NULL) != 0)
+        log_warn("load: Redis went away; will resume when it is back");
+}
+
+void firing_load(void (*done)(void))
+{
+    /* A fresh start, or a restart of a load that Redis interrupted: the
+     * cursor of a dropped connection means nothing to a restarted server,
+     * so begin again; entries read before are kept, duplicates skipped. */
+    snprintf(load_cursor, sizeof load_cursor, "0");
+    load_done = done;
+    load_page();
+}
+
+struct remap {
+    int map[POLICY_MAX_CLASSES];
+};
+
+static void remap_entry(struct entry *e, void *arg)
+{
+    const struct remap *m = arg;
+    e->class_idx = (uint8_t)m->map[e->class_idx];
+}
+
+void firing_remap_classes(const struct policy *old_policy, const struct policy *new_policy)
+{
+    struct remap m;
+    for (int i = 0; i < old_policy->nclasses; i++) {
+        int j = policy_class_find(new_policy, old_policy->classes[i].name);
+        m.map[i] = j >= 0 ? j : new_policy->temp_other;
+    }
+    for (int i = old_policy->nclasses; i < POLICY_MAX_CLASSES; i++)
+        m.map[i] = new_policy->temp_other;
+    sched_foreach(rbd->sched, remap_entry, &m);
+    uint64_t counts[POLICY_MAX_CLASSES] = {0};
+    for (int i = 0; i < old_policy->nclasses; i++)
+        counts[m.map[i]] += rbd->pending_by_class[i];
+    memcpy(rbd->pending_by_class, counts, sizeof counts);
+}

@@ -1,1 +1,262 @@
-/* placeholder: being written */
+#include "daemon/store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/daemon.h"
+#include "daemon/log.h"
+#include "daemon/redis_link.h"
+#include "daemon/xmalloc.h"
+
+/* Argument strings live in one arena per batch, addressed by offset so the
+ * arena can grow. */
+struct batch {
+    char *arena;
+    size_t arena_len, arena_cap;
+    size_t *off, *len;
+    size_t nargs, cap_args;
+    struct {
+        store_done_cb cb;
+        void *arg;
+    } *waiters;
+    size_t nwaiters, cap_waiters;
+};
+
+static struct batch *current;
+
+/* A batch closes at this many arguments so one script call stays short
+ * and Redis keeps serving others. */
+#define BATCH_MAX_ARGS 8192
+
+static struct batch *batch_new(void)
+{
+    struct batch *b = xcalloc(1, sizeof *b);
+    return b;
+}
+
+static void batch_free(struct batch *b)
+{
+    if (!b)
+        return;
+    free(b->arena);
+    free(b->off);
+    free(b->len);
+    free(b->waiters);
+    free(b);
+}
+
+static void batch_arg(struct batch *b, const char *s, size_t n)
+{
+    if (b->nargs == b->cap_args) {
+        b->cap_args = b->cap_args ? b->cap_args * 2 : 64;
+        b->off = xrealloc(b->off, b->cap_args * sizeof *b->off);
+        b->len = xrealloc(b->len, b->cap_args * sizeof *b->len);
+    }
+    if (b->arena_len + n > b->arena_cap) {
+        while (b->arena_len + n > b->arena_cap)
+            b->arena_cap = b->arena_cap ? b->arena_cap * 2 : 4096;
+        b->arena = xrealloc(b->arena, b->arena_cap);
+    }
+    if (n)
+        memcpy(b->arena + b->arena_len, s, n);
+    b->off[b->nargs] = b->arena_len;
+    b->len[b->nargs] = n;
+    b->arena_len += n;
+    b->nargs++;
+}
+
+static void batch_arg_str(struct batch *b, const char *s)
+{
+    batch_arg(b, s ? s : "", s ? strlen(s) : 0);
+}
+
+void store_init(void)
+{
+    current = NULL;
+}
+
+void store_free(void)
+{
+    /* Anything still queued never reached Redis: say so to its waiters. */
+    struct batch *b = current;
+    current = NULL;
+    if (b) {
+        for (size_t i = 0; i < b->nwaiters; i++)
+            b->waiters[i].cb(b->waiters[i].arg, false);
+        batch_free(b);
+    }
+}
+
+int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
+{
+    if (!redis_link_ready(rbd->link))
+        return -1;
+    if (!current) {
+        current = batch_new();
+        batch_arg_str(current, rbd->key_msgs);
+        batch_arg_str(current, rbd->key_events);
+        char maxlen[32];
+        snprintf(maxlen, sizeof maxlen, "%lld", rbd->cfg.stream_maxlen);
+        batch_arg_str(current, maxlen);
+    }
+    struct batch *b = current;
+    char mode[2] = {ch->mode, '\0'};
+    char nev[16];
+    snprintf(nev, sizeof nev, "%d", ch->nevents);
+    batch_arg(b, ch->id, ch->id_len);
+    batch_arg_str(b, mode);
+    batch_arg_str(b, ch->header);
+    batch_arg_str(b, ch->fragment);
+    batch_arg_str(b, ch->hist_item);
+    batch_arg_str(b, nev);
+    for (int i = 0; i < ch->nevents; i++)
+        batch_arg_str(b, ch->events[i]);
+    if (b->nwaiters == b->cap_waiters) {
+        b->cap_waiters = b->cap_waiters ? b->cap_waiters * 2 : 32;
+        b->waiters = xrealloc(b->waiters, b->cap_waiters * sizeof *b->waiters);
+    }
+    b->waiters[b->nwaiters].cb = done;
+    b->waiters[b->nwaiters].arg = arg;
+    b->nwaiters++;
+    if (b->nargs >= BATCH_MAX_ARGS)
+        store_flush();
+    return 0;
+}
+
+static void batch_reply_cb(struct redis_link *link, redisReply *reply, void *privdata)
+{
+    struct batch *b = privdata;
+    bool ok = reply && reply->type == REDIS_REPLY_INTEGER;
+    if (reply && !ok)
+        log_error("redis: apply script failed: %s", reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+    for (size_t i = 0; i < b->nwaiters; i++)
+        b->waiters[i].cb(b->waiters[i].arg, ok);
+    batch_free(b);
+}
+
+void store_flush(void)
+{
+    struct batch *b = current;
+    if (!b)
+        return;
+    current = NULL;
+    const char **argv = xmalloc(b->nargs * sizeof *argv);
+    for (size_t i = 0; i < b->nargs; i++)
+        argv[i] = b->arena + b->off[i];
+    int rc = redis_link_script(rbd->link, SCRIPT_APPLY, batch_reply_cb, b, 2, (int)b->nargs, argv, b->len);
+    free(argv);
+    if (rc != 0) {
+        for (size_t i = 0; i < b->nwaiters; i++)
+            b->waiters[i].cb(b->waiters[i].arg, false);
+        batch_free(b);
+    }
+}
+
+struct reply_ctx {
+    store_reply_cb cb;
+    void *arg;
+};
+
+static void generic_reply_cb(struct redis_link *link, redisReply *reply, void *privdata)
+{
+    struct reply_ctx *c = privdata;
+    c->cb(c->arg, reply);
+    free(c);
+}
+
+int store_command(int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg)
+{
+    struct reply_ctx *c = xmalloc(sizeof *c);
+    c->cb = cb;
+    c->arg = arg;
+    if (redis_link_command(rbd->link, generic_reply_cb, c, argc, argv, lens) != 0) {
+        free(c);
+        return -1;
+    }
+    return 0;
+}
+
+int store_fire(const char *const *ids, const size_t *id_lens, int n, int64_t now, store_reply_cb cb, void *arg)
+{
+    int argc = 4 + n;
+    const char **argv = xmalloc((size_t)argc * sizeof *argv);
+    size_t *lens = xmalloc((size_t)argc * sizeof *lens);
+    char now_s[32], maxlen[32];
+    snprintf(now_s, sizeof now_s, "%lld", (long long)now);
+    snprintf(maxlen, sizeof maxlen, "%lld", rbd->cfg.stream_maxlen);
+    argv[0] = rbd->key_msgs;
+    argv[1] = rbd->key_events;
+    argv[2] = now_s;
+    argv[3] = maxlen;
+    for (int i = 0; i < 4; i++)
+        lens[i] = strlen(argv[i]);
+    for (int i = 0; i < n; i++) {
+        argv[4 + i] = ids[i];
+        lens[4 + i] = id_lens[i];
+    }
+    struct reply_ctx *c = xmalloc(sizeof *c);
+    c->cb = cb;
+    c->arg = arg;
+    int rc = redis_link_script(rbd->link, SCRIPT_FIRE, generic_reply_cb, c, 2, argc, argv, lens);
+    if (rc != 0)
+        free(c);
+    free(argv);
+    free(lens);
+    return rc;
+}
+
+int store_get(const char *id, size_t id_len, store_reply_cb cb, void *arg)
+{
+    const char *argv[] = {"HGET", rbd->key_msgs, id};
+    size_t lens[] = {4, strlen(rbd->key_msgs), id_len};
+    return store_command(3, argv, lens, cb, arg);
+}
+
+static int parse_i64(const char **p, const char *end, char stop, int64_t *out)
+{
+    int64_t v = 0;
+    const char *s = *p;
+    if (s >= end || *s < '0' || *s > '9')
+        return -1;
+    while (s < end && *s >= '0' && *s <= '9') {
+        if (v > (INT64_MAX - 9) / 10)
+            return -1;
+        v = v * 10 + (*s - '0');
+        s++;
+    }
+    if (s >= end || *s != stop)
+        return -1;
+    *p = s + 1;
+    *out = v;
+    return 0;
+}
+
+int record_parse(const char *rec, size_t len, struct record *out)
+{
+    const char *p = rec, *end = rec + len;
+    if (len < 2 || (rec[0] != 'P' && rec[0] != 'A'))
+        return -1;
+    out->state = rec[0];
+    p++;
+    int64_t attempt;
+    if (parse_i64(&p, end, ',', &out->due_ms) || parse_i64(&p, end, ',', &attempt) || attempt > 65535)
+        return -1;
+    out->attempt = (int)attempt;
+    const char *comma = memchr(p, ',', (size_t)(end - p));
+    if (!comma || comma == p)
+        return -1;
+    out->class_name = p;
+    out->class_len = (size_t)(comma - p);
+    p = comma + 1;
+    if (parse_i64(&p, end, '\n', &out->first_ms))
+        return -1;
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    if (!nl)
+        return -1;
+    out->fragment = p;
+    out->fragment_len = (size_t)(nl - p);
+    out->history = nl + 1;
+    out->history_len = (size_t)(end - nl - 1);
+    return 0;
+}

@@ -1,0 +1,70 @@
+/*
+ * A client connection: reads request lines, hands them to ops, and writes
+ * the replies back in request order (each request gets a slot when it is
+ * read; a slot is filled when its answer is ready, possibly after a Redis
+ * round trip; the filled prefix of the queue is written out).
+ *
+ * Back-pressure: with max_inflight unanswered requests, or too much unsent
+ * output, the connection stops reading until the client catches up, so a
+ * slow or hostile client cannot grow memory without bound.
+ *
+ * Lifetime: the connection is reference counted; requests in flight hold a
+ * reference, so a reply for a client that went away lands harmlessly. The
+ * memory is freed only after the handle's close callback and the last
+ * reference.
+ */
+#ifndef REBOUND_DAEMON_CONN_H
+#define REBOUND_DAEMON_CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <uv.h>
+
+#include "proto/frame.h"
+
+struct slot;
+struct subscriber;
+
+struct conn {
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+        uv_stream_t stream;
+        uv_handle_t handle;
+    } h;
+    struct frame in;
+    struct slot *head, *tail;
+    int unanswered;
+    int refs;
+    bool closing;        /* uv_close called or about to be */
+    bool close_after_flush;
+    bool paused;         /* reading stopped for back-pressure */
+    bool authed;
+    struct subscriber *sub; /* set once the connection subscribed */
+    struct conn *prev, *next; /* all connections */
+};
+
+/* Accepts a new connection on server. Returns 0 or -1. */
+int conn_accept(uv_stream_t *server, bool is_pipe);
+
+/* Reserves the reply slot for the next request. */
+struct slot *conn_slot(struct conn *c);
+/* Fills slot with line (malloc'd, ownership passes) and writes out whatever
+ * is ready. Safe to call after the connection closed. */
+void conn_reply(struct conn *c, struct slot *s, char *line, size_t len);
+/* Writes an event line (malloc'd, ownership passes) right away. Returns 0,
+ * or -1 when the connection is closing (line freed). */
+int conn_send_event(struct conn *c, char *line, size_t len);
+/* Bytes queued for writing and not yet sent. */
+size_t conn_write_backlog(const struct conn *c);
+
+void conn_ref(struct conn *c);
+void conn_unref(struct conn *c);
+/* Closes the connection (output not yet written is dropped). */
+void conn_close(struct conn *c);
+/* Closes every connection (shutdown). */
+void conn_close_all(void);
+/* Stops reading new requests on every connection (drain). */
+void conn_stop_reading_all(void);
+
+#endif
