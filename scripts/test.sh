@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine: installs what is
+# missing, builds twice (plain, and with AddressSanitizer + UBSan), and runs
+# every unit and integration test under ctest in both builds. Integration
+# tests start their own redis-server on a free loopback port.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+
+run_suite() {
+  local dir=$1; shift
+  echo "== build $dir ($*)"
+  BUILD_DIR=$dir BUILD_TYPE=Debug scripts/build.sh "$@"
+  echo "== test $dir"
+  (cd "$dir" && ctest --output-on-failure --timeout 300 -j2)
+}
+
+run_suite build/test-plain -DREBOUND_SANITIZE=OFF
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  run_suite build/test-asan -DREBOUND_SANITIZE=ON
+echo "== all tests passed"
