@@ -18,6 +18,4 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
-# Installing redis-server must not leave a system Redis running on 6379 for
-# the tests to trip over; policy-rc.d keeps services from starting.
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
