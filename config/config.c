@@ -1,1 +1,778 @@
-/* placeholder: being written */
+/*
+ * reboundd's configuration, driven by one table.
+ *
+ * Every option is one row of `options` below: its name in the file, its
+ * type, where it lives in struct config, its default (written as text and
+ * parsed by the same code that parses a command-line flag, so a default can
+ * never be a value the parser would refuse), its bounds, whether a reload
+ * may change it, and whether it is a secret. Defaults, the file loader,
+ * config_set, config_validate, the dump and reload all walk that one table,
+ * so adding an option is adding a row (and a field, and a paragraph in
+ * docs/operations.md).
+ *
+ * The file is one flat JSON object. Keys starting with "_" are ignored so
+ * that the shipped example can carry "_comment_<key>" strings next to each
+ * key; any other unknown key is an error, because a misspelt option that is
+ * silently ignored is worse than a daemon that refuses to start. jansson
+ * keeps no source positions for values, so config/json_pos.h finds the
+ * line and column of the key or value an error is about.
+ *
+ * Loading is all or nothing: the file is applied to a copy, and the copy
+ * replaces the caller's config only when every key was accepted.
+ */
+#include "config/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config/duration.h"
+#include "config/json_pos.h"
+
+/* A config file is a few hundred bytes; this only stops a wrong path
+ * (a log file, a device) from being read into memory whole. */
+#define CONFIG_MAX_FILE (1024 * 1024)
+
+enum opt_type {
+    OPT_STRING,
+    OPT_INT,      /* int or long long, by the field's width */
+    OPT_SIZE,     /* size_t; an integer or "64KiB" */
+    OPT_BOOL,
+    OPT_MODE,     /* int; "0660" or 432 */
+    OPT_DURATION, /* int64_t milliseconds; "5s" or an integer of ms */
+    OPT_LEVEL,    /* char *, one of the log level names */
+};
+
+struct option {
+    const char *name;
+    enum opt_type type;
+    size_t offset;
+    size_t width;
+    const char *def; /* as text; NULL: the default_policy argument */
+    long long min, max;
+    bool reloadable; /* a reload may change it without a restart */
+    bool secret;     /* masked in the dump */
+};
+
+#define FIELD(f) offsetof(struct config, f), sizeof(((struct config *)0)->f)
+
+static const struct option options[] = {
+    {"listen", OPT_STRING, FIELD(listen), "127.0.0.1:7411", 0, 0, false, false},
+    {"unix_path", OPT_STRING, FIELD(unix_path), "", 0, 0, false, false},
+    {"unix_mode", OPT_MODE, FIELD(unix_mode), "0660", 0, 0777, false, false},
+    {"unix_group", OPT_STRING, FIELD(unix_group), "", 0, 0, false, false},
+    {"redis", OPT_STRING, FIELD(redis), "127.0.0.1:6379", 0, 0, false, false},
+    {"redis_user", OPT_STRING, FIELD(redis_user), "", 0, 0, false, false},
+    {"redis_password", OPT_STRING, FIELD(redis_password), "", 0, 0, false, true},
+    {"redis_db", OPT_INT, FIELD(redis_db), "0", 0, INT_MAX, false, false},
+    {"redis_timeout", OPT_DURATION, FIELD(redis_timeout_ms), "5s", 1, 24LL * 3600 * 1000, true, false},
+    {"prefix", OPT_STRING, FIELD(prefix), "rebound:", 0, 0, false, false},
+    {"policy", OPT_STRING, FIELD(policy), NULL, 0, 0, true, false},
+    {"max_line", OPT_SIZE, FIELD(max_line), "64KiB", 1, 1LL << 30, true, false},
+    {"max_connections", OPT_INT, FIELD(max_connections), "1024", 1, 1000000, true, false},
+    {"max_inflight", OPT_INT, FIELD(max_inflight), "1024", 1, 1000000, true, false},
+    {"token", OPT_STRING, FIELD(token), "", 0, 0, true, true},
+    {"metrics_listen", OPT_STRING, FIELD(metrics_listen), "", 0, 0, false, false},
+    {"log_level", OPT_LEVEL, FIELD(log_level), "info", 0, 0, true, false},
+    {"stream_maxlen", OPT_INT, FIELD(stream_maxlen), "1000000", 1, LLONG_MAX, true, false},
+    {"fire_batch", OPT_INT, FIELD(fire_batch), "1000", 1, 100000, true, false},
+};
+#define NOPTIONS (sizeof options / sizeof options[0])
+
+/* Names that command-line flags use for options whose key is longer. */
+static const struct {
+    const char *alias, *name;
+} aliases[] = {
+    {"unix", "unix_path"},
+};
+
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+static void *field(struct config *cfg, const struct option *o)
+{
+    return (char *)cfg + o->offset;
+}
+
+static const void *cfield(const struct config *cfg, const struct option *o)
+{
+    return (const char *)cfg + o->offset;
+}
+
+static char *dup_or_die(const char *s)
+{
+    char *d = strdup(s);
+    if (!d) {
+        fprintf(stderr, "rebound: out of memory\n");
+        abort();
+    }
+    return d;
+}
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static const struct option *option_find(const char *name)
+{
+    for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++)
+        if (strcmp(name, aliases[i].alias) == 0)
+            name = aliases[i].name;
+    for (size_t i = 0; i < NOPTIONS; i++)
+        if (strcmp(name, options[i].name) == 0)
+            return &options[i];
+    return NULL;
+}
+
+static const char *type_expectation(enum opt_type t)
+{
+    switch (t) {
+    case OPT_STRING:
+        return "a string";
+    case OPT_INT:
+        return "an integer";
+    case OPT_SIZE:
+        return "a size (an integer of bytes or a string such as \"64KiB\")";
+    case OPT_BOOL:
+        return "true or false";
+    case OPT_MODE:
+        return "a file mode (an octal string such as \"0660\" or an integer)";
+    case OPT_DURATION:
+        return "a duration (a string such as \"5s\" or an integer of milliseconds)";
+    case OPT_LEVEL:
+        return "a log level (\"debug\", \"info\", \"warn\" or \"error\")";
+    }
+    return "a value";
+}
+
+/* A parsed value, before it is stored: strings stay borrowed. */
+struct value {
+    long long n;
+    const char *s;
+};
+
+static long long field_get_int(const struct config *cfg, const struct option *o)
+{
+    const void *p = cfield(cfg, o);
+    switch (o->type) {
+    case OPT_INT:
+    case OPT_MODE:
+        if (o->width == sizeof(long long))
+            return *(const long long *)p;
+        return *(const int *)p;
+    case OPT_SIZE:
+        return (long long)*(const size_t *)p;
+    case OPT_BOOL:
+        return *(const bool *)p;
+    case OPT_DURATION:
+        return *(const int64_t *)p;
+    default:
+        return 0;
+    }
+}
+
+/* Stores a value that has been checked. Strings are copied. */
+static void field_store(struct config *cfg, const struct option *o, const struct value *v)
+{
+    void *p = field(cfg, o);
+    switch (o->type) {
+    case OPT_STRING:
+    case OPT_LEVEL: {
+        char **sp = p;
+        char *copy = dup_or_die(v->s);
+        free(*sp);
+        *sp = copy;
+        break;
+    }
+    case OPT_INT:
+    case OPT_MODE:
+        if (o->width == sizeof(long long))
+            *(long long *)p = v->n;
+        else
+            *(int *)p = (int)v->n;
+        break;
+    case OPT_SIZE:
+        *(size_t *)p = (size_t)v->n;
+        break;
+    case OPT_BOOL:
+        *(bool *)p = v->n != 0;
+        break;
+    case OPT_DURATION:
+        *(int64_t *)p = v->n;
+        break;
+    }
+}
+
+static int check_bounds(const struct option *o, long long n, char *err, size_t errlen)
+{
+    if (o->type == OPT_STRING || o->type == OPT_LEVEL || o->type == OPT_BOOL)
+        return 0;
+    if (n >= o->min && n <= o->max)
+        return 0;
+    if (o->type == OPT_MODE)
+        set_err(err, errlen, "%s: 0%03llo is out of range (0%03llo..0%03llo)", o->name, n, o->min, o->max);
+    else if (o->type == OPT_DURATION) {
+        char lo[32], hi[32];
+        duration_format(o->min, lo, sizeof lo);
+        duration_format(o->max, hi, sizeof hi);
+        set_err(err, errlen, "%s: %lld ms is out of range (%s..%s)", o->name, n, lo, hi);
+    } else
+        set_err(err, errlen, "%s: %lld is out of range (%lld..%lld)", o->name, n, o->min, o->max);
+    return -1;
+}
+
+/* Parses a decimal integer that must fill s. */
+static int parse_ll(const char *s, int base, long long *out)
+{
+    if (!*s || isspace((unsigned char)*s) || *s == '+')
+        return -1;
+    errno = 0;
+    char *end;
+    long long n = strtoll(s, &end, base);
+    if (errno || *end)
+        return -1;
+    *out = n;
+    return 0;
+}
+
+/* "65536", "64k", "64KiB", "1M", "1GB": binary multiples throughout, as a
+ * line or buffer limit is always meant in KiB. */
+static int parse_size(const char *s, long long *out)
+{
+    if (!isdigit((unsigned char)*s))
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long long n = strtoull(s, &end, 10);
+    if (errno)
+        return -1;
+    unsigned long long mult = 1;
+    if (*end) {
+        char u = (char)tolower((unsigned char)*end);
+        const char *rest = end + 1;
+        if (u == 'b' && !*rest)
+            mult = 1;
+        else if (u == 'k' || u == 'm' || u == 'g') {
+            mult = u == 'k' ? 1ULL << 10 : u == 'm' ? 1ULL << 20 : 1ULL << 30;
+            if (strcmp(rest, "") && strcasecmp(rest, "b") && strcasecmp(rest, "ib"))
+                return -1;
+        } else
+            return -1;
+    }
+    if (n > (unsigned long long)LLONG_MAX / mult)
+        return -1;
+    *out = (long long)(n * mult);
+    return 0;
+}
+
+static int parse_level(const char *s, const char **canon)
+{
+    for (size_t i = 0; i < sizeof level_names / sizeof level_names[0]; i++) {
+        if (strcmp(s, level_names[i]) == 0) {
+            *canon = level_names[i];
+            return 0;
+        }
+    }
+    if (strcmp(s, "warning") == 0) {
+        *canon = "warn";
+        return 0;
+    }
+    return -1;
+}
+
+/* Parses the text form of a value (a flag, a default, or a JSON string for
+ * the types that take one). The message names the option, not a position:
+ * callers that know one prepend it. */
+static int parse_text(const struct option *o, const char *s, struct value *v, char *err, size_t errlen)
+{
+    v->s = s;
+    v->n = 0;
+    switch (o->type) {
+    case OPT_STRING:
+        return 0;
+    case OPT_LEVEL:
+        if (parse_level(s, &v->s) == 0)
+            return 0;
+        break;
+    case OPT_INT:
+        if (parse_ll(s, 10, &v->n) == 0)
+            return check_bounds(o, v->n, err, errlen);
+        break;
+    case OPT_SIZE:
+        if (parse_size(s, &v->n) == 0)
+            return check_bounds(o, v->n, err, errlen);
+        break;
+    case OPT_MODE: {
+        /* Octal always, with or without the leading 0: a mode written
+         * "660" means rw-rw----, never decimal 660. */
+        bool digits = *s != '\0';
+        for (const char *c = s; *c; c++)
+            if (*c < '0' || *c > '7')
+                digits = false;
+        if (digits && parse_ll(s, 8, &v->n) == 0)
+            return check_bounds(o, v->n, err, errlen);
+        break;
+    }
+    case OPT_DURATION: {
+        int64_t ms;
+        if (duration_parse(s, &ms) == 0) {
+            v->n = ms;
+            return check_bounds(o, v->n, err, errlen);
+        }
+        break;
+    }
+    case OPT_BOOL:
+        if (!strcmp(s, "true") || !strcmp(s, "yes") || !strcmp(s, "on") || !strcmp(s, "1")) {
+            v->n = 1;
+            return 0;
+        }
+        if (!strcmp(s, "false") || !strcmp(s, "no") || !strcmp(s, "off") || !strcmp(s, "0")) {
+            v->n = 0;
+            return 0;
+        }
+        break;
+    }
+    set_err(err, errlen, "%s: invalid value \"%.64s\": expected %s", o->name, s, type_expectation(o->type));
+    return -1;
+}
+
+/* Converts a JSON value. Returns 0, -1 for a wrong JSON type, -2 for a
+ * right type with a bad value (err filled in, without position). */
+static int parse_json(const struct option *o, json_t *j, struct value *v, char *err, size_t errlen)
+{
+    v->s = NULL;
+    v->n = 0;
+    switch (o->type) {
+    case OPT_STRING:
+    case OPT_LEVEL:
+        if (!json_is_string(j))
+            return -1;
+        break;
+    case OPT_BOOL:
+        if (!json_is_boolean(j))
+            return -1;
+        v->n = json_is_true(j);
+        return 0;
+    case OPT_INT:
+        if (!json_is_integer(j))
+            return -1;
+        v->n = json_integer_value(j);
+        return check_bounds(o, v->n, err, errlen) ? -2 : 0;
+    case OPT_SIZE:
+    case OPT_MODE:
+    case OPT_DURATION:
+        if (json_is_integer(j)) {
+            v->n = json_integer_value(j);
+            return check_bounds(o, v->n, err, errlen) ? -2 : 0;
+        }
+        if (!json_is_string(j))
+            return -1;
+        break;
+    }
+    return parse_text(o, json_string_value(j), v, err, errlen) ? -2 : 0;
+}
+
+static const char *json_type_name(const json_t *j)
+{
+    switch (json_typeof(j)) {
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_STRING:
+        return "a string";
+    case JSON_INTEGER:
+        return "an integer";
+    case JSON_REAL:
+        return "a number with a fraction";
+    case JSON_TRUE:
+    case JSON_FALSE:
+        return "a boolean";
+    case JSON_NULL:
+        return "null";
+    }
+    return "something else";
+}
+
+/* Copies key into buf for a message: printable ASCII, at most 64 bytes. */
+static const char *printable(const char *key, char *buf, size_t buflen)
+{
+    size_t n = 0;
+    for (const char *c = key; *c && n + 1 < buflen && n < 64; c++)
+        buf[n++] = (*c >= 0x20 && *c < 0x7f) ? *c : '?';
+    buf[n] = '\0';
+    return buf;
+}
+
+static void free_strings(struct config *cfg)
+{
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        if (options[i].type == OPT_STRING || options[i].type == OPT_LEVEL) {
+            char **sp = field(cfg, &options[i]);
+            free(*sp);
+            *sp = NULL;
+        }
+    }
+}
+
+/* A deep copy, so a failed load leaves the original untouched. */
+static void config_copy(struct config *dst, const struct config *src)
+{
+    *dst = *src;
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        if (options[i].type == OPT_STRING || options[i].type == OPT_LEVEL) {
+            char **sp = field(dst, &options[i]);
+            *sp = dup_or_die(*sp ? *sp : "");
+        }
+    }
+}
+
+void config_defaults(struct config *cfg, const char *default_policy)
+{
+    memset(cfg, 0, sizeof *cfg);
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        const struct option *o = &options[i];
+        const char *def = o->def ? o->def : (default_policy ? default_policy : "");
+        struct value v;
+        char err[256];
+        if (parse_text(o, def, &v, err, sizeof err) != 0) {
+            /* The table is wrong: a broken build, not a user error. */
+            fprintf(stderr, "rebound: bad default in the option table: %s\n", err);
+            abort();
+        }
+        field_store(cfg, o, &v);
+    }
+}
+
+static char *read_file(const char *path, size_t *len, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    if (!buf) {
+        fclose(f);
+        set_err(err, errlen, "%s: out of memory", path);
+        return NULL;
+    }
+    for (;;) {
+        if (n == cap) {
+            if (cap >= CONFIG_MAX_FILE) {
+                set_err(err, errlen, "%s: larger than %d bytes, not a config file", path, CONFIG_MAX_FILE);
+                goto fail;
+            }
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                set_err(err, errlen, "%s: out of memory", path);
+                goto fail;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (r == 0) {
+            if (ferror(f)) {
+                set_err(err, errlen, "%s: %s", path, strerror(errno));
+                goto fail;
+            }
+            break;
+        }
+    }
+    fclose(f);
+    *len = n;
+    return buf;
+fail:
+    fclose(f);
+    free(buf);
+    return NULL;
+}
+
+int config_load_file(struct config *cfg, const char *path, char *err, size_t errlen)
+{
+    size_t len;
+    char *text = read_file(path, &len, err, errlen);
+    if (!text)
+        return -1;
+
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        set_err(err, errlen, "%s:%d:%d: %s", path, jerr.line < 1 ? 1 : jerr.line, jerr.column < 1 ? 1 : jerr.column,
+                jerr.text);
+        free(text);
+        return -1;
+    }
+    int rc = -1;
+    int line, col;
+    char kbuf[80];
+    if (!json_is_object(root)) {
+        json_pos_find(text, len, NULL, 0, &line, &col);
+        set_err(err, errlen, "%s:%d:%d: the config must be a JSON object, not %s", path, line, col,
+                json_type_name(root));
+        goto out;
+    }
+
+    struct config next;
+    config_copy(&next, cfg);
+    const char *key;
+    json_t *val;
+    json_object_foreach(root, key, val) {
+        if (key[0] == '_')
+            continue; /* comments: "_comment_listen": "..." */
+        const struct option *o = option_find(key);
+        if (!o || strcmp(o->name, key) != 0) {
+            char kpath[300];
+            snprintf(kpath, sizeof kpath, "~%s", key);
+            const char *p[1] = {kpath};
+            json_pos_find(text, len, p, 1, &line, &col);
+            set_err(err, errlen, "%s:%d:%d: unknown key \"%s\"", path, line, col, printable(key, kbuf, sizeof kbuf));
+            goto fail_next;
+        }
+        struct value v;
+        char why[256];
+        int r = parse_json(o, val, &v, why, sizeof why);
+        if (r != 0) {
+            const char *p[1] = {key};
+            json_pos_find(text, len, p, 1, &line, &col);
+            if (r == -1)
+                set_err(err, errlen, "%s:%d:%d: \"%s\": expected %s, not %s", path, line, col, o->name,
+                        type_expectation(o->type), json_type_name(val));
+            else
+                set_err(err, errlen, "%s:%d:%d: %s", path, line, col, why);
+            goto fail_next;
+        }
+        field_store(&next, o, &v);
+    }
+    free_strings(cfg);
+    *cfg = next;
+    rc = 0;
+    goto out;
+fail_next:
+    free_strings(&next);
+out:
+    json_decref(root);
+    free(text);
+    return rc;
+}
+
+int config_set(struct config *cfg, const char *name, const char *value, char *err, size_t errlen)
+{
+    const struct option *o = option_find(name);
+    if (!o) {
+        set_err(err, errlen, "unknown option \"%.64s\"", name);
+        return -1;
+    }
+    struct value v;
+    if (parse_text(o, value, &v, err, errlen) != 0)
+        return -1;
+    field_store(cfg, o, &v);
+    return 0;
+}
+
+/* "HOST:PORT" with HOST a name, an IPv4 address or "[IPv6]". */
+static int check_hostport(const char *name, const char *s, char *err, size_t errlen)
+{
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s) {
+        set_err(err, errlen, "%s: \"%.100s\" is not HOST:PORT", name, s);
+        return -1;
+    }
+    size_t hostlen = (size_t)(colon - s);
+    if (s[0] == '[') {
+        if (hostlen < 3 || s[hostlen - 1] != ']') {
+            set_err(err, errlen, "%s: \"%.100s\": an IPv6 address is written [ADDR]:PORT", name, s);
+            return -1;
+        }
+    } else if (memchr(s, ':', hostlen)) {
+        set_err(err, errlen, "%s: \"%.100s\": write an IPv6 address in brackets, [ADDR]:PORT", name, s);
+        return -1;
+    }
+    for (const char *c = s; c < colon; c++) {
+        if (*c <= ' ' || *c >= 0x7f) {
+            set_err(err, errlen, "%s: \"%.100s\": the host contains a space or control character", name, s);
+            return -1;
+        }
+    }
+    long long port;
+    if (colon[1] < '0' || colon[1] > '9' || parse_ll(colon + 1, 10, &port) != 0 || port < 1 || port > 65535) {
+        set_err(err, errlen, "%s: \"%.100s\": the port must be 1..65535", name, s);
+        return -1;
+    }
+    return 0;
+}
+
+int config_validate(const struct config *cfg, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        const struct option *o = &options[i];
+        if (o->type == OPT_STRING || o->type == OPT_LEVEL) {
+            const char *const *sp = cfield(cfg, o);
+            if (!*sp) {
+                set_err(err, errlen, "%s: not set", o->name);
+                return -1;
+            }
+            continue;
+        }
+        if (check_bounds(o, field_get_int(cfg, o), err, errlen) != 0)
+            return -1;
+    }
+    if (cfg->listen[0] && check_hostport("listen", cfg->listen, err, errlen) != 0)
+        return -1;
+    if (cfg->metrics_listen[0] && check_hostport("metrics_listen", cfg->metrics_listen, err, errlen) != 0)
+        return -1;
+    if (!cfg->listen[0] && !cfg->unix_path[0]) {
+        set_err(err, errlen, "listen and unix_path are both empty: the daemon would accept no connections");
+        return -1;
+    }
+    /* sockaddr_un.sun_path is 108 bytes on Linux, including the NUL. */
+    if (strlen(cfg->unix_path) > 107) {
+        set_err(err, errlen, "unix_path: longer than 107 bytes, the limit of a Unix socket address");
+        return -1;
+    }
+    if (!cfg->redis[0]) {
+        set_err(err, errlen, "redis: must not be empty");
+        return -1;
+    }
+    if (!cfg->prefix[0]) {
+        set_err(err, errlen, "prefix: must not be empty (the keys would mix with everything else in the database)");
+        return -1;
+    }
+    for (const char *c = cfg->prefix; *c; c++) {
+        if (*c <= ' ' || *c >= 0x7f) {
+            set_err(err, errlen, "prefix: only printable ASCII without spaces");
+            return -1;
+        }
+    }
+    if (!cfg->policy[0]) {
+        set_err(err, errlen, "policy: no policy file given");
+        return -1;
+    }
+    const char *canon;
+    if (parse_level(cfg->log_level, &canon) != 0) {
+        set_err(err, errlen, "log_level: \"%.32s\" is not one of debug, info, warn, error", cfg->log_level);
+        return -1;
+    }
+    return 0;
+}
+
+/* "redis://user:secret@host" -> "redis://user:***@host": a password in the
+ * address is as secret as redis_password. Returns a new reference. */
+static json_t *masked_redis_address(const char *addr)
+{
+    const char *scheme = strstr(addr, "://");
+    const char *at = scheme ? strchr(scheme + 3, '@') : NULL;
+    if (!at)
+        return json_string(addr);
+    const char *userinfo = scheme + 3;
+    const char *colon = memchr(userinfo, ':', (size_t)(at - userinfo));
+    const char *secret = colon ? colon + 1 : userinfo; /* "redis://secret@host" is a password too */
+    size_t head = (size_t)(secret - addr);
+    size_t tail = strlen(at);
+    char *buf = malloc(head + 3 + tail + 1);
+    if (!buf)
+        return json_string("***");
+    memcpy(buf, addr, head);
+    memcpy(buf + head, "***", 3);
+    memcpy(buf + head + 3, at, tail + 1);
+    json_t *j = json_string(buf);
+    free(buf);
+    return j;
+}
+
+static json_t *dump_value(const struct config *cfg, const struct option *o)
+{
+    if (o->type == OPT_STRING || o->type == OPT_LEVEL) {
+        const char *s = *(const char *const *)cfield(cfg, o);
+        if (!s)
+            return json_null();
+        if (o->secret && s[0])
+            return json_string("***");
+        if (strcmp(o->name, "redis") == 0)
+            return masked_redis_address(s);
+        return json_string(s);
+    }
+    long long n = field_get_int(cfg, o);
+    char buf[64];
+    switch (o->type) {
+    case OPT_BOOL:
+        return json_boolean(n);
+    case OPT_MODE:
+        snprintf(buf, sizeof buf, "0%03llo", n);
+        return json_string(buf);
+    case OPT_DURATION:
+        duration_format(n, buf, sizeof buf);
+        return json_string(buf);
+    default:
+        return json_integer(n);
+    }
+}
+
+void config_dump(const struct config *cfg, FILE *out)
+{
+    json_t *obj = json_object();
+    for (size_t i = 0; i < NOPTIONS; i++)
+        json_object_set_new(obj, options[i].name, dump_value(cfg, &options[i]));
+    json_dumpf(obj, out, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    fputc('\n', out);
+    json_decref(obj);
+}
+
+static bool option_differs(const struct config *a, const struct config *b, const struct option *o)
+{
+    if (o->type == OPT_STRING || o->type == OPT_LEVEL) {
+        const char *sa = *(const char *const *)cfield(a, o);
+        const char *sb = *(const char *const *)cfield(b, o);
+        return strcmp(sa ? sa : "", sb ? sb : "") != 0;
+    }
+    return field_get_int(a, o) != field_get_int(b, o);
+}
+
+int config_reload(struct config *cur, const struct config *next,
+                  void (*changed_cb)(const char *name, bool applied, void *arg), void *arg)
+{
+    int applied = 0;
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        const struct option *o = &options[i];
+        if (!option_differs(cur, next, o))
+            continue;
+        if (o->reloadable) {
+            struct value v = {0, NULL};
+            if (o->type == OPT_STRING || o->type == OPT_LEVEL) {
+                const char *s = *(const char *const *)cfield(next, o);
+                v.s = s ? s : "";
+            } else
+                v.n = field_get_int(next, o);
+            field_store(cur, o, &v);
+            applied++;
+        }
+        if (changed_cb)
+            changed_cb(o->name, o->reloadable, arg);
+    }
+    return applied;
+}
+
+bool config_option_reloadable(const char *name)
+{
+    const struct option *o = option_find(name);
+    return o && o->reloadable;
+}
+
+void config_free(struct config *cfg)
+{
+    if (cfg)
+        free_strings(cfg);
+}

@@ -30,7 +30,7 @@ struct config {
     char *log_level;       /* "debug" | "info" | "warn" | "error", default "info" */
     long long stream_maxlen; /* approximate cap of the event stream, default 1000000 */
     int fire_batch;        /* retries fired per Redis round trip, default 1000 */
-    int64_t redis_timeout_ms; /* connect and command time-out, default 5000 */
+    int64_t redis_timeout_ms; /* connect and command time-out, default 5000 (file key "redis_timeout", a duration) */
 };
 
 /* Fills cfg with the defaults (strings malloc'd). */
@@ -45,6 +45,17 @@ int config_set(struct config *cfg, const char *name, const char *value, char *er
 int config_validate(const struct config *cfg, char *err, size_t errlen);
 /* Writes the effective settings as JSON (secrets masked). */
 void config_dump(const struct config *cfg, FILE *out);
+/* Frees the strings of cfg (not cfg itself). */
 void config_free(struct config *cfg);
+
+/* For a reload: copies the options that may change at run time from next
+ * into cur and returns how many changed. For every option whose value
+ * differs, calls changed_cb (may be NULL) with applied = true when it was
+ * copied, false when the change needs a restart (cur keeps its value).
+ * next stays owned by the caller. */
+int config_reload(struct config *cur, const struct config *next,
+                  void (*changed_cb)(const char *name, bool applied, void *arg), void *arg);
+/* True when the option called name may change on reload. */
+bool config_option_reloadable(const char *name);
 
 #endif

@@ -8,6 +8,10 @@
  * value in *ms, or -1. */
 int duration_parse(const char *s, int64_t *ms);
 
+/* The same, but a leading '-' is allowed ("-5m"), for the few settings
+ * that may move a time earlier (a jitter range's low end). */
+int duration_parse_signed(const char *s, int64_t *ms);
+
 /* Writes the shortest exact form ("90m" -> "1h30m") into buf. */
 void duration_format(int64_t ms, char *buf, int buflen);
 

@@ -1,1 +1,1008 @@
-/* placeholder: being written */
+/*
+ * The Redis connection as a state machine (see redis_link.h for the
+ * states). This file is about who owns what while hiredis 0.14 tears a
+ * context down under our feet, so the rules are written out here.
+ *
+ * One context at a time. link->ac is the live context or NULL. The first
+ * party that learns the context is going away sets link->ac = NULL and
+ * calls link_lost(); everybody else compares their ac with link->ac and
+ * stays quiet when it differs. The parties are:
+ *   - link_drop(): we decided (time-out, failed setup step, poll error,
+ *     close while connecting). It detaches, then calls redisAsyncFree,
+ *     which hiredis defers to the end of the current reply callback when
+ *     called inside one.
+ *   - cmd_reply_cb() with a NULL reply on the live context: hiredis is
+ *     freeing it after a read/write error or EOF, and is about to give every
+ *     other pending command a NULL reply too.
+ *   - detach_cb(): the adapter's cleanup hook; the last word on every
+ *     path (refused connect, clean disconnect after close, ...).
+ * Detaching before any user callback sees the NULL reply means the state
+ * is already DISCONNECTED (or DRAINING) inside that callback, so a callback
+ * that sends again gets -1 instead of a command on a dying context.
+ *
+ * Exactly once. Every accepted command has a struct link_cmd that hiredis
+ * holds as privdata; hiredis 0.14 calls each callback of a regular command
+ * once, with a reply or with NULL from __redisAsyncFree. The subscribe
+ * family and MONITOR break that rule in hiredis (callbacks kept in a dict,
+ * called per message), so redis_link_command refuses them. The NOSCRIPT
+ * fallback re-registers the same record for the EVAL and returns without
+ * calling the user. The records also sit on an in-flight list (oldest
+ * first, for the time-out and redis_link_inflight); whatever is still on
+ * it when the link is finally closed, after hiredis is gone, is answered
+ * with NULL there, so no path can lose a callback.
+ *
+ * Never free inside onConnect. hiredis 0.14 keeps using the context after
+ * the connect callback returns, and redisAsyncFree is deferred only inside
+ * reply callbacks. So onConnect only sends the setup commands (always at
+ * least one, a PING when nothing else is needed): the transition to READY,
+ * and any user code it runs, happens in a reply callback.
+ *
+ * One timer. It is armed for the earliest of: the reconnect time
+ * (DISCONNECTED), the connect deadline (CONNECTING), the oldest in-flight
+ * command's deadline (READY, DRAINING) and the drain deadline (DRAINING).
+ * Sending a command only pulls the timer earlier, never later; a timer that
+ * fires early (the command it was armed for has been answered) recomputes
+ * and re-arms, which is cheaper than re-arming on every reply.
+ *
+ * For callers: timeout_ms <= 0 turns every time-out off (and close then
+ * waits for every reply). A NOSCRIPT re-send goes to the end of the
+ * pipeline, behind commands sent meanwhile. Host names are resolved by
+ * hiredis with a blocking getaddrinfo at each connect: configure an address
+ * or a name from /etc/hosts. A second redis_link_close is ignored.
+ */
+#include "daemon/redis_link.h"
+
+#include "daemon/log.h"
+#include "daemon/redis_uv.h"
+#include "daemon/xmalloc.h"
+
+#include <ctype.h>
+#include <hiredis/async.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define SHA_HEX 40
+
+/* privdata tags of the setup commands; scripts are STEP_SCRIPT + index. */
+enum { STEP_AUTH, STEP_SELECT, STEP_PING, STEP_SCRIPT };
+
+struct link_cmd {
+    struct link_cmd *prev, *next; /* in link's in-flight list, oldest first */
+    struct redis_link *link;
+    link_reply_cb cb;
+    void *privdata;
+    uint64_t sent_at;    /* loop ms when the caller sent it; a NOSCRIPT retry keeps it */
+    int script;          /* index into the scripts, or -1 for a plain command */
+    bool eval_sent;      /* the NOSCRIPT fallback was used already */
+    char *fmt;           /* scripts: the formatted EVALSHA, kept for the fallback */
+    size_t fmt_len;
+    size_t fmt_args;     /* offset in fmt of the first argument after the SHA */
+};
+
+struct redis_link {
+    uv_loop_t *loop;
+    uv_timer_t timer;
+    uint64_t timer_due; /* loop ms the timer fires at, 0 when not armed */
+
+    /* opts, with every string copied */
+    char *host, *unix_path, *user, *password;
+    int port, db;
+    int64_t timeout_ms;
+    char **scripts;
+    int nscripts;
+    char (*shas)[SHA_HEX + 1];
+    char where[300];    /* "host:port" or the socket path, for logs */
+
+    link_state_cb state_cb;
+    void *state_arg;
+
+    enum link_state state;
+    bool started;
+    bool closing;
+    bool timer_closing;
+    redisAsyncContext *ac; /* the live context or NULL */
+    int adapters_open;     /* poll handles not yet closed */
+    int setup_pending;     /* setup replies still expected while CONNECTING */
+    bool setup_unsent;     /* hiredis refused a setup command: drop at the next tick */
+    uint64_t connect_started;
+    uint64_t reconnect_at;
+    uint64_t drain_deadline;
+    uint64_t backoff_ms;
+    unsigned failures;     /* failed attempts since the last READY */
+    uint64_t rng;
+
+    struct link_cmd *head, *tail;
+    size_t inflight;
+
+    void (*closed_cb)(void *arg);
+    void *closed_arg;
+
+    char last_error[256];
+    char logged_error[256]; /* last connect failure logged at warn level */
+};
+
+static void timer_cb(uv_timer_t *timer);
+static void link_rearm(struct redis_link *link);
+static void link_connect(struct redis_link *link);
+static void link_check_closed(struct redis_link *link);
+
+static uint64_t link_now(const struct redis_link *link)
+{
+    return uv_now(link->loop);
+}
+
+static bool has_timeout(const struct redis_link *link)
+{
+    return link->timeout_ms > 0;
+}
+
+/* xorshift64*: jitter only, no need for quality or a shared libc state. */
+static uint64_t link_random(struct redis_link *link)
+{
+    uint64_t x = link->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    link->rng = x;
+    return x * 2685821657736338717ULL;
+}
+
+/* The context's error text: hiredis 0.14 keeps it in c.errstr, and in the
+ * connect callback ac->err may still be 0 while the text is set. */
+static const char *ctx_error(const redisAsyncContext *ac)
+{
+    return ac->c.errstr[0] ? ac->c.errstr : "connection closed";
+}
+
+static void set_error(struct redis_link *link, const char *fmt, va_list ap)
+{
+    vsnprintf(link->last_error, sizeof link->last_error, fmt, ap);
+}
+
+/* ---- timer -------------------------------------------------------------- */
+
+static void timer_at(struct redis_link *link, uint64_t due)
+{
+    uint64_t now = link_now(link);
+    link->timer_due = due;
+    uv_timer_start(&link->timer, timer_cb, due > now ? due - now : 0, 0);
+}
+
+/* Pulls the timer earlier if due is before what it is armed for. */
+static void timer_no_later_than(struct redis_link *link, uint64_t due)
+{
+    if (link->timer_closing)
+        return;
+    if (link->timer_due == 0 || due < link->timer_due)
+        timer_at(link, due);
+}
+
+static uint64_t oldest_deadline(const struct redis_link *link)
+{
+    if (!link->head || !has_timeout(link))
+        return 0;
+    return link->head->sent_at + (uint64_t)link->timeout_ms;
+}
+
+static uint64_t min_due(uint64_t a, uint64_t b)
+{
+    if (a == 0)
+        return b;
+    if (b == 0)
+        return a;
+    return a < b ? a : b;
+}
+
+/* Arms the timer for exactly the next thing the state waits for. */
+static void link_rearm(struct redis_link *link)
+{
+    if (link->timer_closing)
+        return;
+    uint64_t due = 0;
+    if (link->closing) {
+        if (link->ac)
+            due = min_due(has_timeout(link) ? link->drain_deadline : 0, oldest_deadline(link));
+    } else {
+        switch (link->state) {
+        case LINK_DISCONNECTED:
+            if (link->started)
+                due = link->reconnect_at;
+            break;
+        case LINK_CONNECTING:
+            if (link->setup_unsent)
+                due = link_now(link);
+            else if (has_timeout(link))
+                due = link->connect_started + (uint64_t)link->timeout_ms;
+            break;
+        case LINK_READY:
+            due = oldest_deadline(link);
+            break;
+        case LINK_DRAINING:
+        case LINK_CLOSED:
+            break;
+        }
+    }
+    if (due == 0) {
+        link->timer_due = 0;
+        uv_timer_stop(&link->timer);
+    } else if (due != link->timer_due) {
+        timer_at(link, due);
+    }
+}
+
+/* ---- losing and dropping the connection --------------------------------- */
+
+/* The live context is gone or going (link->ac is already NULL): record why,
+ * leave READY/CONNECTING, schedule the reconnect, tell the owner. */
+static void link_lost(struct redis_link *link, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void link_lost(struct redis_link *link, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    set_error(link, fmt, ap);
+    va_end(ap);
+
+    if (link->closing) {
+        if (link->head)
+            log_warn("redis: %s: closing with %zu commands in flight: %s", link->where, link->inflight,
+                     link->last_error);
+        link_rearm(link);
+        link_check_closed(link);
+        return;
+    }
+
+    bool was_up = link->state == LINK_READY;
+    link->state = LINK_DISCONNECTED;
+    uint64_t base = link->backoff_ms;
+    uint64_t delay = base / 2 + link_random(link) % (base / 2 + 1);
+    link->backoff_ms = base * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : base * 2;
+    link->reconnect_at = link_now(link) + delay;
+
+    if (was_up) {
+        log_warn("redis: %s: connection lost: %s (%zu commands in flight, reconnecting)", link->where,
+                 link->last_error, link->inflight);
+        link->logged_error[0] = '\0';
+    } else {
+        link->failures++;
+        /* A Redis that stays down would otherwise log every few seconds:
+         * warn when the reason changes, debug for the repeats. */
+        if (strcmp(link->logged_error, link->last_error) != 0) {
+            log_warn("redis: %s: %s (retrying in %llu ms, with back-off)", link->where, link->last_error,
+                     (unsigned long long)delay);
+            snprintf(link->logged_error, sizeof link->logged_error, "%s", link->last_error);
+        } else {
+            log_debug("redis: %s: attempt %u failed: %s (retrying in %llu ms)", link->where, link->failures,
+                      link->last_error, (unsigned long long)delay);
+        }
+    }
+    link_rearm(link);
+    if (was_up && link->state_cb)
+        link->state_cb(link, false, link->state_arg);
+}
+
+/* We give up on the live context: detach it first so every callback that
+ * hiredis now runs with NULL sees the new state, then free it. */
+static void link_drop(struct redis_link *link, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void link_drop(struct redis_link *link, const char *fmt, ...)
+{
+    redisAsyncContext *ac = link->ac;
+    char reason[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof reason, fmt, ap);
+    va_end(ap);
+
+    link->ac = NULL;
+    link_lost(link, "%s", reason);
+    if (ac)
+        redisAsyncFree(ac);
+}
+
+/* ---- adapter hooks ------------------------------------------------------ */
+
+static void poll_error_cb(redisAsyncContext *ac, int status, void *arg)
+{
+    struct redis_link *link = arg;
+    if (ac != link->ac) {
+        /* Not ours any more, yet hiredis holds it: free it all the same. */
+        redisAsyncFree(ac);
+        return;
+    }
+    link_drop(link, "socket error: %s", uv_strerror(status));
+}
+
+static void detach_cb(redisAsyncContext *ac, void *arg)
+{
+    struct redis_link *link = arg;
+    if (ac != link->ac)
+        return;
+    link->ac = NULL;
+    if (link->closing && ac->c.err == 0) {
+        /* The clean disconnect redis_link_close asked for. */
+        link_rearm(link);
+        link_check_closed(link);
+        return;
+    }
+    if (link->state == LINK_CONNECTING)
+        link_lost(link, "connect failed: %s", ctx_error(ac));
+    else
+        link_lost(link, "%s", ctx_error(ac));
+}
+
+static void adapter_closed_cb(void *arg)
+{
+    struct redis_link *link = arg;
+    link->adapters_open--;
+    link_check_closed(link);
+}
+
+/* ---- commands ----------------------------------------------------------- */
+
+static void cmd_unlink(struct redis_link *link, struct link_cmd *cmd)
+{
+    if (cmd->prev)
+        cmd->prev->next = cmd->next;
+    else
+        link->head = cmd->next;
+    if (cmd->next)
+        cmd->next->prev = cmd->prev;
+    else
+        link->tail = cmd->prev;
+    cmd->prev = cmd->next = NULL;
+    link->inflight--;
+}
+
+static void cmd_append(struct redis_link *link, struct link_cmd *cmd)
+{
+    cmd->prev = link->tail;
+    cmd->next = NULL;
+    if (link->tail)
+        link->tail->next = cmd;
+    else
+        link->head = cmd;
+    link->tail = cmd;
+    link->inflight++;
+}
+
+/* Takes cmd off the books, then calls the user: the callback may send,
+ * close, or look at redis_link_inflight, and sees a consistent link. */
+static void cmd_finish(struct redis_link *link, struct link_cmd *cmd, redisReply *reply)
+{
+    cmd_unlink(link, cmd);
+    link_reply_cb cb = cmd->cb;
+    void *privdata = cmd->privdata;
+    if (cmd->fmt)
+        redisFreeCommand(cmd->fmt);
+    free(cmd);
+    cb(link, reply, privdata);
+}
+
+static void cmd_reply_cb(redisAsyncContext *ac, void *r, void *privdata);
+
+/* Re-sends a script command as EVAL <source>, reusing the formatted
+ * arguments after the SHA. Returns 0, or -1 when hiredis refused it (the
+ * context is disconnecting). */
+static int cmd_send_eval(struct redis_link *link, struct link_cmd *cmd, redisAsyncContext *ac)
+{
+    const char *src = link->scripts[cmd->script];
+    size_t srclen = strlen(src);
+    /* The array header of the EVALSHA is "*<n>\r\n"; EVAL has the same n. */
+    const char *crlf = memchr(cmd->fmt, '\n', cmd->fmt_len);
+    size_t header = crlf ? (size_t)(crlf - cmd->fmt) + 1 : 0;
+    char head[64];
+    int hn = snprintf(head, sizeof head, "$4\r\nEVAL\r\n$%zu\r\n", srclen);
+    size_t tail = cmd->fmt_len - cmd->fmt_args;
+    size_t len = header + (size_t)hn + srclen + 2 + tail;
+    char *buf = xmalloc(len);
+    char *p = buf;
+    memcpy(p, cmd->fmt, header);
+    p += header;
+    memcpy(p, head, (size_t)hn);
+    p += hn;
+    memcpy(p, src, srclen);
+    p += srclen;
+    memcpy(p, "\r\n", 2);
+    p += 2;
+    memcpy(p, cmd->fmt + cmd->fmt_args, tail);
+    int rc = redisAsyncFormattedCommand(ac, cmd_reply_cb, cmd, buf, len);
+    free(buf);
+    if (rc != REDIS_OK)
+        return -1;
+    cmd->eval_sent = true;
+    return 0;
+}
+
+static bool is_noscript(const redisReply *reply)
+{
+    return reply->type == REDIS_REPLY_ERROR && reply->str && reply->len >= 8 && strncmp(reply->str, "NOSCRIPT", 8) == 0;
+}
+
+static void cmd_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct link_cmd *cmd = privdata;
+    struct redis_link *link = cmd->link;
+    redisReply *reply = r;
+
+    if (reply == NULL && ac == link->ac) {
+        /* hiredis is tearing the live context down (EOF, I/O error): the
+         * first NULL reply is where we learn it. */
+        link->ac = NULL;
+        link_lost(link, "%s", ctx_error(ac));
+    }
+    if (reply && cmd->script >= 0 && !cmd->eval_sent && is_noscript(reply)) {
+        /* The script cache was flushed (SCRIPT FLUSH, a restart we did not
+         * notice, a failover): send the source, the caller never knows. */
+        if (ac == link->ac && cmd_send_eval(link, cmd, ac) == 0)
+            return;
+        reply = NULL;
+    }
+    cmd_finish(link, cmd, reply);
+}
+
+/* hiredis keeps the callbacks of these in a dict and calls them per
+ * message, which breaks "exactly once"; unsolicited pushes would also trip
+ * an assertion in hiredis 0.14. The link has no use for them. */
+static bool is_refused_command(const char *name, size_t len)
+{
+    static const char *const refused[] = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe",
+                                          "punsubscribe", "sunsubscribe", "monitor"};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        if (strlen(refused[i]) == len && strncasecmp(name, refused[i], len) == 0)
+            return true;
+    }
+    return false;
+}
+
+static struct link_cmd *cmd_new(struct redis_link *link, link_reply_cb cb, void *privdata, int script)
+{
+    struct link_cmd *cmd = xcalloc(1, sizeof *cmd);
+    cmd->link = link;
+    cmd->cb = cb;
+    cmd->privdata = privdata;
+    cmd->script = script;
+    cmd->sent_at = link_now(link);
+    return cmd;
+}
+
+static void cmd_accepted(struct redis_link *link, struct link_cmd *cmd)
+{
+    cmd_append(link, cmd);
+    if (has_timeout(link))
+        timer_no_later_than(link, cmd->sent_at + (uint64_t)link->timeout_ms);
+}
+
+int redis_link_command(struct redis_link *link, link_reply_cb cb, void *privdata, int argc, const char **argv,
+                       const size_t *argvlen)
+{
+    if (link->state != LINK_READY || !link->ac || argc < 1 || !cb)
+        return -1;
+    size_t len0 = argvlen ? argvlen[0] : strlen(argv[0]);
+    if (is_refused_command(argv[0], len0))
+        return -1;
+    struct link_cmd *cmd = cmd_new(link, cb, privdata, -1);
+    if (redisAsyncCommandArgv(link->ac, cmd_reply_cb, cmd, argc, argv, argvlen) != REDIS_OK) {
+        free(cmd);
+        return -1;
+    }
+    cmd_accepted(link, cmd);
+    return 0;
+}
+
+int redis_link_script(struct redis_link *link, int script, link_reply_cb cb, void *privdata, int nkeys, int argc,
+                      const char **argv, const size_t *argvlen)
+{
+    if (link->state != LINK_READY || !link->ac || !cb)
+        return -1;
+    if (script < 0 || script >= link->nscripts || nkeys < 0 || argc < nkeys || argc > INT_MAX - 3)
+        return -1;
+
+    char nkeys_s[16];
+    snprintf(nkeys_s, sizeof nkeys_s, "%d", nkeys);
+    int n = argc + 3;
+    const char **av = xmalloc((size_t)n * sizeof *av);
+    size_t *lens = xmalloc((size_t)n * sizeof *lens);
+    av[0] = "EVALSHA";
+    lens[0] = 7;
+    av[1] = link->shas[script];
+    lens[1] = SHA_HEX;
+    av[2] = nkeys_s;
+    lens[2] = strlen(nkeys_s);
+    for (int i = 0; i < argc; i++) {
+        av[3 + i] = argv[i];
+        lens[3 + i] = argvlen ? argvlen[i] : strlen(argv[i]);
+    }
+    char *fmt = NULL;
+    int fmt_len = redisFormatCommandArgv(&fmt, n, av, lens);
+    free(av);
+    free(lens);
+    if (fmt_len < 0)
+        fatal("redis: out of memory formatting a script call");
+
+    struct link_cmd *cmd = cmd_new(link, cb, privdata, script);
+    cmd->fmt = fmt;
+    cmd->fmt_len = (size_t)fmt_len;
+    /* "*<n>\r\n" "$7\r\nEVALSHA\r\n" "$40\r\n<sha>\r\n": the rest is kept for EVAL. */
+    char header[32];
+    int hn = snprintf(header, sizeof header, "*%d\r\n", n);
+    cmd->fmt_args = (size_t)hn + 13 + 5 + SHA_HEX + 2;
+    if (redisAsyncFormattedCommand(link->ac, cmd_reply_cb, cmd, fmt, (size_t)fmt_len) != REDIS_OK) {
+        redisFreeCommand(fmt);
+        free(cmd);
+        return -1;
+    }
+    cmd_accepted(link, cmd);
+    return 0;
+}
+
+/* ---- connecting --------------------------------------------------------- */
+
+static void link_ready(struct redis_link *link)
+{
+    link->state = LINK_READY;
+    link->backoff_ms = BACKOFF_MIN_MS;
+    if (link->failures)
+        log_info("redis: %s: connected (db %d, %d scripts loaded) after %u failed attempts", link->where, link->db,
+                 link->nscripts, link->failures);
+    else
+        log_info("redis: %s: connected (db %d, %d scripts loaded)", link->where, link->db, link->nscripts);
+    link->failures = 0;
+    link->logged_error[0] = '\0';
+    link_rearm(link);
+    if (link->state_cb)
+        link->state_cb(link, true, link->state_arg);
+}
+
+static void setup_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct redis_link *link = ac->data;
+    redisReply *reply = r;
+    uintptr_t step = (uintptr_t)privdata;
+
+    /* NULL: the context is going away; detach_cb or link_drop says why. */
+    if (ac != link->ac || link->state != LINK_CONNECTING || reply == NULL)
+        return;
+
+    const char *what = step == STEP_AUTH     ? "AUTH"
+                       : step == STEP_SELECT ? "SELECT"
+                       : step == STEP_PING   ? "PING"
+                                             : "SCRIPT LOAD";
+    if (reply->type == REDIS_REPLY_ERROR) {
+        link_drop(link, "%s failed: %s", what, reply->str ? reply->str : "error");
+        return;
+    }
+    if (step >= STEP_SCRIPT) {
+        size_t i = step - STEP_SCRIPT;
+        if (reply->type != REDIS_REPLY_STRING || reply->len != SHA_HEX) {
+            link_drop(link, "SCRIPT LOAD of script %zu: unexpected reply", i);
+            return;
+        }
+        memcpy(link->shas[i], reply->str, SHA_HEX);
+        link->shas[i][SHA_HEX] = '\0';
+    }
+    if (--link->setup_pending == 0)
+        link_ready(link);
+}
+
+static int setup_send(struct redis_link *link, redisAsyncContext *ac, uintptr_t step, int argc, const char **argv)
+{
+    if (redisAsyncCommandArgv(ac, setup_reply_cb, (void *)step, argc, argv, NULL) != REDIS_OK)
+        return -1;
+    link->setup_pending++;
+    return 0;
+}
+
+static void connect_cb(const redisAsyncContext *cac, int status)
+{
+    redisAsyncContext *ac = (redisAsyncContext *)cac;
+    struct redis_link *link = ac->data;
+    /* A failure is handled in detach_cb, which hiredis calls right after. */
+    if (status != REDIS_OK || ac != link->ac)
+        return;
+
+    int rc = 0;
+    link->setup_pending = 0;
+    if (link->password) {
+        const char *argv[3] = {"AUTH", link->user ? link->user : link->password, link->password};
+        rc |= setup_send(link, ac, STEP_AUTH, link->user ? 3 : 2, argv);
+    }
+    if (link->db != 0) {
+        char db[16];
+        snprintf(db, sizeof db, "%d", link->db);
+        const char *argv[2] = {"SELECT", db};
+        rc |= setup_send(link, ac, STEP_SELECT, 2, argv);
+    }
+    for (int i = 0; i < link->nscripts; i++) {
+        const char *argv[3] = {"SCRIPT", "LOAD", link->scripts[i]};
+        rc |= setup_send(link, ac, STEP_SCRIPT + (uintptr_t)i, 3, argv);
+    }
+    if (link->setup_pending == 0) {
+        /* Never go READY here (see the top of the file): ask for a PONG. */
+        const char *argv[1] = {"PING"};
+        rc |= setup_send(link, ac, STEP_PING, 1, argv);
+    }
+    if (rc != 0) {
+        /* Cannot free inside onConnect: let the timer drop it right away. */
+        link->setup_unsent = true;
+        timer_at(link, link_now(link));
+    }
+}
+
+static void link_connect(struct redis_link *link)
+{
+    link->state = LINK_CONNECTING;
+    link->setup_unsent = false;
+    link->connect_started = link_now(link);
+    redisAsyncContext *ac =
+        link->unix_path ? redisAsyncConnectUnix(link->unix_path) : redisAsyncConnect(link->host, link->port);
+    if (ac == NULL)
+        fatal("redis: out of memory creating a connection");
+    if (ac->err) {
+        char reason[200];
+        snprintf(reason, sizeof reason, "%s", ctx_error(ac));
+        redisAsyncFree(ac);
+        link_lost(link, "connect failed: %s", reason);
+        return;
+    }
+    ac->data = link;
+    struct redis_uv_hooks hooks = {
+        .error_cb = poll_error_cb,
+        .detach_cb = detach_cb,
+        .closed_cb = adapter_closed_cb,
+        .arg = link,
+    };
+    if (redis_uv_attach(ac, link->loop, &hooks) != 0) {
+        redisAsyncFree(ac);
+        link_lost(link, "connect failed: cannot watch the socket");
+        return;
+    }
+    link->adapters_open++;
+    link->ac = ac;
+    redisAsyncSetConnectCallback(ac, connect_cb);
+    link_rearm(link);
+}
+
+static void timer_cb(uv_timer_t *timer)
+{
+    struct redis_link *link = timer->data;
+    uint64_t now = link_now(link);
+    link->timer_due = 0;
+
+    uint64_t oldest = oldest_deadline(link);
+    if (link->closing) {
+        if (link->ac && has_timeout(link) && now >= link->drain_deadline)
+            link_drop(link, "close: replies still missing after %lld ms", (long long)link->timeout_ms);
+        else if (link->ac && oldest && now >= oldest)
+            link_drop(link, "command timed out after %lld ms", (long long)link->timeout_ms);
+    } else {
+        switch (link->state) {
+        case LINK_DISCONNECTED:
+            if (link->started && now >= link->reconnect_at)
+                link_connect(link);
+            break;
+        case LINK_CONNECTING:
+            if (link->setup_unsent)
+                link_drop(link, "cannot send the connection setup");
+            else if (has_timeout(link) && now >= link->connect_started + (uint64_t)link->timeout_ms)
+                link_drop(link, "connect timed out after %lld ms", (long long)link->timeout_ms);
+            break;
+        case LINK_READY:
+            if (oldest && now >= oldest)
+                link_drop(link, "command timed out after %lld ms", (long long)link->timeout_ms);
+            break;
+        case LINK_DRAINING:
+        case LINK_CLOSED:
+            break;
+        }
+    }
+    link_rearm(link);
+}
+
+/* ---- life cycle --------------------------------------------------------- */
+
+static char *dup_or_null(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
+struct redis_link *redis_link_new(uv_loop_t *loop, const struct redis_link_opts *opts, link_state_cb cb, void *arg)
+{
+    struct redis_link *link = xcalloc(1, sizeof *link);
+    link->loop = loop;
+    link->unix_path = dup_or_null(opts->unix_path);
+    link->host = link->unix_path ? NULL : xstrdup(opts->host ? opts->host : "127.0.0.1");
+    link->port = opts->port > 0 ? opts->port : 6379;
+    link->user = opts->user && opts->user[0] ? xstrdup(opts->user) : NULL;
+    link->password = opts->password && opts->password[0] ? xstrdup(opts->password) : NULL;
+    link->db = opts->db;
+    link->timeout_ms = opts->timeout_ms;
+    link->nscripts = opts->nscripts > 0 ? opts->nscripts : 0;
+    link->scripts = xcalloc((size_t)link->nscripts + 1, sizeof *link->scripts);
+    link->shas = xcalloc((size_t)link->nscripts + 1, sizeof *link->shas);
+    for (int i = 0; i < link->nscripts; i++)
+        link->scripts[i] = xstrdup(opts->scripts[i]);
+    if (link->unix_path)
+        snprintf(link->where, sizeof link->where, "%s", link->unix_path);
+    else
+        snprintf(link->where, sizeof link->where, strchr(link->host, ':') ? "[%s]:%d" : "%s:%d", link->host,
+                 link->port);
+    link->state_cb = cb;
+    link->state_arg = arg;
+    link->state = LINK_DISCONNECTED;
+    link->backoff_ms = BACKOFF_MIN_MS;
+    link->rng = (uv_hrtime() ^ (uint64_t)(uintptr_t)link) | 1;
+    uv_timer_init(loop, &link->timer);
+    link->timer.data = link;
+    return link;
+}
+
+void redis_link_start(struct redis_link *link)
+{
+    if (link->started || link->closing)
+        return;
+    link->started = true;
+    link_connect(link);
+}
+
+enum link_state redis_link_state(const struct redis_link *link)
+{
+    return link->state;
+}
+
+const char *redis_link_last_error(const struct redis_link *link)
+{
+    return link->last_error;
+}
+
+size_t redis_link_inflight(const struct redis_link *link)
+{
+    return link->inflight;
+}
+
+static void link_free(struct redis_link *link)
+{
+    free(link->host);
+    free(link->unix_path);
+    free(link->user);
+    free(link->password);
+    for (int i = 0; i < link->nscripts; i++)
+        free(link->scripts[i]);
+    free(link->scripts);
+    free(link->shas);
+    free(link);
+}
+
+static void timer_closed_cb(uv_handle_t *handle)
+{
+    struct redis_link *link = handle->data;
+    /* The owner may still read the link (last error) in closed_cb. */
+    if (link->closed_cb)
+        link->closed_cb(link->closed_arg);
+    link_free(link);
+}
+
+/* Finishes the close once hiredis and every poll handle are gone. */
+static void link_check_closed(struct redis_link *link)
+{
+    if (!link->closing || link->timer_closing || link->ac || link->adapters_open > 0)
+        return;
+    /* hiredis answered everything it held; anything left here was never
+     * going to be answered. Keep the promise anyway. */
+    while (link->head) {
+        log_error("redis: %s: command left in flight at close", link->where);
+        cmd_finish(link, link->head, NULL);
+    }
+    link->state = LINK_CLOSED;
+    link->timer_closing = true;
+    link->timer_due = 0;
+    uv_timer_stop(&link->timer);
+    uv_close((uv_handle_t *)&link->timer, timer_closed_cb);
+}
+
+void redis_link_close(struct redis_link *link, void (*closed_cb)(void *arg), void *arg)
+{
+    if (link->closing)
+        return;
+    bool was_up = link->state == LINK_READY;
+    link->closing = true;
+    link->closed_cb = closed_cb;
+    link->closed_arg = arg;
+    link->state = LINK_DRAINING;
+    link->drain_deadline = link_now(link) + (uint64_t)(has_timeout(link) ? link->timeout_ms : 0);
+
+    if (link->ac) {
+        if (was_up) {
+            log_info("redis: %s: closing (%zu commands in flight)", link->where, link->inflight);
+            /* hiredis stops taking commands, waits for the replies of those
+             * in flight, then disconnects (and frees, which reaches
+             * detach_cb); inside a reply callback it only sets a flag. */
+            redisAsyncDisconnect(link->ac);
+        } else {
+            link_drop(link, "closed while connecting");
+        }
+    }
+    link_rearm(link);
+    if (was_up && link->state_cb)
+        link->state_cb(link, false, link->state_arg);
+    link_check_closed(link);
+}
+
+/* ---- addresses ---------------------------------------------------------- */
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = tolower(c);
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* Copies s[0..n) decoding %XX; NULL on a bad escape or a decoded NUL. */
+static char *percent_decode(const char *s, size_t n)
+{
+    char *out = xmalloc(n + 1);
+    size_t j = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '%') {
+            int hi = i + 1 < n ? hexval((unsigned char)s[i + 1]) : -1;
+            int lo = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
+            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+                free(out);
+                return NULL;
+            }
+            out[j++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            out[j++] = s[i];
+        }
+    }
+    out[j] = '\0';
+    return out;
+}
+
+/* Parses a decimal in [lo, hi] from s[0..n). Returns 0 or -1. */
+static int parse_int(const char *s, size_t n, long lo, long hi, int *out)
+{
+    if (n == 0 || n > 10)
+        return -1;
+    long v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    if (v < lo || v > hi)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+/* Parses "host", "host:port", "[v6]" or "[v6]:port" from s[0..n). */
+static int parse_host_port(const char *s, size_t n, char **host, int *port)
+{
+    const char *h = s;
+    size_t hlen;
+    const char *rest;
+    if (n > 0 && s[0] == '[') {
+        const char *close = memchr(s, ']', n);
+        if (!close)
+            return -1;
+        h = s + 1;
+        hlen = (size_t)(close - h);
+        rest = close + 1;
+        if (rest < s + n && *rest != ':')
+            return -1;
+    } else {
+        const char *colon = memchr(s, ':', n);
+        hlen = colon ? (size_t)(colon - s) : n;
+        rest = s + hlen;
+    }
+    if (hlen == 0)
+        return -1;
+    for (size_t i = 0; i < hlen; i++) {
+        if (isspace((unsigned char)h[i]) || h[i] == '/' || h[i] == '@')
+            return -1;
+    }
+    *port = 6379;
+    if (rest < s + n) {
+        /* rest points at ':' */
+        if (parse_int(rest + 1, (size_t)(s + n - rest - 1), 1, 65535, port) != 0)
+            return -1;
+    }
+    *host = xstrndup(h, hlen);
+    return 0;
+}
+
+int redis_link_parse_address(const char *addr, struct redis_link_opts *opts, char **host_out, char **path_out,
+                             char **user_out, char **password_out)
+{
+    *host_out = *path_out = *user_out = *password_out = NULL;
+    if (!addr || !addr[0])
+        return -1;
+
+    if (addr[0] == '/') {
+        *path_out = xstrdup(addr);
+        opts->unix_path = *path_out;
+        opts->host = NULL;
+        opts->port = 0;
+        return 0;
+    }
+
+    static const char scheme[] = "redis://";
+    if (strncasecmp(addr, scheme, sizeof scheme - 1) != 0) {
+        if (strstr(addr, "://"))
+            return -1; /* rediss:// (TLS) and the like are not supported */
+        int port;
+        if (parse_host_port(addr, strlen(addr), host_out, &port) != 0)
+            return -1;
+        opts->host = *host_out;
+        opts->port = port;
+        opts->unix_path = NULL;
+        return 0;
+    }
+
+    const char *s = addr + sizeof scheme - 1;
+    const char *end = s + strlen(s);
+    const char *slash = memchr(s, '/', (size_t)(end - s));
+    const char *auth_end = slash ? slash : end;
+    /* The last '@' before the path ends the user info (a password may hold '@' only encoded, but be lenient). */
+    const char *at = NULL;
+    for (const char *p = s; p < auth_end; p++) {
+        if (*p == '@')
+            at = p;
+    }
+    int db = -1;
+    char *user = NULL, *password = NULL;
+    if (at) {
+        const char *colon = memchr(s, ':', (size_t)(at - s));
+        if (colon) {
+            if (colon > s && !(user = percent_decode(s, (size_t)(colon - s))))
+                goto fail;
+            if (!(password = percent_decode(colon + 1, (size_t)(at - colon - 1))))
+                goto fail;
+        } else if (!(password = percent_decode(s, (size_t)(at - s)))) {
+            /* "redis://secret@host", as redis-cli reads it */
+            goto fail;
+        }
+        if (password && !password[0]) {
+            free(password);
+            password = NULL;
+        }
+        s = at + 1;
+    }
+    int port;
+    if (parse_host_port(s, (size_t)(auth_end - s), host_out, &port) != 0)
+        goto fail;
+    if (slash && slash + 1 < end) {
+        if (parse_int(slash + 1, (size_t)(end - slash - 1), 0, INT_MAX, &db) != 0)
+            goto fail;
+    }
+    opts->host = *host_out;
+    opts->port = port;
+    opts->unix_path = NULL;
+    if (user) {
+        *user_out = user;
+        opts->user = user;
+    }
+    if (password) {
+        *password_out = password;
+        opts->password = password;
+    }
+    if (db >= 0)
+        opts->db = db;
+    return 0;
+
+fail:
+    free(user);
+    free(password);
+    free(*host_out);
+    *host_out = NULL;
+    return -1;
+}

@@ -23,7 +23,7 @@ char *frame_space(struct frame *f, size_t want, size_t *avail);
 /* Marks n bytes written into the space returned by frame_space. */
 void frame_commit(struct frame *f, size_t n);
 
-/* Returns 1 and sets *line/*len (without the '\n', a trailing '\r' also
+/* Returns 1 and sets *line and *len (without the '\n', a trailing '\r' also
  * stripped) for the next complete line; 0 when none is complete yet;
  * -1 when the pending line is longer than max_line (the connection should
  * get an error and be closed). The line stays valid until the next call. */

@@ -1,1 +1,668 @@
-/* placeholder: being written */
+/*
+ * Parsing and validation of request lines.
+ *
+ * A line is parsed once by jansson into a tree that the struct request
+ * borrows from: every string the daemon sees is a pointer into that tree,
+ * so a valid request costs one parse and no copies. Validation is strict
+ * where a bad value could do harm later (ids and addresses become part of
+ * Redis keys and of event lines; codes drive the classifier) and liberal
+ * where the world is messy (the local part of an address, the reply text).
+ *
+ * Everything a client sends arrives here first, so every message that
+ * quotes client input is cut to a sane length and sanitized: an error
+ * reply must itself be a valid JSON line.
+ *
+ * Unknown fields are ignored, so that a newer client can talk to an older
+ * daemon. Duplicate keys are refused: {"id":"a","id":"b"} has no single
+ * meaning, and guessing one would hide a client bug.
+ */
+#include "proto/request.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#define DIGITS_MAX 20 /* a uint64 in decimal, for stream ids */
+
+static const char *const op_names[OP__COUNT] = {
+    [OP_BOUNCE] = "bounce",       [OP_DELIVERED] = "delivered", [OP_CANCEL] = "cancel", [OP_GET] = "get",
+    [OP_CLASSIFY] = "classify",   [OP_STATS] = "stats",         [OP_SUBSCRIBE] = "subscribe",
+    [OP_ACK] = "ack",             [OP_PING] = "ping",           [OP_AUTH] = "auth",
+};
+
+static const char *const event_names[EV__COUNT] = {
+    [EV_RETRY] = "retry",
+    [EV_GIVE_UP] = "give_up",
+    [EV_SUPPRESS] = "suppress",
+    [EV_SENDER_ALERT] = "sender_alert",
+    [EV_DOMAIN_THROTTLED] = "domain_throttled",
+};
+
+void proto_limits_default(struct proto_limits *lim)
+{
+    lim->max_id = 200;
+    lim->max_rcpt = 320;
+    lim->max_text = 4096;
+    lim->max_meta = 4096;
+    lim->max_campaign = 200;
+    lim->max_group = 64;
+    lim->max_ack_ids = 10000;
+}
+
+const char *op_name(enum op op)
+{
+    return (unsigned)op < OP__COUNT ? op_names[op] : "?";
+}
+
+const char *event_type_name(enum event_type t)
+{
+    return (unsigned)t < EV__COUNT ? event_names[t] : "?";
+}
+
+int event_type_parse(const char *name)
+{
+    for (int i = 0; i < EV__COUNT; i++)
+        if (strcmp(name, event_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+/* Length of the valid UTF-8 sequence at s (at most n bytes), or 0 when the
+ * bytes there are not one: overlong forms, surrogates and code points past
+ * U+10FFFF are refused, as jansson refuses them. */
+static size_t utf8_seq(const unsigned char *s, size_t n, uint32_t *cp)
+{
+    unsigned char c = s[0];
+    size_t need;
+    uint32_t v, min;
+
+    if (c < 0x80) {
+        *cp = c;
+        return 1;
+    }
+    if (c >= 0xc2 && c <= 0xdf) {
+        need = 2, v = c & 0x1f, min = 0x80;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        need = 3, v = c & 0x0f, min = 0x800;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        need = 4, v = c & 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (n < need)
+        return 0;
+    for (size_t i = 1; i < need; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        v = (v << 6) | (s[i] & 0x3f);
+    }
+    if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
+        return 0;
+    *cp = v;
+    return need;
+}
+
+char *proto_text_sanitize(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    size_t n = strlen(s);
+
+    while (n > 0) {
+        uint32_t cp;
+        size_t k = utf8_seq(p, n, &cp);
+        if (k == 0 || cp < 0x20 || cp == 0x7f) {
+            *p = '?';
+            k = 1;
+        }
+        p += k;
+        n -= k;
+    }
+    return s;
+}
+
+/* Whether a code point may appear in a name-like field. Controls, and the
+ * invisible format characters that make two different strings look alike
+ * (zero-width, bidi overrides, BOM), are never allowed; spaces only when
+ * the field allows them. */
+static bool codepoint_ok(uint32_t cp, bool allow_space)
+{
+    if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
+        return false;
+    if (cp == 0xad || cp == 0x180e || (cp >= 0x200b && cp <= 0x200f) || (cp >= 0x2028 && cp <= 0x202e) ||
+        (cp >= 0x2060 && cp <= 0x206f) || cp == 0xfeff || (cp >= 0xfff9 && cp <= 0xfffb))
+        return false;
+    if (cp == ' ' || cp == 0xa0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x202f ||
+        cp == 0x205f || cp == 0x3000)
+        return allow_space;
+    return true;
+}
+
+/* Checks that s[0, n) holds only allowed code points. jansson has already
+ * checked that strings are valid UTF-8, but this does not rely on it. */
+static bool text_ok(const char *s, size_t n, bool allow_space)
+{
+    const unsigned char *p = (const unsigned char *)s;
+
+    while (n > 0) {
+        uint32_t cp;
+        size_t k = utf8_seq(p, n, &cp);
+        if (k == 0 || !codepoint_ok(cp, allow_space))
+            return false;
+        p += k;
+        n -= k;
+    }
+    return true;
+}
+
+static int fail(struct proto_error *err, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(struct proto_error *err, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+
+    err->code = code;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+    proto_text_sanitize(err->message); /* vsnprintf may have cut a UTF-8 sequence */
+    return -1;
+}
+
+/* Copies client text into buf (bufsize >= 8) for quoting in a message:
+ * printable ASCII only, other bytes as '?', cut with "..." to fit. */
+static const char *quote(char *buf, size_t bufsize, const char *s, size_t n)
+{
+    size_t max = bufsize - 4, o = 0;
+
+    for (size_t i = 0; i < n && o < max; i++) {
+        unsigned char c = (unsigned char)s[i];
+        buf[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
+    }
+    if (n > max)
+        memcpy(buf + o, "...", 3), o += 3;
+    buf[o] = '\0';
+    return buf;
+}
+
+/*
+ * Field access. Each getter returns 1 when the field is present and valid,
+ * 0 when it is absent (or null, which clients use for "not set"), -1 on
+ * error with err filled in.
+ */
+
+static int get_string(json_t *root, const char *name, bool required, const char **s, size_t *n,
+                      struct proto_error *err)
+{
+    json_t *v = json_object_get(root, name);
+
+    if (v == NULL || json_is_null(v)) {
+        if (required)
+            return fail(err, ERR_BAD_REQUEST, "field '%s' is required", name);
+        return 0;
+    }
+    if (!json_is_string(v))
+        return fail(err, ERR_BAD_REQUEST, "field '%s' must be a string", name);
+    *s = json_string_value(v);
+    *n = json_string_length(v);
+    return 1;
+}
+
+/* A string with a byte limit; an empty string is refused when required. */
+static int get_bounded(json_t *root, const char *name, bool required, size_t max, const char **s, size_t *n,
+                       struct proto_error *err)
+{
+    int rc = get_string(root, name, required, s, n, err);
+
+    if (rc <= 0)
+        return rc;
+    if (*n > max)
+        return fail(err, ERR_TOO_LARGE, "field '%s' is %zu bytes, the limit is %zu", name, *n, max);
+    if (*n == 0 && required)
+        return fail(err, ERR_BAD_REQUEST, "field '%s' must not be empty", name);
+    return 1;
+}
+
+static int get_int(json_t *root, const char *name, bool required, json_int_t *out, struct proto_error *err)
+{
+    json_t *v = json_object_get(root, name);
+
+    if (v == NULL || json_is_null(v)) {
+        if (required)
+            return fail(err, ERR_BAD_REQUEST, "field '%s' is required", name);
+        return 0;
+    }
+    if (!json_is_integer(v))
+        return fail(err, ERR_BAD_REQUEST, "field '%s' must be an integer", name);
+    *out = json_integer_value(v);
+    return 1;
+}
+
+static int get_id(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
+{
+    int rc = get_bounded(root, "id", true, lim->max_id, &r->id, &r->id_len, err);
+
+    if (rc < 0)
+        return -1;
+    for (size_t i = 0; i < r->id_len; i++) {
+        unsigned char c = (unsigned char)r->id[i];
+        if (c < 0x21 || c > 0x7e)
+            return fail(err, ERR_BAD_REQUEST,
+                        "field 'id' must be printable ASCII without spaces (byte %zu is 0x%02x)", i, c);
+    }
+    return 0;
+}
+
+/* Returns NULL when label is a valid domain label: letters, digits,
+ * hyphens (not first or last), or non-ASCII letters of an IDN in UTF-8. */
+static const char *label_problem(const char *s, size_t n)
+{
+    if (n == 0)
+        return "the domain has an empty label";
+    if (n > 63)
+        return "a domain label is longer than 63 bytes";
+    if (s[0] == '-' || s[n - 1] == '-')
+        return "a domain label starts or ends with '-'";
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x80) {
+            if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-'))
+                return "the domain may hold only letters, digits, '-' and '.'";
+            i++;
+            continue;
+        }
+        uint32_t cp;
+        size_t k = utf8_seq((const unsigned char *)s + i, n - i, &cp);
+        if (k == 0 || !codepoint_ok(cp, false))
+            return "the domain holds a character that is not a letter";
+        i += k;
+    }
+    return NULL;
+}
+
+/* Returns NULL when s is an address we accept, or what is wrong with it.
+ * The local part is taken as the sender's MTA had it (anything printable
+ * but spaces, '@', quotes and angle brackets); the domain must be a
+ * host name. Address literals ("[192.0.2.1]") and quoted local parts are
+ * refused: neither occurs in bulk mail, and both complicate every consumer. */
+static const char *address_problem(const char *s, size_t n)
+{
+    const char *at = memchr(s, '@', n);
+    size_t local_len, dom_len;
+    const char *dom;
+
+    if (n > 0 && (s[0] == '<' || s[n - 1] == '>'))
+        return "write the bare address, without angle brackets";
+    if (at == NULL)
+        return "there is no '@'";
+    if (memchr(at + 1, '@', n - (size_t)(at + 1 - s)) != NULL)
+        return "there is more than one '@' (quoted local parts are not accepted)";
+    local_len = (size_t)(at - s);
+    dom = at + 1;
+    dom_len = n - local_len - 1;
+    if (local_len == 0)
+        return "the local part is empty";
+    if (s[0] == '"')
+        return "quoted local parts are not accepted";
+    if (!text_ok(s, local_len, false))
+        return "the local part holds a space or a control character";
+    for (size_t i = 0; i < local_len; i++)
+        if (s[i] == '"' || s[i] == '<' || s[i] == '>')
+            return "the local part holds '\"', '<' or '>'";
+    if (dom_len == 0)
+        return "the domain is empty";
+    if (dom_len > 255)
+        return "the domain is longer than 255 bytes";
+    if (dom[0] == '[')
+        return "address literals are not accepted";
+    for (const char *p = dom, *end = dom + dom_len; p <= end;) {
+        const char *dot = memchr(p, '.', (size_t)(end - p));
+        const char *lend = dot ? dot : end;
+        const char *why = label_problem(p, (size_t)(lend - p));
+        if (why != NULL)
+            return why;
+        p = lend + 1;
+    }
+    return NULL;
+}
+
+static int get_rcpt(json_t *root, bool required, const struct proto_limits *lim, struct request *r,
+                    struct proto_error *err)
+{
+    int rc = get_bounded(root, "rcpt", required, lim->max_rcpt, &r->rcpt, &r->rcpt_len, err);
+    const char *why;
+
+    if (rc <= 0)
+        return rc;
+    why = address_problem(r->rcpt, r->rcpt_len);
+    if (why != NULL)
+        return fail(err, ERR_BAD_REQUEST, "field 'rcpt' must be an address (local@domain): %s", why);
+    return 1;
+}
+
+/* Accepts class.subject.detail: class 2, 4 or 5, subject and detail
+ * 0..999 (1 to 3 digits), nothing before or after. */
+static bool enhanced_ok(const char *s, size_t n)
+{
+    size_t i = 0;
+
+    if (n < 5 || (s[0] != '2' && s[0] != '4' && s[0] != '5') || s[1] != '.')
+        return false;
+    i = 2;
+    for (int part = 0; part < 2; part++) {
+        size_t digits = 0;
+        while (i < n && s[i] >= '0' && s[i] <= '9' && digits < 4)
+            i++, digits++;
+        if (digits == 0 || digits > 3)
+            return false;
+        if (part == 0) {
+            if (i >= n || s[i] != '.')
+                return false;
+            i++;
+        }
+    }
+    return i == n;
+}
+
+static int get_code(json_t *root, bool required, struct request *r, struct proto_error *err)
+{
+    json_int_t v;
+    int rc = get_int(root, "code", required, &v, err);
+
+    if (rc <= 0)
+        return rc;
+    if (v < 200 || v > 599)
+        return fail(err, ERR_BAD_REQUEST, "field 'code' must be an SMTP reply code (200..599), not %lld",
+                    (long long)v);
+    r->code = (int)v;
+    return 1;
+}
+
+/* enhanced and text, shared by bounce and classify. An empty string is
+ * the same as an absent field: clients often forward an empty enhanced
+ * code when the server gave none. */
+static int get_reply_fields(json_t *root, const struct proto_limits *lim, struct request *r,
+                            struct proto_error *err)
+{
+    const char *s = NULL;
+    size_t n = 0;
+    int rc;
+
+    rc = get_string(root, "enhanced", false, &s, &n, err);
+    if (rc < 0)
+        return -1;
+    if (rc > 0 && n > 0) {
+        if (!enhanced_ok(s, n)) {
+            char q[40];
+            return fail(err, ERR_BAD_REQUEST,
+                        "field 'enhanced' must be an enhanced status code X.Y.Z (class 2, 4 or 5), not '%s'",
+                        quote(q, sizeof q, s, n));
+        }
+        r->enhanced = s;
+    }
+    rc = get_bounded(root, "text", false, lim->max_text, &s, &n, err);
+    if (rc < 0)
+        return -1;
+    if (rc > 0 && n > 0)
+        r->text = s;
+    return 0;
+}
+
+static int parse_bounce(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
+{
+    const char *s = NULL;
+    size_t n = 0;
+    json_int_t v;
+    json_t *meta;
+    int rc;
+
+    if (get_id(root, lim, r, err) < 0 || get_rcpt(root, true, lim, r, err) < 0 ||
+        get_code(root, true, r, err) < 0)
+        return -1;
+    if (r->code < 400)
+        return fail(err, ERR_BAD_REQUEST, "field 'code' must be 4xx or 5xx for a bounce, not %d", r->code);
+    if (get_reply_fields(root, lim, r, err) < 0)
+        return -1;
+
+    rc = get_bounded(root, "campaign", false, lim->max_campaign, &s, &n, err);
+    if (rc < 0)
+        return -1;
+    if (rc > 0 && n > 0) {
+        if (!text_ok(s, n, true))
+            return fail(err, ERR_BAD_REQUEST, "field 'campaign' must not hold control characters");
+        r->campaign = s;
+    }
+
+    rc = get_int(root, "not_before", false, &v, err);
+    if (rc < 0)
+        return -1;
+    if (rc > 0) {
+        if (v <= 0 || v >= (json_int_t)1 << 53)
+            return fail(err, ERR_BAD_REQUEST,
+                        "field 'not_before' must be a time in epoch milliseconds (0 < n < 2^53)");
+        r->not_before = v;
+    }
+
+    meta = json_object_get(root, "meta");
+    if (meta != NULL && !json_is_null(meta)) {
+        size_t size;
+        if (!json_is_object(meta))
+            return fail(err, ERR_BAD_REQUEST, "field 'meta' must be an object");
+        /* The limit is on what events will carry: the compact encoding. */
+        size = json_dumpb(meta, NULL, 0, JSON_COMPACT);
+        if (size == 0)
+            return fail(err, ERR_BAD_REQUEST, "field 'meta' cannot be encoded");
+        if (size > lim->max_meta)
+            return fail(err, ERR_TOO_LARGE, "field 'meta' is %zu bytes as compact JSON, the limit is %zu", size,
+                        lim->max_meta);
+        r->meta = meta;
+    }
+    return 0;
+}
+
+static int parse_delivered(json_t *root, const struct proto_limits *lim, struct request *r,
+                           struct proto_error *err)
+{
+    if (get_id(root, lim, r, err) < 0 || get_rcpt(root, false, lim, r, err) < 0)
+        return -1;
+    return 0;
+}
+
+static int parse_id_only(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
+{
+    return get_id(root, lim, r, err);
+}
+
+static int parse_classify(json_t *root, const struct proto_limits *lim, struct request *r,
+                          struct proto_error *err)
+{
+    if (get_code(root, false, r, err) < 0 || get_reply_fields(root, lim, r, err) < 0)
+        return -1;
+    if (r->code == 0 && r->text == NULL)
+        return fail(err, ERR_BAD_REQUEST, "field 'code' is required (or a 'text' that starts with one)");
+    return 0;
+}
+
+static int parse_nothing(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
+{
+    return 0;
+}
+
+static int parse_subscribe(json_t *root, const struct proto_limits *lim, struct request *r,
+                           struct proto_error *err)
+{
+    size_t n = 0;
+    json_t *types, *t;
+    size_t i;
+
+    if (get_bounded(root, "group", true, lim->max_group, &r->group, &n, err) < 0)
+        return -1;
+    for (i = 0; i < n; i++) {
+        char c = r->group[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+              c == '.' || c == ':' || c == '-'))
+            return fail(err, ERR_BAD_REQUEST, "field 'group' may hold only letters, digits and '_.:-'");
+    }
+
+    r->types = EV_ALL;
+    types = json_object_get(root, "types");
+    if (types == NULL || json_is_null(types))
+        return 0;
+    if (!json_is_array(types))
+        return fail(err, ERR_BAD_REQUEST, "field 'types' must be an array of event type names");
+    if (json_array_size(types) == 0)
+        return fail(err, ERR_BAD_REQUEST, "field 'types' must not be empty (leave it out for every type)");
+    r->types = 0;
+    json_array_foreach(types, i, t) {
+        int ev;
+        if (!json_is_string(t))
+            return fail(err, ERR_BAD_REQUEST, "field 'types' must be an array of event type names");
+        ev = event_type_parse(json_string_value(t));
+        if (ev < 0) {
+            char q[40];
+            return fail(err, ERR_BAD_REQUEST,
+                        "unknown event type '%s' in field 'types' (known: retry, give_up, suppress, "
+                        "sender_alert, domain_throttled)",
+                        quote(q, sizeof q, json_string_value(t), json_string_length(t)));
+        }
+        r->types |= 1u << ev;
+    }
+    return 0;
+}
+
+/* A Redis stream entry id: "<ms>-<seq>", both decimal. */
+static bool stream_id_ok(const char *s, size_t n)
+{
+    size_t i = 0, d;
+
+    for (d = 0; i < n && s[i] >= '0' && s[i] <= '9'; i++, d++)
+        ;
+    if (d == 0 || d > DIGITS_MAX || i >= n || s[i] != '-')
+        return false;
+    i++;
+    for (d = 0; i < n && s[i] >= '0' && s[i] <= '9'; i++, d++)
+        ;
+    return d > 0 && d <= DIGITS_MAX && i == n;
+}
+
+static int parse_ack(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
+{
+    json_t *ids = json_object_get(root, "ids"), *v;
+    size_t i;
+
+    if (ids == NULL || json_is_null(ids))
+        return fail(err, ERR_BAD_REQUEST, "field 'ids' is required");
+    if (!json_is_array(ids))
+        return fail(err, ERR_BAD_REQUEST, "field 'ids' must be an array of event ids");
+    if (json_array_size(ids) == 0)
+        return fail(err, ERR_BAD_REQUEST, "field 'ids' must not be empty");
+    if (json_array_size(ids) > lim->max_ack_ids)
+        return fail(err, ERR_TOO_LARGE, "field 'ids' has %zu elements, the limit is %zu", json_array_size(ids),
+                    lim->max_ack_ids);
+    json_array_foreach(ids, i, v) {
+        if (!json_is_string(v))
+            return fail(err, ERR_BAD_REQUEST, "field 'ids' element %zu must be a string", i);
+        if (!stream_id_ok(json_string_value(v), json_string_length(v))) {
+            char q[40];
+            return fail(err, ERR_BAD_REQUEST,
+                        "field 'ids' element %zu must be an event id like \"1700000000000-0\", not '%s'", i,
+                        quote(q, sizeof q, json_string_value(v), json_string_length(v)));
+        }
+    }
+    r->ids = ids;
+    return 0;
+}
+
+static int parse_auth(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
+{
+    size_t n = 0;
+
+    return get_bounded(root, "token", true, SIZE_MAX, &r->token, &n, err) < 0 ? -1 : 0;
+}
+
+typedef int (*op_parser)(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err);
+
+static const op_parser op_parsers[OP__COUNT] = {
+    [OP_BOUNCE] = parse_bounce,       [OP_DELIVERED] = parse_delivered, [OP_CANCEL] = parse_id_only,
+    [OP_GET] = parse_id_only,         [OP_CLASSIFY] = parse_classify,   [OP_STATS] = parse_nothing,
+    [OP_SUBSCRIBE] = parse_subscribe, [OP_ACK] = parse_ack,             [OP_PING] = parse_nothing,
+    [OP_AUTH] = parse_auth,
+};
+
+static int op_lookup(const char *s, size_t n)
+{
+    /* Ten names: a length check before strcmp makes this a handful of
+     * comparisons, not worth a hash. */
+    for (int i = 0; i < OP__COUNT; i++)
+        if (strlen(op_names[i]) == n && memcmp(op_names[i], s, n) == 0)
+            return i;
+    return -1;
+}
+
+int request_parse(const char *line, size_t len, const struct proto_limits *lim, struct request *out,
+                  struct proto_error *err)
+{
+    json_error_t jerr;
+    json_t *root, *req = NULL, *opv;
+    int op;
+
+    memset(out, 0, sizeof *out);
+    out->types = EV_ALL;
+    err->code = NULL;
+    err->message[0] = '\0';
+
+    /* A blank line (or only a '\r') is most often a person pressing Enter
+     * in nc; say so rather than quote jansson's "'[' or '{' expected". */
+    size_t blank = 0;
+    while (blank < len && (line[blank] == ' ' || line[blank] == '\t' || line[blank] == '\r'))
+        blank++;
+    if (blank == len)
+        return fail(err, ERR_BAD_REQUEST, "empty line: expected a JSON object");
+
+    root = json_loadb(line, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    if (root == NULL)
+        return fail(err, ERR_BAD_REQUEST, "invalid JSON at column %d: %s", jerr.column, jerr.text);
+    out->root = root;
+    if (!json_is_object(root))
+        return fail(err, ERR_BAD_REQUEST, "a request must be a JSON object");
+
+    req = json_object_get(root, "req");
+    if (req != NULL) {
+        if (json_is_object(req) || json_is_array(req))
+            /* Not echoed: a reply must stay small and flat. */
+            return fail(err, ERR_BAD_REQUEST, "field 'req' must be a string, a number, a boolean or null");
+        out->req = req;
+    }
+
+    opv = json_object_get(root, "op");
+    if (opv == NULL)
+        return fail(err, ERR_BAD_REQUEST, "field 'op' is required");
+    if (!json_is_string(opv))
+        return fail(err, ERR_BAD_REQUEST, "field 'op' must be a string");
+    op = op_lookup(json_string_value(opv), json_string_length(opv));
+    if (op < 0) {
+        char q[48];
+        return fail(err, ERR_UNKNOWN_OP, "unknown op '%s'",
+                    quote(q, sizeof q, json_string_value(opv), json_string_length(opv)));
+    }
+    out->op = (enum op)op;
+    if (op_parsers[op](root, lim, out, err) < 0) {
+        /* Leave no half-validated field behind, only what the error
+         * reply needs. */
+        memset(out, 0, sizeof *out);
+        out->root = root;
+        out->req = req;
+        out->op = (enum op)op;
+        out->types = EV_ALL;
+        return -1;
+    }
+    return 0;
+}
+
+void request_free(struct request *r)
+{
+    if (r->root != NULL)
+        json_decref(r->root);
+    memset(r, 0, sizeof *r);
+    r->types = EV_ALL;
+}

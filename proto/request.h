@@ -96,4 +96,9 @@ const char *event_type_name(enum event_type t);
 /* Returns the event type called name, or -1. */
 int event_type_parse(const char *name);
 
+/* Replaces in place, with '?', every byte of the NUL-terminated s that is
+ * not part of valid UTF-8, and every ASCII control character, so that text
+ * quoting client input can go into a JSON reply or a log line. Returns s. */
+char *proto_text_sanitize(char *s);
+
 #endif

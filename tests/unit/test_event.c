@@ -1,0 +1,285 @@
+/*
+ * Unit tests of proto/event.c: the message fragment, the body and the
+ * line each parse back with jansson to exactly what went in, whatever the
+ * id and address hold (quotes, backslashes, control characters, UTF-8);
+ * the exact layout of the common cases; refusal of bodies that would
+ * break framing; the type read back from a body.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "proto/event.h"
+#include "proto/request.h"
+
+/* Parses "{" fragment "}" and returns the object. */
+static json_t *fragment_object(const char *frag, size_t len)
+{
+    char *s = malloc(len + 3);
+    s[0] = '{';
+    memcpy(s + 1, frag, len);
+    s[len + 1] = '}';
+    s[len + 2] = '\0';
+    json_error_t e;
+    json_t *o = json_loads(s, JSON_REJECT_DUPLICATES, &e);
+    if (o == NULL)
+        fail_msg("fragment {%s} does not parse: %s", frag, e.text);
+    free(s);
+    return o;
+}
+
+static void test_fragment_layout(void **state)
+{
+    (void)state;
+    size_t len;
+    char *f = event_msg_fragment("m1", "a@b.c", NULL, NULL, &len);
+    assert_string_equal(f, "\"id\":\"m1\",\"rcpt\":\"a@b.c\"");
+    assert_int_equal(len, strlen(f));
+    free(f);
+
+    json_t *meta = json_pack("{s:s, s:i}", "tenant", "t1", "n", 3);
+    f = event_msg_fragment("m1", "a@b.c", "spring", meta, &len);
+    assert_string_equal(f, "\"id\":\"m1\",\"rcpt\":\"a@b.c\",\"campaign\":\"spring\",\"meta\":{\"tenant\":\"t1\",\"n\":3}");
+    free(f);
+    /* meta is borrowed */
+    assert_int_equal(meta->refcount, 1);
+    json_decref(meta);
+}
+
+static void test_fragment_escaping(void **state)
+{
+    (void)state;
+    static const char *const ids[] = {
+        "plain", "with\"quote", "back\\slash", "\"\\\"", "<abc@mx.example>", "a/b", "}{,:", "\\u0041",
+    };
+    static const char *const rcpts[] = {
+        "a@b.c", "j\xc3\xbcrgen@m\xc3\xbcnchen.de", "\xe7\x94\xa8\xe6\x88\xb7@\xe4\xbe\x8b\xe3\x81\x88.jp",
+        "o'brien+\"x\"@example.com", "tab\there@x.y", "nl\nhere@x.y",
+    };
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        for (size_t k = 0; k < sizeof rcpts / sizeof rcpts[0]; k++) {
+            size_t len;
+            const char *campaign = (i + k) % 2 ? "Sommer \xe2\x80\x93 \"Aktion\"" : NULL;
+            char *f = event_msg_fragment(ids[i], rcpts[k], campaign, NULL, &len);
+            assert_non_null(f);
+            assert_null(memchr(f, '\n', len));
+            json_t *o = fragment_object(f, len);
+            assert_string_equal(json_string_value(json_object_get(o, "id")), ids[i]);
+            assert_string_equal(json_string_value(json_object_get(o, "rcpt")), rcpts[k]);
+            if (campaign)
+                assert_string_equal(json_string_value(json_object_get(o, "campaign")), campaign);
+            else
+                assert_null(json_object_get(o, "campaign"));
+            assert_int_equal(json_object_size(o), campaign ? 3 : 2);
+            json_decref(o);
+            free(f);
+        }
+    }
+    /* UTF-8 goes out as UTF-8, not as \u escapes */
+    size_t len;
+    char *f = event_msg_fragment("m", "j\xc3\xbcrgen@m\xc3\xbcnchen.de", NULL, NULL, &len);
+    assert_non_null(strstr(f, "j\xc3\xbcrgen@m\xc3\xbcnchen.de"));
+    free(f);
+}
+
+static void test_fragment_refuses(void **state)
+{
+    (void)state;
+    size_t len = 99;
+    assert_null(event_msg_fragment("bad\xff", "a@b", NULL, NULL, &len));
+    assert_null(event_msg_fragment("id", "a@b\xc3", NULL, NULL, &len));
+    assert_null(event_msg_fragment(NULL, "a@b", NULL, NULL, &len));
+    json_t *arr = json_array();
+    assert_null(event_msg_fragment("id", "a@b", NULL, arr, &len));
+    json_decref(arr);
+}
+
+static void test_body_layout(void **state)
+{
+    (void)state;
+    size_t len;
+    char *body;
+
+    body = event_body(EV_DOMAIN_THROTTLED, 1700000000123LL, NULL, NULL, &len);
+    assert_string_equal(body, "{\"type\":\"domain_throttled\",\"at\":1700000000123}");
+    assert_int_equal(len, strlen(body));
+    free(body);
+
+    json_t *extra = json_pack("{s:s, s:i}", "domain", "example.com", "until", 5);
+    body = event_body(EV_DOMAIN_THROTTLED, 1, "", extra, &len);
+    assert_string_equal(body, "{\"type\":\"domain_throttled\",\"at\":1,\"domain\":\"example.com\",\"until\":5}");
+    free(body);
+    json_decref(extra);
+
+    extra = json_pack("{s:s, s:i, s:I}", "class", "greylist", "attempt", 1, "due_at", (json_int_t)1700000300000LL);
+    body = event_body(EV_RETRY, 1700000300001LL, "\"id\":\"m1\",\"rcpt\":\"a@b.c\"", extra, &len);
+    assert_string_equal(body, "{\"type\":\"retry\",\"at\":1700000300001,\"id\":\"m1\",\"rcpt\":\"a@b.c\","
+                              "\"class\":\"greylist\",\"attempt\":1,\"due_at\":1700000300000}");
+    free(body);
+    assert_int_equal(extra->refcount, 1); /* borrowed */
+    json_decref(extra);
+
+    /* an empty extra adds nothing */
+    extra = json_object();
+    body = event_body(EV_GIVE_UP, 7, "\"id\":\"m\",\"rcpt\":\"a@b\"", extra, &len);
+    assert_string_equal(body, "{\"type\":\"give_up\",\"at\":7,\"id\":\"m\",\"rcpt\":\"a@b\"}");
+    free(body);
+    json_decref(extra);
+
+    assert_null(event_body((enum event_type)EV__COUNT, 1, NULL, NULL, &len));
+    assert_null(event_body((enum event_type)-1, 1, NULL, NULL, &len));
+    json_t *notobj = json_string("x");
+    assert_null(event_body(EV_RETRY, 1, NULL, notobj, &len));
+    json_decref(notobj);
+}
+
+static void test_line_layout(void **state)
+{
+    (void)state;
+    size_t len;
+    char *line;
+    const char *body = "{\"type\":\"retry\",\"at\":5,\"id\":\"m\"}";
+
+    line = event_line("1700000000000-0", body, strlen(body), &len);
+    assert_string_equal(line, "{\"eid\":\"1700000000000-0\",\"type\":\"retry\",\"at\":5,\"id\":\"m\"}\n");
+    assert_int_equal(len, strlen(line));
+    free(line);
+
+    line = event_line("1-1", "{}", 2, &len);
+    assert_string_equal(line, "{\"eid\":\"1-1\"}\n");
+    free(line);
+    line = event_line("1-1", "{ \t}", 4, &len);
+    assert_string_equal(line, "{\"eid\":\"1-1\"}\n");
+    free(line);
+
+    /* body_len is honoured: the body need not be NUL-terminated */
+    const char two[] = "{\"a\":1}{\"b\":2}";
+    line = event_line("2-0", two, 7, &len);
+    assert_string_equal(line, "{\"eid\":\"2-0\",\"a\":1}\n");
+    free(line);
+
+    /* an odd eid is escaped, not spliced raw */
+    line = event_line("x\"y\\z\n", body, strlen(body), &len);
+    assert_non_null(line);
+    assert_ptr_equal(memchr(line, '\n', len), line + len - 1);
+    json_t *o = json_loadb(line, len, JSON_REJECT_DUPLICATES, NULL);
+    assert_non_null(o);
+    assert_string_equal(json_string_value(json_object_get(o, "eid")), "x\"y\\z\n");
+    json_decref(o);
+    free(line);
+}
+
+static void test_line_refuses(void **state)
+{
+    (void)state;
+    static const char *const bodies[] = {"", "{", "}", "[]", "x{}", "{}x", "\"{}\"", "{\"a\":\"\n\"}", "{\n}"};
+    size_t len;
+    for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++)
+        if (event_line("1-0", bodies[i], strlen(bodies[i]), &len) != NULL)
+            fail_msg("body '%s' was accepted", bodies[i]);
+    const char nul[] = "{\"a\":\"\0\"}";
+    assert_null(event_line("1-0", nul, sizeof nul - 1, &len));
+    assert_null(event_line(NULL, "{}", 2, &len));
+}
+
+/* The whole path: a bounce request, its fragment, a body, a line, and
+ * back: every value arrives intact. */
+static void test_round_trip(void **state)
+{
+    (void)state;
+    struct proto_limits lim;
+    struct request r;
+    struct proto_error err;
+    const char *req = "{\"op\":\"bounce\",\"id\":\"<a\\\"b\\\\c@mx>\",\"rcpt\":\"\xc3\xa9l\xc3\xa8ve@\xc3\xa9" "cole.fr\","
+                      "\"code\":452,\"campaign\":\"Rentr\xc3\xa9" "e \\\"2024\\\"\",\"meta\":{\"k\":[1,\"\\u2028\",{\"z\":null}],"
+                      "\"x\":1.5}}";
+    size_t flen, blen, llen;
+
+    proto_limits_default(&lim);
+    if (request_parse(req, strlen(req), &lim, &r, &err) != 0)
+        fail_msg("%s", err.message);
+    char *frag = event_msg_fragment(r.id, r.rcpt, r.campaign, r.meta, &flen);
+    assert_non_null(frag);
+    json_t *extra = json_pack("{s:s, s:i, s:I, s:s}", "class", "storage", "attempt", 3, "due_at",
+                              (json_int_t)1700000000000LL, "reason", "max_age");
+    char *body = event_body(EV_GIVE_UP, 1700000000999LL, frag, extra, &blen);
+    assert_non_null(body);
+    assert_int_equal(body[0], '{');
+    assert_int_equal(event_body_type(body, blen), EV_GIVE_UP);
+    char *line = event_line("1700000000999-3", body, blen, &llen);
+    assert_non_null(line);
+    assert_ptr_equal(memchr(line, '\n', llen), line + llen - 1);
+
+    json_t *o = json_loadb(line, llen - 1, JSON_REJECT_DUPLICATES, NULL);
+    assert_non_null(o);
+    assert_string_equal(json_string_value(json_object_get(o, "eid")), "1700000000999-3");
+    assert_string_equal(json_string_value(json_object_get(o, "type")), "give_up");
+    assert_true(json_integer_value(json_object_get(o, "at")) == 1700000000999LL);
+    assert_string_equal(json_string_value(json_object_get(o, "id")), "<a\"b\\c@mx>");
+    assert_string_equal(json_string_value(json_object_get(o, "rcpt")), r.rcpt);
+    assert_string_equal(json_string_value(json_object_get(o, "campaign")), "Rentr\xc3\xa9" "e \"2024\"");
+    assert_true(json_equal(json_object_get(o, "meta"), r.meta));
+    assert_string_equal(json_string_value(json_object_get(o, "class")), "storage");
+    assert_int_equal(json_integer_value(json_object_get(o, "attempt")), 3);
+    assert_string_equal(json_string_value(json_object_get(o, "reason")), "max_age");
+    assert_int_equal(json_object_size(o), 11);
+
+    json_decref(o);
+    json_decref(extra);
+    free(line);
+    free(body);
+    free(frag);
+    request_free(&r);
+}
+
+static void test_body_type(void **state)
+{
+    (void)state;
+    for (int t = 0; t < EV__COUNT; t++) {
+        size_t len;
+        char *body = event_body((enum event_type)t, 1, "\"id\":\"m\",\"rcpt\":\"a@b\"", NULL, &len);
+        assert_int_equal(event_body_type(body, len), t);
+        /* the length is honoured */
+        assert_int_equal(event_body_type(body, 9), -1);
+        free(body);
+    }
+    static const struct {
+        const char *body;
+        int type;
+    } cases[] = {
+        {"{\"at\":1,\"type\":\"suppress\"}", EV_SUPPRESS},
+        {"{ \"type\" : \"sender_alert\" }", EV_SENDER_ALERT},
+        {"{\"type\":\"bounce\",\"at\":1}", -1},
+        {"{\"type\":\"retry\\u0000\"}", -1},
+        {"{\"type\":\"re\\\"try\"}", -1},
+        {"{\"type\":7}", -1},
+        {"{\"at\":1}", -1},
+        {"[\"type\",\"retry\"]", -1},
+        {"not json", -1},
+        {"", -1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        if (event_body_type(cases[i].body, strlen(cases[i].body)) != cases[i].type)
+            fail_msg("body %s: expected %d", cases[i].body, cases[i].type);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fragment_layout),
+        cmocka_unit_test(test_fragment_escaping),
+        cmocka_unit_test(test_fragment_refuses),
+        cmocka_unit_test(test_body_layout),
+        cmocka_unit_test(test_line_layout),
+        cmocka_unit_test(test_line_refuses),
+        cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_body_type),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,402 @@
+/*
+ * queue/sched.c against a naive model: an array of ids with, for each,
+ * whether it is known, whether it is scheduled, its due time and the order
+ * it was scheduled in. Random add/find/remove/set_due/unset_due/pop_due
+ * sequences over ids of every length from 1 to 255 bytes (many sharing long
+ * prefixes, some prefixes of others), across several doublings of the table.
+ * The seed is fixed so a failure replays; set REBOUND_TEST_SEED to try
+ * others. Failures print the seed and the op.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "queue/sched.h"
+
+static uint64_t seed;
+static uint64_t rs;
+static size_t op;
+
+static uint64_t rnd(void)
+{
+    uint64_t z = (rs += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rnd_below(uint64_t n) { return rnd() % n; }
+
+static void seed_from_env(uint64_t dflt)
+{
+    const char *s = getenv("REBOUND_TEST_SEED");
+    seed = s ? strtoull(s, NULL, 0) : dflt;
+    rs = seed;
+    op = 0;
+}
+
+#define CHECK(cond)                                                                                 \
+    do {                                                                                            \
+        if (!(cond))                                                                                \
+            fail_msg("%s (seed %llu, op %zu)", #cond, (unsigned long long)seed, op);                \
+    } while (0)
+
+#define CHECK_EQ(a, b)                                                                              \
+    do {                                                                                            \
+        long long a_ = (long long)(a), b_ = (long long)(b);                                         \
+        if (a_ != b_)                                                                               \
+            fail_msg("%s == %s: %lld != %lld (seed %llu, op %zu)", #a, #b, a_, b_,                  \
+                     (unsigned long long)seed, op);                                                 \
+    } while (0)
+
+struct mid {
+    char id[256];
+    size_t len;
+    struct entry *e; /* NULL: not known */
+    bool scheduled;
+    int64_t due;
+    uint64_t order;
+};
+
+/* Distinct ids: random lengths 1..255, random printable bytes; a third
+ * share a long common prefix and differ near the end; a few are the prefix
+ * of another id. Duplicates are rejected by a plain scan. */
+static struct mid *make_ids(size_t n)
+{
+    struct mid *m = calloc(n, sizeof(*m));
+    size_t k = 0;
+
+    assert_non_null(m);
+    while (k < n) {
+        struct mid *x = &m[k];
+        unsigned kind = (unsigned)rnd_below(3);
+        if (kind == 2 && k > 0 && m[k - 1].len > 1) {
+            x->len = 1 + rnd_below(m[k - 1].len - 1);
+            memcpy(x->id, m[k - 1].id, x->len);
+        } else {
+            x->len = 1 + rnd_below(255);
+            for (size_t i = 0; i < x->len; i++)
+                x->id[i] = (char)(33 + rnd_below(94));
+            if (kind == 1) {
+                size_t pre = x->len > 4 ? x->len - 4 : 0;
+                memset(x->id, 'p', pre);
+            }
+        }
+        bool dup = false;
+        for (size_t j = 0; j < k && !dup; j++)
+            dup = m[j].len == x->len && memcmp(m[j].id, x->id, x->len) == 0;
+        if (!dup)
+            k++;
+    }
+    return m;
+}
+
+static struct mid *model_next(struct mid *m, size_t n)
+{
+    struct mid *best = NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (!m[i].scheduled)
+            continue;
+        if (!best || m[i].due < best->due || (m[i].due == best->due && m[i].order < best->order))
+            best = &m[i];
+    }
+    return best;
+}
+
+static void check_entry(const struct mid *x)
+{
+    const struct entry *e = x->e;
+    CHECK_EQ(e->id_len, x->len);
+    CHECK(memcmp(e->id, x->id, x->len) == 0);
+    CHECK_EQ(e->id[x->len], '\0');
+    CHECK_EQ(entry_scheduled(e), x->scheduled);
+    if (x->scheduled)
+        CHECK_EQ(e->node.due_ms, x->due);
+    CHECK(e->waiters == x);
+}
+
+static void foreach_mark_cb(struct entry *e, void *arg)
+{
+    size_t *seen = arg;
+    struct mid *x = e->waiters;
+    CHECK(x != NULL && x->e == e);
+    /* each entry once: the mark goes in a field sched never reads */
+    CHECK_EQ(e->class_idx, 0);
+    e->class_idx = 1;
+    (*seen)++;
+}
+
+static void foreach_unmark_cb(struct entry *e, void *arg)
+{
+    (void)arg;
+    e->class_idx = 0;
+}
+
+static void check_all(struct sched *s, struct mid *m, size_t n)
+{
+    size_t known = 0, scheduled = 0, seen = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        struct entry *e = sched_find(s, m[i].id, m[i].len);
+        CHECK(e == m[i].e);
+        if (e) {
+            known++;
+            check_entry(&m[i]);
+        }
+        scheduled += m[i].scheduled;
+    }
+    CHECK_EQ(sched_count(s), known);
+    CHECK_EQ(sched_scheduled(s), scheduled);
+    sched_foreach(s, foreach_mark_cb, &seen);
+    CHECK_EQ(seen, known);
+    sched_foreach(s, foreach_unmark_cb, NULL);
+}
+
+static void model_remove(struct sched *s, struct mid *x)
+{
+    x->e->waiters = NULL;
+    sched_remove(s, x->e);
+    x->e = NULL;
+    x->scheduled = false;
+}
+
+static void run_random(size_t nids, size_t nops, int64_t due_range, size_t full_every)
+{
+    struct mid *m = make_ids(nids);
+    struct sched *s = sched_new();
+    uint64_t order = 0;
+    int64_t now = 0;
+
+    for (op = 0; op < nops; op++) {
+        struct mid *x = &m[rnd_below(nids)];
+        unsigned kind = (unsigned)rnd_below(100);
+        int64_t due = now + (int64_t)rnd_below((uint64_t)due_range) - due_range / 8;
+
+        if (kind < 30) {
+            if (!x->e) {
+                x->e = sched_add(s, x->id, x->len);
+                CHECK(x->e != NULL);
+                CHECK_EQ(x->e->state, ENTRY_NEW);
+                CHECK_EQ(x->e->flags, 0);
+                CHECK_EQ(x->e->attempt, 0);
+                CHECK(!entry_scheduled(x->e));
+                x->e->waiters = x;
+            }
+        } else if (kind < 45) {
+            struct entry *e = sched_find(s, x->id, x->len);
+            CHECK(e == x->e);
+            /* a proper prefix or extension of a known id is another id */
+            if (x->len > 1) {
+                struct entry *p = sched_find(s, x->id, x->len - 1);
+                CHECK(p == NULL || p->id_len == x->len - 1);
+            }
+        } else if (kind < 55) {
+            if (x->e)
+                model_remove(s, x);
+        } else if (kind < 75) {
+            if (x->e) {
+                sched_set_due(s, x->e, due);
+                x->scheduled = true;
+                x->due = due;
+                x->order = order++;
+            }
+        } else if (kind < 82) {
+            if (x->e) {
+                sched_unset_due(s, x->e);
+                x->scheduled = false;
+            }
+        } else {
+            /* time passes; everything due comes out in order */
+            now += (int64_t)rnd_below((uint64_t)due_range / 4 + 1);
+            size_t limit = 1 + rnd_below(8);
+            for (size_t k = 0; k < limit; k++) {
+                struct mid *want = model_next(m, nids);
+                struct entry *next = sched_next(s);
+                CHECK(next == (want ? want->e : NULL));
+                struct entry *got = sched_pop_due(s, now);
+                if (!want || want->due > now) {
+                    CHECK(got == NULL);
+                    break;
+                }
+                CHECK(got == want->e);
+                CHECK(!entry_scheduled(got));
+                want->scheduled = false;
+                CHECK(sched_find(s, want->id, want->len) == got);
+            }
+        }
+        {
+            struct mid *want = model_next(m, nids);
+            CHECK(sched_next(s) == (want ? want->e : NULL));
+        }
+        if (op % full_every == 0)
+            check_all(s, m, nids);
+    }
+    check_all(s, m, nids);
+
+    /* remove about half, check, then free the rest with the schedule */
+    for (size_t i = 0; i < nids; i++)
+        if (m[i].e && (rnd() & 1))
+            model_remove(s, &m[i]);
+    check_all(s, m, nids);
+    sched_free(s);
+    free(m);
+}
+
+/* Few ids, much churn, ties in due times: full check every 64 ops. */
+static void test_random_small(void **state)
+{
+    (void)state;
+    seed_from_env(424242);
+    run_random(300, 200000, 50, 64);
+}
+
+/* Enough ids to double the table several times, in the middle of churn. */
+static void test_random_growth(void **state)
+{
+    (void)state;
+    seed_from_env(9001);
+    run_random(6000, 150000, 100000, 5000);
+}
+
+/* Straight growth to 300k entries and back: every id found after every
+ * doubling finished or not, then removed in a different order. */
+static void test_bulk_growth(void **state)
+{
+    enum { N = 300000 };
+    struct sched *s = sched_new();
+    char id[64];
+
+    (void)state;
+    for (int i = 0; i < N; i++) {
+        int len = snprintf(id, sizeof(id), "msg-%d@campaign", i);
+        struct entry *e = sched_add(s, id, (size_t)len);
+        e->attempt = (uint16_t)(i & 0xffff);
+        if (i % 3 == 0)
+            sched_set_due(s, e, i / 7);
+        /* spot checks while a rehash is in flight */
+        if ((i & (i - 1)) == 0 || i % 9973 == 0) {
+            for (int j = 0; j <= i; j += 1 + i / 50) {
+                len = snprintf(id, sizeof(id), "msg-%d@campaign", j);
+                struct entry *f = sched_find(s, id, (size_t)len);
+                assert_non_null(f);
+                assert_int_equal(f->attempt, j & 0xffff);
+            }
+        }
+    }
+    assert_int_equal(sched_count(s), N);
+    assert_int_equal(sched_scheduled(s), (N + 2) / 3);
+    for (int i = 0; i < N; i++) {
+        int len = snprintf(id, sizeof(id), "msg-%d@campaign", i);
+        struct entry *e = sched_find(s, id, (size_t)len);
+        assert_non_null(e);
+        assert_int_equal(e->id_len, len);
+        assert_string_equal(e->id, id);
+    }
+    assert_null(sched_find(s, "msg-300000@campaign", 19));
+    for (int i = N - 1; i >= 0; i -= 2) {
+        int len = snprintf(id, sizeof(id), "msg-%d@campaign", i);
+        sched_remove(s, sched_find(s, id, (size_t)len));
+    }
+    assert_int_equal(sched_count(s), N / 2);
+    for (int i = 0; i < N; i++) {
+        int len = snprintf(id, sizeof(id), "msg-%d@campaign", i);
+        struct entry *e = sched_find(s, id, (size_t)len);
+        if (i % 2)
+            assert_null(e);
+        else
+            assert_non_null(e);
+    }
+    sched_free(s);
+}
+
+static void test_pop_due_and_next(void **state)
+{
+    struct sched *s = sched_new();
+    struct entry *a, *b, *c;
+
+    (void)state;
+    assert_null(sched_next(s));
+    assert_null(sched_pop_due(s, INT64_MAX));
+    a = sched_add(s, "a", 1);
+    b = sched_add(s, "b", 1);
+    c = sched_add(s, "c", 1);
+    assert_int_equal(sched_count(s), 3);
+    assert_int_equal(sched_scheduled(s), 0);
+    assert_null(sched_next(s));
+
+    sched_set_due(s, a, 1000);
+    sched_set_due(s, b, 500);
+    sched_set_due(s, c, 1000);
+    assert_ptr_equal(sched_next(s), b);
+    assert_null(sched_pop_due(s, 499));
+    assert_ptr_equal(sched_pop_due(s, 500), b);
+    assert_false(entry_scheduled(b));
+    assert_ptr_equal(sched_find(s, "b", 1), b);
+    /* equal due times: first scheduled first; a reschedule goes behind */
+    sched_set_due(s, a, 1000);
+    assert_ptr_equal(sched_pop_due(s, 2000), c);
+    assert_ptr_equal(sched_pop_due(s, 2000), a);
+    assert_null(sched_pop_due(s, 2000));
+
+    sched_set_due(s, a, 10);
+    sched_unset_due(s, a);
+    sched_unset_due(s, a); /* no-op */
+    assert_false(entry_scheduled(a));
+    assert_int_equal(sched_scheduled(s), 0);
+
+    /* remove a scheduled entry: it leaves the heap too */
+    sched_set_due(s, c, 5);
+    sched_remove(s, c);
+    assert_null(sched_find(s, "c", 1));
+    assert_int_equal(sched_scheduled(s), 0);
+    assert_null(sched_next(s));
+    assert_int_equal(sched_count(s), 2);
+    sched_free(s);
+    sched_free(NULL);
+}
+
+static void test_id_edges(void **state)
+{
+    struct sched *s = sched_new();
+    char longid[256];
+    struct entry *e;
+
+    (void)state;
+    memset(longid, 'x', 255);
+    longid[255] = '\0';
+    e = sched_add(s, longid, 255);
+    assert_int_equal(e->id_len, 255);
+    assert_string_equal(e->id, longid);
+    assert_ptr_equal(sched_find(s, longid, 255), e);
+    assert_null(sched_find(s, longid, 254));
+    /* longer than any id can be: not found, not a crash */
+    char toolong[300];
+    memset(toolong, 'x', sizeof(toolong));
+    assert_null(sched_find(s, toolong, sizeof(toolong)));
+
+    /* ids are bytes with a length: an embedded NUL is part of the id */
+    struct entry *z = sched_add(s, "ab\0c", 4);
+    assert_ptr_equal(sched_find(s, "ab\0c", 4), z);
+    assert_null(sched_find(s, "ab", 2));
+    assert_null(sched_find(s, "ab\0d", 4));
+    sched_free(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_pop_due_and_next),
+        cmocka_unit_test(test_id_edges),
+        cmocka_unit_test(test_bulk_growth),
+        cmocka_unit_test(test_random_small),
+        cmocka_unit_test(test_random_growth),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
