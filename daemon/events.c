@@ -255,7 +255,7 @@ static bool any_room(const struct group *g)
 
 static void pump(struct group *g)
 {
-    if (!g->subs || g->busy || rbd->stopping || !redis_link_ready(rbd->link))
+    if (!g->subs || g->busy || rbd->stopping || !store_ready())
         return;
     deliver_held(g);
     if (g->held_head || !any_room(g))
@@ -355,7 +355,7 @@ void events_ack(struct conn *c, struct slot *s, const struct request *r)
         reply_err(c, s, r->req, ERR_BAD_REQUEST, "subscribe before acking events");
         return;
     }
-    if (!redis_link_ready(rbd->link)) {
+    if (!store_ready()) {
         reply_err(c, s, r->req, ERR_UNAVAILABLE, "Redis is not available; ack again later");
         return;
     }

@@ -123,7 +123,7 @@ static void fire_reply_cb(void *arg, redisReply *reply)
 
 static void timer_cb(uv_timer_t *t)
 {
-    if (!rbd->loaded || rbd->stopping || !redis_link_ready(rbd->link))
+    if (!rbd->loaded || rbd->stopping || !store_ready())
         return; /* kicked again when Redis is back */
     int64_t now = now_ms();
     while (batches_in_flight < MAX_BATCHES_IN_FLIGHT) {

@@ -99,29 +99,42 @@ static void flush_cb(uv_prepare_t *p)
     store_flush();
 }
 
-static void close_walk_cb(uv_handle_t *h, void *arg)
+static void close_if_open(uv_handle_t *h)
 {
     if (!uv_is_closing(h))
         uv_close(h, NULL);
 }
 
+/* The last step of shutdown: with Redis closed, close our own handles so
+ * the loop ends and uv_loop_close can succeed. */
+static void close_own_handles(void)
+{
+    close_if_open((uv_handle_t *)&flush_prepare);
+    close_if_open((uv_handle_t *)&drain_timer);
+    close_if_open((uv_handle_t *)&sig_term);
+    close_if_open((uv_handle_t *)&sig_int);
+    close_if_open((uv_handle_t *)&sig_hup);
+}
+
 static void link_closed_cb(void *arg)
 {
-    rbd->link = NULL;
+    close_own_handles();
 }
 
 static void drain_timer_cb(uv_timer_t *t)
 {
-    /* Replies that Redis confirmed are on their way; give them a moment. */
+    /* Writes in flight get their answer (and their clients a reply) first. */
     if (rbd->link && redis_link_inflight(rbd->link) > 0 && now_ms() < drain_deadline)
         return;
-    if (rbd->link) {
-        redis_link_close(rbd->link, link_closed_cb, NULL);
-        rbd->link = NULL;
-    }
-    conn_close_all();
     uv_timer_stop(t);
-    uv_walk(rbd->loop, close_walk_cb, NULL);
+    conn_close_all();
+    if (rbd->link) {
+        struct redis_link *link = rbd->link;
+        rbd->link = NULL;
+        redis_link_close(link, link_closed_cb, NULL);
+    } else {
+        close_own_handles();
+    }
 }
 
 static void begin_shutdown(void)
@@ -244,7 +257,7 @@ int main(int argc, char **argv)
     }
     for (int i = 0; i < noverrides; i++) {
         if (config_set(cfg, overrides[i].name, overrides[i].value, err, sizeof err) != 0) {
-            fprintf(stderr, "reboundd: --%s: %s\n", overrides[i].name, err);
+            fprintf(stderr, "reboundd: %s\n", err);
             return 1;
         }
     }

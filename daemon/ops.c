@@ -65,14 +65,14 @@ static void op_finish(struct job *op)
 
 static bool store_usable(void)
 {
-    return rbd->loaded && !rbd->stopping && redis_link_ready(rbd->link);
+    return rbd->loaded && !rbd->stopping && store_ready();
 }
 
 static void op_unavailable(struct job *op)
 {
     char msg[200];
     snprintf(msg, sizeof msg, "Redis is not available (%s); nothing was written, retry later",
-             rbd->loaded ? redis_link_last_error(rbd->link) : "still loading the schedule");
+             !rbd->loaded ? "still loading the schedule" : rbd->link ? redis_link_last_error(rbd->link) : "shutting down");
     reply_err(op->conn, op->slot, op->req.req, ERR_UNAVAILABLE, msg);
 }
 
@@ -432,7 +432,7 @@ static json_t *stats_json(void)
     json_object_set_new(o, "events", ev);
     json_object_set_new(o, "reports", json_integer((json_int_t)rbd->reports));
     json_object_set_new(o, "errors", json_integer((json_int_t)rbd->errors));
-    json_object_set_new(o, "redis", json_string(redis_link_ready(rbd->link) ? "up" : "down"));
+    json_object_set_new(o, "redis", json_string(store_ready() ? "up" : "down"));
     json_object_set_new(o, "loaded", json_boolean(rbd->loaded));
     json_object_set_new(o, "uptime_s", json_integer((now_ms() - rbd->started_ms) / 1000));
     json_object_set_new(o, "connections", json_integer(rbd->nconns));

@@ -88,9 +88,14 @@ void store_free(void)
     }
 }
 
+bool store_ready(void)
+{
+    return rbd->link && redis_link_ready(rbd->link);
+}
+
 int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
 {
-    if (!redis_link_ready(rbd->link))
+    if (!store_ready())
         return -1;
     if (!current) {
         current = batch_new();
@@ -141,6 +146,12 @@ void store_flush(void)
     if (!b)
         return;
     current = NULL;
+    if (!store_ready()) {
+        for (size_t i = 0; i < b->nwaiters; i++)
+            b->waiters[i].cb(b->waiters[i].arg, false);
+        batch_free(b);
+        return;
+    }
     const char **argv = xmalloc(b->nargs * sizeof *argv);
     for (size_t i = 0; i < b->nargs; i++)
         argv[i] = b->arena + b->off[i];
@@ -167,6 +178,8 @@ static void generic_reply_cb(struct redis_link *link, redisReply *reply, void *p
 
 int store_command(int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg)
 {
+    if (!store_ready())
+        return -1;
     struct reply_ctx *c = xmalloc(sizeof *c);
     c->cb = cb;
     c->arg = arg;
@@ -179,6 +192,8 @@ int store_command(int argc, const char **argv, const size_t *lens, store_reply_c
 
 int store_fire(const char *const *ids, const size_t *id_lens, int n, int64_t now, store_reply_cb cb, void *arg)
 {
+    if (!store_ready())
+        return -1;
     int argc = 4 + n;
     const char **argv = xmalloc((size_t)argc * sizeof *argv);
     size_t *lens = xmalloc((size_t)argc * sizeof *lens);

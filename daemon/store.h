@@ -37,6 +37,8 @@ struct store_change {
 };
 
 void store_init(void);
+/* True when Redis is connected and ready for commands. */
+bool store_ready(void);
 void store_free(void);
 
 /* Queues a change into the current batch (the strings are copied). Returns
