@@ -196,6 +196,18 @@ static int class_for(const char *name, size_t len)
     return i >= 0 ? i : rbd->policy->temp_other;
 }
 
+/* Makes e (new, or known and idle) say what its record says. */
+static void entry_from_record(struct entry *e, const struct record *rec, int64_t awaiting)
+{
+    stats_entry_leave(e);
+    e->class_idx = (uint8_t)class_for(rec->class_name, rec->class_len);
+    e->attempt = (uint16_t)rec->attempt;
+    e->first_ms = rec->first_ms;
+    e->state = rec->state == 'P' ? ENTRY_PENDING : ENTRY_AWAITING;
+    stats_entry_enter(e);
+    sched_set_due(rbd->sched, e, rec->state == 'P' ? rec->due_ms : rec->due_ms + awaiting);
+}
+
 static void load_reply_cb(void *arg, redisReply *reply)
 {
     if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
@@ -215,13 +227,7 @@ static void load_reply_cb(void *arg, redisReply *reply)
         }
         if (sched_find(rbd->sched, k->str, k->len))
             continue; /* HSCAN may return a field twice */
-        struct entry *e = sched_add(rbd->sched, k->str, k->len);
-        e->class_idx = (uint8_t)class_for(rec.class_name, rec.class_len);
-        e->attempt = (uint16_t)rec.attempt;
-        e->first_ms = rec.first_ms;
-        e->state = rec.state == 'P' ? ENTRY_PENDING : ENTRY_AWAITING;
-        stats_entry_enter(e);
-        sched_set_due(rbd->sched, e, rec.state == 'P' ? rec.due_ms : rec.due_ms + awaiting);
+        entry_from_record(sched_add(rbd->sched, k->str, k->len), &rec, awaiting);
         load_count++;
     }
     snprintf(load_cursor, sizeof load_cursor, "%.*s", (int)reply->element[0]->len, reply->element[0]->str);
@@ -282,4 +288,48 @@ void firing_remap_classes(const struct policy *old_policy, const struct policy *
     for (int i = 0; i < old_policy->nclasses; i++)
         counts[m.map[i]] += rbd->pending_by_class[i];
     memcpy(rbd->pending_by_class, counts, sizeof counts);
+}
+
+/* ---- writes in doubt ------------------------------------------------- */
+
+static void resync_reply_cb(void *arg, redisReply *reply)
+{
+    char *id = arg;
+    size_t len = strlen(id);
+    struct record rec;
+    if (!reply) {
+        store_mark_in_doubt(id, len); /* still unknown: next time */
+        free(id);
+        return;
+    }
+    struct entry *e = sched_find(rbd->sched, id, len);
+    if (e && (e->flags & ENTRY_BUSY)) {
+        free(id); /* a newer write is in flight and decides */
+        return;
+    }
+    if (reply->type == REDIS_REPLY_STRING && record_parse(reply->str, reply->len, &rec) == 0) {
+        if (!e)
+            e = sched_add(rbd->sched, id, len);
+        entry_from_record(e, &rec, rbd->policy->awaiting_ms);
+        log_info("resync: %s is %s again after a write in doubt", id, rec.state == 'P' ? "pending" : "awaiting");
+    } else if (e && !e->waiters) {
+        stats_entry_leave(e);
+        sched_remove(rbd->sched, e);
+    }
+    free(id);
+    firing_kick();
+}
+
+static void resync_one(const char *id, void *arg)
+{
+    char *copy = xstrdup(id);
+    if (store_get(copy, strlen(copy), resync_reply_cb, copy) != 0) {
+        store_mark_in_doubt(copy, strlen(copy));
+        free(copy);
+    }
+}
+
+void firing_resync(void)
+{
+    store_take_in_doubt(resync_one, NULL);
 }

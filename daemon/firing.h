@@ -20,6 +20,10 @@ void firing_stop(void);
 /* Starts reading the schedule from Redis (in pages); calls done() once all
  * is loaded. */
 void firing_load(void (*done)(void));
+/* Re-reads the records whose last write got no answer (the connection
+ * dropped: Redis may or may not have applied it) and makes the schedule
+ * agree with Redis. Called when Redis is back. */
+void firing_resync(void);
 /* Re-maps entries' class indices after the policy changed (reload). */
 void firing_remap_classes(const struct policy *old_policy, const struct policy *new_policy);
 

@@ -90,6 +90,7 @@ static void on_link_state(struct redis_link *link, bool up, void *arg)
         firing_load(load_done_cb);
         return;
     }
+    firing_resync();
     firing_kick();
     events_link_up();
 }

@@ -7,6 +7,7 @@
 #include "daemon/daemon.h"
 #include "daemon/log.h"
 #include "daemon/redis_link.h"
+#include "daemon/strmap.h"
 #include "daemon/xmalloc.h"
 
 /* Argument strings live in one arena per batch, addressed by offset so the
@@ -19,11 +20,13 @@ struct batch {
     struct {
         store_done_cb cb;
         void *arg;
+        size_t id_arg; /* index of the change's id among the arguments */
     } *waiters;
     size_t nwaiters, cap_waiters;
 };
 
 static struct batch *current;
+static struct strmap in_doubt;
 
 /* A batch closes at this many arguments so one script call stays short
  * and Redis keeps serving others. */
@@ -74,10 +77,46 @@ static void batch_arg_str(struct batch *b, const char *s)
 void store_init(void)
 {
     current = NULL;
+    strmap_init(&in_doubt);
+}
+
+void store_mark_in_doubt(const char *id, size_t id_len)
+{
+    char buf[256];
+    if (id_len >= sizeof buf)
+        return;
+    memcpy(buf, id, id_len);
+    buf[id_len] = '\0';
+    strmap_put(&in_doubt, buf, NULL);
+}
+
+struct take_ctx {
+    void (*fn)(const char *id, void *arg);
+    void *arg;
+};
+
+static void take_one(struct strmap *m, const char *key, void *value, void *arg)
+{
+    struct take_ctx *t = arg;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", key);
+    strmap_del(m, key);
+    t->fn(buf, t->arg);
+}
+
+void store_take_in_doubt(void (*fn)(const char *id, void *arg), void *arg)
+{
+    /* Detach first: fn may put ids back. */
+    struct strmap taken = in_doubt;
+    strmap_init(&in_doubt);
+    struct take_ctx t = {fn, arg};
+    strmap_foreach(&taken, take_one, &t);
+    strmap_free(&taken);
 }
 
 void store_free(void)
 {
+    strmap_free(&in_doubt);
     /* Anything still queued never reached Redis: say so to its waiters. */
     struct batch *b = current;
     current = NULL;
@@ -109,6 +148,7 @@ int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
     char mode[2] = {ch->mode, '\0'};
     char nev[16];
     snprintf(nev, sizeof nev, "%d", ch->nevents);
+    size_t id_arg = b->nargs;
     batch_arg(b, ch->id, ch->id_len);
     batch_arg_str(b, mode);
     batch_arg_str(b, ch->header);
@@ -123,6 +163,7 @@ int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
     }
     b->waiters[b->nwaiters].cb = done;
     b->waiters[b->nwaiters].arg = arg;
+    b->waiters[b->nwaiters].id_arg = id_arg;
     b->nwaiters++;
     if (b->nargs >= BATCH_MAX_ARGS)
         store_flush();
@@ -135,6 +176,13 @@ static void batch_reply_cb(struct redis_link *link, redisReply *reply, void *pri
     bool ok = reply && reply->type == REDIS_REPLY_INTEGER;
     if (reply && !ok)
         log_error("redis: apply script failed: %s", reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+    if (!reply) {
+        /* The connection dropped: Redis may have applied the batch. */
+        for (size_t i = 0; i < b->nwaiters; i++) {
+            size_t a = b->waiters[i].id_arg;
+            store_mark_in_doubt(b->arena + b->off[a], b->len[a]);
+        }
+    }
     for (size_t i = 0; i < b->nwaiters; i++)
         b->waiters[i].cb(b->waiters[i].arg, ok);
     batch_free(b);
