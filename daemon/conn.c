@@ -215,9 +215,11 @@ static void process_lines(struct conn *c)
                      rbd->cfg.max_line);
             size_t n;
             char *out = reply_error(NULL, ERR_TOO_LARGE, msg, &n);
-            conn_reply(c, conn_slot(c), out, n);
+            /* Before the reply: replying resumes processing, which must not
+             * meet the same line again. */
             c->close_after_flush = true;
             uv_read_stop(&c->h.stream);
+            conn_reply(c, conn_slot(c), out, n);
             if (!c->head && conn_write_backlog(c) == 0)
                 conn_close(c);
             return;

@@ -461,6 +461,9 @@ static void op_run(struct job *op)
     case OP_CANCEL:
         drop_run(op, e);
         break;
+    case OP_GET:
+        get_run(op);
+        break;
     default:
         op_finish(op);
         break;
@@ -538,10 +541,7 @@ void ops_dispatch(struct conn *c, const char *line, size_t len)
         op->slot = s;
         op->req = r;
         conn_ref(c);
-        if (r.op == OP_GET)
-            get_run(op);
-        else
-            op_run(op);
+        op_run(op);
         return; /* op owns the request now */
     }
     default:

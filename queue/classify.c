@@ -14,7 +14,8 @@
  * bounded buffer on the stack with the continuation prefixes removed and
  * white space folded to single spaces. Rule patterns are then written
  * against plain prose ("please try double-checking"), whatever the line
- * breaks were.
+ * breaks were. E-mail addresses in the text are blanked out: they are data,
+ * and "marbles@example.com" must not match a pattern "rbl".
  *
  * Then the policy's rules are tried in three tiers (SPEC section 3): rules
  * with text patterns, in file order, first match wins (their other
@@ -51,12 +52,18 @@
 #define TEXT_BUF 8192
 #define ENH_MAX 16
 #define WAIT_MAX_MS (7LL * 24 * 3600 * 1000)
+#define BIGRAM_BITS 4096
 
 struct reply {
     int code;              /* the basic code used, or 0 */
     char enh[ENH_MAX];     /* the enhanced code used, or "" */
     char text[TEXT_BUF];   /* normalised, lower-cased */
     size_t len;
+    /* Which byte pairs occur in text (hashed): a substring pattern one of
+     * whose first three byte pairs does not occur in the text cannot match,
+     * so most of the shipped policy's hundreds of patterns are ruled out
+     * without a strstr. */
+    uint64_t bigrams[BIGRAM_BITS / 64];
 };
 
 static inline bool is_digit(char c) { return c >= '0' && c <= '9'; }
@@ -66,7 +73,8 @@ static inline char to_lower(char c) { return (c >= 'A' && c <= 'Z') ? (char)(c -
 
 /* Reads "X.Y.Z" at s (at most n bytes): X one of 2, 4, 5 (2 only when
  * allow_2), Y of 1-3 digits worth 0..7, Z of 1-3 digits; what follows must
- * not continue a number (so "4.2.2.1", an IP address, is not a code).
+ * not continue a number or a word (so "4.2.2.1", an IP address, and
+ * "4.2.1@example.com" are not codes).
  * Copies it to out and returns its length, or returns 0. */
 static size_t parse_enhanced(const char *s, size_t n, bool allow_2, char out[ENH_MAX])
 {
@@ -87,7 +95,7 @@ static size_t parse_enhanced(const char *s, size_t n, bool allow_2, char out[ENH
         i++;
     if (i == z0)
         return 0;
-    if (i < n && (is_digit(s[i]) || is_alpha(s[i])))
+    if (i < n && (is_digit(s[i]) || is_alpha(s[i]) || s[i] == '@'))
         return 0;
     if (i + 1 < n && s[i] == '.' && is_digit(s[i + 1]))
         return 0;
@@ -203,6 +211,51 @@ static size_t continuation_len(const char *s, size_t n, struct strip_state *st)
     return i;
 }
 
+static inline bool is_addr_char(char c)
+{
+    return is_alpha(c) || is_digit(c) || c == '.' || c == '-' || c == '_' || c == '+' || c == '%' || c == '=' ||
+           c == '\'' || c == '~';
+}
+
+/* Blanks out e-mail addresses in the normalised text: an address is data,
+ * and "marbles@example.com" must not match the pattern "rbl", nor
+ * "info@antispam.example" the pattern "spam". Lengths are kept. */
+static void mask_addresses(struct reply *r)
+{
+    for (size_t at = 0; at < r->len; at++) {
+        if (r->text[at] != '@' || at == 0 || at + 1 >= r->len || !is_addr_char(r->text[at - 1]) ||
+            !is_addr_char(r->text[at + 1]))
+            continue;
+        size_t a = at, b = at + 1;
+        while (a > 0 && is_addr_char(r->text[a - 1]))
+            a--;
+        while (b < r->len && is_addr_char(r->text[b]))
+            b++;
+        memset(r->text + a, '*', b - a);
+        at = b;
+    }
+}
+
+static inline unsigned bigram_hash(unsigned char a, unsigned char b)
+{
+    return (((unsigned)a << 5) ^ b ^ ((unsigned)a >> 3)) & (BIGRAM_BITS - 1);
+}
+
+static inline bool bigram_seen(const struct reply *r, unsigned char a, unsigned char b)
+{
+    unsigned h = bigram_hash(a, b);
+    return (r->bigrams[h / 64] >> (h % 64)) & 1;
+}
+
+static void index_bigrams(struct reply *r)
+{
+    memset(r->bigrams, 0, sizeof(r->bigrams));
+    for (size_t i = 0; i + 1 < r->len; i++) {
+        unsigned h = bigram_hash((unsigned char)r->text[i], (unsigned char)r->text[i + 1]);
+        r->bigrams[h / 64] |= 1ULL << (h % 64);
+    }
+}
+
 /* Copies s into r->text lower-cased, with white space folded and
  * continuation prefixes removed, trimmed at both ends. */
 static void normalise(const char *s, size_t n, struct strip_state *st, struct reply *r)
@@ -245,13 +298,14 @@ static void read_reply(int code, const char *enhanced, const char *text, struct 
     size_t n = text ? strnlen(text, TEXT_BUF * 2) : 0;
     size_t start = 0;
     int lead_code = 0;
+    bool lead_dash = false; /* the text starts "550-": a multi-line reply */
 
     r->code = (code >= 200 && code <= 599) ? code : 0;
     r->enh[0] = '\0';
 
     if (enhanced && enhanced[0] != '\0') {
         size_t en = strnlen(enhanced, ENH_MAX);
-        char tmp[ENH_MAX];
+        char tmp[ENH_MAX] = "";
         if (parse_enhanced(enhanced, en, true, tmp) == en)
             memcpy(r->enh, tmp, sizeof(tmp));
     }
@@ -259,6 +313,7 @@ static void read_reply(int code, const char *enhanced, const char *text, struct 
     if (n > 0) {
         start = skip_prefix(text, n);
         lead_code = parse_basic(text + start, n - start);
+        lead_dash = lead_code && start + 3 < n && text[start + 3] == '-';
         if (lead_code) {
             size_t i = skip_code_gap(text, n, start + 3);
             size_t e = parse_enhanced(text + i, n - i, true, lead_enh);
@@ -285,9 +340,11 @@ static void read_reply(int code, const char *enhanced, const char *text, struct 
         .code_a = r->code,
         .code_b = lead_code ? lead_code : r->code,
         .enh = lead_enh,
-        .continued = false,
+        .continued = lead_dash,
     };
     normalise(text ? text + start : "", n - start, &st, r);
+    mask_addresses(r);
+    index_bigrams(r);
 }
 
 /* ---- the wait a server named ---- */
@@ -390,9 +447,11 @@ static int64_t stated_wait(const char *s, size_t n)
         if (i > 0 && is_alpha(s[i - 1]))
             continue;
         size_t end = 0;
+        if (s[i] < 'a' || s[i] > 'w')
+            continue;
         for (size_t t = 0; t < sizeof(triggers) / sizeof(triggers[0]); t++) {
             size_t k = strlen(triggers[t]);
-            if (i + k <= n && memcmp(s + i, triggers[t], k) == 0) {
+            if (s[i] == triggers[t][0] && i + k <= n && memcmp(s + i, triggers[t], k) == 0) {
                 end = i + k;
                 break;
             }
@@ -442,15 +501,79 @@ static bool enhanced_holds(const struct policy_rule *r, const char *enh)
     return strcmp(enh, r->enhanced) == 0;
 }
 
+/* The literal a regular expression must contain, if it starts with one
+ * ("sender[^.;]{0,40}(invalid|...)" must contain "sender"): copied to lit,
+ * its length returned, or 0 when there is none worth checking. Alternation
+ * outside parentheses makes the prefix optional, and so does a quantifier
+ * on its last character. */
+static size_t regex_literal(const char *re, char *lit, size_t cap)
+{
+    size_t n = 0, i = 0;
+    int depth = 0;
+
+    for (const char *c = re; *c; c++) {
+        if (*c == '[') { /* a bracket expression: "[(|]" holds no syntax */
+            c++;
+            if (*c == '^')
+                c++;
+            if (*c == ']')
+                c++;
+            while (*c && *c != ']')
+                c++;
+            if (!*c)
+                return 0;
+        } else if (*c == '(')
+            depth++;
+        else if (*c == ')')
+            depth--;
+        else if (*c == '\\' && c[1] != '\0')
+            c++;
+        else if (*c == '|' && depth == 0)
+            return 0;
+    }
+    if (re[0] == '^')
+        i = 1;
+    for (; re[i] != '\0' && n + 1 < cap; i++) {
+        char c = re[i];
+        if (strchr(".[]()|*+?{}\\^$", c) != NULL)
+            break;
+        lit[n++] = c;
+    }
+    if (n > 0 && (re[i] == '?' || re[i] == '*' || re[i] == '{'))
+        n--;
+    lit[n] = '\0';
+    return n >= 3 ? n : 0;
+}
+
 static bool text_holds(const struct policy_rule *r, const struct reply *rp)
 {
     for (size_t i = 0; i < r->ntexts; i++) {
         const struct policy_text *t = &r->texts[i];
         if (t->is_regex) {
+            char lit[64];
+            /* regexec with REG_ICASE costs microseconds; most replies lack
+             * the literal a pattern starts with, and strstr says so in
+             * nanoseconds. The text is lower-cased, the literal as written. */
+            if (t->pattern && regex_literal(t->pattern, lit, sizeof(lit)) > 0) {
+                for (char *c = lit; *c; c++)
+                    *c = to_lower(*c);
+                if (strstr(rp->text, lit) == NULL)
+                    continue;
+            }
             if (t->regex && regexec((const regex_t *)t->regex, rp->text, 0, NULL, 0) == 0)
                 return true;
-        } else if (t->pattern && strstr(rp->text, t->pattern) != NULL) {
-            return true;
+        } else if (t->pattern && t->pattern[0] != '\0') {
+            const unsigned char *q = (const unsigned char *)t->pattern;
+            if (q[1] != '\0' && !bigram_seen(rp, q[0], q[1]))
+                continue;
+            if (q[1] != '\0' && q[2] != '\0' && q[3] != '\0') {
+                if (!bigram_seen(rp, q[2], q[3]))
+                    continue;
+                if (q[4] != '\0' && q[5] != '\0' && !bigram_seen(rp, q[4], q[5]))
+                    continue;
+            }
+            if (strstr(rp->text, t->pattern) != NULL)
+                return true;
         }
     }
     return false;

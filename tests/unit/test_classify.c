@@ -169,6 +169,31 @@ static void test_text_matching(void **state)
     expect(p, 550, NULL,
            "550-5.1.1 does not exist. Please try 550-5.1.1 double-checking the address 550 5.1.1 https://x", "s");
     expect(p, 0, NULL, "smtp; 550-5.1.1 Please\t try\n\n double-checking", "s");
+    /* the last line without an enhanced code, after a first "550-" line */
+    expect(p, 550, NULL, "550-please try\r\n550 double-checking", "s");
+    /* a number in the prose is not a prefix */
+    expect(p, 550, NULL, "550 please try 550 double-checking", "hard_other");
+    /* addresses are data: their letters do not match patterns */
+    struct policy *m = load("{" CLASSES ", 'rules': [{'class': 'd', 'text': 'rbl'}, {'class': 's', 'text': 'user unknown'}]}");
+    expect(m, 550, NULL, "550 5.1.1 <marbles@example.com>: user unknown", "s");
+    expect(m, 550, NULL, "550 5.1.1 user unknown: info@rbl.example", "s");
+    expect(m, 550, NULL, "550 listed in an rbl", "d");
+    policy_free(m);
+    /* regular expressions: alternation, optional characters, brackets */
+    struct policy *r = load("{" CLASSES ", 'rules': ["
+                            "{'class': 'a', 'text': '/abc|xyz/'},"
+                            "{'class': 'b', 'text': '/Colou?r/'},"
+                            "{'class': 'c', 'text': '/qq[(|]|zz/'},"
+                            "{'class': 'd', 'text': '/sender[^.]{0,20}(unknown|invalid)/'}]}");
+    expect(r, 550, NULL, "550 xyz", "a");
+    expect(r, 550, NULL, "550 abc", "a");
+    expect(r, 550, NULL, "550 color", "b");
+    expect(r, 550, NULL, "550 COLOUR", "b");
+    expect(r, 550, NULL, "550 zz", "c");
+    expect(r, 550, NULL, "550 qq(", "c");
+    expect(r, 550, NULL, "550 Sender address invalid", "d");
+    expect(r, 550, NULL, "550 the address is invalid", "hard_other");
+    policy_free(r);
     /* UTF-8 is compared as written: a capital outside ASCII does not fold */
     struct policy *q = load("{" CLASSES ", 'rules': [{'class': 'a', 'text': 'пользователь'}]}");
     expect(q, 550, NULL, "550 пользователь не найден", "a");

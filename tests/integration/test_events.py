@@ -1,0 +1,177 @@
+"""Event delivery through consumer groups (fast policy): at-least-once
+redelivery of unacknowledged events after a reconnect, every group sees
+every event, connections in one group share them, and type filters."""
+
+import sys
+import time
+import unittest
+
+from harness import GREYLIST, USER_UNKNOWN, DaemonTestCase, bounce, unique_id
+
+
+class EventsTest(DaemonTestCase):
+    def setUp(self):
+        super().setUp()
+        self.redis, self.daemon, self.c = self.start_all()
+
+    def make_retries(self, n, prefix="ev"):
+        """Bounces n greylisted messages; returns their ids (their retry
+        events fall due within a few tens of ms)."""
+        ids = [unique_id(prefix) for _ in range(n)]
+        for r in self.c.pipeline([bounce(i, **GREYLIST) for i in ids]):
+            self.assertOk(r)
+            self.assertEqual(r["action"], "retry")
+        return ids
+
+    def collect(self, client, n, timeout=5.0):
+        evs = client.events(n, timeout)
+        self.assertEqual(len(evs), n, "got %d of %d events: %r" % (len(evs), n, evs))
+        return evs
+
+    def assertNoMoreEvents(self, client, wait=0.4):
+        extra = client.events(1, wait)
+        self.assertEqual(extra, [], "unexpected event")
+
+    def test_unacked_redelivered_after_reconnect(self):
+        a = self.connect(self.daemon)
+        a.subscribe("g")
+        ids = self.make_retries(6)
+        evs = self.collect(a, 6)
+        self.assertEqual(sorted(e["id"] for e in evs), sorted(ids))
+        self.assertTrue(all(e["type"] == "retry" for e in evs), evs)
+        self.assertEqual(len({e["eid"] for e in evs}), 6, "event ids are not unique")
+        acked, unacked = evs[:3], evs[3:]
+        self.assertEqual(a.ack([e["eid"] for e in acked]).get("acked"), 3)
+        # acking again counts nothing new
+        self.assertEqual(a.ack([acked[0]["eid"]]).get("acked"), 0)
+        a.close()
+        time.sleep(0.1)
+
+        b = self.connect(self.daemon)
+        b.subscribe("g")
+        again = self.collect(b, 3)
+        self.assertEqual(sorted(e["eid"] for e in again), sorted(e["eid"] for e in unacked))
+        by_eid = {e["eid"]: e for e in unacked}
+        for e in again:
+            self.assertEqual(e, by_eid[e["eid"]], "a redelivered event differs from the original")
+        self.assertNoMoreEvents(b)
+        # acked now, they do not come back a third time
+        b.ack([e["eid"] for e in again])
+        b.close()
+        time.sleep(0.1)
+        c = self.connect(self.daemon)
+        c.subscribe("g")
+        self.assertNoMoreEvents(c)
+        # and new events still flow to the group
+        new = self.make_retries(1, "late")
+        self.assertEqual(self.collect(c, 1)[0]["id"], new[0])
+
+    def test_ack_survives_daemon_restart(self):
+        a = self.connect(self.daemon)
+        a.subscribe("g")
+        self.make_retries(4)
+        evs = self.collect(a, 4)
+        a.ack([evs[0]["eid"], evs[1]["eid"]])
+        a.close()
+        self.daemon.restart()
+        b = self.connect(self.daemon)
+        b.subscribe("g")
+        again = self.collect(b, 2)
+        self.assertEqual(sorted(e["eid"] for e in again), sorted([evs[2]["eid"], evs[3]["eid"]]))
+        self.assertNoMoreEvents(b)
+
+    def test_every_group_sees_every_event(self):
+        g1 = self.connect(self.daemon)
+        g2 = self.connect(self.daemon, unix=True)
+        g1.subscribe("senders")
+        g2.subscribe("audit")
+        ids = self.make_retries(8)
+        e1 = self.collect(g1, 8)
+        e2 = self.collect(g2, 8)
+        self.assertEqual(sorted(e["id"] for e in e1), sorted(ids))
+        self.assertEqual({e["eid"] for e in e1}, {e["eid"] for e in e2})
+        # acking in one group does not touch the other
+        g1.ack([e["eid"] for e in e1])
+        g2.close()
+        g3 = self.connect(self.daemon)
+        g3.subscribe("audit")
+        self.assertEqual({e["eid"] for e in self.collect(g3, 8)}, {e["eid"] for e in e2})
+
+    def test_connections_in_one_group_share(self):
+        a = self.connect(self.daemon)
+        b = self.connect(self.daemon)
+        a.subscribe("shared")
+        b.subscribe("shared")
+        ids = self.make_retries(40)
+        got = {}  # eid -> which connection
+        deadline = time.monotonic() + 6
+        while len(got) < 40 and time.monotonic() < deadline:
+            for name, conn in (("a", a), ("b", b)):
+                for e in conn.events(100, 0.05):
+                    self.assertNotIn(e["eid"], got, "event delivered to both connections of one group: %r" % e)
+                    got[e["eid"]] = (name, e["id"])
+                    conn.ack([e["eid"]])
+        self.assertEqual(len(got), 40, "only %d of 40 events arrived" % len(got))
+        self.assertEqual(sorted(i for _, i in got.values()), sorted(ids))
+        self.assertNoMoreEvents(a, 0.3)
+        self.assertNoMoreEvents(b, 0.1)
+        split = sum(1 for n, _ in got.values() if n == "a")
+        sys.stderr.write("  [events] shared group: a got %d, b got %d\n" % (split, 40 - split))
+
+    def test_types_filter(self):
+        only_suppress = self.connect(self.daemon)
+        only_suppress.subscribe("sup", types=["suppress"])
+        everything = self.connect(self.daemon)
+        everything.subscribe("all")
+        grey = self.make_retries(2)
+        gone = unique_id("unknown")
+        r = self.assertOk(self.c.request(bounce(gone, **USER_UNKNOWN)))
+        self.assertEqual(r["action"], "suppress")
+        ev = self.collect(only_suppress, 1)[0]
+        self.assertEqual((ev["type"], ev["id"]), ("suppress", gone))
+        self.assertEqual(ev.get("reason"), "hard_invalid")
+        all_evs = self.collect(everything, 3)
+        self.assertEqual(sorted(e["id"] for e in all_evs), sorted(grey + [gone]))
+        self.assertNoMoreEvents(only_suppress)
+
+    def test_dmarc_failure_alerts_sender_and_never_suppresses(self):
+        sub = self.connect(self.daemon)
+        sub.subscribe("ops")
+        id = unique_id("dmarc")
+        r = self.assertOk(self.c.request(bounce(
+            id, code=550, enhanced="5.7.26",
+            text="550 5.7.26 Unauthenticated email is not accepted due to domain's DMARC policy")))
+        self.assertEqual((r["class"], r["action"]), ("auth_failure", "give_up"))
+        got = sub.wait_event(lambda e: e.get("id") == id and e.get("type") == "sender_alert", 3)
+        self.assertIsNotNone(got, "no sender_alert for a DMARC failure (events: %r)" % sub.event_queue)
+        self.assertEqual(got[1]["class"], "auth_failure")
+        # whatever else comes for it, never a suppress
+        time.sleep(0.2)
+        others = sub.events(100, 0.2)
+        self.assertNotIn("suppress", [e["type"] for e in others if e.get("id") == id], others)
+
+    def test_ack_unknown_and_bad_subscribe(self):
+        a = self.connect(self.daemon)
+        r = a.request({"op": "ack", "ids": ["1-1"]})
+        self.assertFalse(r.get("ok"), "ack before subscribe: %r" % r)
+        self.assertEqual(r["error"]["code"], "bad_request")
+        r = a.request({"op": "subscribe", "group": "g" * 65})
+        self.assertFalse(r.get("ok"), r)
+        self.assertIn(r["error"]["code"], ("bad_request", "too_large"))
+        r = a.request({"op": "subscribe", "group": "g", "types": ["no_such_type"]})
+        self.assertFalse(r.get("ok"), r)
+        a.subscribe("g")
+        r = a.request({"op": "subscribe", "group": "other"})
+        self.assertFalse(r.get("ok"), "a connection joined two groups: %r" % r)
+        # acking ids that were never delivered is harmless
+        r = a.request({"op": "ack", "ids": ["1-1", "99999999999999-0"]})
+        self.assertEqual(r.get("acked"), 0, r)
+        r = a.request({"op": "ack", "ids": ["not-a-stream-id"]})
+        self.assertIn(r.get("ok"), (True, False))
+        self.assertPing(a)
+        ids = self.make_retries(1)
+        self.assertEqual(self.collect(a, 1)[0]["id"], ids[0])
+
+
+if __name__ == "__main__":
+    unittest.main()
