@@ -42,7 +42,8 @@ void decide_bounce(const struct policy *p, const struct classification *c, const
 /* The forecast for a class: the delay windows of the retries that would
  * follow a first bounce with this code, and when it would be given up.
  * Writes up to max windows into lo/hi (ms after the first bounce, cumulative,
- * before jitter: lo is the earliest, hi the latest) and returns how many. */
+ * jitter included, hi capped at the max age: lo is the earliest, hi the
+ * latest) and returns how many. */
 int decide_forecast(const struct policy *p, int class_idx, int code, int64_t *lo, int64_t *hi, int max);
 
 const char *reason_name(enum reason r);
