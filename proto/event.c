@@ -9,55 +9,23 @@
  */
 #include "proto/event.h"
 
+#include "proto/jbuf.h"
+
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-struct ebuf {
-    char *p;
-    size_t len, cap;
-    bool failed;
-};
-
-static bool ebuf_put(struct ebuf *b, const char *s, size_t n)
-{
-    if (b->failed)
-        return false;
-    if (b->cap - b->len < n + 1) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap - b->len < n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (p == NULL) {
-            b->failed = true;
-            return false;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    return true;
-}
-
-static int ebuf_dump_cb(const char *buffer, size_t size, void *data)
-{
-    return ebuf_put(data, buffer, size) ? 0 : -1;
-}
-
 /* Appends the members of obj without braces ("k":v,"k2":v2), or nothing
  * for an empty object; comma_first puts a ',' before them. */
-static void ebuf_members(struct ebuf *b, json_t *obj, bool comma_first)
+static void append_members(struct jbuf *b, json_t *obj, bool comma_first)
 {
     size_t at = b->len;
 
     if (b->failed || obj == NULL || json_object_size(obj) == 0)
         return;
-    if (json_dump_callback(obj, ebuf_dump_cb, b, JSON_COMPACT) != 0) {
-        b->failed = true;
+    if (!jbuf_json(b, obj))
         return;
-    }
     /* The dump is "{...}": drop the closing brace, and turn the opening
      * one into the comma or shift the members over it. */
     b->len--;
@@ -69,27 +37,13 @@ static void ebuf_members(struct ebuf *b, json_t *obj, bool comma_first)
     }
 }
 
-static char *ebuf_finish(struct ebuf *b, size_t *len)
-{
-    if (b->failed) {
-        free(b->p);
-        if (len != NULL)
-            *len = 0;
-        return NULL;
-    }
-    b->p[b->len] = '\0';
-    if (len != NULL)
-        *len = b->len;
-    return b->p;
-}
-
 /*
  * Returns the fragment (free it with free), or NULL when a string is not
  * valid UTF-8 or meta is not an object. campaign and meta may be NULL.
  */
 char *event_msg_fragment(const char *id, const char *rcpt, const char *campaign, json_t *meta, size_t *len)
 {
-    struct ebuf b = {0};
+    struct jbuf b = {0};
     json_t *o = json_object();
     bool ok = o != NULL;
 
@@ -103,13 +57,13 @@ char *event_msg_fragment(const char *id, const char *rcpt, const char *campaign,
     if (ok && meta != NULL)
         ok = json_is_object(meta) && json_object_set(o, "meta", meta) == 0;
     if (ok)
-        ebuf_members(&b, o, false);
+        append_members(&b, o, false);
     else
         b.failed = true;
     json_decref(o);
     if (!b.failed && b.p == NULL)
-        ebuf_put(&b, "", 0);
-    return ebuf_finish(&b, len);
+        jbuf_put(&b, "", 0);
+    return jbuf_finish(&b, len);
 }
 
 /*
@@ -120,21 +74,21 @@ char *event_msg_fragment(const char *id, const char *rcpt, const char *campaign,
  */
 char *event_body(enum event_type type, long long at_ms, const char *fragment, json_t *extra, size_t *len)
 {
-    struct ebuf b = {0};
+    struct jbuf b = {0};
     char head[96];
     int n;
 
     if ((unsigned)type >= EV__COUNT || (extra != NULL && !json_is_object(extra)))
         return NULL;
     n = snprintf(head, sizeof head, "{\"type\":\"%s\",\"at\":%lld", event_type_name(type), at_ms);
-    ebuf_put(&b, head, (size_t)n);
+    jbuf_put(&b, head, (size_t)n);
     if (fragment != NULL && fragment[0] != '\0') {
-        ebuf_put(&b, ",", 1);
-        ebuf_put(&b, fragment, strlen(fragment));
+        jbuf_put(&b, ",", 1);
+        jbuf_put(&b, fragment, strlen(fragment));
     }
-    ebuf_members(&b, extra, true);
-    ebuf_put(&b, "}", 1);
-    return ebuf_finish(&b, len);
+    append_members(&b, extra, true);
+    jbuf_put(&b, "}", 1);
+    return jbuf_finish(&b, len);
 }
 
 /* Whether eid can go between quotes as it is (stream ids always can). */
@@ -156,35 +110,34 @@ static bool plain_string(const char *s)
  */
 char *event_line(const char *eid, const char *body, size_t body_len, size_t *len)
 {
-    struct ebuf b = {0};
+    struct jbuf b = {0};
     size_t i;
 
     if (eid == NULL || body == NULL || body_len < 2 || body[0] != '{' || body[body_len - 1] != '}' ||
         memchr(body, '\n', body_len) != NULL || memchr(body, '\0', body_len) != NULL)
         return NULL;
 
-    ebuf_put(&b, "{\"eid\":", 7);
+    jbuf_put(&b, "{\"eid\":", 7);
     if (plain_string(eid)) {
-        ebuf_put(&b, "\"", 1);
-        ebuf_put(&b, eid, strlen(eid));
-        ebuf_put(&b, "\"", 1);
+        jbuf_put(&b, "\"", 1);
+        jbuf_put(&b, eid, strlen(eid));
+        jbuf_put(&b, "\"", 1);
     } else {
         json_t *s = json_string(eid);
-        if (s == NULL || json_dump_callback(s, ebuf_dump_cb, &b, JSON_ENCODE_ANY) != 0)
-            b.failed = true;
+        jbuf_json(&b, s);
         json_decref(s);
     }
     for (i = 1; i < body_len - 1; i++)
         if (body[i] != ' ' && body[i] != '\t' && body[i] != '\r')
             break;
     if (i < body_len - 1) {
-        ebuf_put(&b, ",", 1);
-        ebuf_put(&b, body + 1, body_len - 1);
+        jbuf_put(&b, ",", 1);
+        jbuf_put(&b, body + 1, body_len - 1);
     } else {
-        ebuf_put(&b, "}", 1);
+        jbuf_put(&b, "}", 1);
     }
-    ebuf_put(&b, "\n", 1);
-    return ebuf_finish(&b, len);
+    jbuf_put(&b, "\n", 1);
+    return jbuf_finish(&b, len);
 }
 
 int event_body_type(const char *body, size_t body_len)

@@ -14,75 +14,27 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proto/jbuf.h"
 #include "proto/request.h"
 
-struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool failed;
-};
-
-static bool sbuf_put(struct sbuf *b, const char *s, size_t n)
-{
-    if (b->failed)
-        return false;
-    if (b->cap - b->len < n + 1) {
-        size_t cap = b->cap ? b->cap : 128;
-        while (cap - b->len < n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (p == NULL) {
-            b->failed = true;
-            return false;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    return true;
-}
-
-static int sbuf_dump_cb(const char *buffer, size_t size, void *data)
-{
-    return sbuf_put(data, buffer, size) ? 0 : -1;
-}
-
-static bool sbuf_json(struct sbuf *b, json_t *v)
-{
-    if (b->failed || json_dump_callback(v, sbuf_dump_cb, b, JSON_COMPACT | JSON_ENCODE_ANY) != 0) {
-        b->failed = true;
-        return false;
-    }
-    return true;
-}
-
 /* Appends obj's members as ",k:v,...}" (or just "}" when it has none). */
-static void sbuf_members_close(struct sbuf *b, json_t *obj)
+static void append_members_close(struct jbuf *b, json_t *obj)
 {
     size_t at = b->len;
 
     if (obj == NULL || json_object_size(obj) == 0) {
-        sbuf_put(b, "}", 1);
+        jbuf_put(b, "}", 1);
         return;
     }
-    if (sbuf_json(b, obj))
+    if (jbuf_json(b, obj))
         b->p[at] = ','; /* the object's '{' */
 }
 
 /* Returns the buffer as a finished line, or NULL (and frees it) on failure. */
-static char *sbuf_line(struct sbuf *b, size_t *len)
+static char *finish_line(struct jbuf *b, size_t *len)
 {
-    if (!sbuf_put(b, "\n", 1)) {
-        free(b->p);
-        if (len != NULL)
-            *len = 0;
-        return NULL;
-    }
-    b->p[b->len] = '\0';
-    if (len != NULL)
-        *len = b->len;
-    return b->p;
+    jbuf_put(b, "\n", 1);
+    return jbuf_finish(b, len);
 }
 
 /*
@@ -93,23 +45,23 @@ static char *sbuf_line(struct sbuf *b, size_t *len)
  */
 char *reply_ok(json_t *obj, json_t *req, size_t *len)
 {
-    struct sbuf b = {0};
+    struct jbuf b = {0};
 
     if (obj != NULL && json_is_object(obj)) {
         json_object_del(obj, "ok");
         json_object_del(obj, "req");
     }
-    sbuf_put(&b, "{\"ok\":true", 10);
+    jbuf_put(&b, "{\"ok\":true", 10);
     if (req != NULL) {
-        sbuf_put(&b, ",\"req\":", 7);
-        sbuf_json(&b, req);
+        jbuf_put(&b, ",\"req\":", 7);
+        jbuf_json(&b, req);
     }
     if (obj != NULL && !json_is_object(obj))
         b.failed = true;
     else
-        sbuf_members_close(&b, obj);
+        append_members_close(&b, obj);
     json_decref(obj);
-    return sbuf_line(&b, len);
+    return finish_line(&b, len);
 }
 
 /*
@@ -119,22 +71,22 @@ char *reply_ok(json_t *obj, json_t *req, size_t *len)
  */
 char *reply_error(json_t *req, const char *code, const char *message, size_t *len)
 {
-    struct sbuf b = {0};
+    struct jbuf b = {0};
     json_t *s;
 
-    sbuf_put(&b, "{\"ok\":false", 11);
+    jbuf_put(&b, "{\"ok\":false", 11);
     if (req != NULL) {
-        sbuf_put(&b, ",\"req\":", 7);
-        sbuf_json(&b, req);
+        jbuf_put(&b, ",\"req\":", 7);
+        jbuf_json(&b, req);
     }
-    sbuf_put(&b, ",\"error\":{\"code\":", 17);
+    jbuf_put(&b, ",\"error\":{\"code\":", 17);
     s = json_string(code ? code : ERR_INTERNAL);
     if (s == NULL)
         s = json_string(ERR_INTERNAL);
-    sbuf_json(&b, s);
+    jbuf_json(&b, s);
     json_decref(s);
 
-    sbuf_put(&b, ",\"message\":", 11);
+    jbuf_put(&b, ",\"message\":", 11);
     s = json_string(message ? message : "");
     if (s == NULL) {
         char *copy = strdup(message);
@@ -146,8 +98,8 @@ char *reply_error(json_t *req, const char *code, const char *message, size_t *le
     if (s == NULL)
         b.failed = true;
     else
-        sbuf_json(&b, s);
+        jbuf_json(&b, s);
     json_decref(s);
-    sbuf_put(&b, "}}", 2);
-    return sbuf_line(&b, len);
+    jbuf_put(&b, "}}", 2);
+    return finish_line(&b, len);
 }

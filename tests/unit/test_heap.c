@@ -16,42 +16,7 @@
 
 #include "queue/heap.h"
 
-static uint64_t seed;
-static uint64_t rs;
-static size_t op;
-
-static uint64_t rnd(void)
-{
-    /* splitmix64: independent of the rng under test */
-    uint64_t z = (rs += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static uint64_t rnd_below(uint64_t n) { return rnd() % n; }
-
-static void seed_from_env(uint64_t dflt)
-{
-    const char *s = getenv("REBOUND_TEST_SEED");
-    seed = s ? strtoull(s, NULL, 0) : dflt;
-    rs = seed;
-    op = 0;
-}
-
-#define CHECK(cond)                                                                                 \
-    do {                                                                                            \
-        if (!(cond))                                                                                \
-            fail_msg("%s (seed %llu, op %zu)", #cond, (unsigned long long)seed, op);                \
-    } while (0)
-
-#define CHECK_EQ(a, b)                                                                              \
-    do {                                                                                            \
-        long long a_ = (long long)(a), b_ = (long long)(b);                                         \
-        if (a_ != b_)                                                                               \
-            fail_msg("%s == %s: %lld != %lld (seed %llu, op %zu)", #a, #b, a_, b_,                  \
-                     (unsigned long long)seed, op);                                                 \
-    } while (0)
+#include "random_model.h"
 
 /* The model: for every node, whether it is in, its due time and the order
  * in which it was last inserted or moved. The minimum is found by a plain
