@@ -539,7 +539,13 @@ int config_load_file(struct config *cfg, const char *path, char *err, size_t err
             snprintf(kpath, sizeof kpath, "~%s", key);
             const char *p[1] = {kpath};
             json_pos_find(text, len, p, 1, &line, &col);
-            set_err(err, errlen, "%s:%d:%d: unknown key \"%s\"", path, line, col, printable(key, kbuf, sizeof kbuf));
+            const char *hint = config_suggest(key);
+            if (hint)
+                set_err(err, errlen, "%s:%d:%d: unknown key \"%s\" (did you mean \"%s\"?)", path, line, col,
+                        printable(key, kbuf, sizeof kbuf), hint);
+            else
+                set_err(err, errlen, "%s:%d:%d: unknown key \"%s\"", path, line, col,
+                        printable(key, kbuf, sizeof kbuf));
             goto fail_next;
         }
         struct value v;
@@ -769,6 +775,73 @@ bool config_option_reloadable(const char *name)
 {
     const struct option *o = option_find(name);
     return o && o->reloadable;
+}
+
+int config_resolve_paths(struct config *cfg, const char *config_path)
+{
+    const char *slash = strrchr(config_path, '/');
+    if (!slash || !cfg->policy || !cfg->policy[0] || cfg->policy[0] == '/')
+        return 0;
+    size_t dirlen = (size_t)(slash - config_path) + 1; /* with the slash */
+    size_t plen = strlen(cfg->policy);
+    char *joined = malloc(dirlen + plen + 1);
+    if (!joined) {
+        fprintf(stderr, "rebound: out of memory\n");
+        abort();
+    }
+    memcpy(joined, config_path, dirlen);
+    memcpy(joined + dirlen, cfg->policy, plen + 1);
+    free(cfg->policy);
+    cfg->policy = joined;
+    return 0;
+}
+
+const char *config_mask_address(const char *addr, char *buf, size_t len)
+{
+    json_t *j = masked_redis_address(addr);
+    snprintf(buf, len, "%s", json_is_string(j) ? json_string_value(j) : "***");
+    json_decref(j);
+    return buf;
+}
+
+/* Levenshtein distance, capped: anything above cap is reported as cap + 1. */
+static size_t edit_distance(const char *a, const char *b, size_t cap)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 64 || lb > 64)
+        return cap + 1;
+    size_t row[65];
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t best = diag + (a[i - 1] != b[j - 1]);
+            if (row[j] + 1 < best)
+                best = row[j] + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb] > cap ? cap + 1 : row[lb];
+}
+
+const char *config_suggest(const char *name)
+{
+    const char *best = NULL;
+    size_t best_d = 3;
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        size_t d = edit_distance(name, options[i].name, 2);
+        if (d < best_d) {
+            best_d = d;
+            best = options[i].name;
+        }
+    }
+    return best;
 }
 
 void config_free(struct config *cfg)

@@ -58,4 +58,18 @@ int config_reload(struct config *cur, const struct config *next,
 /* True when the option called name may change on reload. */
 bool config_option_reloadable(const char *name);
 
+/* Makes a relative `policy` path relative to the directory of config_path
+ * (the file it was read from), as an operator who writes "policy.json"
+ * next to reboundd.json means. Absolute paths and a config_path without a
+ * directory part are left as they are. Call right after config_load_file,
+ * before flags are applied (a flag's relative path is relative to the
+ * working directory). Returns 0. */
+int config_resolve_paths(struct config *cfg, const char *config_path);
+/* addr (a `redis` value) with any password in it replaced by "***", for
+ * logs; written into buf, which is returned. */
+const char *config_mask_address(const char *addr, char *buf, size_t len);
+/* The option name closest to name (at most two edits away), or NULL: for
+ * "did you mean" hints. */
+const char *config_suggest(const char *name);
+
 #endif

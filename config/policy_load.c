@@ -559,7 +559,19 @@ static int parse_classes(struct loader *L, json_t *root, struct policy *p)
 }
 
 static const char *const limits_keys[] = {"max_attempts", "max_age", "awaiting", NULL};
-static const char *const streak_keys[] = {"campaigns", "chronic_span", "chronic_attempts", NULL};
+static const char *const streak_keys[] = {"preset", "campaigns", "chronic_span", "chronic_attempts", NULL};
+
+/* Streak presets, so that "suppress like Klaviyo" is one line. The big
+ * platforms count soft bounces in a row; here one campaign ending in
+ * give-up is one soft bounce for the address. */
+static const struct {
+    const char *name;
+    int campaigns;
+} streak_presets[] = {
+    {"default", 3},
+    {"klaviyo", 7},
+    {"mailchimp", 15},
+};
 
 static int parse_limits(struct loader *L, json_t *root, struct policy *p)
 {
@@ -577,6 +589,29 @@ static int parse_limits(struct loader *L, json_t *root, struct policy *p)
     return rc;
 }
 
+/* "preset": sets the defaults that the other streak keys may override. */
+static int parse_streak_preset(struct loader *L, json_t *streak, struct policy *p)
+{
+    json_t *v = json_object_get(streak, "preset");
+    int rc = -1;
+
+    if (v == NULL)
+        return 0;
+    path_push(L, "preset");
+    if (want_type(L, v, JSON_STRING, "a preset name (default, klaviyo, mailchimp)") == 0) {
+        for (size_t i = 0; i < sizeof(streak_presets) / sizeof(streak_presets[0]); i++) {
+            if (strcmp(json_string_value(v), streak_presets[i].name) == 0) {
+                p->streak_campaigns = streak_presets[i].campaigns;
+                rc = 0;
+            }
+        }
+        if (rc < 0)
+            fail(L, false, "unknown preset \"%s\" (use default, klaviyo or mailchimp)", json_string_value(v));
+    }
+    path_pop(L);
+    return rc;
+}
+
 static int parse_streak(struct loader *L, json_t *root, struct policy *p)
 {
     json_t *v = json_object_get(root, "streak");
@@ -586,7 +621,7 @@ static int parse_streak(struct loader *L, json_t *root, struct policy *p)
         return 0;
     path_push(L, "streak");
     if (want_type(L, v, JSON_OBJECT, "an object") == 0 && check_keys(L, v, streak_keys) == 0 &&
-        get_int(L, v, "campaigns", 1, 1000, &p->streak_campaigns) == 0 &&
+        parse_streak_preset(L, v, p) == 0 && get_int(L, v, "campaigns", 1, 1000, &p->streak_campaigns) == 0 &&
         get_duration(L, v, "chronic_span", 1, &p->chronic_span_ms) == 0 &&
         get_int(L, v, "chronic_attempts", 1, 1000, &p->chronic_attempts) == 0)
         rc = 0;
@@ -991,7 +1026,99 @@ static int parse_rules(struct loader *L, json_t *root, struct policy *p)
     return rc;
 }
 
-static const char *const top_keys[] = {"limits", "streak", "fallback", "classes", "rules", NULL};
+static const char *const domains_keys[] = {"throttle", "pace", "alert_window", NULL};
+static const char *const throttle_keys[] = {"classes", "replies", "window", "backoff", NULL};
+static const char *const pace_keys[] = {"per_second", "burst", NULL};
+
+/* "throttle.classes": the classes whose replies count toward backing off a
+ * domain. Without the key, rate_limit, reputation_block and congestion, as
+ * far as the policy defines them. */
+static int parse_throttle_classes(struct loader *L, json_t *throttle, struct policy *p)
+{
+    static const char *const defaults[] = {"rate_limit", "reputation_block", "congestion"};
+    json_t *v = throttle ? json_object_get(throttle, "classes") : NULL, *e;
+    size_t i;
+    int rc = 0;
+
+    if (v == NULL) {
+        for (i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++) {
+            int idx = policy_class_find(p, defaults[i]);
+            if (idx >= 0)
+                p->classes[idx].throttles = true;
+        }
+        return 0;
+    }
+    path_push(L, "classes");
+    if (want_type(L, v, JSON_ARRAY, "an array of class names") < 0) {
+        rc = -1;
+    } else {
+        json_array_foreach(v, i, e) {
+            path_push_index(L, i);
+            int idx = class_ref(L, p, e);
+            path_pop(L);
+            if (idx < 0) {
+                rc = -1;
+                break;
+            }
+            p->classes[idx].throttles = true;
+        }
+    }
+    path_pop(L);
+    return rc;
+}
+
+static int parse_domains(struct loader *L, json_t *root, struct policy *p)
+{
+    json_t *v = json_object_get(root, "domains"), *t = NULL, *pace;
+    int rc = -1;
+
+    if (v == NULL)
+        return parse_throttle_classes(L, NULL, p);
+    path_push(L, "domains");
+    if (want_type(L, v, JSON_OBJECT, "an object") < 0 || check_keys(L, v, domains_keys) < 0 ||
+        get_duration(L, v, "alert_window", 0, &p->alert_window_ms) < 0)
+        goto out;
+    t = json_object_get(v, "throttle");
+    if (t != NULL) {
+        path_push(L, "throttle");
+        int trc = want_type(L, t, JSON_OBJECT, "an object") < 0 || check_keys(L, t, throttle_keys) < 0 ||
+                          get_int(L, t, "replies", 1, 1000000, &p->throttle_replies) < 0 ||
+                          get_duration(L, t, "window", 1, &p->throttle_window_ms) < 0 ||
+                          get_duration(L, t, "backoff", 1, &p->backoff_ms) < 0
+                      ? -1
+                      : 0;
+        path_pop(L);
+        if (trc < 0)
+            goto out;
+    }
+    pace = json_object_get(v, "pace");
+    if (pace != NULL) {
+        path_push(L, "pace");
+        int prc = want_type(L, pace, JSON_OBJECT, "an object") < 0 || check_keys(L, pace, pace_keys) < 0 ||
+                          get_int(L, pace, "per_second", 0, 1000000, &p->pace_per_second) < 0 ||
+                          get_int(L, pace, "burst", 1, 1000000, &p->pace_burst) < 0
+                      ? -1
+                      : 0;
+        path_pop(L);
+        if (prc < 0)
+            goto out;
+    }
+    if (t != NULL) {
+        path_push(L, "throttle");
+        int crc = parse_throttle_classes(L, t, p);
+        path_pop(L);
+        if (crc < 0)
+            goto out;
+    } else if (parse_throttle_classes(L, NULL, p) < 0) {
+        goto out;
+    }
+    rc = 0;
+out:
+    path_pop(L);
+    return rc;
+}
+
+static const char *const top_keys[] = {"limits", "streak", "fallback", "classes", "rules", "domains", NULL};
 
 /* Loads a policy from text (need not be NUL-terminated). name stands for
  * the file in messages. Returns a new policy the caller frees with
@@ -1019,11 +1146,18 @@ struct policy *policy_load_string(const char *text, size_t len, const char *name
     p->streak_campaigns = 3;
     p->chronic_span_ms = 30LL * 86400 * 1000;
     p->chronic_attempts = 5;
+    p->throttle_replies = 50;
+    p->throttle_window_ms = 60LL * 1000;
+    p->backoff_ms = 30LL * 60 * 1000;
+    p->pace_per_second = 100;
+    p->pace_burst = 200;
+    p->alert_window_ms = 3600LL * 1000;
     p->temp_other = p->hard_other = -1;
 
     if (want_type(&L, root, JSON_OBJECT, "an object") < 0 || check_keys(&L, root, top_keys) < 0 ||
         check_comment(&L, root) < 0 || parse_classes(&L, root, p) < 0 || parse_limits(&L, root, p) < 0 ||
-        parse_streak(&L, root, p) < 0 || parse_fallback(&L, root, p) < 0 || parse_rules(&L, root, p) < 0) {
+        parse_streak(&L, root, p) < 0 || parse_fallback(&L, root, p) < 0 || parse_domains(&L, root, p) < 0 ||
+        parse_rules(&L, root, p) < 0) {
         json_decref(root);
         policy_free(p);
         return NULL;

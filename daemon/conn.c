@@ -19,6 +19,7 @@ struct slot {
     char *data;
     size_t len;
     bool ready;
+    uint64_t born_ns; /* uv_hrtime() when the request was read */
 };
 
 struct write_req {
@@ -30,6 +31,7 @@ struct write_req {
 
 static struct conn *all_conns;
 static bool reading_stopped_all;
+static bool reading_held; /* conn_hold_reading */
 
 static void conn_resume_cb(struct conn *c);
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
@@ -45,6 +47,8 @@ static void conn_release(struct conn *c)
     struct slot *s = c->head;
     while (s) {
         struct slot *n = s->next;
+        if (!s->ready)
+            rbd->requests_waiting--;
         free(s->data);
         free(s);
         s = n;
@@ -99,6 +103,69 @@ void conn_stop_reading_all(void)
 size_t conn_write_backlog(const struct conn *c)
 {
     return c->h.stream.write_queue_size;
+}
+
+void conn_hold_reading(bool hold)
+{
+    reading_held = hold;
+    struct conn *c = all_conns, *next;
+    for (; c; c = next) {
+        next = c->next;
+        if (c->closing)
+            continue;
+        if (hold) {
+            if (!c->paused && !c->close_after_flush) {
+                c->paused = true;
+                uv_read_stop(&c->h.stream);
+            }
+        } else {
+            conn_resume_cb(c);
+        }
+    }
+}
+
+/* Input that arrives after a half-close is read and dropped: closing a
+ * socket with unread input makes the kernel send a reset, which throws away
+ * replies still in the send queue. */
+static void discard_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    static char sink[65536];
+    *buf = uv_buf_init(sink, sizeof sink);
+}
+
+static void discard_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    if (nread < 0)
+        conn_close(stream->data);
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status)
+{
+    struct conn *c = req->data;
+    free(req);
+    if (status < 0 && !c->closing)
+        conn_close(c);
+    conn_unref(c);
+}
+
+void conn_shutdown_all(void)
+{
+    for (struct conn *c = all_conns, *next; c; c = next) {
+        next = c->next;
+        if (c->closing)
+            continue;
+        uv_shutdown_t *req = xmalloc(sizeof *req);
+        req->data = c;
+        conn_ref(c);
+        if (uv_shutdown(req, &c->h.stream, shutdown_cb) < 0) {
+            free(req);
+            conn_unref(c);
+            conn_close(c);
+            continue;
+        }
+        uv_read_stop(&c->h.stream);
+        uv_read_start(&c->h.stream, discard_alloc_cb, discard_read_cb);
+    }
 }
 
 static void write_cb(uv_write_t *req, int status)
@@ -169,11 +236,17 @@ struct slot *conn_slot(struct conn *c)
         c->head = s;
     c->tail = s;
     c->unanswered++;
+    s->born_ns = uv_hrtime();
+    rbd->requests_waiting++;
     return s;
 }
 
 void conn_reply(struct conn *c, struct slot *s, char *line, size_t len)
 {
+    if (!s->ready) {
+        histogram_observe(&rbd->request_latency, uv_hrtime() - s->born_ns);
+        rbd->requests_waiting--;
+    }
     s->data = line;
     s->len = len;
     s->ready = true;
@@ -196,7 +269,7 @@ int conn_send_event(struct conn *c, char *line, size_t len)
 
 static bool conn_can_take(const struct conn *c)
 {
-    return !c->closing && !c->close_after_flush && !reading_stopped_all &&
+    return !c->closing && !c->close_after_flush && !reading_stopped_all && !reading_held &&
            c->unanswered < rbd->cfg.max_inflight && conn_write_backlog(c) < WRITE_BACKLOG_MAX;
 }
 
@@ -215,6 +288,7 @@ static void process_lines(struct conn *c)
                      rbd->cfg.max_line);
             size_t n;
             char *out = reply_error(NULL, ERR_TOO_LARGE, msg, &n);
+            metrics_count_error(ERR_TOO_LARGE);
             /* Before the reply: replying resumes processing, which must not
              * meet the same line again. */
             c->close_after_flush = true;
@@ -289,6 +363,7 @@ int conn_accept(uv_stream_t *server, bool is_pipe)
         all_conns->prev = c;
     all_conns = c;
     rbd->nconns++;
+    rbd->conns_accepted++;
     if (uv_accept(server, &c->h.stream) < 0) {
         conn_close(c);
         return -1;
@@ -298,6 +373,8 @@ int conn_accept(uv_stream_t *server, bool is_pipe)
                  rbd->cfg.max_connections);
         size_t n;
         char *out = reply_error(NULL, ERR_BUSY, "too many connections", &n);
+        metrics_count_error(ERR_BUSY);
+        rbd->conns_refused++;
         conn_reply(c, conn_slot(c), out, n);
         c->close_after_flush = true;
         return 0;

@@ -66,5 +66,13 @@ void conn_close(struct conn *c);
 void conn_close_all(void);
 /* Stops reading new requests on every connection (drain). */
 void conn_stop_reading_all(void);
+/* hold = true: every connection, present and future, stops taking new
+ * requests (what is buffered waits); false: they all resume. Used to let
+ * the requests in flight settle before a policy swap. */
+void conn_hold_reading(bool hold);
+/* Drain: half-closes every connection once its queued replies are written
+ * (the client reads them, then EOF) and discards further input; each
+ * connection closes when its client does. */
+void conn_shutdown_all(void);
 
 #endif

@@ -10,13 +10,14 @@
 #include <uv.h>
 
 #include "config/config.h"
+#include "daemon/metrics.h"
 #include "proto/request.h"
 #include "queue/policy.h"
 #include "queue/sched.h"
 
 struct redis_link;
 
-enum script_id { SCRIPT_APPLY, SCRIPT_FIRE, SCRIPT__COUNT };
+enum script_id { SCRIPT_APPLY, SCRIPT_FIRE, SCRIPT_GET, SCRIPT__COUNT };
 
 struct daemon {
     uv_loop_t *loop;
@@ -29,6 +30,9 @@ struct daemon {
 
     char *key_msgs;   /* <prefix>msg: hash of message records */
     char *key_events; /* <prefix>events: the event stream (outbox) */
+    char *key_rcpts;   /* <prefix>rcpt: hash of recipients' soft-bounce streaks (made by store_init) */
+    char *key_supp;    /* <prefix>suppressed: hash of suppressed addresses (made by store_init) */
+    char *key_domains; /* <prefix>domains: hash of domain throttles (made by store_init) */
 
     bool loaded;      /* the schedule has been read back from Redis */
     bool stopping;
@@ -40,6 +44,14 @@ struct daemon {
     uint64_t npending, nawaiting;
     uint64_t reports, errors;
     int nconns;
+
+    /* operations: rendered by metrics.c (docs/operations.md, Metrics) */
+    struct histogram request_latency; /* a request line read -> its reply ready */
+    struct histogram redis_rtt;       /* a Redis command sent -> its reply */
+    uint64_t requests_waiting;        /* requests read and not yet answered, all connections */
+    uint64_t conns_accepted, conns_refused;
+    uint64_t reloads_ok, reloads_failed;
+    uint64_t redis_connects;          /* times the Redis link became ready */
 };
 
 extern struct daemon *rbd;
@@ -50,5 +62,6 @@ int64_t now_ms(void);
 /* Lua sources, generated from daemon/scripts/. */
 extern const char script_apply[];
 extern const char script_fire[];
+extern const char script_get[];
 
 #endif

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "daemon/daemon.h"
+#include "daemon/domains.h"
 #include "daemon/events.h"
 #include "daemon/log.h"
 #include "daemon/ops.h"
@@ -34,6 +35,7 @@ void firing_init(void)
 {
     uv_timer_init(rbd->loop, &timer);
     batches_in_flight = 0;
+    domains_init();
 }
 
 void firing_stop(void)
@@ -59,7 +61,7 @@ void firing_kick(void)
     uv_timer_start(&timer, timer_cb, (uint64_t)delay, 0);
 }
 
-static void expire_done_cb(void *arg, bool ok)
+static void expire_done_cb(void *arg, bool ok, long long result)
 {
     struct entry *e = arg;
     e->flags &= ~ENTRY_BUSY;
@@ -72,8 +74,8 @@ static void expire_done_cb(void *arg, bool ok)
     stats_entry_leave(e);
     e->state = ENTRY_NEW;
     ops_run_waiters(e);
-    if (e->state == ENTRY_NEW && !(e->flags & ENTRY_BUSY) && !e->waiters)
-        sched_remove(rbd->sched, e);
+    if (e->state == ENTRY_NEW && !(e->flags & ENTRY_BUSY) && !entry_has_waiters(e))
+        entry_forget(e);
 }
 
 static void fire_reply_cb(void *arg, redisReply *reply)
@@ -109,8 +111,8 @@ static void fire_reply_cb(void *arg, redisReply *reply)
             sched_set_due(rbd->sched, e, b->due[i] + awaiting);
         }
         ops_run_waiters(e);
-        if (e->state == ENTRY_NEW && !(e->flags & ENTRY_BUSY) && !e->waiters)
-            sched_remove(rbd->sched, e);
+        if (e->state == ENTRY_NEW && !(e->flags & ENTRY_BUSY) && !entry_has_waiters(e))
+            entry_forget(e);
     }
     rbd->events_emitted[EV_RETRY] += fired;
     free(b->entries);
@@ -126,6 +128,10 @@ static void timer_cb(uv_timer_t *t)
     if (!rbd->loaded || rbd->stopping || !store_ready())
         return; /* kicked again when Redis is back */
     int64_t now = now_ms();
+    /* Due entries that do not fire now (held back by their domain, busy,
+     * expiring) are bounded per turn too: a domain with a million held
+     * retries must not stall the loop while it hands out their places. */
+    int skipped = 0, skip_budget = 4 * rbd->cfg.fire_batch;
     while (batches_in_flight < MAX_BATCHES_IN_FLIGHT) {
         int max = rbd->cfg.fire_batch;
         struct fire_batch *b = xcalloc(1, sizeof *b);
@@ -134,21 +140,34 @@ static void timer_cb(uv_timer_t *t)
         const char **ids = xmalloc((size_t)max * sizeof *ids);
         size_t *lens = xmalloc((size_t)max * sizeof *lens);
         struct entry *e;
-        while (b->n < max && (e = sched_pop_due(rbd->sched, now))) {
+        while (b->n < max && skipped < skip_budget && (e = sched_pop_due(rbd->sched, now))) {
             if (e->flags & ENTRY_BUSY) {
                 /* A write for it is in flight and will reschedule it. */
                 sched_set_due(rbd->sched, e, now + BUSY_RETRY_MS);
+                skipped++;
                 continue;
             }
             if (e->state == ENTRY_AWAITING) {
+                skipped++;
                 struct store_change ch = {.id = e->id, .id_len = e->id_len, .mode = 'D'};
                 e->flags |= ENTRY_BUSY;
                 if (store_queue(&ch, expire_done_cb, e) != 0)
-                    expire_done_cb(e, false);
+                    expire_done_cb(e, false, 0);
                 continue;
             }
-            if (e->state != ENTRY_PENDING)
+            if (e->state != ENTRY_PENDING) {
+                skipped++;
                 continue;
+            }
+            /* Its domain may be backed off, or its pace spent: then it
+             * takes its place later (one heap update), and the domains
+             * that are not held back keep firing. */
+            int64_t later = domains_pace_entry(e, now);
+            if (later) {
+                sched_set_due(rbd->sched, e, later);
+                skipped++;
+                continue;
+            }
             e->flags |= ENTRY_BUSY | ENTRY_FIRING;
             b->entries[b->n] = e;
             b->due[b->n] = e->node.due_ms;
@@ -200,6 +219,7 @@ static int class_for(const char *name, size_t len)
 static void entry_from_record(struct entry *e, const struct record *rec, int64_t awaiting)
 {
     stats_entry_leave(e);
+    entry_set_domain(e, domains_of_fragment(rec->fragment, rec->fragment_len, now_ms()));
     e->class_idx = (uint8_t)class_for(rec->class_name, rec->class_len);
     e->attempt = (uint16_t)rec->attempt;
     e->first_ms = rec->first_ms;
@@ -237,8 +257,10 @@ static void load_reply_cb(void *arg, redisReply *reply)
                  (unsigned long long)rbd->nawaiting);
         void (*done)(void) = load_done;
         load_done = NULL;
+        /* Then the domain throttles, so that a restart honours them
+         * before the first retry fires. */
         if (done)
-            done();
+            domains_load(done);
         return;
     }
     load_page();
@@ -288,6 +310,7 @@ void firing_remap_classes(const struct policy *old_policy, const struct policy *
     for (int i = 0; i < old_policy->nclasses; i++)
         counts[m.map[i]] += rbd->pending_by_class[i];
     memcpy(rbd->pending_by_class, counts, sizeof counts);
+    domains_policy_changed();
 }
 
 /* ---- writes in doubt ------------------------------------------------- */
@@ -312,9 +335,9 @@ static void resync_reply_cb(void *arg, redisReply *reply)
             e = sched_add(rbd->sched, id, len);
         entry_from_record(e, &rec, rbd->policy->awaiting_ms);
         log_info("resync: %s is %s again after a write in doubt", id, rec.state == 'P' ? "pending" : "awaiting");
-    } else if (e && !e->waiters) {
+    } else if (e && !entry_has_waiters(e)) {
         stats_entry_leave(e);
-        sched_remove(rbd->sched, e);
+        entry_forget(e);
     }
     free(id);
     firing_kick();

@@ -3,6 +3,16 @@
  * the policy, connects to Redis, reads the schedule back, then listens.
  * Everything runs on one libuv loop; signals are uv_signal_t handles, so
  * the loop, not a signal handler, acts on them.
+ *
+ * SIGHUP re-reads the config file (same flags on top) and the policy it
+ * names, and applies both only when both are valid. A new policy whose
+ * class list keeps every old class at its index replaces the old one at
+ * once; requests in flight carry class indices, so a policy that reorders
+ * or drops classes waits until they are answered (new requests are held
+ * meanwhile, for about one Redis round trip).
+ *
+ * SIGTERM/SIGINT drain: stop accepting and reading, let the Redis writes in
+ * flight come back and their replies go out, close Redis, exit 0.
  */
 #include <getopt.h>
 #include <signal.h>
@@ -19,22 +29,43 @@
 #include "daemon/events.h"
 #include "daemon/firing.h"
 #include "daemon/log.h"
+#include "daemon/metrics.h"
+#include "daemon/notify.h"
 #include "daemon/redis_link.h"
 #include "daemon/server.h"
 #include "daemon/store.h"
 #include "daemon/xmalloc.h"
 
-/* Longest wait for replies to drain to clients at shutdown. */
+/* Longest wait for replies to drain to clients at shutdown, once Redis has
+ * answered the writes in flight. */
 #define DRAIN_WRITES_MS 2000
+/* A policy swap waits at most this long (beyond redis_timeout) for the
+ * requests in flight; past it the swap happens anyway, with a warning. */
+#define SWAP_WAIT_EXTRA_MS 2000
+/* How often STATUS= is refreshed for systemd. */
+#define STATUS_EVERY_MS 1000
 
 static struct daemon the_daemon;
 struct daemon *rbd = &the_daemon;
 
 static uv_prepare_t flush_prepare;
 static uv_signal_t sig_term, sig_int, sig_hup;
-static uv_timer_t drain_timer;
-static int64_t drain_deadline;
+static uv_timer_t drain_timer, status_timer, swap_timer;
+static int64_t drain_deadline, replies_deadline;
 static int exit_code;
+
+/* How the effective config is made, kept for reloads. */
+static const char *config_path;
+static struct {
+    const char *name;
+    const char *value;
+} overrides[8];
+static int noverrides;
+
+/* A new policy waiting for the requests in flight (see the top). */
+static struct policy *pending_policy;
+static int64_t swap_deadline;
+static uint64_t last_loaded_count;
 
 int64_t now_ms(void)
 {
@@ -59,9 +90,72 @@ static void usage(FILE *out)
             "      --redis ADDR      Redis: HOST:PORT, redis://[user:pass@]host:port[/db] or a socket path\n"
             "      --policy FILE     policy file (default %s)\n"
             "      --log-level L     debug, info, warn or error\n"
+            "      --metrics HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics (\"\" for none)\n"
+            "      --dump-config     print the effective settings (file and flags) as JSON and exit\n"
             "      --version         print the version and exit\n"
-            "  -h, --help            this help\n",
+            "  -h, --help            this help\n"
+            "\n"
+            "Signals: HUP reloads the config file and the policy, TERM or INT drain and stop.\n",
             REBOUND_DEFAULT_POLICY);
+}
+
+/* Defaults, then the file (a relative policy path in it is relative to the
+ * file), then the flags, validated. On failure cfg is freed and err says
+ * why; the running daemon's config is never touched. */
+static int build_config(struct config *cfg, char *err, size_t errlen)
+{
+    config_defaults(cfg, REBOUND_DEFAULT_POLICY);
+    if (config_path) {
+        if (config_load_file(cfg, config_path, err, errlen) != 0)
+            goto fail;
+        config_resolve_paths(cfg, config_path);
+    }
+    for (int i = 0; i < noverrides; i++) {
+        if (config_set(cfg, overrides[i].name, overrides[i].value, err, errlen) != 0)
+            goto fail;
+    }
+    if (config_validate(cfg, err, errlen) != 0)
+        goto fail;
+    if (cfg->metrics_listen[0] && !metrics_http_available()) {
+        snprintf(err, errlen, "metrics_listen: this reboundd was built without the metrics endpoint "
+                              "(libmicrohttpd); set it to \"\"");
+        goto fail;
+    }
+    return 0;
+fail:
+    config_free(cfg);
+    return -1;
+}
+
+/* One line for systemctl status: what the daemon is doing right now. */
+static void status_line(char *buf, size_t len)
+{
+    if (rbd->stopping)
+        snprintf(buf, len, "stopping: %zu Redis writes in flight, %d connections",
+                 rbd->link ? redis_link_inflight(rbd->link) : (size_t)0, rbd->nconns);
+    else if (!rbd->loaded && !store_ready())
+        snprintf(buf, len, "waiting for Redis: %s",
+                 rbd->link && redis_link_last_error(rbd->link)[0] ? redis_link_last_error(rbd->link) : "connecting");
+    else if (!rbd->loaded)
+        snprintf(buf, len, "loading the schedule from Redis: %llu messages read",
+                 (unsigned long long)(rbd->npending + rbd->nawaiting));
+    else
+        snprintf(buf, len, "%llu pending, %llu awaiting, %d connections, Redis %s",
+                 (unsigned long long)rbd->npending, (unsigned long long)rbd->nawaiting, rbd->nconns,
+                 store_ready() ? "up" : "down");
+}
+
+static void status_cb(uv_timer_t *t)
+{
+    char buf[200];
+    status_line(buf, sizeof buf);
+    notify_status(buf);
+    /* A long load is progress, not a hang: keep systemd's start time-out
+     * from firing while messages keep coming in. */
+    uint64_t count = rbd->npending + rbd->nawaiting;
+    if (!rbd->loaded && count != last_loaded_count)
+        notify_extend_timeout((uint64_t)STATUS_EVERY_MS * 1000 * 30);
+    last_loaded_count = count;
 }
 
 static void on_link_state(struct redis_link *link, bool up, void *arg);
@@ -78,6 +172,8 @@ static void load_done_cb(void)
     }
     log_info("ready: %llu pending, %llu awaiting", (unsigned long long)rbd->npending,
              (unsigned long long)rbd->nawaiting);
+    notify_ready();
+    status_cb(&status_timer);
     firing_kick();
     events_link_up();
 }
@@ -86,6 +182,7 @@ static void on_link_state(struct redis_link *link, bool up, void *arg)
 {
     if (!up)
         return;
+    rbd->redis_connects++;
     if (!rbd->loaded) {
         firing_load(load_done_cb);
         return;
@@ -100,6 +197,64 @@ static void flush_cb(uv_prepare_t *p)
     store_flush();
 }
 
+static bool same_class_layout(const struct policy *old, const struct policy *next)
+{
+    if (next->nclasses < old->nclasses)
+        return false;
+    for (int i = 0; i < old->nclasses; i++)
+        if (strcmp(old->classes[i].name, next->classes[i].name) != 0)
+            return false;
+    return true;
+}
+
+static void policy_swap(struct policy *p)
+{
+    struct policy *old = rbd->policy;
+    firing_remap_classes(old, p);
+    rbd->policy = p;
+    policy_free(old);
+}
+
+static void swap_timer_cb(uv_timer_t *t)
+{
+    if (!pending_policy) {
+        uv_timer_stop(t);
+        return;
+    }
+    if (rbd->requests_waiting > 0 && now_ms() < swap_deadline)
+        return;
+    if (rbd->requests_waiting > 0)
+        log_warn("reload: %llu requests still unanswered; applying the new policy anyway",
+                 (unsigned long long)rbd->requests_waiting);
+    uv_timer_stop(t);
+    policy_swap(pending_policy);
+    pending_policy = NULL;
+    log_info("reload: new class list in force; reading requests again");
+    conn_hold_reading(false);
+}
+
+/* Puts p in force now (returns true), or as soon as no request decided
+ * under the old class indices is still waiting for Redis (false). */
+static bool policy_install(struct policy *p)
+{
+    if (pending_policy) {
+        policy_free(pending_policy); /* a newer reload supersedes it */
+        pending_policy = NULL;
+    }
+    if (same_class_layout(rbd->policy, p) || rbd->requests_waiting == 0) {
+        policy_swap(p);
+        conn_hold_reading(false);
+        return true;
+    }
+    pending_policy = p;
+    swap_deadline = now_ms() + rbd->cfg.redis_timeout_ms + SWAP_WAIT_EXTRA_MS;
+    log_info("reload: the class list changed; holding new requests until the %llu in flight are answered",
+             (unsigned long long)rbd->requests_waiting);
+    conn_hold_reading(true);
+    uv_timer_start(&swap_timer, swap_timer_cb, 1, 1);
+    return false;
+}
+
 static void close_if_open(uv_handle_t *h)
 {
     if (!uv_is_closing(h))
@@ -112,6 +267,9 @@ static void close_own_handles(void)
 {
     close_if_open((uv_handle_t *)&flush_prepare);
     close_if_open((uv_handle_t *)&drain_timer);
+    close_if_open((uv_handle_t *)&status_timer);
+    close_if_open((uv_handle_t *)&swap_timer);
+    notify_close();
     close_if_open((uv_handle_t *)&sig_term);
     close_if_open((uv_handle_t *)&sig_int);
     close_if_open((uv_handle_t *)&sig_hup);
@@ -124,8 +282,18 @@ static void link_closed_cb(void *arg)
 
 static void drain_timer_cb(uv_timer_t *t)
 {
+    int64_t now = now_ms();
     /* Writes in flight get their answer (and their clients a reply) first. */
-    if (rbd->link && redis_link_inflight(rbd->link) > 0 && now_ms() < drain_deadline)
+    if (rbd->link && redis_link_inflight(rbd->link) > 0 && now < drain_deadline)
+        return;
+    /* Then every connection is half-closed behind its last reply, and we
+     * wait for the clients to read to the end and close, unless one does
+     * not within DRAIN_WRITES_MS. */
+    if (!replies_deadline) {
+        replies_deadline = now + DRAIN_WRITES_MS;
+        conn_shutdown_all();
+    }
+    if (rbd->nconns > 0 && now < replies_deadline)
         return;
     uv_timer_stop(t);
     conn_close_all();
@@ -143,35 +311,93 @@ static void begin_shutdown(void)
     if (rbd->stopping)
         return;
     log_info("stopping: no new connections, finishing writes in flight");
+    notify_stopping();
     store_flush();
     rbd->stopping = true;
+    status_cb(&status_timer);
+    metrics_stop();
+    if (pending_policy) {
+        uv_timer_stop(&swap_timer);
+        policy_free(pending_policy);
+        pending_policy = NULL;
+    }
     server_stop();
     conn_stop_reading_all();
     firing_stop();
     uv_prepare_stop(&flush_prepare);
-    drain_deadline = now_ms() + DRAIN_WRITES_MS + rbd->cfg.redis_timeout_ms;
+    drain_deadline = now_ms() + rbd->cfg.redis_timeout_ms;
     uv_timer_start(&drain_timer, drain_timer_cb, 10, 10);
 }
 
-static void reload_policy(void)
+struct reload_log {
+    char applied[300], restart[300];
+};
+
+static void append_name(char *buf, size_t len, const char *name)
 {
-    char err[512];
-    struct policy *p = policy_load_file(rbd->cfg.policy, err, sizeof err);
-    if (!p) {
-        log_error("reload: keeping the current policy: %s", err);
-        return;
+    size_t n = strlen(buf);
+    snprintf(buf + n, len - n, "%s%s", n ? ", " : "", name);
+}
+
+static void reload_changed_cb(const char *name, bool applied, void *arg)
+{
+    struct reload_log *rl = arg;
+    if (applied) {
+        append_name(rl->applied, sizeof rl->applied, name);
+    } else {
+        append_name(rl->restart, sizeof rl->restart, name);
+        log_warn("reload: %s changed; it takes effect at the next restart", name);
     }
-    struct policy *old = rbd->policy;
-    firing_remap_classes(old, p);
-    rbd->policy = p;
-    policy_free(old);
-    log_info("reload: policy %s loaded (%d classes, %zu rules)", rbd->cfg.policy, p->nclasses, p->nrules);
+}
+
+/* SIGHUP: all or nothing. The config and the policy it names are read and
+ * checked first; only if both are valid does anything change. */
+static void reload(void)
+{
+    if (rbd->stopping)
+        return;
+    log_info("reload: reading %s and the policy", config_path ? config_path : "the flags");
+    if (rbd->loaded)
+        notify_reloading();
+    char err[512];
+    struct config next;
+    struct policy *p = NULL;
+    if (build_config(&next, err, sizeof err) != 0) {
+        log_error("reload: refused, the running configuration and policy stay in force: %s", err);
+        goto refused;
+    }
+    p = policy_load_file(next.policy, err, sizeof err);
+    if (!p) {
+        log_error("reload: refused, the running configuration and policy stay in force: %s", err);
+        config_free(&next);
+        goto refused;
+    }
+    struct reload_log rl = {"", ""};
+    config_reload(&rbd->cfg, &next, reload_changed_cb, &rl);
+    config_free(&next);
+    log_set_level_name(rbd->cfg.log_level);
+    if (rbd->link)
+        redis_link_set_timeout(rbd->link, rbd->cfg.redis_timeout_ms);
+    int nclasses = p->nclasses;
+    size_t nrules = p->nrules;
+    bool now = policy_install(p);
+    rbd->reloads_ok++;
+    log_info("reload: policy %s %s (%d classes, %zu rules); settings changed: %s%s%s", rbd->cfg.policy,
+             now ? "in force" : "accepted, in force once the requests in flight are answered", nclasses, nrules,
+             rl.applied[0] ? rl.applied : "none", rl.restart[0] ? "; waiting for a restart: " : "", rl.restart);
+    if (rbd->loaded)
+        notify_ready();
+    return;
+refused:
+    rbd->reloads_failed++;
+    if (rbd->loaded)
+        notify_ready();
 }
 
 static void signal_cb(uv_signal_t *h, int signum)
 {
     if (signum == SIGHUP)
-        reload_policy();
+        reload();
     else
         begin_shutdown();
 }
@@ -187,22 +413,17 @@ static char *make_key(const char *prefix, const char *name)
 
 int main(int argc, char **argv)
 {
-    enum { OPT_LISTEN = 256, OPT_UNIX, OPT_REDIS, OPT_POLICY, OPT_VERSION, OPT_LOG_LEVEL };
+    enum { OPT_LISTEN = 256, OPT_UNIX, OPT_REDIS, OPT_POLICY, OPT_VERSION, OPT_LOG_LEVEL, OPT_DUMP, OPT_METRICS };
     static const struct option longopts[] = {
         {"config", required_argument, NULL, 'c'},  {"test", no_argument, NULL, 't'},
         {"verbose", no_argument, NULL, 'v'},       {"help", no_argument, NULL, 'h'},
         {"listen", required_argument, NULL, OPT_LISTEN}, {"unix", required_argument, NULL, OPT_UNIX},
         {"redis", required_argument, NULL, OPT_REDIS},   {"policy", required_argument, NULL, OPT_POLICY},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL}, {"version", no_argument, NULL, OPT_VERSION},
+        {"dump-config", no_argument, NULL, OPT_DUMP},     {"metrics", required_argument, NULL, OPT_METRICS},
         {NULL, 0, NULL, 0},
     };
-    const char *config_path = NULL;
-    bool test_only = false, verbose = false;
-    struct {
-        const char *name;
-        const char *value;
-    } overrides[8];
-    int noverrides = 0;
+    bool test_only = false, verbose = false, dump_only = false;
     char err[512];
     int ch;
     while ((ch = getopt_long(argc, argv, "c:tvh", longopts, NULL)) != -1) {
@@ -220,8 +441,12 @@ int main(int argc, char **argv)
             usage(stdout);
             return 0;
         case OPT_VERSION:
-            printf("reboundd %s\n", REBOUND_VERSION);
+            printf("reboundd %s (systemd notify: %s, metrics endpoint: %s)\n", REBOUND_VERSION,
+                   notify_compiled_in() ? "yes" : "no", metrics_http_available() ? "yes" : "no");
             return 0;
+        case OPT_DUMP:
+            dump_only = true;
+            break;
         case OPT_LISTEN:
             overrides[noverrides++] = (typeof(overrides[0])){"listen", optarg};
             break;
@@ -237,6 +462,9 @@ int main(int argc, char **argv)
         case OPT_LOG_LEVEL:
             overrides[noverrides++] = (typeof(overrides[0])){"log_level", optarg};
             break;
+        case OPT_METRICS:
+            overrides[noverrides++] = (typeof(overrides[0])){"metrics_listen", optarg};
+            break;
         default:
             usage(stderr);
             return 2;
@@ -251,20 +479,14 @@ int main(int argc, char **argv)
     }
 
     struct config *cfg = &rbd->cfg;
-    config_defaults(cfg, REBOUND_DEFAULT_POLICY);
-    if (config_path && config_load_file(cfg, config_path, err, sizeof err) != 0) {
+    if (build_config(cfg, err, sizeof err) != 0) {
         fprintf(stderr, "reboundd: %s\n", err);
         return 1;
     }
-    for (int i = 0; i < noverrides; i++) {
-        if (config_set(cfg, overrides[i].name, overrides[i].value, err, sizeof err) != 0) {
-            fprintf(stderr, "reboundd: %s\n", err);
-            return 1;
-        }
-    }
-    if (config_validate(cfg, err, sizeof err) != 0) {
-        fprintf(stderr, "reboundd: %s\n", err);
-        return 1;
+    if (dump_only) {
+        config_dump(cfg, stdout);
+        config_free(cfg);
+        return 0;
     }
     if (log_set_level_name(cfg->log_level) != 0) {
         fprintf(stderr, "reboundd: unknown log level \"%s\"\n", cfg->log_level);
@@ -298,12 +520,23 @@ int main(int argc, char **argv)
     if (cfg->redis_db)
         lo.db = cfg->redis_db;
     lo.timeout_ms = cfg->redis_timeout_ms;
-    const char *scripts[SCRIPT__COUNT] = {[SCRIPT_APPLY] = script_apply, [SCRIPT_FIRE] = script_fire};
+    const char *scripts[SCRIPT__COUNT] = {[SCRIPT_APPLY] = script_apply, [SCRIPT_FIRE] = script_fire,
+                                          [SCRIPT_GET] = script_get};
     lo.scripts = scripts;
     lo.nscripts = SCRIPT__COUNT;
 
     signal(SIGPIPE, SIG_IGN);
     rbd->loop = uv_default_loop();
+    /* First, so that a port taken fails the start before anything else
+     * has begun. */
+    if (cfg->metrics_listen[0] && metrics_start(cfg->metrics_listen, err, sizeof err) != 0) {
+        fprintf(stderr, "reboundd: %s\n", err);
+        uv_loop_close(rbd->loop);
+        policy_free(rbd->policy);
+        free(rhost), free(rpath), free(ruser), free(rpass);
+        config_free(cfg);
+        return 1;
+    }
     rbd->sched = sched_new();
     rbd->started_ms = now_ms();
     rbd->rng = (uint64_t)now_ms() * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid();
@@ -319,6 +552,11 @@ int main(int argc, char **argv)
     uv_prepare_init(rbd->loop, &flush_prepare);
     uv_prepare_start(&flush_prepare, flush_cb);
     uv_timer_init(rbd->loop, &drain_timer);
+    uv_timer_init(rbd->loop, &status_timer);
+    uv_timer_init(rbd->loop, &swap_timer);
+    notify_init(rbd->loop);
+    if (notify_enabled())
+        uv_timer_start(&status_timer, status_cb, 0, STATUS_EVERY_MS);
     uv_signal_init(rbd->loop, &sig_term);
     uv_signal_init(rbd->loop, &sig_int);
     uv_signal_init(rbd->loop, &sig_hup);
@@ -327,7 +565,10 @@ int main(int argc, char **argv)
     uv_signal_start(&sig_hup, signal_cb, SIGHUP);
 
     rbd->link = redis_link_new(rbd->loop, &lo, on_link_state, NULL);
-    log_info("reboundd %s starting: Redis %s, policy %s", REBOUND_VERSION, cfg->redis, cfg->policy);
+    redis_link_set_rtt_histogram(rbd->link, &rbd->redis_rtt);
+    char shown[300];
+    log_info("reboundd %s starting: Redis %s, policy %s", REBOUND_VERSION,
+             config_mask_address(cfg->redis, shown, sizeof shown), cfg->policy);
     redis_link_start(rbd->link);
 
     uv_run(rbd->loop, UV_RUN_DEFAULT);

@@ -7,6 +7,7 @@
 #include "config/explain.h"
 #include "daemon/conn.h"
 #include "daemon/daemon.h"
+#include "daemon/domains.h"
 #include "daemon/events.h"
 #include "daemon/firing.h"
 #include "daemon/log.h"
@@ -31,6 +32,10 @@ struct job {
     bool was_scheduled;
     struct decision d;
     struct classification cls;
+    int prior_attempt;   /* bounce: retries made before this report */
+    uint32_t domain;     /* the recipient's domain (a reference is held), or 0 */
+    bool alert_claimed;  /* bounce: this report raises the window's sender_alert */
+    uint64_t alert_repeats;
     int nevents;
     enum event_type event_types[3];
 };
@@ -46,6 +51,7 @@ static void reply_err(struct conn *c, struct slot *s, json_t *req, const char *c
     char *line = reply_error(req, code, msg, &n);
     if (strcmp(code, ERR_UNAVAILABLE) != 0 && strcmp(code, ERR_NOT_FOUND) != 0)
         rbd->errors++;
+    metrics_count_error(code);
     reply_line(c, s, line, n);
 }
 
@@ -58,6 +64,7 @@ static void reply_obj(struct conn *c, struct slot *s, json_t *req, json_t *obj)
 
 static void op_finish(struct job *op)
 {
+    domains_unref(op->domain);
     request_free(&op->req);
     conn_unref(op->conn);
     free(op);
@@ -81,6 +88,7 @@ void stats_entry_leave(const struct entry *e)
     if (e->state == ENTRY_PENDING) {
         rbd->npending--;
         rbd->pending_by_class[e->class_idx]--;
+        domains_pending(entry_domain(e), -1);
     } else if (e->state == ENTRY_AWAITING) {
         rbd->nawaiting--;
     }
@@ -91,15 +99,22 @@ void stats_entry_enter(const struct entry *e)
     if (e->state == ENTRY_PENDING) {
         rbd->npending++;
         rbd->pending_by_class[e->class_idx]++;
+        domains_pending(entry_domain(e), 1);
     } else if (e->state == ENTRY_AWAITING) {
         rbd->nawaiting++;
     }
 }
 
+void entry_forget(struct entry *e)
+{
+    entry_set_domain(e, 0);
+    sched_remove(rbd->sched, e);
+}
+
 /* ---- bounce ---------------------------------------------------------- */
 
 static json_t *bounce_reply(const struct job *op, const char *class_name, enum action action, int attempt,
-                            int64_t retry_at, enum reason reason)
+                            int64_t retry_at, const char *reason)
 {
     json_t *o = json_object();
     json_object_set_new(o, "id", json_stringn(op->req.id, op->req.id_len));
@@ -109,7 +124,7 @@ static json_t *bounce_reply(const struct job *op, const char *class_name, enum a
     if (action == ACTION_RETRY)
         json_object_set_new(o, "retry_at", json_integer(retry_at));
     else
-        json_object_set_new(o, "reason", json_string(reason_name(reason)));
+        json_object_set_new(o, "reason", json_string(reason));
     return o;
 }
 
@@ -118,7 +133,7 @@ static const char *alert_reason(const struct policy *p, int class_idx)
     return p->classes[class_idx].name;
 }
 
-static void bounce_done_cb(void *arg, bool ok);
+static void bounce_done_cb(void *arg, bool ok, long long result);
 
 static void op_run(struct job *op);
 
@@ -129,8 +144,7 @@ static void bounce_run(struct job *op, struct entry *e)
 
     if (e && e->state == ENTRY_PENDING) {
         /* The client re-sent a report whose retry is still pending. */
-        json_t *o = bounce_reply(op, p->classes[e->class_idx].name, ACTION_RETRY, e->attempt, e->node.due_ms,
-                                 REASON_NONE);
+        json_t *o = bounce_reply(op, p->classes[e->class_idx].name, ACTION_RETRY, e->attempt, e->node.due_ms, NULL);
         reply_obj(op->conn, op->slot, r->req, o);
         op_finish(op);
         return;
@@ -151,6 +165,9 @@ static void bounce_run(struct job *op, struct entry *e)
     decide_bounce(p, &op->cls, &prior, now, r->not_before, &rbd->rng, &op->d);
     const struct decision *d = &op->d;
     const char *cname = p->classes[d->class_idx].name;
+    op->prior_attempt = prior.attempt;
+    op->domain = domains_of_rcpt(r->rcpt, r->rcpt_len, true, now);
+    domains_ref(op->domain);
 
     size_t flen;
     char *frag = event_msg_fragment(r->id, r->rcpt, r->campaign, r->meta, &flen);
@@ -171,10 +188,25 @@ static void bounce_run(struct job *op, struct entry *e)
         events[nev] = event_body(t, now, frag, extra, &n);
         op->event_types[nev++] = t;
     }
-    if (d->alert) {
+    /* One sender_alert per domain and class per alert window: a DMARC
+     * failure reported for ten thousand recipients of one domain is one
+     * problem to fix, not ten thousand. */
+    if (d->alert)
+        op->alert_claimed = domains_alert_claim(op->domain, d->class_idx, now, &op->alert_repeats);
+    if (op->alert_claimed) {
         json_object_set_new(extra, "reason", json_string(alert_reason(p, d->class_idx)));
         if (r->text)
             json_object_set_new(extra, "text", json_string(r->text));
+        const char *at = memchr(r->rcpt, '@', r->rcpt_len); /* one, as request.c checked */
+        if (at) {
+            char dom[256];
+            size_t dn = r->rcpt_len - (size_t)(at + 1 - r->rcpt);
+            for (size_t i = 0; i < dn && i < sizeof dom - 1; i++)
+                dom[i] = at[1 + i] >= 'A' && at[1 + i] <= 'Z' ? (char)(at[1 + i] - 'A' + 'a') : at[1 + i];
+            dom[dn < sizeof dom ? dn : sizeof dom - 1] = '\0';
+            json_object_set_new(extra, "domain", json_string(dom));
+        }
+        json_object_set_new(extra, "repeats", json_integer((json_int_t)op->alert_repeats));
         size_t n;
         events[nev] = event_body(EV_SENDER_ALERT, now, frag, extra, &n);
         op->event_types[nev++] = EV_SENDER_ALERT;
@@ -183,9 +215,19 @@ static void bounce_run(struct job *op, struct entry *e)
     op->nevents = nev;
 
     snprintf(hist, sizeof hist, "[%lld,%d,\"%s\",\"%s\"]", (long long)now, op->cls.code, op->cls.enhanced, cname);
+    /* The recipient's side (apply.lua): a suppressed address overrides
+     * the decision, and a soft bounce counts toward its streak. */
+    char barg[STORE_BOUNCE_ARG_MAX];
+    store_bounce_arg(barg, d->action == ACTION_RETRY ? 'R' : d->action == ACTION_GIVE_UP ? 'G' : 'S',
+                     p->classes[d->class_idx].counts_streak, now, op->cls.code, prior.attempt, cname,
+                     op->cls.enhanced, r->campaign, r->id, r->id_len);
     struct store_change ch = {
         .id = r->id,
         .id_len = r->id_len,
+        .fragment = frag,
+        .op = STORE_OP_BOUNCE,
+        .key = r->rcpt,
+        .arg = barg,
         .events = (const char *const *)events,
         .nevents = nev,
     };
@@ -211,14 +253,20 @@ static void bounce_run(struct job *op, struct entry *e)
     for (int i = 0; i < nev; i++)
         free(events[i]);
     if (rc != 0)
-        bounce_done_cb(op, false);
+        bounce_done_cb(op, false, 0);
 }
 
-static void count_events(const struct job *op)
+/* Counts the events the write appended: as planned, or, when the address
+ * was suppressed, with the outcome event (the first, for a message not
+ * retried) replaced by a suppress. */
+static void count_events(const struct job *op, bool suppressed)
 {
-    for (int i = 0; i < op->nevents; i++)
+    int skip = suppressed && op->d.action != ACTION_RETRY ? 1 : 0;
+    for (int i = skip; i < op->nevents; i++)
         rbd->events_emitted[op->event_types[i]]++;
-    if (op->nevents)
+    if (suppressed)
+        rbd->events_emitted[EV_SUPPRESS]++;
+    if (op->nevents || suppressed)
         events_notify();
 }
 
@@ -230,11 +278,11 @@ static void entry_settle(struct entry *e, bool drop)
         e->state = ENTRY_NEW; /* forgotten, unless a waiter brings it back */
     }
     ops_run_waiters(e);
-    if (e->state == ENTRY_NEW && !(e->flags & ENTRY_BUSY) && !e->waiters)
-        sched_remove(rbd->sched, e);
+    if (e->state == ENTRY_NEW && !(e->flags & ENTRY_BUSY) && !entry_has_waiters(e))
+        entry_forget(e);
 }
 
-static void bounce_done_cb(void *arg, bool ok)
+static void bounce_done_cb(void *arg, bool ok, long long result)
 {
     struct job *op = arg;
     struct entry *e = op->e;
@@ -244,6 +292,8 @@ static void bounce_done_cb(void *arg, bool ok)
         /* Nothing changed as far as we know; put the entry back. */
         if (op->was_scheduled && !entry_scheduled(e))
             sched_set_due(rbd->sched, e, op->old_due);
+        if (op->alert_claimed)
+            domains_alert_unclaim(op->domain, d->class_idx, op->alert_repeats);
         op_unavailable(op);
         op_finish(op);
         entry_settle(e, false);
@@ -251,21 +301,31 @@ static void bounce_done_cb(void *arg, bool ok)
         return;
     }
     rbd->reports++;
-    count_events(op);
+    bool suppressed = result == STORE_SUPPRESSED_NOW || result == STORE_WAS_SUPPRESSED;
+    count_events(op, suppressed);
+    domains_report(op->domain, d->class_idx, now_ms());
     const char *cname = rbd->policy->classes[d->class_idx].name;
-    json_t *o = bounce_reply(op, cname, d->action, d->action == ACTION_RETRY ? d->attempt : e->attempt, d->retry_at,
-                             d->reason);
+    json_t *o;
     bool drop = false;
-    if (d->action == ACTION_RETRY) {
+    if (suppressed) {
+        /* The address is suppressed (now, or from before): the message is
+         * not retried, whatever its class. */
+        o = bounce_reply(op, cname, ACTION_SUPPRESS, op->prior_attempt, 0,
+                         result == STORE_SUPPRESSED_NOW ? reason_name(REASON_CHRONIC_SOFT) : "suppressed");
+        drop = true;
+    } else if (d->action == ACTION_RETRY) {
+        o = bounce_reply(op, cname, d->action, d->attempt, d->retry_at, NULL);
         stats_entry_leave(e);
         e->state = ENTRY_PENDING;
         e->attempt = (uint16_t)d->attempt;
         e->class_idx = (uint8_t)d->class_idx;
         e->first_ms = d->first_ms;
+        entry_set_domain(e, op->domain);
         stats_entry_enter(e);
         sched_set_due(rbd->sched, e, d->retry_at);
         firing_kick();
     } else {
+        o = bounce_reply(op, cname, d->action, e->attempt, 0, reason_name(d->reason));
         drop = true;
     }
     reply_obj(op->conn, op->slot, op->req.req, o);
@@ -275,35 +335,53 @@ static void bounce_done_cb(void *arg, bool ok)
 
 /* ---- delivered / cancel ---------------------------------------------- */
 
-static void drop_done_cb(void *arg, bool ok)
+static void drop_done_cb(void *arg, bool ok, long long result)
 {
     struct job *op = arg;
     struct entry *e = op->e;
-    e->flags &= ~ENTRY_BUSY;
+    if (e)
+        e->flags &= ~ENTRY_BUSY;
     if (!ok) {
-        if (op->was_scheduled && !entry_scheduled(e))
+        if (e && op->was_scheduled && !entry_scheduled(e))
             sched_set_due(rbd->sched, e, op->old_due);
         op_unavailable(op);
         op_finish(op);
-        entry_settle(e, false);
-        firing_kick();
+        if (e) {
+            entry_settle(e, false);
+            firing_kick();
+        }
         return;
     }
     json_t *o = json_object();
     json_object_set_new(o, "id", json_stringn(op->req.id, op->req.id_len));
-    json_object_set_new(o, "found", json_true());
+    json_object_set_new(o, "found", json_boolean(e != NULL));
+    if (op->req.op == OP_DELIVERED) {
+        json_object_set_new(o, "unsuppressed", json_boolean(result > 0));
+        /* The domain takes mail again: its back-off, if any, ends now. */
+        domains_delivered(op->domain, now_ms());
+    }
     reply_obj(op->conn, op->slot, op->req.req, o);
     op_finish(op);
-    sched_unset_due(rbd->sched, e);
-    entry_settle(e, true);
+    if (e) {
+        sched_unset_due(rbd->sched, e);
+        entry_settle(e, true);
+    }
 }
 
+/* cancel drops the message; delivered also resets its recipient's streak
+ * and lifts a suppression (the address takes mail after all), which needs
+ * a write even for a message reboundd does not know, when it names the
+ * recipient. */
 static void drop_run(struct job *op, struct entry *e)
 {
-    if (!e || e->state == ENTRY_NEW) {
+    bool known = e && e->state != ENTRY_NEW;
+    bool delivered = op->req.op == OP_DELIVERED;
+    if (!known && !(delivered && op->req.rcpt)) {
         json_t *o = json_object();
         json_object_set_new(o, "id", json_stringn(op->req.id, op->req.id_len));
         json_object_set_new(o, "found", json_false());
+        if (delivered)
+            json_object_set_new(o, "unsuppressed", json_false());
         reply_obj(op->conn, op->slot, op->req.req, o);
         op_finish(op);
         return;
@@ -313,13 +391,131 @@ static void drop_run(struct job *op, struct entry *e)
         op_finish(op);
         return;
     }
-    struct store_change ch = {.id = op->req.id, .id_len = op->req.id_len, .mode = 'D'};
-    op->e = e;
-    op->was_scheduled = entry_scheduled(e);
-    op->old_due = e->node.due_ms;
-    e->flags |= ENTRY_BUSY;
+    struct store_change ch = {.id = op->req.id, .id_len = op->req.id_len, .mode = known ? 'D' : '-'};
+    if (delivered) {
+        ch.op = STORE_OP_RESET;
+        ch.key = op->req.rcpt ? op->req.rcpt : ""; /* "": the recipient in the message's record */
+        op->domain = op->req.rcpt ? domains_of_rcpt(op->req.rcpt, op->req.rcpt_len, false, now_ms()) : entry_domain(e);
+        domains_ref(op->domain);
+    }
+    if (known) {
+        op->e = e;
+        op->was_scheduled = entry_scheduled(e);
+        op->old_due = e->node.due_ms;
+        e->flags |= ENTRY_BUSY;
+    }
     if (store_queue(&ch, drop_done_cb, op) != 0)
-        drop_done_cb(op, false);
+        drop_done_cb(op, false, 0);
+}
+
+/* ---- unsuppress ------------------------------------------------------- */
+
+static void unsuppress_done_cb(void *arg, bool ok, long long result)
+{
+    struct job *op = arg;
+    if (!ok) {
+        op_unavailable(op);
+    } else {
+        json_t *o = json_object();
+        json_object_set_new(o, "rcpt", json_string(op->req.rcpt));
+        json_object_set_new(o, "found", json_boolean(result > 0));
+        reply_obj(op->conn, op->slot, op->req.req, o);
+    }
+    op_finish(op);
+}
+
+static void unsuppress_run(struct job *op)
+{
+    struct store_change ch = {.id = "", .id_len = 0, .mode = '-', .op = STORE_OP_UNSUPPRESS, .key = op->req.rcpt};
+    if (!store_usable()) {
+        op_unavailable(op);
+        op_finish(op);
+        return;
+    }
+    if (store_queue(&ch, unsuppress_done_cb, op) != 0)
+        unsuppress_done_cb(op, false, 0);
+}
+
+/* ---- suppressed: the list, a page at a time ---------------------------- */
+
+struct page {
+    struct job *op;
+    json_t *out;
+    int replies; /* of the two commands */
+    bool failed;
+};
+
+static void page_reply_cb(void *arg, redisReply *reply)
+{
+    struct page *pg = arg;
+    pg->replies++;
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        pg->failed = true;
+    } else if (reply->type == REDIS_REPLY_INTEGER) {
+        json_object_set_new(pg->out, "total", json_integer(reply->integer));
+    } else if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+               reply->element[0]->type == REDIS_REPLY_STRING && reply->element[1]->type == REDIS_REPLY_ARRAY) {
+        redisReply *items = reply->element[1];
+        json_t *arr = json_array();
+        for (size_t i = 0; i + 1 < items->elements; i += 2) {
+            redisReply *k = items->element[i], *v = items->element[i + 1];
+            if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+                continue;
+            json_t *it = json_object();
+            json_object_set_new(it, "rcpt", json_stringn(k->str, k->len));
+            const char *comma = memchr(v->str, ',', v->len);
+            json_object_set_new(it, "reason", json_stringn(v->str, comma ? (size_t)(comma - v->str) : v->len));
+            if (comma)
+                json_object_set_new(it, "at", json_integer(strtoll(comma + 1, NULL, 10)));
+            json_array_append_new(arr, it);
+        }
+        json_object_set_new(pg->out, "cursor", json_stringn(reply->element[0]->str, reply->element[0]->len));
+        json_object_set_new(pg->out, "items", arr);
+    } else {
+        pg->failed = true;
+    }
+    if (pg->replies < 2)
+        return;
+    struct job *op = pg->op;
+    if (pg->failed) {
+        json_decref(pg->out);
+        op_unavailable(op);
+    } else {
+        reply_obj(op->conn, op->slot, op->req.req, pg->out);
+    }
+    op_finish(op);
+    free(pg);
+}
+
+static void suppressed_run(struct job *op)
+{
+    if (!store_usable()) {
+        op_unavailable(op);
+        op_finish(op);
+        return;
+    }
+    char count[16];
+    snprintf(count, sizeof count, "%d", op->req.count);
+    const char *scan[] = {"HSCAN", rbd->key_supp, op->req.cursor, "COUNT", count};
+    const char *len[] = {"HLEN", rbd->key_supp};
+    size_t scan_lens[5], len_lens[2];
+    for (int i = 0; i < 5; i++)
+        scan_lens[i] = strlen(scan[i]);
+    for (int i = 0; i < 2; i++)
+        len_lens[i] = strlen(len[i]);
+    struct page *pg = xcalloc(1, sizeof *pg);
+    pg->op = op;
+    pg->out = json_object();
+    /* Both go out now on the one connection; the second reply finishes. */
+    if (store_command(5, scan, scan_lens, page_reply_cb, pg) != 0) {
+        json_decref(pg->out);
+        free(pg);
+        op_unavailable(op);
+        op_finish(op);
+        return;
+    }
+    if (store_command(2, len, len_lens, page_reply_cb, pg) != 0)
+        page_reply_cb(pg, NULL);
 }
 
 /* ---- get ------------------------------------------------------------- */
@@ -349,15 +545,78 @@ static json_t *history_json(const char *text, size_t len)
     return out;
 }
 
+/* The recipient part of get: its streak, and whether it is suppressed. */
+static json_t *recipient_json(redisReply *streak, redisReply *supp, redisReply *addr)
+{
+    const struct policy *p = rbd->policy;
+    json_t *o = json_object();
+    struct rcpt_record rr;
+    if (addr->type == REDIS_REPLY_STRING)
+        json_object_set_new(o, "address", json_stringn(addr->str, addr->len));
+    if (streak->type == REDIS_REPLY_STRING && rcpt_record_parse(streak->str, streak->len, &rr) == 0) {
+        json_object_set_new(o, "streak", json_integer(rr.streak));
+        json_object_set_new(o, "soft_bounces", json_integer(rr.soft));
+        json_object_set_new(o, "first_soft_at", json_integer(rr.first_ms));
+        json_object_set_new(o, "last_soft_at", json_integer(rr.last_ms));
+        json_t *classes = json_array();
+        for (const char *c = rr.classes, *end = rr.classes + rr.classes_len; c < end;) {
+            const char *bar = memchr(c, '|', (size_t)(end - c));
+            const char *stop = bar ? bar : end;
+            if (stop > c)
+                json_array_append_new(classes, json_stringn(c, (size_t)(stop - c)));
+            c = stop + 1;
+        }
+        json_object_set_new(o, "classes", classes);
+        if (rr.campaign_len > 1)
+            json_object_set_new(o, rr.campaign[0] == 'c' ? "last_campaign" : "last_message",
+                                json_stringn(rr.campaign + 1, rr.campaign_len - 1));
+    } else {
+        json_object_set_new(o, "streak", json_integer(0));
+        json_object_set_new(o, "soft_bounces", json_integer(0));
+    }
+    json_object_set_new(o, "streak_limit", json_integer(p->streak_campaigns));
+    json_object_set_new(o, "suppressed", json_boolean(supp->type == REDIS_REPLY_STRING));
+    if (supp->type == REDIS_REPLY_STRING) {
+        const char *comma = memchr(supp->str, ',', supp->len);
+        json_object_set_new(o, "suppressed_reason",
+                            json_stringn(supp->str, comma ? (size_t)(comma - supp->str) : supp->len));
+        if (comma)
+            json_object_set_new(o, "suppressed_at", json_integer(strtoll(comma + 1, NULL, 10)));
+    }
+    return o;
+}
+
 static void get_reply_cb(void *arg, redisReply *reply)
 {
     struct job *op = arg;
     struct record rec;
+    redisReply *msg = NULL;
     if (!reply) {
         op_unavailable(op);
-    } else if (reply->type != REDIS_REPLY_STRING) {
+        op_finish(op);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) {
+        reply_err(op->conn, op->slot, op->req.req, ERR_INTERNAL,
+                  reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply from Redis");
+        op_finish(op);
+        return;
+    }
+    msg = reply->element[0];
+    json_t *rcpt = NULL;
+    if (reply->element[3]->type == REDIS_REPLY_STRING)
+        rcpt = recipient_json(reply->element[1], reply->element[2], reply->element[3]);
+    if (!op->req.id) {
+        /* get by recipient */
+        json_t *o = json_object();
+        json_object_set_new(o, "rcpt", json_string(op->req.rcpt));
+        json_object_set_new(o, "recipient", rcpt ? rcpt : json_object());
+        reply_obj(op->conn, op->slot, op->req.req, o);
+    } else if (msg->type != REDIS_REPLY_STRING) {
+        json_decref(rcpt);
         reply_err(op->conn, op->slot, op->req.req, ERR_NOT_FOUND, "no pending or awaiting message with this id");
-    } else if (record_parse(reply->str, reply->len, &rec) != 0) {
+    } else if (record_parse(msg->str, msg->len, &rec) != 0) {
+        json_decref(rcpt);
         reply_err(op->conn, op->slot, op->req.req, ERR_INTERNAL, "the stored record is malformed");
     } else {
         /* The fragment is a list of members; braces make it an object. */
@@ -377,6 +636,8 @@ static void get_reply_cb(void *arg, redisReply *reply)
         json_object_set_new(o, "first_at", json_integer(rec.first_ms));
         json_object_set_new(o, "due_at", json_integer(rec.due_ms));
         json_object_set_new(o, "history", history_json(rec.history, rec.history_len));
+        if (rcpt)
+            json_object_set_new(o, "recipient", rcpt);
         reply_obj(op->conn, op->slot, op->req.req, o);
     }
     op_finish(op);
@@ -384,7 +645,8 @@ static void get_reply_cb(void *arg, redisReply *reply)
 
 static void get_run(struct job *op)
 {
-    if (!store_usable() || store_get(op->req.id, op->req.id_len, get_reply_cb, op) != 0) {
+    if (!store_usable() ||
+        store_get_with_rcpt(op->req.id, op->req.id_len, op->req.id ? NULL : op->req.rcpt, get_reply_cb, op) != 0) {
         op_unavailable(op);
         op_finish(op);
     }
@@ -436,6 +698,7 @@ static json_t *stats_json(void)
     json_object_set_new(o, "loaded", json_boolean(rbd->loaded));
     json_object_set_new(o, "uptime_s", json_integer((now_ms() - rbd->started_ms) / 1000));
     json_object_set_new(o, "connections", json_integer(rbd->nconns));
+    json_object_set_new(o, "domains", domains_stats_json(now_ms()));
     return o;
 }
 
@@ -443,6 +706,19 @@ static json_t *stats_json(void)
 
 static void op_run(struct job *op)
 {
+    if (!op->req.id) {
+        /* About an address, not a message: nothing to wait for (writes
+         * for one address are applied in request order by the batch). */
+        if (op->req.op == OP_UNSUPPRESS)
+            unsuppress_run(op);
+        else if (op->req.op == OP_SUPPRESSED)
+            suppressed_run(op);
+        else if (op->req.op == OP_GET)
+            get_run(op);
+        else
+            op_finish(op);
+        return;
+    }
     struct entry *e = sched_find(rbd->sched, op->req.id, op->req.id_len);
     if (e && (e->flags & ENTRY_BUSY)) {
         /* Park behind the write in flight, in arrival order. */
@@ -472,7 +748,7 @@ static void op_run(struct job *op)
 
 void ops_run_waiters(struct entry *e)
 {
-    while (e->waiters && !(e->flags & ENTRY_BUSY)) {
+    while (entry_has_waiters(e) && !(e->flags & ENTRY_BUSY)) {
         struct job *op = e->waiters;
         e->waiters = op->next;
         op->next = NULL;
@@ -532,10 +808,15 @@ void ops_dispatch(struct conn *c, const char *line, size_t len)
     case OP_ACK:
         events_ack(c, s, &r);
         break;
+    case OP_DOMAIN:
+        reply_obj(c, s, r.req, domains_json(r.domain, r.domain_len, now_ms()));
+        break;
     case OP_BOUNCE:
     case OP_DELIVERED:
     case OP_CANCEL:
-    case OP_GET: {
+    case OP_GET:
+    case OP_UNSUPPRESS:
+    case OP_SUPPRESSED: {
         struct job *op = xcalloc(1, sizeof *op);
         op->conn = c;
         op->slot = s;

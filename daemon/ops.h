@@ -2,7 +2,9 @@
 #ifndef REBOUND_DAEMON_OPS_H
 #define REBOUND_DAEMON_OPS_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "queue/sched.h"
 
@@ -16,8 +18,15 @@ void ops_dispatch(struct conn *c, const char *line, size_t len);
  * after clearing ENTRY_BUSY. May remove e. */
 void ops_run_waiters(struct entry *e);
 
-/* Bookkeeping of the counters in struct daemon when an entry changes. */
+/* Bookkeeping of the counters in struct daemon (and of the entry's
+ * domain) when an entry changes. */
 void stats_entry_leave(const struct entry *e);
 void stats_entry_enter(const struct entry *e);
+
+/* Whether requests are parked on e. */
+static inline bool entry_has_waiters(const struct entry *e) { return e->waiters != NULL; }
+/* Drops e from the schedule (its domain released). No request may be
+ * parked on it. */
+void entry_forget(struct entry *e);
 
 #endif

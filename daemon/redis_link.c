@@ -53,6 +53,7 @@
 #include "daemon/redis_link.h"
 
 #include "daemon/log.h"
+#include "daemon/metrics.h"
 #include "daemon/redis_uv.h"
 #include "daemon/xmalloc.h"
 
@@ -78,6 +79,7 @@ struct link_cmd {
     link_reply_cb cb;
     void *privdata;
     uint64_t sent_at;    /* loop ms when the caller sent it; a NOSCRIPT retry keeps it */
+    uint64_t sent_ns;    /* uv_hrtime() then, for the round-trip histogram */
     int script;          /* index into the scripts, or -1 for a plain command */
     bool eval_sent;      /* the NOSCRIPT fallback was used already */
     char *fmt;           /* scripts: the formatted EVALSHA, kept for the fallback */
@@ -119,6 +121,7 @@ struct redis_link {
 
     struct link_cmd *head, *tail;
     size_t inflight;
+    struct histogram *rtt; /* round trips of answered commands, or NULL */
 
     void (*closed_cb)(void *arg);
     void *closed_arg;
@@ -342,6 +345,171 @@ static void adapter_closed_cb(void *arg)
     link_check_closed(link);
 }
 
+/* ---- reply objects ------------------------------------------------------ */
+
+/*
+ * hiredis builds every reply as a tree of malloc'd objects (a redisReply
+ * and a string per element) and frees it node by node after the callback.
+ * A fire batch, an XREADGROUP of 500 events or an HSCAN page of 2000
+ * records is thousands of nodes: in a burst of due retries that was a
+ * fifth of the daemon's time, and the frees of many small blocks made
+ * glibc consolidate its free lists again and again. So the link gives its
+ * reader its own object functions: the objects of one reply come from one
+ * arena (a few large blocks), freed at once when hiredis frees the root.
+ *
+ * The objects are ordinary redisReply structs, so callers see no
+ * difference. The arena's header sits right before the root object: the
+ * root is created first (its read task has no parent), children find it
+ * through their tasks' parents, and hiredis only ever frees a root (after
+ * the callbacks, or on a protocol error), never a child on its own.
+ */
+
+#define ARENA_FIRST 512        /* bytes after the header in the first block */
+#define ARENA_BLOCK_MAX (1u << 20)
+
+struct arena_block {
+    struct arena_block *next;
+};
+
+struct reply_arena {
+    char *cur;                  /* next free byte of the current block */
+    size_t left;                /* bytes left in it */
+    size_t next_size;           /* size of the next block */
+    struct arena_block *blocks; /* blocks after the first, to free */
+};
+
+static size_t align8(size_t n)
+{
+    return (n + 7) & ~(size_t)7;
+}
+
+static void *arena_alloc(struct reply_arena *a, size_t n)
+{
+    n = align8(n ? n : 1);
+    if (n > a->left) {
+        size_t size = a->next_size;
+        if (size < n + sizeof(struct arena_block))
+            size = n + sizeof(struct arena_block);
+        struct arena_block *b = malloc(size);
+        if (!b)
+            return NULL;
+        b->next = a->blocks;
+        a->blocks = b;
+        a->cur = (char *)b + align8(sizeof *b);
+        a->left = size - align8(sizeof *b);
+        if (a->next_size < ARENA_BLOCK_MAX)
+            a->next_size *= 2;
+    }
+    void *p = a->cur;
+    a->cur += n;
+    a->left -= n;
+    return p;
+}
+
+/* A new object for task: the root starts an arena; a child is hung into
+ * its parent, as hiredis's own functions do. */
+static redisReply *arena_object(const redisReadTask *task, int type, size_t extra, void **extra_out)
+{
+    redisReply *r;
+    if (task->parent == NULL) {
+        size_t need = align8(sizeof(struct reply_arena)) + align8(sizeof *r) + align8(extra);
+        size_t size = need > ARENA_FIRST ? need : ARENA_FIRST;
+        struct reply_arena *a = malloc(size);
+        if (!a)
+            return NULL;
+        r = (redisReply *)((char *)a + align8(sizeof *a));
+        a->cur = (char *)r + align8(sizeof *r);
+        a->left = size - align8(sizeof *a) - align8(sizeof *r);
+        a->next_size = 4096;
+        a->blocks = NULL;
+        *extra_out = extra ? arena_alloc(a, extra) : NULL;
+    } else {
+        const redisReadTask *root = task;
+        while (root->parent)
+            root = root->parent;
+        struct reply_arena *a = (struct reply_arena *)((char *)root->obj - align8(sizeof *a));
+        r = arena_alloc(a, sizeof *r);
+        if (!r)
+            return NULL;
+        *extra_out = extra ? arena_alloc(a, extra) : NULL;
+        if (extra && !*extra_out)
+            return NULL;
+        redisReply *parent = task->parent->obj;
+        parent->element[task->idx] = r;
+    }
+    memset(r, 0, sizeof *r);
+    r->type = type;
+    return r;
+}
+
+static void *arena_string(const redisReadTask *task, char *str, size_t len)
+{
+    void *buf;
+    redisReply *r = arena_object(task, task->type, len + 1, &buf);
+    if (!r || !buf)
+        return NULL;
+    memcpy(buf, str, len);
+    ((char *)buf)[len] = '\0';
+    r->str = buf;
+    r->len = len;
+    return r;
+}
+
+static void *arena_array(const redisReadTask *task, int elements)
+{
+    void *els;
+    size_t n = elements > 0 ? (size_t)elements : 0;
+    redisReply *r = arena_object(task, REDIS_REPLY_ARRAY, n * sizeof(redisReply *), &els);
+    if (!r || (n && !els))
+        return NULL;
+    if (n)
+        memset(els, 0, n * sizeof(redisReply *));
+    r->element = els;
+    r->elements = n;
+    return r;
+}
+
+static void *arena_integer(const redisReadTask *task, long long value)
+{
+    void *unused;
+    redisReply *r = arena_object(task, REDIS_REPLY_INTEGER, 0, &unused);
+    if (r)
+        r->integer = value;
+    return r;
+}
+
+static void *arena_nil(const redisReadTask *task)
+{
+    void *unused;
+    return arena_object(task, REDIS_REPLY_NIL, 0, &unused);
+}
+
+static void arena_free(void *root)
+{
+    if (!root)
+        return;
+    struct reply_arena *a = (struct reply_arena *)((char *)root - align8(sizeof *a));
+    struct arena_block *b = a->blocks;
+    while (b) {
+        struct arena_block *next = b->next;
+        free(b);
+        b = next;
+    }
+    free(a);
+}
+
+static redisReplyObjectFunctions arena_functions = {
+    .createString = arena_string,
+    .createArray = arena_array,
+    .createInteger = arena_integer,
+    .createNil = arena_nil,
+    .freeObject = arena_free,
+};
+
+/* The reader keeps up to this much unused buffer between replies rather
+ * than freeing and growing it again for every large reply. */
+#define READER_KEEP_BUF (1u << 20)
+
 /* ---- commands ----------------------------------------------------------- */
 
 static void cmd_unlink(struct redis_link *link, struct link_cmd *cmd)
@@ -375,10 +543,11 @@ static void cmd_append(struct redis_link *link, struct link_cmd *cmd)
 static void cmd_finish(struct redis_link *link, struct link_cmd *cmd, redisReply *reply)
 {
     cmd_unlink(link, cmd);
+    if (reply && link->rtt)
+        histogram_observe(link->rtt, uv_hrtime() - cmd->sent_ns);
     link_reply_cb cb = cmd->cb;
     void *privdata = cmd->privdata;
-    if (cmd->fmt)
-        redisFreeCommand(cmd->fmt);
+    free(cmd->fmt);
     free(cmd);
     cb(link, reply, privdata);
 }
@@ -467,6 +636,7 @@ static struct link_cmd *cmd_new(struct redis_link *link, link_reply_cb cb, void 
     cmd->privdata = privdata;
     cmd->script = script;
     cmd->sent_at = link_now(link);
+    cmd->sent_ns = uv_hrtime();
     return cmd;
 }
 
@@ -494,6 +664,82 @@ int redis_link_command(struct redis_link *link, link_reply_cb cb, void *privdata
     return 0;
 }
 
+/* Writes v in decimal at p; returns the number of bytes. */
+static size_t put_uint(char *p, size_t v)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        p[i] = tmp[n - 1 - i];
+    return n;
+}
+
+static size_t uint_len(size_t v)
+{
+    size_t n = 1;
+    while (v >= 10)
+        v /= 10, n++;
+    return n;
+}
+
+/* Formats EVALSHA <sha> <nkeys> argv... as one RESP array, sized in one
+ * pass and written in a second: a fire or apply batch has thousands of
+ * arguments, and hiredis's formatter spends most of its time in sprintf.
+ * Returns the malloc'd command, its length in *len and in *args_off the
+ * offset of the first argument after the SHA (the NOSCRIPT fallback
+ * reuses everything from there). */
+static char *format_evalsha(const char *sha, int nkeys, int argc, const char **argv, const size_t *argvlen,
+                            size_t *len, size_t *args_off)
+{
+    char nk[24];
+    size_t nkl = put_uint(nk, (size_t)nkeys);
+    size_t total = 1 + uint_len((size_t)argc + 3) + 2 + 13 + 5 + SHA_HEX + 2;
+    total += 1 + uint_len(nkl) + 2 + nkl + 2;
+    for (int i = 0; i < argc; i++) {
+        size_t l = argvlen ? argvlen[i] : strlen(argv[i]);
+        total += 1 + uint_len(l) + 2 + l + 2;
+    }
+    char *buf = xmalloc(total);
+    char *p = buf;
+    *p++ = '*';
+    p += put_uint(p, (size_t)argc + 3);
+    memcpy(p, "\r\n$7\r\nEVALSHA\r\n$40\r\n", 20);
+    p += 20;
+    memcpy(p, sha, SHA_HEX);
+    p += SHA_HEX;
+    *p++ = '\r';
+    *p++ = '\n';
+    *args_off = (size_t)(p - buf);
+    *p++ = '$';
+    p += put_uint(p, nkl);
+    *p++ = '\r';
+    *p++ = '\n';
+    memcpy(p, nk, nkl);
+    p += nkl;
+    *p++ = '\r';
+    *p++ = '\n';
+    for (int i = 0; i < argc; i++) {
+        size_t l = argvlen ? argvlen[i] : strlen(argv[i]);
+        *p++ = '$';
+        p += put_uint(p, l);
+        *p++ = '\r';
+        *p++ = '\n';
+        if (l)
+            memcpy(p, argv[i], l);
+        p += l;
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    *len = (size_t)(p - buf);
+    if (*len != total)
+        fatal("redis: formatting a script call went wrong (%zu of %zu bytes)", *len, total);
+    return buf;
+}
+
 int redis_link_script(struct redis_link *link, int script, link_reply_cb cb, void *privdata, int nkeys, int argc,
                       const char **argv, const size_t *argvlen)
 {
@@ -502,37 +748,15 @@ int redis_link_script(struct redis_link *link, int script, link_reply_cb cb, voi
     if (script < 0 || script >= link->nscripts || nkeys < 0 || argc < nkeys || argc > INT_MAX - 3)
         return -1;
 
-    char nkeys_s[16];
-    snprintf(nkeys_s, sizeof nkeys_s, "%d", nkeys);
-    int n = argc + 3;
-    const char **av = xmalloc((size_t)n * sizeof *av);
-    size_t *lens = xmalloc((size_t)n * sizeof *lens);
-    av[0] = "EVALSHA";
-    lens[0] = 7;
-    av[1] = link->shas[script];
-    lens[1] = SHA_HEX;
-    av[2] = nkeys_s;
-    lens[2] = strlen(nkeys_s);
-    for (int i = 0; i < argc; i++) {
-        av[3 + i] = argv[i];
-        lens[3 + i] = argvlen ? argvlen[i] : strlen(argv[i]);
-    }
-    char *fmt = NULL;
-    int fmt_len = redisFormatCommandArgv(&fmt, n, av, lens);
-    free(av);
-    free(lens);
-    if (fmt_len < 0)
-        fatal("redis: out of memory formatting a script call");
+    size_t fmt_len, fmt_args;
+    char *fmt = format_evalsha(link->shas[script], nkeys, argc, argv, argvlen, &fmt_len, &fmt_args);
 
     struct link_cmd *cmd = cmd_new(link, cb, privdata, script);
     cmd->fmt = fmt;
-    cmd->fmt_len = (size_t)fmt_len;
-    /* "*<n>\r\n" "$7\r\nEVALSHA\r\n" "$40\r\n<sha>\r\n": the rest is kept for EVAL. */
-    char header[32];
-    int hn = snprintf(header, sizeof header, "*%d\r\n", n);
-    cmd->fmt_args = (size_t)hn + 13 + 5 + SHA_HEX + 2;
-    if (redisAsyncFormattedCommand(link->ac, cmd_reply_cb, cmd, fmt, (size_t)fmt_len) != REDIS_OK) {
-        redisFreeCommand(fmt);
+    cmd->fmt_len = fmt_len;
+    cmd->fmt_args = fmt_args; /* after "*<n>" "$7 EVALSHA" "$40 <sha>": kept for EVAL */
+    if (redisAsyncFormattedCommand(link->ac, cmd_reply_cb, cmd, fmt, fmt_len) != REDIS_OK) {
+        free(fmt);
         free(cmd);
         return -1;
     }
@@ -650,6 +874,8 @@ static void link_connect(struct redis_link *link)
         return;
     }
     ac->data = link;
+    ac->c.reader->fn = &arena_functions;
+    ac->c.reader->maxbuf = READER_KEEP_BUF;
     struct redis_uv_hooks hooks = {
         .error_cb = poll_error_cb,
         .detach_cb = detach_cb,
@@ -762,6 +988,17 @@ const char *redis_link_last_error(const struct redis_link *link)
 size_t redis_link_inflight(const struct redis_link *link)
 {
     return link->inflight;
+}
+
+void redis_link_set_timeout(struct redis_link *link, int64_t timeout_ms)
+{
+    link->timeout_ms = timeout_ms;
+    link_rearm(link);
+}
+
+void redis_link_set_rtt_histogram(struct redis_link *link, struct histogram *h)
+{
+    link->rtt = h;
 }
 
 static void link_free(struct redis_link *link)

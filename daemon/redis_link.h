@@ -63,6 +63,13 @@ static inline bool redis_link_ready(const struct redis_link *link) { return redi
 const char *redis_link_last_error(const struct redis_link *link);
 /* Commands sent and not yet answered. */
 size_t redis_link_inflight(const struct redis_link *link);
+/* Changes the connect and command time-out (a reload); applies to the
+ * commands already in flight too. */
+void redis_link_set_timeout(struct redis_link *link, int64_t timeout_ms);
+/* Every answered command's round trip is recorded into h (NULL: none).
+ * h must outlive the link. */
+struct histogram;
+void redis_link_set_rtt_histogram(struct redis_link *link, struct histogram *h);
 
 /* Sends one command. Returns 0 (cb will be called once), or -1 when the
  * link is not READY (cb is not called). */

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "daemon/daemon.h"
+#include "daemon/domains.h"
 #include "daemon/log.h"
 #include "daemon/redis_link.h"
 #include "daemon/strmap.h"
@@ -31,6 +32,8 @@ static struct strmap in_doubt;
 /* A batch closes at this many arguments so one script call stays short
  * and Redis keeps serving others. */
 #define BATCH_MAX_ARGS 8192
+/* The keys apply.lua is given, ahead of its arguments. */
+#define APPLY_NKEYS 5
 
 static struct batch *batch_new(void)
 {
@@ -74,10 +77,22 @@ static void batch_arg_str(struct batch *b, const char *s)
     batch_arg(b, s ? s : "", s ? strlen(s) : 0);
 }
 
+static char *make_key(const char *name)
+{
+    size_t a = strlen(rbd->cfg.prefix), b = strlen(name);
+    char *k = xmalloc(a + b + 1);
+    memcpy(k, rbd->cfg.prefix, a);
+    memcpy(k + a, name, b + 1);
+    return k;
+}
+
 void store_init(void)
 {
     current = NULL;
     strmap_init(&in_doubt);
+    rbd->key_rcpts = make_key("rcpt");
+    rbd->key_supp = make_key("suppressed");
+    rbd->key_domains = make_key("domains");
 }
 
 void store_mark_in_doubt(const char *id, size_t id_len)
@@ -117,14 +132,20 @@ void store_take_in_doubt(void (*fn)(const char *id, void *arg), void *arg)
 void store_free(void)
 {
     strmap_free(&in_doubt);
+    /* The domain table outlives every write that names a domain. */
+    domains_free();
     /* Anything still queued never reached Redis: say so to its waiters. */
     struct batch *b = current;
     current = NULL;
     if (b) {
         for (size_t i = 0; i < b->nwaiters; i++)
-            b->waiters[i].cb(b->waiters[i].arg, false);
+            b->waiters[i].cb(b->waiters[i].arg, false, 0);
         batch_free(b);
     }
+    free(rbd->key_rcpts);
+    free(rbd->key_supp);
+    free(rbd->key_domains);
+    rbd->key_rcpts = rbd->key_supp = rbd->key_domains = NULL;
 }
 
 bool store_ready(void)
@@ -137,15 +158,27 @@ int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
     if (!store_ready())
         return -1;
     if (!current) {
+        const struct policy *p = rbd->policy;
+        char num[32];
         current = batch_new();
         batch_arg_str(current, rbd->key_msgs);
         batch_arg_str(current, rbd->key_events);
-        char maxlen[32];
-        snprintf(maxlen, sizeof maxlen, "%lld", rbd->cfg.stream_maxlen);
-        batch_arg_str(current, maxlen);
+        batch_arg_str(current, rbd->key_rcpts);
+        batch_arg_str(current, rbd->key_supp);
+        batch_arg_str(current, rbd->key_domains);
+        snprintf(num, sizeof num, "%lld", rbd->cfg.stream_maxlen);
+        batch_arg_str(current, num);
+        /* The streak rules of the policy in force when the batch opened. */
+        snprintf(num, sizeof num, "%d", p->streak_campaigns);
+        batch_arg_str(current, num);
+        snprintf(num, sizeof num, "%lld", (long long)p->chronic_span_ms);
+        batch_arg_str(current, num);
+        snprintf(num, sizeof num, "%d", p->chronic_attempts);
+        batch_arg_str(current, num);
     }
     struct batch *b = current;
     char mode[2] = {ch->mode, '\0'};
+    char op[2] = {(char)ch->op, '\0'};
     char nev[16];
     snprintf(nev, sizeof nev, "%d", ch->nevents);
     size_t id_arg = b->nargs;
@@ -154,6 +187,9 @@ int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
     batch_arg_str(b, ch->header);
     batch_arg_str(b, ch->fragment);
     batch_arg_str(b, ch->hist_item);
+    batch_arg_str(b, op);
+    batch_arg_str(b, ch->key);
+    batch_arg_str(b, ch->arg);
     batch_arg_str(b, nev);
     for (int i = 0; i < ch->nevents; i++)
         batch_arg_str(b, ch->events[i]);
@@ -173,18 +209,23 @@ int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
 static void batch_reply_cb(struct redis_link *link, redisReply *reply, void *privdata)
 {
     struct batch *b = privdata;
-    bool ok = reply && reply->type == REDIS_REPLY_INTEGER;
+    bool ok = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == b->nwaiters;
     if (reply && !ok)
         log_error("redis: apply script failed: %s", reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
     if (!reply) {
         /* The connection dropped: Redis may have applied the batch. */
         for (size_t i = 0; i < b->nwaiters; i++) {
             size_t a = b->waiters[i].id_arg;
-            store_mark_in_doubt(b->arena + b->off[a], b->len[a]);
+            if (b->len[a] > 0)
+                store_mark_in_doubt(b->arena + b->off[a], b->len[a]);
         }
     }
-    for (size_t i = 0; i < b->nwaiters; i++)
-        b->waiters[i].cb(b->waiters[i].arg, ok);
+    for (size_t i = 0; i < b->nwaiters; i++) {
+        long long result = 0;
+        if (ok && reply->element[i]->type == REDIS_REPLY_INTEGER)
+            result = reply->element[i]->integer;
+        b->waiters[i].cb(b->waiters[i].arg, ok, result);
+    }
     batch_free(b);
 }
 
@@ -196,18 +237,18 @@ void store_flush(void)
     current = NULL;
     if (!store_ready()) {
         for (size_t i = 0; i < b->nwaiters; i++)
-            b->waiters[i].cb(b->waiters[i].arg, false);
+            b->waiters[i].cb(b->waiters[i].arg, false, 0);
         batch_free(b);
         return;
     }
     const char **argv = xmalloc(b->nargs * sizeof *argv);
     for (size_t i = 0; i < b->nargs; i++)
         argv[i] = b->arena + b->off[i];
-    int rc = redis_link_script(rbd->link, SCRIPT_APPLY, batch_reply_cb, b, 2, (int)b->nargs, argv, b->len);
+    int rc = redis_link_script(rbd->link, SCRIPT_APPLY, batch_reply_cb, b, APPLY_NKEYS, (int)b->nargs, argv, b->len);
     free(argv);
     if (rc != 0) {
         for (size_t i = 0; i < b->nwaiters; i++)
-            b->waiters[i].cb(b->waiters[i].arg, false);
+            b->waiters[i].cb(b->waiters[i].arg, false, 0);
         batch_free(b);
     }
 }
@@ -276,6 +317,41 @@ int store_get(const char *id, size_t id_len, store_reply_cb cb, void *arg)
     return store_command(3, argv, lens, cb, arg);
 }
 
+int store_get_with_rcpt(const char *id, size_t id_len, const char *rcpt, store_reply_cb cb, void *arg)
+{
+    if (!store_ready())
+        return -1;
+    const char *argv[] = {rbd->key_msgs, rbd->key_rcpts, rbd->key_supp, id ? id : "", rcpt ? rcpt : ""};
+    size_t lens[] = {strlen(argv[0]), strlen(argv[1]), strlen(argv[2]), id ? id_len : 0, rcpt ? strlen(rcpt) : 0};
+    struct reply_ctx *c = xmalloc(sizeof *c);
+    c->cb = cb;
+    c->arg = arg;
+    if (redis_link_script(rbd->link, SCRIPT_GET, generic_reply_cb, c, 3, 5, argv, lens) != 0) {
+        free(c);
+        return -1;
+    }
+    return 0;
+}
+
+void store_bounce_arg(char *buf, char action, bool counts, int64_t now, int code, int attempt,
+                      const char *class_name, const char *enhanced, const char *campaign, const char *id,
+                      size_t id_len)
+{
+    /* Campaigns hold at most 200 bytes and ids 200 (proto limits), class
+     * names 31, so this always fits; the campaign goes last because it may
+     * hold commas. Only a bounce that counts needs the campaign: the
+     * common retry in another class goes without. */
+    if (!counts && action == 'R')
+        snprintf(buf, STORE_BOUNCE_ARG_MAX, "R-,%lld,%d,%d,%s,%s,", (long long)now, code, attempt, class_name,
+                 enhanced ? enhanced : "");
+    else if (campaign)
+        snprintf(buf, STORE_BOUNCE_ARG_MAX, "%c%c,%lld,%d,%d,%s,%s,c%s", action, counts ? 'c' : '-',
+                 (long long)now, code, attempt, class_name, enhanced ? enhanced : "", campaign);
+    else
+        snprintf(buf, STORE_BOUNCE_ARG_MAX, "%c%c,%lld,%d,%d,%s,%s,m%.*s", action, counts ? 'c' : '-',
+                 (long long)now, code, attempt, class_name, enhanced ? enhanced : "", (int)id_len, id);
+}
+
 static int parse_i64(const char **p, const char *end, char stop, int64_t *out)
 {
     int64_t v = 0;
@@ -321,5 +397,21 @@ int record_parse(const char *rec, size_t len, struct record *out)
     out->fragment_len = (size_t)(nl - p);
     out->history = nl + 1;
     out->history_len = (size_t)(end - nl - 1);
+    return 0;
+}
+
+int rcpt_record_parse(const char *rec, size_t len, struct rcpt_record *out)
+{
+    const char *p = rec, *end = rec + len;
+    if (parse_i64(&p, end, ',', &out->streak) || parse_i64(&p, end, ',', &out->first_ms) ||
+        parse_i64(&p, end, ',', &out->last_ms) || parse_i64(&p, end, ',', &out->soft))
+        return -1;
+    const char *comma = memchr(p, ',', (size_t)(end - p));
+    if (!comma)
+        return -1;
+    out->classes = p;
+    out->classes_len = (size_t)(comma - p);
+    out->campaign = comma + 1;
+    out->campaign_len = (size_t)(end - comma - 1);
     return 0;
 }

@@ -8,7 +8,15 @@
  *                   awaiting the outcome), fragment is the message's JSON
  *                   members for events, history a JSON array of bounces.
  *   <prefix>events  stream, the durable outbox of events (field "e").
- * Ids are only ever hash fields and script arguments, never key names.
+ *   <prefix>rcpt    hash, one field per address (lower case) that soft-
+ *                   bounced in a class counting toward the streak: its
+ *                   streak record (scripts/apply.lua says the format).
+ *   <prefix>suppressed  hash, one field per suppressed address:
+ *                   "<reason>,<at>".
+ *   <prefix>domains hash, one field per throttled domain:
+ *                   "<class>,<until>,<since>".
+ * Ids and addresses are only ever hash fields and script arguments, never
+ * key names.
  *
  * Writes that a client reply depends on are gathered into one batch per
  * loop turn and applied by one EVALSHA of scripts/apply.lua, so a burst of
@@ -22,19 +30,49 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Called once per queued write: ok is true when Redis confirmed it. */
-typedef void (*store_done_cb)(void *arg, bool ok);
+/* Called once per queued write: ok is true when Redis confirmed it;
+ * result is the script's answer for the change (STORE_* below, 0 when the
+ * change had no op). */
+typedef void (*store_done_cb)(void *arg, bool ok, long long result);
+
+/* What a change does besides the message record (scripts/apply.lua). */
+enum store_op {
+    STORE_OP_NONE = 0,
+    STORE_OP_BOUNCE = 'B',     /* key: the address; arg: see store_bounce_arg */
+    STORE_OP_RESET = 'R',      /* delivered: key the address, or "" for the message's */
+    STORE_OP_UNSUPPRESS = 'U', /* key: the address */
+    STORE_OP_THROTTLE = 'T',   /* key: the domain; arg: "<class>,<until>,<since>" */
+    STORE_OP_UNTHROTTLE = 'E', /* key: the domain */
+};
+
+/* Results of STORE_OP_BOUNCE. */
+#define STORE_AS_DECIDED 0
+#define STORE_SUPPRESSED_NOW 1 /* the streak suppressed the address: chronic_soft */
+#define STORE_WAS_SUPPRESSED 2 /* the address was suppressed before */
 
 struct store_change {
-    const char *id;
+    const char *id;         /* "" for a change about no message */
     size_t id_len;
     char mode;              /* 'S' set, 'D' delete, '-' events only */
     const char *header;     /* 'S' */
-    const char *fragment;   /* 'S' */
+    const char *fragment;   /* 'S', and STORE_OP_BOUNCE (for a suppress event) */
     const char *hist_item;  /* 'S': one JSON array appended to the history */
+    enum store_op op;
+    const char *key;        /* the op's address or domain */
+    const char *arg;        /* the op's arguments */
     const char *const *events; /* event bodies */
     int nevents;
 };
+
+/* Writes the argument of STORE_OP_BOUNCE into buf (at least
+ * STORE_BOUNCE_ARG_MAX bytes): the decided action ('R', 'G' or 'S'),
+ * whether the class counts toward the streak, the time, the reply's codes,
+ * the retries made so far, the class, and the campaign (or, without one,
+ * the message id: each message is then a campaign of its own). */
+#define STORE_BOUNCE_ARG_MAX 512
+void store_bounce_arg(char *buf, char action, bool counts, int64_t now, int code, int attempt,
+                      const char *class_name, const char *enhanced, const char *campaign, const char *id,
+                      size_t id_len);
 
 void store_init(void);
 /* True when Redis is connected and ready for commands. */
@@ -57,6 +95,10 @@ typedef void (*store_reply_cb)(void *arg, redisReply *reply);
 int store_fire(const char *const *ids, const size_t *id_lens, int n, int64_t now, store_reply_cb cb, void *arg);
 /* Reads one record (HGET). */
 int store_get(const char *id, size_t id_len, store_reply_cb cb, void *arg);
+/* Reads a message's record with its recipient's streak and suppression
+ * (scripts/get.lua), or, with id NULL, the recipient rcpt's alone. The
+ * reply is an array {record, streak, suppression, address}. */
+int store_get_with_rcpt(const char *id, size_t id_len, const char *rcpt, store_reply_cb cb, void *arg);
 /* Runs any command (argv form). */
 int store_command(int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg);
 
@@ -74,5 +116,16 @@ struct record {
     size_t history_len;
 };
 int record_parse(const char *rec, size_t len, struct record *out);
+
+/* Parsed form of a recipient's streak record (scripts/apply.lua); the
+ * pointers point into rec. Returns 0 or -1 if malformed. */
+struct rcpt_record {
+    int64_t streak, first_ms, last_ms, soft;
+    const char *classes; /* "a|b" */
+    size_t classes_len;
+    const char *campaign; /* "c<campaign>" or "m<message id>" */
+    size_t campaign_len;
+};
+int rcpt_record_parse(const char *rec, size_t len, struct rcpt_record *out);
 
 #endif

@@ -20,6 +20,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define DIGITS_MAX 20 /* a uint64 in decimal, for stream ids */
@@ -28,6 +29,7 @@ static const char *const op_names[OP__COUNT] = {
     [OP_BOUNCE] = "bounce",       [OP_DELIVERED] = "delivered", [OP_CANCEL] = "cancel", [OP_GET] = "get",
     [OP_CLASSIFY] = "classify",   [OP_STATS] = "stats",         [OP_SUBSCRIBE] = "subscribe",
     [OP_ACK] = "ack",             [OP_PING] = "ping",           [OP_AUTH] = "auth",
+    [OP_UNSUPPRESS] = "unsuppress", [OP_SUPPRESSED] = "suppressed", [OP_DOMAIN] = "domain",
 };
 
 static const char *const event_names[EV__COUNT] = {
@@ -366,7 +368,7 @@ static bool enhanced_ok(const char *s, size_t n)
 
 static int get_code(json_t *root, bool required, struct request *r, struct proto_error *err)
 {
-    json_int_t v;
+    json_int_t v = 0;
     int rc = get_int(root, "code", required, &v, err);
 
     if (rc <= 0)
@@ -412,7 +414,7 @@ static int parse_bounce(json_t *root, const struct proto_limits *lim, struct req
 {
     const char *s = NULL;
     size_t n = 0;
-    json_int_t v;
+    json_int_t v = 0;
     json_t *meta;
     int rc;
 
@@ -573,6 +575,83 @@ static int parse_ack(json_t *root, const struct proto_limits *lim, struct reques
     return 0;
 }
 
+/* get: a message by id or, without an id, a recipient by rcpt (with an
+ * id, rcpt is ignored like any other member get does not use). */
+static int parse_get(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
+{
+    json_t *id = json_object_get(root, "id");
+    int rc;
+
+    if (id != NULL && !json_is_null(id))
+        return get_id(root, lim, r, err);
+    rc = get_rcpt(root, false, lim, r, err);
+    if (rc < 0)
+        return -1;
+    if (rc == 0)
+        return fail(err, ERR_BAD_REQUEST, "field 'id' is required (or 'rcpt' for a recipient)");
+    return 0;
+}
+
+static int parse_unsuppress(json_t *root, const struct proto_limits *lim, struct request *r,
+                            struct proto_error *err)
+{
+    return get_rcpt(root, true, lim, r, err) < 0 ? -1 : 0;
+}
+
+/* suppressed: "cursor" a string of decimal digits (a Redis HSCAN cursor,
+ * which may exceed 2^53, hence a string), "count" 1..1000. */
+static int parse_suppressed(json_t *root, const struct proto_limits *lim, struct request *r,
+                            struct proto_error *err)
+{
+    const char *s = NULL;
+    size_t n = 0;
+    json_int_t v = 0;
+    int rc;
+
+    r->cursor = "0";
+    r->count = 100;
+    rc = get_bounded(root, "cursor", false, DIGITS_MAX, &s, &n, err);
+    if (rc < 0)
+        return -1;
+    if (rc > 0) {
+        if (n == 0)
+            return fail(err, ERR_BAD_REQUEST, "field 'cursor' must be the cursor of the previous page (\"0\" to start)");
+        for (size_t i = 0; i < n; i++)
+            if (s[i] < '0' || s[i] > '9')
+                return fail(err, ERR_BAD_REQUEST,
+                            "field 'cursor' must be the cursor of the previous page (decimal digits, \"0\" to start)");
+        r->cursor = s;
+    }
+    rc = get_int(root, "count", false, &v, err);
+    if (rc < 0)
+        return -1;
+    if (rc > 0) {
+        if (v < 1 || v > 1000)
+            return fail(err, ERR_BAD_REQUEST, "field 'count' must be 1..1000, not %lld", (long long)v);
+        r->count = (int)v;
+    }
+    return 0;
+}
+
+static int parse_domain(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
+{
+    int rc = get_bounded(root, "domain", true, 255, &r->domain, &r->domain_len, err);
+
+    if (rc < 0)
+        return -1;
+    for (const char *p = r->domain, *end = r->domain + r->domain_len; p <= end;) {
+        const char *dot = memchr(p, '.', (size_t)(end - p));
+        const char *lend = dot ? dot : end;
+        const char *why = label_problem(p, (size_t)(lend - p));
+        if (why != NULL) {
+            r->domain = NULL;
+            return fail(err, ERR_BAD_REQUEST, "field 'domain' must be a host name: %s", why);
+        }
+        p = lend + 1;
+    }
+    return 0;
+}
+
 static int parse_auth(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
 {
     size_t n = 0;
@@ -584,14 +663,15 @@ typedef int (*op_parser)(json_t *root, const struct proto_limits *lim, struct re
 
 static const op_parser op_parsers[OP__COUNT] = {
     [OP_BOUNCE] = parse_bounce,       [OP_DELIVERED] = parse_delivered, [OP_CANCEL] = parse_id_only,
-    [OP_GET] = parse_id_only,         [OP_CLASSIFY] = parse_classify,   [OP_STATS] = parse_nothing,
+    [OP_GET] = parse_get,             [OP_CLASSIFY] = parse_classify,   [OP_STATS] = parse_nothing,
     [OP_SUBSCRIBE] = parse_subscribe, [OP_ACK] = parse_ack,             [OP_PING] = parse_nothing,
-    [OP_AUTH] = parse_auth,
+    [OP_AUTH] = parse_auth,           [OP_UNSUPPRESS] = parse_unsuppress, [OP_SUPPRESSED] = parse_suppressed,
+    [OP_DOMAIN] = parse_domain,
 };
 
 static int op_lookup(const char *s, size_t n)
 {
-    /* Ten names: a length check before strcmp makes this a handful of
+    /* A dozen names: a length check before strcmp makes this a handful of
      * comparisons, not worth a hash. */
     for (int i = 0; i < OP__COUNT; i++)
         if (strlen(op_names[i]) == n && memcmp(op_names[i], s, n) == 0)
@@ -599,8 +679,334 @@ static int op_lookup(const char *s, size_t n)
     return -1;
 }
 
-int request_parse(const char *line, size_t len, const struct proto_limits *lim, struct request *out,
-                  struct proto_error *err)
+/*
+ * The fast path. Nearly every line a sending platform sends is a flat
+ * object of plain strings and integers: {"op":"bounce","id":..,"rcpt":..,
+ * "code":451,...}. Building a jansson tree for it (a hash table, a
+ * malloc per member) and freeing it after the Redis round trip cost a
+ * fifth of the daemon's CPU at full ingest. So such lines are scanned in
+ * place, and the strings the request needs are copied into one block.
+ *
+ * The fast path only ever accepts: anything it does not handle (escapes,
+ * nested values, reals, duplicate members, an op other than the common
+ * ones) or anything that fails a check makes it give up, and the jansson
+ * path above runs on the same line and says what is wrong, with the same
+ * words as always. Its checks are the same functions, so a line is
+ * accepted by both paths or by neither (tests/unit/test_request.c
+ * compares the two on a corpus of lines).
+ */
+
+#define FLAT_MAX 16
+
+struct flat_member {
+    const char *key, *val; /* val: the string's bytes, or the literal's */
+    size_t klen, vlen;
+    char type;             /* 's' string, 'i' integer, 't' true, 'f' false, 'n' null */
+    json_int_t num;
+};
+
+struct flat {
+    struct flat_member m[FLAT_MAX];
+    int n;
+};
+
+static bool json_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* Scans a string body from p (after the opening quote). Returns the
+ * closing quote, or NULL for what the fast path leaves to jansson:
+ * escapes, control characters, invalid UTF-8, no closing quote. */
+static const char *flat_string(const char *p, const char *end)
+{
+    while (p < end) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"')
+            return p;
+        if (c == '\\' || c < 0x20)
+            return NULL;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        uint32_t cp;
+        size_t k = utf8_seq((const unsigned char *)p, (size_t)(end - p), &cp);
+        if (k == 0)
+            return NULL;
+        p += k;
+    }
+    return NULL;
+}
+
+/* Splits a flat JSON object into members. Returns 0, or -1 when the line
+ * is anything else (left to jansson). */
+static int flat_scan(const char *p, size_t len, struct flat *f)
+{
+    const char *end = p + len;
+    f->n = 0;
+    while (p < end && json_ws(*p))
+        p++;
+    if (p == end || *p != '{')
+        return -1;
+    p++;
+    for (;;) {
+        while (p < end && json_ws(*p))
+            p++;
+        if (p == end || *p != '"' || f->n == FLAT_MAX)
+            return -1;
+        struct flat_member *m = &f->m[f->n];
+        const char *q = flat_string(++p, end);
+        if (!q)
+            return -1;
+        m->key = p;
+        m->klen = (size_t)(q - p);
+        p = q + 1;
+        while (p < end && json_ws(*p))
+            p++;
+        if (p == end || *p != ':')
+            return -1;
+        p++;
+        while (p < end && json_ws(*p))
+            p++;
+        if (p == end)
+            return -1;
+        if (*p == '"') {
+            q = flat_string(++p, end);
+            if (!q)
+                return -1;
+            m->type = 's';
+            m->val = p;
+            m->vlen = (size_t)(q - p);
+            p = q + 1;
+        } else if (*p == '-' || (*p >= '0' && *p <= '9')) {
+            /* JSON integers: -?(0|[1-9][0-9]*); at most 18 digits, so no
+             * overflow; a fraction or exponent makes it a real. */
+            const char *s = p;
+            bool neg = *p == '-';
+            if (neg)
+                p++;
+            if (p == end || *p < '0' || *p > '9' || (*p == '0' && p + 1 < end && p[1] >= '0' && p[1] <= '9'))
+                return -1;
+            json_int_t v = 0;
+            int digits = 0;
+            while (p < end && *p >= '0' && *p <= '9') {
+                v = v * 10 + (*p++ - '0');
+                if (++digits > 18)
+                    return -1;
+            }
+            if (p < end && (*p == '.' || *p == 'e' || *p == 'E'))
+                return -1;
+            m->type = 'i';
+            m->num = neg ? -v : v;
+            m->val = s;
+            m->vlen = (size_t)(p - s);
+        } else if ((size_t)(end - p) >= 4 && memcmp(p, "true", 4) == 0) {
+            m->type = 't', m->val = p, m->vlen = 4, p += 4;
+        } else if ((size_t)(end - p) >= 5 && memcmp(p, "false", 5) == 0) {
+            m->type = 'f', m->val = p, m->vlen = 5, p += 5;
+        } else if ((size_t)(end - p) >= 4 && memcmp(p, "null", 4) == 0) {
+            m->type = 'n', m->val = p, m->vlen = 4, p += 4;
+        } else {
+            return -1; /* objects, arrays, anything malformed */
+        }
+        for (int i = 0; i < f->n; i++)
+            if (f->m[i].klen == m->klen && memcmp(f->m[i].key, m->key, m->klen) == 0)
+                return -1; /* a duplicate: jansson words the error */
+        f->n++;
+        while (p < end && json_ws(*p))
+            p++;
+        if (p == end)
+            return -1;
+        if (*p == ',') {
+            p++;
+            continue;
+        }
+        if (*p != '}')
+            return -1;
+        p++;
+        while (p < end && json_ws(*p))
+            p++;
+        return p == end ? 0 : -1;
+    }
+}
+
+static const struct flat_member *flat_get(const struct flat *f, const char *name)
+{
+    size_t n = strlen(name);
+    for (int i = 0; i < f->n; i++)
+        if (f->m[i].klen == n && memcmp(f->m[i].key, name, n) == 0)
+            return &f->m[i];
+    return NULL;
+}
+
+/* A string member as get_string sees it: 1 present, 0 absent or null,
+ * -1 another type. */
+static int flat_string_member(const struct flat *f, const char *name, const struct flat_member **out)
+{
+    const struct flat_member *m = flat_get(f, name);
+    if (!m || m->type == 'n')
+        return 0;
+    if (m->type != 's')
+        return -1;
+    *out = m;
+    return 1;
+}
+
+static bool flat_id_ok(const struct flat *f, const struct proto_limits *lim, const struct flat_member **id)
+{
+    if (flat_string_member(f, "id", id) != 1 || (*id)->vlen == 0 || (*id)->vlen > lim->max_id)
+        return false;
+    for (size_t i = 0; i < (*id)->vlen; i++) {
+        unsigned char c = (unsigned char)(*id)->val[i];
+        if (c < 0x21 || c > 0x7e)
+            return false;
+    }
+    return true;
+}
+
+/* rcpt as get_rcpt checks it; *rcpt stays NULL when absent. */
+static bool flat_rcpt_ok(const struct flat *f, bool required, const struct proto_limits *lim,
+                         const struct flat_member **rcpt)
+{
+    int rc = flat_string_member(f, "rcpt", rcpt);
+    if (rc < 0 || (rc == 0 && required))
+        return false;
+    if (rc == 0) {
+        *rcpt = NULL;
+        return true;
+    }
+    return (*rcpt)->vlen <= lim->max_rcpt && address_problem((*rcpt)->val, (*rcpt)->vlen) == NULL;
+}
+
+/* Copies the strings that the request points to into one block. */
+struct flat_copy {
+    const struct flat_member *m;
+    const char **dst;
+    size_t *dst_len;
+};
+
+static void flat_copy_out(struct request *r, struct flat_copy *c, int n)
+{
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        if (c[i].m)
+            total += c[i].m->vlen + 1;
+    char *block = malloc(total ? total : 1);
+    if (!block) {
+        fprintf(stderr, "rebound: out of memory\n");
+        abort();
+    }
+    char *p = block;
+    for (int i = 0; i < n; i++) {
+        if (!c[i].m)
+            continue;
+        memcpy(p, c[i].m->val, c[i].m->vlen);
+        p[c[i].m->vlen] = '\0';
+        *c[i].dst = p;
+        if (c[i].dst_len)
+            *c[i].dst_len = c[i].m->vlen;
+        p += c[i].m->vlen + 1;
+    }
+    r->copies = block;
+}
+
+/* The "req" member as a value of its own (a scalar: the scan took no
+ * other kind), or NULL when absent. */
+static json_t *flat_req(const struct flat *f)
+{
+    const struct flat_member *m = flat_get(f, "req");
+    if (!m)
+        return NULL;
+    switch (m->type) {
+    case 's':
+        return json_stringn_nocheck(m->val, m->vlen);
+    case 'i':
+        return json_integer(m->num);
+    case 't':
+        return json_true();
+    case 'f':
+        return json_false();
+    default:
+        return json_null();
+    }
+}
+
+/* Tries the fast path. Returns 0 with out filled in, or -1 (out untouched
+ * but for what was zeroed) when the line must go the jansson way. */
+static int parse_fast(const char *line, size_t len, const struct proto_limits *lim, struct request *out)
+{
+    struct flat f;
+    const struct flat_member *opm, *id = NULL, *rcpt = NULL, *enh = NULL, *text = NULL, *camp = NULL, *m;
+
+    if (flat_scan(line, len, &f) != 0 || flat_string_member(&f, "op", &opm) != 1)
+        return -1;
+    int op = op_lookup(opm->val, opm->vlen);
+    switch (op) {
+    case OP_BOUNCE: {
+        m = flat_get(&f, "code");
+        if (!flat_id_ok(&f, lim, &id) || !flat_rcpt_ok(&f, true, lim, &rcpt) || !m || m->type != 'i' ||
+            m->num < 400 || m->num > 599)
+            return -1;
+        out->code = (int)m->num;
+        int rc = flat_string_member(&f, "enhanced", &enh);
+        if (rc < 0 || (rc > 0 && enh->vlen > 0 && !enhanced_ok(enh->val, enh->vlen)))
+            return -1;
+        if (rc > 0 && enh->vlen == 0)
+            enh = NULL;
+        rc = flat_string_member(&f, "text", &text);
+        if (rc < 0 || (rc > 0 && text->vlen > lim->max_text))
+            return -1;
+        if (rc > 0 && text->vlen == 0)
+            text = NULL;
+        rc = flat_string_member(&f, "campaign", &camp);
+        if (rc < 0 || (rc > 0 && (camp->vlen > lim->max_campaign || !text_ok(camp->val, camp->vlen, true))))
+            return -1;
+        if (rc > 0 && camp->vlen == 0)
+            camp = NULL;
+        m = flat_get(&f, "not_before");
+        if (m && m->type != 'n') {
+            if (m->type != 'i' || m->num <= 0 || m->num >= (json_int_t)1 << 53)
+                return -1;
+            out->not_before = m->num;
+        }
+        m = flat_get(&f, "meta");
+        if (m && m->type != 'n')
+            return -1; /* an object (jansson keeps it), or a wrong type */
+        break;
+    }
+    case OP_DELIVERED:
+        if (!flat_id_ok(&f, lim, &id) || !flat_rcpt_ok(&f, false, lim, &rcpt))
+            return -1;
+        break;
+    case OP_CANCEL:
+        if (!flat_id_ok(&f, lim, &id))
+            return -1;
+        break;
+    case OP_GET:
+        /* By id only; a recipient lookup (rcpt) takes the jansson way. */
+        m = flat_get(&f, "rcpt");
+        if (!flat_id_ok(&f, lim, &id) || (m && m->type != 'n'))
+            return -1;
+        break;
+    case OP_PING:
+    case OP_STATS:
+        break;
+    default:
+        return -1;
+    }
+    struct flat_copy c[] = {
+        {id, &out->id, &out->id_len},       {rcpt, &out->rcpt, &out->rcpt_len}, {enh, &out->enhanced, NULL},
+        {text, &out->text, NULL},           {camp, &out->campaign, NULL},
+    };
+    flat_copy_out(out, c, (int)(sizeof c / sizeof c[0]));
+    out->req = flat_req(&f);
+    out->op = (enum op)op;
+    return 0;
+}
+
+static int parse_line(const char *line, size_t len, const struct proto_limits *lim, struct request *out,
+                      struct proto_error *err, bool fast)
 {
     json_error_t jerr;
     json_t *root, *req = NULL, *opv;
@@ -618,6 +1024,11 @@ int request_parse(const char *line, size_t len, const struct proto_limits *lim, 
         blank++;
     if (blank == len)
         return fail(err, ERR_BAD_REQUEST, "empty line: expected a JSON object");
+
+    if (fast && parse_fast(line, len, lim, out) == 0)
+        return 0;
+    memset(out, 0, sizeof *out);
+    out->types = EV_ALL;
 
     root = json_loadb(line, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (root == NULL)
@@ -659,10 +1070,25 @@ int request_parse(const char *line, size_t len, const struct proto_limits *lim, 
     return 0;
 }
 
+int request_parse(const char *line, size_t len, const struct proto_limits *lim, struct request *out,
+                  struct proto_error *err)
+{
+    return parse_line(line, len, lim, out, err, true);
+}
+
+int request_parse_json(const char *line, size_t len, const struct proto_limits *lim, struct request *out,
+                       struct proto_error *err)
+{
+    return parse_line(line, len, lim, out, err, false);
+}
+
 void request_free(struct request *r)
 {
     if (r->root != NULL)
         json_decref(r->root);
+    else if (r->req != NULL)
+        json_decref(r->req); /* the fast path's own copy */
+    free(r->copies);
     memset(r, 0, sizeof *r);
     r->types = EV_ALL;
 }

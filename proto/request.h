@@ -21,6 +21,9 @@ enum op {
     OP_ACK,
     OP_PING,
     OP_AUTH,
+    OP_UNSUPPRESS,
+    OP_SUPPRESSED,
+    OP_DOMAIN,
     OP__COUNT
 };
 
@@ -61,15 +64,18 @@ struct proto_error {
     char message[256];
 };
 
-/* A parsed request. Every pointer is borrowed from root and lives until
- * request_free. Absent optional strings are NULL, absent numbers 0. */
+/* A parsed request. Every pointer lives until request_free: borrowed from
+ * root, or, for a line the fast path took (flat, no escapes), from strings
+ * in `copies` (then root is NULL and req, if any, is owned on its own).
+ * Absent optional strings are NULL, absent numbers 0. */
 struct request {
     enum op op;
     json_t *root;
+    char *copies;         /* fast path: the string values, NUL-terminated */
     json_t *req;          /* the "req" value to echo, or NULL */
-    const char *id;       /* bounce, delivered, cancel, get */
+    const char *id;       /* bounce, delivered, cancel, get (or rcpt) */
     size_t id_len;
-    const char *rcpt;     /* bounce (required), delivered (optional) */
+    const char *rcpt;     /* bounce, unsuppress (required), delivered (optional), get (instead of id) */
     size_t rcpt_len;
     int code;             /* bounce (required), classify (optional): 200..599 */
     const char *enhanced; /* "X.Y.Z", validated */
@@ -81,6 +87,10 @@ struct request {
     unsigned types;       /* subscribe: EV_* bits, EV_ALL when absent */
     json_t *ids;          /* ack: an array of strings */
     const char *token;    /* auth */
+    const char *domain;   /* domain: a host name, validated */
+    size_t domain_len;
+    const char *cursor;   /* suppressed: where the page starts, decimal digits ("0": the first page) */
+    int count;            /* suppressed: addresses per page (a hint), 1..1000 */
 };
 
 /* Parses and validates one line (without its '\n'). Returns 0, or -1 with
@@ -90,6 +100,10 @@ struct request {
 int request_parse(const char *line, size_t len, const struct proto_limits *lim, struct request *out,
                   struct proto_error *err);
 void request_free(struct request *r);
+/* request_parse without its fast path: every line through jansson. The
+ * reference that the fast path is tested against; same contract. */
+int request_parse_json(const char *line, size_t len, const struct proto_limits *lim, struct request *out,
+                       struct proto_error *err);
 
 const char *op_name(enum op op);
 const char *event_type_name(enum event_type t);

@@ -44,6 +44,7 @@ struct policy_class {
     int max_attempts;       /* retries allowed for this class; 0: the policy's */
     int64_t max_age_ms;     /* 0: the policy's */
     bool counts_streak;     /* a give_up in this class counts toward the recipient's soft streak */
+    bool throttles;         /* a reply in this class counts toward throttling its receiving domain */
 };
 
 /* Case-insensitive text matcher: a plain substring, or a POSIX extended
@@ -82,6 +83,18 @@ struct policy {
     int streak_campaigns;    /* default 3 */
     int64_t chronic_span_ms; /* default 30 days */
     int chronic_attempts;    /* default 5 */
+    /* receiving domains: a domain that sent throttle_replies replies of a
+     * class with `throttles` within throttle_window_ms is backed off for
+     * backoff_ms (at most once per window); every domain's retries leave
+     * at most pace_per_second a second, with a burst of pace_burst when it
+     * was quiet; a sender_alert is raised once per domain and class per
+     * alert_window_ms (0: for every report). */
+    int throttle_replies;        /* default 50 */
+    int64_t throttle_window_ms;  /* default 60 s */
+    int64_t backoff_ms;          /* default 30 min */
+    int pace_per_second;         /* default 100; 0: no pace */
+    int pace_burst;              /* default 200 */
+    int64_t alert_window_ms;     /* default 1 h */
 };
 
 /* Returns the index of the class called name, or -1. */

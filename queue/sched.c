@@ -259,6 +259,7 @@ struct entry *sched_add(struct sched *s, const char *id, size_t id_len)
     e->node.index = HEAP_NONE;
     e->first_ms = 0;
     e->waiters = NULL;
+    e->domain = 0;
     e->attempt = 0;
     e->class_idx = 0;
     e->state = ENTRY_NEW;

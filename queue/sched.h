@@ -28,12 +28,14 @@ enum entry_state {
 
 #define ENTRY_BUSY 0x01u
 #define ENTRY_FIRING 0x02u /* in a fire batch whose write is in flight */
+#define ENTRY_PLACED 0x04u /* the daemon's domain pace gave it its due time */
 
 struct entry {
     struct heap_node node; /* node.due_ms is the due time */
     int64_t first_ms;      /* first bounce */
     void *waiters;         /* owned by the daemon; sched never touches it */
     struct entry *next;    /* hash chain */
+    uint32_t domain;       /* owned by the daemon: the recipient domain's number, 0 = none */
     uint16_t attempt;      /* retries scheduled so far; PENDING: the number of the one due */
     uint8_t class_idx;
     uint8_t state;         /* enum entry_state */

@@ -4,6 +4,12 @@ duration divided by 60,000 (one minute becomes one millisecond, 72 h becomes
 4320 ms), for tests that must watch whole schedules run. Classes, actions,
 limits that are counts, and the rules are kept as they are.
 
+Two kinds of value are not schedule lengths and stay as they are: the
+windows in which a receiving domain's replies are counted
+(domains.throttle.window, domains.alert_window: they measure how fast
+replies arrive, which a test cannot speed up), and the pace (retries a
+second). The domain back-off is a schedule length and is divided.
+
     tools/make-fast-policy.py            write tests/fast-policy.json
     tools/make-fast-policy.py --check    exit 1 if the file is not up to date
     tools/make-fast-policy.py -i IN -o OUT
@@ -25,6 +31,8 @@ COMPONENT = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
 # Where durations live in a policy: top-level objects, then class keys.
 TOP_DURATIONS = {"limits": ("max_age", "awaiting"), "streak": ("chronic_span",)}
+# Durations one level deeper: (section, subsection, key).
+NESTED_DURATIONS = (("domains", "throttle", "backoff"),)
 CLASS_DURATIONS = ("max_age",)
 
 
@@ -68,6 +76,10 @@ def convert(policy):
         for key in keys:
             if key in out.get(section, {}):
                 out[section][key] = fast(out[section][key])
+    for section, sub, key in NESTED_DURATIONS:
+        obj = out.get(section, {}).get(sub, {})
+        if key in obj:
+            obj[key] = fast(obj[key])
     for cls in out.get("classes", {}).values():
         for key in CLASS_DURATIONS:
             if key in cls:

@@ -132,6 +132,9 @@ static const char main_help[] =
     "  delivered ID  report that a message got through\n"
     "  cancel ID     drop a pending retry, without an event\n"
     "  get ID        show what rebound knows about a message\n"
+    "  suppressed    list the suppressed addresses (a page, or --all for export)\n"
+    "  unsuppress ADDR  take an address off the suppressed list\n"
+    "  domain NAME   show a receiving domain's state: pending, back-off, pace\n"
     "  stats         queue depth, due counts, events, Redis link\n"
     "  ping          check that the daemon answers\n"
     "  send [JSON]   send raw request lines (arguments, or NDJSON on stdin)\n"
@@ -233,6 +236,32 @@ static const char classify_help[] =
     "\n"
     "  --policy FILE  the policy (default " REBOUND_DEFAULT_POLICY ")\n"
     "  --check        only validate the policy (same as check-policy)\n";
+
+static const char suppressed_help[] =
+    "Usage: reboundctl suppressed [--count N] [--cursor C]\n"
+    "       reboundctl suppressed --all\n"
+    "\n"
+    "Lists the suppressed addresses (hard_invalid, chronic_soft), a page at a\n"
+    "time: the reply's cursor starts the next page; \"0\" means the list is done.\n"
+    "An address may show up twice across pages if the list changed meanwhile.\n"
+    "\n"
+    "  --count N   addresses per page, a hint (1..1000, default 100)\n"
+    "  --cursor C  the cursor of the previous page (default \"0\": the first)\n"
+    "  --all       every address, one JSON line each {\"rcpt\",\"reason\",\"at\"},\n"
+    "              for export to your platform's suppression list\n";
+
+static const char unsuppress_help[] =
+    "Usage: reboundctl unsuppress ADDR\n"
+    "\n"
+    "Takes ADDR off the suppressed list and resets its soft-bounce streak, so\n"
+    "its bounces are retried again. \"found\" says whether it was suppressed.\n";
+
+static const char domain_help[] =
+    "Usage: reboundctl domain NAME\n"
+    "\n"
+    "Shows what reboundd knows about receiving domain NAME: retries pending for\n"
+    "it, its back-off (class, since, until, retries held), the throttling\n"
+    "replies counted in the current window, the pace, and its sender alerts.\n";
 
 static const char check_policy_help[] =
     "Usage: reboundctl check-policy FILE\n"
@@ -496,9 +525,127 @@ static void flatten(struct rows *r, const char *prefix, json_t *obj)
     }
 }
 
+/* ---- stats for a person: a summary first, then whatever else it says --- */
+
+struct class_count {
+    const char *name;
+    long long n;
+};
+
+static int class_count_cmp(const void *a, const void *b)
+{
+    const struct class_count *x = a, *y = b;
+    if (x->n != y->n)
+        return x->n < y->n ? 1 : -1;
+    return strcmp(x->name, y->name);
+}
+
+static long long int_field(json_t *obj, const char *key)
+{
+    return (long long)json_integer_value(json_object_get(obj, key));
+}
+
+/* "retry 3, give_up 0, ...": an object of counts on one line. */
+static char *counts_line(json_t *obj)
+{
+    char *line = strdup("");
+    const char *k;
+    json_t *v;
+    json_object_foreach(obj, k, v) {
+        char *n = xasprintf("%s%s%s %lld", line, line[0] ? ", " : "", k, (long long)json_integer_value(v));
+        free(line);
+        line = n;
+    }
+    return line;
+}
+
+static void render_stats(json_t *reply)
+{
+    json_t *rest = json_deep_copy(reply);
+    struct rows r = {0};
+    rows_add(&r, "queue", xasprintf("%lld pending, %lld awaiting their outcome", int_field(reply, "pending"),
+                                    int_field(reply, "awaiting")));
+    json_object_del(rest, "pending");
+    json_object_del(rest, "awaiting");
+    json_t *due = json_object_get(reply, "due");
+    if (json_is_object(due)) {
+        rows_add(&r, "due", xasprintf("%lld within a minute, %lld within an hour, %lld within a day",
+                                      int_field(due, "minute"), int_field(due, "hour"), int_field(due, "day")));
+        json_object_del(rest, "due");
+    }
+    /* Pending by class, largest first; the classes with none in one line. */
+    json_t *by = json_object_get(reply, "by_class");
+    size_t nclasses = json_object_size(by), nzero = 0, n = 0;
+    struct class_count *cc = calloc(nclasses ? nclasses : 1, sizeof *cc);
+    const char *k;
+    json_t *v;
+    json_object_foreach(by, k, v) {
+        if (json_integer_value(v) == 0)
+            nzero++;
+        else
+            cc[n++] = (struct class_count){k, (long long)json_integer_value(v)};
+    }
+    qsort(cc, n, sizeof *cc, class_count_cmp);
+    for (size_t i = 0; i < n; i++)
+        rows_add(&r, i ? "" : "pending by class", xasprintf("%-20s %lld", cc[i].name, cc[i].n));
+    if (nzero)
+        rows_add(&r, n ? "" : "pending by class", xasprintf("(%zu other classes: none)", nzero));
+    free(cc);
+    json_object_del(rest, "by_class");
+    json_t *domains = json_object_get(reply, "domains");
+    json_t *top = json_object_get(domains, "top_pending");
+    json_t *thr = json_object_get(domains, "throttled");
+    if (json_is_array(top) && json_is_array(thr)) {
+        size_t i;
+        json_t *d;
+        json_array_foreach(top, i, d) {
+            const char *name = json_string_value(json_object_get(d, "domain"));
+            rows_add(&r, i ? "" : "top domains", xasprintf("%-20s %lld", name ? name : "?", int_field(d, "pending")));
+        }
+        json_array_foreach(thr, i, d) {
+            const char *name = json_string_value(json_object_get(d, "domain"));
+            const char *cls = json_string_value(json_object_get(d, "class"));
+            char *until = format_scalar("until", json_object_get(d, "until"));
+            rows_add(&r, i ? "" : "throttled", xasprintf("%s (%s) until %s, %lld held", name ? name : "?",
+                                                         cls ? cls : "?", until, int_field(d, "held")));
+            free(until);
+        }
+        json_t *rest_domains = json_object_get(rest, "domains");
+        json_object_del(rest_domains, "top_pending");
+        json_object_del(rest_domains, "throttled");
+        if (json_object_size(rest_domains) == 1 && json_is_integer(json_object_get(rest_domains, "known"))) {
+            rows_add(&r, "domains known", xasprintf("%lld", int_field(rest_domains, "known")));
+            json_object_del(rest, "domains");
+        }
+    }
+    json_t *events = json_object_get(reply, "events");
+    if (json_is_object(events)) {
+        rows_add(&r, "events emitted", counts_line(events));
+        json_object_del(rest, "events");
+    }
+    rows_add(&r, "reports", xasprintf("%lld accepted, %lld errors", int_field(reply, "reports"),
+                                      int_field(reply, "errors")));
+    json_object_del(rest, "reports");
+    json_object_del(rest, "errors");
+    json_t *up = json_object_get(reply, "uptime_s");
+    if (json_is_integer(up)) {
+        char d[48];
+        duration_format((int64_t)json_integer_value(up) * 1000, d, sizeof d);
+        rows_add(&r, "uptime", strdup(d));
+        json_object_del(rest, "uptime_s");
+    }
+    flatten(&r, NULL, rest); /* redis, loaded, connections, and anything newer */
+    json_decref(rest);
+    rows_print(&r, stdout);
+}
+
 /* An ok reply as aligned "key  value" lines. */
 static void render_reply(json_t *reply)
 {
+    if (json_is_object(json_object_get(reply, "by_class")) && json_is_integer(json_object_get(reply, "pending"))) {
+        render_stats(reply);
+        return;
+    }
     struct rows r = {0};
     flatten(&r, NULL, reply);
     if (r.n == 0)
@@ -881,6 +1028,9 @@ enum {
     O_NO_ACK,
     O_POLICY,
     O_CHECK,
+    O_ALL,
+    O_CURSOR,
+    O_COUNT,
 };
 
 #define COMMON_OPTIONS                                                                                       \
@@ -1106,6 +1256,136 @@ static int simple_command(struct ctl *ctl, int argc, char **argv, const char *op
 static int cmd_stats(struct ctl *ctl, int argc, char **argv)
 {
     return simple_command(ctl, argc, argv, "stats");
+}
+
+struct page_args {
+    const char *cursor, *count;
+    bool all;
+};
+
+static int page_opt(struct ctl *ctl, int c, const char *arg, void *state)
+{
+    struct page_args *a = state;
+    switch (c) {
+    case O_ALL:
+        a->all = true;
+        break;
+    case O_CURSOR:
+        a->cursor = arg;
+        break;
+    case O_COUNT:
+        a->count = arg;
+        break;
+    default:
+        return usage_error(ctl, "unexpected option");
+    }
+    return 0;
+}
+
+/* --all: every page on one connection, each address a JSON line. */
+static int suppressed_all(const struct ctl *ctl, long long count)
+{
+    struct client cl = {.fd = -1};
+    int rc = client_open(&cl, ctl);
+    char *cursor = xasprintf("0");
+    while (rc == 0) {
+        json_t *req = json_pack("{s:s,s:s,s:I}", "op", "suppressed", "cursor", cursor, "count", count);
+        rc = send_json(&cl, req) < 0 ? EXIT_IO : 0;
+        json_decref(req);
+        if (rc)
+            break;
+        const char *raw;
+        size_t len;
+        json_t *reply = read_reply(&cl, &raw, &len);
+        if (!reply) {
+            rc = EXIT_IO;
+            break;
+        }
+        if (!json_is_true(json_object_get(reply, "ok"))) {
+            render_error(reply);
+            json_decref(reply);
+            rc = EXIT_REPLY;
+            break;
+        }
+        size_t i;
+        json_t *item;
+        json_array_foreach(json_object_get(reply, "items"), i, item)
+        {
+            char *line = json_dumps(item, JSON_COMPACT);
+            if (line)
+                put_line(line, strlen(line));
+            free(line);
+        }
+        const char *next = json_string_value(json_object_get(reply, "cursor"));
+        free(cursor);
+        cursor = xasprintf("%s", next ? next : "0");
+        json_decref(reply);
+        if (flush_out() < 0)
+            rc = EXIT_IO;
+        if (strcmp(cursor, "0") == 0)
+            break;
+    }
+    free(cursor);
+    client_close(&cl);
+    return rc;
+}
+
+static int cmd_suppressed(struct ctl *ctl, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        COMMON_OPTIONS,
+        {"all", no_argument, NULL, O_ALL},
+        {"cursor", required_argument, NULL, O_CURSOR},
+        {"count", required_argument, NULL, O_COUNT},
+        {0, 0, 0, 0},
+    };
+    struct page_args a = {0};
+    int rc = parse_options(ctl, argc, argv, opts, page_opt, &a);
+    if (rc >= 0)
+        return rc;
+    if (optind < argc)
+        return usage_error(ctl, "unexpected argument \"%s\"", argv[optind]);
+    long long count = a.all ? 1000 : 100;
+    if (a.count && parse_int(a.count, 1, 1000, &count) < 0)
+        return usage_error(ctl, "--count: \"%s\" is not a number 1..1000", a.count);
+    if (a.all) {
+        if (a.cursor)
+            return usage_error(ctl, "--all starts at the beginning; leave out --cursor");
+        return suppressed_all(ctl, count);
+    }
+    json_t *req = json_pack("{s:s,s:I}", "op", "suppressed", "count", count);
+    if (a.cursor && set_string(req, "cursor", a.cursor) < 0) {
+        json_decref(req);
+        return usage_error(ctl, "--cursor is not valid UTF-8");
+    }
+    return call_and_print(ctl, req);
+}
+
+/* Commands whose one operand is the value of one field. */
+static int operand_command(struct ctl *ctl, int argc, char **argv, const char *op, const char *field,
+                           const char *what)
+{
+    int rc = parse_options(ctl, argc, argv, common_only, NULL, NULL);
+    if (rc >= 0)
+        return rc;
+    if (argc - optind != 1)
+        return usage_error(ctl, argc == optind ? "the %s is missing" : "one %s only", what);
+    json_t *req = json_pack("{s:s}", "op", op);
+    if (set_string(req, field, argv[optind]) < 0) {
+        json_decref(req);
+        return usage_error(ctl, "the %s is not valid UTF-8", what);
+    }
+    return call_and_print(ctl, req);
+}
+
+static int cmd_unsuppress(struct ctl *ctl, int argc, char **argv)
+{
+    return operand_command(ctl, argc, argv, "unsuppress", "rcpt", "address");
+}
+
+static int cmd_domain(struct ctl *ctl, int argc, char **argv)
+{
+    return operand_command(ctl, argc, argv, "domain", "domain", "domain name");
 }
 
 static int cmd_ping(struct ctl *ctl, int argc, char **argv)
@@ -1734,6 +2014,9 @@ static const struct command commands[] = {
     {"delivered", cmd_delivered, delivered_help},
     {"cancel", cmd_cancel, cancel_help},
     {"get", cmd_get, get_help},
+    {"suppressed", cmd_suppressed, suppressed_help},
+    {"unsuppress", cmd_unsuppress, unsuppress_help},
+    {"domain", cmd_domain, domain_help},
     {"stats", cmd_stats, stats_help},
     {"ping", cmd_ping, ping_help},
     {"send", cmd_send, send_help},

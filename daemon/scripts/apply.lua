@@ -1,21 +1,144 @@
--- Applies a batch of message state changes and appends their events, in
--- one atomic step (the daemon acknowledges a report only after this ran).
+-- Applies a batch of state changes and appends their events, in one
+-- atomic step (the daemon acknowledges a report only after this ran).
 --
 -- KEYS[1]  the message hash: field = message id, value = record
 -- KEYS[2]  the event stream
+-- KEYS[3]  the recipient hash: field = address (lower case), value =
+--          "<streak>,<first>,<last>,<soft>,<classes>,<campaign>": campaigns
+--          in a row that ended in give-up, first and last soft bounce (ms),
+--          soft bounces counted, the classes seen ("a|b"), and the campaign
+--          that last counted ("c<name>", or "m<id>" for a message without
+--          one); only classes that count toward the streak are recorded
+-- KEYS[4]  the suppressed hash: field = address, value = "<reason>,<at>"
+-- KEYS[5]  the domain hash: field = domain, value = "<class>,<until>,<since>"
 -- ARGV[1]  approximate maximum length of the stream
--- then, per message: id, mode, header, fragment, history item, n, event 1..n
+-- ARGV[2]  campaigns in a row that suppress; ARGV[3] chronic span (ms);
+-- ARGV[4]  soft bounces that, over the chronic span, suppress
+-- then, per change: id, mode, header, fragment, history item, op, key,
+-- argument, n, event 1..n
 --   mode "S": set the record to header \n fragment \n history, where the
 --             history is the old one with the new item appended
 --   mode "D": delete the record
 --   mode "-": leave the record alone (events only)
--- Returns the number of messages applied.
-local msgs, stream, maxlen = KEYS[1], KEYS[2], ARGV[1]
-local i, applied = 2, 0
+--   op "B":   a bounce for address `key`; argument
+--             "<action><c>,<now>,<code>,<attempt>,<class>,<enhanced>,<campaign>"
+--             (action R, G or S as decided; c is "c" when the class counts
+--             toward the streak). A suppressed address overrides the
+--             decision: the message is dropped and its outcome event (the
+--             first, when the action is not R) becomes a `suppress`
+--   op "R":   delivered: forget the streak and the suppression of `key`,
+--             or of the message's recipient when key is empty
+--   op "U":   unsuppress `key` (and forget its streak)
+--   op "T":   a domain throttle: domain `key` is backed off (argument)
+--   op "E":   the throttle of domain `key` ended
+-- Returns one integer per change: for "B" 0 (as decided), 1 (suppressed
+-- now: chronic_soft), 2 (was suppressed already); for "R" and "U" 1 when a
+-- suppression was lifted, else 0; 0 otherwise.
+local msgs, stream, rcpts, supp, doms = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local maxlen = ARGV[1]
+local need, span, chronic_n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {}
+local i = 5
+-- Most reports are retries in classes that do not count, for addresses
+-- that are not suppressed: they cost one lookup, or none while nothing is
+-- suppressed at all.
+local any_suppressed = redis.call('EXISTS', supp) == 1
+
+local function emit(body)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', body)
+end
+
+-- The recipient named in a message record's fragment, or ''.
+local function rcpt_of(id)
+  local rec = redis.call('HGET', msgs, id)
+  if not rec then return '' end
+  local a = string.find(rec, '\n', 1, true)
+  local b = a and string.find(rec, '\n', a + 1, true)
+  if not b then return '' end
+  local ok, o = pcall(cjson.decode, '{' .. string.sub(rec, a + 1, b - 1) .. '}')
+  if ok and type(o) == 'table' and type(o.rcpt) == 'string' then return o.rcpt end
+  return ''
+end
+
+-- Counts a soft bounce toward the address's streak; returns true when the
+-- address is to be suppressed now.
+local function count_soft(addr, action, now, class, campaign)
+  local streak, first, last, soft, classes, lastc = 0, now, now, 0, '', ''
+  local rec = redis.call('HGET', rcpts, addr)
+  if rec then
+    local s, f, l, n, c, lc = string.match(rec, '^(%d+),(%d+),(%d+),(%d+),([^,]*),(.*)$')
+    if s then
+      streak, first, last, soft, classes, lastc = tonumber(s), tonumber(f), tonumber(l), tonumber(n), c, lc
+    end
+  end
+  soft = soft + 1
+  if now > last then last = now end
+  if not string.find('|' .. classes .. '|', '|' .. class .. '|', 1, true) then
+    classes = classes == '' and class or classes .. '|' .. class
+  end
+  -- a campaign ends for the address with a give-up; two messages of one
+  -- campaign count once
+  if action == 'G' and campaign ~= lastc then
+    streak = streak + 1
+    lastc = campaign
+  end
+  redis.call('HSET', rcpts, addr, string.format('%d,%d,%d,%d,', streak, first, last, soft) .. classes .. ',' .. lastc)
+  return streak >= need or (last - first >= span and soft >= chronic_n)
+end
+
 while i <= #ARGV do
-  local id, mode = ARGV[i], ARGV[i + 1]
+  local id, mode, header, frag, item = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local op, key, arg = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  local n = tonumber(ARGV[i + 8])
+  local result, skip_first, extra = 0, false, nil
+
+  if op == 'B' then
+    local addr, was = nil, false
+    if any_suppressed then
+      addr = string.lower(key)
+      was = redis.call('HEXISTS', supp, addr) == 1
+    end
+    -- "R-": a retry in a class that does not count; nothing more to do
+    -- unless the address is suppressed
+    if was or string.sub(arg, 1, 2) ~= 'R-' then
+      addr = addr or string.lower(key)
+      local action, counting, now, code, attempt, class, enh, campaign =
+        string.match(arg, '^(.)(.),(%d+),(%d+),(%d+),([%w_]+),([%d.]*),(.*)$')
+      local reason
+      if was then
+        result, reason = 2, 'suppressed'
+      elseif action == 'S' then
+        redis.call('HSET', supp, addr, 'hard_invalid,' .. now)
+        any_suppressed = true
+      elseif counting == 'c' and count_soft(addr, action, tonumber(now), class, campaign) then
+        redis.call('HSET', supp, addr, 'chronic_soft,' .. now)
+        any_suppressed = true
+        result, reason = 1, 'chronic_soft'
+      end
+      if result ~= 0 then
+        if mode ~= '-' then redis.call('HDEL', msgs, id) end
+        mode = '-'
+        skip_first = action ~= 'R'
+        extra = '{"type":"suppress","at":' .. now .. ',' .. frag .. ',"class":"' .. class .. '","attempt":' ..
+          attempt .. ',"code":' .. code .. (enh ~= '' and (',"enhanced":"' .. enh .. '"') or '') ..
+          ',"reason":"' .. reason .. '"}'
+      end
+    end
+  elseif op == 'R' or op == 'U' then
+    local addr = key
+    if addr == '' and id ~= '' then addr = rcpt_of(id) end
+    if addr ~= '' then
+      addr = string.lower(addr)
+      redis.call('HDEL', rcpts, addr)
+      result = redis.call('HDEL', supp, addr)
+    end
+  elseif op == 'T' then
+    redis.call('HSET', doms, key, arg)
+  elseif op == 'E' then
+    redis.call('HDEL', doms, key)
+  end
+
   if mode == 'S' then
-    local item = ARGV[i + 4]
     local hist = '[' .. item .. ']'
     local old = redis.call('HGET', msgs, id)
     if old then
@@ -26,15 +149,15 @@ while i <= #ARGV do
         if #oh > 2 then hist = string.sub(oh, 1, -2) .. ',' .. item .. ']' end
       end
     end
-    redis.call('HSET', msgs, id, ARGV[i + 2] .. '\n' .. ARGV[i + 3] .. '\n' .. hist)
+    redis.call('HSET', msgs, id, header .. '\n' .. frag .. '\n' .. hist)
   elseif mode == 'D' then
     redis.call('HDEL', msgs, id)
   end
-  local n = tonumber(ARGV[i + 5])
   for k = 1, n do
-    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', ARGV[i + 5 + k])
+    if not (skip_first and k == 1) then emit(ARGV[i + 8 + k]) end
   end
-  i = i + 6 + n
-  applied = applied + 1
+  if extra then emit(extra) end
+  out[#out + 1] = result
+  i = i + 9 + n
 end
-return applied
+return out

@@ -392,7 +392,7 @@ static struct row *read_table(size_t *nrows)
     if (f == NULL)
         fail_msg("cannot open %s", TABLE);
     while (fgets(line, sizeof(line), f)) {
-        char *field[6];
+        char *field[6] = {0};
         int nf = 0;
         lineno++;
         line[strcspn(line, "\r\n")] = '\0';

@@ -203,7 +203,7 @@ static void test_unknown_key_position(void **state)
                        "    \"max_lines\": 5\n"
                        "}\n";
     assert_int_equal(load_text(cfg, text, err, sizeof err), -1);
-    assert_string_equal(err, "F:3:5: unknown key \"max_lines\"");
+    assert_string_equal(err, "F:3:5: unknown key \"max_lines\" (did you mean \"max_line\"?)");
     /* all or nothing: the good key before the bad one was not applied */
     assert_string_equal(cfg->listen, "127.0.0.1:7411");
     /* the flag alias "unix" is not a file key */
@@ -500,6 +500,75 @@ static void test_reload(void **state)
     assert_string_equal(cfg->log_level, "debug");
 }
 
+static void test_resolve_paths(void **state)
+{
+    struct config *cfg = *state;
+    char err[256];
+    static const struct {
+        const char *policy, *config_path, *want;
+    } cases[] = {
+        {"policy.json", "/etc/rebound/reboundd.json", "/etc/rebound/policy.json"},
+        {"sub/p.json", "conf/reboundd.json", "conf/sub/p.json"},
+        {"../p.json", "/etc/rebound/reboundd.json", "/etc/rebound/../p.json"},
+        {"/abs/p.json", "/etc/rebound/reboundd.json", "/abs/p.json"},
+        {"policy.json", "reboundd.json", "policy.json"}, /* same directory already */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        assert_int_equal(config_set(cfg, "policy", cases[i].policy, err, sizeof err), 0);
+        assert_int_equal(config_resolve_paths(cfg, cases[i].config_path), 0);
+        assert_string_equal(cfg->policy, cases[i].want);
+    }
+}
+
+static void test_suggest(void **state)
+{
+    assert_string_equal(config_suggest("max_conections"), "max_connections");
+    assert_string_equal(config_suggest("listne"), "listen");
+    assert_string_equal(config_suggest("redis_passwd"), "redis_password");
+    assert_string_equal(config_suggest("max_lines"), "max_line");
+    assert_null(config_suggest("unix"));
+    assert_null(config_suggest("completely_different"));
+    assert_null(config_suggest(""));
+}
+
+static void test_mask_address(void **state)
+{
+    char buf[128];
+    assert_string_equal(config_mask_address("redis://u:pw@h:1/2", buf, sizeof buf), "redis://u:***@h:1/2");
+    assert_string_equal(config_mask_address("redis://pw@h", buf, sizeof buf), "redis://***@h");
+    assert_string_equal(config_mask_address("127.0.0.1:6379", buf, sizeof buf), "127.0.0.1:6379");
+    assert_string_equal(config_mask_address("/run/redis/redis.sock", buf, sizeof buf), "/run/redis/redis.sock");
+}
+
+/* docs/operations.md marks every key a reload applies with "(reload)", and
+ * no other: the table and the option table say the same. */
+static char *slurp(const char *path);
+static void test_docs_mark_reloadable_keys(void **state)
+{
+    struct config *cfg = *state;
+    char *doc = slurp(REBOUND_SOURCE_DIR "/docs/operations.md");
+    json_t *full = dump_to_json(cfg, NULL);
+    const char *key;
+    json_t *val;
+    json_object_foreach(full, key, val) {
+        char row[80];
+        snprintf(row, sizeof row, "\n| `%s` |", key);
+        const char *start = strstr(doc, row);
+        if (!start)
+            fail_msg("docs/operations.md has no table row for %s", key);
+        const char *end = strchr(start + 1, '\n');
+        size_t len = end ? (size_t)(end - start) : strlen(start);
+        char *line = strndup(start, len);
+        bool marked = strstr(line, "**(reload)**") != NULL;
+        if (marked != config_option_reloadable(key))
+            fail_msg("docs/operations.md: %s is %s reloadable, but its row says %s", key,
+                     config_option_reloadable(key) ? "" : "not", marked ? "it is" : "nothing");
+        free(line);
+    }
+    json_decref(full);
+    free(doc);
+}
+
 static char *slurp(const char *path)
 {
     FILE *f = fopen(path, "rb");
@@ -587,6 +656,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dump_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload, setup, teardown),
         cmocka_unit_test_setup_teardown(test_example_and_docs_cover_every_option, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resolve_paths, setup, teardown),
+        cmocka_unit_test(test_suggest),
+        cmocka_unit_test(test_mask_address),
+        cmocka_unit_test_setup_teardown(test_docs_mark_reloadable_keys, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

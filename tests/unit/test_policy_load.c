@@ -277,7 +277,7 @@ static void test_error_unknown_key(void **state)
 {
     (void)state;
     expect_error("{\n  'clases': {}\n}",
-                 "policy.json:2:3: clases: unknown key \"clases\" (expected limits, streak, fallback, classes, rules)");
+                 "policy.json:2:3: clases: unknown key \"clases\" (expected limits, streak, fallback, classes, rules, domains)");
     expect_error("{'classes': {\n"
                  "  'temp_other': {'action': 'retry', 'delay': ['15m']},\n"
                  "  'hard_other': {'action': 'give_up'}}}",

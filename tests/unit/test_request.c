@@ -5,6 +5,7 @@
  */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -302,6 +303,23 @@ static const struct bad_case bad[] = {
     {"{\"op\":\"auth\"}", ERR_BAD_REQUEST, "field 'token' is required"},
     {"{\"op\":\"auth\",\"token\":1234}", ERR_BAD_REQUEST, "field 'token' must be a string"},
     {"{\"op\":\"auth\",\"token\":\"\"}", ERR_BAD_REQUEST, "must not be empty"},
+    /* get by recipient, unsuppress, suppressed, domain */
+    {"{\"op\":\"get\"}", ERR_BAD_REQUEST, "field 'id' is required"},
+    {"{\"op\":\"get\",\"rcpt\":\"nope\"}", ERR_BAD_REQUEST, "field 'rcpt' must be an address"},
+    {"{\"op\":\"unsuppress\"}", ERR_BAD_REQUEST, "field 'rcpt' is required"},
+    {"{\"op\":\"unsuppress\",\"rcpt\":\"a@b@c\"}", ERR_BAD_REQUEST, "more than one '@'"},
+    {"{\"op\":\"suppressed\",\"cursor\":12}", ERR_BAD_REQUEST, "field 'cursor' must be a string"},
+    {"{\"op\":\"suppressed\",\"cursor\":\"\"}", ERR_BAD_REQUEST, "previous page"},
+    {"{\"op\":\"suppressed\",\"cursor\":\"-1\"}", ERR_BAD_REQUEST, "decimal digits"},
+    {"{\"op\":\"suppressed\",\"cursor\":\"123456789012345678901\"}", ERR_TOO_LARGE, "field 'cursor'"},
+    {"{\"op\":\"suppressed\",\"count\":0}", ERR_BAD_REQUEST, "1..1000"},
+    {"{\"op\":\"suppressed\",\"count\":1001}", ERR_BAD_REQUEST, "1..1000"},
+    {"{\"op\":\"suppressed\",\"count\":\"5\"}", ERR_BAD_REQUEST, "must be an integer"},
+    {"{\"op\":\"domain\"}", ERR_BAD_REQUEST, "field 'domain' is required"},
+    {"{\"op\":\"domain\",\"domain\":\"\"}", ERR_BAD_REQUEST, "must not be empty"},
+    {"{\"op\":\"domain\",\"domain\":\"a..b\"}", ERR_BAD_REQUEST, "empty label"},
+    {"{\"op\":\"domain\",\"domain\":\"x@y.z\"}", ERR_BAD_REQUEST, "must be a host name"},
+    {"{\"op\":\"domain\",\"domain\":\"rcpt:x\"}", ERR_BAD_REQUEST, "must be a host name"},
 };
 
 static void test_bad_lines(void **state)
@@ -408,6 +426,54 @@ static void test_other_ops_valid(void **state)
     assert_int_equal(r.op, OP_AUTH);
     assert_string_equal(r.token, "s3cret with spaces");
     request_free(&r);
+}
+
+static void test_recipient_and_domain_ops(void **state)
+{
+    (void)state;
+    struct request r;
+
+    parse_ok("{\"op\":\"get\",\"rcpt\":\"Alice@Example.com\"}", &r);
+    assert_int_equal(r.op, OP_GET);
+    assert_null(r.id);
+    assert_string_equal(r.rcpt, "Alice@Example.com");
+    request_free(&r);
+
+    /* with an id, the message; rcpt is not looked at */
+    parse_ok("{\"op\":\"get\",\"id\":\"m1\",\"rcpt\":\"x@y.z\"}", &r);
+    assert_string_equal(r.id, "m1");
+    assert_null(r.rcpt);
+    request_free(&r);
+
+    parse_ok("{\"op\":\"unsuppress\",\"rcpt\":\"bob@example.org\",\"req\":7}", &r);
+    assert_int_equal(r.op, OP_UNSUPPRESS);
+    assert_string_equal(r.rcpt, "bob@example.org");
+    request_free(&r);
+
+    parse_ok("{\"op\":\"suppressed\"}", &r);
+    assert_int_equal(r.op, OP_SUPPRESSED);
+    assert_string_equal(r.cursor, "0");
+    assert_int_equal(r.count, 100);
+    request_free(&r);
+
+    parse_ok("{\"op\":\"suppressed\",\"cursor\":\"18446744073709551615\",\"count\":1000}", &r);
+    assert_string_equal(r.cursor, "18446744073709551615");
+    assert_int_equal(r.count, 1000);
+    request_free(&r);
+
+    parse_ok("{\"op\":\"domain\",\"domain\":\"Mail.Example.COM\"}", &r);
+    assert_int_equal(r.op, OP_DOMAIN);
+    assert_string_equal(r.domain, "Mail.Example.COM");
+    assert_int_equal(r.domain_len, 16);
+    request_free(&r);
+
+    parse_ok("{\"op\":\"domain\",\"domain\":\"m\u00fcnchen.de\"}", &r);
+    assert_string_equal(r.domain, "m\xc3\xbcnchen.de");
+    request_free(&r);
+
+    assert_string_equal(op_name(OP_UNSUPPRESS), "unsuppress");
+    assert_string_equal(op_name(OP_SUPPRESSED), "suppressed");
+    assert_string_equal(op_name(OP_DOMAIN), "domain");
 }
 
 static void test_req_scalars(void **state)
@@ -737,6 +803,107 @@ static void test_reply_error_layout(void **state)
     free(line);
 }
 
+/* ---- the fast path against the jansson path ------------------------- */
+
+static bool same_str(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+/* Parses line both ways and fails unless the results agree. Returns
+ * whether it parsed. */
+static bool check_same(const char *line, size_t len)
+{
+    struct request a, b;
+    struct proto_error ea, eb;
+    int ra = request_parse(line, len, &lim, &a, &ea);
+    int rb = request_parse_json(line, len, &lim, &b, &eb);
+    if (ra != rb)
+        fail_msg("fast path %d, jansson %d for [%.*s]", ra, rb, (int)len, line);
+    if (ra != 0) {
+        assert_string_equal(ea.code, eb.code);
+        assert_string_equal(ea.message, eb.message);
+    } else {
+        assert_int_equal(a.op, b.op);
+        assert_true(same_str(a.id, b.id));
+        assert_int_equal(a.id_len, b.id_len);
+        assert_true(same_str(a.rcpt, b.rcpt));
+        assert_int_equal(a.rcpt_len, b.rcpt_len);
+        assert_int_equal(a.code, b.code);
+        assert_true(same_str(a.enhanced, b.enhanced));
+        assert_true(same_str(a.text, b.text));
+        assert_true(same_str(a.campaign, b.campaign));
+        assert_true(a.not_before == b.not_before);
+        assert_true((a.meta == NULL) == (b.meta == NULL));
+        assert_int_equal(a.types, b.types);
+    }
+    assert_true((a.req == NULL) == (b.req == NULL));
+    if (a.req)
+        assert_true(json_equal(a.req, b.req));
+    request_free(&a);
+    request_free(&b);
+    return ra == 0;
+}
+
+static void test_fast_path_agrees(void **state)
+{
+    (void)state;
+    static const char *const lines[] = {
+        "{\"op\":\"bounce\",\"id\":\"m1\",\"rcpt\":\"u1@d1.example\",\"code\":451,\"enhanced\":\"4.7.1\","
+        "\"text\":\"greylisted\"}",
+        "{\"op\":\"bounce\",\"id\":\"m2\",\"rcpt\":\"u2@d2.example\",\"code\":451,\"enhanced\":\"4.7.1\","
+        "\"text\":\"greylisted\",\"not_before\":1795370400000,\"req\":\"r-1\"}",
+        " { \"op\" : \"bounce\" , \"req\" : 17 , \"id\" : \"a\" , \"rcpt\" : \"a@b\" , \"code\" : 550 } ",
+        "{\"op\":\"bounce\",\"id\":\"x\",\"rcpt\":\"j\xc3\xb6rg@m\xc3\xbcnchen.de\",\"code\":452,"
+        "\"campaign\":\"Sommer \xc3\xa9t\xc3\xa9\",\"text\":\"Postfach voll \xe2\x9c\x89\",\"enhanced\":\"\","
+        "\"meta\":null,\"req\":null}",
+        "{\"op\":\"bounce\",\"id\":\"x\",\"rcpt\":\"a@b\",\"code\":451,\"req\":true,\"unknown\":[1,2]}",
+        "{\"op\":\"bounce\",\"id\":\"x\",\"rcpt\":\"a@b\",\"code\":451,\"meta\":{\"k\":\"v\"}}",
+        "{\"op\":\"bounce\",\"id\":\"x\",\"rcpt\":\"a@b\",\"code\":451,\"text\":\"say \\\"hi\\\"\"}",
+        "{\"op\":\"bounce\",\"id\":\"x\",\"rcpt\":\"a@b\",\"code\":451,\"not_before\":-5}",
+        "{\"op\":\"bounce\",\"id\":\"x\",\"rcpt\":\"a@b\",\"code\":451.0}",
+        "{\"op\":\"bounce\",\"id\":\"x\",\"rcpt\":\"a@b\",\"code\":251}",
+        "{\"op\":\"bounce\",\"id\":\"x\",\"rcpt\":\"a@b\",\"code\":\"451\"}",
+        "{\"op\":\"bounce\",\"id\":\"x\",\"id\":\"y\",\"rcpt\":\"a@b\",\"code\":451}",
+        "{\"op\":\"delivered\",\"id\":\"m1\",\"rcpt\":\"u1@d1.example\",\"req\":false}",
+        "{\"op\":\"delivered\",\"id\":\"m1\",\"rcpt\":\"\"}",
+        "{\"op\":\"cancel\",\"id\":\"m1\"}",
+        "{\"op\":\"get\",\"id\":\"m 1\"}",
+        "{\"op\":\"get\",\"id\":\"a\",\"rcpt\":\"x@y.z\"}",
+        "{\"op\":\"get\",\"rcpt\":\"x@y.z\",\"id\":null}",
+        "{\"op\":\"ping\"}",
+        "{\"op\":\"stats\",\"req\":-0}",
+        "{\"op\":\"subscribe\",\"group\":\"g\"}",
+        "{\"op\":\"classify\",\"code\":550,\"text\":\"no such user\"}",
+        "{\"op\":\"bounse\",\"id\":\"m1\"}",
+        "{\"op\":7}",
+        "[1,2]",
+    };
+    /* Each line, then each cut short and with each byte replaced by one
+     * of a few troublemakers: both paths must agree on every variant. */
+    static const char repl[] = {'"', '\\', '{', '}', ',', ':', ' ', '0', '9', '-', '.', 'e', 'a', 'n', '\x01',
+                                '\x80', '\xc3', '\x7f'};
+    int accepted = 0;
+    for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
+        const char *line = lines[i];
+        size_t len = strlen(line);
+        accepted += check_same(line, len);
+        char *buf = malloc(len + 1);
+        assert_non_null(buf);
+        for (size_t cut = 0; cut < len; cut++)
+            check_same(line, cut);
+        for (size_t at = 0; at < len; at++) {
+            for (size_t k = 0; k < sizeof repl; k++) {
+                memcpy(buf, line, len);
+                buf[at] = repl[k];
+                check_same(buf, len);
+            }
+        }
+        free(buf);
+    }
+    assert_true(accepted >= 8);
+}
+
 int main(void)
 {
     proto_limits_default(&lim);
@@ -749,6 +916,7 @@ int main(void)
         cmocka_unit_test(test_bad_lines),
         cmocka_unit_test(test_json_error_has_column),
         cmocka_unit_test(test_other_ops_valid),
+        cmocka_unit_test(test_recipient_and_domain_ops),
         cmocka_unit_test(test_req_scalars),
         cmocka_unit_test(test_req_echo_on_error),
         cmocka_unit_test(test_limits),
@@ -758,6 +926,7 @@ int main(void)
         cmocka_unit_test(test_reply_ok_layout),
         cmocka_unit_test(test_reply_no_raw_newline),
         cmocka_unit_test(test_reply_error_layout),
+        cmocka_unit_test(test_fast_path_agrees),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

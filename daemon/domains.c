@@ -1,0 +1,739 @@
+/*
+ * Receiving domains (domains.h says what is kept and why).
+ *
+ * Where an entry's domain lives. Every pending retry must know its domain
+ * (firing asks "may this one go now?" for each), and there can be
+ * millions, so each entry carries the domain's number (e->domain, 4
+ * bytes) rather than a name; ENTRY_PLACED says the pace gave the entry its
+ * due time, so it fires when it falls due without asking again.
+ *
+ * The back-off is lazy: when a domain is throttled nothing is moved; each
+ * of its retries that falls due before the end of the back-off is handed
+ * the next place after it (domain_pace_hold), so the held retries leave
+ * in the order they fell due, one pace interval apart, and the work is
+ * one heap update per retry. The ids of the held retries are remembered
+ * (up to a bound) so that a delivered report, which ends the back-off
+ * early, can move them all forward by the time saved.
+ */
+#define _GNU_SOURCE /* memmem, memrchr */
+#include "daemon/domains.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/daemon.h"
+#include "daemon/events.h"
+#include "daemon/firing.h"
+#include "daemon/log.h"
+#include "daemon/ops.h"
+#include "daemon/store.h"
+#include "daemon/strmap.h"
+#include "daemon/xmalloc.h"
+#include "proto/event.h"
+#include "queue/domain.h"
+
+
+#define DOMAINS_MAX (1u << 24)       /* numbers must fit the entry word on any platform */
+#define DOMAIN_IDLE_MS (10 * 60 * 1000) /* forgotten this long after its last report, when nothing names it */
+#define SWEEP_EVERY_MS 60000
+#define TRACK_MAX 8                   /* throttling classes counted per domain */
+#define ALERTS_MAX 8                  /* alerting classes remembered per domain */
+#define HELD_MAX 100000               /* held ids remembered per domain for an early end */
+#define TOP_PENDING 10
+
+struct track {
+    int class_idx;
+    struct domain_window w;
+};
+
+struct alert {
+    int class_idx;
+    int64_t start;    /* the current alert window began (0: none) */
+    uint64_t repeats; /* alerts not raised in it */
+};
+
+struct domain {
+    uint32_t idx;
+    uint32_t refs;    /* entries and requests naming it */
+    uint64_t pending;
+    int64_t last_seen;
+    /* the back-off */
+    int64_t since, until;   /* throttled while now < until */
+    int64_t last_start;     /* the last throttle began (one per window) */
+    uint32_t replies;       /* replies in the window when it began */
+    char tclass[POLICY_NAME_MAX];
+    bool writing;           /* the throttle's write is in flight */
+    struct domain_pace pace;
+    char **held;            /* ids given a place after the back-off */
+    size_t nheld, cap_held;
+    bool held_overflow;     /* more were held than remembered */
+    struct track *track;
+    int ntrack;
+    struct alert *alerts;
+    int nalerts;
+    size_t name_len;
+    char name[];
+};
+
+static struct {
+    struct domain **by_idx; /* [0] unused */
+    uint32_t cap, next;     /* next: the lowest number never used */
+    uint32_t *free_idx;
+    uint32_t nfree, cap_free;
+    struct strmap by_name;
+    size_t count;
+    int64_t last_sweep;
+    bool ready;
+} T;
+
+void domains_init(void)
+{
+    memset(&T, 0, sizeof T);
+    strmap_init(&T.by_name);
+    T.next = 1;
+    T.ready = true;
+}
+
+static void held_clear(struct domain *d)
+{
+    for (size_t i = 0; i < d->nheld; i++)
+        free(d->held[i]);
+    free(d->held);
+    d->held = NULL;
+    d->nheld = d->cap_held = 0;
+    d->held_overflow = false;
+}
+
+static void domain_free(struct domain *d)
+{
+    held_clear(d);
+    free(d->track);
+    free(d->alerts);
+    free(d);
+}
+
+void domains_free(void)
+{
+    if (!T.ready)
+        return;
+    for (uint32_t i = 1; i < T.next && i < T.cap; i++)
+        if (T.by_idx[i])
+            domain_free(T.by_idx[i]);
+    free(T.by_idx);
+    free(T.free_idx);
+    strmap_free(&T.by_name);
+    memset(&T, 0, sizeof T);
+}
+
+static struct domain *get(uint32_t d)
+{
+    return d && d < T.cap ? T.by_idx[d] : NULL;
+}
+
+static void forget(struct domain *d)
+{
+    strmap_del(&T.by_name, d->name);
+    T.by_idx[d->idx] = NULL;
+    if (T.nfree == T.cap_free) {
+        T.cap_free = T.cap_free ? T.cap_free * 2 : 64;
+        T.free_idx = xrealloc(T.free_idx, T.cap_free * sizeof *T.free_idx);
+    }
+    T.free_idx[T.nfree++] = d->idx;
+    T.count--;
+    domain_free(d);
+}
+
+/* Forgets the domains nothing needs any more; at most once a minute, so
+ * the cost is one pass over the table per minute. */
+static void sweep(int64_t now)
+{
+    if (now - T.last_sweep < SWEEP_EVERY_MS)
+        return;
+    T.last_sweep = now;
+    for (uint32_t i = 1; i < T.next && i < T.cap; i++) {
+        struct domain *d = T.by_idx[i];
+        if (d && d->refs == 0 && d->pending == 0 && d->until <= now && !d->writing &&
+            now - d->last_seen >= DOMAIN_IDLE_MS)
+            forget(d);
+    }
+}
+
+/* Lower-cases name into buf (at least 256 bytes); false when the name
+ * cannot be a domain here (empty, too long, a NUL). */
+static bool norm_name(const char *name, size_t len, char *buf)
+{
+    if (len == 0 || len > 255 || memchr(name, '\0', len))
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = name[i];
+        buf[i] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+    }
+    buf[len] = '\0';
+    return true;
+}
+
+uint32_t domains_find(const char *name, size_t len, bool create, int64_t now)
+{
+    char buf[256];
+    if (!T.ready || !norm_name(name, len, buf))
+        return 0;
+    struct domain *d = strmap_get(&T.by_name, buf);
+    if (d) {
+        d->last_seen = now;
+        return d->idx;
+    }
+    if (!create)
+        return 0;
+    sweep(now);
+    uint32_t idx;
+    if (T.nfree) {
+        idx = T.free_idx[--T.nfree];
+    } else {
+        if (T.next >= DOMAINS_MAX) {
+            log_warn("domains: %u domains known, not tracking %s", T.next - 1, buf);
+            return 0;
+        }
+        idx = T.next++;
+    }
+    if (idx >= T.cap) {
+        uint32_t cap = T.cap ? T.cap * 2 : 256;
+        T.by_idx = xrealloc(T.by_idx, cap * sizeof *T.by_idx);
+        memset(T.by_idx + T.cap, 0, (cap - T.cap) * sizeof *T.by_idx);
+        T.cap = cap;
+    }
+    d = xcalloc(1, sizeof *d + len + 1);
+    memcpy(d->name, buf, len + 1);
+    d->name_len = len;
+    d->idx = idx;
+    d->last_seen = now;
+    T.by_idx[idx] = d;
+    strmap_put(&T.by_name, d->name, d);
+    T.count++;
+    return idx;
+}
+
+uint32_t domains_of_rcpt(const char *rcpt, size_t len, bool create, int64_t now)
+{
+    const char *at = rcpt ? memrchr(rcpt, '@', len) : NULL;
+    if (!at)
+        return 0;
+    return domains_find(at + 1, len - (size_t)(at + 1 - rcpt), create, now);
+}
+
+uint32_t domains_of_fragment(const char *fragment, size_t len, int64_t now)
+{
+    /* The fragment is compact JSON that jansson wrote: the member name
+     * appears only as itself (inside a string a quote is escaped), and an
+     * address holds no quote, so its value ends at the next one. */
+    static const char key[] = "\"rcpt\":\"";
+    const char *p = memmem(fragment, len, key, sizeof key - 1);
+    if (!p)
+        return 0;
+    p += sizeof key - 1;
+    const char *end = memchr(p, '"', len - (size_t)(p - fragment));
+    if (!end)
+        return 0;
+    return domains_of_rcpt(p, (size_t)(end - p), true, now);
+}
+
+void domains_ref(uint32_t d)
+{
+    struct domain *dom = get(d);
+    if (dom)
+        dom->refs++;
+}
+
+void domains_unref(uint32_t d)
+{
+    struct domain *dom = get(d);
+    if (dom && dom->refs)
+        dom->refs--;
+}
+
+/* ---- the entry word --------------------------------------------------- */
+
+uint32_t entry_domain(const struct entry *e)
+{
+    return e->domain;
+}
+
+static bool entry_placed(const struct entry *e)
+{
+    return (e->flags & ENTRY_PLACED) != 0;
+}
+
+static void entry_set_placed(struct entry *e, bool placed)
+{
+    if (!e->domain)
+        return;
+    if (placed)
+        e->flags |= ENTRY_PLACED;
+    else
+        e->flags &= (uint8_t)~ENTRY_PLACED;
+}
+
+void entry_set_domain(struct entry *e, uint32_t d)
+{
+    if (e->domain != d) {
+        domains_unref(e->domain);
+        domains_ref(d);
+    }
+    e->domain = d;
+    e->flags &= (uint8_t)~ENTRY_PLACED;
+}
+
+void domains_pending(uint32_t d, int delta)
+{
+    struct domain *dom = get(d);
+    if (!dom)
+        return;
+    if (delta < 0 && dom->pending < (uint64_t)-delta)
+        dom->pending = 0;
+    else
+        dom->pending += (uint64_t)(int64_t)delta;
+}
+
+/* ---- throttling -------------------------------------------------------- */
+
+struct throttle_write {
+    uint32_t d;
+    int64_t since;
+};
+
+static void throttle_done_cb(void *arg, bool ok, long long result)
+{
+    struct throttle_write *w = arg;
+    struct domain *d = get(w->d);
+    if (d && d->since == w->since) {
+        d->writing = false;
+        if (!ok) {
+            /* Not recorded, so not announced: undo it, and let the next
+             * reply over the threshold try again. */
+            log_warn("domains: the throttle of %s could not be written; lifted", d->name);
+            d->until = 0;
+            d->last_start = 0;
+        }
+    }
+    if (ok) {
+        rbd->events_emitted[EV_DOMAIN_THROTTLED]++;
+        events_notify();
+    }
+    domains_unref(w->d);
+    free(w);
+}
+
+static void begin_throttle(struct domain *d, int class_idx, uint32_t replies, int64_t now)
+{
+    const struct policy *p = rbd->policy;
+    d->since = now;
+    d->until = now + p->backoff_ms;
+    d->last_start = now;
+    d->replies = replies;
+    snprintf(d->tclass, sizeof d->tclass, "%s", p->classes[class_idx].name);
+    held_clear(d);
+    log_warn("domains: %s sent %u throttling replies (mostly %s) within %lld ms: backing off for %lld ms", d->name,
+             replies, d->tclass, (long long)p->throttle_window_ms, (long long)p->backoff_ms);
+
+    json_t *extra = json_object();
+    json_object_set_new(extra, "domain", json_string(d->name));
+    json_object_set_new(extra, "class", json_string(d->tclass));
+    json_object_set_new(extra, "until", json_integer(d->until));
+    json_object_set_new(extra, "replies", json_integer(replies));
+    json_object_set_new(extra, "window_ms", json_integer(p->throttle_window_ms));
+    size_t n;
+    char *body = event_body(EV_DOMAIN_THROTTLED, now, NULL, extra, &n);
+    json_decref(extra);
+    char arg[96];
+    snprintf(arg, sizeof arg, "%s,%lld,%lld", d->tclass, (long long)d->until, (long long)d->since);
+    const char *events[1] = {body};
+    struct store_change ch = {
+        .id = "",
+        .id_len = 0,
+        .mode = '-',
+        .op = STORE_OP_THROTTLE,
+        .key = d->name,
+        .arg = arg,
+        .events = events,
+        .nevents = body ? 1 : 0,
+    };
+    struct throttle_write *w = xmalloc(sizeof *w);
+    w->d = d->idx;
+    w->since = d->since;
+    d->writing = true;
+    domains_ref(d->idx);
+    int rc = store_queue(&ch, throttle_done_cb, w);
+    free(body);
+    if (rc != 0)
+        throttle_done_cb(w, false, 0);
+}
+
+static struct track *track_for(struct domain *d, int class_idx)
+{
+    for (int i = 0; i < d->ntrack; i++)
+        if (d->track[i].class_idx == class_idx)
+            return &d->track[i];
+    if (!d->track)
+        d->track = xcalloc(TRACK_MAX, sizeof *d->track);
+    struct track *t;
+    if (d->ntrack < TRACK_MAX) {
+        t = &d->track[d->ntrack++];
+    } else {
+        t = &d->track[TRACK_MAX - 1]; /* more throttling classes than slots: the last is shared */
+        domain_window_clear(&t->w);
+    }
+    t->class_idx = class_idx;
+    return t;
+}
+
+void domains_report(uint32_t di, int class_idx, int64_t now)
+{
+    const struct policy *p = rbd->policy;
+    struct domain *d = get(di);
+    if (!d || class_idx < 0 || class_idx >= p->nclasses || !p->classes[class_idx].throttles)
+        return;
+    d->last_seen = now;
+    domain_window_add(&track_for(d, class_idx)->w, p->throttle_window_ms, now, 1);
+    if (d->until > now || d->writing)
+        return;
+    /* One throttle per window: 1000 replies in a minute are one event. */
+    if (d->last_start && now - d->last_start < p->throttle_window_ms)
+        return;
+    uint32_t sum = 0, most = 0;
+    int top = class_idx;
+    for (int i = 0; i < d->ntrack; i++) {
+        uint32_t c = domain_window_count(&d->track[i].w, p->throttle_window_ms, now);
+        sum += c;
+        if (c > most) {
+            most = c;
+            top = d->track[i].class_idx;
+        }
+    }
+    if (sum >= (uint32_t)p->throttle_replies)
+        begin_throttle(d, top, sum, now);
+}
+
+static void unthrottle_done_cb(void *arg, bool ok, long long result)
+{
+    if (!ok)
+        log_warn("domains: the end of a throttle could not be written; Redis keeps it until it runs out");
+}
+
+struct shift_ctx {
+    uint32_t d;
+    int64_t old_until, delta;
+};
+
+static bool entry_held_by(const struct entry *e, const struct shift_ctx *s)
+{
+    return entry_domain(e) == s->d && entry_placed(e) && e->state == ENTRY_PENDING && entry_scheduled(e) &&
+           !(e->flags & ENTRY_BUSY) && e->node.due_ms >= s->old_until;
+}
+
+static void shift_one(struct entry *e, void *arg)
+{
+    const struct shift_ctx *s = arg;
+    if (entry_held_by(e, s))
+        sched_set_due(rbd->sched, e, e->node.due_ms - s->delta);
+}
+
+void domains_delivered(uint32_t di, int64_t now)
+{
+    struct domain *d = get(di);
+    if (!d)
+        return;
+    d->last_seen = now;
+    if (d->until <= now)
+        return;
+    struct shift_ctx s = {di, d->until, d->until - now};
+    d->until = now;
+    domain_pace_shift(&d->pace, s.delta);
+    if (d->held_overflow) {
+        sched_foreach(rbd->sched, shift_one, &s);
+    } else {
+        for (size_t i = 0; i < d->nheld; i++) {
+            struct entry *e = sched_find(rbd->sched, d->held[i], strlen(d->held[i]));
+            if (e)
+                shift_one(e, &s);
+        }
+    }
+    log_info("domains: %s delivers again: back-off ended %lld ms early, %zu held retries moved up", d->name,
+             (long long)s.delta, d->nheld);
+    held_clear(d);
+    struct store_change ch = {.id = "", .id_len = 0, .mode = '-', .op = STORE_OP_UNTHROTTLE, .key = d->name};
+    if (store_queue(&ch, unthrottle_done_cb, NULL) != 0)
+        unthrottle_done_cb(NULL, false, 0);
+    firing_kick();
+}
+
+/* ---- sender alerts ----------------------------------------------------- */
+
+static struct alert *alert_for(struct domain *d, int class_idx)
+{
+    for (int i = 0; i < d->nalerts; i++)
+        if (d->alerts[i].class_idx == class_idx)
+            return &d->alerts[i];
+    if (!d->alerts)
+        d->alerts = xcalloc(ALERTS_MAX, sizeof *d->alerts);
+    struct alert *a;
+    if (d->nalerts < ALERTS_MAX) {
+        a = &d->alerts[d->nalerts++];
+    } else {
+        a = &d->alerts[0]; /* the oldest window gives way */
+        for (int i = 1; i < ALERTS_MAX; i++)
+            if (d->alerts[i].start < a->start)
+                a = &d->alerts[i];
+    }
+    memset(a, 0, sizeof *a);
+    a->class_idx = class_idx;
+    return a;
+}
+
+bool domains_alert_claim(uint32_t di, int class_idx, int64_t now, uint64_t *repeats)
+{
+    struct domain *d = get(di);
+    int64_t window = rbd->policy->alert_window_ms;
+    *repeats = 0;
+    if (!d || window <= 0)
+        return true;
+    struct alert *a = alert_for(d, class_idx);
+    if (a->start == 0 || now - a->start >= window || now < a->start) {
+        *repeats = a->repeats;
+        a->start = now;
+        a->repeats = 0;
+        return true;
+    }
+    a->repeats++;
+    return false;
+}
+
+void domains_alert_unclaim(uint32_t di, int class_idx, uint64_t repeats)
+{
+    struct domain *d = get(di);
+    if (!d)
+        return;
+    for (int i = 0; i < d->nalerts; i++) {
+        if (d->alerts[i].class_idx == class_idx) {
+            d->alerts[i].start = 0;
+            d->alerts[i].repeats += repeats;
+            return;
+        }
+    }
+}
+
+/* ---- firing ------------------------------------------------------------ */
+
+static int64_t pace_interval_us(void)
+{
+    int per_second = rbd->policy->pace_per_second;
+    if (per_second <= 0)
+        return 0;
+    int64_t iv = 1000000 / per_second;
+    return iv > 0 ? iv : 1;
+}
+
+int64_t domains_pace_entry(struct entry *e, int64_t now)
+{
+    struct domain *d = get(entry_domain(e));
+    if (!d)
+        return 0;
+    int64_t interval = pace_interval_us();
+    if (d->until > now) {
+        int64_t at = domain_pace_hold(&d->pace, d->until, interval);
+        if (d->nheld < HELD_MAX) {
+            if (d->nheld == d->cap_held) {
+                d->cap_held = d->cap_held ? d->cap_held * 2 : 64;
+                d->held = xrealloc(d->held, d->cap_held * sizeof *d->held);
+            }
+            d->held[d->nheld++] = xstrndup(e->id, e->id_len);
+        } else {
+            d->held_overflow = true;
+        }
+        entry_set_placed(e, true);
+        return at;
+    }
+    if (d->nheld || d->held_overflow)
+        held_clear(d); /* the back-off is over: nothing to move up any more */
+    if (entry_placed(e)) {
+        entry_set_placed(e, false);
+        return 0;
+    }
+    int64_t at = domain_pace_take(&d->pace, now, interval, rbd->policy->pace_burst);
+    if (at)
+        entry_set_placed(e, true);
+    return at;
+}
+
+/* ---- loading the throttles --------------------------------------------- */
+
+static void (*load_done)(void);
+
+static void ignore_reply_cb(void *arg, redisReply *reply)
+{
+}
+
+static void load_reply_cb(void *arg, redisReply *reply)
+{
+    if (!reply || reply->type != REDIS_REPLY_ARRAY) {
+        log_warn("load: reading the domain throttles failed (%s); will retry when Redis is back",
+                 reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "no reply");
+        return; /* firing_load runs again on reconnect */
+    }
+    int64_t now = now_ms();
+    size_t honoured = 0;
+    for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+        redisReply *k = reply->element[i], *v = reply->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        char cls[POLICY_NAME_MAX];
+        long long until, since;
+        char val[128];
+        snprintf(val, sizeof val, "%.*s", (int)v->len, v->str);
+        if (sscanf(val, "%31[a-z0-9_],%lld,%lld", cls, &until, &since) != 3 || until <= now) {
+            const char *argv[] = {"HDEL", rbd->key_domains, k->str};
+            size_t lens[] = {4, strlen(rbd->key_domains), k->len};
+            store_command(3, argv, lens, ignore_reply_cb, NULL);
+            continue;
+        }
+        struct domain *d = get(domains_find(k->str, k->len, true, now));
+        if (!d)
+            continue;
+        d->until = until;
+        d->since = since;
+        d->last_start = since;
+        snprintf(d->tclass, sizeof d->tclass, "%s", cls);
+        honoured++;
+        log_info("load: %s is backed off until %lld (%s)", d->name, until, cls);
+    }
+    if (honoured)
+        log_info("load: %zu domain throttles honoured", honoured);
+    void (*done)(void) = load_done;
+    load_done = NULL;
+    if (done)
+        done();
+}
+
+void domains_load(void (*done)(void))
+{
+    load_done = done;
+    const char *argv[] = {"HGETALL", rbd->key_domains};
+    size_t lens[] = {7, strlen(rbd->key_domains)};
+    if (store_command(2, argv, lens, load_reply_cb, NULL) != 0)
+        log_warn("load: Redis went away; will resume when it is back");
+}
+
+void domains_policy_changed(void)
+{
+    /* Windows and alert slots are kept per class number, which a reload
+     * may change: they start over (soft state). */
+    for (uint32_t i = 1; i < T.next && i < T.cap; i++) {
+        struct domain *d = T.by_idx[i];
+        if (!d)
+            continue;
+        free(d->track);
+        free(d->alerts);
+        d->track = NULL;
+        d->alerts = NULL;
+        d->ntrack = d->nalerts = 0;
+    }
+}
+
+/* ---- reports ----------------------------------------------------------- */
+
+/* held: the retries given a place after the back-off, while it lasts. */
+static json_t *throttle_json(const struct domain *d, json_t *o, bool held)
+{
+    json_object_set_new(o, "class", json_string(d->tclass));
+    json_object_set_new(o, "since", json_integer(d->since));
+    json_object_set_new(o, "until", json_integer(d->until));
+    if (held)
+        json_object_set_new(o, "held", json_integer((json_int_t)d->nheld));
+    return o;
+}
+
+json_t *domains_stats_json(int64_t now)
+{
+    json_t *o = json_object();
+    json_t *throttled = json_array();
+    struct domain *top[TOP_PENDING];
+    int ntop = 0;
+    for (uint32_t i = 1; i < T.next && i < T.cap; i++) {
+        struct domain *d = T.by_idx[i];
+        if (!d)
+            continue;
+        if (d->until > now) {
+            json_t *t = json_object();
+            json_object_set_new(t, "domain", json_string(d->name));
+            json_array_append_new(throttled, throttle_json(d, t, true));
+        }
+        if (d->pending == 0)
+            continue;
+        /* insertion into a sorted top list: TOP_PENDING is small */
+        int k;
+        if (ntop < TOP_PENDING)
+            k = ntop++;
+        else if (top[TOP_PENDING - 1]->pending < d->pending)
+            k = TOP_PENDING - 1;
+        else
+            continue;
+        while (k > 0 && top[k - 1]->pending < d->pending) {
+            top[k] = top[k - 1];
+            k--;
+        }
+        top[k] = d;
+    }
+    json_t *arr = json_array();
+    for (int i = 0; i < ntop; i++)
+        json_array_append_new(arr, json_pack("{sssI}", "domain", top[i]->name, "pending", (json_int_t)top[i]->pending));
+    json_object_set_new(o, "known", json_integer((json_int_t)T.count));
+    json_object_set_new(o, "throttled", throttled);
+    json_object_set_new(o, "top_pending", arr);
+    return o;
+}
+
+json_t *domains_json(const char *name, size_t len, int64_t now)
+{
+    char buf[256];
+    json_t *o = json_object();
+    if (!norm_name(name, len, buf)) {
+        json_object_set_new(o, "domain", json_stringn(name, len));
+        json_object_set_new(o, "known", json_false());
+        return o;
+    }
+    json_object_set_new(o, "domain", json_string(buf));
+    struct domain *d = T.ready ? strmap_get(&T.by_name, buf) : NULL;
+    json_object_set_new(o, "known", json_boolean(d != NULL));
+    json_object_set_new(o, "pending", json_integer(d ? (json_int_t)d->pending : 0));
+    json_object_set_new(o, "throttled", json_boolean(d && d->until > now));
+    if (!d)
+        return o;
+    const struct policy *p = rbd->policy;
+    if (d->since) {
+        json_t *t = throttle_json(d, json_object(), d->until > now);
+        json_object_set_new(t, "replies", json_integer(d->replies));
+        json_object_set_new(o, d->until > now ? "throttle" : "last_throttle", t);
+    }
+    if (domain_pace_backlogged(&d->pace, now))
+        json_object_set_new(o, "paced_until", json_integer((d->pace.tat_us + 999) / 1000));
+    json_t *win = json_object();
+    for (int i = 0; i < d->ntrack; i++) {
+        int c = d->track[i].class_idx;
+        if (c >= 0 && c < p->nclasses)
+            json_object_set_new(win, p->classes[c].name,
+                                json_integer(domain_window_count(&d->track[i].w, p->throttle_window_ms, now)));
+    }
+    json_object_set_new(o, "window", win);
+    json_object_set_new(o, "window_ms", json_integer(p->throttle_window_ms));
+    json_object_set_new(o, "threshold", json_integer(p->throttle_replies));
+    json_t *alerts = json_array();
+    for (int i = 0; i < d->nalerts; i++) {
+        const struct alert *a = &d->alerts[i];
+        if (a->start == 0 || a->class_idx < 0 || a->class_idx >= p->nclasses)
+            continue;
+        json_array_append_new(alerts, json_pack("{sssIsI}", "class", p->classes[a->class_idx].name, "since",
+                                                (json_int_t)a->start, "repeats", (json_int_t)a->repeats));
+    }
+    json_object_set_new(o, "alerts", alerts);
+    json_object_set_new(o, "last_seen", json_integer(d->last_seen));
+    return o;
+}

@@ -1,0 +1,87 @@
+/*
+ * Receiving domains: what reboundd knows about each domain it retries
+ * mail to, in memory. Soft state, except the throttles, which are kept in
+ * Redis (<prefix>domains) so that a restart honours them.
+ *
+ * Per domain: the retries pending for it; sliding windows of the replies
+ * of the classes that throttle (rate limits, reputation blocks,
+ * congestion), which back the domain off when they pass the policy's
+ * threshold; the pace at which its retries may leave; and when it last
+ * raised a sender_alert of each class.
+ *
+ * Domains are numbered from 1; an entry of the schedule carries its
+ * domain's number (entry_domain). A domain is forgotten when no entry
+ * names it, it is not throttled, and it has been idle for a while, so the
+ * table holds the domains seen recently, not every domain ever seen.
+ */
+#ifndef REBOUND_DAEMON_DOMAINS_H
+#define REBOUND_DAEMON_DOMAINS_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "queue/sched.h"
+
+void domains_init(void);
+void domains_free(void);
+
+/* The number of the domain of address rcpt (the part after its last '@',
+ * lower-cased), or of the domain name itself with domains_find. With
+ * create, a domain not known yet is added; otherwise 0 when unknown.
+ * 0 also when the name is unusable or the table is full. */
+uint32_t domains_of_rcpt(const char *rcpt, size_t len, bool create, int64_t now);
+uint32_t domains_find(const char *name, size_t len, bool create, int64_t now);
+/* The domain of the recipient in a message record's fragment
+ * ("id":..,"rcpt":"..",...), created if need be; 0 if there is none. */
+uint32_t domains_of_fragment(const char *fragment, size_t len, int64_t now);
+
+/* A reference keeps domain d from being forgotten (a request in flight
+ * holds one). 0 is ignored. */
+void domains_ref(uint32_t d);
+void domains_unref(uint32_t d);
+
+/* The entry's domain (0: none). */
+uint32_t entry_domain(const struct entry *e);
+/* Sets the entry's domain (references counted; 0 clears it) and clears its
+ * place in the domain's pace. Call only while the entry is not counted as
+ * pending (between stats_entry_leave and stats_entry_enter, or while it is
+ * ENTRY_NEW), since the domain's pending count follows those. */
+void entry_set_domain(struct entry *e, uint32_t d);
+
+/* Bookkeeping from stats_entry_enter/leave: delta pending retries. */
+void domains_pending(uint32_t d, int delta);
+
+/* A report of class class_idx from domain d was committed at now: counts it
+ * and, when the domain passes the throttle threshold, backs it off (and
+ * writes the throttle and its domain_throttled event to Redis). */
+void domains_report(uint32_t d, int class_idx, int64_t now);
+/* A delivered report for domain d: ends its back-off early. */
+void domains_delivered(uint32_t d, int64_t now);
+
+/* Whether a sender_alert of class_idx for domain d is raised now: true for
+ * the first in each alert window (the window starts), false for the rest,
+ * which are counted. *repeats is how many were not raised since the last
+ * one that was. domains_alert_unclaim undoes a claim whose write failed. */
+bool domains_alert_claim(uint32_t d, int class_idx, int64_t now, uint64_t *repeats);
+void domains_alert_unclaim(uint32_t d, int class_idx, uint64_t repeats);
+
+/* Firing: the pending entry e falls due at now. Returns 0 when it may fire
+ * now, or the time it must wait for (its domain is backed off, or the
+ * domain's pace is spent); the caller reschedules it there, and it fires
+ * when it falls due again. */
+int64_t domains_pace_entry(struct entry *e, int64_t now);
+
+/* Reads the throttles kept in Redis (at start), then calls done. */
+void domains_load(void (*done)(void));
+/* The policy changed: the windows (counted per class) start over. */
+void domains_policy_changed(void);
+
+/* For stats: {"known":n,"throttled":[..],"top_pending":[..]}. */
+json_t *domains_stats_json(int64_t now);
+/* For the domain op: the state of one domain (name as the client gave
+ * it; it is lower-cased here). */
+json_t *domains_json(const char *name, size_t len, int64_t now);
+
+#endif
