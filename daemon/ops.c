@@ -11,6 +11,7 @@
 #include "daemon/events.h"
 #include "daemon/firing.h"
 #include "daemon/log.h"
+#include "daemon/metrics.h"
 #include "daemon/redis_link.h"
 #include "daemon/store.h"
 #include "daemon/xmalloc.h"
@@ -305,6 +306,7 @@ static void bounce_done_cb(void *arg, bool ok, long long result)
     count_events(op, suppressed);
     domains_report(op->domain, d->class_idx, now_ms());
     const char *cname = rbd->policy->classes[d->class_idx].name;
+    metrics_count_report(cname, suppressed ? (int)ACTION_SUPPRESS : (int)d->action);
     json_t *o;
     bool drop = false;
     if (suppressed) {
