@@ -168,6 +168,14 @@ void conn_shutdown_all(void)
     }
 }
 
+/* Closes a connection whose client has finished sending once every
+ * request it sent is answered and written. */
+static void finish_if_done(struct conn *c)
+{
+    if (!c->closing && c->eof && !c->head && conn_write_backlog(c) == 0)
+        conn_close(c);
+}
+
 static void write_cb(uv_write_t *req, int status)
 {
     struct write_req *w = (struct write_req *)req;
@@ -184,6 +192,7 @@ static void write_cb(uv_write_t *req, int status)
         conn_resume_cb(c);
         if (c->sub)
             events_writable(c);
+        finish_if_done(c);
     }
     conn_unref(c);
 }
@@ -311,7 +320,7 @@ static void conn_resume_cb(struct conn *c)
     if (conn_can_take(c)) {
         conn_ref(c);
         process_lines(c);
-        if (!c->closing && conn_can_take(c) && c->paused) {
+        if (!c->closing && conn_can_take(c) && c->paused && !c->eof) {
             c->paused = false;
             uv_read_start(&c->h.stream, alloc_cb, read_cb);
         }
@@ -330,9 +339,19 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     struct conn *c = stream->data;
+    if (nread == UV_EOF) {
+        /* A half-close (as `nc -N` or a script's shutdown does): the
+         * requests already sent still get their replies. */
+        c->eof = true;
+        uv_read_stop(&c->h.stream);
+        conn_ref(c);
+        process_lines(c);
+        finish_if_done(c);
+        conn_unref(c);
+        return;
+    }
     if (nread < 0) {
-        if (nread != UV_EOF)
-            log_debug("conn: read error: %s", uv_strerror((int)nread));
+        log_debug("conn: read error: %s", uv_strerror((int)nread));
         conn_close(c);
         return;
     }

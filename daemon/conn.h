@@ -39,6 +39,7 @@ struct conn {
     bool closing;        /* uv_close called or about to be */
     bool close_after_flush;
     bool paused;         /* reading stopped for back-pressure */
+    bool eof;            /* the client closed its side: answer what it sent, then close */
     bool authed;
     struct subscriber *sub; /* set once the connection subscribed */
     struct conn *prev, *next; /* all connections */

@@ -4,6 +4,7 @@ req echo, pipelining, the line limit, idempotent bounces, every op, and the
 Unix socket."""
 
 import json
+import socket
 import unittest
 
 from harness import (DEFAULT_POLICY, GREYLIST, OVER_QUOTA, USER_UNKNOWN, DaemonTestCase, bounce, now_ms,
@@ -252,6 +253,29 @@ class ProtocolTest(DaemonTestCase):
         self.assertTrue(c.wait_closed(5), "connection not closed after a too_large line")
         self.assertTrue(self.daemon.running, "reboundd died (exit %s)" % self.daemon.proc.returncode)
         self.assertPing(self.connect(self.daemon))
+
+    def test_half_close_still_gets_every_reply(self):
+        # A client that sends its reports and then shuts down its side (as
+        # `nc -N` or a batch script does) must still get every reply: the
+        # bounces' replies wait for Redis, after the EOF has arrived.
+        lines = [json.dumps({"op": "bounce", "id": "hc-%d" % i, "rcpt": "u%d@example.com" % i,
+                             "code": 451, "enhanced": "4.7.1", "text": "greylisted", "req": i})
+                 for i in range(200)]
+        sock = socket.create_connection(self.daemon.tcp_addr, timeout=10)
+        try:
+            sock.sendall(("\n".join(lines) + "\n").encode())
+            sock.shutdown(socket.SHUT_WR)
+            data = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            sock.close()
+        replies = [json.loads(l) for l in data.decode().splitlines()]
+        self.assertEqual([r.get("req") for r in replies], list(range(200)))
+        self.assertTrue(all(r["ok"] and r["action"] == "retry" for r in replies))
 
     def test_line_too_large_closes_connection(self):
         # a long line that is within the limit is fine
