@@ -358,7 +358,9 @@ static void adapter_closed_cb(void *arg)
  * arena (a few large blocks), freed at once when hiredis frees the root.
  *
  * The objects are ordinary redisReply structs, so callers see no
- * difference. The arena's header sits right before the root object: the
+ * difference. A callback may keep its reply past its return
+ * (redis_link_reply_retain), e.g. to send the next request before working
+ * through a large reply, so that Redis and the daemon work at once. The arena's header sits right before the root object: the
  * root is created first (its read task has no parent), children find it
  * through their tasks' parents, and hiredis only ever frees a root (after
  * the callbacks, or on a protocol error), never a child on its own.
@@ -372,6 +374,7 @@ struct arena_block {
 };
 
 struct reply_arena {
+    int refs;                   /* hiredis's, plus redis_link_reply_retain's */
     char *cur;                  /* next free byte of the current block */
     size_t left;                /* bytes left in it */
     size_t next_size;           /* size of the next block */
@@ -422,6 +425,7 @@ static redisReply *arena_object(const redisReadTask *task, int type, size_t extr
         a->left = size - align8(sizeof *a) - align8(sizeof *r);
         a->next_size = 4096;
         a->blocks = NULL;
+        a->refs = 1;
         *extra_out = extra ? arena_alloc(a, extra) : NULL;
     } else {
         const redisReadTask *root = task;
@@ -489,6 +493,8 @@ static void arena_free(void *root)
     if (!root)
         return;
     struct reply_arena *a = (struct reply_arena *)((char *)root - align8(sizeof *a));
+    if (--a->refs > 0)
+        return; /* retained: redis_link_reply_release frees it */
     struct arena_block *b = a->blocks;
     while (b) {
         struct arena_block *next = b->next;
@@ -496,6 +502,18 @@ static void arena_free(void *root)
         b = next;
     }
     free(a);
+}
+
+redisReply *redis_link_reply_retain(redisReply *reply)
+{
+    struct reply_arena *a = (struct reply_arena *)((char *)reply - align8(sizeof *a));
+    a->refs++;
+    return reply;
+}
+
+void redis_link_reply_release(redisReply *reply)
+{
+    arena_free(reply);
 }
 
 static redisReplyObjectFunctions arena_functions = {

@@ -81,6 +81,18 @@ int redis_link_command(struct redis_link *link, link_reply_cb cb, void *privdata
 int redis_link_script(struct redis_link *link, int script, link_reply_cb cb, void *privdata, int nkeys, int argc,
                       const char **argv, const size_t *argvlen);
 
+/* Keeps a reply that a link_reply_cb was given valid after the callback
+ * returns (the whole reply, elements included; only the reply passed to
+ * the callback, not one of its elements). Returns reply. Each retain needs
+ * one redis_link_reply_release, which frees it once hiredis is done too.
+ * Lets a callback send its next request first and work through a large
+ * reply afterwards (from a uv_check or uv_idle), while Redis prepares the
+ * next one. */
+redisReply *redis_link_reply_retain(redisReply *reply);
+/* Drops one retain of reply, freeing it when nothing holds it any more.
+ * Allowed after the link is closed (a reply does not point into it). */
+void redis_link_reply_release(redisReply *reply);
+
 /* Stops reconnecting, waits (at most timeout_ms) for commands in flight,
  * disconnects, closes every handle, then calls closed_cb. The link is freed
  * after closed_cb returns. */

@@ -113,8 +113,13 @@ static void poll_cb(uv_poll_t *handle, int status, int events)
     if (events & UV_READABLE)
         redisAsyncHandleRead(ac);
     /* The read may have freed the context (EOF, or a callback that freed
-     * it); a->ac says whether it is still there. */
-    if (a->ac == ac && (events & UV_WRITABLE))
+     * it); a->ac says whether it is still there. Commands that the reply
+     * callbacks just sent (the next page of a load, the next read of a
+     * consumer group, the next fire batch) go out now rather than after
+     * another turn of the loop: a->events holds UV_WRITABLE exactly while
+     * hiredis has output waiting, and the socket is almost always
+     * writable (if not, hiredis writes what fits and keeps waiting). */
+    if (a->ac == ac && ((events & UV_WRITABLE) || ((a->events & UV_WRITABLE) && (ac->c.flags & REDIS_CONNECTED))))
         redisAsyncHandleWrite(ac);
 }
 

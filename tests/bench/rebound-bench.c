@@ -124,10 +124,13 @@ static int64_t wall_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+static void check_interrupted(void);
+
 static void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
+    check_interrupted();
 }
 
 static double loadavg1(void)
@@ -175,7 +178,9 @@ static int64_t stop_child(pid_t *pid, int sig, int timeout_ms)
             waitpid(*pid, &st, 0);
             break;
         }
-        sleep_ms(2);
+        /* Not sleep_ms: this runs in cleanup(), also after an interrupt. */
+        struct timespec ts = {0, 2000000L};
+        nanosleep(&ts, NULL);
     }
     *pid = 0;
     return (mono_ns() - t0) / 1000000;
@@ -198,10 +203,19 @@ static void cleanup(void)
     tmpdir[0] = '\0';
 }
 
+/* Set by SIGINT/SIGTERM; every wait checks it and leaves through die(),
+ * whose exit() runs cleanup() and stops the children. */
+static volatile sig_atomic_t interrupted;
+
 static void on_signal(int sig)
 {
-    /* exit() runs cleanup(); good enough for a benchmark tool. */
-    exit(128 + sig);
+    interrupted = sig;
+}
+
+static void check_interrupted(void)
+{
+    if (interrupted)
+        die("interrupted by signal %d", (int)interrupted);
 }
 
 static void make_tmpdir(void)
@@ -1046,6 +1060,7 @@ static bool loop_until(struct run *r, bool (*done)(const struct run *r), int64_t
         if (timeout > 100)
             timeout = 100;
         int n = epoll_wait(r->ep, evs, MAX_CONNS + 1, timeout);
+        check_interrupted();
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
@@ -1217,6 +1232,8 @@ static void ingest(struct run *r, struct result *res)
 static void run_w1(struct result *res)
 {
     struct run *r = calloc(1, sizeof *r);
+    if (!r)
+        die("out of memory");
     long long mem0 = redis_used_memory();
     long long rss0 = proc_status_kib(current_daemon_pid(), "VmRSS");
     double dcpu0 = proc_cpu_s(current_daemon_pid()), rcpu0 = redis_cpu_s();
@@ -1268,9 +1285,11 @@ static void run_w4(struct result *res)
 static void run_fire(struct result *res)
 {
     struct run *r = calloc(1, sizeof *r);
+    if (!r)
+        die("out of memory");
     r->recv_us = calloc((size_t)o.n + 1, sizeof *r->recv_us);
     r->due_ms = calloc((size_t)o.n + 1, sizeof *r->due_ms);
-    if (!r || !r->recv_us || !r->due_ms)
+    if (!r->recv_us || !r->due_ms)
         die("out of memory");
     ingest_open(r);
     struct conn *sc = &r->conns[r->nconns++];
@@ -1310,6 +1329,8 @@ static void run_fire(struct result *res)
     if (r->bad_events)
         fprintf(stderr, "rebound-bench: %lld events that were not this run's retries\n", r->bad_events);
     int64_t *late = malloc(((size_t)o.n + 1) * sizeof *late);
+    if (!late)
+        die("out of memory");
     long long nl = 0;
     int64_t first = INT64_MAX, last = INT64_MIN;
     for (long long i = 1; i <= o.n; i++) {

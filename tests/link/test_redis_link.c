@@ -8,7 +8,8 @@
  *      a wrong password never becomes READY and says why.
  *   2. commands and scripts round-trip (binary-safe); after SCRIPT FLUSH
  *      script calls still work through the EVAL fallback, each callback
- *      called once with the final reply.
+ *      called once with the final reply; a nested, large reply is intact,
+ *      and stays so after its callback when retained.
  *   3. SIGKILL with commands in flight: each callback gets NULL exactly
  *      once, with the link already down inside the callback; restart:
  *      READY again.
@@ -223,6 +224,19 @@ struct rec {
     void (*closed_cb)(void *);
     void *closed_arg;
 };
+
+/* Keeps the whole reply (redis_link_reply_retain) for checks after the
+ * callback; the caller releases it. */
+static void keep_cb(struct redis_link *link, redisReply *reply, void *privdata)
+{
+    redisReply **out = privdata;
+    *out = reply ? redis_link_reply_retain(reply) : NULL;
+}
+
+static bool kept(const void *arg)
+{
+    return *(redisReply *const *)arg != NULL;
+}
 
 static void rec_cb(struct redis_link *link, redisReply *reply, void *privdata)
 {
@@ -550,6 +564,48 @@ int main(void)
         CHECK(strstr(r.str, "BOOM") != NULL);
         CHECK_INT(command_calls(a, "eval"), 3);
         CHECK_INT(redis_link_inflight(a), 0);
+
+        /* Reply trees (built in the link's own arena): nesting, nil, an
+         * empty array, a status, a string larger than an arena block, and
+         * thousands of elements, all intact after the callback returned
+         * (retained), and after later replies came and went. */
+        const char *tree[] = {"EVAL",
+                              "local t = {} for i = 1, 5000 do t[i] = 'v' .. i end "
+                              "return {1, {'a', false, {}}, string.rep('x', 70000), redis.status_reply('OK'), t}",
+                              "0"};
+        redisReply *kept_reply = NULL;
+        CHECK_INT(redis_link_command(a, keep_cb, &kept_reply, 3, tree, NULL), 0);
+        CHECK(run_until(kept, &kept_reply, 3000));
+        CHECK_STR(call(a, 2, get).str, "a");
+        redisReply *t = kept_reply;
+        if (t && t->type == REDIS_REPLY_ARRAY && t->elements == 5) {
+            CHECK_INT(t->element[0]->type, REDIS_REPLY_INTEGER);
+            CHECK_INT(t->element[0]->integer, 1);
+            redisReply *in = t->element[1];
+            CHECK_INT(in->type, REDIS_REPLY_ARRAY);
+            CHECK_INT(in->elements, 3);
+            CHECK_STR(in->element[0]->str, "a");
+            CHECK_INT(in->element[1]->type, REDIS_REPLY_NIL);
+            CHECK_INT(in->element[2]->type, REDIS_REPLY_ARRAY);
+            CHECK_INT(in->element[2]->elements, 0);
+            CHECK_INT(t->element[2]->len, 70000);
+            CHECK(t->element[2]->str[0] == 'x' && t->element[2]->str[69999] == 'x' &&
+                  t->element[2]->str[70000] == '\0');
+            CHECK_INT(t->element[3]->type, REDIS_REPLY_STATUS);
+            CHECK_STR(t->element[3]->str, "OK");
+            CHECK_INT(t->element[4]->elements, 5000);
+            int wrong = 0;
+            for (size_t i = 0; i < t->element[4]->elements; i++) {
+                char want[32];
+                snprintf(want, sizeof want, "v%zu", i + 1);
+                wrong += strcmp(t->element[4]->element[i]->str, want) != 0;
+            }
+            CHECK_INT(wrong, 0);
+        } else {
+            CHECK(!"the reply tree has the wrong shape");
+        }
+        if (kept_reply)
+            redis_link_reply_release(kept_reply);
 
         /* Refused without a callback: bad script index, nkeys > argc, the subscribe family. */
         struct rec never;
