@@ -30,12 +30,14 @@ struct write_req {
 };
 
 static struct conn *all_conns;
+static struct conn *dirty_conns;
 static bool reading_stopped_all;
 static bool reading_held; /* conn_hold_reading */
 
 static void conn_resume_cb(struct conn *c);
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void write_out(struct conn *c);
 
 void conn_ref(struct conn *c)
 {
@@ -53,6 +55,9 @@ static void conn_release(struct conn *c)
         free(s);
         s = n;
     }
+    for (size_t i = 0; i < c->nout; i++)
+        free(c->out[i].base);
+    free(c->out);
     frame_free(&c->in);
     free(c);
 }
@@ -102,7 +107,7 @@ void conn_stop_reading_all(void)
 
 size_t conn_write_backlog(const struct conn *c)
 {
-    return c->h.stream.write_queue_size;
+    return c->h.stream.write_queue_size + c->out_bytes;
 }
 
 void conn_hold_reading(bool hold)
@@ -154,6 +159,7 @@ void conn_shutdown_all(void)
         next = c->next;
         if (c->closing)
             continue;
+        write_out(c); /* the half-close goes behind every reply */
         uv_shutdown_t *req = xmalloc(sizeof *req);
         req->data = c;
         conn_ref(c);
@@ -215,25 +221,59 @@ static void write_bufs(struct conn *c, uv_buf_t *bufs, size_t n)
     }
 }
 
+/* Queues a line (malloc'd, ownership passes) for the next output flush. */
+static void out_push(struct conn *c, char *data, size_t len)
+{
+    if (c->nout == c->capout) {
+        c->capout = c->capout ? c->capout * 2 : 16;
+        c->out = xrealloc(c->out, c->capout * sizeof *c->out);
+    }
+    c->out[c->nout++] = uv_buf_init(data, (unsigned)len);
+    c->out_bytes += len;
+    if (!c->dirty) {
+        c->dirty = true;
+        conn_ref(c); /* the dirty list holds a reference */
+        c->dirty_next = dirty_conns;
+        dirty_conns = c;
+    }
+}
+
+static void write_out(struct conn *c)
+{
+    if (c->nout == 0 || c->closing)
+        return;
+    size_t n = c->nout;
+    uv_buf_t *bufs = c->out;
+    c->out = NULL;
+    c->nout = c->capout = 0;
+    c->out_bytes = 0;
+    write_bufs(c, bufs, n);
+    free(bufs);
+}
+
+void conn_flush_output(void)
+{
+    while (dirty_conns) {
+        struct conn *c = dirty_conns;
+        dirty_conns = c->dirty_next;
+        c->dirty = false;
+        c->dirty_next = NULL;
+        write_out(c);
+        conn_unref(c);
+    }
+}
+
 static void flush_ready(struct conn *c)
 {
-    uv_buf_t bufs[64];
-    size_t n = 0;
     while (c->head && c->head->ready) {
         struct slot *s = c->head;
         c->head = s->next;
         if (!c->head)
             c->tail = NULL;
-        bufs[n++] = uv_buf_init(s->data, (unsigned)s->len);
+        out_push(c, s->data, s->len);
         free(s);
         c->unanswered--;
-        if (n == 64) {
-            write_bufs(c, bufs, n);
-            n = 0;
-        }
     }
-    if (n)
-        write_bufs(c, bufs, n);
 }
 
 struct slot *conn_slot(struct conn *c)
@@ -271,8 +311,7 @@ int conn_send_event(struct conn *c, char *line, size_t len)
         free(line);
         return -1;
     }
-    uv_buf_t b = uv_buf_init(line, (unsigned)len);
-    write_bufs(c, &b, 1);
+    out_push(c, line, len);
     return 0;
 }
 

@@ -40,6 +40,10 @@ struct conn {
     bool close_after_flush;
     bool paused;         /* reading stopped for back-pressure */
     bool eof;            /* the client closed its side: answer what it sent, then close */
+    uv_buf_t *out;       /* lines ready to send, written once per loop turn */
+    size_t nout, capout, out_bytes;
+    struct conn *dirty_next; /* on the list of connections with output */
+    bool dirty;
     bool authed;
     struct subscriber *sub; /* set once the connection subscribed */
     struct conn *prev, *next; /* all connections */
@@ -58,6 +62,10 @@ void conn_reply(struct conn *c, struct slot *s, char *line, size_t len);
 int conn_send_event(struct conn *c, char *line, size_t len);
 /* Bytes queued for writing and not yet sent. */
 size_t conn_write_backlog(const struct conn *c);
+/* Writes out what every connection has ready: one write per connection per
+ * loop turn, however many replies and events a turn produced. Called once
+ * per loop turn, before the loop waits for I/O. */
+void conn_flush_output(void);
 
 void conn_ref(struct conn *c);
 void conn_unref(struct conn *c);

@@ -195,6 +195,7 @@ static void on_link_state(struct redis_link *link, bool up, void *arg)
 static void flush_cb(uv_prepare_t *p)
 {
     store_flush();
+    conn_flush_output();
 }
 
 static bool same_class_layout(const struct policy *old, const struct policy *next)
@@ -265,6 +266,7 @@ static void close_if_open(uv_handle_t *h)
  * the loop ends and uv_loop_close can succeed. */
 static void close_own_handles(void)
 {
+    conn_flush_output(); /* releases what the closed connections still held */
     close_if_open((uv_handle_t *)&flush_prepare);
     close_if_open((uv_handle_t *)&drain_timer);
     close_if_open((uv_handle_t *)&status_timer);
@@ -324,7 +326,6 @@ static void begin_shutdown(void)
     server_stop();
     conn_stop_reading_all();
     firing_stop();
-    uv_prepare_stop(&flush_prepare);
     drain_deadline = now_ms() + rbd->cfg.redis_timeout_ms;
     uv_timer_start(&drain_timer, drain_timer_cb, 10, 10);
 }
