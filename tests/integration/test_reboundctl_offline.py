@@ -416,6 +416,11 @@ class AgainstAStandIn(unittest.TestCase):
         p = run(["-s", self.srv.addr, "stats"], env={"REBOUND_TOKEN": "wrong"})
         self.assertEqual(p.returncode, 1)
         self.assertIn(b"wrong token", p.stderr)
+        # The stand-in records a request on its own thread: give it a moment
+        # on a loaded machine.
+        deadline = time.monotonic() + 5
+        while len(self.srv.ops("auth")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
         self.assertEqual([r["op"] for r in self.srv.requests], ["auth", "stats", "auth"])
 
     def test_send_pipelines_stdin(self):
