@@ -223,7 +223,32 @@ class RespConnection:
 
 # ---------------------------------------------------------------------------
 
-class RedisServer:
+class _ChildInTempDir:
+    """A child process with its own temporary directory and log file: the
+    shared part of RedisServer and Daemon (subclasses set dir, log_path and
+    kill9)."""
+
+    def read_log(self, missing):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return missing
+
+    def cleanup(self):
+        self.kill9()
+        if not KEEP_LOGS:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
+        return False
+
+
+class RedisServer(_ChildInTempDir):
     """A redis-server on 127.0.0.1:<free port> in its own temp directory.
     With appendonly=True it writes an AOF (fsync every second), so restart()
     on the same port and directory brings the data back."""
@@ -330,23 +355,8 @@ class RedisServer:
         return self._conn.pipeline(commands)
 
     def log_tail(self, n=40):
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return "".join(f.readlines()[-n:])
-        except OSError:
-            return "(no redis log)"
+        return "".join(self.read_log("(no redis log)").splitlines(keepends=True)[-n:])
 
-    def cleanup(self):
-        self.kill9()
-        if not KEEP_LOGS:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.cleanup()
-        return False
 
 
 # ---------------------------------------------------------------------------
@@ -363,7 +373,7 @@ class DaemonError(Exception):
     pass
 
 
-class Daemon:
+class Daemon(_ChildInTempDir):
     """reboundd listening on 127.0.0.1:<free port> and on a Unix socket in
     its own temp directory, talking to `redis`. stderr goes to a log file
     (see log_text(); DaemonTestCase prints it when a test fails)."""
@@ -451,23 +461,8 @@ class Daemon:
         return Client(self.unix_path if unix else self.tcp_addr, timeout=timeout)
 
     def log_text(self):
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return f.read()
-        except OSError:
-            return "(no reboundd log)"
+        return self.read_log("(no reboundd log)")
 
-    def cleanup(self):
-        self.kill9()
-        if not KEEP_LOGS:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.cleanup()
-        return False
 
 
 # ---------------------------------------------------------------------------
