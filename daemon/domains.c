@@ -221,22 +221,6 @@ uint32_t domains_of_rcpt(const char *rcpt, size_t len, bool create, int64_t now)
     return domains_find(at + 1, len - (size_t)(at + 1 - rcpt), create, now);
 }
 
-uint32_t domains_of_fragment(const char *fragment, size_t len, int64_t now)
-{
-    /* The fragment is compact JSON that jansson wrote: the member name
-     * appears only as itself (inside a string a quote is escaped), and an
-     * address holds no quote, so its value ends at the next one. */
-    static const char key[] = "\"rcpt\":\"";
-    const char *p = memmem(fragment, len, key, sizeof key - 1);
-    if (!p)
-        return 0;
-    p += sizeof key - 1;
-    const char *end = memchr(p, '"', len - (size_t)(p - fragment));
-    if (!end)
-        return 0;
-    return domains_of_rcpt(p, (size_t)(end - p), true, now);
-}
-
 void domains_ref(uint32_t d)
 {
     struct domain *dom = get(d);

@@ -33,9 +33,6 @@ void domains_free(void);
  * 0 also when the name is unusable or the table is full. */
 uint32_t domains_of_rcpt(const char *rcpt, size_t len, bool create, int64_t now);
 uint32_t domains_find(const char *name, size_t len, bool create, int64_t now);
-/* The domain of the recipient in a message record's fragment
- * ("id":..,"rcpt":"..",...), created if need be; 0 if there is none. */
-uint32_t domains_of_fragment(const char *fragment, size_t len, int64_t now);
 
 /* A reference keeps domain d from being forgotten (a request in flight
  * holds one). 0 is ignored. */

@@ -219,7 +219,7 @@ static int class_for(const char *name, size_t len)
 static void entry_from_record(struct entry *e, const struct record *rec, int64_t awaiting)
 {
     stats_entry_leave(e);
-    entry_set_domain(e, domains_of_fragment(rec->fragment, rec->fragment_len, now_ms()));
+    entry_set_domain(e, domains_of_rcpt(rec->rcpt, rec->rcpt_len, true, now_ms()));
     e->class_idx = (uint8_t)class_for(rec->class_name, rec->class_len);
     e->attempt = (uint16_t)rec->attempt;
     e->first_ms = rec->first_ms;

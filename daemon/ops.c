@@ -172,7 +172,6 @@ static void bounce_run(struct job *op, struct entry *e)
 
     size_t flen;
     char *frag = event_msg_fragment(r->id, r->rcpt, r->campaign, r->meta, &flen);
-    char header[128], hist[160];
     char *events[3];
     int nev = 0;
 
@@ -215,7 +214,6 @@ static void bounce_run(struct job *op, struct entry *e)
     json_decref(extra);
     op->nevents = nev;
 
-    snprintf(hist, sizeof hist, "[%lld,%d,\"%s\",\"%s\"]", (long long)now, op->cls.code, op->cls.enhanced, cname);
     /* The recipient's side (apply.lua): a suppressed address overrides
      * the decision, and a soft bounce counts toward its streak. */
     char barg[STORE_BOUNCE_ARG_MAX];
@@ -233,12 +231,14 @@ static void bounce_run(struct job *op, struct entry *e)
         .nevents = nev,
     };
     if (d->action == ACTION_RETRY) {
-        snprintf(header, sizeof header, "P%lld,%d,%s,%lld", (long long)d->retry_at, d->attempt, cname,
-                 (long long)d->first_ms);
         ch.mode = 'S';
-        ch.header = header;
-        ch.fragment = frag;
-        ch.hist_item = hist;
+        ch.rec.due_ms = d->retry_at;
+        ch.rec.first_ms = d->first_ms;
+        ch.rec.attempt = d->attempt;
+        ch.rec.class_name = cname;
+        ch.rec.at_ms = now;
+        ch.rec.code = op->cls.code;
+        ch.rec.enhanced = op->cls.enhanced;
     } else {
         ch.mode = e ? 'D' : '-';
     }

@@ -1,3 +1,4 @@
+#define _GNU_SOURCE /* memmem */
 #include "daemon/store.h"
 
 #include <stdio.h>
@@ -184,9 +185,16 @@ int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
     size_t id_arg = b->nargs;
     batch_arg(b, ch->id, ch->id_len);
     batch_arg_str(b, mode);
-    batch_arg_str(b, ch->header);
+    char header[128] = "", hist[160] = "";
+    if (ch->mode == 'S') {
+        snprintf(header, sizeof header, "P%lld,%d,%s,%lld", (long long)ch->rec.due_ms, ch->rec.attempt,
+                 ch->rec.class_name, (long long)ch->rec.first_ms);
+        snprintf(hist, sizeof hist, "[%lld,%d,\"%s\",\"%s\"]", (long long)ch->rec.at_ms, ch->rec.code,
+                 ch->rec.enhanced, ch->rec.class_name);
+    }
+    batch_arg_str(b, header);
     batch_arg_str(b, ch->fragment);
-    batch_arg_str(b, ch->hist_item);
+    batch_arg_str(b, hist);
     batch_arg_str(b, op);
     batch_arg_str(b, ch->key);
     batch_arg_str(b, ch->arg);
@@ -395,6 +403,14 @@ int record_parse(const char *rec, size_t len, struct record *out)
         return -1;
     out->fragment = p;
     out->fragment_len = (size_t)(nl - p);
+    /* The fragment is compact JSON that jansson wrote: the member name
+     * appears only as itself (inside a string a quote is escaped), and an
+     * address holds no unescaped quote, so its value ends at the next one. */
+    static const char key[] = "\"rcpt\":\"";
+    const char *r = memmem(p, out->fragment_len, key, sizeof key - 1);
+    const char *rend = r ? memchr(r + sizeof key - 1, '"', (size_t)(nl - r - (sizeof key - 1))) : NULL;
+    out->rcpt = rend ? r + sizeof key - 1 : "";
+    out->rcpt_len = rend ? (size_t)(rend - out->rcpt) : 0;
     out->history = nl + 1;
     out->history_len = (size_t)(end - nl - 1);
     return 0;

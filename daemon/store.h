@@ -54,9 +54,16 @@ struct store_change {
     const char *id;         /* "" for a change about no message */
     size_t id_len;
     char mode;              /* 'S' set, 'D' delete, '-' events only */
-    const char *header;     /* 'S' */
     const char *fragment;   /* 'S', and STORE_OP_BOUNCE (for a suppress event) */
-    const char *hist_item;  /* 'S': one JSON array appended to the history */
+    /* 'S': the pending retry, and the bounce that is appended to the history */
+    struct {
+        int64_t due_ms, first_ms;
+        int attempt;
+        const char *class_name;
+        int64_t at_ms; /* the bounce */
+        int code;
+        const char *enhanced;
+    } rec;
     enum store_op op;
     const char *key;        /* the op's address or domain */
     const char *arg;        /* the op's arguments */
@@ -112,6 +119,8 @@ struct record {
     size_t class_len;
     const char *fragment;
     size_t fragment_len;
+    const char *rcpt; /* the recipient, as in the fragment (JSON-escaped) */
+    size_t rcpt_len;
     const char *history;
     size_t history_len;
 };
