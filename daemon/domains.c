@@ -561,7 +561,7 @@ static void load_reply_cb(void *arg, redisReply *reply)
     if (!reply || reply->type != REDIS_REPLY_ARRAY) {
         log_warn("load: reading the domain throttles failed (%s); will retry when Redis is back",
                  reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "no reply");
-        return; /* firing_load runs again on reconnect */
+        return; /* schedule_load runs again on reconnect */
     }
     int64_t now = now_ms();
     size_t honoured = 0;

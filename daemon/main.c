@@ -28,6 +28,7 @@
 #include "daemon/daemon.h"
 #include "daemon/events.h"
 #include "daemon/firing.h"
+#include "daemon/load.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
 #include "daemon/notify.h"
@@ -184,10 +185,10 @@ static void on_link_state(struct redis_link *link, bool up, void *arg)
         return;
     rbd->redis_connects++;
     if (!rbd->loaded) {
-        firing_load(load_done_cb);
+        schedule_load(load_done_cb);
         return;
     }
-    firing_resync();
+    schedule_resync();
     firing_kick();
     events_link_up();
 }
@@ -211,7 +212,7 @@ static bool same_class_layout(const struct policy *old, const struct policy *nex
 static void policy_swap(struct policy *p)
 {
     struct policy *old = rbd->policy;
-    firing_remap_classes(old, p);
+    schedule_remap_classes(old, p);
     rbd->policy = p;
     policy_free(old);
 }

@@ -92,7 +92,7 @@ int store_queue(const struct store_change *ch, store_done_cb done, void *arg);
 /* Sends the current batch, if any. Called once per loop turn. */
 void store_flush(void);
 
-/* Remembers an id whose write got no answer, for firing_resync. */
+/* Remembers an id whose write got no answer, for schedule_resync. */
 void store_mark_in_doubt(const char *id, size_t id_len);
 /* Calls fn for each id in doubt and forgets them. */
 void store_take_in_doubt(void (*fn)(const char *id, void *arg), void *arg);
