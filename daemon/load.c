@@ -9,6 +9,7 @@
 #include "daemon/firing.h"
 #include "daemon/log.h"
 #include "daemon/ops.h"
+#include "daemon/record.h"
 #include "daemon/store.h"
 #include "daemon/xmalloc.h"
 #include "queue/policy.h"

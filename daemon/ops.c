@@ -12,6 +12,7 @@
 #include "daemon/firing.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
+#include "daemon/record.h"
 #include "daemon/redis_link.h"
 #include "daemon/store.h"
 #include "daemon/xmalloc.h"
@@ -522,31 +523,6 @@ static void suppressed_run(struct job *op)
 
 /* ---- get ------------------------------------------------------------- */
 
-static json_t *history_json(const char *text, size_t len)
-{
-    json_t *arr = json_loadb(text, len, 0, NULL);
-    json_t *out = json_array();
-    size_t i;
-    json_t *item;
-    if (!json_is_array(arr)) {
-        json_decref(arr);
-        return out;
-    }
-    json_array_foreach(arr, i, item)
-    {
-        json_t *h = json_object();
-        json_object_set(h, "at", json_array_get(item, 0));
-        json_object_set(h, "code", json_array_get(item, 1));
-        const char *enh = json_string_value(json_array_get(item, 2));
-        if (enh && enh[0])
-            json_object_set(h, "enhanced", json_array_get(item, 2));
-        json_object_set(h, "class", json_array_get(item, 3));
-        json_array_append_new(out, h);
-    }
-    json_decref(arr);
-    return out;
-}
-
 /* The recipient part of get: its streak, and whether it is suppressed. */
 static json_t *recipient_json(redisReply *streak, redisReply *supp, redisReply *addr)
 {
@@ -621,23 +597,7 @@ static void get_reply_cb(void *arg, redisReply *reply)
         json_decref(rcpt);
         reply_err(op->conn, op->slot, op->req.req, ERR_INTERNAL, "the stored record is malformed");
     } else {
-        /* The fragment is a list of members; braces make it an object. */
-        size_t flen = rec.fragment_len + 2;
-        char *fobj = xmalloc(flen + 1);
-        fobj[0] = '{';
-        memcpy(fobj + 1, rec.fragment, rec.fragment_len);
-        fobj[flen - 1] = '}';
-        fobj[flen] = '\0';
-        json_t *o = json_loadb(fobj, flen, 0, NULL);
-        free(fobj);
-        if (!o)
-            o = json_object();
-        json_object_set_new(o, "state", json_string(rec.state == 'P' ? "pending" : "awaiting"));
-        json_object_set_new(o, "class", json_stringn(rec.class_name, rec.class_len));
-        json_object_set_new(o, "attempt", json_integer(rec.attempt));
-        json_object_set_new(o, "first_at", json_integer(rec.first_ms));
-        json_object_set_new(o, "due_at", json_integer(rec.due_ms));
-        json_object_set_new(o, "history", history_json(rec.history, rec.history_len));
+        json_t *o = record_json(&rec, op->req.id, op->req.id_len);
         if (rcpt)
             json_object_set_new(o, "recipient", rcpt);
         reply_obj(op->conn, op->slot, op->req.req, o);

@@ -8,23 +8,39 @@
 #include "daemon/daemon.h"
 #include "daemon/domains.h"
 #include "daemon/log.h"
+#include "daemon/record.h"
 #include "daemon/redis_link.h"
 #include "daemon/strmap.h"
 #include "daemon/xmalloc.h"
 
-/* Argument strings live in one arena per batch, addressed by offset so the
- * arena can grow. */
+/* A list of argument strings, addressed by offset into the batch's arena
+ * so the arena can grow. */
+struct args {
+    size_t *off, *len;
+    size_t n, cap;
+};
+
+/*
+ * A batch has two sections of arguments: fresh records (id, record pairs,
+ * and the lower-cased recipients on one line each) that the script writes
+ * with one HSET, and general changes, one by one. Fresh records go first,
+ * so a change may join the fresh section only while no general change is
+ * queued: the script then applies the changes in the order they came.
+ */
 struct batch {
     char *arena;
     size_t arena_len, arena_cap;
-    size_t *off, *len;
-    size_t nargs, cap_args;
+    struct args head, fresh, general;
+    char *rcpts; /* the fresh section's recipients, '\n' after each */
+    size_t rcpts_len, rcpts_cap;
     struct {
         store_done_cb cb;
         void *arg;
-        size_t id_arg; /* index of the change's id among the arguments */
+        bool fresh;  /* in the fresh section */
+        size_t at;   /* its index in its section (fresh: the pair) */
+        size_t id;   /* index of its id among its section's arguments */
     } *waiters;
-    size_t nwaiters, cap_waiters;
+    size_t nwaiters, cap_waiters, nfresh;
 };
 
 static struct batch *current;
@@ -42,40 +58,65 @@ static struct batch *batch_new(void)
     return b;
 }
 
+static void args_free(struct args *a)
+{
+    free(a->off);
+    free(a->len);
+}
+
 static void batch_free(struct batch *b)
 {
     if (!b)
         return;
     free(b->arena);
-    free(b->off);
-    free(b->len);
+    args_free(&b->head);
+    args_free(&b->fresh);
+    args_free(&b->general);
+    free(b->rcpts);
     free(b->waiters);
     free(b);
 }
 
-static void batch_arg(struct batch *b, const char *s, size_t n)
+static void grow(char **buf, size_t *cap, size_t need)
 {
-    if (b->nargs == b->cap_args) {
-        b->cap_args = b->cap_args ? b->cap_args * 2 : 64;
-        b->off = xrealloc(b->off, b->cap_args * sizeof *b->off);
-        b->len = xrealloc(b->len, b->cap_args * sizeof *b->len);
-    }
-    if (b->arena_len + n > b->arena_cap) {
-        while (b->arena_len + n > b->arena_cap)
-            b->arena_cap = b->arena_cap ? b->arena_cap * 2 : 4096;
-        b->arena = xrealloc(b->arena, b->arena_cap);
-    }
-    if (n)
-        memcpy(b->arena + b->arena_len, s, n);
-    b->off[b->nargs] = b->arena_len;
-    b->len[b->nargs] = n;
-    b->arena_len += n;
-    b->nargs++;
+    if (need <= *cap)
+        return;
+    while (need > *cap)
+        *cap = *cap ? *cap * 2 : 4096;
+    *buf = xrealloc(*buf, *cap);
 }
 
-static void batch_arg_str(struct batch *b, const char *s)
+static void batch_arg(struct batch *b, struct args *a, const char *s, size_t n)
 {
-    batch_arg(b, s ? s : "", s ? strlen(s) : 0);
+    if (a->n == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 64;
+        a->off = xrealloc(a->off, a->cap * sizeof *a->off);
+        a->len = xrealloc(a->len, a->cap * sizeof *a->len);
+    }
+    grow(&b->arena, &b->arena_cap, b->arena_len + n);
+    if (n)
+        memcpy(b->arena + b->arena_len, s, n);
+    a->off[a->n] = b->arena_len;
+    a->len[a->n] = n;
+    b->arena_len += n;
+    a->n++;
+}
+
+static void batch_arg_str(struct batch *b, struct args *a, const char *s)
+{
+    batch_arg(b, a, s ? s : "", s ? strlen(s) : 0);
+}
+
+static size_t batch_nargs(const struct batch *b)
+{
+    return b->head.n + b->fresh.n + (b->nfresh ? 1 : 0) + b->general.n;
+}
+
+static void batch_fail(struct batch *b)
+{
+    for (size_t i = 0; i < b->nwaiters; i++)
+        b->waiters[i].cb(b->waiters[i].arg, false, 0);
+    batch_free(b);
 }
 
 static char *make_key(const char *name)
@@ -103,7 +144,7 @@ void store_mark_in_doubt(const char *id, size_t id_len)
         return;
     memcpy(buf, id, id_len);
     buf[id_len] = '\0';
-    strmap_put(&in_doubt, buf, NULL);
+    strmap_put(&in_doubt, buf, &in_doubt); /* any value but NULL */
 }
 
 struct take_ctx {
@@ -139,9 +180,7 @@ void store_free(void)
     struct batch *b = current;
     current = NULL;
     if (b) {
-        for (size_t i = 0; i < b->nwaiters; i++)
-            b->waiters[i].cb(b->waiters[i].arg, false, 0);
-        batch_free(b);
+        batch_fail(b);
     }
     free(rbd->key_rcpts);
     free(rbd->key_supp);
@@ -154,62 +193,123 @@ bool store_ready(void)
     return rbd->link && redis_link_ready(rbd->link);
 }
 
+static bool in_doubt_has(const char *id, size_t id_len)
+{
+    char buf[256];
+    if (in_doubt.count == 0 || id_len >= sizeof buf)
+        return false;
+    memcpy(buf, id, id_len);
+    buf[id_len] = '\0';
+    return strmap_get(&in_doubt, buf) != NULL;
+}
+
+/* A message's first retry in a class that does not count toward the
+ * streak, raising no event: all the script has to do, unless the
+ * recipient is suppressed, is write the record. A record may exist only
+ * for an id whose last write is in doubt. */
+static bool is_fresh(const struct batch *b, const struct store_change *ch)
+{
+    return b->general.n == 0 && ch->mode == 'S' && ch->op == STORE_OP_BOUNCE && ch->nevents == 0 &&
+           ch->rec.attempt == 1 && ch->arg && ch->arg[0] == 'R' && ch->arg[1] == '-' && ch->key && ch->key[0] &&
+           !in_doubt_has(ch->id, ch->id_len);
+}
+
+static void batch_open(void)
+{
+    const struct policy *p = rbd->policy;
+    struct batch *b = current = batch_new();
+    char num[32];
+    batch_arg_str(b, &b->head, rbd->key_msgs);
+    batch_arg_str(b, &b->head, rbd->key_events);
+    batch_arg_str(b, &b->head, rbd->key_rcpts);
+    batch_arg_str(b, &b->head, rbd->key_supp);
+    batch_arg_str(b, &b->head, rbd->key_domains);
+    snprintf(num, sizeof num, "%lld", rbd->cfg.stream_maxlen);
+    batch_arg_str(b, &b->head, num);
+    /* The streak rules of the policy in force when the batch opened. */
+    snprintf(num, sizeof num, "%d", p->streak_campaigns);
+    batch_arg_str(b, &b->head, num);
+    snprintf(num, sizeof num, "%lld", (long long)p->chronic_span_ms);
+    batch_arg_str(b, &b->head, num);
+    snprintf(num, sizeof num, "%d", p->chronic_attempts);
+    batch_arg_str(b, &b->head, num);
+}
+
+static void queue_fresh(struct batch *b, const struct store_change *ch, const char *who, size_t who_len)
+{
+    char rec[RECORD_HEADER_MAX + 1 + 256 + 1 + RECORD_ITEM_MAX];
+    size_t n = record_header(rec, 'P', ch->rec.due_ms, ch->rec.attempt, ch->rec.class_name, ch->rec.first_ms);
+    rec[n++] = '\n';
+    if (who_len > 256) /* record_who gives the bare form only for a plain recipient: at most 254 bytes */
+        who_len = 256;
+    memcpy(rec + n, who, who_len);
+    n += who_len;
+    rec[n++] = '\n';
+    n += record_item(rec + n, ch->rec.at_ms, ch->rec.first_ms, ch->rec.code, ch->rec.enhanced, ch->rec.class_name);
+    batch_arg(b, &b->fresh, ch->id, ch->id_len);
+    batch_arg(b, &b->fresh, rec, n);
+    size_t rlen = strlen(ch->key);
+    grow(&b->rcpts, &b->rcpts_cap, b->rcpts_len + rlen + 1);
+    for (size_t i = 0; i < rlen; i++) {
+        char c = ch->key[i];
+        b->rcpts[b->rcpts_len++] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+    }
+    b->rcpts[b->rcpts_len++] = '\n';
+}
+
+static void queue_general(struct batch *b, const struct store_change *ch, const char *who, size_t who_len)
+{
+    char mode[2] = {ch->mode, '\0'};
+    char op[2] = {(char)ch->op, '\0'};
+    char nev[16], header[RECORD_HEADER_MAX] = "", item[RECORD_ITEM_MAX] = "";
+    size_t hn = 0, in = 0;
+    if (ch->mode == 'S') {
+        hn = record_header(header, 'P', ch->rec.due_ms, ch->rec.attempt, ch->rec.class_name, ch->rec.first_ms);
+        in = record_item(item, ch->rec.at_ms, ch->rec.first_ms, ch->rec.code, ch->rec.enhanced, ch->rec.class_name);
+    }
+    snprintf(nev, sizeof nev, "%d", ch->nevents);
+    batch_arg(b, &b->general, ch->id, ch->id_len);
+    batch_arg_str(b, &b->general, mode);
+    batch_arg(b, &b->general, header, hn);
+    batch_arg(b, &b->general, who, who_len);
+    batch_arg(b, &b->general, item, in);
+    batch_arg_str(b, &b->general, op);
+    batch_arg_str(b, &b->general, ch->key);
+    batch_arg_str(b, &b->general, ch->arg);
+    batch_arg_str(b, &b->general, nev);
+    for (int i = 0; i < ch->nevents; i++)
+        batch_arg_str(b, &b->general, ch->events[i]);
+}
+
 int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
 {
     if (!store_ready())
         return -1;
-    if (!current) {
-        const struct policy *p = rbd->policy;
-        char num[32];
-        current = batch_new();
-        batch_arg_str(current, rbd->key_msgs);
-        batch_arg_str(current, rbd->key_events);
-        batch_arg_str(current, rbd->key_rcpts);
-        batch_arg_str(current, rbd->key_supp);
-        batch_arg_str(current, rbd->key_domains);
-        snprintf(num, sizeof num, "%lld", rbd->cfg.stream_maxlen);
-        batch_arg_str(current, num);
-        /* The streak rules of the policy in force when the batch opened. */
-        snprintf(num, sizeof num, "%d", p->streak_campaigns);
-        batch_arg_str(current, num);
-        snprintf(num, sizeof num, "%lld", (long long)p->chronic_span_ms);
-        batch_arg_str(current, num);
-        snprintf(num, sizeof num, "%d", p->chronic_attempts);
-        batch_arg_str(current, num);
-    }
+    if (!current)
+        batch_open();
     struct batch *b = current;
-    char mode[2] = {ch->mode, '\0'};
-    char op[2] = {(char)ch->op, '\0'};
-    char nev[16];
-    snprintf(nev, sizeof nev, "%d", ch->nevents);
-    size_t id_arg = b->nargs;
-    batch_arg(b, ch->id, ch->id_len);
-    batch_arg_str(b, mode);
-    char header[128] = "", hist[160] = "";
-    if (ch->mode == 'S') {
-        snprintf(header, sizeof header, "P%lld,%d,%s,%lld", (long long)ch->rec.due_ms, ch->rec.attempt,
-                 ch->rec.class_name, (long long)ch->rec.first_ms);
-        snprintf(hist, sizeof hist, "[%lld,%d,\"%s\",\"%s\"]", (long long)ch->rec.at_ms, ch->rec.code,
-                 ch->rec.enhanced, ch->rec.class_name);
-    }
-    batch_arg_str(b, header);
-    batch_arg_str(b, ch->fragment);
-    batch_arg_str(b, hist);
-    batch_arg_str(b, op);
-    batch_arg_str(b, ch->key);
-    batch_arg_str(b, ch->arg);
-    batch_arg_str(b, nev);
-    for (int i = 0; i < ch->nevents; i++)
-        batch_arg_str(b, ch->events[i]);
+    const char *who = "";
+    size_t who_len = 0;
+    if (ch->fragment)
+        record_who(ch->id, ch->id_len, ch->op == STORE_OP_BOUNCE ? ch->key : NULL, ch->fragment, &who, &who_len);
     if (b->nwaiters == b->cap_waiters) {
         b->cap_waiters = b->cap_waiters ? b->cap_waiters * 2 : 32;
         b->waiters = xrealloc(b->waiters, b->cap_waiters * sizeof *b->waiters);
     }
-    b->waiters[b->nwaiters].cb = done;
-    b->waiters[b->nwaiters].arg = arg;
-    b->waiters[b->nwaiters].id_arg = id_arg;
-    b->nwaiters++;
-    if (b->nargs >= BATCH_MAX_ARGS)
+    __typeof__(b->waiters[0]) *w = &b->waiters[b->nwaiters++];
+    w->cb = done;
+    w->arg = arg;
+    w->fresh = is_fresh(b, ch) && who[0] != '"';
+    if (w->fresh) {
+        w->at = b->nfresh++;
+        w->id = b->fresh.n;
+        queue_fresh(b, ch, who, who_len);
+    } else {
+        w->at = b->nwaiters - 1 - b->nfresh;
+        w->id = b->general.n;
+        queue_general(b, ch, who, who_len);
+    }
+    if (batch_nargs(b) >= BATCH_MAX_ARGS)
         store_flush();
     return 0;
 }
@@ -223,15 +323,17 @@ static void batch_reply_cb(struct redis_link *link, redisReply *reply, void *pri
     if (!reply) {
         /* The connection dropped: Redis may have applied the batch. */
         for (size_t i = 0; i < b->nwaiters; i++) {
-            size_t a = b->waiters[i].id_arg;
-            if (b->len[a] > 0)
-                store_mark_in_doubt(b->arena + b->off[a], b->len[a]);
+            const struct args *a = b->waiters[i].fresh ? &b->fresh : &b->general;
+            size_t k = b->waiters[i].id;
+            if (a->len[k] > 0)
+                store_mark_in_doubt(b->arena + a->off[k], a->len[k]);
         }
     }
     for (size_t i = 0; i < b->nwaiters; i++) {
         long long result = 0;
-        if (ok && reply->element[i]->type == REDIS_REPLY_INTEGER)
-            result = reply->element[i]->integer;
+        size_t r = b->waiters[i].fresh ? b->waiters[i].at : b->nfresh + b->waiters[i].at;
+        if (ok && reply->element[r]->type == REDIS_REPLY_INTEGER)
+            result = reply->element[r]->integer;
         b->waiters[i].cb(b->waiters[i].arg, ok, result);
     }
     batch_free(b);
@@ -244,21 +346,36 @@ void store_flush(void)
         return;
     current = NULL;
     if (!store_ready()) {
-        for (size_t i = 0; i < b->nwaiters; i++)
-            b->waiters[i].cb(b->waiters[i].arg, false, 0);
-        batch_free(b);
+        batch_fail(b);
         return;
     }
-    const char **argv = xmalloc(b->nargs * sizeof *argv);
-    for (size_t i = 0; i < b->nargs; i++)
-        argv[i] = b->arena + b->off[i];
-    int rc = redis_link_script(rbd->link, SCRIPT_APPLY, batch_reply_cb, b, APPLY_NKEYS, (int)b->nargs, argv, b->len);
-    free(argv);
-    if (rc != 0) {
-        for (size_t i = 0; i < b->nwaiters; i++)
-            b->waiters[i].cb(b->waiters[i].arg, false, 0);
-        batch_free(b);
+    /* ARGV: the head, the number of fresh records, their id and record
+     * pairs and recipients (when there are any), then general changes. */
+    char nfresh[32];
+    snprintf(nfresh, sizeof nfresh, "%zu", b->nfresh);
+    size_t argc = batch_nargs(b) + 1, k = 0;
+    const char **argv = xmalloc(argc * sizeof *argv);
+    size_t *lens = xmalloc(argc * sizeof *lens);
+    const struct args *parts[] = {&b->head, &b->fresh, &b->general};
+    for (int p = 0; p < 3; p++) {
+        if (p == 1) {
+            argv[k] = nfresh;
+            lens[k++] = strlen(nfresh);
+        }
+        for (size_t i = 0; i < parts[p]->n; i++) {
+            argv[k] = b->arena + parts[p]->off[i];
+            lens[k++] = parts[p]->len[i];
+        }
+        if (p == 1 && b->nfresh) {
+            argv[k] = b->rcpts;
+            lens[k++] = b->rcpts_len;
+        }
     }
+    int rc = redis_link_script(rbd->link, SCRIPT_APPLY, batch_reply_cb, b, APPLY_NKEYS, (int)argc, argv, lens);
+    free(argv);
+    free(lens);
+    if (rc != 0)
+        batch_fail(b);
 }
 
 struct reply_ctx {
@@ -358,76 +475,4 @@ void store_bounce_arg(char *buf, char action, bool counts, int64_t now, int code
     else
         snprintf(buf, STORE_BOUNCE_ARG_MAX, "%c%c,%lld,%d,%d,%s,%s,m%.*s", action, counts ? 'c' : '-',
                  (long long)now, code, attempt, class_name, enhanced ? enhanced : "", (int)id_len, id);
-}
-
-static int parse_i64(const char **p, const char *end, char stop, int64_t *out)
-{
-    int64_t v = 0;
-    const char *s = *p;
-    if (s >= end || *s < '0' || *s > '9')
-        return -1;
-    while (s < end && *s >= '0' && *s <= '9') {
-        if (v > (INT64_MAX - 9) / 10)
-            return -1;
-        v = v * 10 + (*s - '0');
-        s++;
-    }
-    if (s >= end || *s != stop)
-        return -1;
-    *p = s + 1;
-    *out = v;
-    return 0;
-}
-
-int record_parse(const char *rec, size_t len, struct record *out)
-{
-    const char *p = rec, *end = rec + len;
-    if (len < 2 || (rec[0] != 'P' && rec[0] != 'A'))
-        return -1;
-    out->state = rec[0];
-    p++;
-    int64_t attempt;
-    if (parse_i64(&p, end, ',', &out->due_ms) || parse_i64(&p, end, ',', &attempt) || attempt > 65535)
-        return -1;
-    out->attempt = (int)attempt;
-    const char *comma = memchr(p, ',', (size_t)(end - p));
-    if (!comma || comma == p)
-        return -1;
-    out->class_name = p;
-    out->class_len = (size_t)(comma - p);
-    p = comma + 1;
-    if (parse_i64(&p, end, '\n', &out->first_ms))
-        return -1;
-    const char *nl = memchr(p, '\n', (size_t)(end - p));
-    if (!nl)
-        return -1;
-    out->fragment = p;
-    out->fragment_len = (size_t)(nl - p);
-    /* The fragment is compact JSON that jansson wrote: the member name
-     * appears only as itself (inside a string a quote is escaped), and an
-     * address holds no unescaped quote, so its value ends at the next one. */
-    static const char key[] = "\"rcpt\":\"";
-    const char *r = memmem(p, out->fragment_len, key, sizeof key - 1);
-    const char *rend = r ? memchr(r + sizeof key - 1, '"', (size_t)(nl - r - (sizeof key - 1))) : NULL;
-    out->rcpt = rend ? r + sizeof key - 1 : "";
-    out->rcpt_len = rend ? (size_t)(rend - out->rcpt) : 0;
-    out->history = nl + 1;
-    out->history_len = (size_t)(end - nl - 1);
-    return 0;
-}
-
-int rcpt_record_parse(const char *rec, size_t len, struct rcpt_record *out)
-{
-    const char *p = rec, *end = rec + len;
-    if (parse_i64(&p, end, ',', &out->streak) || parse_i64(&p, end, ',', &out->first_ms) ||
-        parse_i64(&p, end, ',', &out->last_ms) || parse_i64(&p, end, ',', &out->soft))
-        return -1;
-    const char *comma = memchr(p, ',', (size_t)(end - p));
-    if (!comma)
-        return -1;
-    out->classes = p;
-    out->classes_len = (size_t)(comma - p);
-    out->campaign = comma + 1;
-    out->campaign_len = (size_t)(end - comma - 1);
-    return 0;
 }

@@ -2,11 +2,8 @@
  * The Redis store: what reboundd keeps in Redis and how it gets there.
  *
  * Keys (under the configured prefix, "rebound:" by default):
- *   <prefix>msg     hash, one field per known message id; the value is the
- *                   record "<S><due>,<attempt>,<class>,<first>\n<fragment>\n<history>"
- *                   where S is 'P' (retry pending) or 'A' (retry fired,
- *                   awaiting the outcome), fragment is the message's JSON
- *                   members for events, history a JSON array of bounces.
+ *   <prefix>msg     hash, one field per known message id; the value is its
+ *                   record (daemon/record.h says the format).
  *   <prefix>events  stream, the durable outbox of events (field "e").
  *   <prefix>rcpt    hash, one field per address (lower case) that soft-
  *                   bounced in a class counting toward the streak: its
@@ -20,7 +17,10 @@
  *
  * Writes that a client reply depends on are gathered into one batch per
  * loop turn and applied by one EVALSHA of scripts/apply.lua, so a burst of
- * reports costs a few round trips, not one each.
+ * reports costs a few round trips, not one each. The common change, the
+ * first retry of a message in a class that does not count toward the
+ * recipient's streak, goes as a whole record in a section of its own that
+ * the script writes with one HSET.
  */
 #ifndef REBOUND_DAEMON_STORE_H
 #define REBOUND_DAEMON_STORE_H
@@ -109,32 +109,5 @@ int store_get_with_rcpt(const char *id, size_t id_len, const char *rcpt, store_r
 /* Runs any command (argv form). */
 int store_command(int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg);
 
-/* Parsed form of a record's header. Returns 0 or -1 if malformed. The
- * pointers point into rec. */
-struct record {
-    char state; /* 'P' or 'A' */
-    int64_t due_ms, first_ms;
-    int attempt;
-    const char *class_name;
-    size_t class_len;
-    const char *fragment;
-    size_t fragment_len;
-    const char *rcpt; /* the recipient, as in the fragment (JSON-escaped) */
-    size_t rcpt_len;
-    const char *history;
-    size_t history_len;
-};
-int record_parse(const char *rec, size_t len, struct record *out);
-
-/* Parsed form of a recipient's streak record (scripts/apply.lua); the
- * pointers point into rec. Returns 0 or -1 if malformed. */
-struct rcpt_record {
-    int64_t streak, first_ms, last_ms, soft;
-    const char *classes; /* "a|b" */
-    size_t classes_len;
-    const char *campaign; /* "c<campaign>" or "m<message id>" */
-    size_t campaign_len;
-};
-int rcpt_record_parse(const char *rec, size_t len, struct rcpt_record *out);
 
 #endif

@@ -2,6 +2,7 @@
 -- atomic step (the daemon acknowledges a report only after this ran).
 --
 -- KEYS[1]  the message hash: field = message id, value = record
+--          (daemon/record.h says the format)
 -- KEYS[2]  the event stream
 -- KEYS[3]  the recipient hash: field = address (lower case), value =
 --          "<streak>,<first>,<last>,<soft>,<classes>,<campaign>": campaigns
@@ -14,9 +15,14 @@
 -- ARGV[1]  approximate maximum length of the stream
 -- ARGV[2]  campaigns in a row that suppress; ARGV[3] chronic span (ms);
 -- ARGV[4]  soft bounces that, over the chronic span, suppress
--- then, per change: id, mode, header, fragment, history item, op, key,
+-- ARGV[5]  f, the number of fresh records: first retries, in a class that
+--          does not count toward the streak, raising no event, for ids
+--          that have no record; then f pairs: id, record; then, when f > 0,
+--          their recipients in lower case, each followed by "\n". A fresh
+--          record is written as it is, unless its recipient is suppressed
+-- then, per change: id, mode, header, who, history item, op, key,
 -- argument, n, event 1..n
---   mode "S": set the record to header \n fragment \n history, where the
+--   mode "S": set the record to header \n who \n history, where the
 --             history is the old one with the new item appended
 --   mode "D": delete the record
 --   mode "-": leave the record alone (events only)
@@ -31,14 +37,14 @@
 --   op "U":   unsuppress `key` (and forget its streak)
 --   op "T":   a domain throttle: domain `key` is backed off (argument)
 --   op "E":   the throttle of domain `key` ended
--- Returns one integer per change: for "B" 0 (as decided), 1 (suppressed
--- now: chronic_soft), 2 (was suppressed already); for "R" and "U" 1 when a
--- suppression was lifted, else 0; 0 otherwise.
+-- Returns one integer per fresh record, then per change: for "B" and a
+-- fresh record 0 (as decided), 1 (suppressed now: chronic_soft), 2 (was
+-- suppressed already); for "R" and "U" 1 when a suppression was lifted,
+-- else 0; 0 otherwise.
 local msgs, stream, rcpts, supp, doms = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local maxlen = ARGV[1]
 local need, span, chronic_n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
-local i = 5
 -- Most reports are retries in classes that do not count, for addresses
 -- that are not suppressed: they cost one lookup, or none while nothing is
 -- suppressed at all.
@@ -48,16 +54,93 @@ local function emit(body)
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', body)
 end
 
--- The recipient named in a message record's fragment, or ''.
+-- A message's members for events, from the who line of its record: the
+-- members themselves, or the recipient alone of a plain id.
+local function members(id, who)
+  if string.byte(who, 1) == 34 then return who end
+  return '"id":"' .. id .. '","rcpt":"' .. who .. '"'
+end
+
+-- The recipient named in a message's record, or ''.
 local function rcpt_of(id)
   local rec = redis.call('HGET', msgs, id)
   if not rec then return '' end
   local a = string.find(rec, '\n', 1, true)
   local b = a and string.find(rec, '\n', a + 1, true)
   if not b then return '' end
-  local ok, o = pcall(cjson.decode, '{' .. string.sub(rec, a + 1, b - 1) .. '}')
+  local who = string.sub(rec, a + 1, b - 1)
+  if string.byte(who, 1) ~= 34 then return who end
+  local ok, o = pcall(cjson.decode, '{' .. who .. '}')
   if ok and type(o) == 'table' and type(o.rcpt) == 'string' then return o.rcpt end
   return ''
+end
+
+-- A history whose times are relative to ofirst (or, written by an earlier
+-- version, a JSON array with epoch times), made relative to nfirst.
+local function rebase(hist, ofirst, nfirst)
+  local parts = {}
+  if string.byte(hist, 1) == 91 then
+    local ok, arr = pcall(cjson.decode, hist)
+    if ok and type(arr) == 'table' then
+      for _, it in ipairs(arr) do
+        parts[#parts + 1] = string.format('%d,%d,%s,%s', it[1] - nfirst, it[2], it[3] or '', it[4] or '')
+      end
+    end
+  else
+    for at, rest in string.gmatch(hist, '(%-?%d+)(,[^;]*)') do
+      parts[#parts + 1] = string.format('%d', tonumber(at) + ofirst - nfirst) .. rest
+    end
+  end
+  return table.concat(parts, ';')
+end
+
+-- The suppress event of a fresh record whose recipient is suppressed.
+local function suppressed_fresh(id, rec)
+  local class, first, who, code, enh =
+    string.match(rec, '^P%-?%d+,%d+,([%w_]+),(%d+)\n([^\n]*)\n%-?%d+,(%d+),([%d.]*),')
+  if not class then return end
+  emit('{"type":"suppress","at":' .. first .. ',' .. members(id, who) .. ',"class":"' .. class ..
+    '","attempt":0,"code":' .. code .. (enh ~= '' and (',"enhanced":"' .. enh .. '"') or '') ..
+    ',"reason":"suppressed"}')
+end
+
+-- Fresh records: one HSET for all, unless a recipient is suppressed.
+local nfresh = tonumber(ARGV[5])
+local i = 6
+if nfresh > 0 then
+  local last = 5 + 2 * nfresh
+  local blocked = nil
+  if any_suppressed then
+    local addrs = {}
+    for a in string.gmatch(ARGV[last + 1], '([^\n]*)\n') do addrs[#addrs + 1] = a end
+    for a = 1, #addrs, 4000 do
+      local got = redis.call('HMGET', supp, unpack(addrs, a, math.min(a + 3999, #addrs)))
+      for k = 1, #got do
+        if got[k] then
+          blocked = blocked or {}
+          blocked[a + k - 1] = true
+        end
+      end
+    end
+  end
+  if not blocked then
+    for a = 6, last, 4000 do
+      redis.call('HSET', msgs, unpack(ARGV, a, math.min(a + 3999, last)))
+    end
+    for k = 1, nfresh do out[k] = 0 end
+  else
+    for k = 1, nfresh do
+      local id, rec = ARGV[4 + 2 * k], ARGV[5 + 2 * k]
+      if blocked[k] then
+        suppressed_fresh(id, rec)
+        out[k] = 2
+      else
+        redis.call('HSET', msgs, id, rec)
+        out[k] = 0
+      end
+    end
+  end
+  i = last + 2
 end
 
 -- Counts a soft bounce toward the address's streak; returns true when the
@@ -87,7 +170,7 @@ local function count_soft(addr, action, now, class, campaign)
 end
 
 while i <= #ARGV do
-  local id, mode, header, frag, item = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local id, mode, header, who, item = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local op, key, arg = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
   local n = tonumber(ARGV[i + 8])
   local result, skip_first, extra = 0, false, nil
@@ -119,7 +202,7 @@ while i <= #ARGV do
         if mode ~= '-' then redis.call('HDEL', msgs, id) end
         mode = '-'
         skip_first = action ~= 'R'
-        extra = '{"type":"suppress","at":' .. now .. ',' .. frag .. ',"class":"' .. class .. '","attempt":' ..
+        extra = '{"type":"suppress","at":' .. now .. ',' .. members(id, who) .. ',"class":"' .. class .. '","attempt":' ..
           attempt .. ',"code":' .. code .. (enh ~= '' and (',"enhanced":"' .. enh .. '"') or '') ..
           ',"reason":"' .. reason .. '"}'
       end
@@ -139,17 +222,22 @@ while i <= #ARGV do
   end
 
   if mode == 'S' then
-    local hist = '[' .. item .. ']'
+    local hist = item
     local old = redis.call('HGET', msgs, id)
     if old then
       local a = string.find(old, '\n', 1, true)
       local b = a and string.find(old, '\n', a + 1, true)
-      if b then
+      if b and b < #old then
         local oh = string.sub(old, b + 1)
-        if #oh > 2 then hist = string.sub(oh, 1, -2) .. ',' .. item .. ']' end
+        local ofirst = string.match(string.sub(old, 1, a - 1), ',(%d+)$')
+        local nfirst = string.match(header, ',(%d+)$')
+        if ofirst ~= nfirst or string.byte(oh, 1) == 91 then
+          oh = rebase(oh, tonumber(ofirst), tonumber(nfirst))
+        end
+        if oh ~= '' then hist = oh .. ';' .. item end
       end
     end
-    redis.call('HSET', msgs, id, header .. '\n' .. frag .. '\n' .. hist)
+    redis.call('HSET', msgs, id, header .. '\n' .. who .. '\n' .. hist)
   elseif mode == 'D' then
     redis.call('HDEL', msgs, id)
   end

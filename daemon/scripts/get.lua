@@ -15,8 +15,14 @@ if ARGV[1] ~= '' then
   local a = string.find(rec, '\n', 1, true)
   local b = a and string.find(rec, '\n', a + 1, true)
   if b then
-    local ok, o = pcall(cjson.decode, '{' .. string.sub(rec, a + 1, b - 1) .. '}')
-    if ok and type(o) == 'table' and type(o.rcpt) == 'string' then addr = o.rcpt end
+    -- the who line: the recipient alone, or the message's JSON members
+    local who = string.sub(rec, a + 1, b - 1)
+    if string.byte(who, 1) ~= 34 then
+      addr = who
+    else
+      local ok, o = pcall(cjson.decode, '{' .. who .. '}')
+      if ok and type(o) == 'table' and type(o.rcpt) == 'string' then addr = o.rcpt end
+    end
   end
 end
 if addr == '' then return {rec, false, false, false} end
