@@ -8,19 +8,60 @@
 /* Epoch ms are at least this; times relative to first are far below. */
 #define EPOCH_MS_MIN 1000000000000LL
 
+/* The writers run for every report: plain appends, not snprintf. */
+static char *put_str(char *p, const char *s, size_t max)
+{
+    while (*s && max--)
+        *p++ = *s++;
+    return p;
+}
+
+static char *put_i64(char *p, int64_t v)
+{
+    char tmp[24];
+    int n = 0;
+    uint64_t u = v < 0 ? -(uint64_t)v : (uint64_t)v;
+    if (v < 0)
+        *p++ = '-';
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
+/* Class names are at most 31 bytes, enhanced codes 15 (policy and proto
+ * limits): the caps below only keep a broken caller inside the buffer. */
 size_t record_header(char *buf, char state, int64_t due_ms, int attempt, const char *class_name, int64_t first_ms)
 {
-    int n = snprintf(buf, RECORD_HEADER_MAX, "%c%lld,%d,%s,%lld", state, (long long)(due_ms - first_ms), attempt,
-                     class_name, (long long)first_ms);
-    return n < 0 ? 0 : n >= RECORD_HEADER_MAX ? RECORD_HEADER_MAX - 1 : (size_t)n;
+    char *p = buf;
+    *p++ = state;
+    p = put_i64(p, due_ms - first_ms);
+    *p++ = ',';
+    p = put_i64(p, attempt);
+    *p++ = ',';
+    p = put_str(p, class_name, 31);
+    *p++ = ',';
+    p = put_i64(p, first_ms);
+    *p = '\0';
+    return (size_t)(p - buf);
 }
 
 size_t record_item(char *buf, int64_t at_ms, int64_t first_ms, int code, const char *enhanced,
                    const char *class_name)
 {
-    int n = snprintf(buf, RECORD_ITEM_MAX, "%lld,%d,%s,%s", (long long)(at_ms - first_ms), code,
-                     enhanced ? enhanced : "", class_name);
-    return n < 0 ? 0 : n >= RECORD_ITEM_MAX ? RECORD_ITEM_MAX - 1 : (size_t)n;
+    char *p = buf;
+    p = put_i64(p, at_ms - first_ms);
+    *p++ = ',';
+    p = put_i64(p, code);
+    *p++ = ',';
+    p = put_str(p, enhanced ? enhanced : "", 15);
+    *p++ = ',';
+    p = put_str(p, class_name, 31);
+    *p = '\0';
+    return (size_t)(p - buf);
 }
 
 static bool plain(const char *s, size_t n)
