@@ -13,6 +13,10 @@
 
 /* Stop reading while this much output waits for a slow reader. */
 #define WRITE_BACKLOG_MAX (4u << 20)
+/* The first output buffer of a loop turn is as large as the last turn's
+ * output, within these bounds; it grows as needed. */
+#define OUT_MIN (16u << 10)
+#define OUT_HINT_MAX (1u << 20)
 
 struct slot {
     struct slot *next;
@@ -25,8 +29,7 @@ struct slot {
 struct write_req {
     uv_write_t req;
     struct conn *conn;
-    size_t nbufs;
-    uv_buf_t bufs[];
+    uv_buf_t buf;
 };
 
 static struct conn *all_conns;
@@ -55,8 +58,11 @@ static void conn_release(struct conn *c)
         free(s);
         s = n;
     }
-    for (size_t i = 0; i < c->nout; i++)
-        free(c->out[i].base);
+    while (c->free_slots) {
+        struct slot *n = c->free_slots->next;
+        free(c->free_slots);
+        c->free_slots = n;
+    }
     free(c->out);
     frame_free(&c->in);
     free(c);
@@ -107,7 +113,7 @@ void conn_stop_reading_all(void)
 
 size_t conn_write_backlog(const struct conn *c)
 {
-    return c->h.stream.write_queue_size + c->out_bytes;
+    return c->h.stream.write_queue_size + c->out_len;
 }
 
 void conn_hold_reading(bool hold)
@@ -186,8 +192,7 @@ static void write_cb(uv_write_t *req, int status)
 {
     struct write_req *w = (struct write_req *)req;
     struct conn *c = w->conn;
-    for (size_t i = 0; i < w->nbufs; i++)
-        free(w->bufs[i].base);
+    free(w->buf.base);
     free(w);
     if (status < 0 && !c->closing) {
         log_debug("conn: write failed: %s", uv_strerror(status));
@@ -203,33 +208,38 @@ static void write_cb(uv_write_t *req, int status)
     conn_unref(c);
 }
 
-/* Hands bufs (each malloc'd) to libuv in one write. */
-static void write_bufs(struct conn *c, uv_buf_t *bufs, size_t n)
+/* Hands buf (malloc'd, ownership passes) to libuv. */
+static void write_buf(struct conn *c, char *buf, size_t n)
 {
-    struct write_req *w = xmalloc(sizeof *w + n * sizeof(uv_buf_t));
+    struct write_req *w = xmalloc(sizeof *w);
     w->conn = c;
-    w->nbufs = n;
-    memcpy(w->bufs, bufs, n * sizeof(uv_buf_t));
+    w->buf = uv_buf_init(buf, (unsigned)n);
     conn_ref(c);
-    int rc = uv_write(&w->req, &c->h.stream, w->bufs, (unsigned)n, write_cb);
+    int rc = uv_write(&w->req, &c->h.stream, &w->buf, 1, write_cb);
     if (rc < 0) {
-        for (size_t i = 0; i < n; i++)
-            free(w->bufs[i].base);
+        free(w->buf.base);
         free(w);
         conn_unref(c);
         conn_close(c);
     }
 }
 
-/* Queues a line (malloc'd, ownership passes) for the next output flush. */
-static void out_push(struct conn *c, char *data, size_t len)
+/* Output of a turn is copied into one buffer per connection: one
+ * allocation and one contiguous write for hundreds of replies, instead of
+ * an allocation and an iovec slot for each. */
+static void out_append(struct conn *c, const char *data, size_t len)
 {
-    if (c->nout == c->capout) {
-        c->capout = c->capout ? c->capout * 2 : 16;
-        c->out = xrealloc(c->out, c->capout * sizeof *c->out);
+    if (len == 0)
+        return;
+    if (c->out_cap - c->out_len < len) {
+        size_t cap = c->out_cap ? c->out_cap * 2 : c->out_hint > OUT_MIN ? c->out_hint : OUT_MIN;
+        while (cap - c->out_len < len)
+            cap *= 2;
+        c->out = xrealloc(c->out, cap);
+        c->out_cap = cap;
     }
-    c->out[c->nout++] = uv_buf_init(data, (unsigned)len);
-    c->out_bytes += len;
+    memcpy(c->out + c->out_len, data, len);
+    c->out_len += len;
     if (!c->dirty) {
         c->dirty = true;
         conn_ref(c); /* the dirty list holds a reference */
@@ -240,15 +250,14 @@ static void out_push(struct conn *c, char *data, size_t len)
 
 static void write_out(struct conn *c)
 {
-    if (c->nout == 0 || c->closing)
+    if (c->out_len == 0 || c->closing)
         return;
-    size_t n = c->nout;
-    uv_buf_t *bufs = c->out;
+    char *buf = c->out;
+    size_t n = c->out_len;
+    c->out_hint = n < OUT_HINT_MAX ? n : OUT_HINT_MAX;
     c->out = NULL;
-    c->nout = c->capout = 0;
-    c->out_bytes = 0;
-    write_bufs(c, bufs, n);
-    free(bufs);
+    c->out_len = c->out_cap = 0;
+    write_buf(c, buf, n);
 }
 
 void conn_flush_output(void)
@@ -263,6 +272,12 @@ void conn_flush_output(void)
     }
 }
 
+static void slot_release(struct conn *c, struct slot *s)
+{
+    s->next = c->free_slots;
+    c->free_slots = s;
+}
+
 static void flush_ready(struct conn *c)
 {
     while (c->head && c->head->ready) {
@@ -270,37 +285,72 @@ static void flush_ready(struct conn *c)
         c->head = s->next;
         if (!c->head)
             c->tail = NULL;
-        out_push(c, s->data, s->len);
-        free(s);
+        out_append(c, s->data, s->len);
+        free(s->data);
+        slot_release(c, s);
         c->unanswered--;
     }
 }
 
 struct slot *conn_slot(struct conn *c)
 {
-    struct slot *s = xcalloc(1, sizeof *s);
+    /* Slots are reused: a pipelining client goes through one per request. */
+    struct slot *s = c->free_slots;
+    if (s) {
+        c->free_slots = s->next;
+        memset(s, 0, sizeof *s);
+    } else {
+        s = xcalloc(1, sizeof *s);
+    }
     if (c->tail)
         c->tail->next = s;
     else
         c->head = s;
     c->tail = s;
     c->unanswered++;
-    s->born_ns = uv_hrtime();
+    s->born_ns = c->taking_ns ? c->taking_ns : uv_hrtime();
     rbd->requests_waiting++;
     return s;
 }
 
-void conn_reply(struct conn *c, struct slot *s, char *line, size_t len)
+static void slot_answered(struct slot *s)
 {
     if (!s->ready) {
         histogram_observe(&rbd->request_latency, uv_hrtime() - s->born_ns);
         rbd->requests_waiting--;
     }
+    s->ready = true;
+}
+
+void conn_reply(struct conn *c, struct slot *s, char *line, size_t len)
+{
+    slot_answered(s);
     s->data = line;
     s->len = len;
-    s->ready = true;
     if (c->closing)
         return; /* freed with the connection */
+    flush_ready(c);
+    conn_resume_cb(c);
+}
+
+void conn_reply_copy(struct conn *c, struct slot *s, const char *line, size_t len)
+{
+    if (c->closing || s != c->head) {
+        /* Answered out of order (or to nobody): keep a copy until its turn. */
+        char *copy = xmalloc(len ? len : 1);
+        memcpy(copy, line, len);
+        conn_reply(c, s, copy, len);
+        return;
+    }
+    /* The common case, the oldest request answered: straight to the output
+     * (before anything below may reuse the caller's buffer). */
+    slot_answered(s);
+    out_append(c, line, len);
+    c->head = s->next;
+    if (!c->head)
+        c->tail = NULL;
+    slot_release(c, s);
+    c->unanswered--;
     flush_ready(c);
     conn_resume_cb(c);
 }
@@ -311,7 +361,8 @@ int conn_send_event(struct conn *c, char *line, size_t len)
         free(line);
         return -1;
     }
-    out_push(c, line, len);
+    out_append(c, line, len);
+    free(line);
     return 0;
 }
 
@@ -326,6 +377,10 @@ static void process_lines(struct conn *c)
 {
     const char *line;
     size_t len;
+    /* The lines taken in one go were all there at the same moment: one
+     * clock reading serves for every request's start. */
+    uint64_t outer = c->taking_ns;
+    c->taking_ns = uv_hrtime();
     while (conn_can_take(c)) {
         int r = frame_next(&c->in, &line, &len);
         if (r == 0)
@@ -344,12 +399,13 @@ static void process_lines(struct conn *c)
             conn_reply(c, conn_slot(c), out, n);
             if (!c->head && conn_write_backlog(c) == 0)
                 conn_close(c);
-            return;
+            break;
         }
         if (len == 0)
             continue; /* blank lines are keep-alives */
         ops_dispatch(c, line, len);
     }
+    c->taking_ns = outer;
 }
 
 static void conn_resume_cb(struct conn *c)

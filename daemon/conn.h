@@ -40,8 +40,10 @@ struct conn {
     bool close_after_flush;
     bool paused;         /* reading stopped for back-pressure */
     bool eof;            /* the client closed its side: answer what it sent, then close */
-    uv_buf_t *out;       /* lines ready to send, written once per loop turn */
-    size_t nout, capout, out_bytes;
+    char *out;           /* lines ready to send, written once per loop turn */
+    size_t out_len, out_cap, out_hint;
+    struct slot *free_slots; /* answered slots, for reuse */
+    uint64_t taking_ns;  /* while lines are being taken: when that began, or 0 */
     struct conn *dirty_next; /* on the list of connections with output */
     bool dirty;
     bool authed;
@@ -57,6 +59,9 @@ struct slot *conn_slot(struct conn *c);
 /* Fills slot with line (malloc'd, ownership passes) and writes out whatever
  * is ready. Safe to call after the connection closed. */
 void conn_reply(struct conn *c, struct slot *s, char *line, size_t len);
+/* conn_reply for a line the caller keeps (copied; the caller may reuse its
+ * buffer as soon as this returns). */
+void conn_reply_copy(struct conn *c, struct slot *s, const char *line, size_t len);
 /* Writes an event line (malloc'd, ownership passes) right away. Returns 0,
  * or -1 when the connection is closing (line freed). */
 int conn_send_event(struct conn *c, char *line, size_t len);

@@ -17,6 +17,7 @@
 #include "daemon/store.h"
 #include "daemon/xmalloc.h"
 #include "proto/event.h"
+#include "proto/jbuf.h"
 #include "proto/reply.h"
 #include "queue/classify.h"
 #include "queue/decide.h"
@@ -40,7 +41,20 @@ struct job {
     uint64_t alert_repeats;
     int nevents;
     enum event_type event_types[3];
+    char copies[192]; /* the request's strings, when they fit */
 };
+
+static struct classify_cache class_cache;
+/* Scratch buffers, reused by every report: what is written into them is
+ * copied out (to the connection, to the store's batch) before they are
+ * written again. */
+static struct jbuf reply_buf, frag_buf, extra_buf;
+/* Finished jobs kept for reuse, at most JOBS_KEPT: a job is where every
+ * request line is parsed into, so the one just finished, still in the
+ * cache, takes the next line. */
+#define JOBS_KEPT 1024
+static struct job *free_jobs;
+static int nfree_jobs;
 
 static void reply_line(struct conn *c, struct slot *s, char *line, size_t len)
 {
@@ -64,12 +78,34 @@ static void reply_obj(struct conn *c, struct slot *s, json_t *req, json_t *obj)
     reply_line(c, s, line, n);
 }
 
+static struct job *job_new(void)
+{
+    struct job *op = free_jobs;
+    if (!op)
+        return xcalloc(1, sizeof *op);
+    free_jobs = op->next;
+    nfree_jobs--;
+    memset(op, 0, sizeof *op);
+    return op;
+}
+
+static void job_release(struct job *op)
+{
+    request_free(&op->req);
+    if (nfree_jobs >= JOBS_KEPT) {
+        free(op);
+        return;
+    }
+    op->next = free_jobs;
+    free_jobs = op;
+    nfree_jobs++;
+}
+
 static void op_finish(struct job *op)
 {
     domains_unref(op->domain);
-    request_free(&op->req);
     conn_unref(op->conn);
-    free(op);
+    job_release(op);
 }
 
 static bool store_usable(void)
@@ -115,19 +151,36 @@ void entry_forget(struct entry *e)
 
 /* ---- bounce ---------------------------------------------------------- */
 
-static json_t *bounce_reply(const struct job *op, const char *class_name, enum action action, int attempt,
-                            int64_t retry_at, const char *reason)
+/* The reply to a report, written straight into its line: every report
+ * gets one, and building and dumping a jansson object for it cost more
+ * than the rest of the reply's path. */
+static void bounce_reply(const struct job *op, const char *class_name, enum action action, int attempt,
+                         int64_t retry_at, const char *reason)
 {
-    json_t *o = json_object();
-    json_object_set_new(o, "id", json_stringn(op->req.id, op->req.id_len));
-    json_object_set_new(o, "class", json_string(class_name));
-    json_object_set_new(o, "action", json_string(action_name(action)));
-    json_object_set_new(o, "attempt", json_integer(attempt));
-    if (action == ACTION_RETRY)
-        json_object_set_new(o, "retry_at", json_integer(retry_at));
-    else
-        json_object_set_new(o, "reason", json_string(reason));
-    return o;
+    struct jbuf *b = &reply_buf;
+    jbuf_reset(b);
+    reply_open(b, op->req.req);
+    jbuf_lit(b, ",\"id\":");
+    jbuf_str(b, op->req.id, op->req.id_len);
+    jbuf_lit(b, ",\"class\":");
+    jbuf_str(b, class_name, strlen(class_name));
+    jbuf_lit(b, ",\"action\":");
+    const char *an = action_name(action);
+    jbuf_str(b, an, strlen(an));
+    jbuf_lit(b, ",\"attempt\":");
+    jbuf_int(b, attempt);
+    if (action == ACTION_RETRY) {
+        jbuf_lit(b, ",\"retry_at\":");
+        jbuf_int(b, retry_at);
+    } else {
+        jbuf_lit(b, ",\"reason\":");
+        jbuf_str(b, reason, strlen(reason));
+    }
+    if (!reply_end(b)) {
+        reply_err(op->conn, op->slot, op->req.req, ERR_INTERNAL, "the reply could not be encoded");
+        return;
+    }
+    conn_reply_copy(op->conn, op->slot, b->p, b->len);
 }
 
 static const char *alert_reason(const struct policy *p, int class_idx)
@@ -146,8 +199,7 @@ static void bounce_run(struct job *op, struct entry *e)
 
     if (e && e->state == ENTRY_PENDING) {
         /* The client re-sent a report whose retry is still pending. */
-        json_t *o = bounce_reply(op, p->classes[e->class_idx].name, ACTION_RETRY, e->attempt, e->node.due_ms, NULL);
-        reply_obj(op->conn, op->slot, r->req, o);
+        bounce_reply(op, p->classes[e->class_idx].name, ACTION_RETRY, e->attempt, e->node.due_ms, NULL);
         op_finish(op);
         return;
     }
@@ -163,7 +215,10 @@ static void bounce_run(struct job *op, struct entry *e)
         prior.attempt = e->attempt;
         prior.first_ms = e->first_ms;
     }
-    classify_reply(p, r->code, r->enhanced, r->text, &op->cls);
+    /* rbd->policy and the reload count name the policy together: a new
+     * policy is loaded while the one in force is alive, and a later one
+     * that could reuse a freed policy's address comes with another reload. */
+    classify_cached(&class_cache, p, rbd->reloads_ok, r->code, r->enhanced, r->text, &op->cls);
     decide_bounce(p, &op->cls, &prior, now, r->not_before, &rbd->rng, &op->d);
     const struct decision *d = &op->d;
     const char *cname = p->classes[d->class_idx].name;
@@ -171,48 +226,70 @@ static void bounce_run(struct job *op, struct entry *e)
     op->domain = domains_of_rcpt(r->rcpt, r->rcpt_len, true, now);
     domains_ref(op->domain);
 
-    size_t flen;
-    char *frag = event_msg_fragment(r->id, r->rcpt, r->campaign, r->meta, &flen);
+    jbuf_reset(&frag_buf);
+    event_msg_fragment_put(&frag_buf, r->id, r->rcpt, r->campaign, r->meta);
+    const char *frag = jbuf_cstr(&frag_buf);
     char *events[3];
     int nev = 0;
 
-    json_t *extra = json_object();
-    json_object_set_new(extra, "class", json_string(cname));
-    json_object_set_new(extra, "attempt", json_integer(d->action == ACTION_RETRY ? d->attempt : prior.attempt));
-    json_object_set_new(extra, "code", json_integer(op->cls.code));
-    if (op->cls.enhanced[0])
-        json_object_set_new(extra, "enhanced", json_string(op->cls.enhanced));
-    if (d->action != ACTION_RETRY) {
-        json_object_set_new(extra, "reason", json_string(reason_name(d->reason)));
-        enum event_type t = d->action == ACTION_SUPPRESS ? EV_SUPPRESS : EV_GIVE_UP;
-        size_t n;
-        events[nev] = event_body(t, now, frag, extra, &n);
-        op->event_types[nev++] = t;
-    }
     /* One sender_alert per domain and class per alert window: a DMARC
      * failure reported for ten thousand recipients of one domain is one
      * problem to fix, not ten thousand. */
     if (d->alert)
         op->alert_claimed = domains_alert_claim(op->domain, d->class_idx, now, &op->alert_repeats);
-    if (op->alert_claimed) {
-        json_object_set_new(extra, "reason", json_string(alert_reason(p, d->class_idx)));
-        if (r->text)
-            json_object_set_new(extra, "text", json_string(r->text));
-        const char *at = memchr(r->rcpt, '@', r->rcpt_len); /* one, as request.c checked */
-        if (at) {
-            char dom[256];
-            size_t dn = r->rcpt_len - (size_t)(at + 1 - r->rcpt);
-            for (size_t i = 0; i < dn && i < sizeof dom - 1; i++)
-                dom[i] = at[1 + i] >= 'A' && at[1 + i] <= 'Z' ? (char)(at[1 + i] - 'A' + 'a') : at[1 + i];
-            dom[dn < sizeof dom ? dn : sizeof dom - 1] = '\0';
-            json_object_set_new(extra, "domain", json_string(dom));
-        }
-        json_object_set_new(extra, "repeats", json_integer((json_int_t)op->alert_repeats));
+    /* The event members, only for a report that raises an event (a retry,
+     * what most reports are, raises none), written as text in the order
+     * the events have always had: class, attempt, code, enhanced, reason,
+     * then the alert's own. */
+    if (d->action != ACTION_RETRY || op->alert_claimed) {
+        struct jbuf *x = &extra_buf;
         size_t n;
-        events[nev] = event_body(EV_SENDER_ALERT, now, frag, extra, &n);
-        op->event_types[nev++] = EV_SENDER_ALERT;
+        jbuf_reset(x);
+        jbuf_lit(x, ",\"class\":");
+        jbuf_str(x, cname, strlen(cname));
+        jbuf_lit(x, ",\"attempt\":");
+        jbuf_int(x, d->action == ACTION_RETRY ? d->attempt : prior.attempt);
+        jbuf_lit(x, ",\"code\":");
+        jbuf_int(x, op->cls.code);
+        if (op->cls.enhanced[0]) {
+            jbuf_lit(x, ",\"enhanced\":");
+            jbuf_str(x, op->cls.enhanced, strlen(op->cls.enhanced));
+        }
+        jbuf_lit(x, ",\"reason\":");
+        size_t common = x->len;
+        if (d->action != ACTION_RETRY) {
+            const char *why = reason_name(d->reason);
+            enum event_type t = d->action == ACTION_SUPPRESS ? EV_SUPPRESS : EV_GIVE_UP;
+            jbuf_str(x, why, strlen(why));
+            events[nev] = x->failed ? NULL : event_body_text(t, now, frag, x->p, x->len, &n);
+            op->event_types[nev++] = t;
+        }
+        if (op->alert_claimed) {
+            const char *why = alert_reason(p, d->class_idx);
+            x->len = common; /* the alert's reason instead */
+            jbuf_str(x, why, strlen(why));
+            if (r->text) {
+                jbuf_lit(x, ",\"text\":");
+                jbuf_str(x, r->text, strlen(r->text));
+            }
+            const char *at = memchr(r->rcpt, '@', r->rcpt_len); /* one, as request.c checked */
+            if (at) {
+                char dom[256];
+                size_t dn = r->rcpt_len - (size_t)(at + 1 - r->rcpt);
+                if (dn > sizeof dom - 1)
+                    dn = sizeof dom - 1;
+                for (size_t i = 0; i < dn; i++)
+                    dom[i] = at[1 + i] >= 'A' && at[1 + i] <= 'Z' ? (char)(at[1 + i] - 'A' + 'a') : at[1 + i];
+                dom[dn] = '\0';
+                jbuf_lit(x, ",\"domain\":");
+                jbuf_str(x, dom, strlen(dom));
+            }
+            jbuf_lit(x, ",\"repeats\":");
+            jbuf_int(x, (long long)op->alert_repeats);
+            events[nev] = x->failed ? NULL : event_body_text(EV_SENDER_ALERT, now, frag, x->p, x->len, &n);
+            op->event_types[nev++] = EV_SENDER_ALERT;
+        }
     }
-    json_decref(extra);
     op->nevents = nev;
 
     /* The recipient's side (apply.lua): a suppressed address overrides
@@ -251,7 +328,6 @@ static void bounce_run(struct job *op, struct entry *e)
     op->old_due = e->node.due_ms;
     e->flags |= ENTRY_BUSY;
     int rc = store_queue(&ch, bounce_done_cb, op);
-    free(frag);
     for (int i = 0; i < nev; i++)
         free(events[i]);
     if (rc != 0)
@@ -308,16 +384,16 @@ static void bounce_done_cb(void *arg, bool ok, long long result)
     domains_report(op->domain, d->class_idx, now_ms());
     const char *cname = rbd->policy->classes[d->class_idx].name;
     metrics_count_report(cname, suppressed ? (int)ACTION_SUPPRESS : (int)d->action);
-    json_t *o;
     bool drop = false;
+    /* The reply goes out after the entry's new state is in place: replying
+     * may run the connection's next requests at once. */
     if (suppressed) {
         /* The address is suppressed (now, or from before): the message is
          * not retried, whatever its class. */
-        o = bounce_reply(op, cname, ACTION_SUPPRESS, op->prior_attempt, 0,
-                         result == STORE_SUPPRESSED_NOW ? reason_name(REASON_CHRONIC_SOFT) : "suppressed");
         drop = true;
+        bounce_reply(op, cname, ACTION_SUPPRESS, op->prior_attempt, 0,
+                     result == STORE_SUPPRESSED_NOW ? reason_name(REASON_CHRONIC_SOFT) : "suppressed");
     } else if (d->action == ACTION_RETRY) {
-        o = bounce_reply(op, cname, d->action, d->attempt, d->retry_at, NULL);
         stats_entry_leave(e);
         e->state = ENTRY_PENDING;
         e->attempt = (uint16_t)d->attempt;
@@ -327,11 +403,11 @@ static void bounce_done_cb(void *arg, bool ok, long long result)
         stats_entry_enter(e);
         sched_set_due(rbd->sched, e, d->retry_at);
         firing_kick();
+        bounce_reply(op, cname, d->action, d->attempt, d->retry_at, NULL);
     } else {
-        o = bounce_reply(op, cname, d->action, e->attempt, 0, reason_name(d->reason));
         drop = true;
+        bounce_reply(op, cname, d->action, e->attempt, 0, reason_name(d->reason));
     }
-    reply_obj(op->conn, op->slot, op->req.req, o);
     op_finish(op);
     entry_settle(e, drop);
 }
@@ -731,65 +807,63 @@ static bool token_equal(const char *a, const char *b)
 void ops_dispatch(struct conn *c, const char *line, size_t len)
 {
     struct slot *s = conn_slot(c);
-    struct request r;
+    struct job *op = job_new();
+    struct request *r = &op->req;
     struct proto_error err;
-    if (request_parse(line, len, &rbd->limits, &r, &err) != 0) {
-        reply_err(c, s, r.req, err.code, err.message);
-        request_free(&r);
+    if (request_parse_buf(line, len, &rbd->limits, r, &err, op->copies, sizeof op->copies) != 0) {
+        reply_err(c, s, r->req, err.code, err.message);
+        job_release(op);
         return;
     }
-    if (!c->authed && r.op != OP_AUTH && r.op != OP_PING) {
-        reply_err(c, s, r.req, ERR_AUTH, "this server requires {\"op\":\"auth\",\"token\":...} first");
-        request_free(&r);
+    if (!c->authed && r->op != OP_AUTH && r->op != OP_PING) {
+        reply_err(c, s, r->req, ERR_AUTH, "this server requires {\"op\":\"auth\",\"token\":...} first");
+        job_release(op);
         return;
     }
-    switch (r.op) {
+    switch (r->op) {
     case OP_PING:
-        reply_obj(c, s, r.req, NULL);
+        reply_obj(c, s, r->req, NULL);
         break;
     case OP_AUTH:
-        if (rbd->cfg.token[0] && !token_equal(r.token, rbd->cfg.token)) {
-            reply_err(c, s, r.req, ERR_AUTH, "wrong token");
+        if (rbd->cfg.token[0] && !token_equal(r->token, rbd->cfg.token)) {
+            reply_err(c, s, r->req, ERR_AUTH, "wrong token");
         } else {
             c->authed = true;
-            reply_obj(c, s, r.req, NULL);
+            reply_obj(c, s, r->req, NULL);
         }
         break;
     case OP_CLASSIFY: {
         struct classification cls;
-        classify_reply(rbd->policy, r.code, r.enhanced, r.text, &cls);
-        reply_obj(c, s, r.req, explain_classification(rbd->policy, &cls));
+        classify_reply(rbd->policy, r->code, r->enhanced, r->text, &cls);
+        reply_obj(c, s, r->req, explain_classification(rbd->policy, &cls));
         break;
     }
     case OP_STATS:
-        reply_obj(c, s, r.req, stats_json());
+        reply_obj(c, s, r->req, stats_json());
         break;
     case OP_SUBSCRIBE:
-        events_subscribe(c, s, &r);
+        events_subscribe(c, s, r);
         break;
     case OP_ACK:
-        events_ack(c, s, &r);
+        events_ack(c, s, r);
         break;
     case OP_DOMAIN:
-        reply_obj(c, s, r.req, domains_json(r.domain, r.domain_len, now_ms()));
+        reply_obj(c, s, r->req, domains_json(r->domain, r->domain_len, now_ms()));
         break;
     case OP_BOUNCE:
     case OP_DELIVERED:
     case OP_CANCEL:
     case OP_GET:
     case OP_UNSUPPRESS:
-    case OP_SUPPRESSED: {
-        struct job *op = xcalloc(1, sizeof *op);
+    case OP_SUPPRESSED:
         op->conn = c;
         op->slot = s;
-        op->req = r;
         conn_ref(c);
         op_run(op);
-        return; /* op owns the request now */
-    }
+        return; /* op finishes the request */
     default:
-        reply_err(c, s, r.req, ERR_UNKNOWN_OP, "unknown op");
+        reply_err(c, s, r->req, ERR_UNKNOWN_OP, "unknown op");
         break;
     }
-    request_free(&r);
+    job_release(op);
 }

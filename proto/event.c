@@ -3,9 +3,9 @@
  * times: the message fragment once, when the bounce arrives (it is stored
  * with the message); the body when the event happens (it goes into the
  * Redis stream); the line when a subscriber reads it, with the stream's
- * entry id spliced in. Each step is string work on compact JSON that
- * jansson produced, never a re-parse, because a burst of due retries
- * turns into that many lines at once.
+ * entry id spliced in. Each step is string work on compact JSON (written
+ * by jbuf's encoders, or dumped by jansson), never a re-parse, because a
+ * burst of due retries turns into that many lines at once.
  */
 #include "proto/event.h"
 
@@ -16,9 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Appends the members of obj without braces ("k":v,"k2":v2), or nothing
- * for an empty object; comma_first puts a ',' before them. */
-static void append_members(struct jbuf *b, json_t *obj, bool comma_first)
+/* Appends the members of obj as ,"k":v,"k2":v2, or nothing for an empty
+ * object. */
+static void append_members(struct jbuf *b, json_t *obj)
 {
     size_t at = b->len;
 
@@ -26,15 +26,35 @@ static void append_members(struct jbuf *b, json_t *obj, bool comma_first)
         return;
     if (!jbuf_json(b, obj))
         return;
-    /* The dump is "{...}": drop the closing brace, and turn the opening
-     * one into the comma or shift the members over it. */
+    /* The dump is "{...}": its opening brace becomes the comma, its
+     * closing one goes. */
     b->len--;
-    if (comma_first) {
-        b->p[at] = ',';
-    } else {
-        memmove(b->p + at, b->p + at + 1, b->len - at - 1);
-        b->len--;
+    b->p[at] = ',';
+}
+
+bool event_msg_fragment_put(struct jbuf *b, const char *id, const char *rcpt, const char *campaign, json_t *meta)
+{
+    /* Written member by member in the order readers know; only meta, the
+     * client's own object, goes through jansson. */
+    if (id == NULL || rcpt == NULL || (meta != NULL && !json_is_object(meta))) {
+        b->failed = true;
+        return false;
     }
+    size_t idn = strlen(id), rn = strlen(rcpt), cn = campaign != NULL ? strlen(campaign) : 0;
+    jbuf_reserve(b, 24 + idn + rn + cn);
+    jbuf_lit(b, "\"id\":");
+    jbuf_str(b, id, idn);
+    jbuf_lit(b, ",\"rcpt\":");
+    jbuf_str(b, rcpt, rn);
+    if (campaign != NULL) {
+        jbuf_lit(b, ",\"campaign\":");
+        jbuf_str(b, campaign, cn);
+    }
+    if (meta != NULL) {
+        jbuf_lit(b, ",\"meta\":");
+        jbuf_json(b, meta);
+    }
+    return !b->failed;
 }
 
 /*
@@ -44,25 +64,8 @@ static void append_members(struct jbuf *b, json_t *obj, bool comma_first)
 char *event_msg_fragment(const char *id, const char *rcpt, const char *campaign, json_t *meta, size_t *len)
 {
     struct jbuf b = {0};
-    json_t *o = json_object();
-    bool ok = o != NULL;
 
-    /* An object built in order and dumped keeps that order (jansson keeps
-     * insertion order), and jansson does the string escaping. */
-    ok = ok && id != NULL && rcpt != NULL;
-    ok = ok && json_object_set_new(o, "id", json_string(id)) == 0;
-    ok = ok && json_object_set_new(o, "rcpt", json_string(rcpt)) == 0;
-    if (ok && campaign != NULL)
-        ok = json_object_set_new(o, "campaign", json_string(campaign)) == 0;
-    if (ok && meta != NULL)
-        ok = json_is_object(meta) && json_object_set(o, "meta", meta) == 0;
-    if (ok)
-        append_members(&b, o, false);
-    else
-        b.failed = true;
-    json_decref(o);
-    if (!b.failed && b.p == NULL)
-        jbuf_put(&b, "", 0);
+    event_msg_fragment_put(&b, id, rcpt, campaign, meta);
     return jbuf_finish(&b, len);
 }
 
@@ -72,22 +75,49 @@ char *event_msg_fragment(const char *id, const char *rcpt, const char *campaign,
  * about one message (domain_throttled). Members of extra come after the
  * fragment; the caller must not repeat a member that is already there.
  */
+/* {"type":..,"at":..[,fragment] into b; false for an unknown type. */
+static bool body_head(struct jbuf *b, enum event_type type, long long at_ms, const char *fragment)
+{
+    if ((unsigned)type >= EV__COUNT)
+        return false;
+    size_t fn = fragment != NULL ? strlen(fragment) : 0;
+    const char *name = event_type_name(type);
+    jbuf_reserve(b, 40 + fn + 200);
+    jbuf_lit(b, "{\"type\":\"");
+    jbuf_put(b, name, strlen(name));
+    jbuf_lit(b, "\",\"at\":");
+    jbuf_int(b, at_ms);
+    if (fn > 0) {
+        jbuf_lit(b, ",");
+        jbuf_put(b, fragment, fn);
+    }
+    return true;
+}
+
 char *event_body(enum event_type type, long long at_ms, const char *fragment, json_t *extra, size_t *len)
 {
     struct jbuf b = {0};
-    char head[96];
-    int n;
 
-    if ((unsigned)type >= EV__COUNT || (extra != NULL && !json_is_object(extra)))
+    if (extra != NULL && !json_is_object(extra))
         return NULL;
-    n = snprintf(head, sizeof head, "{\"type\":\"%s\",\"at\":%lld", event_type_name(type), at_ms);
-    jbuf_put(&b, head, (size_t)n);
-    if (fragment != NULL && fragment[0] != '\0') {
-        jbuf_put(&b, ",", 1);
-        jbuf_put(&b, fragment, strlen(fragment));
-    }
-    append_members(&b, extra, true);
-    jbuf_put(&b, "}", 1);
+    if (!body_head(&b, type, at_ms, fragment))
+        return NULL;
+    append_members(&b, extra);
+    jbuf_lit(&b, "}");
+    return jbuf_finish(&b, len);
+}
+
+char *event_body_text(enum event_type type, long long at_ms, const char *fragment, const char *members,
+                      size_t members_len, size_t *len)
+{
+    struct jbuf b = {0};
+
+    if (members_len > 0 && members[0] != ',')
+        return NULL;
+    if (!body_head(&b, type, at_ms, fragment))
+        return NULL;
+    jbuf_put(&b, members, members_len);
+    jbuf_lit(&b, "}");
     return jbuf_finish(&b, len);
 }
 
@@ -117,6 +147,9 @@ char *event_line(const char *eid, const char *body, size_t body_len, size_t *len
         memchr(body, '\n', body_len) != NULL || memchr(body, '\0', body_len) != NULL)
         return NULL;
 
+    /* One allocation of the right size: bursts make lines by the
+     * thousand. A plain eid takes its length plus the quotes. */
+    jbuf_reserve(&b, 7 + strlen(eid) + 2 + body_len + 1);
     jbuf_put(&b, "{\"eid\":", 7);
     if (plain_string(eid)) {
         jbuf_put(&b, "\"", 1);

@@ -9,6 +9,7 @@
 #include <jansson.h>
 #include <stddef.h>
 
+#include "proto/jbuf.h"
 #include "proto/request.h"
 
 /* The message part that every event about a message carries, encoded once
@@ -16,10 +17,18 @@
  *   "id":..,"rcpt":..[,"campaign":..][,"meta":{..}]
  * without braces. Returns a malloc'd string and its length. */
 char *event_msg_fragment(const char *id, const char *rcpt, const char *campaign, json_t *meta, size_t *len);
+/* The same fragment appended to b (for a caller that reuses one buffer).
+ * Returns false, with b failed, where event_msg_fragment returns NULL. */
+bool event_msg_fragment_put(struct jbuf *b, const char *id, const char *rcpt, const char *campaign, json_t *meta);
 
 /* Returns a malloc'd body {"type":..,"at":..,<fragment>,<extra members>}:
  * extra is an object (borrowed, may be NULL) whose members are appended. */
 char *event_body(enum event_type type, long long at_ms, const char *fragment, json_t *extra, size_t *len);
+/* The same body with the extra members already encoded: members holds
+ * members_len bytes of ,"name":value pairs (or nothing), appended as they
+ * are. Returns NULL when they do not start with a comma. */
+char *event_body_text(enum event_type type, long long at_ms, const char *fragment, const char *members,
+                      size_t members_len, size_t *len);
 
 /* Returns the malloc'd line {"eid":"<eid>",<rest of body>}\n, or NULL if
  * body is not a JSON object text. */

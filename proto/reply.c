@@ -5,9 +5,14 @@
  * members of the caller's object, spliced in by turning its opening brace
  * into a comma. No intermediate object is built and nothing is re-hashed.
  *
- * jansson's compact encoding escapes every control character inside
- * strings and puts no whitespace between tokens, so a reply never holds a
- * raw newline: the '\n' at the end is the only one, as framing requires.
+ * The replies every report gets (bounce) are not built as objects at all:
+ * the caller writes their members between reply_open and reply_end with
+ * the encoders of jbuf.h.
+ *
+ * jansson's compact encoding, and jbuf_str after it, escape every control
+ * character inside strings and put no whitespace between tokens, so a
+ * reply never holds a raw newline: the '\n' at the end is the only one, as
+ * framing requires.
  */
 #include "proto/reply.h"
 
@@ -62,6 +67,21 @@ char *reply_ok(json_t *obj, json_t *req, size_t *len)
         append_members_close(&b, obj);
     json_decref(obj);
     return finish_line(&b, len);
+}
+
+void reply_open(struct jbuf *b, json_t *req)
+{
+    jbuf_reserve(b, 120);
+    jbuf_lit(b, "{\"ok\":true");
+    if (req != NULL) {
+        jbuf_lit(b, ",\"req\":");
+        jbuf_json(b, req);
+    }
+}
+
+bool reply_end(struct jbuf *b)
+{
+    return jbuf_lit(b, "}\n");
 }
 
 /*

@@ -18,6 +18,8 @@
  */
 #include "proto/request.h"
 
+#include "proto/jbuf.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -146,6 +148,11 @@ static bool text_ok(const char *s, size_t n, bool allow_space)
     const unsigned char *p = (const unsigned char *)s;
 
     while (n > 0) {
+        if (*p > 0x20 && *p < 0x7f) { /* what codepoint_ok always allows */
+            p++;
+            n--;
+            continue;
+        }
         uint32_t cp;
         size_t k = utf8_seq(p, n, &cp);
         if (k == 0 || !codepoint_ok(cp, allow_space))
@@ -685,11 +692,16 @@ static int op_lookup(const char *s, size_t n)
  * "code":451,...}. Building a jansson tree for it (a hash table, a
  * malloc per member) and freeing it after the Redis round trip cost a
  * fifth of the daemon's CPU at full ingest. So such lines are scanned in
- * place, and the strings the request needs are copied into one block.
+ * place, and the strings the request needs are copied into one block (the
+ * caller's, with request_parse_buf). A subscriber's acks,
+ * {"op":"ack","ids":[..hundreds of ids..]}, are the other common line: an
+ * array of plain strings is scanned too, and the ids go straight into the
+ * array the jansson path would have made.
  *
  * The fast path only ever accepts: anything it does not handle (escapes,
- * nested values, reals, duplicate members, an op other than the common
- * ones) or anything that fails a check makes it give up, and the jansson
+ * objects, arrays of anything but plain strings, reals, duplicate members,
+ * an op other than the common ones) or anything that fails a check makes
+ * it give up, and the jansson
  * path above runs on the same line and says what is wrong, with the same
  * words as always. Its checks are the same functions, so a line is
  * accepted by both paths or by neither (tests/unit/test_request.c
@@ -699,16 +711,43 @@ static int op_lookup(const char *s, size_t n)
 #define FLAT_MAX 16
 
 struct flat_member {
-    const char *key, *val; /* val: the string's bytes, or the literal's */
+    const char *key, *val; /* val: the string's bytes, the literal's, or an array's inside */
     size_t klen, vlen;
-    char type;             /* 's' string, 'i' integer, 't' true, 'f' false, 'n' null */
-    json_int_t num;
+    char type;             /* 's' string, 'i' integer, 't' true, 'f' false, 'n' null,
+                              'a' array of strings (as flat as the strings above) */
+    json_int_t num;        /* 'i': the value; 'a': the number of strings */
 };
+
+/* The member names the fast path reads, found once while scanning. */
+enum flat_key { K_OP, K_ID, K_RCPT, K_CODE, K_ENHANCED, K_TEXT, K_CAMPAIGN, K_NOT_BEFORE, K_META, K_REQ, K_IDS,
+                K__COUNT };
 
 struct flat {
     struct flat_member m[FLAT_MAX];
     int n;
+    signed char known[K__COUNT]; /* index into m, or -1 */
 };
+
+static int flat_key_of(const char *k, size_t n)
+{
+    /* By length first: most names are then one comparison away. */
+#define IS(lit) (memcmp(k, lit, sizeof(lit) - 1) == 0)
+    switch (n) {
+    case 2:
+        return IS("op") ? K_OP : IS("id") ? K_ID : -1;
+    case 3:
+        return IS("req") ? K_REQ : IS("ids") ? K_IDS : -1;
+    case 4:
+        return IS("rcpt") ? K_RCPT : IS("code") ? K_CODE : IS("text") ? K_TEXT : IS("meta") ? K_META : -1;
+    case 8:
+        return IS("enhanced") ? K_ENHANCED : IS("campaign") ? K_CAMPAIGN : -1;
+    case 10:
+        return IS("not_before") ? K_NOT_BEFORE : -1;
+    default:
+        return -1;
+    }
+#undef IS
+}
 
 static bool json_ws(char c)
 {
@@ -722,6 +761,10 @@ static const char *flat_string(const char *p, const char *end)
 {
     while (p < end) {
         unsigned char c = (unsigned char)*p;
+        if (jbuf_plain[c]) { /* most bytes: one test */
+            p++;
+            continue;
+        }
         if (c == '"')
             return p;
         if (c == '\\' || c < 0x20)
@@ -750,6 +793,7 @@ static int flat_scan(const char *p, size_t len, struct flat *f)
     if (p == end || *p != '{')
         return -1;
     p++;
+    memset(f->known, -1, sizeof f->known);
     for (;;) {
         while (p < end && json_ws(*p))
             p++;
@@ -807,12 +851,50 @@ static int flat_scan(const char *p, size_t len, struct flat *f)
             m->type = 'f', m->val = p, m->vlen = 5, p += 5;
         } else if ((size_t)(end - p) >= 4 && memcmp(p, "null", 4) == 0) {
             m->type = 'n', m->val = p, m->vlen = 4, p += 4;
+        } else if (*p == '[') {
+            /* An array of strings (ack's ids); anything else in it, or
+             * around it, is left to jansson. */
+            m->type = 'a';
+            m->num = 0;
+            m->val = ++p;
+            while (p < end && json_ws(*p))
+                p++;
+            if (p < end && *p != ']') {
+                for (;;) {
+                    if (p == end || *p != '"' || !(q = flat_string(p + 1, end)))
+                        return -1;
+                    m->num++;
+                    p = q + 1;
+                    while (p < end && json_ws(*p))
+                        p++;
+                    if (p < end && *p == ',') {
+                        p++;
+                        while (p < end && json_ws(*p))
+                            p++;
+                        continue;
+                    }
+                    break;
+                }
+            }
+            if (p == end || *p != ']')
+                return -1;
+            m->vlen = (size_t)(p - m->val);
+            p++;
         } else {
-            return -1; /* objects, arrays, anything malformed */
+            return -1; /* objects, anything malformed */
         }
-        for (int i = 0; i < f->n; i++)
-            if (f->m[i].klen == m->klen && memcmp(f->m[i].key, m->key, m->klen) == 0)
-                return -1; /* a duplicate: jansson words the error */
+        /* A duplicate makes jansson word the error. The names the fast
+         * path knows are checked by index, the rest one by one. */
+        int k = flat_key_of(m->key, m->klen);
+        if (k >= 0) {
+            if (f->known[k] >= 0)
+                return -1;
+            f->known[k] = (signed char)f->n;
+        } else {
+            for (int i = 0; i < f->n; i++)
+                if (f->m[i].klen == m->klen && memcmp(f->m[i].key, m->key, m->klen) == 0)
+                    return -1;
+        }
         f->n++;
         while (p < end && json_ws(*p))
             p++;
@@ -831,18 +913,14 @@ static int flat_scan(const char *p, size_t len, struct flat *f)
     }
 }
 
-static const struct flat_member *flat_get(const struct flat *f, const char *name)
+static inline const struct flat_member *flat_get(const struct flat *f, enum flat_key k)
 {
-    size_t n = strlen(name);
-    for (int i = 0; i < f->n; i++)
-        if (f->m[i].klen == n && memcmp(f->m[i].key, name, n) == 0)
-            return &f->m[i];
-    return NULL;
+    return f->known[k] >= 0 ? &f->m[f->known[k]] : NULL;
 }
 
 /* A string member as get_string sees it: 1 present, 0 absent or null,
  * -1 another type. */
-static int flat_string_member(const struct flat *f, const char *name, const struct flat_member **out)
+static int flat_string_member(const struct flat *f, enum flat_key name, const struct flat_member **out)
 {
     const struct flat_member *m = flat_get(f, name);
     if (!m || m->type == 'n')
@@ -855,7 +933,7 @@ static int flat_string_member(const struct flat *f, const char *name, const stru
 
 static bool flat_id_ok(const struct flat *f, const struct proto_limits *lim, const struct flat_member **id)
 {
-    if (flat_string_member(f, "id", id) != 1 || (*id)->vlen == 0 || (*id)->vlen > lim->max_id)
+    if (flat_string_member(f, K_ID, id) != 1 || (*id)->vlen == 0 || (*id)->vlen > lim->max_id)
         return false;
     for (size_t i = 0; i < (*id)->vlen; i++) {
         unsigned char c = (unsigned char)(*id)->val[i];
@@ -869,7 +947,7 @@ static bool flat_id_ok(const struct flat *f, const struct proto_limits *lim, con
 static bool flat_rcpt_ok(const struct flat *f, bool required, const struct proto_limits *lim,
                          const struct flat_member **rcpt)
 {
-    int rc = flat_string_member(f, "rcpt", rcpt);
+    int rc = flat_string_member(f, K_RCPT, rcpt);
     if (rc < 0 || (rc == 0 && required))
         return false;
     if (rc == 0) {
@@ -886,16 +964,20 @@ struct flat_copy {
     size_t *dst_len;
 };
 
-static void flat_copy_out(struct request *r, struct flat_copy *c, int n)
+static void flat_copy_out(struct request *r, struct flat_copy *c, int n, char *buf, size_t cap)
 {
     size_t total = 0;
     for (int i = 0; i < n; i++)
         if (c[i].m)
             total += c[i].m->vlen + 1;
-    char *block = malloc(total ? total : 1);
-    if (!block) {
-        fprintf(stderr, "rebound: out of memory\n");
-        abort();
+    char *block = buf;
+    if (total > cap) {
+        block = malloc(total ? total : 1);
+        if (!block) {
+            fprintf(stderr, "rebound: out of memory\n");
+            abort();
+        }
+        r->copies = block;
     }
     char *p = block;
     for (int i = 0; i < n; i++) {
@@ -908,14 +990,13 @@ static void flat_copy_out(struct request *r, struct flat_copy *c, int n)
             *c[i].dst_len = c[i].m->vlen;
         p += c[i].m->vlen + 1;
     }
-    r->copies = block;
 }
 
 /* The "req" member as a value of its own (a scalar: the scan took no
  * other kind), or NULL when absent. */
 static json_t *flat_req(const struct flat *f)
 {
-    const struct flat_member *m = flat_get(f, "req");
+    const struct flat_member *m = flat_get(f, K_REQ);
     if (!m)
         return NULL;
     switch (m->type) {
@@ -934,43 +1015,44 @@ static json_t *flat_req(const struct flat *f)
 
 /* Tries the fast path. Returns 0 with out filled in, or -1 (out untouched
  * but for what was zeroed) when the line must go the jansson way. */
-static int parse_fast(const char *line, size_t len, const struct proto_limits *lim, struct request *out)
+static int parse_fast(const char *line, size_t len, const struct proto_limits *lim, struct request *out, char *buf,
+                      size_t cap)
 {
     struct flat f;
     const struct flat_member *opm, *id = NULL, *rcpt = NULL, *enh = NULL, *text = NULL, *camp = NULL, *m;
 
-    if (flat_scan(line, len, &f) != 0 || flat_string_member(&f, "op", &opm) != 1)
+    if (flat_scan(line, len, &f) != 0 || flat_string_member(&f, K_OP, &opm) != 1)
         return -1;
     int op = op_lookup(opm->val, opm->vlen);
     switch (op) {
     case OP_BOUNCE: {
-        m = flat_get(&f, "code");
+        m = flat_get(&f, K_CODE);
         if (!flat_id_ok(&f, lim, &id) || !flat_rcpt_ok(&f, true, lim, &rcpt) || !m || m->type != 'i' ||
             m->num < 400 || m->num > 599)
             return -1;
         out->code = (int)m->num;
-        int rc = flat_string_member(&f, "enhanced", &enh);
+        int rc = flat_string_member(&f, K_ENHANCED, &enh);
         if (rc < 0 || (rc > 0 && enh->vlen > 0 && !enhanced_ok(enh->val, enh->vlen)))
             return -1;
         if (rc > 0 && enh->vlen == 0)
             enh = NULL;
-        rc = flat_string_member(&f, "text", &text);
+        rc = flat_string_member(&f, K_TEXT, &text);
         if (rc < 0 || (rc > 0 && text->vlen > lim->max_text))
             return -1;
         if (rc > 0 && text->vlen == 0)
             text = NULL;
-        rc = flat_string_member(&f, "campaign", &camp);
+        rc = flat_string_member(&f, K_CAMPAIGN, &camp);
         if (rc < 0 || (rc > 0 && (camp->vlen > lim->max_campaign || !text_ok(camp->val, camp->vlen, true))))
             return -1;
         if (rc > 0 && camp->vlen == 0)
             camp = NULL;
-        m = flat_get(&f, "not_before");
+        m = flat_get(&f, K_NOT_BEFORE);
         if (m && m->type != 'n') {
             if (m->type != 'i' || m->num <= 0 || m->num >= (json_int_t)1 << 53)
                 return -1;
             out->not_before = m->num;
         }
-        m = flat_get(&f, "meta");
+        m = flat_get(&f, K_META);
         if (m && m->type != 'n')
             return -1; /* an object (jansson keeps it), or a wrong type */
         break;
@@ -985,28 +1067,59 @@ static int parse_fast(const char *line, size_t len, const struct proto_limits *l
         break;
     case OP_GET:
         /* By id only; a recipient lookup (rcpt) takes the jansson way. */
-        m = flat_get(&f, "rcpt");
+        m = flat_get(&f, K_RCPT);
         if (!flat_id_ok(&f, lim, &id) || (m && m->type != 'n'))
             return -1;
         break;
     case OP_PING:
     case OP_STATS:
         break;
+    case OP_ACK: {
+        /* A subscriber acks hundreds of events a line: the ids go into the
+         * array the jansson path would have made, without its lexer and
+         * without the object around them. */
+        m = flat_get(&f, K_IDS);
+        if (!m || m->type != 'a' || m->num == 0 || (size_t)m->num > lim->max_ack_ids)
+            return -1;
+        json_t *ids = json_array();
+        if (!ids)
+            return -1;
+        const char *p = m->val, *end = m->val + m->vlen;
+        for (json_int_t i = 0; i < m->num; i++) {
+            /* The scan saw exactly num strings without escapes here. */
+            p = (const char *)memchr(p, '"', (size_t)(end - p)) + 1;
+            const char *q = memchr(p, '"', (size_t)(end - p));
+            size_t n = (size_t)(q - p);
+            if (!stream_id_ok(p, n) || json_array_append_new(ids, json_stringn_nocheck(p, n)) != 0) {
+                json_decref(ids);
+                return -1;
+            }
+            p = q + 1;
+        }
+        out->ids = ids;
+        break;
+    }
     default:
+        return -1;
+    }
+    m = flat_get(&f, K_REQ);
+    if (m && m->type == 'a') {
+        json_decref(out->ids); /* jansson refuses an array as req */
+        out->ids = NULL;
         return -1;
     }
     struct flat_copy c[] = {
         {id, &out->id, &out->id_len},       {rcpt, &out->rcpt, &out->rcpt_len}, {enh, &out->enhanced, NULL},
         {text, &out->text, NULL},           {camp, &out->campaign, NULL},
     };
-    flat_copy_out(out, c, (int)(sizeof c / sizeof c[0]));
+    flat_copy_out(out, c, (int)(sizeof c / sizeof c[0]), buf, cap);
     out->req = flat_req(&f);
     out->op = (enum op)op;
     return 0;
 }
 
 static int parse_line(const char *line, size_t len, const struct proto_limits *lim, struct request *out,
-                      struct proto_error *err, bool fast)
+                      struct proto_error *err, bool fast, char *buf, size_t cap)
 {
     json_error_t jerr;
     json_t *root, *req = NULL, *opv;
@@ -1025,7 +1138,7 @@ static int parse_line(const char *line, size_t len, const struct proto_limits *l
     if (blank == len)
         return fail(err, ERR_BAD_REQUEST, "empty line: expected a JSON object");
 
-    if (fast && parse_fast(line, len, lim, out) == 0)
+    if (fast && parse_fast(line, len, lim, out, buf, cap) == 0)
         return 0;
     memset(out, 0, sizeof *out);
     out->types = EV_ALL;
@@ -1073,21 +1186,30 @@ static int parse_line(const char *line, size_t len, const struct proto_limits *l
 int request_parse(const char *line, size_t len, const struct proto_limits *lim, struct request *out,
                   struct proto_error *err)
 {
-    return parse_line(line, len, lim, out, err, true);
+    return parse_line(line, len, lim, out, err, true, NULL, 0);
 }
 
 int request_parse_json(const char *line, size_t len, const struct proto_limits *lim, struct request *out,
                        struct proto_error *err)
 {
-    return parse_line(line, len, lim, out, err, false);
+    return parse_line(line, len, lim, out, err, false, NULL, 0);
+}
+
+int request_parse_buf(const char *line, size_t len, const struct proto_limits *lim, struct request *out,
+                      struct proto_error *err, char *buf, size_t cap)
+{
+    return parse_line(line, len, lim, out, err, true, buf, cap);
 }
 
 void request_free(struct request *r)
 {
-    if (r->root != NULL)
+    if (r->root != NULL) {
         json_decref(r->root);
-    else if (r->req != NULL)
-        json_decref(r->req); /* the fast path's own copy */
+    } else {
+        /* the fast path's own values */
+        json_decref(r->req);
+        json_decref(r->ids);
+    }
     free(r->copies);
     memset(r, 0, sizeof *r);
     r->types = EV_ALL;

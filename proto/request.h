@@ -66,7 +66,8 @@ struct proto_error {
 
 /* A parsed request. Every pointer lives until request_free: borrowed from
  * root, or, for a line the fast path took (flat, no escapes), from strings
- * in `copies` (then root is NULL and req, if any, is owned on its own).
+ * in `copies` or in the caller's buffer (then root is NULL, and req and
+ * ids, if any, are owned on their own).
  * Absent optional strings are NULL, absent numbers 0. */
 struct request {
     enum op op;
@@ -99,6 +100,12 @@ struct request {
  * on every path. */
 int request_parse(const char *line, size_t len, const struct proto_limits *lim, struct request *out,
                   struct proto_error *err);
+/* request_parse that puts the fast path's string copies in buf (cap
+ * bytes) when they fit, instead of a block of their own: buf must stay
+ * as it is until request_free (a caller that parses into memory it
+ * reuses saves an allocation per request). */
+int request_parse_buf(const char *line, size_t len, const struct proto_limits *lim, struct request *out,
+                      struct proto_error *err, char *buf, size_t cap);
 void request_free(struct request *r);
 /* request_parse without its fast path: every line through jansson. The
  * reference that the fast path is tested against; same contract. */

@@ -669,3 +669,58 @@ enum action classify_action(const struct policy *p, int class_idx, int code)
     const struct policy_class *c = &p->classes[class_idx];
     return (code >= 400 && code <= 499) ? c->action_4xx : c->action_5xx;
 }
+
+/* ---- the cache ---- */
+
+/* FNV-1a: the keys are short and a good spread over 512 slots is all
+ * that is asked of it. */
+static uint64_t fnv1a(uint64_t h, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+void classify_cached(struct classify_cache *cache, const struct policy *p, uint64_t generation, int code,
+                     const char *enhanced, const char *text, struct classification *out)
+{
+    /* classify_reply reads no further than these bounds, and reads a NULL
+     * enhanced or text as an empty one: the key is exactly its input. */
+    size_t en = enhanced ? strnlen(enhanced, CLASSIFY_CACHE_ENH) : 0;
+    size_t tn = text ? strnlen(text, CLASSIFY_CACHE_TEXT + 1) : 0;
+
+    if (en >= CLASSIFY_CACHE_ENH || tn > CLASSIFY_CACHE_TEXT) {
+        classify_reply(p, code, enhanced, text, out);
+        return;
+    }
+    if (cache->policy != p || cache->generation != generation) {
+        for (size_t i = 0; i < CLASSIFY_CACHE_SLOTS; i++)
+            cache->slots[i].used = false;
+        cache->policy = p;
+        cache->generation = generation;
+    }
+    uint64_t h = 0xcbf29ce484222325ULL ^ (uint64_t)(unsigned)code;
+    h = fnv1a(h, enhanced ? enhanced : "", en);
+    h = fnv1a(h ^ 0xff, text ? text : "", tn);
+    struct classify_cache_slot *s = &cache->slots[(h ^ (h >> 29)) % CLASSIFY_CACHE_SLOTS];
+    if (s->used && s->hash == h && s->code == code && s->enh_len == en && s->text_len == tn &&
+        (en == 0 || memcmp(s->enh, enhanced, en) == 0) && (tn == 0 || memcmp(s->text, text, tn) == 0)) {
+        cache->hits++;
+        *out = s->cls;
+        return;
+    }
+    cache->misses++;
+    classify_reply(p, code, enhanced, text, out);
+    s->used = true;
+    s->hash = h;
+    s->code = code;
+    s->enh_len = (uint8_t)en;
+    s->text_len = (uint16_t)tn;
+    if (en)
+        memcpy(s->enh, enhanced, en);
+    if (tn)
+        memcpy(s->text, text, tn);
+    s->cls = *out;
+}

@@ -22,6 +22,8 @@
 #include "config/policy_load.h"
 #include "queue/classify.h"
 
+#include "random_model.h"
+
 #define SHIPPED REBOUND_SOURCE_DIR "/config/policy.json"
 #define FAST REBOUND_SOURCE_DIR "/tests/fast-policy.json"
 #define TABLE REBOUND_SOURCE_DIR "/tests/unit/data/replies.tsv"
@@ -612,6 +614,128 @@ static void test_fast_policy(void **state)
     policy_free(slow);
 }
 
+
+/* ---- the cache ---- */
+
+static void same_classification(const struct classification *a, const struct classification *b, int code,
+                                const char *enh, const char *text)
+{
+    if (a->class_idx != b->class_idx || a->rule_idx != b->rule_idx || a->code != b->code ||
+        strcmp(a->enhanced, b->enhanced) != 0 || a->stated_wait_ms != b->stated_wait_ms)
+        fail_msg("cached and uncached differ for %d %s \"%.60s\" (seed %llu, op %zu): class %d/%d rule %d/%d "
+                 "code %d/%d enhanced %s/%s wait %lld/%lld",
+                 code, enh ? enh : "(null)", text ? text : "(null)", (unsigned long long)seed, op, a->class_idx,
+                 b->class_idx, a->rule_idx, b->rule_idx, a->code, b->code, a->enhanced, b->enhanced,
+                 (long long)a->stated_wait_ms, (long long)b->stated_wait_ms);
+}
+
+/* A text from the real table, cut, with a byte changed, or made up; the
+ * pool is small enough that texts repeat, as in a campaign. */
+static const char *pick_text(const struct row *rows, size_t nrows, char *buf, size_t cap)
+{
+    static const char *const made_up[] = {
+        "greylisted", "Greylisted", "greylisted ", "try again in 5 minutes", "mailbox full", "user unknown",
+        "", "4.7.1 greylisted", "550 5.1.1 <a@b.example>: user unknown", "retry after 60s please",
+    };
+    switch (rnd_below(6)) {
+    case 0:
+        return NULL;
+    case 1:
+        return made_up[rnd_below(sizeof made_up / sizeof made_up[0])];
+    case 2: { /* a long one: around the cache's limit, or far past it */
+        size_t n = CLASSIFY_CACHE_TEXT - 3 + rnd_below(8);
+        if (rnd_below(4) == 0)
+            n = 1000 + rnd_below(2000);
+        if (n >= cap)
+            n = cap - 1;
+        for (size_t i = 0; i < n; i++)
+            buf[i] = "abcdefgh greylisted try again in 10 minutes "[(i * 7 + n) % 44];
+        buf[n] = '\0';
+        return buf;
+    }
+    default: {
+        const char *t = rows[rnd_below(nrows < 40 ? nrows : 40)].text; /* a few dozen texts, repeated */
+        size_t n = strlen(t);
+        if (n >= cap)
+            n = cap - 1;
+        memcpy(buf, t, n + 1);
+        buf[n] = '\0';
+        if (rnd_below(4) == 0 && n > 0)
+            buf[rnd_below(n)] = "Xx5.\n "[rnd_below(6)];
+        if (rnd_below(4) == 0)
+            buf[rnd_below(n + 1)] = '\0';
+        return buf;
+    }
+    }
+}
+
+static void test_cache_agrees(void **state)
+{
+    (void)state;
+    static const int codes[] = {0, 199, 250, 421, 450, 451, 452, 454, 550, 552, 553, 554, 600, -1};
+    static const char *const enhs[] = {NULL,    "",      "4.7.1", "5.1.1",  "4.2.2", "5.7.26", "4.7.*",
+                                       "5.7.1", "x.y.z", "2.0.0", "4.7.1 ", "4.4.7.1.2.3.4.5.6.7.8.9"};
+    static struct classify_cache cache; /* large: not on the stack */
+    size_t nrows;
+    struct row *rows = read_table(&nrows);
+    struct policy *pols[2] = {load_shipped(), load("{" CLASSES ", 'rules': ["
+                                                   "{'class': 'a', 'text': ['greylist']},"
+                                                   "{'class': 'b', 'enhanced': '4.7.*'},"
+                                                   "{'class': 'd', 'code': '5xx'}]}")};
+    char buf[4096];
+    uint64_t gen = 1;
+    int which = 0;
+
+    seed_from_env(0xc1a55);
+    memset(&cache, 0, sizeof cache);
+    for (op = 0; op < 200000; op++) {
+        if (rnd_below(5000) == 0) {
+            /* A reload: the other policy, or the same one reloaded. */
+            gen++;
+            if (rnd_below(2))
+                which = !which;
+        }
+        int code = codes[rnd_below(sizeof codes / sizeof codes[0])];
+        const char *enh = enhs[rnd_below(sizeof enhs / sizeof enhs[0])];
+        const char *text = pick_text(rows, nrows, buf, sizeof buf);
+        struct classification a, b;
+        memset(&a, 0x5a, sizeof a);
+        memset(&b, 0xa5, sizeof b);
+        classify_cached(&cache, pols[which], gen, code, enh, text, &a);
+        classify_reply(pols[which], code, enh, text, &b);
+        same_classification(&a, &b, code, enh, text);
+    }
+    /* Slots were both reused and evicted along the way. */
+    assert_true(cache.hits > 10000);
+    assert_true(cache.misses > 10000);
+
+    /* A campaign: one reply text over and over is read once. */
+    uint64_t hits = cache.hits, misses = cache.misses;
+    gen++;
+    for (int i = 0; i < 1000; i++) {
+        struct classification a;
+        classify_cached(&cache, pols[0], gen, 451, "4.7.1", "greylisted", &a);
+    }
+    assert_int_equal(cache.misses - misses, 1);
+    assert_int_equal(cache.hits - hits, 999);
+
+    /* A policy freed and another loaded, possibly at the same address:
+     * with a new generation the old results are never used. */
+    struct classification a, b;
+    classify_cached(&cache, pols[1], 100, 451, "4.7.1", "greylisted", &a);
+    assert_string_equal(pols[1]->classes[a.class_idx].name, "a");
+    policy_free(pols[1]);
+    pols[1] = load("{" CLASSES ", 'rules': [{'class': 'c', 'text': ['greylist']}]}");
+    classify_cached(&cache, pols[1], 101, 451, "4.7.1", "greylisted", &a);
+    classify_reply(pols[1], 451, "4.7.1", "greylisted", &b);
+    same_classification(&a, &b, 451, "4.7.1", "greylisted");
+    assert_string_equal(pols[1]->classes[a.class_idx].name, "c");
+
+    policy_free(pols[0]);
+    policy_free(pols[1]);
+    free(rows);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -626,6 +750,7 @@ int main(void)
         cmocka_unit_test(test_every_rule_reached),
         cmocka_unit_test(test_sender_side_never_suppressed),
         cmocka_unit_test(test_fast_policy),
+        cmocka_unit_test(test_cache_agrees),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -836,6 +836,9 @@ static bool check_same(const char *line, size_t len)
         assert_true(a.not_before == b.not_before);
         assert_true((a.meta == NULL) == (b.meta == NULL));
         assert_int_equal(a.types, b.types);
+        assert_true((a.ids == NULL) == (b.ids == NULL));
+        if (a.ids)
+            assert_true(json_equal(a.ids, b.ids));
     }
     assert_true((a.req == NULL) == (b.req == NULL));
     if (a.req)
@@ -876,6 +879,20 @@ static void test_fast_path_agrees(void **state)
         "{\"op\":\"subscribe\",\"group\":\"g\"}",
         "{\"op\":\"classify\",\"code\":550,\"text\":\"no such user\"}",
         "{\"op\":\"bounse\",\"id\":\"m1\"}",
+        "{\"op\":\"ack\",\"group\":\"g\",\"ids\":[\"1700000000000-0\",\"1700000000000-1\"]}",
+        "{ \"ids\" : [ \"1-0\" , \"22-5\" ] , \"op\" : \"ack\" , \"req\" : \"r\" }",
+        "{\"op\":\"ack\",\"ids\":[]}",
+        "{\"op\":\"ack\",\"ids\":[\"abc\"],\"req\":1}",
+        "{\"op\":\"ack\",\"ids\":[1,2]}",
+        "{\"op\":\"ack\",\"ids\":\"1-0\"}",
+        "{\"op\":\"ack\",\"ids\":[\"1-0\"],\"req\":[\"x\"]}",
+        "{\"op\":\"ack\",\"ids\":[\"1-0\"],\"ids\":[\"2-0\"]}",
+        "{\"op\":\"ack\",\"ids\":[\"1-0\",[\"2-0\"]]}",
+        "{\"op\":\"ack\",\"ids\":[\"1-\\u0030\"]}",
+        "{\"op\":\"ack\",\"ids\":null}",
+        "{\"op\":\"bounce\",\"id\":\"x\",\"rcpt\":\"a@b\",\"code\":451,\"tags\":[\"a\",\"b\"],\"more\":[]}",
+        "{\"op\":\"bounce\",\"id\":\"x\",\"rcpt\":\"a@b\",\"code\":451,\"text\":[\"greylisted\"]}",
+        "{\"op\":\"subscribe\",\"group\":\"g\",\"types\":[\"retry\"]}",
         "{\"op\":7}",
         "[1,2]",
     };
@@ -901,7 +918,61 @@ static void test_fast_path_agrees(void **state)
         }
         free(buf);
     }
-    assert_true(accepted >= 8);
+    assert_true(accepted >= 12);
+
+    /* ack's limit on ids, at and past it, both ways */
+    struct proto_limits small = lim;
+    small.max_ack_ids = 3;
+    for (int n = 1; n <= 5; n++) {
+        char line[256] = "{\"op\":\"ack\",\"ids\":[";
+        for (int i = 0; i < n; i++)
+            snprintf(line + strlen(line), sizeof line - strlen(line), "%s\"17-%d\"", i ? "," : "", i);
+        strcat(line, "]}");
+        struct request a, b;
+        struct proto_error ea, eb;
+        int ra = request_parse(line, strlen(line), &small, &a, &ea);
+        int rb = request_parse_json(line, strlen(line), &small, &b, &eb);
+        assert_int_equal(ra, rb);
+        assert_int_equal(ra, n <= 3 ? 0 : -1);
+        if (ra == 0) {
+            assert_null(a.root); /* the fast path took it */
+            assert_true(json_equal(a.ids, b.ids));
+            assert_int_equal(json_array_size(a.ids), n);
+        } else {
+            assert_string_equal(ea.message, eb.message);
+        }
+        request_free(&a);
+        request_free(&b);
+    }
+}
+
+/* request_parse_buf: the same request, its strings in the caller's buffer
+ * when they fit, in a block of their own when they do not. */
+static void test_parse_buf(void **state)
+{
+    (void)state;
+    static const char line[] = "{\"op\":\"bounce\",\"id\":\"m1\",\"rcpt\":\"u1@d1.example\",\"code\":451,"
+                               "\"enhanced\":\"4.7.1\",\"text\":\"greylisted\",\"req\":\"r\"}";
+    char buf[64];
+    struct request a, b;
+    struct proto_error ea, eb;
+
+    for (size_t cap = 0; cap <= sizeof buf; cap += 8) {
+        memset(buf, 'x', sizeof buf);
+        assert_int_equal(request_parse_buf(line, strlen(line), &lim, &a, &ea, buf, cap), 0);
+        assert_int_equal(request_parse(line, strlen(line), &lim, &b, &eb), 0);
+        assert_string_equal(a.id, b.id);
+        assert_string_equal(a.rcpt, b.rcpt);
+        assert_string_equal(a.enhanced, b.enhanced);
+        assert_string_equal(a.text, b.text);
+        assert_true(json_equal(a.req, b.req));
+        bool inside = a.id >= buf && a.id < buf + sizeof buf;
+        /* 3 + 14 + 6 + 11 bytes with their NULs */
+        assert_int_equal(inside, cap >= 34);
+        assert_int_equal(a.copies == NULL, cap >= 34);
+        request_free(&a);
+        request_free(&b);
+    }
 }
 
 int main(void)
@@ -927,6 +998,7 @@ int main(void)
         cmocka_unit_test(test_reply_no_raw_newline),
         cmocka_unit_test(test_reply_error_layout),
         cmocka_unit_test(test_fast_path_agrees),
+        cmocka_unit_test(test_parse_buf),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
