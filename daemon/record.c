@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proto/jbuf.h"
+
 /* Epoch ms are at least this; times relative to first are far below. */
 #define EPOCH_MS_MIN 1000000000000LL
 
@@ -18,18 +20,7 @@ static char *put_str(char *p, const char *s, size_t max)
 
 static char *put_i64(char *p, int64_t v)
 {
-    char tmp[24];
-    int n = 0;
-    uint64_t u = v < 0 ? -(uint64_t)v : (uint64_t)v;
-    if (v < 0)
-        *p++ = '-';
-    do {
-        tmp[n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    while (n)
-        *p++ = tmp[--n];
-    return p;
+    return p + jbuf_fmt_int(p, v);
 }
 
 /* Class names are at most 31 bytes, enhanced codes 15 (policy and proto

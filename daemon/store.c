@@ -12,6 +12,7 @@
 #include "daemon/redis_link.h"
 #include "daemon/strmap.h"
 #include "daemon/xmalloc.h"
+#include "proto/jbuf.h"
 
 /* A list of argument strings, addressed by offset into the batch's arena
  * so the arena can grow. */
@@ -267,7 +268,7 @@ static void queue_general(struct batch *b, const struct store_change *ch, const 
         hn = record_header(header, 'P', ch->rec.due_ms, ch->rec.attempt, ch->rec.class_name, ch->rec.first_ms);
         in = record_item(item, ch->rec.at_ms, ch->rec.first_ms, ch->rec.code, ch->rec.enhanced, ch->rec.class_name);
     }
-    snprintf(nev, sizeof nev, "%d", ch->nevents);
+    nev[jbuf_fmt_int(nev, ch->nevents)] = '\0';
     batch_arg(b, &b->general, ch->id, ch->id_len);
     batch_arg_str(b, &b->general, mode);
     batch_arg(b, &b->general, header, hn);
@@ -458,21 +459,46 @@ int store_get_with_rcpt(const char *id, size_t id_len, const char *rcpt, store_r
     return 0;
 }
 
+/* Runs for every report, so plain appends rather than snprintf. */
+static char *put(char *p, const char *s, size_t max)
+{
+    while (*s && max--)
+        *p++ = *s++;
+    return p;
+}
+
 void store_bounce_arg(char *buf, char action, bool counts, int64_t now, int code, int attempt,
                       const char *class_name, const char *enhanced, const char *campaign, const char *id,
                       size_t id_len)
 {
     /* Campaigns hold at most 200 bytes and ids 200 (proto limits), class
-     * names 31, so this always fits; the campaign goes last because it may
-     * hold commas. Only a bounce that counts needs the campaign: the
-     * common retry in another class goes without. */
-    if (!counts && action == 'R')
-        snprintf(buf, STORE_BOUNCE_ARG_MAX, "R-,%lld,%d,%d,%s,%s,", (long long)now, code, attempt, class_name,
-                 enhanced ? enhanced : "");
-    else if (campaign)
-        snprintf(buf, STORE_BOUNCE_ARG_MAX, "%c%c,%lld,%d,%d,%s,%s,c%s", action, counts ? 'c' : '-',
-                 (long long)now, code, attempt, class_name, enhanced ? enhanced : "", campaign);
-    else
-        snprintf(buf, STORE_BOUNCE_ARG_MAX, "%c%c,%lld,%d,%d,%s,%s,m%.*s", action, counts ? 'c' : '-',
-                 (long long)now, code, attempt, class_name, enhanced ? enhanced : "", (int)id_len, id);
+     * names 31, enhanced codes 15, so this fits in STORE_BOUNCE_ARG_MAX;
+     * the caps only keep a broken caller inside it. The campaign goes last
+     * because it may hold commas. Only a bounce that counts needs the
+     * campaign: the common retry in another class goes without. */
+    char *p = buf;
+    bool plain_retry = !counts && action == 'R';
+    *p++ = action;
+    *p++ = counts ? 'c' : '-';
+    *p++ = ',';
+    p += jbuf_fmt_int(p, now);
+    *p++ = ',';
+    p += jbuf_fmt_int(p, code);
+    *p++ = ',';
+    p += jbuf_fmt_int(p, attempt);
+    *p++ = ',';
+    p = put(p, class_name, 31);
+    *p++ = ',';
+    p = put(p, enhanced ? enhanced : "", 15);
+    *p++ = ',';
+    if (!plain_retry && campaign) {
+        *p++ = 'c';
+        p = put(p, campaign, 255);
+    } else if (!plain_retry) {
+        *p++ = 'm';
+        size_t n = id_len < 255 ? id_len : 255;
+        memcpy(p, id, n);
+        p += n;
+    }
+    *p = '\0';
 }

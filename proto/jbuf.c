@@ -127,7 +127,7 @@ bool jbuf_str(struct jbuf *b, const char *s, size_t n)
     return true;
 }
 
-bool jbuf_int(struct jbuf *b, long long v)
+size_t jbuf_fmt_int(char *dst, long long v)
 {
     char tmp[24];
     char *q = tmp + sizeof tmp;
@@ -139,7 +139,17 @@ bool jbuf_int(struct jbuf *b, long long v)
     } while (u);
     if (v < 0)
         *--q = '-';
-    return jbuf_put(b, q, (size_t)(tmp + sizeof tmp - q));
+    size_t n = (size_t)(tmp + sizeof tmp - q);
+    memcpy(dst, q, n);
+    return n;
+}
+
+bool jbuf_int(struct jbuf *b, long long v)
+{
+    if (!jbuf_reserve(b, JBUF_INT_MAX))
+        return false;
+    b->len += jbuf_fmt_int(b->p + b->len, v);
+    return true;
 }
 
 static int dump_cb(const char *buffer, size_t size, void *data)

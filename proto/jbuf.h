@@ -56,6 +56,10 @@ static inline bool jbuf_put(struct jbuf *b, const char *s, size_t n)
 bool jbuf_str(struct jbuf *b, const char *s, size_t n);
 /* Appends v in decimal, as jansson encodes an integer. */
 bool jbuf_int(struct jbuf *b, long long v);
+/* Writes v in decimal at dst (room for JBUF_INT_MAX bytes), without a
+ * NUL; returns the length. For the writers that fill fixed buffers. */
+#define JBUF_INT_MAX 20
+size_t jbuf_fmt_int(char *dst, long long v);
 /* Appends v as compact JSON (any value). Returns false once failed. */
 bool jbuf_json(struct jbuf *b, json_t *v);
 /* Empties b for reuse, keeping its memory (and clearing a failure). */
