@@ -51,6 +51,7 @@ struct daemon {
     uint64_t requests_waiting;        /* requests read and not yet answered, all connections */
     uint64_t conns_accepted, conns_refused;
     uint64_t reloads_ok, reloads_failed;
+    uint64_t policy_generation; /* bumped each time rbd->policy changes: keys caches of its results */
     uint64_t redis_connects;          /* times the Redis link became ready */
 };
 

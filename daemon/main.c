@@ -214,6 +214,7 @@ static void policy_swap(struct policy *p)
     struct policy *old = rbd->policy;
     schedule_remap_classes(old, p);
     rbd->policy = p;
+    rbd->policy_generation++;
     policy_free(old);
 }
 

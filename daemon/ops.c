@@ -218,7 +218,7 @@ static void bounce_run(struct job *op, struct entry *e)
     /* rbd->policy and the reload count name the policy together: a new
      * policy is loaded while the one in force is alive, and a later one
      * that could reuse a freed policy's address comes with another reload. */
-    classify_cached(&class_cache, p, rbd->reloads_ok, r->code, r->enhanced, r->text, &op->cls);
+    classify_cached(&class_cache, p, rbd->policy_generation, r->code, r->enhanced, r->text, &op->cls);
     decide_bounce(p, &op->cls, &prior, now, r->not_before, &rbd->rng, &op->d);
     const struct decision *d = &op->d;
     const char *cname = p->classes[d->class_idx].name;
