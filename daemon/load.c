@@ -10,32 +10,98 @@
 #include "daemon/log.h"
 #include "daemon/ops.h"
 #include "daemon/record.h"
+#include "daemon/redis_link.h"
 #include "daemon/store.h"
 #include "daemon/xmalloc.h"
 #include "queue/policy.h"
 
-static void (*load_done)(void);
-static char load_cursor[32];
-static uint64_t load_count;
+/*
+ * The load at start. Redis needs about as long to produce a page of HSCAN
+ * as the daemon needs to take it in, so the two work side by side: a page's
+ * reply is kept (redis_link_reply_retain), the request for the next page
+ * leaves at once, and the kept page is worked through from a uv_check
+ * handle, which runs after the read that brought the page, so after that
+ * request went out. Before the first page, HLEN tells how many records are
+ * coming, so the schedule is sized once (sched_reserve) rather than doubled
+ * and rehashed along the way.
+ *
+ * One scan alone still leaves Redis idle while the daemon reads each reply
+ * (the next request can only name the cursor that reply ends with). So the
+ * hash is read by LOAD_SCANS scans at once, each over its own part of the
+ * cursor space: an HSCAN cursor counts buckets with its bits reversed, so
+ * the cursors whose low bits are p come one after the other, and a scan
+ * started at cursor p has read every bucket of its part when the cursor it
+ * gets back has other low bits (or is 0, at the very end). While the daemon
+ * reads one scan's page, Redis works on another's. A hash small enough to
+ * be stored compactly comes whole in the first page of every scan; the
+ * duplicates are skipped like any other.
+ *
+ * A run belongs to one connection: when Redis fails mid-load the run stops
+ * (the pages it kept are still taken in), and the next connection starts a
+ * new run from the start (the cursors of a dropped connection mean nothing
+ * to a restarted server); entries read before are kept, duplicates skipped.
+ */
+#define LOAD_PAGE_COUNT "5000"
+#define LOAD_SCAN_BITS 1
+#define LOAD_SCANS (1 << LOAD_SCAN_BITS)
+#define LOAD_MAX_KEPT (2 * LOAD_SCANS)
+/* How many records ahead of the one being taken in its bucket is fetched
+ * into the cache; the chain's first entry is fetched half as far ahead. */
+#define LOAD_PREFETCH 8
 
-static void load_page(void);
+struct load_run;
+
+struct load_scan {
+    struct load_run *run;
+    unsigned part; /* the low cursor bits of this scan's part */
+    char cursor[32];
+    bool waiting; /* a page is asked for */
+    bool done;    /* the part is read */
+};
+
+struct load_run {
+    uv_check_t check;
+    struct load_scan scans[LOAD_SCANS];
+    redisReply *kept[LOAD_MAX_KEPT]; /* pages to take in, oldest first */
+    int nkept;
+    int nwaiting; /* scans with a page asked for */
+    bool stopped; /* Redis failed, or a new run began: take in what is kept, then end */
+    bool closing;
+};
+
+static void (*load_done)(void);
+static struct load_run *load_current; /* the run that asks for pages */
+static uint64_t load_count;
+static int load_class_last = -1; /* the class of the previous record */
+
+static void load_page(struct load_scan *scan);
 
 static int class_for(const char *name, size_t len)
 {
+    const struct policy *p = rbd->policy;
+    /* Records come in runs of one class: the last one is tried first. */
+    if (load_class_last >= 0 && load_class_last < p->nclasses && len < POLICY_NAME_MAX) {
+        const char *last = p->classes[load_class_last].name;
+        if (memcmp(last, name, len) == 0 && last[len] == '\0')
+            return load_class_last;
+    }
     char buf[POLICY_NAME_MAX];
     if (len >= sizeof buf)
-        return rbd->policy->temp_other;
+        return p->temp_other;
     memcpy(buf, name, len);
     buf[len] = '\0';
-    int i = policy_class_find(rbd->policy, buf);
-    return i >= 0 ? i : rbd->policy->temp_other;
+    int i = policy_class_find(p, buf);
+    if (i < 0)
+        return p->temp_other;
+    load_class_last = i;
+    return i;
 }
 
 /* Makes e (new, or known and idle) say what its record says. */
-static void entry_from_record(struct entry *e, const struct record *rec, int64_t awaiting)
+static void entry_from_record(struct entry *e, const struct record *rec, int64_t awaiting, int64_t now)
 {
     stats_entry_leave(e);
-    entry_set_domain(e, domains_of_rcpt(rec->rcpt, rec->rcpt_len, true, now_ms()));
+    entry_set_domain(e, domains_of_rcpt(rec->rcpt, rec->rcpt_len, true, now));
     e->class_idx = (uint8_t)class_for(rec->class_name, rec->class_len);
     e->attempt = (uint16_t)rec->attempt;
     e->first_ms = rec->first_ms;
@@ -44,62 +110,175 @@ static void entry_from_record(struct entry *e, const struct record *rec, int64_t
     sched_set_due(rbd->sched, e, rec->state == 'P' ? rec->due_ms : rec->due_ms + awaiting);
 }
 
-static void load_reply_cb(void *arg, redisReply *reply)
+/* Takes in one HSCAN page, {cursor, [field, value, ...]}, already checked
+ * to be of that shape. */
+static void load_take_page(redisReply *reply)
 {
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
-        reply->element[0]->type != REDIS_REPLY_STRING || reply->element[1]->type != REDIS_REPLY_ARRAY) {
-        log_warn("load: reading the schedule failed (%s); will retry when Redis is back",
-                 reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "no reply");
-        return; /* firing_load is called again on reconnect */
-    }
     redisReply *items = reply->element[1];
     int64_t awaiting = rbd->policy->awaiting_ms;
-    for (size_t i = 0; i + 1 < items->elements; i += 2) {
+    int64_t now = now_ms(); /* a page takes a few milliseconds */
+    size_t n = items->elements & ~(size_t)1;
+    for (size_t i = 0; i < n; i += 2) {
+        if (i + 2 * LOAD_PREFETCH < n) {
+            redisReply *ahead = items->element[i + 2 * LOAD_PREFETCH];
+            if (ahead->type == REDIS_REPLY_STRING && ahead->len <= 255)
+                sched_prefetch(rbd->sched, ahead->str, ahead->len);
+        }
+        if (i + LOAD_PREFETCH < n) {
+            redisReply *ahead = items->element[i + LOAD_PREFETCH];
+            if (ahead->type == REDIS_REPLY_STRING && ahead->len <= 255)
+                sched_prefetch_chain(rbd->sched, ahead->str, ahead->len);
+        }
         redisReply *k = items->element[i], *v = items->element[i + 1];
         struct record rec;
-        if (k->len == 0 || k->len > 255 || record_parse(v->str, v->len, &rec) != 0) {
-            log_warn("load: skipping a malformed record (%.*s)", (int)(k->len > 64 ? 64 : k->len), k->str);
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING || k->len == 0 || k->len > 255 ||
+            record_parse(v->str, v->len, &rec) != 0) {
+            log_warn("load: skipping a malformed record (%.*s)", (int)(k->len > 64 ? 64 : k->len),
+                     k->str ? k->str : "");
             continue;
         }
-        if (sched_find(rbd->sched, k->str, k->len))
+        bool added;
+        struct entry *e = sched_find_or_add(rbd->sched, k->str, k->len, &added);
+        if (!added)
             continue; /* HSCAN may return a field twice */
-        entry_from_record(sched_add(rbd->sched, k->str, k->len), &rec, awaiting);
+        entry_from_record(e, &rec, awaiting, now);
         load_count++;
     }
-    snprintf(load_cursor, sizeof load_cursor, "%.*s", (int)reply->element[0]->len, reply->element[0]->str);
-    if (strcmp(load_cursor, "0") == 0) {
-        log_info("load: %llu messages read back from Redis (%llu pending, %llu awaiting)",
-                 (unsigned long long)load_count, (unsigned long long)rbd->npending,
-                 (unsigned long long)rbd->nawaiting);
-        void (*done)(void) = load_done;
-        load_done = NULL;
-        /* Then the domain throttles, so that a restart honours them
-         * before the first retry fires. */
-        if (done)
-            domains_load(done);
-        return;
-    }
-    load_page();
 }
 
-static void load_page(void)
+static void load_close_cb(uv_handle_t *h)
 {
-    const char *argv[] = {"HSCAN", rbd->key_msgs, load_cursor, "COUNT", "2000"};
+    free(h->data);
+}
+
+/* Ends run: nothing of it is in flight any more. */
+static void load_end(struct load_run *run)
+{
+    if (run->closing)
+        return;
+    run->closing = true;
+    if (load_current == run)
+        load_current = NULL;
+    for (int i = 0; i < run->nkept; i++)
+        redis_link_reply_release(run->kept[i]);
+    run->nkept = 0;
+    uv_close((uv_handle_t *)&run->check, load_close_cb);
+}
+
+static void load_check_cb(uv_check_t *h)
+{
+    struct load_run *run = h->data;
+    while (run->nkept > 0) {
+        redisReply *page = run->kept[0];
+        load_take_page(page);
+        redis_link_reply_release(page);
+        run->nkept--;
+        memmove(run->kept, run->kept + 1, (size_t)run->nkept * sizeof run->kept[0]);
+    }
+    /* While Redis makes the next page: ordering the heap at the end of a
+     * load of ten million would take a second after the last page. */
+    sched_settle(rbd->sched);
+    uv_check_stop(h);
+    if (run->nwaiting > 0)
+        return; /* more pages, or their failure, are on their way */
+    bool read = true;
+    for (int i = 0; i < LOAD_SCANS; i++)
+        read = read && run->scans[i].done;
+    load_end(run);
+    if (run->stopped || !read || rbd->stopping)
+        return;
+    log_info("load: %llu messages read back from Redis (%llu pending, %llu awaiting)",
+             (unsigned long long)load_count, (unsigned long long)rbd->npending,
+             (unsigned long long)rbd->nawaiting);
+    void (*done)(void) = load_done;
+    load_done = NULL;
+    /* Then the domain throttles, so that a restart honours them before the
+     * first retry fires. */
+    if (done)
+        domains_load(done);
+}
+
+static void load_reply_cb(void *arg, redisReply *reply)
+{
+    struct load_scan *scan = arg;
+    struct load_run *run = scan->run;
+    scan->waiting = false;
+    run->nwaiting--;
+    if (rbd->stopping)
+        run->stopped = true; /* a daemon that stops reads no further, and opens no listener */
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_STRING || reply->element[1]->type != REDIS_REPLY_ARRAY) {
+        if (!run->stopped)
+            log_warn("load: reading the schedule failed (%s); will retry when Redis is back",
+                     reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "no reply");
+        run->stopped = true; /* schedule_load is called again on reconnect */
+    } else if (!run->stopped && run->nkept < LOAD_MAX_KEPT) {
+        snprintf(scan->cursor, sizeof scan->cursor, "%.*s", (int)reply->element[0]->len, reply->element[0]->str);
+        run->kept[run->nkept++] = redis_link_reply_retain(reply);
+        unsigned long long c = strtoull(scan->cursor, NULL, 10);
+        if (c == 0 || (c & (LOAD_SCANS - 1)) != scan->part)
+            scan->done = true;
+        else
+            load_page(scan);
+    }
+    if (run->stopped && load_current == run)
+        load_current = NULL;
+    uv_check_start(&run->check, load_check_cb);
+}
+
+static void load_page(struct load_scan *scan)
+{
+    struct load_run *run = scan->run;
+    const char *argv[] = {"HSCAN", rbd->key_msgs, scan->cursor, "COUNT", LOAD_PAGE_COUNT};
     size_t lens[5];
     for (int i = 0; i < 5; i++)
         lens[i] = strlen(argv[i]);
-    if (store_command(5, argv, lens, load_reply_cb, NULL) != 0)
+    if (store_command(5, argv, lens, load_reply_cb, scan) == 0) {
+        scan->waiting = true;
+        run->nwaiting++;
+        return;
+    }
+    if (!run->stopped)
         log_warn("load: Redis went away; will resume when it is back");
+    run->stopped = true;
+    if (load_current == run)
+        load_current = NULL;
+}
+
+static void load_hlen_cb(void *arg, redisReply *reply)
+{
+    /* Only a size hint: without it the schedule grows as it goes. */
+    if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0)
+        sched_reserve(rbd->sched, sched_count(rbd->sched) + (size_t)reply->integer);
 }
 
 void schedule_load(void (*done)(void))
 {
-    /* A fresh start, or a restart of a load that Redis interrupted: the
-     * cursor of a dropped connection means nothing to a restarted server,
-     * so begin again; entries read before are kept, duplicates skipped. */
-    snprintf(load_cursor, sizeof load_cursor, "0");
+    if (rbd->stopping)
+        return;
+    if (load_current)
+        load_current->stopped = true; /* it takes in what it kept, and ends */
+    struct load_run *run = xcalloc(1, sizeof *run);
+    uv_check_init(rbd->loop, &run->check);
+    run->check.data = run;
+    load_current = run;
     load_done = done;
-    load_page();
+    load_class_last = -1;
+    const char *argv[] = {"HLEN", rbd->key_msgs};
+    size_t lens[] = {4, strlen(rbd->key_msgs)};
+    if (store_command(2, argv, lens, load_hlen_cb, NULL) != 0) {
+        log_warn("load: Redis went away; will resume when it is back");
+        run->stopped = true;
+    }
+    for (unsigned i = 0; i < LOAD_SCANS && !run->stopped; i++) {
+        struct load_scan *scan = &run->scans[i];
+        scan->run = run;
+        scan->part = i;
+        snprintf(scan->cursor, sizeof scan->cursor, "%u", i);
+        load_page(scan);
+    }
+    if (run->nwaiting == 0)
+        load_end(run);
 }
 
 struct remap {
@@ -149,7 +328,7 @@ static void resync_reply_cb(void *arg, redisReply *reply)
     if (reply->type == REDIS_REPLY_STRING && record_parse(reply->str, reply->len, &rec) == 0) {
         if (!e)
             e = sched_add(rbd->sched, id, len);
-        entry_from_record(e, &rec, rbd->policy->awaiting_ms);
+        entry_from_record(e, &rec, rbd->policy->awaiting_ms, now_ms());
         log_info("resync: %s is %s again after a write in doubt", id, rec.state == 'P' ? "pending" : "awaiting");
     } else if (e && !entry_has_waiters(e)) {
         stats_entry_leave(e);

@@ -163,7 +163,9 @@ static void on_link_state(struct redis_link *link, bool up, void *arg);
 
 static void load_done_cb(void)
 {
-    if (rbd->loaded)
+    /* A stop during the load: opening the listener now would keep the
+     * loop alive. */
+    if (rbd->loaded || rbd->stopping)
         return;
     rbd->loaded = true;
     if (server_start() != 0) {

@@ -35,7 +35,19 @@
  * in Redis and must mean the same thing after a restart, and because code
  * that takes the time as an argument can be tested with any time at all.
  *
- * Memory. The node (24 bytes) is embedded in the caller's element, the
+ * Why inserts wait. An insert only appends; the order is made by the
+ * first operation that needs it (the minimum, a remove, an update), or
+ * when the owner has time to spare (heap_settle): a few appended nodes are
+ * sifted up one by one; a tail as long as the ordered part is merged by
+ * rebuilding the whole heap bottom-up (Floyd's method, O(n)). A start reads
+ * millions of entries back from Redis in pages; the daemon settles each
+ * page while Redis makes the next one, instead of in the loop that parses
+ * the page or, worse, all at once after the last page (a second at ten
+ * million, with the daemon otherwise ready). Either way the order is
+ * (due_ms, seq), so what comes out, and in which order, does not depend on
+ * when the settling happened.
+ *
+ * Memory. The node (20 bytes) is embedded in the caller's element, the
  * heap holds one pointer per element. The array doubles when full and halves
  * when it falls below a quarter, so a burst of ten million retries does not
  * pin its array forever. Growth that fails aborts: the schedule is rebuilt
@@ -136,6 +148,7 @@ void heap_init(struct heap *h)
     h->slots = NULL;
     h->len = 0;
     h->cap = 0;
+    h->ordered = 0;
     h->next_seq = 0;
 }
 
@@ -147,10 +160,40 @@ void heap_free(struct heap *h)
     h->slots = NULL;
     h->len = 0;
     h->cap = 0;
+    h->ordered = 0;
+}
+
+/* Grows the slot array to hold n nodes (never shrinks it). Aborts on OOM
+ * or when n is more than the heap can index. */
+void heap_reserve(struct heap *h, size_t n)
+{
+    if (n > (size_t)HEAP_NONE - 1)
+        heap_oom(n);
+    if (n > h->cap)
+        heap_resize(h, n);
+}
+
+/* Orders slots[ordered .. len) into the heap: one by one when few, else by
+ * rebuilding the whole heap bottom-up. */
+void heap_settle(struct heap *h)
+{
+    size_t tail = h->len - h->ordered;
+
+    if (tail == 0)
+        return;
+    if (tail < h->ordered) {
+        for (size_t i = h->ordered; i < h->len; i++)
+            heap_sift_up(h, i);
+    } else {
+        for (size_t i = h->len / 2; i-- > 0;)
+            heap_sift_down(h, i);
+    }
+    h->ordered = h->len;
 }
 
 /* Inserts n, which must not be in the heap, due at due_ms, behind every
- * node already due at the same time. Aborts on OOM. */
+ * node already due at the same time. It is only appended: the next
+ * operation that needs the order settles it. Aborts on OOM. */
 void heap_insert(struct heap *h, struct heap_node *n, int64_t due_ms)
 {
     if (heap_holds(h, n)) {
@@ -168,10 +211,8 @@ void heap_insert(struct heap *h, struct heap_node *n, int64_t due_ms)
     }
     n->due_ms = due_ms;
     n->seq = h->next_seq++;
-    h->slots[h->len] = n;
-    n->index = (uint32_t)h->len;
+    heap_place(h, n, h->len);
     h->len++;
-    heap_sift_up(h, h->len - 1);
 }
 
 /* Removes n, which must be in the heap, and marks it HEAP_NONE. */
@@ -183,11 +224,23 @@ void heap_remove(struct heap *h, struct heap_node *n)
         fprintf(stderr, "rebound: heap_remove of a node not in the heap\n");
         abort();
     }
+    if (i < h->ordered && h->ordered != h->len) {
+        heap_settle(h); /* which may move n */
+        i = n->index;
+    }
     h->len--;
-    if (i != h->len) {
-        /* The last node fills the hole; it may belong above or below it. */
-        heap_place(h, h->slots[h->len], i);
-        heap_fix(h, i);
+    if (i >= h->ordered) {
+        /* In the unordered tail (settling may have just made it empty):
+         * the last node fills the hole, and order does not matter there. */
+        if (i != h->len)
+            heap_place(h, h->slots[h->len], i);
+    } else {
+        h->ordered--;
+        if (i != h->len) {
+            /* The last node fills the hole; it may belong above or below it. */
+            heap_place(h, h->slots[h->len], i);
+            heap_fix(h, i);
+        }
     }
     n->index = HEAP_NONE;
     if (h->cap > HEAP_MIN_CAP && h->len < h->cap / 4) {
@@ -208,7 +261,12 @@ void heap_update(struct heap *h, struct heap_node *n, int64_t due_ms)
         heap_insert(h, n, due_ms);
         return;
     }
+    /* A node in the ordered part moves only once the tail is in order
+     * around its old key. */
+    if (n->index < h->ordered)
+        heap_settle(h);
     n->due_ms = due_ms;
     n->seq = h->next_seq++;
-    heap_fix(h, n->index);
+    if (n->index < h->ordered)
+        heap_fix(h, n->index); /* else in the tail: settled with the rest */
 }

@@ -18,17 +18,26 @@
  * schedule in a millisecond. The daemon caps each sleep, so a wall-clock
  * jump is corrected soon; what fell due while the clock jumped simply fires.
  *
- * Memory, because this holds millions of messages. An entry is one
- * allocation: the fixed fields (54 bytes on LP64) and the id inline,
- * NUL-terminated, with its length in a byte. The table is an array of chain
- * heads; the chain link is in the entry, so the table costs one pointer per
- * bucket and grows by doubling when there are as many entries as buckets
- * (load factor 1: chains average one entry, the array stays at 8 to 16
- * bytes per entry). The heap adds 8 to 16 bytes per scheduled entry. Hash
- * values are not stored: they are recomputed when the table grows, which is
- * rare, rather than paid for in every entry. With glibc's malloc and a
- * 36-byte id (a uuid) that is 112 bytes for the entry and 129 to 139 bytes a
- * message in all, measured at one and ten million.
+ * Memory, because this holds millions of messages. An entry is one block
+ * of the schedule's slab (slab.c): the fixed fields (54 bytes on LP64) and
+ * the id inline, NUL-terminated, with its length in a byte, rounded up to 8
+ * bytes and with no allocator header, so an entry with an id of up to 9
+ * bytes takes 64 bytes and one with a 36-byte id (a uuid) 96. The table is
+ * an array of chain heads; the chain link is in the entry, so the table
+ * costs one pointer per bucket and grows by doubling when there are as
+ * many entries as buckets (load factor 1: chains average one entry, the
+ * array stays at 8 to 16 bytes per entry). The heap adds 8 to 16 bytes per
+ * scheduled entry. Hash values are not stored: they are recomputed when
+ * the table grows, which is rare, rather than paid for in every entry.
+ *
+ * A load. At start the daemon reads every entry back from Redis, millions
+ * of ids in no useful order, each a lookup (Redis may return an id twice)
+ * and an add. It tells the schedule how many are coming (sched_reserve), so
+ * neither the table nor the heap grows during the load; each id is hashed
+ * and its chain walked once (sched_find_or_add), the bucket having been
+ * fetched into the cache a few ids ahead (sched_prefetch); entries join the
+ * heap unordered, and the daemon has them put in order a page at a time
+ * (sched_settle) while Redis makes the next page (heap.c).
  *
  * Growth is incremental (as in Redis's dict). Doubling a table of eight
  * million chains in one go would stall the loop for a good part of a second
@@ -44,6 +53,8 @@
  * to slow the daemon could do so more simply by sending a lot.
  */
 #include "queue/sched.h"
+
+#include "queue/slab.h"
 
 #include <stddef.h>
 #include <stdio.h>
@@ -64,6 +75,7 @@ struct sched {
     size_t rehash_pos;       /* next t[0] chain to move, or SCHED_NOT_REHASHING */
     size_t count;
     struct heap heap;
+    struct slab *slab; /* the entries' memory */
 };
 
 static void sched_oom(const char *what)
@@ -72,9 +84,17 @@ static void sched_oom(const char *what)
     abort();
 }
 
+static inline size_t entry_size(size_t id_len)
+{
+    return offsetof(struct entry, id) + id_len + 1;
+}
+
+/* The node sits at the start of an 8-aligned entry; going through void *
+ * says so to the compiler, which only knows the node as 4-aligned. */
 static inline struct entry *entry_of(struct heap_node *n)
 {
-    return (struct entry *)((char *)n - offsetof(struct entry, node));
+    void *p = (char *)n - offsetof(struct entry, node);
+    return p;
 }
 
 static inline uint64_t fmix64(uint64_t h)
@@ -172,23 +192,8 @@ struct sched *sched_new(void)
     table_alloc(&s->t[0], SCHED_INITIAL_BUCKETS);
     s->rehash_pos = SCHED_NOT_REHASHING;
     heap_init(&s->heap);
+    s->slab = slab_new();
     return s;
-}
-
-static void table_free_entries(struct sched_table *t)
-{
-    if (!t->buckets)
-        return;
-    for (size_t i = 0; i <= t->mask; i++) {
-        struct entry *e = t->buckets[i];
-        while (e) {
-            struct entry *next = e->next;
-            free(e);
-            e = next;
-        }
-    }
-    free(t->buckets);
-    t->buckets = NULL;
 }
 
 /* Frees the schedule and every entry in it (not their waiters, which are
@@ -197,9 +202,10 @@ void sched_free(struct sched *s)
 {
     if (!s)
         return;
-    table_free_entries(&s->t[0]);
-    table_free_entries(&s->t[1]);
+    free(s->t[0].buckets);
+    free(s->t[1].buckets);
     heap_free(&s->heap);
+    slab_destroy(s->slab); /* every entry at once */
     free(s);
 }
 
@@ -226,40 +232,32 @@ struct entry *sched_find(const struct sched *s, const char *id, size_t id_len)
     return e;
 }
 
-/* Adds the entry for id, which must not exist (id_len <= 255): state
- * ENTRY_NEW, not scheduled, every other field zero. The schedule owns it
- * until sched_remove. Aborts on OOM. */
-struct entry *sched_add(struct sched *s, const char *id, size_t id_len)
+/* Makes the table ready for one more entry: a rehash step, and the start
+ * of a doubling when the table is full. */
+static void sched_make_room(struct sched *s)
 {
-    struct sched_table *t;
-    struct entry *e;
-    size_t size, b;
-
-    if (id_len > UINT8_MAX) {
-        fprintf(stderr, "rebound: sched_add of an id of %zu bytes\n", id_len);
-        abort();
-    }
     sched_rehash_step(s, SCHED_REHASH_STEP);
     if (!sched_rehashing(s) && s->count >= s->t[0].mask + 1) {
         table_alloc(&s->t[1], (s->t[0].mask + 1) * 2);
         s->rehash_pos = 0;
         sched_rehash_step(s, SCHED_REHASH_STEP);
     }
+}
 
-    /* Short ids would fit in the struct's tail padding; never allocate
-     * less than the struct itself all the same. */
-    size = offsetof(struct entry, id) + id_len + 1;
-    if (size < sizeof(*e))
-        size = sizeof(*e);
-    e = malloc(size);
-    if (!e)
-        sched_oom("an entry");
+/* A new entry for id with hash h, linked into the table new entries go
+ * to. */
+static struct entry *sched_link_new(struct sched *s, uint64_t h, const char *id, size_t id_len)
+{
+    struct sched_table *t = sched_rehashing(s) ? &s->t[1] : &s->t[0];
+    struct entry *e = slab_alloc(s->slab, entry_size(id_len));
+    size_t b = h & t->mask;
+
     e->node.due_ms = 0;
     e->node.seq = 0;
     e->node.index = HEAP_NONE;
+    e->domain = 0;
     e->first_ms = 0;
     e->waiters = NULL;
-    e->domain = 0;
     e->attempt = 0;
     e->class_idx = 0;
     e->state = ENTRY_NEW;
@@ -267,13 +265,84 @@ struct entry *sched_add(struct sched *s, const char *id, size_t id_len)
     e->id_len = (uint8_t)id_len;
     memcpy(e->id, id, id_len);
     e->id[id_len] = '\0';
-
-    t = sched_rehashing(s) ? &s->t[1] : &s->t[0];
-    b = sched_hash(id, id_len) & t->mask;
     e->next = t->buckets[b];
     t->buckets[b] = e;
     s->count++;
     return e;
+}
+
+static void sched_check_id_len(size_t id_len)
+{
+    if (id_len > UINT8_MAX) {
+        fprintf(stderr, "rebound: sched_add of an id of %zu bytes\n", id_len);
+        abort();
+    }
+}
+
+/* Adds the entry for id, which must not exist (id_len <= 255): state
+ * ENTRY_NEW, not scheduled, every other field zero. The schedule owns it
+ * until sched_remove. Aborts on OOM. */
+struct entry *sched_add(struct sched *s, const char *id, size_t id_len)
+{
+    sched_check_id_len(id_len);
+    sched_make_room(s);
+    return sched_link_new(s, sched_hash(id, id_len), id, id_len);
+}
+
+/* Returns the entry for id, adding it as sched_add does when there is none
+ * (*added says which). Aborts on OOM or an id over 255 bytes. */
+struct entry *sched_find_or_add(struct sched *s, const char *id, size_t id_len, bool *added)
+{
+    uint64_t h;
+    struct entry *e;
+
+    sched_check_id_len(id_len);
+    sched_make_room(s);
+    h = sched_hash(id, id_len);
+    e = chain_find(s->t[0].buckets[h & s->t[0].mask], id, id_len);
+    if (!e && sched_rehashing(s))
+        e = chain_find(s->t[1].buckets[h & s->t[1].mask], id, id_len);
+    *added = e == NULL;
+    return e ? e : sched_link_new(s, h, id, id_len);
+}
+
+/* Grows the table so that n entries fit without a doubling (as an
+ * incremental rehash, like any doubling; a rehash already under way is
+ * finished first, at once), and the heap to n slots. */
+void sched_reserve(struct sched *s, size_t n)
+{
+    size_t want = SCHED_INITIAL_BUCKETS;
+
+    while (want < n && want <= SIZE_MAX / 4)
+        want *= 2;
+    while (sched_rehashing(s))
+        sched_rehash_step(s, SIZE_MAX / 16);
+    if (want > s->t[0].mask + 1) {
+        table_alloc(&s->t[1], want);
+        s->rehash_pos = 0;
+        sched_rehash_step(s, SCHED_REHASH_STEP);
+    }
+    heap_reserve(&s->heap, n);
+}
+
+/* Fetches the bucket that a lookup of id starts from (in the table new
+ * entries go to). */
+void sched_prefetch(const struct sched *s, const char *id, size_t id_len)
+{
+    const struct sched_table *t = sched_rehashing(s) ? &s->t[1] : &s->t[0];
+
+    __builtin_prefetch(&t->buckets[sched_hash(id, id_len) & t->mask]);
+}
+
+/* Fetches the first entry of the chain that a lookup of id walks: the
+ * entry a lookup of an absent id compares with, a cache miss otherwise. */
+void sched_prefetch_chain(const struct sched *s, const char *id, size_t id_len)
+{
+    const struct sched_table *t = sched_rehashing(s) ? &s->t[1] : &s->t[0];
+    const struct entry *e = t->buckets[sched_hash(id, id_len) & t->mask];
+
+    if (e)
+        __builtin_prefetch(e);
 }
 
 static bool table_unlink(struct sched_table *t, uint64_t h, struct entry *e)
@@ -304,7 +373,7 @@ void sched_remove(struct sched *s, struct entry *e)
         abort();
     }
     s->count--;
-    free(e);
+    slab_free(s->slab, e, entry_size(e->id_len));
     sched_rehash_step(s, 1);
 }
 
@@ -324,11 +393,18 @@ void sched_unset_due(struct sched *s, struct entry *e)
 
 /* The scheduled entry with the earliest due time (first scheduled among
  * equals), or NULL. It stays scheduled. */
-struct entry *sched_next(const struct sched *s)
+struct entry *sched_next(struct sched *s)
 {
     struct heap_node *n = heap_min(&s->heap);
 
     return n ? entry_of(n) : NULL;
+}
+
+/* Orders what was scheduled since the last operation that needed the
+ * order. */
+void sched_settle(struct sched *s)
+{
+    heap_settle(&s->heap);
 }
 
 /* If the earliest entry is due at or before now_ms, unschedules and returns
@@ -353,6 +429,12 @@ size_t sched_count(const struct sched *s)
 size_t sched_scheduled(const struct sched *s)
 {
     return heap_len(&s->heap);
+}
+
+/* Bytes of the entries' blocks (not the table or the heap). */
+size_t sched_entry_bytes(const struct sched *s)
+{
+    return slab_used(s->slab);
 }
 
 static void table_foreach(const struct sched_table *t, void (*fn)(struct entry *e, void *arg), void *arg)

@@ -40,7 +40,10 @@ static struct mnode *model_min(struct mnode *m, size_t n)
     return best;
 }
 
-static void check_invariants(const struct heap *h, struct mnode *m, size_t n)
+/* The index of every node; the heap order over the settled part
+ * slots[0 .. ordered); then heap_min, which settles the rest, against the
+ * model, and the order over all of it. */
+static void check_invariants(struct heap *h, struct mnode *m, size_t n)
 {
     size_t in = 0;
 
@@ -56,16 +59,22 @@ static void check_invariants(const struct heap *h, struct mnode *m, size_t n)
     }
     CHECK_EQ(heap_len(h), in);
     CHECK(h->len <= h->cap);
-    for (size_t i = 0; i < h->len; i++) {
-        const struct heap_node *a = h->slots[i];
-        CHECK_EQ(a->index, i);
-        if (i > 0) {
-            const struct heap_node *p = h->slots[(i - 1) / 2];
-            CHECK(p->due_ms < a->due_ms || (p->due_ms == a->due_ms && p->seq < a->seq));
+    CHECK(h->ordered <= h->len);
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < h->len; i++) {
+            const struct heap_node *a = h->slots[i];
+            CHECK_EQ(a->index, i);
+            if (i > 0 && i < h->ordered) {
+                const struct heap_node *p = h->slots[(i - 1) / 2];
+                CHECK(p->due_ms < a->due_ms || (p->due_ms == a->due_ms && p->seq < a->seq));
+            }
+        }
+        if (pass == 0) {
+            struct mnode *want = model_min(m, n);
+            CHECK(heap_min(h) == (want ? &want->node : NULL));
+            CHECK_EQ(h->ordered, h->len);
         }
     }
-    struct mnode *want = model_min(m, n);
-    CHECK(heap_min(h) == (want ? &want->node : NULL));
 }
 
 static void run_random(size_t nnodes, size_t nops, int64_t due_range, int full_check_every)
@@ -94,6 +103,19 @@ static void run_random(size_t nnodes, size_t nops, int64_t due_range, int full_c
             }
             x->due = due;
             x->order = order++;
+        } else if (kind < 40) {
+            /* a burst of inserts, as a load makes: left unordered until
+             * an operation needs the order */
+            size_t k = 1 + rnd_below(nnodes / 2 + 1);
+            for (size_t j = 0; j < k; j++) {
+                struct mnode *y = &m[rnd_below(nnodes)];
+                if (y->in)
+                    continue;
+                y->due = (int64_t)rnd_below((uint64_t)due_range) - due_range / 4;
+                heap_insert(&h, &y->node, y->due);
+                y->in = 1;
+                y->order = order++;
+            }
         } else if (kind < 55) {
             if (x->in) {
                 heap_remove(&h, &x->node);
@@ -117,7 +139,9 @@ static void run_random(size_t nnodes, size_t nops, int64_t due_range, int full_c
         }
         if (full_check_every <= 1 || op % (size_t)full_check_every == 0) {
             check_invariants(&h, m, nnodes);
-        } else {
+        } else if (rnd_below(4) == 0) {
+            /* not every time, so that unordered tails build up and get
+             * removed from and updated in before they are settled */
             struct mnode *want = model_min(m, nnodes);
             CHECK(heap_min(&h) == (want ? &want->node : NULL));
         }
@@ -248,12 +272,73 @@ static void test_grow_and_shrink(void **state)
     free(n);
 }
 
+/* A load: many inserts with many ties, some moved or removed before the
+ * heap is ordered, then drained: the order is (due, insertion), as if
+ * every insert had been sifted into place. */
+static void test_bulk_load(void **state)
+{
+    enum { N = 50000 };
+    struct mnode *m = calloc(N, sizeof(*m));
+    struct heap h;
+    uint64_t order = 0;
+
+    (void)state;
+    seed_from_env(4711);
+    assert_non_null(m);
+    heap_init(&h);
+    heap_reserve(&h, N);
+    assert_true(h.cap >= N);
+    for (size_t i = 0; i < N; i++) {
+        m[i].node.index = HEAP_NONE;
+        m[i].due = (int64_t)rnd_below(1000);
+        heap_insert(&h, &m[i].node, m[i].due);
+        m[i].in = 1;
+        m[i].order = order++;
+    }
+    assert_int_equal(h.cap, N); /* reserved: no growth */
+    assert_int_equal(h.ordered, 0);
+    for (op = 0; op < N / 10; op++) {
+        struct mnode *x = &m[rnd_below(N)];
+        if (rnd() & 1) {
+            if (x->in) {
+                heap_remove(&h, &x->node);
+                x->in = 0;
+            }
+        } else {
+            x->due = (int64_t)rnd_below(1000);
+            heap_update(&h, &x->node, x->due);
+            x->in = 1;
+            x->order = order++;
+        }
+    }
+    assert_int_equal(h.ordered, 0); /* nothing so far needed the order */
+    check_invariants(&h, m, N);
+    int64_t last_due = INT64_MIN;
+    uint64_t last_order = 0;
+    size_t out = 0;
+    for (struct heap_node *got; (got = heap_min(&h)) != NULL; out++) {
+        void *p = got; /* the node is the first member */
+        struct mnode *x = p;
+        CHECK(x->due > last_due || (x->due == last_due && x->order > last_order));
+        last_due = x->due;
+        last_order = x->order;
+        heap_remove(&h, got);
+        x->in = 0;
+    }
+    for (size_t i = 0; i < N; i++)
+        CHECK_EQ(m[i].node.index, HEAP_NONE);
+    assert_true(out > N / 2);
+    heap_free(&h);
+    free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fifo_ties_and_update),
         cmocka_unit_test(test_extreme_due),
         cmocka_unit_test(test_grow_and_shrink),
+        cmocka_unit_test(test_bulk_load),
         cmocka_unit_test(test_random_ties),
         cmocka_unit_test(test_random_large),
     };

@@ -107,7 +107,7 @@ static void foreach_unmark_cb(struct entry *e, void *arg)
 
 static void check_all(struct sched *s, struct mid *m, size_t n)
 {
-    size_t known = 0, scheduled = 0, seen = 0;
+    size_t known = 0, scheduled = 0, seen = 0, bytes = 0;
 
     for (size_t i = 0; i < n; i++) {
         struct entry *e = sched_find(s, m[i].id, m[i].len);
@@ -115,10 +115,13 @@ static void check_all(struct sched *s, struct mid *m, size_t n)
         if (e) {
             known++;
             check_entry(&m[i]);
+            /* the fixed fields, the id and its NUL, rounded to 8 */
+            bytes += (offsetof(struct entry, id) + m[i].len + 1 + 7) / 8 * 8;
         }
         scheduled += m[i].scheduled;
     }
     CHECK_EQ(sched_count(s), known);
+    CHECK_EQ(sched_entry_bytes(s), bytes);
     CHECK_EQ(sched_scheduled(s), scheduled);
     sched_foreach(s, foreach_mark_cb, &seen);
     CHECK_EQ(seen, known);
@@ -146,15 +149,33 @@ static void run_random(size_t nids, size_t nops, int64_t due_range, size_t full_
         int64_t due = now + (int64_t)rnd_below((uint64_t)due_range) - due_range / 8;
 
         if (kind < 30) {
-            if (!x->e) {
+            bool added = false;
+            if (kind < 15) {
+                /* a load's way: one lookup that adds what is missing */
+                sched_prefetch(s, x->id, x->len);
+                struct entry *e = sched_find_or_add(s, x->id, x->len, &added);
+                CHECK_EQ(added, x->e == NULL);
+                if (!added)
+                    CHECK(e == x->e);
+                x->e = e;
+            } else if (!x->e) {
                 x->e = sched_add(s, x->id, x->len);
+                added = true;
+            }
+            if (added) {
                 CHECK(x->e != NULL);
                 CHECK_EQ(x->e->state, ENTRY_NEW);
                 CHECK_EQ(x->e->flags, 0);
                 CHECK_EQ(x->e->attempt, 0);
+                CHECK_EQ(x->e->domain, 0);
+                CHECK_EQ(x->e->first_ms, 0);
+                CHECK(x->e->waiters == NULL);
                 CHECK(!entry_scheduled(x->e));
                 x->e->waiters = x;
             }
+        } else if (kind == 99 && rnd_below(4) == 0) {
+            /* room for a load of up to nids more, in the middle of it all */
+            sched_reserve(s, sched_count(s) + rnd_below(nids));
         } else if (kind < 45) {
             struct entry *e = sched_find(s, x->id, x->len);
             CHECK(e == x->e);
@@ -355,12 +376,66 @@ static void test_id_edges(void **state)
     sched_free(s);
 }
 
+/* A load as the daemon makes it: reserve, then find-or-add each id (some
+ * twice, as HSCAN may return them) and schedule it; nothing grows during
+ * it, and the heap gives the entries back in (due, insertion) order. */
+static void test_load(void **state)
+{
+    enum { N = 200000 };
+    struct sched *s = sched_new();
+    char id[64];
+    size_t added_n = 0;
+
+    (void)state;
+    seed_from_env(555);
+    sched_add(s, "before", 6); /* known before the load, not scheduled */
+    sched_reserve(s, sched_count(s) + N);
+    for (int i = 0; i < N; i++) {
+        /* every id once, and now and then one seen before again */
+        int k = rnd_below(10) == 0 && i > 0 ? (int)rnd_below((uint64_t)i) : i;
+        for (int again = 0; again < 2; again++) {
+            int len = snprintf(id, sizeof(id), "m%d", again ? i : k);
+            bool added;
+            sched_prefetch(s, id, (size_t)len);
+            struct entry *e = sched_find_or_add(s, id, (size_t)len, &added);
+            assert_non_null(e);
+            if (!added) {
+                assert_true(k < i && !again);
+                continue;
+            }
+            assert_int_equal(atoi(e->id + 1), i);
+            added_n++;
+            e->attempt = (uint16_t)(i & 0xffff);
+            sched_set_due(s, e, (int64_t)(i % 1000));
+            break;
+        }
+    }
+    assert_int_equal(sched_count(s), added_n + 1);
+    assert_int_equal(sched_scheduled(s), added_n);
+    /* small ids: 64 bytes an entry, with no header */
+    assert_true(sched_entry_bytes(s) <= (added_n + 1) * 64);
+    int64_t last_due = -1;
+    int last_k = -1;
+    size_t out = 0;
+    for (struct entry *e; (e = sched_pop_due(s, INT64_MAX)) != NULL; out++) {
+        int k = atoi(e->id + 1);
+        assert_int_equal(e->attempt, k & 0xffff);
+        assert_true(e->node.due_ms > last_due || (e->node.due_ms == last_due && k > last_k));
+        last_due = e->node.due_ms;
+        last_k = k;
+    }
+    assert_int_equal(out, added_n);
+    assert_non_null(sched_find(s, "before", 6));
+    sched_free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pop_due_and_next),
         cmocka_unit_test(test_id_edges),
         cmocka_unit_test(test_bulk_growth),
+        cmocka_unit_test(test_load),
         cmocka_unit_test(test_random_small),
         cmocka_unit_test(test_random_growth),
     };
