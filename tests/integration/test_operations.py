@@ -24,7 +24,7 @@ import urllib.request
 
 from harness import (BUILD_DIR, DEFAULT_POLICY, FAST_POLICY, GREYLIST, OVER_QUOTA, SOURCE_DIR, USER_UNKNOWN,
                      Client, DaemonTestCase, RespConnection, bounce, free_port, reboundd_path, resp_encode,
-                     stats_pending, unique_id, wait_until)
+                     now_ms, stats_pending, unique_id, wait_until)
 
 EXAMPLE_CONFIG = os.path.join(SOURCE_DIR, "config", "reboundd.example.json")
 UNIT_FILE = os.path.join(SOURCE_DIR, "systemd", "reboundd.service")
@@ -416,6 +416,22 @@ class DrainTest(OpsTestCase):
         self.assertIn("stopping: no new connections", d.log_text())
         self.assertIn("stopped", d.log_text())
         self.assertNotIn("the loop still had handles", d.log_text())
+
+    def test_sigterm_during_the_load_stops(self):
+        redis = self.start_redis()
+        # enough records that the load takes a while (half a second or more)
+        n, first = 500000, now_ms()
+        rec = "P900000,1,greylist,%d\nu@d.example\n0,451,4.7.1,greylist" % first
+        for b in range(0, n, 5000):
+            redis.cmd("HSET", "rebound:msg", *[x for i in range(b, b + 5000) for x in ("m%d" % i, rec)])
+        d = self.start_daemon(redis, policy=DEFAULT_POLICY, wait_ready=False)
+        wait_until(lambda: "connected" in d.log_text(), 10, interval=0.005, what="the link to Redis")
+        d.proc.send_signal(signal.SIGTERM)
+        rc = d.proc.wait(15)
+        log = d.log_text()
+        self.assertEqual(rc, 0, log)
+        self.assertNotIn("ready:", log, "the load ended before the stop: nothing tested")
+        self.assertIn("stopped", log)
 
 
 class NotifyTest(OpsTestCase):
