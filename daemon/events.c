@@ -18,9 +18,14 @@
  * subscriber costs in memory, and the flow control of delivery. */
 #define SUB_UNACKED_MAX 1000
 #define SUB_BACKLOG_MAX (1u << 20)
-#define READ_COUNT "500"
-#define READ_COUNT_N 500
-#define CONSUMER "reboundd"
+/* Entries per read of a group: a burst of retries is read in few round
+ * trips; what the connections have no room for waits in memory (held). */
+#define READ_COUNT "2000"
+#define READ_COUNT_N 2000
+/* The next read leaves while fewer than this many events are held, so the
+ * connections have events to take while it is in flight. */
+#define HELD_LOW 1000
+#define CONSUMER EVENTS_CONSUMER
 
 struct group;
 
@@ -46,11 +51,20 @@ struct group {
     struct subscriber *subs;
     struct strmap delivered; /* eid -> subscriber, until acked */
     struct held *held_head, *held_tail;
+    size_t nheld;
     bool created;  /* XGROUP CREATE done since the last connect */
     bool busy;     /* a command for the group is in flight */
     bool rescan;   /* re-read the group's pending list from cursor */
     bool more;     /* new events may be waiting */
+    bool covered;  /* the fire batch just answered read all that is new */
+    bool lost;     /* an event went to a closing connection */
+    int fire_reads; /* fire batches in flight that read for the group */
+    unsigned rescan_gen; /* counts the rescans started over */
+    unsigned read_gen;   /* rescan_gen when the read in flight was sent */
     char cursor[48];
+    /* Entries read that nobody of the group wants: acknowledged together. */
+    char **acks;
+    size_t nacks, cap_acks;
 };
 
 static struct group *groups;
@@ -73,6 +87,16 @@ static void held_free_all(struct group *g)
         h = n;
     }
     g->held_head = g->held_tail = NULL;
+    g->nheld = 0;
+}
+
+static void acks_free(struct group *g)
+{
+    for (size_t i = 0; i < g->nacks; i++)
+        free(g->acks[i]);
+    free(g->acks);
+    g->acks = NULL;
+    g->nacks = g->cap_acks = 0;
 }
 
 void events_free(void)
@@ -81,6 +105,7 @@ void events_free(void)
         struct group *g = groups;
         groups = g->next;
         held_free_all(g);
+        acks_free(g);
         strmap_free(&g->delivered);
         free(g->name);
         free(g);
@@ -109,20 +134,48 @@ static void ignore_reply_cb(void *arg, redisReply *reply)
 {
 }
 
+/* Acknowledges eid for g with the next acks_flush. */
 static void xack(struct group *g, const char *eid)
 {
-    const char *argv[] = {"XACK", rbd->key_events, g->name, eid};
-    size_t lens[4];
-    for (int i = 0; i < 4; i++)
+    if (g->nacks == g->cap_acks) {
+        g->cap_acks = g->cap_acks ? 2 * g->cap_acks : 64;
+        g->acks = xrealloc(g->acks, g->cap_acks * sizeof *g->acks);
+    }
+    g->acks[g->nacks++] = xstrdup(eid);
+}
+
+/* Sends the acknowledgements xack gathered, in one XACK. Should Redis not
+ * take it, the events stay pending and come back with the next rescan. */
+static void acks_flush(struct group *g)
+{
+    if (g->nacks == 0)
+        return;
+    size_t argc = g->nacks + 3;
+    const char **argv = xmalloc(argc * sizeof *argv);
+    size_t *lens = xmalloc(argc * sizeof *lens);
+    argv[0] = "XACK";
+    argv[1] = rbd->key_events;
+    argv[2] = g->name;
+    for (size_t i = 0; i < 3; i++)
         lens[i] = strlen(argv[i]);
-    store_command(4, argv, lens, ignore_reply_cb, NULL);
+    for (size_t i = 0; i < g->nacks; i++) {
+        argv[3 + i] = g->acks[i];
+        lens[3 + i] = strlen(g->acks[i]);
+    }
+    store_command((int)argc, argv, lens, ignore_reply_cb, NULL);
+    free(argv);
+    free(lens);
+    acks_free(g);
 }
 
 /* Hands one event to a connection of g. Returns false when every
- * connection that wants it is full (hold it), true when delivered or not
- * wanted by anyone (then it is acknowledged for the group). */
+ * connection that wants it is full (hold it), true when delivered, not
+ * wanted by anyone (then it is acknowledged for the group), or when the
+ * group has no connection left (then it stays pending, for the next one). */
 static bool route(struct group *g, const char *eid, const char *body, size_t len)
 {
+    if (!g->subs)
+        return true;
     int type = event_body_type(body, len);
     unsigned bit = type >= 0 ? 1u << type : EV_ALL;
     bool wanted = false;
@@ -150,6 +203,8 @@ static bool route(struct group *g, const char *eid, const char *body, size_t len
     if (conn_send_event(pick->conn, line, n) == 0) {
         pick->unacked++;
         strmap_put(&g->delivered, eid, pick);
+    } else {
+        g->lost = true; /* the connection is closing: pending in Redis, re-read it */
     }
     return true;
 }
@@ -160,6 +215,7 @@ static void hold(struct group *g, const char *eid, const char *body, size_t len)
     h->eid = xstrdup(eid);
     h->body = xstrndup(body, len);
     h->len = len;
+    g->nheld++;
     if (g->held_tail)
         g->held_tail->next = h;
     else
@@ -174,6 +230,7 @@ static void deliver_held(struct group *g)
         if (!route(g, h->eid, h->body, h->len))
             return;
         g->held_head = h->next;
+        g->nheld--;
         if (!g->held_head)
             g->held_tail = NULL;
         free(h->eid);
@@ -182,9 +239,26 @@ static void deliver_held(struct group *g)
     }
 }
 
-static void read_reply_cb(void *arg, redisReply *reply)
+/* Routes or holds one entry read for g. */
+static void take(struct group *g, const char *eid, const char *body, size_t len)
 {
-    struct group *g = arg;
+    if (g->held_head || !route(g, eid, body, len))
+        hold(g, eid, body, len);
+}
+
+/* Starts reading g's pending list over: what it holds in memory is pending
+ * in Redis too and comes back with the rescan (except what a connection
+ * still has, which the rescan skips). */
+static void rescan_from_start(struct group *g)
+{
+    g->rescan = true;
+    g->rescan_gen++;
+    snprintf(g->cursor, sizeof g->cursor, "0");
+    held_free_all(g);
+}
+
+static void read_done(struct group *g, redisReply *reply, bool rescan)
+{
     g->busy = false;
     if (!reply || reply->type == REDIS_REPLY_ERROR) {
         if (reply && strncmp(reply->str, "NOGROUP", 7) == 0) {
@@ -196,6 +270,7 @@ static void read_reply_cb(void *arg, redisReply *reply)
         }
         return; /* pumped again when Redis is back */
     }
+    bool stale = g->read_gen != g->rescan_gen;
     size_t n = 0;
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1 && reply->element[0]->type == REDIS_REPLY_ARRAY &&
         reply->element[0]->elements == 2) {
@@ -207,20 +282,23 @@ static void read_reply_cb(void *arg, redisReply *reply)
                 continue;
             const char *eid = en->element[0]->str;
             redisReply *fields = en->element[1];
-            if (g->rescan)
+            if (stale)
+                continue; /* a rescan started (over) meanwhile and brings it */
+            if (rescan)
                 snprintf(g->cursor, sizeof g->cursor, "%s", eid);
             if (fields->type != REDIS_REPLY_ARRAY || fields->elements < 2) {
                 xack(g, eid); /* trimmed out of the stream: nothing to deliver */
                 continue;
             }
-            if (g->rescan && strmap_get(&g->delivered, eid))
+            if (rescan && strmap_get(&g->delivered, eid))
                 continue; /* still with a live connection */
             redisReply *body = fields->element[1];
-            if (g->held_head || !route(g, eid, body->str, body->len))
-                hold(g, eid, body->str, body->len);
+            take(g, eid, body->str, body->len);
         }
     }
-    if (g->rescan) {
+    if (stale) {
+        g->more = true;
+    } else if (rescan) {
         if (n < READ_COUNT_N) {
             g->rescan = false;
             g->more = true;
@@ -228,7 +306,18 @@ static void read_reply_cb(void *arg, redisReply *reply)
     } else if (n >= READ_COUNT_N) {
         g->more = true;
     }
+    acks_flush(g);
     pump(g);
+}
+
+static void read_reply_cb(void *arg, redisReply *reply)
+{
+    read_done(arg, reply, false);
+}
+
+static void rescan_reply_cb(void *arg, redisReply *reply)
+{
+    read_done(arg, reply, true);
 }
 
 static void create_reply_cb(void *arg, redisReply *reply)
@@ -255,10 +344,19 @@ static bool any_room(const struct group *g)
 
 static void pump(struct group *g)
 {
-    if (!g->subs || g->busy || rbd->stopping || !store_ready())
+    if (!g->subs || rbd->stopping)
         return;
     deliver_held(g);
-    if (g->held_head || !any_room(g))
+    acks_flush(g);
+    if (g->lost) {
+        g->lost = false;
+        rescan_from_start(g);
+    }
+    /* One read at a time, and none while a fire batch reads for the group:
+     * a rescan must not overtake a read whose entries are not routed yet. */
+    if (g->busy || g->fire_reads > 0 || !store_ready())
+        return;
+    if (g->nheld >= HELD_LOW || (!g->held_head && !any_room(g)))
         return;
     if (!g->created) {
         /* A new group starts at the beginning of the retained stream, so
@@ -274,15 +372,17 @@ static void pump(struct group *g)
     if (!g->rescan && !g->more)
         return;
     const char *from = g->rescan ? g->cursor : ">";
-    if (!g->rescan)
-        g->more = false;
     const char *argv[] = {"XREADGROUP", "GROUP", g->name, CONSUMER, "COUNT", READ_COUNT, "STREAMS", rbd->key_events,
                           from};
     size_t lens[9];
     for (int i = 0; i < 9; i++)
         lens[i] = strlen(argv[i]);
-    if (store_command(9, argv, lens, read_reply_cb, g) == 0)
+    if (store_command(9, argv, lens, g->rescan ? rescan_reply_cb : read_reply_cb, g) == 0) {
         g->busy = true;
+        g->read_gen = g->rescan_gen;
+        if (!g->rescan)
+            g->more = false;
+    }
 }
 
 static void reply_err(struct conn *c, struct slot *s, json_t *req, const char *code, const char *msg)
@@ -306,11 +406,8 @@ void events_subscribe(struct conn *c, struct slot *s, const struct request *r)
         sub->conn = c;
         sub->g = g;
         sub->types = r->types;
-        if (!g->subs) {
-            /* The group's pending list may hold events nobody acked. */
-            g->rescan = true;
-            snprintf(g->cursor, sizeof g->cursor, "0");
-        }
+        if (!g->subs)
+            rescan_from_start(g); /* the pending list may hold events nobody acked */
         sub->next = g->subs;
         g->subs = sub;
         c->sub = sub;
@@ -389,6 +486,9 @@ void events_ack(struct conn *c, struct slot *s, const struct request *r)
     }
     free(argv);
     free(lens);
+    /* The room the ack made is used at once: the next read leaves right
+     * behind the XACK instead of a round trip later. */
+    pump(g);
 }
 
 struct forget_ctx {
@@ -417,15 +517,14 @@ void events_unsubscribe(struct conn *c)
     }
     struct forget_ctx f = {sub, 0};
     strmap_foreach(&g->delivered, forget_sub_cb, &f);
-    if (f.removed) {
-        /* Its unacked events are still pending in Redis: hand them on. */
-        g->rescan = true;
-        snprintf(g->cursor, sizeof g->cursor, "0");
-    }
+    if (f.removed)
+        rescan_from_start(g); /* its unacked events are still pending in Redis: hand them on */
     c->sub = NULL;
     free(sub);
-    if (!g->subs)
+    if (!g->subs) {
         held_free_all(g); /* still pending in Redis; re-read on the next subscribe */
+        acks_flush(g);
+    }
     pump(g);
 }
 
@@ -451,6 +550,96 @@ void events_link_up(void)
         g->created = false;
         g->busy = false;
         g->more = true;
+        /* Reads whose answers the link lost left their entries pending. */
+        if (g->subs)
+            rescan_from_start(g);
+        pump(g);
+    }
+}
+
+int events_fire_groups(struct group **out, int max)
+{
+    int n = 0;
+    if (rbd->stopping)
+        return 0;
+    for (struct group *g = groups; g && n < max; g = g->next) {
+        if (!g->subs || !g->created || g->busy || g->rescan || g->held_head || !any_room(g))
+            continue;
+        g->fire_reads++;
+        g->more = false; /* the batch reads whatever is new */
+        out[n++] = g;
+    }
+    return n;
+}
+
+const char *events_group_name(const struct group *g)
+{
+    return g->name;
+}
+
+void events_fire_read(struct group *g, const redisReply *read, const redisReply *fired, int count)
+{
+    g->fire_reads--;
+    if (!read || read->type != REDIS_REPLY_ARRAY) {
+        if (read)
+            log_warn("events: reading group %s failed: %s", g->name, read->str);
+        if (read && strncmp(read->str, "NOGROUP", 7) == 0)
+            g->created = false; /* the stream or group vanished (Redis lost its data) */
+        /* Whatever the batch read, if anything, is pending: rescan. */
+        if (g->subs)
+            rescan_from_start(g);
+        g->more = true;
+        return;
+    }
+    if (g->rescan) {
+        g->more = true;
+        return; /* a rescan started meanwhile and brings these entries */
+    }
+    size_t taken = 0;
+    for (size_t k = 0; k < read->elements; k++) {
+        const redisReply *el = read->element[k];
+        const char *eid, *body;
+        size_t len;
+        if (el->type == REDIS_REPLY_INTEGER) {
+            /* An event the batch appended, by the position of its id. */
+            size_t i = (size_t)el->integer - 1;
+            if (el->integer < 1 || 2 * i + 1 >= fired->elements || fired->element[2 * i]->type != REDIS_REPLY_STRING)
+                continue;
+            eid = fired->element[2 * i]->str;
+            body = fired->element[2 * i + 1]->str;
+            len = fired->element[2 * i + 1]->len;
+        } else if (el->type == REDIS_REPLY_STRING && k + 1 < read->elements &&
+                   read->element[k + 1]->type == REDIS_REPLY_STRING) {
+            eid = el->str;
+            body = read->element[k + 1]->str;
+            len = read->element[k + 1]->len;
+            k++;
+        } else {
+            continue;
+        }
+        taken++;
+        if (len == 0)
+            xack(g, eid); /* trimmed out of the stream: nothing to deliver */
+        else
+            take(g, eid, body, len);
+    }
+    if (taken >= (size_t)count)
+        g->more = true;
+    else
+        g->covered = true;
+    acks_flush(g);
+}
+
+void events_fired(void)
+{
+    for (struct group *g = groups; g; g = g->next) {
+        if (!g->subs) {
+            g->covered = false;
+            continue;
+        }
+        if (!g->covered)
+            g->more = true;
+        g->covered = false;
         pump(g);
     }
 }

@@ -12,12 +12,17 @@
 #ifndef REBOUND_DAEMON_EVENTS_H
 #define REBOUND_DAEMON_EVENTS_H
 
+#include <hiredis/hiredis.h>
 #include <stdbool.h>
 
 #include "proto/request.h"
 
+/* The consumer the daemon reads as, for every group. */
+#define EVENTS_CONSUMER "reboundd"
+
 struct conn;
 struct slot;
+struct group;
 
 void events_init(void);
 void events_free(void);
@@ -33,5 +38,24 @@ void events_notify(void);
 void events_writable(struct conn *c);
 /* Redis came back. */
 void events_link_up(void);
+
+/*
+ * A small fire batch also reads the new entries of the stream for the
+ * groups that are caught up (scripts/fire.lua), so its retries reach the
+ * subscribers without a read of their own.
+ */
+/* Puts into out (at most max) the groups a fire batch may read for: those
+ * with room, nothing held and no read of their own in flight. Each counts
+ * as having a read in flight until events_fire_read. Returns how many. */
+int events_fire_groups(struct group **out, int max);
+/* g's name, for the script's arguments. */
+const char *events_group_name(const struct group *g);
+/* What the batch read for g: read is the script's answer for g, fired its
+ * first element (the batch's event ids and bodies), count the COUNT of
+ * the read; read NULL when the batch failed. */
+void events_fire_read(struct group *g, const redisReply *read, const redisReply *fired, int count);
+/* A fire batch appended events: the groups that did not read all of them
+ * in the batch look for them. */
+void events_fired(void);
 
 #endif

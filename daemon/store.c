@@ -405,37 +405,6 @@ int store_command(int argc, const char **argv, const size_t *lens, store_reply_c
     return 0;
 }
 
-int store_fire(const char *const *ids, const size_t *id_lens, int n, int64_t now, store_reply_cb cb, void *arg)
-{
-    if (!store_ready())
-        return -1;
-    int argc = 4 + n;
-    const char **argv = xmalloc((size_t)argc * sizeof *argv);
-    size_t *lens = xmalloc((size_t)argc * sizeof *lens);
-    char now_s[32], maxlen[32];
-    snprintf(now_s, sizeof now_s, "%lld", (long long)now);
-    snprintf(maxlen, sizeof maxlen, "%lld", rbd->cfg.stream_maxlen);
-    argv[0] = rbd->key_msgs;
-    argv[1] = rbd->key_events;
-    argv[2] = now_s;
-    argv[3] = maxlen;
-    for (int i = 0; i < 4; i++)
-        lens[i] = strlen(argv[i]);
-    for (int i = 0; i < n; i++) {
-        argv[4 + i] = ids[i];
-        lens[4 + i] = id_lens[i];
-    }
-    struct reply_ctx *c = xmalloc(sizeof *c);
-    c->cb = cb;
-    c->arg = arg;
-    int rc = redis_link_script(rbd->link, SCRIPT_FIRE, generic_reply_cb, c, 2, argc, argv, lens);
-    if (rc != 0)
-        free(c);
-    free(argv);
-    free(lens);
-    return rc;
-}
-
 int store_get(const char *id, size_t id_len, store_reply_cb cb, void *arg)
 {
     const char *argv[] = {"HGET", rbd->key_msgs, id};

@@ -98,8 +98,6 @@ void store_mark_in_doubt(const char *id, size_t id_len);
 void store_take_in_doubt(void (*fn)(const char *id, void *arg), void *arg);
 
 typedef void (*store_reply_cb)(void *arg, redisReply *reply);
-/* Fires the given ids (scripts/fire.lua). reply is NULL when Redis failed. */
-int store_fire(const char *const *ids, const size_t *id_lens, int n, int64_t now, store_reply_cb cb, void *arg);
 /* Reads one record (HGET). */
 int store_get(const char *id, size_t id_len, store_reply_cb cb, void *arg);
 /* Reads a message's record with its recipient's streak and suppression

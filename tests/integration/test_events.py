@@ -6,7 +6,7 @@ import sys
 import time
 import unittest
 
-from harness import GREYLIST, USER_UNKNOWN, DaemonTestCase, bounce, unique_id
+from harness import GREYLIST, USER_UNKNOWN, DaemonTestCase, bounce, unique_id, wait_until
 
 
 class EventsTest(DaemonTestCase):
@@ -149,6 +149,96 @@ class EventsTest(DaemonTestCase):
         time.sleep(0.2)
         others = sub.events(100, 0.2)
         self.assertNotIn("suppress", [e["type"] for e in others if e.get("id") == id], others)
+
+    def pending(self, group):
+        """How many events group has read and not acked, in Redis."""
+        return self.redis.cmd("XPENDING", "rebound:events", group)[0]
+
+    def test_retries_and_report_events_interleaved(self):
+        # A fire batch reads the group's new entries itself: events that
+        # reports appended in between (suppress) come with it, each once.
+        sub = self.connect(self.daemon)
+        sub.subscribe("mix")
+        expect = set()
+        for round in range(5):
+            expect.update(self.make_retries(6, "mix%d" % round))
+            gone = unique_id("gone")
+            self.assertOk(self.c.request(bounce(gone, **USER_UNKNOWN)))
+            expect.add(gone)
+            time.sleep(0.01)
+        evs = self.collect(sub, len(expect))
+        self.assertEqual(sorted(e["id"] for e in evs), sorted(expect))
+        self.assertEqual(len({e["eid"] for e in evs}), len(evs), "an event came twice")
+        self.assertEqual({e["type"] for e in evs}, {"retry", "suppress"})
+        # stream order: event ids increase in delivery order
+        order = [tuple(int(x) for x in e["eid"].split("-")) for e in evs]
+        self.assertEqual(order, sorted(order), "events out of stream order")
+        self.assertNoMoreEvents(sub)
+        self.assertEqual(sub.ack([e["eid"] for e in evs]).get("acked"), len(evs))
+        self.assertEqual(self.pending("mix"), 0)
+
+    def test_unwanted_events_are_acked_for_the_group(self):
+        only_suppress = self.connect(self.daemon)
+        only_suppress.subscribe("sup", types=["suppress"])
+        self.make_retries(30)
+        gone = unique_id("gone")
+        self.assertOk(self.c.request(bounce(gone, **USER_UNKNOWN)))
+        ev = self.collect(only_suppress, 1)[0]
+        self.assertEqual((ev["type"], ev["id"]), ("suppress", gone))
+        self.assertNoMoreEvents(only_suppress)
+        # the 30 retries nobody in the group wants are not left pending
+        wait_until(lambda: self.pending("sup") == 1, 3, what="retries acked for the group")
+        only_suppress.ack([ev["eid"]])
+        wait_until(lambda: self.pending("sup") == 0, 3, what="the suppress acked")
+
+    def test_held_events_redelivered_once_after_leave(self):
+        # More events than a connection may hold unacked (1000): the rest
+        # wait in the daemon. The connection leaves without acking; the
+        # next one gets every event exactly once.
+        n = 1300
+        a = self.connect(self.daemon)
+        a.subscribe("big")
+        ids = self.make_retries(n, "big")
+        first = a.events(n, 3.0)
+        self.assertGreater(len(first), 0)
+        self.assertLessEqual(len(first), 1000, "more unacked events than a connection may hold")
+        a.close()
+        time.sleep(0.1)
+        b = self.connect(self.daemon)
+        b.subscribe("big")
+        got = {}
+        deadline = time.monotonic() + 10
+        while len(got) < n and time.monotonic() < deadline:
+            evs = b.events(200, 0.2)
+            for e in evs:
+                self.assertNotIn(e["eid"], got, "event delivered twice to one connection: %r" % e)
+                got[e["eid"]] = e["id"]
+            if evs:
+                b.ack([e["eid"] for e in evs])
+        self.assertEqual(len(got), n, "only %d of %d events arrived" % (len(got), n))
+        self.assertEqual(sorted(got.values()), sorted(ids))
+        self.assertNoMoreEvents(b)
+        wait_until(lambda: self.pending("big") == 0, 3, what="every event acked")
+
+    def test_group_recreated_after_redis_lost_its_data(self):
+        # The group vanished with Redis's data: it is created again and
+        # new events flow to the connection that stayed.
+        a = self.connect(self.daemon)
+        a.subscribe("link")
+        self.make_retries(5)
+        evs = self.collect(a, 5)
+        self.redis.restart()  # no persistence: the stream and the group are gone
+
+        def redis_back():
+            r = self.c.request({"op": "get", "id": "no-such-message"})
+            return r.get("ok") or r["error"]["code"] != "unavailable"
+
+        wait_until(redis_back, 10, what="the daemon back on Redis")
+        ids = self.make_retries(3, "after")
+        again = self.collect(a, 3)
+        self.assertEqual(sorted(e["id"] for e in again), sorted(ids))
+        self.assertNoMoreEvents(a)
+        a.ack([e["eid"] for e in evs + again])
 
     def test_ack_unknown_and_bad_subscribe(self):
         a = self.connect(self.daemon)

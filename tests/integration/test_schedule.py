@@ -191,6 +191,68 @@ class ScheduleTest(DaemonTestCase):
             (len(lateness), statistics.median(lateness), lateness[int(len(lateness) * 0.99) - 1], lateness[-1]))
         self.assertLess(statistics.median(lateness), LATE_MS)
 
+    def test_burst_at_one_instant_fires_each_once(self):
+        # All due at one instant: large batches (two steps, a transaction)
+        # and a small one (the script) make the same events.
+        n = 1500
+        nb = now_ms() + 1500
+        ids = [unique_id("inst") for _ in range(n)]
+        rcpt = {i: "u%d@d%d.example" % (k, k) for k, i in enumerate(ids)}  # no domain's pace holds them
+        replies = self.c.pipeline([bounce(i, rcpt=rcpt[i], not_before=nb, **GREYLIST) for i in ids], timeout=20)
+        due = {}
+        for i, r in zip(ids, replies):
+            self.assertOk(r)
+            due[i] = r["retry_at"]
+        self.assertGreater(nb + 50, now_ms(), "ingest took too long for this test")
+        alone = unique_id("alone")
+        ra = self.assertOk(self.c.request(bounce(alone, not_before=nb + 400, **GREYLIST)))
+        seen = {}
+        deadline = time.monotonic() + 15
+        while len(seen) < n + 1 and time.monotonic() < deadline:
+            evs = self.sub.events(500, 0.2)
+            for ev in evs:
+                self.assertEqual(ev["type"], "retry", ev)
+                self.assertNotIn(ev["id"], seen, "retry fired twice: %r" % ev)
+                seen[ev["id"]] = ev
+            if evs:
+                self.sub.ack([e["eid"] for e in evs])
+        self.assertEqual(set(seen), set(ids) | {alone})
+        self.assertIsNone(self.sub.wait_event(lambda e: True, 0.3))
+        ref = seen[alone]
+        self.assertEqual(ref["due_at"], ra["retry_at"])
+        for i in ids:
+            ev = seen[i]
+            self.assertEqual(sorted(ev), sorted(ref), "burst and lone events differ in members: %r %r" % (ev, ref))
+            self.assertEqual((ev["attempt"], ev["class"], ev["due_at"]), (1, "greylist", due[i]), ev)
+            self.assertEqual(ev["rcpt"], rcpt[i])
+            self.assertGreaterEqual(ev["at"], ev["due_at"], "fired early: %r" % ev)
+
+    def test_fires_at_the_due_millisecond(self):
+        # Retries due at distinct milliseconds fire in that millisecond by
+        # the daemon's own clock ("at"), not a timer tick later.
+        n = 60
+        t0 = now_ms() + 300
+        ids = [unique_id("ms") for _ in range(n)]
+        nb = {i: t0 + 7 * k for k, i in enumerate(ids)}
+        for r in self.c.pipeline([bounce(i, not_before=nb[i], **GREYLIST) for i in ids]):
+            self.assertOk(r)
+        lateness = []
+        deadline = time.monotonic() + 5
+        while len(lateness) < n and time.monotonic() < deadline:
+            got = self.sub.wait_event(lambda e: e.get("type") == "retry" and e.get("id") in nb, 1)
+            if got is None:
+                break
+            ev = got[1]
+            self.assertGreaterEqual(ev["at"], ev["due_at"], "fired early: %r" % ev)
+            lateness.append(ev["at"] - ev["due_at"])
+        self.assertEqual(len(lateness), n)
+        lateness.sort()
+        log("firing lateness by the daemon's clock, ms: median %d, p90 %d, max %d; %d of %d in the due ms" %
+            (statistics.median(lateness), lateness[int(n * 0.9) - 1], lateness[-1], lateness.count(0), n))
+        # a timer of whole milliseconds of loop time made a third or more late;
+        # a busy machine (or a sanitizer build) delays a few
+        self.assertGreaterEqual(lateness.count(0), n * 3 // 4, lateness)
+
 
 if __name__ == "__main__":
     unittest.main()
