@@ -306,6 +306,18 @@ static void fire_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
  * the script.
  */
 
+/* Allocates the argument arrays of an argc-argument command on the
+ * message hash, with the command and the key filled in. */
+static void msgs_command(const char *cmd, size_t argc, const char ***argv, size_t **lens)
+{
+    *argv = xmalloc(argc * sizeof **argv);
+    *lens = xmalloc(argc * sizeof **lens);
+    (*argv)[0] = cmd;
+    (*lens)[0] = strlen(cmd);
+    (*argv)[1] = rbd->key_msgs;
+    (*lens)[1] = strlen(rbd->key_msgs);
+}
+
 /* Appends the retry event of id's pending record rec to *buf (at *len,
  * capacity *cap) and returns 0, or -1 when rec is not a pending record.
  * The one place in the daemon that reads a record to build its event
@@ -416,12 +428,9 @@ static void hmget_reply_cb(struct redis_link *link, redisReply *reply, void *arg
      * changed: the reply's own text serves (the command is formatted
      * before this callback returns). */
     size_t hargc = 2 + 2 * (size_t)b->nxadd;
-    const char **hargv = xmalloc(hargc * sizeof *hargv);
-    size_t *hlens = xmalloc(hargc * sizeof *hlens);
-    hargv[0] = "HSET";
-    hlens[0] = 4;
-    hargv[1] = rbd->key_msgs;
-    hlens[1] = strlen(rbd->key_msgs);
+    const char **hargv;
+    size_t *hlens;
+    msgs_command("HSET", hargc, &hargv, &hlens);
     char maxlen[32];
     snprintf(maxlen, sizeof maxlen, "%lld", rbd->cfg.stream_maxlen);
     const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
@@ -472,12 +481,9 @@ static int fire_send(struct fire_batch *b, const char **ids, const size_t *lens,
     b->outcome = xcalloc((size_t)b->n, 1);
     if (b->n > FIRE_READ_MAX) {
         size_t argc = 2 + (size_t)b->n;
-        const char **argv = xmalloc(argc * sizeof *argv);
-        size_t *argl = xmalloc(argc * sizeof *argl);
-        argv[0] = "HMGET";
-        argl[0] = 5;
-        argv[1] = rbd->key_msgs;
-        argl[1] = strlen(rbd->key_msgs);
+        const char **argv;
+        size_t *argl;
+        msgs_command("HMGET", argc, &argv, &argl);
         memcpy(argv + 2, ids, (size_t)b->n * sizeof *ids);
         memcpy(argl + 2, lens, (size_t)b->n * sizeof *lens);
         int rc = redis_link_command(rbd->link, hmget_reply_cb, b, (int)argc, argv, argl);

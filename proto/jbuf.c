@@ -19,14 +19,16 @@ bool jbuf_grow(struct jbuf *b, size_t n)
     return true;
 }
 
-/* Length of the valid UTF-8 sequence at s (n >= 1 bytes), or 0. The rules
- * are jansson's: no overlong forms, no surrogates, nothing past U+10FFFF. */
-static size_t utf8_len(const unsigned char *s, size_t n)
+size_t jbuf_utf8_seq(const unsigned char *s, size_t n, uint32_t *cp)
 {
     unsigned char c = s[0];
     size_t need;
     uint32_t v, min;
 
+    if (c < 0x80) {
+        *cp = c;
+        return 1;
+    }
     if (c >= 0xc2 && c <= 0xdf)
         need = 2, v = c & 0x1f, min = 0x80;
     else if (c >= 0xe0 && c <= 0xef)
@@ -44,6 +46,7 @@ static size_t utf8_len(const unsigned char *s, size_t n)
     }
     if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
         return 0;
+    *cp = v;
     return need;
 }
 
@@ -79,7 +82,8 @@ bool jbuf_str(struct jbuf *b, const char *s, size_t n)
             continue;
         }
         if (c >= 0x80) {
-            size_t k = utf8_len(p, (size_t)(end - p));
+            uint32_t cp;
+            size_t k = jbuf_utf8_seq(p, (size_t)(end - p), &cp);
             if (k == 0) {
                 b->failed = true;
                 return false;

@@ -11,6 +11,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 struct jbuf {
@@ -18,6 +19,12 @@ struct jbuf {
     size_t len, cap;
     bool failed;
 };
+
+/* The length of the UTF-8 sequence at s (n >= 1 bytes) and its code point
+ * in *cp, or 0 when the bytes there are not one: overlong forms,
+ * surrogates and code points past U+10FFFF are refused, as jansson
+ * refuses them. */
+size_t jbuf_utf8_seq(const unsigned char *s, size_t n, uint32_t *cp);
 
 /* 1 for the bytes that go into a JSON string as they are: printable
  * ASCII but '"' and '\\' (DEL included, as JSON allows). */

@@ -71,41 +71,6 @@ int event_type_parse(const char *name)
     return -1;
 }
 
-/* Length of the valid UTF-8 sequence at s (at most n bytes), or 0 when the
- * bytes there are not one: overlong forms, surrogates and code points past
- * U+10FFFF are refused, as jansson refuses them. */
-static size_t utf8_seq(const unsigned char *s, size_t n, uint32_t *cp)
-{
-    unsigned char c = s[0];
-    size_t need;
-    uint32_t v, min;
-
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    if (c >= 0xc2 && c <= 0xdf) {
-        need = 2, v = c & 0x1f, min = 0x80;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        need = 3, v = c & 0x0f, min = 0x800;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        need = 4, v = c & 0x07, min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (n < need)
-        return 0;
-    for (size_t i = 1; i < need; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        v = (v << 6) | (s[i] & 0x3f);
-    }
-    if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
-        return 0;
-    *cp = v;
-    return need;
-}
-
 char *proto_text_sanitize(char *s)
 {
     unsigned char *p = (unsigned char *)s;
@@ -113,7 +78,7 @@ char *proto_text_sanitize(char *s)
 
     while (n > 0) {
         uint32_t cp;
-        size_t k = utf8_seq(p, n, &cp);
+        size_t k = jbuf_utf8_seq(p, n, &cp);
         if (k == 0 || cp < 0x20 || cp == 0x7f) {
             *p = '?';
             k = 1;
@@ -154,7 +119,7 @@ static bool text_ok(const char *s, size_t n, bool allow_space)
             continue;
         }
         uint32_t cp;
-        size_t k = utf8_seq(p, n, &cp);
+        size_t k = jbuf_utf8_seq(p, n, &cp);
         if (k == 0 || !codepoint_ok(cp, allow_space))
             return false;
         p += k;
@@ -281,7 +246,7 @@ static const char *label_problem(const char *s, size_t n)
             continue;
         }
         uint32_t cp;
-        size_t k = utf8_seq((const unsigned char *)s + i, n - i, &cp);
+        size_t k = jbuf_utf8_seq((const unsigned char *)s + i, n - i, &cp);
         if (k == 0 || !codepoint_ok(cp, false))
             return "the domain holds a character that is not a letter";
         i += k;
@@ -774,7 +739,7 @@ static const char *flat_string(const char *p, const char *end)
             continue;
         }
         uint32_t cp;
-        size_t k = utf8_seq((const unsigned char *)p, (size_t)(end - p), &cp);
+        size_t k = jbuf_utf8_seq((const unsigned char *)p, (size_t)(end - p), &cp);
         if (k == 0)
             return NULL;
         p += k;
