@@ -122,7 +122,9 @@ class ThrottleTest(DomainsBase):
         self.assertGreater(top[0]["pending"], 300)
         d = self.assertOk(c.request({"op": "domain", "domain": "THROTTLED.example"}))
         self.assertEqual(d["domain"], "throttled.example")
-        self.assertEqual(d["pending"], top[0]["pending"])
+        # the pace releases retries between the two requests
+        self.assertLessEqual(d["pending"], top[0]["pending"])
+        self.assertGreaterEqual(d["pending"], top[0]["pending"] - PACE)
         self.assertGreater(d["paced_until"], now_ms())
         self.assertEqual(d["last_throttle"]["until"], th["until"])
         self.assertGreaterEqual(d["window"]["rate_limit"], 1000)
