@@ -21,6 +21,15 @@ struct args {
     size_t n, cap;
 };
 
+/* A queued change's caller, and where its change sits in the batch. */
+struct waiter {
+    store_done_cb cb;
+    void *arg;
+    bool fresh; /* in the fresh section */
+    size_t at;  /* its index in its section (fresh: the pair) */
+    size_t id;  /* index of its id among its section's arguments */
+};
+
 /*
  * A batch has two sections of arguments: fresh records (id, record pairs,
  * and the lower-cased recipients on one line each) that the script writes
@@ -34,13 +43,7 @@ struct batch {
     struct args head, fresh, general;
     char *rcpts; /* the fresh section's recipients, '\n' after each */
     size_t rcpts_len, rcpts_cap;
-    struct {
-        store_done_cb cb;
-        void *arg;
-        bool fresh;  /* in the fresh section */
-        size_t at;   /* its index in its section (fresh: the pair) */
-        size_t id;   /* index of its id among its section's arguments */
-    } *waiters;
+    struct waiter *waiters;
     size_t nwaiters, cap_waiters, nfresh;
 };
 
@@ -297,7 +300,7 @@ int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
         b->cap_waiters = b->cap_waiters ? b->cap_waiters * 2 : 32;
         b->waiters = xrealloc(b->waiters, b->cap_waiters * sizeof *b->waiters);
     }
-    __typeof__(b->waiters[0]) *w = &b->waiters[b->nwaiters++];
+    struct waiter *w = &b->waiters[b->nwaiters++];
     w->cb = done;
     w->arg = arg;
     w->fresh = is_fresh(b, ch) && who[0] != '"';
