@@ -9,7 +9,7 @@
  * struct daemon directly: no copy, no lock, and a scrape always sees one
  * consistent state. The price is that rendering happens on the loop; it is
  * a few microseconds per series, plus one walk over the schedule for the
- * due counts (the same walk the stats op does).
+ * due counts (stats_due, which the stats op uses too).
  *
  * Every metric is listed in docs/operations.md; keep the two in step.
  */
@@ -22,6 +22,7 @@
 
 #include "daemon/daemon.h"
 #include "daemon/log.h"
+#include "daemon/ops.h"
 #include "daemon/redis_link.h"
 #include "daemon/server.h"
 #include "daemon/store.h"
@@ -137,25 +138,6 @@ static void histogram_render(FILE *f, const char *name, const char *help, const 
     fprintf(f, "%s_count %llu\n", name, (unsigned long long)h->count);
 }
 
-struct due_walk {
-    int64_t now;
-    uint64_t minute, hour, day;
-};
-
-static void due_cb(struct entry *e, void *arg)
-{
-    struct due_walk *w = arg;
-    if (e->state != ENTRY_PENDING || !entry_scheduled(e))
-        return;
-    int64_t in = e->node.due_ms - w->now;
-    if (in <= 60000)
-        w->minute++;
-    if (in <= 3600000)
-        w->hour++;
-    if (in <= 86400000)
-        w->day++;
-}
-
 char *metrics_render(size_t *len)
 {
     char *buf = NULL;
@@ -177,9 +159,7 @@ char *metrics_render(size_t *len)
         sample_u64(f, "rebound_pending", "class", p->classes[i].name, rbd->pending_by_class[i]);
     family(f, "rebound_awaiting", "gauge", "Retries fired whose outcome the sender has not reported yet.");
     fprintf(f, "rebound_awaiting %llu\n", (unsigned long long)rbd->nawaiting);
-    struct due_walk w = {.now = now_ms()};
-    if (rbd->sched)
-        sched_foreach(rbd->sched, due_cb, &w);
+    struct due_counts w = stats_due(now_ms());
     family(f, "rebound_due", "gauge", "Pending retries due within the next minute, hour or day (overdue ones included).");
     sample_u64(f, "rebound_due", "within", "minute", w.minute);
     sample_u64(f, "rebound_due", "within", "hour", w.hour);

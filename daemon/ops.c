@@ -692,23 +692,31 @@ static void get_run(struct job *op)
 
 /* ---- stats ----------------------------------------------------------- */
 
-struct due_counts {
+struct due_walk {
     int64_t now;
-    uint64_t minute, hour, day;
+    struct due_counts c;
 };
 
 static void count_due(struct entry *e, void *arg)
 {
-    struct due_counts *dc = arg;
+    struct due_walk *w = arg;
     if (e->state != ENTRY_PENDING || !entry_scheduled(e))
         return;
-    int64_t in = e->node.due_ms - dc->now;
+    int64_t in = e->node.due_ms - w->now;
     if (in <= 60000)
-        dc->minute++;
+        w->c.minute++;
     if (in <= 3600000)
-        dc->hour++;
+        w->c.hour++;
     if (in <= 86400000)
-        dc->day++;
+        w->c.day++;
+}
+
+struct due_counts stats_due(int64_t now)
+{
+    struct due_walk w = {.now = now};
+    if (rbd->sched)
+        sched_foreach(rbd->sched, count_due, &w);
+    return w.c;
 }
 
 static json_t *stats_json(void)
@@ -721,8 +729,7 @@ static json_t *stats_json(void)
     for (int i = 0; i < p->nclasses; i++)
         json_object_set_new(by, p->classes[i].name, json_integer((json_int_t)rbd->pending_by_class[i]));
     json_object_set_new(o, "by_class", by);
-    struct due_counts dc = {.now = now_ms()};
-    sched_foreach(rbd->sched, count_due, &dc);
+    struct due_counts dc = stats_due(now_ms());
     json_object_set_new(o, "due",
                         json_pack("{sIsIsI}", "minute", (json_int_t)dc.minute, "hour", (json_int_t)dc.hour, "day",
                                   (json_int_t)dc.day));

@@ -23,6 +23,14 @@ void ops_run_waiters(struct entry *e);
 void stats_entry_leave(const struct entry *e);
 void stats_entry_enter(const struct entry *e);
 
+/* Pending retries due within the next minute, hour and day of now
+ * (overdue ones included): what `stats` and the metrics show. Walks the
+ * whole schedule. */
+struct due_counts {
+    uint64_t minute, hour, day;
+};
+struct due_counts stats_due(int64_t now);
+
 /* Whether requests are parked on e. */
 static inline bool entry_has_waiters(const struct entry *e) { return e->waiters != NULL; }
 /* Drops e from the schedule (its domain released). No request may be

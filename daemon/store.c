@@ -303,7 +303,7 @@ int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
     struct waiter *w = &b->waiters[b->nwaiters++];
     w->cb = done;
     w->arg = arg;
-    w->fresh = is_fresh(b, ch) && who[0] != '"';
+    w->fresh = is_fresh(b, ch) && who_len > 0 && who[0] != '"';
     if (w->fresh) {
         w->at = b->nfresh++;
         w->id = b->fresh.n;

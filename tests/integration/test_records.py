@@ -6,7 +6,9 @@ history) are read back, fired and rewritten in the compact form."""
 import re
 import unittest
 
-from harness import DEFAULT_POLICY, GREYLIST, DaemonTestCase, bounce, now_ms, unique_id
+import json
+
+from harness import DEFAULT_POLICY, GREYLIST, USER_UNKNOWN, DaemonTestCase, bounce, now_ms, unique_id
 
 MSG_HASH = "rebound:msg"
 
@@ -49,6 +51,32 @@ class RecordTest(DaemonTestCase):
             for k, v in extra.items():
                 self.assertEqual(g[k], v)
 
+
+    def send_together(self, c, reqs):
+        """Sends the requests in one write, so that they join one batch."""
+        c.raw(b"".join(json.dumps(r).encode() + b"\n" for r in reqs))
+        return [c.read_reply() for _ in reqs]
+
+    def test_a_batch_applies_its_changes_in_order(self):
+        # A fresh first retry written in the batch's bulk section must not
+        # overtake a change queued before it for the same recipient.
+        redis, daemon, c = self.start_all()
+        ids = [unique_id("order") for _ in range(4)]
+        r = self.send_together(c, [
+            bounce(ids[0], rcpt="calm@example.org", **GREYLIST),    # fresh
+            bounce(ids[1], rcpt="gone@example.org", **USER_UNKNOWN),  # suppresses
+            bounce(ids[2], rcpt="gone@example.org", **GREYLIST),    # after it: suppressed
+        ])
+        self.assertEqual([x["action"] for x in r], ["retry", "suppress", "suppress"], r)
+        self.assertEqual(r[2]["reason"], "suppressed", r)
+        self.assertIsNone(redis.cmd("HGET", MSG_HASH, ids[2]))
+        r = self.send_together(c, [
+            {"op": "unsuppress", "rcpt": "gone@example.org"},
+            bounce(ids[3], rcpt="gone@example.org", **GREYLIST),    # after it: retried
+        ])
+        self.assertEqual(r[0]["found"], True, r)
+        self.assertEqual(r[1]["action"], "retry", r)
+        self.assertIsNotNone(redis.cmd("HGET", MSG_HASH, ids[3]))
 
     def test_records_of_an_earlier_version(self):
         redis = self.start_redis()
