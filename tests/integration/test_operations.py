@@ -417,15 +417,35 @@ class DrainTest(OpsTestCase):
         self.assertIn("stopped", d.log_text())
         self.assertNotIn("the loop still had handles", d.log_text())
 
-    def test_sigterm_during_the_load_stops(self):
-        redis = self.start_redis()
-        # enough records that the load takes a while (half a second or more)
-        n, first = 500000, now_ms()
-        rec = "P900000,1,greylist,%d\nu@d.example\n0,451,4.7.1,greylist" % first
+    def fill_schedule(self, redis, n):
+        """n pending records, enough that loading them takes a while (half a
+        second or more for 500,000)."""
+        rec = "P900000,1,greylist,%d\nu@d.example\n0,451,4.7.1,greylist" % now_ms()
         for b in range(0, n, 5000):
-            redis.cmd("HSET", "rebound:msg", *[x for i in range(b, b + 5000) for x in ("m%d" % i, rec)])
+            redis.cmd("HSET", "rebound:msg", *[x for i in range(b, min(n, b + 5000)) for x in ("m%d" % i, rec)])
+
+    def start_loading(self, redis):
         d = self.start_daemon(redis, policy=DEFAULT_POLICY, wait_ready=False)
         wait_until(lambda: "connected" in d.log_text(), 10, interval=0.005, what="the link to Redis")
+        return d
+
+    def test_load_resumes_after_the_link_drops(self):
+        redis = self.start_redis()
+        n = 400000
+        self.fill_schedule(redis, n)
+        d = self.start_loading(redis)
+        self.assertEqual(redis.cmd("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"), 1)
+        d.wait_ready(timeout=60)
+        # the link dropped mid-load (else nothing was tested), and the load
+        # began again once the daemon was back, skipping what it had read
+        self.assertRegex(d.log_text(), r"load: (reading the schedule failed|Redis went away)")
+        stats = self.assertOk(self.connect(d).request({"op": "stats"}))
+        self.assertEqual((stats["loaded"], stats_pending(stats)), (True, n), stats)
+
+    def test_sigterm_during_the_load_stops(self):
+        redis = self.start_redis()
+        self.fill_schedule(redis, 500000)
+        d = self.start_loading(redis)
         d.proc.send_signal(signal.SIGTERM)
         rc = d.proc.wait(15)
         log = d.log_text()
