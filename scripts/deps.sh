@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# Installs what rebound needs to build and test, if missing (Debian 12).
+# Installs what rebound needs, if missing (Debian 12).
+#   scripts/deps.sh run    what building and running reboundd needs
+#   scripts/deps.sh test   that, and what the test suite needs
+# The package names are in scripts/packages/: run.list, and for `test`
+# every test*.list as well (one package per line, # starts a comment).
 set -euo pipefail
+cd "$(dirname "$0")"
+what=${1:-test}
+lists=(packages/run.list)
+case $what in
+  run) ;;
+  test) lists+=(packages/test*.list) ;;
+  *) echo "usage: scripts/deps.sh run|test" >&2; exit 2 ;;
+esac
 
-# libsystemd-dev: sd_notify; libmicrohttpd-dev: the /metrics endpoint; systemd:
-# systemd-analyze for the unit test; prometheus: promtool for the metrics test.
-packages=(build-essential cmake pkg-config libuv1-dev libhiredis-dev libjansson-dev
-          libcmocka-dev redis-server redis-tools python3
-          libsystemd-dev libmicrohttpd-dev systemd prometheus)
+packages=()
+while read -r p; do
+  [ -n "$p" ] && packages+=("$p")
+done < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' "${lists[@]}")
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

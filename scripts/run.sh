@@ -7,7 +7,7 @@
 #   scripts/run.sh --log-level debug                # extra reboundd flags
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh
+scripts/deps.sh run
 scripts/build.sh
 
 var=$PWD/var

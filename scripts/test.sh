@@ -5,7 +5,7 @@
 # tests start their own redis-server on a free loopback port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh
+scripts/deps.sh test
 
 run_suite() {
   local dir=$1; shift
