@@ -13,20 +13,20 @@
  *
  * Every metric is listed in docs/operations.md; keep the two in step.
  */
-#include "daemon/metrics.h"
+#include "metrics.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/daemon.h"
-#include "daemon/log.h"
-#include "daemon/ops.h"
-#include "daemon/redis_link.h"
-#include "daemon/server.h"
-#include "daemon/store.h"
-#include "daemon/xmalloc.h"
+#include "base/daemon.h"
+#include "base/log.h"
+#include "ops/ops.h"
+#include "redis/redis_link.h"
+#include "net/server.h"
+#include "store/store.h"
+#include "base/xmalloc.h"
 #include "queue/policy.h"
 #include "queue/sched.h"
 

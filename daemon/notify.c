@@ -3,13 +3,13 @@
  * loop thread. The watchdog is pinged from a loop timer, so a loop that
  * stalls (the failure the watchdog is for) stops the pings.
  */
-#include "daemon/notify.h"
+#include "notify.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/log.h"
+#include "base/log.h"
 
 #ifdef REBOUND_HAVE_SYSTEMD
 #include <systemd/sd-daemon.h>

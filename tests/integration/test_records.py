@@ -1,4 +1,4 @@
-"""The message records in Redis (daemon/record.h): the common retry is
+"""The message records in Redis (proto/record.h): the common retry is
 stored in its compact form, a message with more to say keeps its JSON
 members, and records written by an earlier version (epoch times, a JSON
 history) are read back, fired and rewritten in the compact form."""

@@ -21,7 +21,7 @@
  * The redis-server child dies with this process (PR_SET_PDEATHSIG) even if
  * the test crashes; normally it is killed at exit.
  */
-#include "daemon/redis_link.h"
+#include "redis/redis_link.h"
 
 #include <netinet/in.h>
 #include <signal.h>

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/record.h"
+#include "proto/record.h"
 #include "random_model.h"
 
 /* A record as the store writes a fresh one: header \n who \n item. */

@@ -1,4 +1,4 @@
-#include "daemon/xmalloc.h"
+#include "base/xmalloc.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,17 +1,17 @@
 #define _GNU_SOURCE /* memmem */
-#include "daemon/store.h"
+#include "store/store.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/daemon.h"
-#include "daemon/domains.h"
-#include "daemon/log.h"
-#include "daemon/record.h"
-#include "daemon/redis_link.h"
-#include "daemon/strmap.h"
-#include "daemon/xmalloc.h"
+#include "base/daemon.h"
+#include "schedule/domains.h"
+#include "base/log.h"
+#include "proto/record.h"
+#include "redis/redis_link.h"
+#include "base/strmap.h"
+#include "base/xmalloc.h"
 #include "proto/jbuf.h"
 
 /* A list of argument strings, addressed by offset into the batch's arena

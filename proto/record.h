@@ -25,8 +25,8 @@
  * the history as a JSON array ([[at,code,"enhanced","class"],...]), are
  * still read; a bounce rewrites them in this form.
  */
-#ifndef REBOUND_DAEMON_RECORD_H
-#define REBOUND_DAEMON_RECORD_H
+#ifndef REBOUND_PROTO_RECORD_H
+#define REBOUND_PROTO_RECORD_H
 
 #include <jansson.h>
 #include <stdbool.h>

@@ -1,4 +1,4 @@
-#include "daemon/firing.h"
+#include "schedule/firing.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -9,15 +9,15 @@
 #include <sys/timerfd.h>
 #endif
 
-#include "daemon/daemon.h"
-#include "daemon/domains.h"
-#include "daemon/events.h"
-#include "daemon/log.h"
-#include "daemon/ops.h"
-#include "daemon/redis_link.h"
-#include "daemon/record.h"
-#include "daemon/store.h"
-#include "daemon/xmalloc.h"
+#include "base/daemon.h"
+#include "schedule/domains.h"
+#include "events/events.h"
+#include "base/log.h"
+#include "ops/ops.h"
+#include "redis/redis_link.h"
+#include "proto/record.h"
+#include "store/store.h"
+#include "base/xmalloc.h"
 #include "queue/policy.h"
 
 /* A sleep never lasts longer than this, so a wall-clock jump is noticed. */

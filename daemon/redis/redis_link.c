@@ -50,12 +50,12 @@
  * hiredis with a blocking getaddrinfo at each connect: configure an address
  * or a name from /etc/hosts. A second redis_link_close is ignored.
  */
-#include "daemon/redis_link.h"
+#include "redis/redis_link.h"
 
-#include "daemon/log.h"
-#include "daemon/metrics.h"
-#include "daemon/redis_uv.h"
-#include "daemon/xmalloc.h"
+#include "base/log.h"
+#include "metrics.h"
+#include "redis/redis_uv.h"
+#include "base/xmalloc.h"
 
 #include <ctype.h>
 #include <hiredis/async.h>

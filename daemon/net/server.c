@@ -1,4 +1,4 @@
-#include "daemon/server.h"
+#include "net/server.h"
 
 #include <errno.h>
 #include <grp.h>
@@ -7,9 +7,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "daemon/conn.h"
-#include "daemon/daemon.h"
-#include "daemon/log.h"
+#include "net/conn.h"
+#include "base/daemon.h"
+#include "base/log.h"
 
 static uv_tcp_t tcp_listener;
 static uv_pipe_t unix_listener;

@@ -10,7 +10,7 @@
 #include <uv.h>
 
 #include "config/config.h"
-#include "daemon/metrics.h"
+#include "metrics.h"
 #include "proto/request.h"
 #include "queue/policy.h"
 #include "queue/sched.h"
@@ -60,7 +60,7 @@ extern struct daemon *rbd;
 /* Wall-clock time in epoch ms (due times are persisted, so wall clock). */
 int64_t now_ms(void);
 
-/* Lua sources, generated from daemon/scripts/. */
+/* Lua sources, generated from daemon/store/scripts/. */
 extern const char script_apply[];
 extern const char script_fire[];
 extern const char script_get[];

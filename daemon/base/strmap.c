@@ -1,10 +1,10 @@
-#include "daemon/strmap.h"
+#include "base/strmap.h"
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/xmalloc.h"
+#include "base/xmalloc.h"
 
 static uint64_t hash(const char *s)
 {

@@ -2,7 +2,7 @@
 # and no installed file can drift from the binary.
 # Usage: cmake -DOUT=file.c -DINPUTS="a.lua|b.lua" -P embed.cmake
 string(REPLACE "|" ";" INPUTS "${INPUTS}")
-set(body "/* Generated from the Lua files in daemon/scripts by daemon/embed.cmake. */\n")
+set(body "/* Generated from the Lua files in daemon/store/scripts by daemon/store/embed.cmake. */\n")
 foreach(in ${INPUTS})
   get_filename_component(name ${in} NAME_WE)
   file(READ ${in} hex HEX)

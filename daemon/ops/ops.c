@@ -1,21 +1,21 @@
-#include "daemon/ops.h"
+#include "ops/ops.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "config/explain.h"
-#include "daemon/conn.h"
-#include "daemon/daemon.h"
-#include "daemon/domains.h"
-#include "daemon/events.h"
-#include "daemon/firing.h"
-#include "daemon/log.h"
-#include "daemon/metrics.h"
-#include "daemon/record.h"
-#include "daemon/redis_link.h"
-#include "daemon/store.h"
-#include "daemon/xmalloc.h"
+#include "net/conn.h"
+#include "base/daemon.h"
+#include "schedule/domains.h"
+#include "events/events.h"
+#include "schedule/firing.h"
+#include "base/log.h"
+#include "metrics.h"
+#include "proto/record.h"
+#include "redis/redis_link.h"
+#include "store/store.h"
+#include "base/xmalloc.h"
 #include "proto/event.h"
 #include "proto/jbuf.h"
 #include "proto/reply.h"

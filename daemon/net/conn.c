@@ -1,13 +1,13 @@
-#include "daemon/conn.h"
+#include "net/conn.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/daemon.h"
-#include "daemon/events.h"
-#include "daemon/log.h"
-#include "daemon/ops.h"
-#include "daemon/xmalloc.h"
+#include "base/daemon.h"
+#include "events/events.h"
+#include "base/log.h"
+#include "ops/ops.h"
+#include "base/xmalloc.h"
 #include "proto/reply.h"
 #include "proto/request.h"
 

@@ -1,5 +1,5 @@
 #define _GNU_SOURCE /* memmem */
-#include "daemon/record.h"
+#include "proto/record.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,18 +1,18 @@
-#include "daemon/load.h"
+#include "schedule/load.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/daemon.h"
-#include "daemon/domains.h"
-#include "daemon/firing.h"
-#include "daemon/log.h"
-#include "daemon/ops.h"
-#include "daemon/record.h"
-#include "daemon/redis_link.h"
-#include "daemon/store.h"
-#include "daemon/xmalloc.h"
+#include "base/daemon.h"
+#include "schedule/domains.h"
+#include "schedule/firing.h"
+#include "base/log.h"
+#include "ops/ops.h"
+#include "proto/record.h"
+#include "redis/redis_link.h"
+#include "store/store.h"
+#include "base/xmalloc.h"
 #include "queue/policy.h"
 
 /*

@@ -8,9 +8,9 @@
  * callback further up the stack. Every hook and the poll callback check
  * `ac` before touching hiredis.
  */
-#include "daemon/redis_uv.h"
+#include "redis/redis_uv.h"
 
-#include "daemon/xmalloc.h"
+#include "base/xmalloc.h"
 
 #include <stdlib.h>
 

@@ -1,16 +1,16 @@
-#include "daemon/events.h"
+#include "events/events.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/conn.h"
-#include "daemon/daemon.h"
-#include "daemon/log.h"
-#include "daemon/redis_link.h"
-#include "daemon/store.h"
-#include "daemon/strmap.h"
-#include "daemon/xmalloc.h"
+#include "net/conn.h"
+#include "base/daemon.h"
+#include "base/log.h"
+#include "redis/redis_link.h"
+#include "store/store.h"
+#include "base/strmap.h"
+#include "base/xmalloc.h"
 #include "proto/event.h"
 #include "proto/reply.h"
 

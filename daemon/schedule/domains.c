@@ -16,20 +16,20 @@
  * early, can move them all forward by the time saved.
  */
 #define _GNU_SOURCE /* memmem, memrchr */
-#include "daemon/domains.h"
+#include "schedule/domains.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/daemon.h"
-#include "daemon/events.h"
-#include "daemon/firing.h"
-#include "daemon/log.h"
-#include "daemon/ops.h"
-#include "daemon/store.h"
-#include "daemon/strmap.h"
-#include "daemon/xmalloc.h"
+#include "base/daemon.h"
+#include "events/events.h"
+#include "schedule/firing.h"
+#include "base/log.h"
+#include "ops/ops.h"
+#include "store/store.h"
+#include "base/strmap.h"
+#include "base/xmalloc.h"
 #include "proto/event.h"
 #include "queue/domain.h"
 
