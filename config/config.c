@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config/addr.h"
 #include "config/duration.h"
 #include "config/json_pos.h"
 
@@ -589,33 +590,13 @@ int config_set(struct config *cfg, const char *name, const char *value, char *er
     return 0;
 }
 
-/* "HOST:PORT" with HOST a name, an IPv4 address or "[IPv6]". */
+/* "HOST:PORT" as the listeners read it (config/addr.h). */
 static int check_hostport(const char *name, const char *s, char *err, size_t errlen)
 {
-    const char *colon = strrchr(s, ':');
-    if (!colon || colon == s) {
-        set_err(err, errlen, "%s: \"%.100s\" is not HOST:PORT", name, s);
-        return -1;
-    }
-    size_t hostlen = (size_t)(colon - s);
-    if (s[0] == '[') {
-        if (hostlen < 3 || s[hostlen - 1] != ']') {
-            set_err(err, errlen, "%s: \"%.100s\": an IPv6 address is written [ADDR]:PORT", name, s);
-            return -1;
-        }
-    } else if (memchr(s, ':', hostlen)) {
-        set_err(err, errlen, "%s: \"%.100s\": write an IPv6 address in brackets, [ADDR]:PORT", name, s);
-        return -1;
-    }
-    for (const char *c = s; c < colon; c++) {
-        if (*c <= ' ' || *c >= 0x7f) {
-            set_err(err, errlen, "%s: \"%.100s\": the host contains a space or control character", name, s);
-            return -1;
-        }
-    }
-    long long port;
-    if (colon[1] < '0' || colon[1] > '9' || parse_ll(colon + 1, 10, &port) != 0 || port < 1 || port > 65535) {
-        set_err(err, errlen, "%s: \"%.100s\": the port must be 1..65535", name, s);
+    struct addr a;
+    char why[200];
+    if (addr_parse_listen(s, &a, why, sizeof why) != 0) {
+        set_err(err, errlen, "%s: %s", name, why);
         return -1;
     }
     return 0;

@@ -22,20 +22,25 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/daemon.h"
+#include "base/log.h"
+#include "base/xmalloc.h"
+#include "config/addr.h"
 #include "config/config.h"
 #include "config/policy_load.h"
-#include "net/conn.h"
-#include "base/daemon.h"
 #include "events/events.h"
+#include "metrics.h"
+#include "net/conn.h"
+#include "net/server.h"
+#include "notify.h"
+#include "ops/ops.h"
+#include "redis/redis_link.h"
+#include "schedule/domains.h"
+#include "schedule/entry.h"
 #include "schedule/firing.h"
 #include "schedule/load.h"
-#include "base/log.h"
-#include "metrics.h"
-#include "notify.h"
-#include "redis/redis_link.h"
-#include "net/server.h"
+#include "store/scripts.h"
 #include "store/store.h"
-#include "base/xmalloc.h"
 
 /* Longest wait for replies to drain to clients at shutdown, once Redis has
  * answered the writes in flight. */
@@ -45,9 +50,6 @@
 #define SWAP_WAIT_EXTRA_MS 2000
 /* How often STATUS= is refreshed for systemd. */
 #define STATUS_EVERY_MS 1000
-
-static struct daemon the_daemon;
-struct daemon *rbd = &the_daemon;
 
 static uv_prepare_t flush_prepare;
 static uv_signal_t sig_term, sig_int, sig_hup;
@@ -68,11 +70,20 @@ static struct policy *pending_policy;
 static int64_t swap_deadline;
 static uint64_t last_loaded_count;
 
-int64_t now_ms(void)
+/* The upward calls, wired here so that no floor names one above it (the
+ * way libuv and hiredis take callbacks): a connection hands its lines to
+ * ops/ and its subscriber to events/; an entry hands its waiting requests
+ * back to ops/. */
+static void wire_hooks(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    static const struct conn_hooks conn_hooks = {
+        .on_line = ops_dispatch,
+        .on_writable = events_writable,
+        .on_close = events_unsubscribe,
+    };
+    static const struct entry_hooks entry_hooks = {.run_waiters = ops_run_waiters};
+    conn_set_hooks(&conn_hooks);
+    entry_set_hooks(&entry_hooks);
 }
 
 static void usage(FILE *out)
@@ -503,11 +514,19 @@ int main(int argc, char **argv)
         return 1;
     }
     struct redis_link_opts lo = {0};
-    char *rhost = NULL, *rpath = NULL, *ruser = NULL, *rpass = NULL;
-    if (redis_link_parse_address(cfg->redis, &lo, &rhost, &rpath, &ruser, &rpass) != 0) {
+    /* static: the link's options point into it for the daemon's life */
+    static struct addr raddr;
+    if (addr_parse_redis(cfg->redis, &raddr, err, sizeof err) != 0) {
         fprintf(stderr, "reboundd: bad Redis address \"%s\"\n", cfg->redis);
         return 1;
     }
+    lo.host = raddr.path[0] ? NULL : raddr.host;
+    lo.port = raddr.port;
+    lo.unix_path = raddr.path[0] ? raddr.path : NULL;
+    lo.user = raddr.user[0] ? raddr.user : NULL;
+    lo.password = raddr.password[0] ? raddr.password : NULL;
+    if (raddr.db >= 0)
+        lo.db = raddr.db;
     if (test_only) {
         if (verbose)
             config_dump(cfg, stdout);
@@ -515,7 +534,6 @@ int main(int argc, char **argv)
                rbd->policy->nclasses, rbd->policy->nrules);
         policy_free(rbd->policy);
         config_free(cfg);
-        free(rhost), free(rpath), free(ruser), free(rpass);
         return 0;
     }
     if (!lo.user && cfg->redis_user[0])
@@ -538,7 +556,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "reboundd: %s\n", err);
         uv_loop_close(rbd->loop);
         policy_free(rbd->policy);
-        free(rhost), free(rpath), free(ruser), free(rpass);
         config_free(cfg);
         return 1;
     }
@@ -551,6 +568,7 @@ int main(int argc, char **argv)
     rbd->key_msgs = make_key(cfg->prefix, "msg");
     rbd->key_events = make_key(cfg->prefix, "events");
 
+    wire_hooks();
     store_init();
     events_init();
     firing_init();
@@ -579,6 +597,8 @@ int main(int argc, char **argv)
     uv_run(rbd->loop, UV_RUN_DEFAULT);
 
     store_free();
+    /* After the store: the writes it fails let go of their domains. */
+    domains_free();
     events_free();
     int rc = uv_loop_close(rbd->loop);
     if (rc != 0)
@@ -587,7 +607,6 @@ int main(int argc, char **argv)
     policy_free(rbd->policy);
     free(rbd->key_msgs);
     free(rbd->key_events);
-    free(rhost), free(rpath), free(ruser), free(rpass);
     config_free(cfg);
     log_info("stopped");
     return exit_code;

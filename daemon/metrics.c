@@ -20,75 +20,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/counters.h"
 #include "base/daemon.h"
 #include "base/log.h"
-#include "ops/ops.h"
-#include "redis/redis_link.h"
-#include "net/server.h"
-#include "store/store.h"
 #include "base/xmalloc.h"
+#include "config/addr.h"
 #include "queue/policy.h"
 #include "queue/sched.h"
+#include "redis/redis_link.h"
+#include "schedule/entry.h"
+#include "store/store.h"
 
 #ifdef REBOUND_HAVE_MHD
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #endif
-
-/* ---- counters ------------------------------------------------------------ */
-
-/* Error codes are a short fixed vocabulary (proto/request.h); a table
- * keeps series for codes added later without touching this file. */
-#define MAX_ERROR_CODES 32
-static struct {
-    char code[32];
-    uint64_t n;
-} error_counts[MAX_ERROR_CODES];
-static int nerror_codes;
-static uint64_t error_other; /* past MAX_ERROR_CODES distinct codes: cannot happen with today's */
-
-void metrics_count_error(const char *code)
-{
-    for (int i = 0; i < nerror_codes; i++) {
-        if (strcmp(error_counts[i].code, code) == 0) {
-            error_counts[i].n++;
-            return;
-        }
-    }
-    if (nerror_codes == MAX_ERROR_CODES) {
-        error_other++;
-        return;
-    }
-    snprintf(error_counts[nerror_codes].code, sizeof error_counts[0].code, "%s", code);
-    error_counts[nerror_codes++].n = 1;
-}
-
-/* Keyed by class name, not index: a reload may reorder the classes, and a
- * counter must never go down or move to another series. */
-#define MAX_REPORT_CLASSES (POLICY_MAX_CLASSES * 2)
-#define NACTIONS 3
-static struct {
-    char name[POLICY_NAME_MAX];
-    uint64_t n[NACTIONS];
-} report_counts[MAX_REPORT_CLASSES];
-static int nreport_classes;
-
-void metrics_count_report(const char *class_name, int action)
-{
-    if (action < 0 || action >= NACTIONS)
-        return;
-    for (int i = 0; i < nreport_classes; i++) {
-        if (strcmp(report_counts[i].name, class_name) == 0) {
-            report_counts[i].n[action]++;
-            return;
-        }
-    }
-    if (nreport_classes == MAX_REPORT_CLASSES)
-        return;
-    snprintf(report_counts[nreport_classes].name, sizeof report_counts[0].name, "%s", class_name);
-    report_counts[nreport_classes++].n[action] = 1;
-}
 
 /* ---- rendering ----------------------------------------------------------- */
 
@@ -159,7 +106,7 @@ char *metrics_render(size_t *len)
         sample_u64(f, "rebound_pending", "class", p->classes[i].name, rbd->pending_by_class[i]);
     family(f, "rebound_awaiting", "gauge", "Retries fired whose outcome the sender has not reported yet.");
     fprintf(f, "rebound_awaiting %llu\n", (unsigned long long)rbd->nawaiting);
-    struct due_counts w = stats_due(now_ms());
+    struct due_counts w = entry_due_counts(now_ms());
     family(f, "rebound_due", "gauge", "Pending retries due within the next minute, hour or day (overdue ones included).");
     sample_u64(f, "rebound_due", "within", "minute", w.minute);
     sample_u64(f, "rebound_due", "within", "hour", w.hour);
@@ -171,12 +118,12 @@ char *metrics_render(size_t *len)
     family(f, "rebound_reports_total", "counter", "Bounce reports accepted: written to Redis and answered.");
     fprintf(f, "rebound_reports_total %llu\n", (unsigned long long)rbd->reports);
     family(f, "rebound_reports_by_class_total", "counter", "Bounce reports accepted, by class and action.");
-    for (int i = 0; i < nreport_classes; i++) {
-        for (int a = 0; a < NACTIONS; a++) {
+    for (int i = 0; i < counters.nreports; i++) {
+        for (int a = 0; a < COUNTERS_NACTIONS; a++) {
             fputs("rebound_reports_by_class_total{class=", f);
-            label_value(f, report_counts[i].name);
+            label_value(f, counters.reports[i].name);
             fprintf(f, ",action=\"%s\"} %llu\n", action_name((enum action)a),
-                    (unsigned long long)report_counts[i].n[a]);
+                    (unsigned long long)counters.reports[i].n[a]);
         }
     }
 
@@ -186,10 +133,10 @@ char *metrics_render(size_t *len)
     family(f, "rebound_requests_in_flight", "gauge", "Requests read and not answered yet, all connections.");
     fprintf(f, "rebound_requests_in_flight %llu\n", (unsigned long long)rbd->requests_waiting);
     family(f, "rebound_errors_total", "counter", "Error replies sent to clients, by error code.");
-    for (int i = 0; i < nerror_codes; i++)
-        sample_u64(f, "rebound_errors_total", "code", error_counts[i].code, error_counts[i].n);
-    if (error_other)
-        sample_u64(f, "rebound_errors_total", "code", "other", error_other);
+    for (int i = 0; i < counters.nerrors; i++)
+        sample_u64(f, "rebound_errors_total", "code", counters.errors[i].code, counters.errors[i].n);
+    if (counters.error_other)
+        sample_u64(f, "rebound_errors_total", "code", "other", counters.error_other);
 
     histogram_render(f, "rebound_redis_roundtrip_seconds", "Time from sending a command to Redis to its reply.",
                      &rbd->redis_rtt);
@@ -322,14 +269,16 @@ static bool is_loopback(const struct sockaddr *sa)
 
 int metrics_start(const char *hostport, char *err, size_t errlen)
 {
-    char host[256];
-    int port;
+    struct addr a;
+    char why[200];
     struct sockaddr_storage addr;
     memset(&addr, 0, sizeof addr);
-    if (server_parse_hostport(hostport, host, sizeof host, &port) != 0) {
-        snprintf(err, errlen, "metrics_listen: bad address \"%s\" (want HOST:PORT)", hostport);
+    if (addr_parse_listen(hostport, &a, why, sizeof why) != 0) {
+        snprintf(err, errlen, "metrics_listen: %s", why);
         return -1;
     }
+    const char *host = a.host;
+    int port = a.port;
     unsigned flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
     if (uv_ip4_addr(host, port, (struct sockaddr_in *)&addr) != 0) {
         if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr) != 0) {

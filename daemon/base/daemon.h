@@ -1,6 +1,8 @@
 /*
- * The daemon's shared state: one instance, owned by main.c. Every part of
- * daemon/ runs on the one libuv loop thread, so there is no locking.
+ * The daemon's shared state: one instance (base/daemon.c), filled in by
+ * main.c. Every part of daemon/ runs on the one libuv loop thread, so there
+ * is no locking. It sits in base/ because every floor reads it (like
+ * Redis's `server`); what it points to belongs to the floor that made it.
  */
 #ifndef REBOUND_DAEMON_DAEMON_H
 #define REBOUND_DAEMON_DAEMON_H
@@ -9,15 +11,13 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "base/histogram.h"
 #include "config/config.h"
-#include "metrics.h"
 #include "proto/request.h"
 #include "queue/policy.h"
 #include "queue/sched.h"
 
 struct redis_link;
-
-enum script_id { SCRIPT_APPLY, SCRIPT_FIRE, SCRIPT_GET, SCRIPT__COUNT };
 
 struct daemon {
     uv_loop_t *loop;
@@ -59,10 +59,5 @@ extern struct daemon *rbd;
 
 /* Wall-clock time in epoch ms (due times are persisted, so wall clock). */
 int64_t now_ms(void);
-
-/* Lua sources, generated from daemon/store/scripts/. */
-extern const char script_apply[];
-extern const char script_fire[];
-extern const char script_get[];
 
 #endif

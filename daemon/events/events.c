@@ -4,15 +4,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "net/conn.h"
 #include "base/daemon.h"
 #include "base/log.h"
-#include "redis/redis_link.h"
-#include "store/store.h"
 #include "base/strmap.h"
 #include "base/xmalloc.h"
+#include "net/conn.h"
 #include "proto/event.h"
 #include "proto/reply.h"
+#include "redis/redis_link.h"
+#include "store/store.h"
 
 /* Events a connection may hold unacknowledged: the bound on what a slow
  * subscriber costs in memory, and the flow control of delivery. */

@@ -3,10 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/counters.h"
 #include "base/daemon.h"
-#include "events/events.h"
 #include "base/log.h"
-#include "ops/ops.h"
 #include "base/xmalloc.h"
 #include "proto/reply.h"
 #include "proto/request.h"
@@ -36,6 +35,7 @@ static struct conn *all_conns;
 static struct conn *dirty_conns;
 static bool reading_stopped_all;
 static bool reading_held; /* conn_hold_reading */
+static struct conn_hooks hooks;
 
 static void conn_resume_cb(struct conn *c);
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
@@ -45,6 +45,11 @@ static void write_out(struct conn *c);
 void conn_ref(struct conn *c)
 {
     c->refs++;
+}
+
+void conn_set_hooks(const struct conn_hooks *h)
+{
+    hooks = *h;
 }
 
 static void conn_release(struct conn *c)
@@ -86,7 +91,7 @@ void conn_close(struct conn *c)
         return;
     c->closing = true;
     if (c->sub)
-        events_unsubscribe(c);
+        hooks.on_close(c);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -202,7 +207,7 @@ static void write_cb(uv_write_t *req, int status)
     } else if (!c->closing) {
         conn_resume_cb(c);
         if (c->sub)
-            events_writable(c);
+            hooks.on_writable(c);
         finish_if_done(c);
     }
     conn_unref(c);
@@ -391,7 +396,7 @@ static void process_lines(struct conn *c)
                      rbd->cfg.max_line);
             size_t n;
             char *out = reply_error(NULL, ERR_TOO_LARGE, msg, &n);
-            metrics_count_error(ERR_TOO_LARGE);
+            counters_error(ERR_TOO_LARGE);
             /* Before the reply: replying resumes processing, which must not
              * meet the same line again. */
             c->close_after_flush = true;
@@ -403,7 +408,7 @@ static void process_lines(struct conn *c)
         }
         if (len == 0)
             continue; /* blank lines are keep-alives */
-        ops_dispatch(c, line, len);
+        hooks.on_line(c, line, len);
     }
     c->taking_ns = outer;
 }
@@ -487,7 +492,7 @@ int conn_accept(uv_stream_t *server, bool is_pipe)
                  rbd->cfg.max_connections);
         size_t n;
         char *out = reply_error(NULL, ERR_BUSY, "too many connections", &n);
-        metrics_count_error(ERR_BUSY);
+        counters_error(ERR_BUSY);
         rbd->conns_refused++;
         conn_reply(c, conn_slot(c), out, n);
         c->close_after_flush = true;

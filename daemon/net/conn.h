@@ -47,9 +47,26 @@ struct conn {
     struct conn *dirty_next; /* on the list of connections with output */
     bool dirty;
     bool authed;
-    struct subscriber *sub; /* set once the connection subscribed */
+    struct subscriber *sub; /* events/' state, set once the connection subscribed */
     struct conn *prev, *next; /* all connections */
 };
+
+/* What a connection calls upward (registered by main.c, as libuv takes a
+ * *_cb): net/ names no layer above it. Each is called on the loop thread. */
+struct conn_hooks {
+    /* A complete request line (without its newline, not empty); the reply
+     * goes to conn_slot's slot, taken before this returns. */
+    void (*on_line)(struct conn *c, const char *line, size_t len);
+    /* A write finished on a connection with a subscriber (c->sub set):
+     * room for more events. */
+    void (*on_writable)(struct conn *c);
+    /* The connection is closing and c->sub is set: let go of it. */
+    void (*on_close)(struct conn *c);
+};
+
+/* Sets the hooks (copied); every one must be set before the first
+ * connection is accepted. */
+void conn_set_hooks(const struct conn_hooks *hooks);
 
 /* Accepts a new connection on server. Returns 0 or -1. */
 int conn_accept(uv_stream_t *server, bool is_pipe);

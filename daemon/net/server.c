@@ -7,9 +7,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "net/conn.h"
 #include "base/daemon.h"
 #include "base/log.h"
+#include "config/addr.h"
+#include "net/conn.h"
 
 static uv_tcp_t tcp_listener;
 static uv_pipe_t unix_listener;
@@ -24,38 +25,17 @@ static void on_connection(uv_stream_t *server, int status)
     conn_accept(server, server == (uv_stream_t *)&unix_listener);
 }
 
-int server_parse_hostport(const char *s, char *host, unsigned hostlen, int *port)
-{
-    const char *colon = strrchr(s, ':');
-    if (!colon || colon == s)
-        return -1;
-    const char *h = s;
-    size_t hl = (size_t)(colon - s);
-    if (h[0] == '[' && hl >= 2 && h[hl - 1] == ']') {
-        h++;
-        hl -= 2;
-    }
-    if (hl == 0 || hl >= hostlen)
-        return -1;
-    char *end;
-    long p = strtol(colon + 1, &end, 10);
-    if (*end || p < 1 || p > 65535)
-        return -1;
-    memcpy(host, h, hl);
-    host[hl] = '\0';
-    *port = (int)p;
-    return 0;
-}
-
 static int start_tcp(const char *listen)
 {
-    char host[256];
-    int port;
+    struct addr a;
+    char why[200];
     struct sockaddr_storage addr;
-    if (server_parse_hostport(listen, host, sizeof host, &port) != 0) {
-        log_error("listen: bad address \"%s\" (want HOST:PORT)", listen);
+    if (addr_parse_listen(listen, &a, why, sizeof why) != 0) {
+        log_error("listen: %s", why);
         return -1;
     }
+    const char *host = a.host;
+    int port = a.port;
     if (uv_ip4_addr(host, port, (struct sockaddr_in *)&addr) != 0 &&
         uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr) != 0) {
         log_error("listen: \"%s\" is not an IP address", host);

@@ -6,7 +6,5 @@
 int server_start(void);
 /* Stops accepting (listeners closed; the Unix socket file removed). */
 void server_stop(void);
-/* Splits "HOST:PORT" or "[V6]:PORT". Returns 0 or -1. */
-int server_parse_hostport(const char *s, char *host, unsigned hostlen, int *port);
 
 #endif

@@ -4,23 +4,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config/explain.h"
-#include "net/conn.h"
+#include "base/counters.h"
 #include "base/daemon.h"
-#include "schedule/domains.h"
-#include "events/events.h"
-#include "schedule/firing.h"
 #include "base/log.h"
-#include "metrics.h"
-#include "proto/record.h"
-#include "redis/redis_link.h"
-#include "store/store.h"
 #include "base/xmalloc.h"
+#include "config/explain.h"
+#include "events/events.h"
+#include "net/conn.h"
 #include "proto/event.h"
 #include "proto/jbuf.h"
+#include "proto/record.h"
 #include "proto/reply.h"
 #include "queue/classify.h"
 #include "queue/decide.h"
+#include "redis/redis_link.h"
+#include "schedule/domains.h"
+#include "schedule/entry.h"
+#include "schedule/firing.h"
+#include "store/store.h"
 
 /* A request that needs Redis, from parse to reply. While an entry has a
  * write in flight, later requests for the same id wait on it (in order), so
@@ -67,7 +68,7 @@ static void reply_err(struct conn *c, struct slot *s, json_t *req, const char *c
     char *line = reply_error(req, code, msg, &n);
     if (strcmp(code, ERR_UNAVAILABLE) != 0 && strcmp(code, ERR_NOT_FOUND) != 0)
         rbd->errors++;
-    metrics_count_error(code);
+    counters_error(code);
     reply_line(c, s, line, n);
 }
 
@@ -119,34 +120,6 @@ static void op_unavailable(struct job *op)
     snprintf(msg, sizeof msg, "Redis is not available (%s); nothing was written, retry later",
              !rbd->loaded ? "still loading the schedule" : rbd->link ? redis_link_last_error(rbd->link) : "shutting down");
     reply_err(op->conn, op->slot, op->req.req, ERR_UNAVAILABLE, msg);
-}
-
-void stats_entry_leave(const struct entry *e)
-{
-    if (e->state == ENTRY_PENDING) {
-        rbd->npending--;
-        rbd->pending_by_class[e->class_idx]--;
-        domains_pending(entry_domain(e), -1);
-    } else if (e->state == ENTRY_AWAITING) {
-        rbd->nawaiting--;
-    }
-}
-
-void stats_entry_enter(const struct entry *e)
-{
-    if (e->state == ENTRY_PENDING) {
-        rbd->npending++;
-        rbd->pending_by_class[e->class_idx]++;
-        domains_pending(entry_domain(e), 1);
-    } else if (e->state == ENTRY_AWAITING) {
-        rbd->nawaiting++;
-    }
-}
-
-void entry_forget(struct entry *e)
-{
-    entry_set_domain(e, 0);
-    sched_remove(rbd->sched, e);
 }
 
 /* ---- bounce ---------------------------------------------------------- */
@@ -349,15 +322,11 @@ static void count_events(const struct job *op, bool suppressed)
 }
 
 /* The entry is idle again: run what waited, and drop it if nothing keeps it. */
-static void entry_settle(struct entry *e, bool drop)
+static void op_settle(struct entry *e, bool drop)
 {
-    if (drop) {
-        stats_entry_leave(e);
-        e->state = ENTRY_NEW; /* forgotten, unless a waiter brings it back */
-    }
-    ops_run_waiters(e);
-    if (e->state == ENTRY_NEW && !(e->flags & ENTRY_BUSY) && !entry_has_waiters(e))
-        entry_forget(e);
+    if (drop)
+        entry_become(e, ENTRY_NEW, NULL); /* forgotten, unless a waiter brings it back */
+    entry_settle(e);
 }
 
 static void bounce_done_cb(void *arg, bool ok, long long result)
@@ -374,7 +343,7 @@ static void bounce_done_cb(void *arg, bool ok, long long result)
             domains_alert_unclaim(op->domain, d->class_idx, op->alert_repeats);
         op_unavailable(op);
         op_finish(op);
-        entry_settle(e, false);
+        op_settle(e, false);
         firing_kick();
         return;
     }
@@ -383,7 +352,7 @@ static void bounce_done_cb(void *arg, bool ok, long long result)
     count_events(op, suppressed);
     domains_report(op->domain, d->class_idx, now_ms());
     const char *cname = rbd->policy->classes[d->class_idx].name;
-    metrics_count_report(cname, suppressed ? (int)ACTION_SUPPRESS : (int)d->action);
+    counters_report(cname, suppressed ? (int)ACTION_SUPPRESS : (int)d->action);
     bool drop = false;
     /* The reply goes out after the entry's new state is in place: replying
      * may run the connection's next requests at once. */
@@ -394,13 +363,8 @@ static void bounce_done_cb(void *arg, bool ok, long long result)
         bounce_reply(op, cname, ACTION_SUPPRESS, op->prior_attempt, 0,
                      result == STORE_SUPPRESSED_NOW ? reason_name(REASON_CHRONIC_SOFT) : "suppressed");
     } else if (d->action == ACTION_RETRY) {
-        stats_entry_leave(e);
-        e->state = ENTRY_PENDING;
-        e->attempt = (uint16_t)d->attempt;
-        e->class_idx = (uint8_t)d->class_idx;
-        e->first_ms = d->first_ms;
-        entry_set_domain(e, op->domain);
-        stats_entry_enter(e);
+        struct entry_facts f = {d->class_idx, d->attempt, d->first_ms, op->domain};
+        entry_become(e, ENTRY_PENDING, &f);
         sched_set_due(rbd->sched, e, d->retry_at);
         firing_kick();
         bounce_reply(op, cname, d->action, d->attempt, d->retry_at, NULL);
@@ -409,7 +373,7 @@ static void bounce_done_cb(void *arg, bool ok, long long result)
         bounce_reply(op, cname, d->action, e->attempt, 0, reason_name(d->reason));
     }
     op_finish(op);
-    entry_settle(e, drop);
+    op_settle(e, drop);
 }
 
 /* ---- delivered / cancel ---------------------------------------------- */
@@ -426,7 +390,7 @@ static void drop_done_cb(void *arg, bool ok, long long result)
         op_unavailable(op);
         op_finish(op);
         if (e) {
-            entry_settle(e, false);
+            op_settle(e, false);
             firing_kick();
         }
         return;
@@ -443,7 +407,7 @@ static void drop_done_cb(void *arg, bool ok, long long result)
     op_finish(op);
     if (e) {
         sched_unset_due(rbd->sched, e);
-        entry_settle(e, true);
+        op_settle(e, true);
     }
 }
 
@@ -692,33 +656,6 @@ static void get_run(struct job *op)
 
 /* ---- stats ----------------------------------------------------------- */
 
-struct due_walk {
-    int64_t now;
-    struct due_counts c;
-};
-
-static void count_due(struct entry *e, void *arg)
-{
-    struct due_walk *w = arg;
-    if (e->state != ENTRY_PENDING || !entry_scheduled(e))
-        return;
-    int64_t in = e->node.due_ms - w->now;
-    if (in <= 60000)
-        w->c.minute++;
-    if (in <= 3600000)
-        w->c.hour++;
-    if (in <= 86400000)
-        w->c.day++;
-}
-
-struct due_counts stats_due(int64_t now)
-{
-    struct due_walk w = {.now = now};
-    if (rbd->sched)
-        sched_foreach(rbd->sched, count_due, &w);
-    return w.c;
-}
-
 static json_t *stats_json(void)
 {
     const struct policy *p = rbd->policy;
@@ -729,7 +666,7 @@ static json_t *stats_json(void)
     for (int i = 0; i < p->nclasses; i++)
         json_object_set_new(by, p->classes[i].name, json_integer((json_int_t)rbd->pending_by_class[i]));
     json_object_set_new(o, "by_class", by);
-    struct due_counts dc = stats_due(now_ms());
+    struct due_counts dc = entry_due_counts(now_ms());
     json_object_set_new(o, "due",
                         json_pack("{sIsIsI}", "minute", (json_int_t)dc.minute, "hour", (json_int_t)dc.hour, "day",
                                   (json_int_t)dc.day));

@@ -98,10 +98,5 @@ void redis_link_reply_release(redisReply *reply);
  * after closed_cb returns. */
 void redis_link_close(struct redis_link *link, void (*closed_cb)(void *arg), void *arg);
 
-/* Parses "HOST:PORT", "redis://[user:password@]host[:port][/db]", or a path
- * starting with '/' (Unix socket) into opts fields (malloc'd strings in
- * *out_strings, freed by the caller with free). Returns 0 or -1. */
-int redis_link_parse_address(const char *addr, struct redis_link_opts *opts, char **host_out, char **path_out,
-                             char **user_out, char **password_out);
 
 #endif

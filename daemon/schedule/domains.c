@@ -23,15 +23,15 @@
 #include <string.h>
 
 #include "base/daemon.h"
-#include "events/events.h"
-#include "schedule/firing.h"
 #include "base/log.h"
-#include "ops/ops.h"
-#include "store/store.h"
 #include "base/strmap.h"
 #include "base/xmalloc.h"
+#include "events/events.h"
 #include "proto/event.h"
 #include "queue/domain.h"
+#include "schedule/entry.h"
+#include "schedule/firing.h"
+#include "store/store.h"
 
 
 #define DOMAINS_MAX (1u << 24)       /* numbers must fit the entry word on any platform */

@@ -10,15 +10,16 @@
 #endif
 
 #include "base/daemon.h"
-#include "schedule/domains.h"
-#include "events/events.h"
 #include "base/log.h"
-#include "ops/ops.h"
-#include "redis/redis_link.h"
-#include "proto/record.h"
-#include "store/store.h"
 #include "base/xmalloc.h"
+#include "events/events.h"
+#include "proto/record.h"
 #include "queue/policy.h"
+#include "redis/redis_link.h"
+#include "schedule/domains.h"
+#include "schedule/entry.h"
+#include "store/scripts.h"
+#include "store/store.h"
 
 /* A sleep never lasts longer than this, so a wall-clock jump is noticed. */
 #define MAX_SLEEP_MS 60000
@@ -198,14 +199,11 @@ static void expire_done_cb(void *arg, bool ok, long long result)
     if (!ok) {
         /* Try again later; forgetting is never urgent. */
         sched_set_due(rbd->sched, e, now_ms() + 1000);
-        ops_run_waiters(e);
+        entry_settle(e);
         return;
     }
-    stats_entry_leave(e);
-    e->state = ENTRY_NEW;
-    ops_run_waiters(e);
-    if (e->state == ENTRY_NEW && !(e->flags & ENTRY_BUSY) && !entry_has_waiters(e))
-        entry_forget(e);
+    entry_become(e, ENTRY_NEW, NULL);
+    entry_settle(e);
 }
 
 static void fire_batch_free(struct fire_batch *b)
@@ -231,24 +229,19 @@ static void fire_finish(struct fire_batch *b, bool ok)
             /* Not fired as far as we know: due again once Redis is back. */
             if (!entry_scheduled(e))
                 sched_set_due(rbd->sched, e, b->due[i]);
-            ops_run_waiters(e);
+            entry_settle(e);
             continue;
         }
         if (b->outcome[i] == FIRE_UNKNOWN) {
             /* Redis no longer knows it (removed by hand): forget it. */
-            stats_entry_leave(e);
-            e->state = ENTRY_NEW;
+            entry_become(e, ENTRY_NEW, NULL);
         } else {
             if (b->outcome[i] == FIRE_NOW)
                 fired++;
-            stats_entry_leave(e);
-            e->state = ENTRY_AWAITING;
-            stats_entry_enter(e);
+            entry_become(e, ENTRY_AWAITING, NULL);
             sched_set_due(rbd->sched, e, b->due[i] + awaiting);
         }
-        ops_run_waiters(e);
-        if (e->state == ENTRY_NEW && !(e->flags & ENTRY_BUSY) && !entry_has_waiters(e))
-            entry_forget(e);
+        entry_settle(e);
     }
     rbd->events_emitted[EV_RETRY] += fired;
     if (fired || b->ngroups)

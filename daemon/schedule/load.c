@@ -5,15 +5,15 @@
 #include <string.h>
 
 #include "base/daemon.h"
-#include "schedule/domains.h"
-#include "schedule/firing.h"
 #include "base/log.h"
-#include "ops/ops.h"
-#include "proto/record.h"
-#include "redis/redis_link.h"
-#include "store/store.h"
 #include "base/xmalloc.h"
+#include "proto/record.h"
 #include "queue/policy.h"
+#include "redis/redis_link.h"
+#include "schedule/domains.h"
+#include "schedule/entry.h"
+#include "schedule/firing.h"
+#include "store/store.h"
 
 /*
  * The load at start. Redis needs about as long to produce a page of HSCAN
@@ -100,13 +100,9 @@ static int class_for(const char *name, size_t len)
 /* Makes e (new, or known and idle) say what its record says. */
 static void entry_from_record(struct entry *e, const struct record *rec, int64_t awaiting, int64_t now)
 {
-    stats_entry_leave(e);
-    entry_set_domain(e, domains_of_rcpt(rec->rcpt, rec->rcpt_len, true, now));
-    e->class_idx = (uint8_t)class_for(rec->class_name, rec->class_len);
-    e->attempt = (uint16_t)rec->attempt;
-    e->first_ms = rec->first_ms;
-    e->state = rec->state == 'P' ? ENTRY_PENDING : ENTRY_AWAITING;
-    stats_entry_enter(e);
+    struct entry_facts f = {class_for(rec->class_name, rec->class_len), rec->attempt, rec->first_ms,
+                            domains_of_rcpt(rec->rcpt, rec->rcpt_len, true, now)};
+    entry_become(e, rec->state == 'P' ? ENTRY_PENDING : ENTRY_AWAITING, &f);
     sched_set_due(rbd->sched, e, rec->state == 'P' ? rec->due_ms : rec->due_ms + awaiting);
 }
 
@@ -331,7 +327,6 @@ static void resync_reply_cb(void *arg, redisReply *reply)
         entry_from_record(e, &rec, rbd->policy->awaiting_ms, now_ms());
         log_info("resync: %s is %s again after a write in doubt", id, rec.state == 'P' ? "pending" : "awaiting");
     } else if (e && !entry_has_waiters(e)) {
-        stats_entry_leave(e);
         entry_forget(e);
     }
     free(id);

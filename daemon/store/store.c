@@ -1,4 +1,5 @@
 #define _GNU_SOURCE /* memmem */
+#include "store/scripts.h"
 #include "store/store.h"
 
 #include <stdio.h>
@@ -6,13 +7,12 @@
 #include <string.h>
 
 #include "base/daemon.h"
-#include "schedule/domains.h"
 #include "base/log.h"
-#include "proto/record.h"
-#include "redis/redis_link.h"
 #include "base/strmap.h"
 #include "base/xmalloc.h"
 #include "proto/jbuf.h"
+#include "proto/record.h"
+#include "redis/redis_link.h"
 
 /* A list of argument strings, addressed by offset into the batch's arena
  * so the arena can grow. */
@@ -178,8 +178,6 @@ void store_take_in_doubt(void (*fn)(const char *id, void *arg), void *arg)
 void store_free(void)
 {
     strmap_free(&in_doubt);
-    /* The domain table outlives every write that names a domain. */
-    domains_free();
     /* Anything still queued never reached Redis: say so to its waiters. */
     struct batch *b = current;
     current = NULL;

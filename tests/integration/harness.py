@@ -9,6 +9,8 @@ Environment:
   REBOUND_FAST_POLICY  another policy file to use instead of
                        tests/fast-policy.json
   REBOUND_KEEP_LOGS    set to keep the temp directories (logs, AOF) afterwards
+  REBOUND_REQUIRE_REDIS  set to fail, not skip, when redis-server is missing
+                       (scripts/test.sh sets it)
 
 Nothing here waits without a deadline: every read has a time-out, and every
 child process is killed when its owner is stopped or the test ends.
@@ -790,6 +792,8 @@ class DaemonTestCase(unittest.TestCase):
                 self.fail("reboundd not found at %s" % reboundd_path())
             self.skipTest("reboundd not built (%s)" % reboundd_path())
         if shutil.which("redis-server") is None:
+            if os.environ.get("REBOUND_REQUIRE_REDIS"):
+                self.fail("redis-server not installed, and REBOUND_REQUIRE_REDIS is set")
             self.skipTest("redis-server not installed")
         self._daemons = []
         self._redises = []
