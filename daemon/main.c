@@ -418,16 +418,14 @@ static void signal_cb(uv_signal_t *h, int signum)
         begin_shutdown();
 }
 
-static char *make_key(const char *prefix, const char *name)
-{
-    size_t a = strlen(prefix), b = strlen(name);
-    char *k = xmalloc(a + b + 1);
-    memcpy(k, prefix, a);
-    memcpy(k + a, name, b + 1);
-    return k;
-}
+/* What the command line asks for besides the config overrides. */
+struct flags {
+    bool test_only, verbose, dump_only;
+};
 
-int main(int argc, char **argv)
+/* Reads the command line into flags, config_path and overrides. Returns
+ * -1 to go on, or the exit code (help, version, a bad flag). */
+static int parse_flags(int argc, char **argv, struct flags *fl)
 {
     enum { OPT_LISTEN = 256, OPT_UNIX, OPT_REDIS, OPT_POLICY, OPT_VERSION, OPT_LOG_LEVEL, OPT_DUMP, OPT_METRICS };
     static const struct option longopts[] = {
@@ -439,8 +437,6 @@ int main(int argc, char **argv)
         {"dump-config", no_argument, NULL, OPT_DUMP},     {"metrics", required_argument, NULL, OPT_METRICS},
         {NULL, 0, NULL, 0},
     };
-    bool test_only = false, verbose = false, dump_only = false;
-    char err[512];
     int ch;
     while ((ch = getopt_long(argc, argv, "c:tvh", longopts, NULL)) != -1) {
         switch (ch) {
@@ -448,10 +444,10 @@ int main(int argc, char **argv)
             config_path = optarg;
             break;
         case 't':
-            test_only = true;
+            fl->test_only = true;
             break;
         case 'v':
-            verbose = true;
+            fl->verbose = true;
             break;
         case 'h':
             usage(stdout);
@@ -461,7 +457,7 @@ int main(int argc, char **argv)
                    notify_compiled_in() ? "yes" : "no", metrics_http_available() ? "yes" : "no");
             return 0;
         case OPT_DUMP:
-            dump_only = true;
+            fl->dump_only = true;
             break;
         case OPT_LISTEN:
             overrides[noverrides++] = (typeof(overrides[0])){"listen", optarg};
@@ -493,13 +489,75 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    return -1;
+}
+
+/* The Redis link's options from the redis address (a URL's user, password
+ * and db) and the redis_* options, which win. Returns 0, or -1 for an
+ * address that does not parse. */
+static int redis_options(const struct config *cfg, struct redis_link_opts *lo)
+{
+    /* static: the link's options point into it for the daemon's life */
+    static struct addr raddr;
+    static const char *scripts[SCRIPT__COUNT] = {[SCRIPT_APPLY] = script_apply, [SCRIPT_FIRE] = script_fire,
+                                                 [SCRIPT_GET] = script_get};
+    char err[200];
+    if (addr_parse_redis(cfg->redis, &raddr, err, sizeof err) != 0)
+        return -1;
+    memset(lo, 0, sizeof *lo);
+    lo->host = raddr.path[0] ? NULL : raddr.host;
+    lo->port = raddr.port;
+    lo->unix_path = raddr.path[0] ? raddr.path : NULL;
+    lo->user = raddr.user[0] ? raddr.user : NULL;
+    lo->password = raddr.password[0] ? raddr.password : NULL;
+    if (raddr.db >= 0)
+        lo->db = raddr.db;
+    if (!lo->user && cfg->redis_user[0])
+        lo->user = cfg->redis_user;
+    if (!lo->password && cfg->redis_password[0])
+        lo->password = cfg->redis_password;
+    if (cfg->redis_db)
+        lo->db = cfg->redis_db;
+    lo->timeout_ms = cfg->redis_timeout_ms;
+    lo->scripts = scripts;
+    lo->nscripts = SCRIPT__COUNT;
+    return 0;
+}
+
+/* The loop's own handles: the flush before each wait, the drain, status
+ * and swap timers, sd_notify, and the signals. */
+static void start_loop_handles(void)
+{
+    uv_prepare_init(rbd->loop, &flush_prepare);
+    uv_prepare_start(&flush_prepare, flush_cb);
+    uv_timer_init(rbd->loop, &drain_timer);
+    uv_timer_init(rbd->loop, &status_timer);
+    uv_timer_init(rbd->loop, &swap_timer);
+    notify_init(rbd->loop);
+    if (notify_enabled())
+        uv_timer_start(&status_timer, status_cb, 0, STATUS_EVERY_MS);
+    uv_signal_init(rbd->loop, &sig_term);
+    uv_signal_init(rbd->loop, &sig_int);
+    uv_signal_init(rbd->loop, &sig_hup);
+    uv_signal_start(&sig_term, signal_cb, SIGTERM);
+    uv_signal_start(&sig_int, signal_cb, SIGINT);
+    uv_signal_start(&sig_hup, signal_cb, SIGHUP);
+}
+
+int main(int argc, char **argv)
+{
+    struct flags fl = {0};
+    char err[512];
+    int code = parse_flags(argc, argv, &fl);
+    if (code >= 0)
+        return code;
 
     struct config *cfg = &rbd->cfg;
     if (build_config(cfg, err, sizeof err) != 0) {
         fprintf(stderr, "reboundd: %s\n", err);
         return 1;
     }
-    if (dump_only) {
+    if (fl.dump_only) {
         config_dump(cfg, stdout);
         config_free(cfg);
         return 0;
@@ -513,22 +571,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "reboundd: %s\n", err);
         return 1;
     }
-    struct redis_link_opts lo = {0};
-    /* static: the link's options point into it for the daemon's life */
-    static struct addr raddr;
-    if (addr_parse_redis(cfg->redis, &raddr, err, sizeof err) != 0) {
+    struct redis_link_opts lo;
+    if (redis_options(cfg, &lo) != 0) {
         fprintf(stderr, "reboundd: bad Redis address \"%s\"\n", cfg->redis);
         return 1;
     }
-    lo.host = raddr.path[0] ? NULL : raddr.host;
-    lo.port = raddr.port;
-    lo.unix_path = raddr.path[0] ? raddr.path : NULL;
-    lo.user = raddr.user[0] ? raddr.user : NULL;
-    lo.password = raddr.password[0] ? raddr.password : NULL;
-    if (raddr.db >= 0)
-        lo.db = raddr.db;
-    if (test_only) {
-        if (verbose)
+    if (fl.test_only) {
+        if (fl.verbose)
             config_dump(cfg, stdout);
         printf("reboundd: configuration and policy %s OK (%d classes, %zu rules)\n", cfg->policy,
                rbd->policy->nclasses, rbd->policy->nrules);
@@ -536,17 +585,6 @@ int main(int argc, char **argv)
         config_free(cfg);
         return 0;
     }
-    if (!lo.user && cfg->redis_user[0])
-        lo.user = cfg->redis_user;
-    if (!lo.password && cfg->redis_password[0])
-        lo.password = cfg->redis_password;
-    if (cfg->redis_db)
-        lo.db = cfg->redis_db;
-    lo.timeout_ms = cfg->redis_timeout_ms;
-    const char *scripts[SCRIPT__COUNT] = {[SCRIPT_APPLY] = script_apply, [SCRIPT_FIRE] = script_fire,
-                                          [SCRIPT_GET] = script_get};
-    lo.scripts = scripts;
-    lo.nscripts = SCRIPT__COUNT;
 
     signal(SIGPIPE, SIG_IGN);
     rbd->loop = uv_default_loop();
@@ -565,27 +603,12 @@ int main(int argc, char **argv)
     if (!rbd->rng)
         rbd->rng = 1;
     proto_limits_default(&rbd->limits);
-    rbd->key_msgs = make_key(cfg->prefix, "msg");
-    rbd->key_events = make_key(cfg->prefix, "events");
 
     wire_hooks();
     store_init();
     events_init();
     firing_init();
-    uv_prepare_init(rbd->loop, &flush_prepare);
-    uv_prepare_start(&flush_prepare, flush_cb);
-    uv_timer_init(rbd->loop, &drain_timer);
-    uv_timer_init(rbd->loop, &status_timer);
-    uv_timer_init(rbd->loop, &swap_timer);
-    notify_init(rbd->loop);
-    if (notify_enabled())
-        uv_timer_start(&status_timer, status_cb, 0, STATUS_EVERY_MS);
-    uv_signal_init(rbd->loop, &sig_term);
-    uv_signal_init(rbd->loop, &sig_int);
-    uv_signal_init(rbd->loop, &sig_hup);
-    uv_signal_start(&sig_term, signal_cb, SIGTERM);
-    uv_signal_start(&sig_int, signal_cb, SIGINT);
-    uv_signal_start(&sig_hup, signal_cb, SIGHUP);
+    start_loop_handles();
 
     rbd->link = redis_link_new(rbd->loop, &lo, on_link_state, NULL);
     redis_link_set_rtt_histogram(rbd->link, &rbd->redis_rtt);
@@ -605,8 +628,6 @@ int main(int argc, char **argv)
         log_warn("shutdown: the loop still had handles (%s)", uv_strerror(rc));
     sched_free(rbd->sched);
     policy_free(rbd->policy);
-    free(rbd->key_msgs);
-    free(rbd->key_events);
     config_free(cfg);
     log_info("stopped");
     return exit_code;

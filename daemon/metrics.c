@@ -91,7 +91,7 @@ char *metrics_render(size_t *len)
     size_t n = 0;
     FILE *f = open_memstream(&buf, &n);
     if (!f)
-        fatal("metrics: out of memory");
+        xmalloc_failed(0);
     const struct policy *p = rbd->policy;
 
     family(f, "rebound_build_info", "gauge", "Always 1; the labels say which reboundd this is.");
@@ -161,7 +161,7 @@ char *metrics_render(size_t *len)
     sample_u64(f, "rebound_reloads_total", "result", "refused", rbd->reloads_failed);
 
     if (fclose(f) != 0 || !buf)
-        fatal("metrics: out of memory");
+        xmalloc_failed(0);
     *len = n;
     return buf;
 }

@@ -28,11 +28,12 @@ struct daemon {
     struct proto_limits limits;
     uint64_t rng;
 
-    char *key_msgs;   /* <prefix>msg: hash of message records */
-    char *key_events; /* <prefix>events: the event stream (outbox) */
-    char *key_rcpts;   /* <prefix>rcpt: hash of recipients' soft-bounce streaks (made by store_init) */
-    char *key_supp;    /* <prefix>suppressed: hash of suppressed addresses (made by store_init) */
-    char *key_domains; /* <prefix>domains: hash of domain throttles (made by store_init) */
+    /* The Redis keys: made by store_init, named only in store/. */
+    char *key_msgs;    /* <prefix>msg: hash of message records */
+    char *key_events;  /* <prefix>events: the event stream (outbox) */
+    char *key_rcpts;   /* <prefix>rcpt: hash of recipients' soft-bounce streaks */
+    char *key_supp;    /* <prefix>suppressed: hash of suppressed addresses */
+    char *key_domains; /* <prefix>domains: hash of domain throttles */
 
     bool loaded;      /* the schedule has been read back from Redis */
     bool stopping;

@@ -4,9 +4,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void oom(size_t n)
+void xmalloc_failed(size_t n)
 {
-    fprintf(stderr, "reboundd: fatal: out of memory allocating %zu bytes\n", n);
+    if (n)
+        fprintf(stderr, "reboundd: fatal: out of memory allocating %zu bytes\n", n);
+    else
+        fprintf(stderr, "reboundd: fatal: out of memory\n");
     abort();
 }
 
@@ -14,7 +17,7 @@ void *xmalloc(size_t n)
 {
     void *p = malloc(n ? n : 1);
     if (!p)
-        oom(n);
+        xmalloc_failed(n);
     return p;
 }
 
@@ -22,7 +25,7 @@ void *xcalloc(size_t n, size_t size)
 {
     void *p = calloc(n ? n : 1, size ? size : 1);
     if (!p)
-        oom(n * size);
+        xmalloc_failed(n * size);
     return p;
 }
 
@@ -30,7 +33,7 @@ void *xrealloc(void *p, size_t n)
 {
     void *q = realloc(p, n ? n : 1);
     if (!q)
-        oom(n);
+        xmalloc_failed(n);
     return q;
 }
 

@@ -6,6 +6,11 @@
 
 #include <stddef.h>
 
+/* Logs that n bytes could not be had, and aborts: the one out-of-memory
+ * exit, for the places that allocate through another library (a memstream,
+ * hiredis). */
+void xmalloc_failed(size_t n) __attribute__((noreturn));
+
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);

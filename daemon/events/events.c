@@ -11,7 +11,6 @@
 #include "net/conn.h"
 #include "proto/event.h"
 #include "proto/reply.h"
-#include "redis/redis_link.h"
 #include "store/store.h"
 
 /* Events a connection may hold unacknowledged: the bound on what a slow
@@ -25,7 +24,6 @@
 /* The next read leaves while fewer than this many events are held, so the
  * connections have events to take while it is in flight. */
 #define HELD_LOW 1000
-#define CONSUMER EVENTS_CONSUMER
 
 struct group;
 
@@ -130,10 +128,6 @@ static bool sub_has_room(const struct subscriber *s)
     return s->unacked < SUB_UNACKED_MAX && conn_write_backlog(s->conn) < SUB_BACKLOG_MAX;
 }
 
-static void ignore_reply_cb(void *arg, redisReply *reply)
-{
-}
-
 /* Acknowledges eid for g with the next acks_flush. */
 static void xack(struct group *g, const char *eid)
 {
@@ -150,21 +144,7 @@ static void acks_flush(struct group *g)
 {
     if (g->nacks == 0)
         return;
-    size_t argc = g->nacks + 3;
-    const char **argv = xmalloc(argc * sizeof *argv);
-    size_t *lens = xmalloc(argc * sizeof *lens);
-    argv[0] = "XACK";
-    argv[1] = rbd->key_events;
-    argv[2] = g->name;
-    for (size_t i = 0; i < 3; i++)
-        lens[i] = strlen(argv[i]);
-    for (size_t i = 0; i < g->nacks; i++) {
-        argv[3 + i] = g->acks[i];
-        lens[3 + i] = strlen(g->acks[i]);
-    }
-    store_command((int)argc, argv, lens, ignore_reply_cb, NULL);
-    free(argv);
-    free(lens);
+    store_group_ack(g->name, (const char *const *)g->acks, g->nacks, NULL, NULL);
     acks_free(g);
 }
 
@@ -359,25 +339,14 @@ static void pump(struct group *g)
     if (g->nheld >= HELD_LOW || (!g->held_head && !any_room(g)))
         return;
     if (!g->created) {
-        /* A new group starts at the beginning of the retained stream, so
-         * events emitted before the first subscribe are not lost. */
-        const char *argv[] = {"XGROUP", "CREATE", rbd->key_events, g->name, "0", "MKSTREAM"};
-        size_t lens[6];
-        for (int i = 0; i < 6; i++)
-            lens[i] = strlen(argv[i]);
-        if (store_command(6, argv, lens, create_reply_cb, g) == 0)
+        if (store_group_create(g->name, create_reply_cb, g) == 0)
             g->busy = true;
         return;
     }
     if (!g->rescan && !g->more)
         return;
     const char *from = g->rescan ? g->cursor : ">";
-    const char *argv[] = {"XREADGROUP", "GROUP", g->name, CONSUMER, "COUNT", READ_COUNT, "STREAMS", rbd->key_events,
-                          from};
-    size_t lens[9];
-    for (int i = 0; i < 9; i++)
-        lens[i] = strlen(argv[i]);
-    if (store_command(9, argv, lens, g->rescan ? rescan_reply_cb : read_reply_cb, g) == 0) {
+    if (store_group_read(g->name, from, READ_COUNT, g->rescan ? rescan_reply_cb : read_reply_cb, g) == 0) {
         g->busy = true;
         g->read_gen = g->rescan_gen;
         if (!g->rescan)
@@ -385,18 +354,11 @@ static void pump(struct group *g)
     }
 }
 
-static void reply_err(struct conn *c, struct slot *s, json_t *req, const char *code, const char *msg)
-{
-    size_t n;
-    char *line = reply_error(req, code, msg, &n);
-    conn_reply(c, s, line, n);
-}
-
 void events_subscribe(struct conn *c, struct slot *s, const struct request *r)
 {
     if (c->sub) {
         if (strcmp(c->sub->g->name, r->group) != 0) {
-            reply_err(c, s, r->req, ERR_BAD_REQUEST, "this connection is already subscribed to another group");
+            conn_reply_error(c, s, r->req, ERR_BAD_REQUEST, "this connection is already subscribed to another group");
             return;
         }
         c->sub->types = r->types;
@@ -432,7 +394,7 @@ static void ack_reply_cb(void *arg, redisReply *reply)
 {
     struct ack_ctx *a = arg;
     if (!reply || reply->type != REDIS_REPLY_INTEGER) {
-        reply_err(a->conn, a->slot, a->req, ERR_UNAVAILABLE, "Redis did not confirm the ack; send it again");
+        conn_reply_error(a->conn, a->slot, a->req, ERR_UNAVAILABLE, "Redis did not confirm the ack; send it again");
     } else {
         json_t *o = json_object();
         json_object_set_new(o, "acked", json_integer(reply->integer));
@@ -449,43 +411,36 @@ static void ack_reply_cb(void *arg, redisReply *reply)
 void events_ack(struct conn *c, struct slot *s, const struct request *r)
 {
     if (!c->sub) {
-        reply_err(c, s, r->req, ERR_BAD_REQUEST, "subscribe before acking events");
+        conn_reply_error(c, s, r->req, ERR_BAD_REQUEST, "subscribe before acking events");
         return;
     }
     if (!store_ready()) {
-        reply_err(c, s, r->req, ERR_UNAVAILABLE, "Redis is not available; ack again later");
+        conn_reply_error(c, s, r->req, ERR_UNAVAILABLE, "Redis is not available; ack again later");
         return;
     }
     struct group *g = c->sub->g;
     size_t nids = json_array_size(r->ids);
-    const char **argv = xmalloc((nids + 3) * sizeof *argv);
-    size_t *lens = xmalloc((nids + 3) * sizeof *lens);
-    argv[0] = "XACK";
-    argv[1] = rbd->key_events;
-    argv[2] = g->name;
+    const char **ids = xmalloc((nids ? nids : 1) * sizeof *ids);
     for (size_t i = 0; i < nids; i++) {
         const char *eid = json_string_value(json_array_get(r->ids, i));
-        argv[3 + i] = eid;
+        ids[i] = eid;
         struct subscriber *owner = strmap_del(&g->delivered, eid);
         if (owner)
             owner->unacked--;
     }
-    for (size_t i = 0; i < nids + 3; i++)
-        lens[i] = strlen(argv[i]);
     struct ack_ctx *a = xmalloc(sizeof *a);
     a->conn = c;
     a->slot = s;
     a->req = r->req ? json_incref(r->req) : NULL;
     a->g = g;
     conn_ref(c);
-    if (store_command((int)(nids + 3), argv, lens, ack_reply_cb, a) != 0) {
-        reply_err(c, s, r->req, ERR_UNAVAILABLE, "Redis is not available; ack again later");
+    if (store_group_ack(g->name, ids, nids, ack_reply_cb, a) != 0) {
+        conn_reply_error(c, s, r->req, ERR_UNAVAILABLE, "Redis is not available; ack again later");
         json_decref(a->req);
         conn_unref(c);
         free(a);
     }
-    free(argv);
-    free(lens);
+    free(ids);
     /* The room the ack made is used at once: the next read leaves right
      * behind the XACK instead of a round trip later. */
     pump(g);

@@ -17,9 +17,6 @@
 
 #include "proto/request.h"
 
-/* The consumer the daemon reads as, for every group. */
-#define EVENTS_CONSUMER "reboundd"
-
 struct conn;
 struct slot;
 struct group;

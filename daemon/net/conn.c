@@ -360,6 +360,16 @@ void conn_reply_copy(struct conn *c, struct slot *s, const char *line, size_t le
     conn_resume_cb(c);
 }
 
+void conn_reply_error(struct conn *c, struct slot *s, json_t *req, const char *code, const char *msg)
+{
+    size_t n;
+    char *line = reply_error(req, code, msg, &n);
+    if (strcmp(code, ERR_UNAVAILABLE) != 0 && strcmp(code, ERR_NOT_FOUND) != 0)
+        rbd->errors++;
+    counters_error(code);
+    conn_reply(c, s, line, n);
+}
+
 int conn_send_event(struct conn *c, char *line, size_t len)
 {
     if (c->closing) {
@@ -394,14 +404,11 @@ static void process_lines(struct conn *c)
             char msg[128];
             snprintf(msg, sizeof msg, "request line longer than %zu bytes; closing the connection",
                      rbd->cfg.max_line);
-            size_t n;
-            char *out = reply_error(NULL, ERR_TOO_LARGE, msg, &n);
-            counters_error(ERR_TOO_LARGE);
             /* Before the reply: replying resumes processing, which must not
              * meet the same line again. */
             c->close_after_flush = true;
             uv_read_stop(&c->h.stream);
-            conn_reply(c, conn_slot(c), out, n);
+            conn_reply_error(c, conn_slot(c), NULL, ERR_TOO_LARGE, msg);
             if (!c->head && conn_write_backlog(c) == 0)
                 conn_close(c);
             break;
@@ -490,11 +497,8 @@ int conn_accept(uv_stream_t *server, bool is_pipe)
     if (rbd->nconns > rbd->cfg.max_connections) {
         log_warn("conn: refusing a connection: %d open, the limit is %d", rbd->nconns - 1,
                  rbd->cfg.max_connections);
-        size_t n;
-        char *out = reply_error(NULL, ERR_BUSY, "too many connections", &n);
-        counters_error(ERR_BUSY);
         rbd->conns_refused++;
-        conn_reply(c, conn_slot(c), out, n);
+        conn_reply_error(c, conn_slot(c), NULL, ERR_BUSY, "too many connections");
         c->close_after_flush = true;
         return 0;
     }

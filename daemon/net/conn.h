@@ -16,6 +16,7 @@
 #ifndef REBOUND_DAEMON_CONN_H
 #define REBOUND_DAEMON_CONN_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <uv.h>
@@ -79,6 +80,12 @@ void conn_reply(struct conn *c, struct slot *s, char *line, size_t len);
 /* conn_reply for a line the caller keeps (copied; the caller may reuse its
  * buffer as soon as this returns). */
 void conn_reply_copy(struct conn *c, struct slot *s, const char *line, size_t len);
+/* Replies to the request in slot with the error code (an ERR_* of
+ * proto/request.h) and message, echoing req when not NULL. The one error
+ * reply of the daemon: it counts the error in /metrics by code, and in the
+ * stats' `errors` unless it is `unavailable` or `not_found` (which are no
+ * client's mistake). */
+void conn_reply_error(struct conn *c, struct slot *s, json_t *req, const char *code, const char *msg);
 /* Writes an event line (malloc'd, ownership passes) right away. Returns 0,
  * or -1 when the connection is closing (line freed). */
 int conn_send_event(struct conn *c, char *line, size_t len);

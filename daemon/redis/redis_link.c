@@ -883,7 +883,7 @@ static void link_connect(struct redis_link *link)
     redisAsyncContext *ac =
         link->unix_path ? redisAsyncConnectUnix(link->unix_path) : redisAsyncConnect(link->host, link->port);
     if (ac == NULL)
-        fatal("redis: out of memory creating a connection");
+        xmalloc_failed(sizeof *ac);
     if (ac->err) {
         char reason[200];
         snprintf(reason, sizeof reason, "%s", ctx_error(ac));

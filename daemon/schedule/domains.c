@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/ascii.h"
 #include "base/daemon.h"
 #include "base/log.h"
 #include "base/strmap.h"
@@ -165,10 +166,7 @@ static bool norm_name(const char *name, size_t len, char *buf)
 {
     if (len == 0 || len > 255 || memchr(name, '\0', len))
         return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = name[i];
-        buf[i] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
-    }
+    ascii_lower(buf, name, len);
     buf[len] = '\0';
     return true;
 }
@@ -552,10 +550,6 @@ int64_t domains_pace_entry(struct entry *e, int64_t now)
 
 static void (*load_done)(void);
 
-static void ignore_reply_cb(void *arg, redisReply *reply)
-{
-}
-
 static void load_reply_cb(void *arg, redisReply *reply)
 {
     if (!reply || reply->type != REDIS_REPLY_ARRAY) {
@@ -574,9 +568,7 @@ static void load_reply_cb(void *arg, redisReply *reply)
         char val[128];
         snprintf(val, sizeof val, "%.*s", (int)v->len, v->str);
         if (sscanf(val, "%31[a-z0-9_],%lld,%lld", cls, &until, &since) != 3 || until <= now) {
-            const char *argv[] = {"HDEL", rbd->key_domains, k->str};
-            size_t lens[] = {4, strlen(rbd->key_domains), k->len};
-            store_command(3, argv, lens, ignore_reply_cb, NULL);
+            store_domain_forget(k->str, k->len);
             continue;
         }
         struct domain *d = get(domains_find(k->str, k->len, true, now));
@@ -600,9 +592,7 @@ static void load_reply_cb(void *arg, redisReply *reply)
 void domains_load(void (*done)(void))
 {
     load_done = done;
-    const char *argv[] = {"HGETALL", rbd->key_domains};
-    size_t lens[] = {7, strlen(rbd->key_domains)};
-    if (store_command(2, argv, lens, load_reply_cb, NULL) != 0)
+    if (store_domains_read(load_reply_cb, NULL) != 0)
         log_warn("load: Redis went away; will resume when it is back");
 }
 

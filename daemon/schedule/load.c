@@ -9,7 +9,6 @@
 #include "base/xmalloc.h"
 #include "proto/record.h"
 #include "queue/policy.h"
-#include "redis/redis_link.h"
 #include "schedule/domains.h"
 #include "schedule/entry.h"
 #include "schedule/firing.h"
@@ -156,7 +155,7 @@ static void load_end(struct load_run *run)
     if (load_current == run)
         load_current = NULL;
     for (int i = 0; i < run->nkept; i++)
-        redis_link_reply_release(run->kept[i]);
+        store_reply_release(run->kept[i]);
     run->nkept = 0;
     uv_close((uv_handle_t *)&run->check, load_close_cb);
 }
@@ -167,7 +166,7 @@ static void load_check_cb(uv_check_t *h)
     while (run->nkept > 0) {
         redisReply *page = run->kept[0];
         load_take_page(page);
-        redis_link_reply_release(page);
+        store_reply_release(page);
         run->nkept--;
         memmove(run->kept, run->kept + 1, (size_t)run->nkept * sizeof run->kept[0]);
     }
@@ -210,7 +209,7 @@ static void load_reply_cb(void *arg, redisReply *reply)
         run->stopped = true; /* schedule_load is called again on reconnect */
     } else if (!run->stopped && run->nkept < LOAD_MAX_KEPT) {
         snprintf(scan->cursor, sizeof scan->cursor, "%.*s", (int)reply->element[0]->len, reply->element[0]->str);
-        run->kept[run->nkept++] = redis_link_reply_retain(reply);
+        run->kept[run->nkept++] = store_reply_retain(reply);
         unsigned long long c = strtoull(scan->cursor, NULL, 10);
         if (c == 0 || (c & (LOAD_SCANS - 1)) != scan->part)
             scan->done = true;
@@ -225,11 +224,7 @@ static void load_reply_cb(void *arg, redisReply *reply)
 static void load_page(struct load_scan *scan)
 {
     struct load_run *run = scan->run;
-    const char *argv[] = {"HSCAN", rbd->key_msgs, scan->cursor, "COUNT", LOAD_PAGE_COUNT};
-    size_t lens[5];
-    for (int i = 0; i < 5; i++)
-        lens[i] = strlen(argv[i]);
-    if (store_command(5, argv, lens, load_reply_cb, scan) == 0) {
+    if (store_msgs_scan(scan->cursor, LOAD_PAGE_COUNT, load_reply_cb, scan) == 0) {
         scan->waiting = true;
         run->nwaiting++;
         return;
@@ -260,9 +255,7 @@ void schedule_load(void (*done)(void))
     load_current = run;
     load_done = done;
     load_class_last = -1;
-    const char *argv[] = {"HLEN", rbd->key_msgs};
-    size_t lens[] = {4, strlen(rbd->key_msgs)};
-    if (store_command(2, argv, lens, load_hlen_cb, NULL) != 0) {
+    if (store_msgs_len(load_hlen_cb, NULL) != 0) {
         log_warn("load: Redis went away; will resume when it is back");
         run->stopped = true;
     }

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/ascii.h"
 #include "base/daemon.h"
 #include "base/log.h"
 #include "base/strmap.h"
@@ -136,6 +137,8 @@ void store_init(void)
 {
     current = NULL;
     strmap_init(&in_doubt);
+    rbd->key_msgs = make_key("msg");
+    rbd->key_events = make_key("events");
     rbd->key_rcpts = make_key("rcpt");
     rbd->key_supp = make_key("suppressed");
     rbd->key_domains = make_key("domains");
@@ -184,15 +187,32 @@ void store_free(void)
     if (b) {
         batch_fail(b);
     }
+    free(rbd->key_msgs);
+    free(rbd->key_events);
     free(rbd->key_rcpts);
     free(rbd->key_supp);
     free(rbd->key_domains);
-    rbd->key_rcpts = rbd->key_supp = rbd->key_domains = NULL;
+    rbd->key_msgs = rbd->key_events = rbd->key_rcpts = rbd->key_supp = rbd->key_domains = NULL;
 }
 
 bool store_ready(void)
 {
     return rbd->link && redis_link_ready(rbd->link);
+}
+
+const char *store_last_error(void)
+{
+    return rbd->link ? redis_link_last_error(rbd->link) : "";
+}
+
+redisReply *store_reply_retain(redisReply *reply)
+{
+    return redis_link_reply_retain(reply);
+}
+
+void store_reply_release(redisReply *reply)
+{
+    redis_link_reply_release(reply);
 }
 
 static bool in_doubt_has(const char *id, size_t id_len)
@@ -252,10 +272,8 @@ static void queue_fresh(struct batch *b, const struct store_change *ch, const ch
     batch_arg(b, &b->fresh, rec, n);
     size_t rlen = strlen(ch->key);
     grow(&b->rcpts, &b->rcpts_cap, b->rcpts_len + rlen + 1);
-    for (size_t i = 0; i < rlen; i++) {
-        char c = ch->key[i];
-        b->rcpts[b->rcpts_len++] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
-    }
+    ascii_lower(b->rcpts + b->rcpts_len, ch->key, rlen);
+    b->rcpts_len += rlen;
     b->rcpts[b->rcpts_len++] = '\n';
 }
 
@@ -378,55 +396,6 @@ void store_flush(void)
     free(lens);
     if (rc != 0)
         batch_fail(b);
-}
-
-struct reply_ctx {
-    store_reply_cb cb;
-    void *arg;
-};
-
-static void generic_reply_cb(struct redis_link *link, redisReply *reply, void *privdata)
-{
-    struct reply_ctx *c = privdata;
-    c->cb(c->arg, reply);
-    free(c);
-}
-
-int store_command(int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg)
-{
-    if (!store_ready())
-        return -1;
-    struct reply_ctx *c = xmalloc(sizeof *c);
-    c->cb = cb;
-    c->arg = arg;
-    if (redis_link_command(rbd->link, generic_reply_cb, c, argc, argv, lens) != 0) {
-        free(c);
-        return -1;
-    }
-    return 0;
-}
-
-int store_get(const char *id, size_t id_len, store_reply_cb cb, void *arg)
-{
-    const char *argv[] = {"HGET", rbd->key_msgs, id};
-    size_t lens[] = {4, strlen(rbd->key_msgs), id_len};
-    return store_command(3, argv, lens, cb, arg);
-}
-
-int store_get_with_rcpt(const char *id, size_t id_len, const char *rcpt, store_reply_cb cb, void *arg)
-{
-    if (!store_ready())
-        return -1;
-    const char *argv[] = {rbd->key_msgs, rbd->key_rcpts, rbd->key_supp, id ? id : "", rcpt ? rcpt : ""};
-    size_t lens[] = {strlen(argv[0]), strlen(argv[1]), strlen(argv[2]), id ? id_len : 0, rcpt ? strlen(rcpt) : 0};
-    struct reply_ctx *c = xmalloc(sizeof *c);
-    c->cb = cb;
-    c->arg = arg;
-    if (redis_link_script(rbd->link, SCRIPT_GET, generic_reply_cb, c, 3, 5, argv, lens) != 0) {
-        free(c);
-        return -1;
-    }
-    return 0;
 }
 
 /* Runs for every report, so plain appends rather than snprintf. */

@@ -97,15 +97,82 @@ void store_mark_in_doubt(const char *id, size_t id_len);
 /* Calls fn for each id in doubt and forgets them. */
 void store_take_in_doubt(void (*fn)(const char *id, void *arg), void *arg);
 
+/* Why Redis is not usable ("" when it is, or was never tried). */
+const char *store_last_error(void);
+
 typedef void (*store_reply_cb)(void *arg, redisReply *reply);
+/* Keeps a reply a store_reply_cb was given valid after the callback
+ * returns; each retain needs one store_reply_release (redis_link.h has
+ * the details). */
+redisReply *store_reply_retain(redisReply *reply);
+void store_reply_release(redisReply *reply);
 /* Reads one record (HGET). */
 int store_get(const char *id, size_t id_len, store_reply_cb cb, void *arg);
 /* Reads a message's record with its recipient's streak and suppression
  * (scripts/get.lua), or, with id NULL, the recipient rcpt's alone. The
  * reply is an array {record, streak, suppression, address}. */
 int store_get_with_rcpt(const char *id, size_t id_len, const char *rcpt, store_reply_cb cb, void *arg);
-/* Runs any command (argv form). */
-int store_command(int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg);
+/* The number of message records (HLEN). */
+int store_msgs_len(store_reply_cb cb, void *arg);
+/* One page of the message records from cursor (HSCAN, count a hint): the
+ * reply is {cursor, [field, value, ...]}. */
+int store_msgs_scan(const char *cursor, const char *count, store_reply_cb cb, void *arg);
+/* One page of the suppressed list from cursor (HSCAN) and its size (HLEN):
+ * cb is called twice, once per reply, in that order. */
+int store_suppressed_page(const char *cursor, int count, store_reply_cb cb, void *arg);
+/* Every domain throttle (HGETALL): {domain, "<class>,<until>,<since>", ...}. */
+int store_domains_read(store_reply_cb cb, void *arg);
+/* Forgets a throttle that has run out (HDEL; the reply is not awaited). */
+void store_domain_forget(const char *name, size_t len);
 
+/* ---- firing (store/fire.c) ---- */
 
+/* What firing did to one id. */
+enum store_fire_outcome {
+    STORE_FIRE_UNKNOWN, /* Redis has no record of it (removed by hand) */
+    STORE_FIRE_BEFORE,  /* it had fired before: awaiting already (or its record is malformed) */
+    STORE_FIRE_NOW,     /* fired: its retry event is in the stream */
+};
+#define STORE_FIRE_GROUPS_MAX 16
+
+/* One fire batch. The caller fills the first part, keeps the struct alive
+ * until done is called (exactly once, unless the send returned -1), and
+ * may free it in done. */
+struct store_fire {
+    int n;                  /* ids */
+    int64_t now;            /* the events' time */
+    unsigned char *outcome; /* n bytes: enum store_fire_outcome per id, set when done says ok */
+    /* script only: the consumer groups that read their new entries in the
+     * same call, and how many entries each reads */
+    int ngroups;
+    const char *groups[STORE_FIRE_GROUPS_MAX];
+    int read_count;
+    /* ok false: nothing fired as far as is known */
+    void (*done)(struct store_fire *f, bool ok);
+    /* script only, valid during done when ok: the script's fired array
+     * (two elements per id) and each group's read (or an error reply) */
+    const redisReply *fired;
+    const redisReply *reads[STORE_FIRE_GROUPS_MAX];
+    void *priv; /* the store's */
+};
+
+/* Fires the n ids (pending records; their entries stay busy until done)
+ * through scripts/fire.lua. Returns 0, or -1 when Redis is not ready
+ * (nothing sent, done not called). */
+int store_fire_script(struct store_fire *f, const char **ids, const size_t *lens);
+/* The same as a burst: HMGET of the records, then one MULTI/EXEC with an
+ * XADD per pending record, one HSET of them all and one XTRIM. No group
+ * reads (ngroups must be 0). */
+int store_fire_burst(struct store_fire *f, const char **ids, const size_t *lens);
+
+/* The stream's consumer groups. The daemon reads as one consumer. */
+#define STORE_CONSUMER "reboundd"
+/* Creates group at the start of the stream (XGROUP CREATE ... MKSTREAM). */
+int store_group_create(const char *group, store_reply_cb cb, void *arg);
+/* Reads up to count entries for group from `from` (">" for new ones, or an
+ * id to re-read its pending entries) (XREADGROUP). */
+int store_group_read(const char *group, const char *from, const char *count, store_reply_cb cb, void *arg);
+/* Acknowledges n entry ids of group (XACK); cb may be NULL when the reply
+ * does not matter. */
+int store_group_ack(const char *group, const char *const *ids, size_t n, store_reply_cb cb, void *arg);
 #endif

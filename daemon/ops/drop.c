@@ -1,0 +1,84 @@
+/*
+ * delivered and cancel: the message is done with (delivered after all, or
+ * withdrawn by the sender); its record goes, and delivered also resets its
+ * recipient's streak and ends the domain's back-off.
+ */
+#include "base/daemon.h"
+#include "ops/job.h"
+#include "proto/request.h"
+#include "schedule/domains.h"
+#include "schedule/entry.h"
+#include "schedule/firing.h"
+#include "store/store.h"
+
+static void drop_done_cb(void *arg, bool ok, long long result)
+{
+    struct job *op = arg;
+    struct entry *e = op->e;
+    if (e)
+        e->flags &= ~ENTRY_BUSY;
+    if (!ok) {
+        if (e && op->was_scheduled && !entry_scheduled(e))
+            sched_set_due(rbd->sched, e, op->old_due);
+        op_unavailable(op);
+        op_finish(op);
+        if (e) {
+            op_settle(e, false);
+            firing_kick();
+        }
+        return;
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_stringn(op->req.id, op->req.id_len));
+    json_object_set_new(o, "found", json_boolean(e != NULL));
+    if (op->req.op == OP_DELIVERED) {
+        json_object_set_new(o, "unsuppressed", json_boolean(result > 0));
+        /* The domain takes mail again: its back-off, if any, ends now. */
+        domains_delivered(op->domain, now_ms());
+    }
+    op_reply(op, o);
+    op_finish(op);
+    if (e) {
+        sched_unset_due(rbd->sched, e);
+        op_settle(e, true);
+    }
+}
+
+/* cancel drops the message; delivered also resets its recipient's streak
+ * and lifts a suppression (the address takes mail after all), which needs
+ * a write even for a message reboundd does not know, when it names the
+ * recipient. */
+void op_drop(struct job *op)
+{
+    struct entry *e = op->e;
+    op->e = NULL; /* set again below when the write is about the entry */
+    bool known = e && e->state != ENTRY_NEW;
+    bool delivered = op->req.op == OP_DELIVERED;
+    if (!known && !(delivered && op->req.rcpt)) {
+        json_t *o = json_object();
+        json_object_set_new(o, "id", json_stringn(op->req.id, op->req.id_len));
+        json_object_set_new(o, "found", json_false());
+        if (delivered)
+            json_object_set_new(o, "unsuppressed", json_false());
+        op_reply(op, o);
+        op_finish(op);
+        return;
+    }
+    if (!op_store_usable(op))
+        return;
+    struct store_change ch = {.id = op->req.id, .id_len = op->req.id_len, .mode = known ? 'D' : '-'};
+    if (delivered) {
+        ch.op = STORE_OP_RESET;
+        ch.key = op->req.rcpt ? op->req.rcpt : ""; /* "": the recipient in the message's record */
+        op->domain = op->req.rcpt ? domains_of_rcpt(op->req.rcpt, op->req.rcpt_len, false, now_ms()) : entry_domain(e);
+        domains_ref(op->domain);
+    }
+    if (known) {
+        op->e = e;
+        op->was_scheduled = entry_scheduled(e);
+        op->old_due = e->node.due_ms;
+        e->flags |= ENTRY_BUSY;
+    }
+    if (store_queue(&ch, drop_done_cb, op) != 0)
+        drop_done_cb(op, false, 0);
+}

@@ -1,0 +1,86 @@
+/*
+ * The ops that answer from memory at once: ping, auth, classify, stats,
+ * domain.
+ */
+#include <string.h>
+
+#include "base/daemon.h"
+#include "config/explain.h"
+#include "net/conn.h"
+#include "ops/job.h"
+#include "proto/event.h"
+#include "proto/reply.h"
+#include "queue/classify.h"
+#include "schedule/domains.h"
+#include "schedule/entry.h"
+#include "store/store.h"
+
+void op_ping(struct job *op)
+{
+    op_reply(op, NULL);
+}
+
+static bool token_equal(const char *a, const char *b)
+{
+    /* Constant time in the length of the configured token. */
+    size_t la = strlen(a), lb = strlen(b);
+    unsigned char diff = (unsigned char)(la != lb);
+    for (size_t i = 0; i < lb; i++)
+        diff |= (unsigned char)((i < la ? a[i] : 0) ^ b[i]);
+    return diff == 0;
+}
+
+void op_auth(struct job *op)
+{
+    if (rbd->cfg.token[0] && !token_equal(op->req.token, rbd->cfg.token)) {
+        op_error(op, ERR_AUTH, "wrong token");
+    } else {
+        op->conn->authed = true;
+        op_reply(op, NULL);
+    }
+}
+
+void op_classify(struct job *op)
+{
+    const struct request *r = &op->req;
+    struct classification cls;
+    classify_reply(rbd->policy, r->code, r->enhanced, r->text, &cls);
+    op_reply(op, explain_classification(rbd->policy, &cls));
+}
+
+static json_t *stats_json(void)
+{
+    const struct policy *p = rbd->policy;
+    json_t *o = json_object();
+    json_object_set_new(o, "pending", json_integer((json_int_t)rbd->npending));
+    json_object_set_new(o, "awaiting", json_integer((json_int_t)rbd->nawaiting));
+    json_t *by = json_object();
+    for (int i = 0; i < p->nclasses; i++)
+        json_object_set_new(by, p->classes[i].name, json_integer((json_int_t)rbd->pending_by_class[i]));
+    json_object_set_new(o, "by_class", by);
+    struct due_counts dc = entry_due_counts(now_ms());
+    json_object_set_new(o, "due",
+                        json_pack("{sIsIsI}", "minute", (json_int_t)dc.minute, "hour", (json_int_t)dc.hour, "day",
+                                  (json_int_t)dc.day));
+    json_t *ev = json_object();
+    for (int t = 0; t < EV__COUNT; t++)
+        json_object_set_new(ev, event_type_name((enum event_type)t), json_integer((json_int_t)rbd->events_emitted[t]));
+    json_object_set_new(o, "events", ev);
+    json_object_set_new(o, "reports", json_integer((json_int_t)rbd->reports));
+    json_object_set_new(o, "errors", json_integer((json_int_t)rbd->errors));
+    json_object_set_new(o, "redis", json_string(store_ready() ? "up" : "down"));
+    json_object_set_new(o, "loaded", json_boolean(rbd->loaded));
+    json_object_set_new(o, "uptime_s", json_integer((now_ms() - rbd->started_ms) / 1000));
+    json_object_set_new(o, "connections", json_integer(rbd->nconns));
+    json_object_set_new(o, "domains", domains_stats_json(now_ms()));
+    return o;
+}
+void op_stats(struct job *op)
+{
+    op_reply(op, stats_json());
+}
+
+void op_domain(struct job *op)
+{
+    op_reply(op, domains_json(op->req.domain, op->req.domain_len, now_ms()));
+}

@@ -1,0 +1,151 @@
+/*
+ * What the daemon reads from Redis, and the stream's consumer-group
+ * commands: each a function that names its key and spells its command, so
+ * no other folder does. Replies go to a store_reply_cb exactly once (NULL
+ * when the link went down first); a function that returns -1 sent nothing
+ * and calls nothing.
+ */
+#include "store/store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/daemon.h"
+#include "base/xmalloc.h"
+#include "redis/redis_link.h"
+#include "store/scripts.h"
+
+struct reply_ctx {
+    store_reply_cb cb;
+    void *arg;
+};
+
+static void generic_reply_cb(struct redis_link *link, redisReply *reply, void *privdata)
+{
+    struct reply_ctx *c = privdata;
+    c->cb(c->arg, reply);
+    free(c);
+}
+
+static int command(int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg)
+{
+    if (!store_ready())
+        return -1;
+    struct reply_ctx *c = xmalloc(sizeof *c);
+    c->cb = cb;
+    c->arg = arg;
+    if (redis_link_command(rbd->link, generic_reply_cb, c, argc, argv, lens) != 0) {
+        free(c);
+        return -1;
+    }
+    return 0;
+}
+
+int store_get(const char *id, size_t id_len, store_reply_cb cb, void *arg)
+{
+    const char *argv[] = {"HGET", rbd->key_msgs, id};
+    size_t lens[] = {4, strlen(rbd->key_msgs), id_len};
+    return command(3, argv, lens, cb, arg);
+}
+
+int store_get_with_rcpt(const char *id, size_t id_len, const char *rcpt, store_reply_cb cb, void *arg)
+{
+    if (!store_ready())
+        return -1;
+    const char *argv[] = {rbd->key_msgs, rbd->key_rcpts, rbd->key_supp, id ? id : "", rcpt ? rcpt : ""};
+    size_t lens[] = {strlen(argv[0]), strlen(argv[1]), strlen(argv[2]), id ? id_len : 0, rcpt ? strlen(rcpt) : 0};
+    struct reply_ctx *c = xmalloc(sizeof *c);
+    c->cb = cb;
+    c->arg = arg;
+    if (redis_link_script(rbd->link, SCRIPT_GET, generic_reply_cb, c, 3, 5, argv, lens) != 0) {
+        free(c);
+        return -1;
+    }
+    return 0;
+}
+
+/* A command whose arguments are C strings. */
+static int command_str(int argc, const char **argv, store_reply_cb cb, void *arg)
+{
+    size_t lens[16];
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    return command(argc, argv, lens, cb, arg);
+}
+
+static void ignore_reply_cb(void *arg, redisReply *reply)
+{
+}
+
+int store_msgs_len(store_reply_cb cb, void *arg)
+{
+    const char *argv[] = {"HLEN", rbd->key_msgs};
+    return command_str(2, argv, cb, arg);
+}
+
+int store_msgs_scan(const char *cursor, const char *count, store_reply_cb cb, void *arg)
+{
+    const char *argv[] = {"HSCAN", rbd->key_msgs, cursor, "COUNT", count};
+    return command_str(5, argv, cb, arg);
+}
+
+int store_suppressed_page(const char *cursor, int count, store_reply_cb cb, void *arg)
+{
+    char n[16];
+    snprintf(n, sizeof n, "%d", count);
+    const char *scan[] = {"HSCAN", rbd->key_supp, cursor, "COUNT", n};
+    const char *len[] = {"HLEN", rbd->key_supp};
+    /* Both go out now on the one connection. */
+    if (command_str(5, scan, cb, arg) != 0)
+        return -1;
+    if (command_str(2, len, cb, arg) != 0)
+        cb(arg, NULL);
+    return 0;
+}
+
+int store_domains_read(store_reply_cb cb, void *arg)
+{
+    const char *argv[] = {"HGETALL", rbd->key_domains};
+    return command_str(2, argv, cb, arg);
+}
+
+void store_domain_forget(const char *name, size_t len)
+{
+    const char *argv[] = {"HDEL", rbd->key_domains, name};
+    size_t lens[] = {4, strlen(rbd->key_domains), len};
+    command(3, argv, lens, ignore_reply_cb, NULL);
+}
+
+int store_group_create(const char *group, store_reply_cb cb, void *arg)
+{
+    /* From the beginning of the retained stream, so events emitted before
+     * the first subscribe are not lost. */
+    const char *argv[] = {"XGROUP", "CREATE", rbd->key_events, group, "0", "MKSTREAM"};
+    return command_str(6, argv, cb, arg);
+}
+
+int store_group_read(const char *group, const char *from, const char *count, store_reply_cb cb, void *arg)
+{
+    const char *argv[] = {"XREADGROUP", "GROUP", group, STORE_CONSUMER, "COUNT", count, "STREAMS",
+                          rbd->key_events, from};
+    return command_str(9, argv, cb, arg);
+}
+
+int store_group_ack(const char *group, const char *const *ids, size_t n, store_reply_cb cb, void *arg)
+{
+    size_t argc = n + 3;
+    const char **argv = xmalloc(argc * sizeof *argv);
+    size_t *lens = xmalloc(argc * sizeof *lens);
+    argv[0] = "XACK";
+    argv[1] = rbd->key_events;
+    argv[2] = group;
+    for (size_t i = 0; i < n; i++)
+        argv[3 + i] = ids[i];
+    for (size_t i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    int rc = command((int)argc, argv, lens, cb ? cb : ignore_reply_cb, arg);
+    free(argv);
+    free(lens);
+    return rc;
+}

@@ -1,0 +1,222 @@
+/*
+ * Stand-ins for the floors the middle of the daemon stands on, so that
+ * schedule/ and ops/ are tested without Redis or a socket (Mosquitto's
+ * *_stubs.c). The store records what it is asked to do and answers when
+ * the test says so; events/ and the connection record what they get.
+ * Everything here runs on the test's one thread.
+ */
+#include "daemon_stubs.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct stubs stubs;
+
+void stubs_reset(void)
+{
+    for (int i = 0; i < stubs.nreplies; i++)
+        free(stubs.replies[i]);
+    free(stubs.ids);
+    memset(&stubs, 0, sizeof stubs);
+    stubs.ready = true;
+}
+
+/* ---- store/ ---------------------------------------------------------------- */
+
+bool store_ready(void)
+{
+    return stubs.ready;
+}
+
+const char *store_last_error(void)
+{
+    return "stubbed down";
+}
+
+void store_init(void)
+{
+}
+
+void store_free(void)
+{
+}
+
+void store_flush(void)
+{
+}
+
+int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
+{
+    if (!stubs.ready || stubs.nwrites == STUBS_MAX)
+        return -1;
+    struct stub_write *w = &stubs.writes[stubs.nwrites++];
+    snprintf(w->id, sizeof w->id, "%.*s", (int)ch->id_len, ch->id);
+    w->mode = ch->mode;
+    w->op = ch->op;
+    w->attempt = ch->rec.attempt;
+    w->due_ms = ch->rec.due_ms;
+    w->nevents = ch->nevents;
+    w->done = done;
+    w->arg = arg;
+    return 0;
+}
+
+void stubs_answer_write(int i, bool ok, long long result)
+{
+    struct stub_write *w = &stubs.writes[i];
+    store_done_cb done = w->done;
+    w->done = NULL;
+    done(w->arg, ok, result);
+}
+
+void store_bounce_arg(char *buf, char action, bool counts, int64_t now, int code, int attempt,
+                      const char *class_name, const char *enhanced, const char *campaign, const char *id,
+                      size_t id_len)
+{
+    snprintf(buf, STORE_BOUNCE_ARG_MAX, "%c%c,%d,%s", action, counts ? 'c' : '-', code, class_name);
+}
+
+void store_mark_in_doubt(const char *id, size_t id_len)
+{
+}
+
+void store_take_in_doubt(void (*fn)(const char *id, void *arg), void *arg)
+{
+}
+
+redisReply *store_reply_retain(redisReply *reply)
+{
+    return reply;
+}
+
+void store_reply_release(redisReply *reply)
+{
+}
+
+#define NOT_SENT(...)                                                                                          \
+    {                                                                                                          \
+        stubs.unsent++;                                                                                        \
+        return -1;                                                                                             \
+    }
+
+int store_get(const char *id, size_t id_len, store_reply_cb cb, void *arg) NOT_SENT()
+int store_get_with_rcpt(const char *id, size_t id_len, const char *rcpt, store_reply_cb cb, void *arg) NOT_SENT()
+int store_msgs_len(store_reply_cb cb, void *arg) NOT_SENT()
+int store_msgs_scan(const char *cursor, const char *count, store_reply_cb cb, void *arg) NOT_SENT()
+int store_suppressed_page(const char *cursor, int count, store_reply_cb cb, void *arg) NOT_SENT()
+int store_domains_read(store_reply_cb cb, void *arg) NOT_SENT()
+int store_group_create(const char *group, store_reply_cb cb, void *arg) NOT_SENT()
+int store_group_read(const char *group, const char *from, const char *count, store_reply_cb cb, void *arg) NOT_SENT()
+int store_group_ack(const char *group, const char *const *ids, size_t n, store_reply_cb cb, void *arg) NOT_SENT()
+
+void store_domain_forget(const char *name, size_t len)
+{
+}
+
+static int fire(struct store_fire *f, const char **ids, bool burst)
+{
+    if (!stubs.ready || stubs.nfires == STUBS_MAX)
+        return -1;
+    stubs.fires[stubs.nfires].f = f;
+    stubs.fires[stubs.nfires].burst = burst;
+    stubs.fires[stubs.nfires].n = f->n;
+    stubs.nfires++;
+    return 0;
+}
+
+int store_fire_script(struct store_fire *f, const char **ids, const size_t *lens)
+{
+    return fire(f, ids, false);
+}
+
+int store_fire_burst(struct store_fire *f, const char **ids, const size_t *lens)
+{
+    return fire(f, ids, true);
+}
+
+void stubs_answer_fire(int i, bool ok, unsigned char outcome)
+{
+    struct store_fire *f = stubs.fires[i].f;
+    memset(f->outcome, outcome, (size_t)f->n);
+    f->fired = NULL;
+    for (int j = 0; j < f->ngroups; j++)
+        f->reads[j] = NULL;
+    f->done(f, ok);
+}
+
+/* ---- events/ --------------------------------------------------------------- */
+
+void events_notify(void)
+{
+    stubs.notified++;
+}
+
+void events_fired(void)
+{
+    stubs.fired_calls++;
+}
+
+int events_fire_groups(struct group **out, int max)
+{
+    return 0;
+}
+
+const char *events_group_name(const struct group *g)
+{
+    return "g";
+}
+
+void events_fire_read(struct group *g, const redisReply *read, const redisReply *fired, int count)
+{
+}
+
+void events_subscribe(struct conn *c, struct slot *s, const struct request *r)
+{
+    conn_reply_copy(c, s, "subscribed", 10);
+}
+
+void events_ack(struct conn *c, struct slot *s, const struct request *r)
+{
+    conn_reply_copy(c, s, "acked", 5);
+}
+
+/* ---- net/ (the connection) ------------------------------------------------- */
+
+struct slot *conn_slot(struct conn *c)
+{
+    return NULL;
+}
+
+void conn_reply(struct conn *c, struct slot *s, char *line, size_t len)
+{
+    if (stubs.nreplies < STUBS_MAX)
+        stubs.replies[stubs.nreplies++] = line;
+    else
+        free(line);
+}
+
+void conn_reply_copy(struct conn *c, struct slot *s, const char *line, size_t len)
+{
+    char *copy = malloc(len + 1);
+    memcpy(copy, line, len);
+    copy[len] = '\0';
+    conn_reply(c, s, copy, len);
+}
+
+void conn_reply_error(struct conn *c, struct slot *s, json_t *req, const char *code, const char *msg)
+{
+    char line[512];
+    int n = snprintf(line, sizeof line, "error %s: %s", code, msg);
+    conn_reply_copy(c, s, line, (size_t)n);
+}
+
+void conn_ref(struct conn *c)
+{
+    c->refs++;
+}
+
+void conn_unref(struct conn *c)
+{
+    c->refs--;
+}

@@ -1,0 +1,51 @@
+/* The stubs of tests/unit/daemon_stubs.c: what they recorded, and how a
+ * test answers the store's writes and fires. */
+#ifndef REBOUND_TESTS_DAEMON_STUBS_H
+#define REBOUND_TESTS_DAEMON_STUBS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "events/events.h"
+#include "net/conn.h"
+#include "store/store.h"
+
+#define STUBS_MAX 64
+
+struct stub_write {
+    char id[256];
+    char mode;
+    enum store_op op;
+    int attempt;
+    int64_t due_ms;
+    int nevents;
+    store_done_cb done; /* NULL once answered */
+    void *arg;
+};
+
+struct stubs {
+    bool ready; /* store_ready() */
+    struct stub_write writes[STUBS_MAX];
+    int nwrites;
+    struct {
+        struct store_fire *f;
+        bool burst;
+        int n;
+    } fires[STUBS_MAX];
+    int nfires;
+    char *replies[STUBS_MAX]; /* lines sent to the connection, in order */
+    int nreplies;
+    int notified, fired_calls, unsent;
+    const char **ids;
+};
+
+extern struct stubs stubs;
+
+/* Forgets everything recorded; the store is ready again. */
+void stubs_reset(void);
+/* Answers write i as Redis would: ok, with apply.lua's result. */
+void stubs_answer_write(int i, bool ok, long long result);
+/* Answers fire i: every id with outcome (an enum store_fire_outcome). */
+void stubs_answer_fire(int i, bool ok, unsigned char outcome);
+
+#endif

@@ -1,0 +1,156 @@
+/*
+ * daemon/ops/ without Redis or a socket (tests/unit/daemon_stubs.c stands
+ * in for the store, events/ and the connection): the op table's dispatch,
+ * a report written then answered, a request for the same id parked behind
+ * the write in flight and run after it, a failed write, and a store that
+ * is down.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "base/daemon.h"
+#include "config/policy_load.h"
+#include "daemon_stubs.h"
+#include "ops/ops.h"
+#include "queue/sched.h"
+#include "schedule/domains.h"
+#include "schedule/entry.h"
+#include "schedule/firing.h"
+
+static struct conn conn;
+
+static int setup(void **state)
+{
+    char err[512];
+    memset(rbd, 0, sizeof *rbd);
+    rbd->policy = policy_load_file(REBOUND_SOURCE_DIR "/tests/fast-policy.json", err, sizeof err);
+    if (!rbd->policy)
+        fail_msg("%s", err);
+    rbd->sched = sched_new();
+    rbd->loop = uv_default_loop();
+    rbd->cfg.fire_batch = 1000;
+    rbd->cfg.token = "";
+    rbd->loaded = true;
+    rbd->rng = 1;
+    proto_limits_default(&rbd->limits);
+    static const struct entry_hooks hooks = {.run_waiters = ops_run_waiters};
+    entry_set_hooks(&hooks);
+    firing_init();
+    stubs_reset();
+    memset(&conn, 0, sizeof conn);
+    conn.authed = true;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    firing_stop();
+    uv_run(rbd->loop, UV_RUN_NOWAIT);
+    sched_free(rbd->sched);
+    domains_free();
+    policy_free(rbd->policy);
+    stubs_reset();
+    return 0;
+}
+
+static void send_line(const char *line)
+{
+    ops_dispatch(&conn, line, strlen(line));
+}
+
+static void assert_reply(int i, const char *part)
+{
+    assert_true(stubs.nreplies > i);
+    if (!strstr(stubs.replies[i], part))
+        fail_msg("reply %d \"%s\" does not hold \"%s\"", i, stubs.replies[i], part);
+}
+
+#define GREYLIST "\"code\":451,\"enhanced\":\"4.7.1\",\"text\":\"451 4.7.1 Greylisted, try again later\""
+
+static void test_immediate_ops(void **state)
+{
+    send_line("{\"op\":\"ping\",\"req\":7}");
+    assert_reply(0, "\"ok\":true");
+    assert_reply(0, "\"req\":7");
+    send_line("{\"op\":\"stats\"}");
+    assert_reply(1, "\"pending\":0");
+    send_line("{\"op\":\"subscribe\",\"group\":\"g\"}");
+    assert_reply(2, "subscribed"); /* handed to events/ */
+    send_line("{\"op\":\"bounce\"}");
+    assert_reply(3, "error bad_request");
+    assert_int_equal(conn.refs, 0);
+    assert_int_equal(stubs.nwrites, 0);
+}
+
+static void test_report_then_parked_cancel(void **state)
+{
+    send_line("{\"op\":\"bounce\",\"id\":\"m1\",\"rcpt\":\"a@b.example\"," GREYLIST "}");
+    /* written first, answered after */
+    assert_int_equal(stubs.nwrites, 1);
+    assert_int_equal(stubs.writes[0].mode, 'S');
+    assert_int_equal(stubs.writes[0].attempt, 1);
+    assert_int_equal(stubs.nreplies, 0);
+    assert_int_equal(conn.refs, 1);
+    struct entry *e = sched_find(rbd->sched, "m1", 2);
+    assert_non_null(e);
+    assert_true(e->flags & ENTRY_BUSY);
+
+    /* the same id while its write is in flight waits for it */
+    send_line("{\"op\":\"cancel\",\"id\":\"m1\"}");
+    assert_int_equal(stubs.nwrites, 1);
+    assert_int_equal(conn.refs, 2);
+
+    stubs_answer_write(0, true, STORE_AS_DECIDED);
+    assert_reply(0, "\"action\":\"retry\"");
+    assert_int_equal(rbd->npending, 1);
+    assert_int_equal(rbd->reports, 1);
+    /* then the cancel ran, on the committed state */
+    assert_int_equal(stubs.nwrites, 2);
+    assert_int_equal(stubs.writes[1].mode, 'D');
+    stubs_answer_write(1, true, 0);
+    assert_reply(1, "\"found\":true");
+    assert_int_equal(rbd->npending, 0);
+    assert_null(sched_find(rbd->sched, "m1", 2));
+    assert_int_equal(conn.refs, 0);
+}
+
+static void test_failed_write_changes_nothing(void **state)
+{
+    send_line("{\"op\":\"bounce\",\"id\":\"m2\",\"rcpt\":\"a@b.example\"," GREYLIST "}");
+    assert_int_equal(stubs.nwrites, 1);
+    stubs_answer_write(0, false, 0);
+    assert_reply(0, "error unavailable");
+    assert_int_equal(rbd->npending, 0);
+    assert_int_equal(rbd->reports, 0);
+    assert_null(sched_find(rbd->sched, "m2", 2));
+    assert_int_equal(conn.refs, 0);
+}
+
+static void test_store_down(void **state)
+{
+    stubs.ready = false;
+    send_line("{\"op\":\"bounce\",\"id\":\"m3\",\"rcpt\":\"a@b.example\"," GREYLIST "}");
+    assert_reply(0, "error unavailable");
+    send_line("{\"op\":\"unsuppress\",\"rcpt\":\"a@b.example\"}");
+    assert_reply(1, "error unavailable");
+    assert_int_equal(stubs.nwrites, 0);
+    assert_int_equal(conn.refs, 0);
+    assert_int_equal(rbd->errors, 0); /* unavailable is not the client's error */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_immediate_ops, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_report_then_parked_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_write_changes_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_down, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

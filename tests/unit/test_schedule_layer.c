@@ -1,0 +1,249 @@
+/*
+ * daemon/schedule/ without Redis (tests/unit/daemon_stubs.c stands in for
+ * the store and events/): an entry's life and its counters, the assertion
+ * that refuses a change while a write is in flight, a domain's pace, and
+ * firing's choice of the script or the burst by the batch's size.
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "base/daemon.h"
+#include "config/policy_load.h"
+#include "daemon_stubs.h"
+#include "queue/sched.h"
+#include "schedule/domains.h"
+#include "schedule/entry.h"
+#include "schedule/firing.h"
+
+static int waiter_runs;
+
+static void count_waiters(struct entry *e)
+{
+    waiter_runs++;
+}
+
+static int setup(void **state)
+{
+    char err[512];
+    memset(rbd, 0, sizeof *rbd);
+    rbd->policy = policy_load_file(REBOUND_SOURCE_DIR "/tests/fast-policy.json", err, sizeof err);
+    if (!rbd->policy)
+        fail_msg("%s", err);
+    rbd->sched = sched_new();
+    rbd->loop = uv_default_loop();
+    rbd->cfg.fire_batch = 1000;
+    rbd->cfg.stream_maxlen = 1000;
+    rbd->loaded = true;
+    static const struct entry_hooks hooks = {.run_waiters = count_waiters};
+    entry_set_hooks(&hooks);
+    firing_init(); /* and the domain table */
+    stubs_reset();
+    waiter_runs = 0;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    firing_stop();
+    uv_run(rbd->loop, UV_RUN_NOWAIT); /* the close callbacks */
+    sched_free(rbd->sched);
+    domains_free();
+    policy_free(rbd->policy);
+    stubs_reset();
+    return 0;
+}
+
+static struct entry *pending(const char *id, const char *domain, int64_t due)
+{
+    struct entry *e = sched_add(rbd->sched, id, strlen(id));
+    struct entry_facts f = {0, 1, due - 1000, domains_find(domain, strlen(domain), true, now_ms())};
+    entry_become(e, ENTRY_PENDING, &f);
+    sched_set_due(rbd->sched, e, due);
+    return e;
+}
+
+static json_int_t domain_pending(const char *name)
+{
+    json_t *o = domains_json(name, strlen(name), now_ms());
+    json_int_t n = json_integer_value(json_object_get(o, "pending"));
+    json_decref(o);
+    return n;
+}
+
+static void test_entry_life_and_counters(void **state)
+{
+    struct entry *e = pending("m1", "Example.org", now_ms() + 60000);
+    assert_int_equal(rbd->npending, 1);
+    assert_int_equal(rbd->pending_by_class[0], 1);
+    assert_int_equal(domain_pending("example.org"), 1);
+
+    entry_become(e, ENTRY_AWAITING, NULL); /* fired */
+    assert_int_equal(e->state, ENTRY_AWAITING);
+    assert_int_equal(rbd->npending, 0);
+    assert_int_equal(rbd->pending_by_class[0], 0);
+    assert_int_equal(rbd->nawaiting, 1);
+    assert_int_equal(domain_pending("example.org"), 0);
+
+    /* a later report retries it again, in another class */
+    struct entry_facts f = {2, 2, e->first_ms, e->domain};
+    entry_become(e, ENTRY_PENDING, &f);
+    assert_int_equal(rbd->nawaiting, 0);
+    assert_int_equal(rbd->pending_by_class[2], 1);
+    assert_int_equal(e->attempt, 2);
+
+    /* delivered: back to NEW, the waiters run, and nothing keeps it */
+    entry_become(e, ENTRY_NEW, NULL);
+    assert_int_equal(rbd->npending, 0);
+    entry_settle(e);
+    assert_int_equal(waiter_runs, 1);
+    assert_null(sched_find(rbd->sched, "m1", 2));
+    assert_int_equal(sched_count(rbd->sched), 0);
+}
+
+static void test_settle_keeps_a_retry(void **state)
+{
+    struct entry *e = pending("m2", "example.org", now_ms() + 60000);
+    entry_settle(e);
+    assert_int_equal(waiter_runs, 1);
+    assert_ptr_equal(sched_find(rbd->sched, "m2", 2), e);
+    entry_forget(e);
+    assert_int_equal(rbd->npending, 0);
+    assert_int_equal(domain_pending("example.org"), 0);
+    assert_null(sched_find(rbd->sched, "m2", 2));
+}
+
+/* A change while a write about the entry is in flight would decide on
+ * state Redis has not confirmed: the test builds abort. */
+static void test_change_while_busy_aborts(void **state)
+{
+#ifdef NDEBUG
+    skip();
+#else
+    struct entry *e = pending("m3", "example.org", now_ms() + 60000);
+    e->flags |= ENTRY_BUSY;
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        freopen("/dev/null", "w", stderr);
+        entry_become(e, ENTRY_AWAITING, NULL);
+        _exit(0); /* not reached while the check holds */
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGABRT);
+    e->flags &= (uint8_t)~ENTRY_BUSY;
+    entry_become(e, ENTRY_AWAITING, NULL); /* allowed once the write is answered */
+    assert_int_equal(rbd->nawaiting, 1);
+#endif
+}
+
+/* The fast policy paces a domain at 100 a second with a burst of 200: the
+ * first 200 due at one instant go at once, the rest get places 10 ms apart. */
+static void test_domain_pace(void **state)
+{
+    int64_t now = now_ms();
+    int64_t last = 0;
+    int at_once = 0;
+    for (int i = 0; i < 300; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "p%d", i);
+        struct entry *e = pending(id, "paced.example", now);
+        int64_t later = domains_pace_entry(e, now);
+        if (later == 0) {
+            at_once++;
+            assert_int_equal(i, at_once - 1); /* the burst comes first */
+            continue;
+        }
+        assert_true(later > now);
+        if (last)
+            assert_int_equal(later - last, 10);
+        last = later;
+    }
+    assert_int_equal(at_once, 200);
+    assert_true(last - now >= 99 * 10 && last - now <= 101 * 10);
+}
+
+/* Runs the loop until the stub store saw n fires (at most 2 s). */
+static void run_until_fires(int n)
+{
+    for (int i = 0; i < 2000 && stubs.nfires < n; i++) {
+        uv_run(rbd->loop, UV_RUN_NOWAIT);
+        if (stubs.nfires < n)
+            nanosleep(&(struct timespec){0, 1000000}, NULL);
+    }
+    assert_int_equal(stubs.nfires, n);
+}
+
+static void test_firing_script_then_burst(void **state)
+{
+    int64_t due = now_ms() - 10;
+    struct entry *small[50];
+    for (int i = 0; i < 50; i++) {
+        char id[16], dom[32];
+        snprintf(id, sizeof id, "s%d", i);
+        snprintf(dom, sizeof dom, "d%d.example", i);
+        small[i] = pending(id, dom, due);
+    }
+    firing_kick();
+    run_until_fires(1);
+    /* a small batch goes through the fire script, its entries busy */
+    assert_false(stubs.fires[0].burst);
+    assert_int_equal(stubs.fires[0].n, 50);
+    assert_true(small[0]->flags & ENTRY_BUSY);
+    stubs_answer_fire(0, true, STORE_FIRE_NOW);
+    assert_int_equal(rbd->npending, 0);
+    assert_int_equal(rbd->nawaiting, 50);
+    assert_int_equal(small[49]->state, ENTRY_AWAITING);
+    assert_false(small[49]->flags & (ENTRY_BUSY | ENTRY_FIRING));
+    assert_int_equal(stubs.fired_calls, 1);
+    assert_int_equal(rbd->events_emitted[EV_RETRY], 50);
+
+    /* 300 at once: one batch, as a burst */
+    for (int i = 0; i < 300; i++) {
+        char id[16], dom[32];
+        snprintf(id, sizeof id, "b%d", i);
+        snprintf(dom, sizeof dom, "e%d.example", i);
+        pending(id, dom, due);
+    }
+    firing_kick();
+    run_until_fires(2);
+    assert_true(stubs.fires[1].burst);
+    assert_int_equal(stubs.fires[1].n, 300);
+    /* Redis went away before it answered: nothing fired, every one is due
+     * again, and none is sent while Redis is down */
+    stubs.ready = false;
+    stubs_answer_fire(1, false, STORE_FIRE_NOW);
+    assert_int_equal(stubs.nfires, 2);
+    assert_int_equal(rbd->npending, 300);
+    assert_int_equal(rbd->nawaiting, 50);
+    assert_int_equal(rbd->events_emitted[EV_RETRY], 50);
+    struct entry *b0 = sched_find(rbd->sched, "b0", 2);
+    assert_non_null(b0);
+    assert_int_equal(b0->state, ENTRY_PENDING);
+    assert_true(entry_scheduled(b0));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_entry_life_and_counters, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_settle_keeps_a_retry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_change_while_busy_aborts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_domain_pace, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_firing_script_then_burst, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
