@@ -268,6 +268,50 @@ static int fire_send(struct fire_batch *b, const char **ids, const size_t *lens,
     return store_fire_script(f, ids, lens);
 }
 
+/* Fills b with up to max due entries that may fire now, from the heap's
+ * front; the due ones that do not fire now (busy, expiring, held back by
+ * their domain) count against *skipped, up to budget. */
+static void fill_batch(struct fire_batch *b, int max, int64_t now, const char **ids, size_t *lens, int *skipped,
+                       int budget)
+{
+    struct entry *e;
+    while (b->n < max && *skipped < budget && (e = sched_pop_due(rbd->sched, now))) {
+        if (e->flags & ENTRY_BUSY) {
+            /* A write for it is in flight and will reschedule it. */
+            sched_set_due(rbd->sched, e, now + BUSY_RETRY_MS);
+            (*skipped)++;
+            continue;
+        }
+        if (e->state == ENTRY_AWAITING) {
+            (*skipped)++;
+            struct store_change ch = {.id = e->id, .id_len = e->id_len, .mode = 'D'};
+            e->flags |= ENTRY_BUSY;
+            if (store_queue(&ch, expire_done_cb, e) != 0)
+                expire_done_cb(e, false, 0);
+            continue;
+        }
+        if (e->state != ENTRY_PENDING) {
+            (*skipped)++;
+            continue;
+        }
+        /* Its domain may be backed off, or its pace spent: then it
+         * takes its place later (one heap update), and the domains
+         * that are not held back keep firing. */
+        int64_t later = domains_pace_entry(e, now);
+        if (later) {
+            sched_set_due(rbd->sched, e, later);
+            (*skipped)++;
+            continue;
+        }
+        e->flags |= ENTRY_BUSY | ENTRY_FIRING;
+        b->entries[b->n] = e;
+        b->due[b->n] = e->node.due_ms;
+        ids[b->n] = e->id;
+        lens[b->n] = e->id_len;
+        b->n++;
+    }
+}
+
 static void fire_due(void)
 {
     if (!rbd->loaded || rbd->stopping || stopped || !store_ready())
@@ -289,42 +333,7 @@ static void fire_due(void)
             ids = xmalloc((size_t)max * sizeof *ids);
             lens = xmalloc((size_t)max * sizeof *lens);
         }
-        struct entry *e;
-        while (b->n < max && skipped < skip_budget && (e = sched_pop_due(rbd->sched, now))) {
-            if (e->flags & ENTRY_BUSY) {
-                /* A write for it is in flight and will reschedule it. */
-                sched_set_due(rbd->sched, e, now + BUSY_RETRY_MS);
-                skipped++;
-                continue;
-            }
-            if (e->state == ENTRY_AWAITING) {
-                skipped++;
-                struct store_change ch = {.id = e->id, .id_len = e->id_len, .mode = 'D'};
-                e->flags |= ENTRY_BUSY;
-                if (store_queue(&ch, expire_done_cb, e) != 0)
-                    expire_done_cb(e, false, 0);
-                continue;
-            }
-            if (e->state != ENTRY_PENDING) {
-                skipped++;
-                continue;
-            }
-            /* Its domain may be backed off, or its pace spent: then it
-             * takes its place later (one heap update), and the domains
-             * that are not held back keep firing. */
-            int64_t later = domains_pace_entry(e, now);
-            if (later) {
-                sched_set_due(rbd->sched, e, later);
-                skipped++;
-                continue;
-            }
-            e->flags |= ENTRY_BUSY | ENTRY_FIRING;
-            b->entries[b->n] = e;
-            b->due[b->n] = e->node.due_ms;
-            ids[b->n] = e->id;
-            lens[b->n] = e->id_len;
-            b->n++;
-        }
+        fill_batch(b, max, now, ids, lens, &skipped, skip_budget);
         int n = b->n;
         if (n > 0) {
             if (n <= FIRE_READ_MAX) {

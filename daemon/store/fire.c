@@ -166,24 +166,18 @@ static void exec_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
     finish(b, ok);
 }
 
-static void hmget_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
+/* The retry events of the records read (reply, one per id), one after the
+ * other in the returned buffer: id i's at boff[i], bl[i] bytes, when
+ * p->slot[i] >= 0. Sets every outcome. */
+static char *burst_bodies(struct store_fire *b, const redisReply *reply, size_t *boff, size_t *bl)
 {
-    struct store_fire *b = arg;
     struct fire_priv *p = b->priv;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != (size_t)b->n) {
-        if (reply)
-            log_error("redis: reading records to fire failed: %s",
-                      reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
-        finish(b, false);
-        return;
-    }
     char *bodies = NULL;
     size_t blen = 0, bcap = 0;
-    size_t *boff = xmalloc((size_t)b->n * sizeof *boff), *bl = xmalloc((size_t)b->n * sizeof *bl);
     p->slot = xmalloc((size_t)b->n * sizeof *p->slot);
     p->nxadd = 0;
     for (int i = 0; i < b->n; i++) {
-        redisReply *r = reply->element[i];
+        const redisReply *r = reply->element[i];
         p->slot[i] = -1;
         if (r->type != REDIS_REPLY_STRING) {
             b->outcome[i] = STORE_FIRE_UNKNOWN;
@@ -201,13 +195,17 @@ static void hmget_reply_cb(struct redis_link *link, redisReply *reply, void *arg
         boff[i] = at;
         bl[i] = blen - at;
     }
-    if (p->nxadd == 0) {
-        free(bodies);
-        free(boff);
-        free(bl);
-        finish(b, true);
-        return;
-    }
+    return bodies;
+}
+
+/* The transaction: MULTI, an XADD per event, one HSET of the records
+ * turned awaiting, XTRIM, EXEC. Returns 0, or -1 when the link refused a
+ * command (it refuses only when down, and then the first, MULTI, already:
+ * a transaction cut short never runs). */
+static int burst_send(struct store_fire *b, redisReply *reply, const char *bodies, const size_t *boff,
+                      const size_t *bl)
+{
+    struct fire_priv *p = b->priv;
     /* The record's new state is the old record with its first byte
      * changed: the reply's own text serves (the command is formatted
      * before this callback returns). */
@@ -245,13 +243,30 @@ static void hmget_reply_cb(struct redis_link *link, redisReply *reply, void *arg
         rc = redis_link_command(rbd->link, exec_reply_cb, b, 1, exec, NULL);
     free(hargv);
     free(hlens);
+    return rc;
+}
+
+static void hmget_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
+{
+    struct store_fire *b = arg;
+    struct fire_priv *p = b->priv;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != (size_t)b->n) {
+        if (reply)
+            log_error("redis: reading records to fire failed: %s",
+                      reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+        finish(b, false);
+        return;
+    }
+    size_t *boff = xmalloc((size_t)b->n * sizeof *boff), *bl = xmalloc((size_t)b->n * sizeof *bl);
+    char *bodies = burst_bodies(b, reply, boff, bl);
+    int rc = p->nxadd ? burst_send(b, reply, bodies, boff, bl) : 0;
     free(bodies);
     free(boff);
     free(bl);
-    /* The link refuses commands only when it is down, and then it refuses
-     * the first (MULTI) already; a transaction cut short never runs. */
     if (rc != 0)
         finish(b, false);
+    else if (p->nxadd == 0)
+        finish(b, true); /* nothing was pending any more */
 }
 
 int store_fire_burst(struct store_fire *b, const char **ids, const size_t *lens)
