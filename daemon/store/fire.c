@@ -8,9 +8,7 @@
  *     groups that are caught up (a retry reaches its subscriber one round
  *     trip after it fell due);
  *   - a burst in two steps, about half of the script's cost in Redis per
- *     retry (below). Its first step asks the same script, in its prepare
- *     mode, for the events' bodies and the records' new state without
- *     writing: a retry event is built in one place, fire.lua's fire_record.
+ *     retry (below).
  */
 #include "store/store.h"
 
@@ -21,6 +19,7 @@
 #include "base/daemon.h"
 #include "base/log.h"
 #include "base/xmalloc.h"
+#include "proto/record.h"
 #include "redis/redis_link.h"
 #include "store/scripts.h"
 
@@ -80,10 +79,8 @@ static void fire_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
 
 /*
  * A large batch fires in two steps, which cost Redis about half of what
- * the script costs it per retry (an XADD called from Lua is dear): the
- * script in prepare mode reads the records and answers each pending one's
- * event body and awaiting state, writing nothing; then one MULTI ... EXEC
- * that appends each pending record's
+ * the script costs it per retry (an XADD called from Lua is dear): HMGET
+ * the records; then one MULTI ... EXEC that appends each pending record's
  * retry event, turns the records awaiting (one HSET) and trims the stream,
  * atomically. Between the two steps nothing else writes these records:
  * the daemon is their only writer, and an entry that fires is busy, so its
@@ -101,6 +98,45 @@ static void msgs_command(const char *cmd, size_t argc, const char ***argv, size_
     (*lens)[0] = strlen(cmd);
     (*argv)[1] = rbd->key_msgs;
     (*lens)[1] = strlen(rbd->key_msgs);
+}
+
+/* Appends the retry event of id's pending record rec to *buf (at *len,
+ * capacity *cap) and returns 0, or -1 when rec is not a pending record.
+ * The one place in the daemon that reads a record to build its event
+ * (scripts/fire.lua does the same for small batches). */
+static int retry_body(char **buf, size_t *len, size_t *cap, const char *id, size_t id_len, const char *rec,
+                      size_t rec_len, int64_t now)
+{
+    struct record r;
+    if (rec_len < 1 || rec[0] != 'P' || record_parse(rec, rec_len, &r) != 0)
+        return -1;
+    /* The message's members for events: who, or the plain id and
+     * recipient that who stands for (daemon/record.h). */
+    char plain[512];
+    const char *members = r.who;
+    size_t members_len = r.who_len;
+    if (r.who_len == 0 || r.who[0] != '"') {
+        int m = snprintf(plain, sizeof plain, "\"id\":\"%.*s\",\"rcpt\":\"%.*s\"", (int)id_len, id, (int)r.who_len,
+                         r.who);
+        if (m < 0 || (size_t)m >= sizeof plain)
+            return -1;
+        members = plain;
+        members_len = (size_t)m;
+    }
+    size_t need = members_len + r.class_len + 128;
+    if (*len + need > *cap) {
+        while (*len + need > *cap)
+            *cap = *cap ? 2 * *cap : 65536;
+        *buf = xrealloc(*buf, *cap);
+    }
+    int n = snprintf(*buf + *len, *cap - *len,
+                     "{\"type\":\"retry\",\"at\":%lld,%.*s,\"class\":\"%.*s\",\"attempt\":%d,\"due_at\":%lld}",
+                     (long long)now, (int)members_len, members, (int)r.class_len, r.class_name, r.attempt,
+                     (long long)r.due_ms);
+    if (n < 0 || (size_t)n >= *cap - *len)
+        return -1;
+    *len += (size_t)n;
+    return 0;
 }
 
 static void queued_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
@@ -130,38 +166,49 @@ static void exec_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
     finish(b, ok);
 }
 
-/* The outcome of each id from the script's answer (out: two elements per
- * id), and each pending one's XADD slot in the transaction. */
-static void burst_outcomes(struct store_fire *b, const redisReply *out)
+/* The retry events of the records read (reply, one per id), one after the
+ * other in the returned buffer: id i's at boff[i], bl[i] bytes, when
+ * p->slot[i] >= 0. Sets every outcome. */
+static char *burst_bodies(struct store_fire *b, const redisReply *reply, size_t *boff, size_t *bl)
 {
     struct fire_priv *p = b->priv;
+    char *bodies = NULL;
+    size_t blen = 0, bcap = 0;
     p->slot = xmalloc((size_t)b->n * sizeof *p->slot);
     p->nxadd = 0;
     for (int i = 0; i < b->n; i++) {
-        const redisReply *r = out->element[2 * i], *rec = out->element[2 * i + 1];
+        const redisReply *r = reply->element[i];
         p->slot[i] = -1;
-        if (r->type == REDIS_REPLY_STRING && rec->type == REDIS_REPLY_STRING) {
-            b->outcome[i] = STORE_FIRE_NOW;
-            p->slot[i] = p->nxadd++;
-        } else if (r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
+        if (r->type != REDIS_REPLY_STRING) {
             b->outcome[i] = STORE_FIRE_UNKNOWN;
-        } else {
-            if (r->type == REDIS_REPLY_INTEGER && r->integer == 2)
+            continue;
+        }
+        size_t at = blen;
+        if (retry_body(&bodies, &blen, &bcap, p->ids[i], p->lens[i], r->str, r->len, b->now) != 0) {
+            if (r->len > 0 && r->str[0] == 'P')
                 log_warn("firing: the record of %.*s is malformed; not fired", (int)p->lens[i], p->ids[i]);
             b->outcome[i] = STORE_FIRE_BEFORE;
+            continue;
         }
+        b->outcome[i] = STORE_FIRE_NOW;
+        p->slot[i] = p->nxadd++;
+        boff[i] = at;
+        bl[i] = blen - at;
     }
+    return bodies;
 }
 
 /* The transaction: MULTI, an XADD per event, one HSET of the records
- * turned awaiting, XTRIM, EXEC; the bodies and records are the script's
- * answer's own strings (a command is formatted before it is queued).
- * Returns 0, or -1 when the link refused a command (it refuses only when
- * down, and then the first, MULTI, already: a transaction cut short never
- * runs). */
-static int burst_send(struct store_fire *b, const redisReply *out)
+ * turned awaiting, XTRIM, EXEC. Returns 0, or -1 when the link refused a
+ * command (it refuses only when down, and then the first, MULTI, already:
+ * a transaction cut short never runs). */
+static int burst_send(struct store_fire *b, redisReply *reply, const char *bodies, const size_t *boff,
+                      const size_t *bl)
 {
     struct fire_priv *p = b->priv;
+    /* The record's new state is the old record with its first byte
+     * changed: the reply's own text serves (the command is formatted
+     * before this callback returns). */
     size_t hargc = 2 + 2 * (size_t)p->nxadd;
     const char **hargv;
     size_t *hlens;
@@ -178,14 +225,15 @@ static int burst_send(struct store_fire *b, const redisReply *out)
     for (int i = 0; rc == 0 && i < b->n; i++) {
         if (p->slot[i] < 0)
             continue;
-        const redisReply *body = out->element[2 * i], *rec = out->element[2 * i + 1];
-        const char *xargv[] = {"XADD", rbd->key_events, "*", "e", body->str};
-        size_t xlens[] = {4, strlen(rbd->key_events), 1, 1, body->len};
+        const char *xargv[] = {"XADD", rbd->key_events, "*", "e", bodies + boff[i]};
+        size_t xlens[] = {4, strlen(rbd->key_events), 1, 1, bl[i]};
         rc = redis_link_command(rbd->link, queued_reply_cb, NULL, 5, xargv, xlens);
+        redisReply *r = reply->element[i];
+        r->str[0] = 'A';
         hargv[h] = p->ids[i];
         hlens[h++] = p->lens[i];
-        hargv[h] = rec->str;
-        hlens[h++] = rec->len;
+        hargv[h] = r->str;
+        hlens[h++] = r->len;
     }
     if (rc == 0)
         rc = redis_link_command(rbd->link, queued_reply_cb, NULL, (int)hargc, hargv, hlens);
@@ -198,63 +246,27 @@ static int burst_send(struct store_fire *b, const redisReply *out)
     return rc;
 }
 
-/* The script's answer in prepare mode: {out}, two elements per id. */
-static void prepare_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
+static void hmget_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
 {
     struct store_fire *b = arg;
     struct fire_priv *p = b->priv;
-    const redisReply *out = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 1 ? reply->element[0] : NULL;
-    if (!out || out->type != REDIS_REPLY_ARRAY || out->elements != 2 * (size_t)b->n) {
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != (size_t)b->n) {
         if (reply)
             log_error("redis: reading records to fire failed: %s",
                       reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
         finish(b, false);
         return;
     }
-    burst_outcomes(b, out);
-    int rc = p->nxadd ? burst_send(b, out) : 0;
+    size_t *boff = xmalloc((size_t)b->n * sizeof *boff), *bl = xmalloc((size_t)b->n * sizeof *bl);
+    char *bodies = burst_bodies(b, reply, boff, bl);
+    int rc = p->nxadd ? burst_send(b, reply, bodies, boff, bl) : 0;
+    free(bodies);
+    free(boff);
+    free(bl);
     if (rc != 0)
         finish(b, false);
     else if (p->nxadd == 0)
         finish(b, true); /* nothing was pending any more */
-}
-
-/* The numbers among the script's arguments, as text. */
-struct script_numbers {
-    char now[32], maxlen[32], count[32], ngroups[32];
-};
-
-/* The script's arguments for the batch's ids and the groups named
- * (ngroups, or -1 for prepare mode): argv and argl malloc'd, freed by the
- * caller; they point into num, ids and b. Returns argc. */
-static int script_args(const struct store_fire *b, int ngroups, const char **ids, const size_t *lens,
-                       struct script_numbers *num, const char ***argv_out, size_t **argl_out)
-{
-    char *now_s = num->now, *maxlen = num->maxlen, *count = num->count, *ng = num->ngroups;
-    snprintf(now_s, sizeof num->now, "%lld", (long long)b->now);
-    snprintf(maxlen, sizeof num->maxlen, "%lld", rbd->cfg.stream_maxlen);
-    snprintf(count, sizeof num->count, "%d", b->read_count);
-    snprintf(ng, sizeof num->ngroups, "%d", ngroups);
-    int head = 2 + 5 + (ngroups > 0 ? ngroups : 0);
-    int argc = head + b->n;
-    const char **argv = xmalloc((size_t)argc * sizeof *argv);
-    size_t *argl = xmalloc((size_t)argc * sizeof *argl);
-    argv[0] = rbd->key_msgs;
-    argv[1] = rbd->key_events;
-    argv[2] = now_s;
-    argv[3] = maxlen;
-    argv[4] = STORE_CONSUMER;
-    argv[5] = count;
-    argv[6] = ng;
-    for (int j = 0; j < ngroups; j++)
-        argv[7 + j] = b->groups[j];
-    for (int i = 0; i < head; i++)
-        argl[i] = strlen(argv[i]);
-    memcpy(argv + head, ids, (size_t)b->n * sizeof *ids);
-    memcpy(argl + head, lens, (size_t)b->n * sizeof *lens);
-    *argv_out = argv;
-    *argl_out = argl;
-    return argc;
 }
 
 int store_fire_burst(struct store_fire *b, const char **ids, const size_t *lens)
@@ -268,11 +280,13 @@ int store_fire_burst(struct store_fire *b, const char **ids, const size_t *lens)
     memcpy(p->ids, ids, (size_t)b->n * sizeof *ids);
     memcpy(p->lens, lens, (size_t)b->n * sizeof *lens);
     b->priv = p;
+    size_t argc = 2 + (size_t)b->n;
     const char **argv;
     size_t *argl;
-    struct script_numbers num;
-    int argc = script_args(b, -1, ids, lens, &num, &argv, &argl);
-    int rc = redis_link_script(rbd->link, SCRIPT_FIRE, prepare_reply_cb, b, 2, argc, argv, argl);
+    msgs_command("HMGET", argc, &argv, &argl);
+    memcpy(argv + 2, ids, (size_t)b->n * sizeof *ids);
+    memcpy(argl + 2, lens, (size_t)b->n * sizeof *lens);
+    int rc = redis_link_command(rbd->link, hmget_reply_cb, b, (int)argc, argv, argl);
     free(argv);
     free(argl);
     if (rc != 0) {
@@ -288,10 +302,28 @@ int store_fire_script(struct store_fire *b, const char **ids, const size_t *lens
 {
     if (!store_ready())
         return -1;
-    const char **argv;
-    size_t *argl;
-    struct script_numbers num;
-    int argc = script_args(b, b->ngroups, ids, lens, &num, &argv, &argl);
+    char now_s[32], maxlen[32], count[32], ngroups[32];
+    snprintf(now_s, sizeof now_s, "%lld", (long long)b->now);
+    snprintf(maxlen, sizeof maxlen, "%lld", rbd->cfg.stream_maxlen);
+    snprintf(count, sizeof count, "%d", b->read_count);
+    snprintf(ngroups, sizeof ngroups, "%d", b->ngroups);
+    int head = 2 + 5 + b->ngroups;
+    int argc = head + b->n;
+    const char **argv = xmalloc((size_t)argc * sizeof *argv);
+    size_t *argl = xmalloc((size_t)argc * sizeof *argl);
+    argv[0] = rbd->key_msgs;
+    argv[1] = rbd->key_events;
+    argv[2] = now_s;
+    argv[3] = maxlen;
+    argv[4] = STORE_CONSUMER;
+    argv[5] = count;
+    argv[6] = ngroups;
+    for (int j = 0; j < b->ngroups; j++)
+        argv[7 + j] = b->groups[j];
+    for (int i = 0; i < head; i++)
+        argl[i] = strlen(argv[i]);
+    memcpy(argv + head, ids, (size_t)b->n * sizeof *ids);
+    memcpy(argl + head, lens, (size_t)b->n * sizeof *lens);
     int rc = redis_link_script(rbd->link, SCRIPT_FIRE, fire_reply_cb, b, 2, argc, argv, argl);
     free(argv);
     free(argl);

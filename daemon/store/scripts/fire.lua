@@ -6,9 +6,7 @@
 -- read of its own: one round trip from due to delivered. The daemon uses
 -- it for small batches, where that round trip is what counts; a burst goes
 -- as a transaction instead, which costs Redis less per retry
--- (daemon/store/fire.c), and asks this script only for the bodies of its
--- events and the records' new state (g = -1, below), so that a retry
--- event is written in one place, fire_record.
+-- (daemon/firing.c).
 --
 -- KEYS[1]  the message hash (daemon/record.h says the format of a record),
 --          KEYS[2] the event stream
@@ -25,14 +23,8 @@
 --           call as the integer i (its id was the i-th), any other entry
 --           as its id then its body ('' when trimmed); or the error of
 --           the read (the fires stand).
--- With g = -1 (no group names follow) nothing is written: returns {out},
--- two elements per id: the retry event's body and the record's awaiting
--- state for a pending record, 1 and '' for one that is not pending, 2 and
--- '' for a malformed one (not fired), 0 and '' for an unknown id.
 local msgs, stream, now, maxlen = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
 local consumer, count, ngroups = ARGV[3], ARGV[4], tonumber(ARGV[5])
-local prepare = ngroups < 0
-if prepare then ngroups = 0 end
 local first = 6 + ngroups
 -- redis.call takes its arguments from Lua's stack: keep each call well
 -- under its limit (LUAI_MAXCSTACK, 8000).
@@ -63,25 +55,6 @@ for s = first, #ARGV, CHUNK do
   for k = 1, #part do
     recs[#recs + 1] = part[k]
   end
-end
-
-if prepare then
-  local out = {}
-  for i = 1, #recs do
-    local rec = recs[i]
-    local ok, awaiting, body = false, nil, nil
-    if rec then ok, awaiting, body = pcall(fire_record, ARGV[first + i - 1], rec) end
-    if not rec then
-      out[2 * i - 1], out[2 * i] = 0, ''
-    elseif not ok then
-      out[2 * i - 1], out[2 * i] = 2, '' -- malformed: not fired
-    elseif not awaiting then
-      out[2 * i - 1], out[2 * i] = 1, ''
-    else
-      out[2 * i - 1], out[2 * i] = body, awaiting
-    end
-  end
-  return {out}
 end
 
 -- Events are appended before the records change: should a write fail
