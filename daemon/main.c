@@ -28,6 +28,7 @@
 #include "config/addr.h"
 #include "config/config.h"
 #include "config/policy_load.h"
+#include "config/policy_path.h"
 #include "events/events.h"
 #include "metrics.h"
 #include "net/conn.h"
@@ -108,7 +109,7 @@ static void usage(FILE *out)
             "  -h, --help            this help\n"
             "\n"
             "Signals: HUP reloads the config file and the policy, TERM or INT drain and stop.\n",
-            REBOUND_DEFAULT_POLICY);
+            policy_path_default(REBOUND_DEFAULT_POLICY));
 }
 
 /* Defaults, then the file (a relative policy path in it is relative to the
@@ -116,7 +117,7 @@ static void usage(FILE *out)
  * why; the running daemon's config is never touched. */
 static int build_config(struct config *cfg, char *err, size_t errlen)
 {
-    config_defaults(cfg, REBOUND_DEFAULT_POLICY);
+    config_defaults(cfg, policy_path_default(REBOUND_DEFAULT_POLICY));
     if (config_path) {
         if (config_load_file(cfg, config_path, err, errlen) != 0)
             goto fail;

@@ -2,9 +2,13 @@
 # Runs reboundd in the foreground, from a fresh Debian 12 machine: installs
 # what is missing, builds, and, unless REBOUND_REDIS names a Redis to use,
 # starts a private redis-server (loopback only, data and AOF in var/redis).
-# reboundd listens on 127.0.0.1:7411 and on var/rebound.sock.
+# reboundd listens on 127.0.0.1:7411 and on var/rebound.sock, and serves
+# Prometheus metrics at http://127.0.0.1:9411/metrics. The policy is the
+# source tree's config/policy.json (the daemon's search order finds it).
 #   REBOUND_REDIS=127.0.0.1:6379 scripts/run.sh     # use an existing Redis
+#   REBOUND_METRICS=127.0.0.1:9500 scripts/run.sh   # metrics elsewhere ("" for none)
 #   scripts/run.sh --log-level debug                # extra reboundd flags
+#   scripts/run.sh --policy tests/fast-policy.json  # minutes last milliseconds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh run
@@ -28,7 +32,10 @@ if [ -z "$redis" ]; then
   echo "private redis-server on $redis (data in var/redis)" >&2
 fi
 
-build/reboundd --redis "$redis" --policy config/policy.json --unix "$var/rebound.sock" "$@" &
+metrics=${REBOUND_METRICS-127.0.0.1:9411}
+echo "reboundd on 127.0.0.1:7411 and $var/rebound.sock" >&2
+[ -n "$metrics" ] && echo "metrics at http://$metrics/metrics" >&2
+build/reboundd --redis "$redis" --unix "$var/rebound.sock" --metrics "$metrics" "$@" &
 daemon_pid=$!
 trap 'kill -TERM $daemon_pid 2>/dev/null; wait $daemon_pid; [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 wait $daemon_pid

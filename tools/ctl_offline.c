@@ -18,6 +18,7 @@
 
 #include "config/explain.h"
 #include "config/policy_load.h"
+#include "config/policy_path.h"
 #include "proto/reply.h"
 #include "proto/request.h"
 #include "queue/classify.h"
@@ -184,7 +185,7 @@ int cmd_classify(struct ctl *ctl, int argc, char **argv)
         {"check", no_argument, NULL, O_CHECK},
         {0, 0, 0, 0},
     };
-    struct classify_args a = {.policy = REBOUND_DEFAULT_POLICY};
+    struct classify_args a = {.policy = policy_path_default(REBOUND_DEFAULT_POLICY)};
     int rc = parse_options(ctl, argc, argv, opts, classify_opt, &a);
     if (rc >= 0)
         return rc;

@@ -141,7 +141,9 @@ static const char classify_help[] =
     "invalid line gets {\"ok\":false,\"error\":{..}}; a \"req\" is echoed).\n"
     "Exit status 1 when any line was invalid.\n"
     "\n"
-    "  --policy FILE  the policy (default " REBOUND_DEFAULT_POLICY ")\n"
+    "  --policy FILE  the policy (default: config/policy.json of the source tree\n"
+    "                 when run from its build directory, else\n"
+    "                 " REBOUND_DEFAULT_POLICY ")\n"
     "  --check        only validate the policy (same as check-policy)\n";
 
 static const char suppressed_help[] =

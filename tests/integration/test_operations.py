@@ -551,7 +551,11 @@ class UnitFileTest(unittest.TestCase):
         self.assertEqual(keys["User"], ["rebound"])
         self.assertIn("-c /etc/rebound/reboundd.json", keys["ExecStart"][0])
         self.assertTrue(keys["ExecStart"][0].startswith("/usr/sbin/reboundd "))
-        self.assertIn("/run/rebound/", keys["ExecStart"][0])
+        # the socket's path comes from the config file (unix_path), never a
+        # flag that would silently override an edit to it
+        self.assertNotIn("--unix", keys["ExecStart"][0])
+        with open(EXAMPLE_CONFIG) as f:
+            self.assertTrue(json.load(f)["unix_path"].startswith("/run/%s/" % keys["RuntimeDirectory"][0]))
         self.assertIn("HUP", keys["ExecReload"][0])
 
     def test_systemd_analyze_verify(self):
@@ -882,7 +886,7 @@ class InstallTest(unittest.TestCase):
         prefix_sbin = os.path.dirname(reboundd)[len(dest):]
         with open(unit) as f:
             text = f.read()
-        self.assertIn("ExecStart=%s/reboundd -c %s " % (prefix_sbin, config[len(dest):]), text)
+        self.assertIn("ExecStart=%s/reboundd -c %s\n" % (prefix_sbin, config[len(dest):]), text)
         self.assertIn("Type=notify", text)
         # the installed binary accepts the installed config (its relative
         # policy path finds the installed policy)
