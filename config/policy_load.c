@@ -917,7 +917,30 @@ static int parse_texts(struct loader *L, json_t *rule, struct policy_text **out,
     return 0;
 }
 
-static const char *const rule_keys[] = {"name", "class", "code", "enhanced", "text", NULL};
+static const char *const rule_keys[] = {"name", "class", "code", "enhanced", "text", "guard", "reason", NULL};
+
+/* "reason": what a suppression decided by this rule is called. */
+static int parse_reason(struct loader *L, json_t *rule, struct policy_rule *r)
+{
+    json_t *v = json_object_get(rule, "reason");
+    int rc = 0;
+
+    if (v == NULL)
+        return 0;
+    path_push(L, "reason");
+    if (want_type(L, v, JSON_STRING, "a string") < 0) {
+        rc = -1;
+    } else if (strcmp(json_string_value(v), "hard_invalid") == 0) {
+        r->reason = RULE_REASON_UNKNOWN;
+    } else if (strcmp(json_string_value(v), "disabled") == 0) {
+        r->reason = RULE_REASON_DISABLED;
+    } else {
+        fail(L, false, "unknown reason \"%s\" (use hard_invalid or disabled)", json_string_value(v));
+        rc = -1;
+    }
+    path_pop(L);
+    return rc;
+}
 
 /* Parses rules[idx] and appends it to p, once per disjoint code range: a
  * rule "code": [421, 450, 451] becomes two policy rules (421 and 450-451)
@@ -972,8 +995,16 @@ static int parse_rule(struct loader *L, size_t idx, json_t *v, struct policy *p,
         fail(L, false, "a rule needs at least one of \"code\", \"enhanced\", \"text\" (it would match every reply)");
         return -1;
     }
-    if (parse_enhanced(L, v, &base) < 0)
+    if (parse_enhanced(L, v, &base) < 0 || get_bool(L, v, "guard", &base.guard) < 0 || parse_reason(L, v, &base) < 0)
         return -1;
+    /* A guard is tried against replies that already matched something;
+     * without words of its own it would only restate a code. */
+    if (base.guard && json_object_get(v, "text") == NULL) {
+        path_push(L, "guard");
+        fail(L, false, "a guard rule needs \"text\"");
+        path_pop(L);
+        return -1;
+    }
     nranges = parse_codes(L, v, &ranges);
     if (nranges < 0)
         return -1;

@@ -191,7 +191,7 @@ void decide_bounce(const struct policy *p, const struct classification *c, const
 
     switch (out->action) {
     case ACTION_SUPPRESS:
-        out->reason = REASON_HARD_INVALID;
+        out->reason = classify_reason(p, c) == RULE_REASON_DISABLED ? REASON_DISABLED : REASON_HARD_INVALID;
         return;
     case ACTION_GIVE_UP:
         out->reason = REASON_PERMANENT;
@@ -283,6 +283,8 @@ const char *reason_name(enum reason r)
         return "max_age";
     case REASON_CHRONIC_SOFT:
         return "chronic_soft";
+    case REASON_DISABLED:
+        return "disabled";
     }
     return "unknown";
 }

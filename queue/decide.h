@@ -22,6 +22,7 @@ enum reason {
     REASON_MAX_ATTEMPTS,   /* give_up: the class's or policy's attempt limit */
     REASON_MAX_AGE,        /* give_up: the next retry would fall past max age */
     REASON_CHRONIC_SOFT,   /* suppress: the recipient keeps soft-bouncing */
+    REASON_DISABLED,       /* suppress: the address exists, its account is disabled or closed */
 };
 
 struct decision {

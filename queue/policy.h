@@ -23,6 +23,14 @@ enum action {
     ACTION_SUPPRESS = 2,
 };
 
+/* Why a rule's reply suppresses the address, when it does: the address
+ * does not exist, or it exists but its account is disabled, inactive,
+ * suspended or closed (a platform may treat the two differently). */
+enum rule_reason {
+    RULE_REASON_UNKNOWN = 0,  /* "hard_invalid" */
+    RULE_REASON_DISABLED = 1, /* "disabled" */
+};
+
 /* The delay before one retry: drawn uniformly from [lo_ms, hi_ms]; a fixed
  * delay has lo_ms == hi_ms and gets the class's jitter_pct instead. */
 struct policy_step {
@@ -57,7 +65,12 @@ struct policy_text {
 
 /* A rule matches when every condition it sets holds. Rules with text
  * patterns are tried first, in file order, then rules keyed on an enhanced
- * code, then rules keyed on the basic code only (SPEC section 3). */
+ * code, then rules keyed on the basic code only (SPEC section 3).
+ *
+ * A guard rule takes no part in that: it is tried only when the result
+ * would suppress the address, and when it matches its class replaces the
+ * result. Guards are how "a reply about the sender never suppresses the
+ * recipient" holds whatever code or recipient wording the reply carries. */
 struct policy_rule {
     char *name;
     int class_idx;
@@ -67,6 +80,8 @@ struct policy_rule {
     size_t enhanced_len;     /* length of the fixed part when enhanced_prefix */
     struct policy_text *texts; /* any one of them must match; none = no text condition */
     size_t ntexts;
+    bool guard;              /* only consulted against a suppression (see above) */
+    enum rule_reason reason; /* the suppression's reason when this rule decides one */
 };
 
 struct policy {

@@ -287,7 +287,7 @@ static void test_error_unknown_key(void **state)
     expect_error("{'classes': {" OTHERS "},\n"
                  " 'rules': [{'class': 'temp_other', 'code': 421},\n"
                  "           {'clas': 'temp_other', 'code': 421}]}",
-                 "policy.json:3:13: rules[1].clas: unknown key \"clas\" (expected name, class, code, enhanced, text)");
+                 "policy.json:3:13: rules[1].clas: unknown key \"clas\" (expected name, class, code, enhanced, text, guard, reason)");
     expect_error("{'classes': {'x': {'action': {'4xx': 'retry', '5xxx': 'retry'}, 'delays': ['1m']}, " OTHERS "}}",
                  "policy.json:1:47: classes.x.action.5xxx: unknown key \"5xxx\" (expected 4xx, 5xx)");
     expect_error("{'fallback': {'4xx': 'temp_other', 'xxx': 'a'}, 'classes': {" OTHERS "}}",
@@ -452,6 +452,22 @@ static void test_error_rules(void **state)
         assert_string_equal(p->rules[0].enhanced, good_enhanced[i]);
         assert_int_equal(p->rules[0].enhanced_len, strcspn(good_enhanced[i], "*"));
         assert_int_equal(p->rules[0].enhanced_prefix, strchr(good_enhanced[i], '*') != NULL);
+        policy_free(p);
+    }
+    /* Guards and reasons. */
+    expect_error("{'classes': {" OTHERS "},\n 'rules': [{'class': 'temp_other', 'code': 550, 'guard': true}]}",
+                 "policy.json:2:58: rules[0].guard: a guard rule needs \"text\"");
+    expect_error("{'classes': {" OTHERS "},\n 'rules': [{'class': 'temp_other', 'text': 'x', 'guard': 1}]}",
+                 "policy.json:2:58: rules[0].guard: expected true or false, got an integer");
+    expect_error("{'classes': {" OTHERS "},\n 'rules': [{'class': 'temp_other', 'text': 'x', 'reason': 'gone'}]}",
+                 "policy.json:2:59: rules[0].reason: unknown reason \"gone\" (use hard_invalid or disabled)");
+    {
+        struct policy *p = load_ok("{'classes': {" OTHERS "}, 'rules': [{'class': 'temp_other', 'text': 'x', 'guard': true,"
+                                   " 'reason': 'disabled'}, {'class': 'temp_other', 'text': 'y', 'reason': 'hard_invalid'}]}");
+        assert_true(p->rules[0].guard);
+        assert_int_equal(p->rules[0].reason, RULE_REASON_DISABLED);
+        assert_false(p->rules[1].guard);
+        assert_int_equal(p->rules[1].reason, RULE_REASON_UNKNOWN);
         policy_free(p);
     }
     /* Names. */
