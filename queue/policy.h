@@ -38,6 +38,20 @@ struct policy_step {
     int64_t hi_ms;
 };
 
+/* Learned timing for a class (queue/learn.h, decide_bounce_learned): when
+ * the receiving domain has shown, with at least min_evidence deliveries,
+ * at what age after the first deferral it accepts, the next retry is
+ * scheduled at that age plus the margin and an upward jitter, inside the
+ * class's bounds; otherwise at the table's time. */
+struct policy_learn {
+    bool enabled;
+    int min_evidence;  /* deliveries since the domain last contradicted it; 1..1000 */
+    int margin_pct;    /* added to the learned age: a percentage of it, */
+    int64_t margin_ms; /* or a fixed duration (one of the two is 0) */
+    int jitter_pct;    /* 0..100: upward spread, a percentage of age + margin */
+    int64_t forget_ms; /* evidence unchanged for longer is not used; 0: kept */
+};
+
 struct policy_class {
     char name[POLICY_NAME_MAX];
     enum action action_4xx; /* for replies with a 4xx basic code */
@@ -53,6 +67,7 @@ struct policy_class {
     int64_t max_age_ms;     /* 0: the policy's */
     bool counts_streak;     /* a give_up in this class counts toward the recipient's soft streak */
     bool throttles;         /* a reply in this class counts toward throttling its receiving domain */
+    struct policy_learn learn;
 };
 
 /* Case-insensitive text matcher: a plain substring, or a POSIX extended

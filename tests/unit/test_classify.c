@@ -672,6 +672,12 @@ static void test_fast_policy(void **state)
         assert_int_equal(f->nsteps, s->nsteps);
         for (int k = 0; k < s->nsteps; k++)
             step_equal(&f->steps[k], &s->steps[k], s->name, k);
+        assert_int_equal(f->learn.enabled, s->learn.enabled);
+        assert_int_equal(f->learn.min_evidence, s->learn.min_evidence);
+        assert_int_equal(f->learn.margin_pct, s->learn.margin_pct);
+        assert_int_equal(f->learn.margin_ms * 60000, s->learn.margin_ms);
+        assert_int_equal(f->learn.jitter_pct, s->learn.jitter_pct);
+        assert_int_equal(f->learn.forget_ms * 60000, s->learn.forget_ms);
     }
     /* the same rules, so the same classification */
     assert_int_equal(fast->nrules, slow->nrules);
@@ -686,6 +692,9 @@ static void test_fast_policy(void **state)
         for (size_t t = 0; t < s->ntexts; t++)
             assert_string_equal(f->texts[t].pattern, s->texts[t].pattern);
     }
+    /* learned timing is on for greylisting at least, in both */
+    int g = policy_class_find(slow, "greylist");
+    assert_true(g >= 0 && slow->classes[g].learn.enabled && fast->classes[g].learn.enabled);
     policy_free(fast);
     policy_free(slow);
 }
