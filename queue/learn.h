@@ -5,9 +5,9 @@
  *
  * Pure: no I/O, no clock (every time is an argument), no allocation. The
  * state of one domain is a fixed-size struct (sizeof(struct learn_domain)
- * == LEARN_DOMAIN_BYTES, 288 bytes on LP64), kept by the caller (say in
+ * == LEARN_DOMAIN_BYTES, 256 bytes on LP64), kept by the caller (say in
  * its per-domain record) and stored in Redis as the compact text that
- * learn_encode writes (at most LEARN_ENCODED_MAX bytes, typically 60-120
+ * learn_encode writes (at most LEARN_ENCODED_MAX bytes, typically 50-110
  * per class seen), one hash field per domain.
  *
  * How the caller feeds it (ages are ms since the message's first deferral,
