@@ -8,9 +8,11 @@
  *
  * The order of the checks is the order an operator reasons in: what does
  * this class do with this code (suppress, give up, retry); if retry, is the
- * message out of attempts; if not, when is the next one (the class's step
- * for this attempt, jittered, or the wait the server named, kept within
- * the class's range, and never before the sender's not_before); and would
+ * message out of attempts; if not, when is the next one (the wait the
+ * server named, or else the receiving domain's learned acceptance time
+ * when the caller passed its state and the class learns, or else the
+ * class's step for this attempt, jittered; the first two kept within the
+ * class's range, and never before the sender's not_before); and would
  * that time fall past the message's max age, counted from its first bounce.
  * A retry that would fall past the max age is given up now rather than
  * scheduled to be given up later: the sender learns the outcome sooner and
