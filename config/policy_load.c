@@ -487,10 +487,84 @@ static int parse_jitter(struct loader *L, json_t *cls, struct policy_class *c)
     return rc;
 }
 
+/* A whole percentage "N%" (0..100) at the current path; what names the
+ * setting in the message. Returns 0, or -1 after fail(). */
+static int percent_value(struct loader *L, const json_t *v, const char *what, int *out)
+{
+    const char *s = json_is_string(v) ? json_string_value(v) : NULL;
+    char *end;
+    long pct;
+
+    if (s == NULL) {
+        fail(L, false, "expected a percentage such as \"10%%\", got %s", type_name(v));
+        return -1;
+    }
+    errno = 0;
+    pct = strtol(s, &end, 10);
+    if (s[0] < '0' || s[0] > '9' || end[0] != '%' || end[1] != '\0' || errno != 0 || pct > 100) {
+        fail(L, false, "bad %s \"%s\" (use a whole percentage 0%%..100%%)", what, s);
+        return -1;
+    }
+    *out = (int)pct;
+    return 0;
+}
+
+static const char *const learn_keys[] = {"enabled", "min_evidence", "margin", "jitter", "forget_after", NULL};
+
+/* "learn": {"enabled", "min_evidence", "margin", "jitter", "forget_after"}
+ * (docs/policy.md). An object present means enabled unless it says
+ * otherwise; the defaults are what the shipped greylist class uses. */
+static int parse_learn(struct loader *L, json_t *cls, struct policy_class *c)
+{
+    json_t *v = json_object_get(cls, "learn"), *m;
+    struct policy_learn *lc = &c->learn;
+    int rc = -1;
+
+    if (v == NULL)
+        return 0;
+    path_push(L, "learn");
+    if (want_type(L, v, JSON_OBJECT, "an object") < 0 || check_keys(L, v, learn_keys) < 0 || check_comment(L, v) < 0)
+        goto out;
+    lc->enabled = true;
+    lc->min_evidence = 3;
+    lc->margin_pct = 10;
+    lc->jitter_pct = 10;
+    lc->forget_ms = 7LL * 86400 * 1000;
+    if (get_bool(L, v, "enabled", &lc->enabled) < 0 ||
+        get_int(L, v, "min_evidence", 1, 1000, &lc->min_evidence) < 0 ||
+        get_duration(L, v, "forget_after", 0, &lc->forget_ms) < 0)
+        goto out;
+    if ((m = json_object_get(v, "margin")) != NULL) {
+        path_push(L, "margin");
+        int bad;
+        if (json_is_string(m) && strchr(json_string_value(m), '%') != NULL) {
+            bad = percent_value(L, m, "margin", &lc->margin_pct);
+            lc->margin_ms = 0;
+        } else {
+            bad = duration_value(L, m, false, &lc->margin_ms);
+            lc->margin_pct = 0;
+        }
+        path_pop(L);
+        if (bad < 0)
+            goto out;
+    }
+    if ((m = json_object_get(v, "jitter")) != NULL) {
+        path_push(L, "jitter");
+        int bad = percent_value(L, m, "jitter", &lc->jitter_pct);
+        path_pop(L);
+        if (bad < 0)
+            goto out;
+    }
+    rc = 0;
+out:
+    path_pop(L);
+    return rc;
+}
+
 static const char *const class_keys[] = {"action", "alert", "delays", "jitter", "max_attempts", "max_age",
-                                         "counts_streak", NULL};
+                                         "counts_streak", "learn", NULL};
 /* Settings that only mean something for a class that retries. */
-static const char *const retry_only_keys[] = {"delays", "jitter", "max_attempts", "max_age", NULL};
+static const char *const retry_only_keys[] = {"delays", "jitter", "max_attempts", "max_age", "learn", NULL};
 
 static int parse_class(struct loader *L, const char *name, json_t *v, struct policy_class *c)
 {
@@ -523,7 +597,7 @@ static int parse_class(struct loader *L, const char *name, json_t *v, struct pol
     }
     if (parse_delays(L, v, c) < 0 || parse_jitter(L, v, c) < 0 ||
         get_int(L, v, "max_attempts", 1, POLICY_LOAD_MAX_ATTEMPTS, &c->max_attempts) < 0 ||
-        get_duration(L, v, "max_age", 1, &c->max_age_ms) < 0)
+        get_duration(L, v, "max_age", 1, &c->max_age_ms) < 0 || parse_learn(L, v, c) < 0)
         return -1;
     return 0;
 }
@@ -917,7 +991,30 @@ static int parse_texts(struct loader *L, json_t *rule, struct policy_text **out,
     return 0;
 }
 
-static const char *const rule_keys[] = {"name", "class", "code", "enhanced", "text", NULL};
+static const char *const rule_keys[] = {"name", "class", "code", "enhanced", "text", "guard", "reason", NULL};
+
+/* "reason": what a suppression decided by this rule is called. */
+static int parse_reason(struct loader *L, json_t *rule, struct policy_rule *r)
+{
+    json_t *v = json_object_get(rule, "reason");
+    int rc = 0;
+
+    if (v == NULL)
+        return 0;
+    path_push(L, "reason");
+    if (want_type(L, v, JSON_STRING, "a string") < 0) {
+        rc = -1;
+    } else if (strcmp(json_string_value(v), "hard_invalid") == 0) {
+        r->reason = RULE_REASON_UNKNOWN;
+    } else if (strcmp(json_string_value(v), "disabled") == 0) {
+        r->reason = RULE_REASON_DISABLED;
+    } else {
+        fail(L, false, "unknown reason \"%s\" (use hard_invalid or disabled)", json_string_value(v));
+        rc = -1;
+    }
+    path_pop(L);
+    return rc;
+}
 
 /* Parses rules[idx] and appends it to p, once per disjoint code range: a
  * rule "code": [421, 450, 451] becomes two policy rules (421 and 450-451)
@@ -972,8 +1069,16 @@ static int parse_rule(struct loader *L, size_t idx, json_t *v, struct policy *p,
         fail(L, false, "a rule needs at least one of \"code\", \"enhanced\", \"text\" (it would match every reply)");
         return -1;
     }
-    if (parse_enhanced(L, v, &base) < 0)
+    if (parse_enhanced(L, v, &base) < 0 || get_bool(L, v, "guard", &base.guard) < 0 || parse_reason(L, v, &base) < 0)
         return -1;
+    /* A guard is tried against replies that already matched something;
+     * without words of its own it would only restate a code. */
+    if (base.guard && json_object_get(v, "text") == NULL) {
+        path_push(L, "guard");
+        fail(L, false, "a guard rule needs \"text\"");
+        path_pop(L);
+        return -1;
+    }
     nranges = parse_codes(L, v, &ranges);
     if (nranges < 0)
         return -1;

@@ -331,7 +331,9 @@ static void read_reply(int code, const char *enhanced, const char *text, struct 
         if (lead_enh[0] == '\0')
             find_enhanced(text + start, n - start, lead_enh);
     }
-    if (r->code == 0)
+    /* A report that starts with the server's greeting ("220-mx ... 421
+     * 4.2.1 ...") carries no failure code of its own there. */
+    if (r->code == 0 && lead_code >= 400)
         r->code = lead_code;
     if (r->enh[0] == '\0')
         memcpy(r->enh, lead_enh, sizeof(lead_enh));
@@ -483,10 +485,21 @@ static int64_t stated_wait(const char *s, size_t n)
 
 /* ---- matching ---- */
 
-static bool code_holds(const struct policy_rule *r, int code)
+/* Without a basic code, an enhanced code's class digit says which
+ * hundred the reply is in ("5.1.1" alone is a 5xx reply), so a rule for
+ * "5xx" still applies to it: otherwise a report that lost its basic code
+ * would slip past every rule that names one, sender-side rules included,
+ * and fall to the bare enhanced code. */
+static bool code_holds(const struct policy_rule *r, const struct reply *rp)
 {
+    int code = rp->code;
+
     if (r->code_lo == 0 && r->code_hi == 0)
         return true;
+    if (code == 0 && (rp->enh[0] == '4' || rp->enh[0] == '5')) {
+        int lo = (rp->enh[0] - '0') * 100;
+        return r->code_lo <= lo + 99 && r->code_hi >= lo;
+    }
     return code >= r->code_lo && code <= r->code_hi;
 }
 
@@ -598,17 +611,17 @@ static int match_rules(const struct policy *p, const struct reply *rp)
     /* Tier 1: text rules, first match in file order. */
     for (size_t i = 0; i < p->nrules; i++) {
         const struct policy_rule *r = &p->rules[i];
-        if (r->ntexts == 0)
+        if (r->ntexts == 0 || r->guard)
             continue;
-        if (code_holds(r, rp->code) && enhanced_holds(r, rp->enh) && text_holds(r, rp))
+        if (code_holds(r, rp) && enhanced_holds(r, rp->enh) && text_holds(r, rp))
             return (int)i;
     }
     /* Tier 2: enhanced-code rules, most specific first. */
     for (size_t i = 0; i < p->nrules; i++) {
         const struct policy_rule *r = &p->rules[i];
-        if (r->ntexts != 0 || r->enhanced[0] == '\0')
+        if (r->ntexts != 0 || r->guard || r->enhanced[0] == '\0')
             continue;
-        if (!code_holds(r, rp->code) || !enhanced_holds(r, rp->enh))
+        if (!code_holds(r, rp) || !enhanced_holds(r, rp->enh))
             continue;
         if (best < 0) {
             best = (int)i;
@@ -624,14 +637,28 @@ static int match_rules(const struct policy *p, const struct reply *rp)
     /* Tier 3: basic-code rules, narrowest range first. */
     for (size_t i = 0; i < p->nrules; i++) {
         const struct policy_rule *r = &p->rules[i];
-        if (r->ntexts != 0 || r->enhanced[0] != '\0' || (r->code_lo == 0 && r->code_hi == 0))
+        if (r->ntexts != 0 || r->guard || r->enhanced[0] != '\0' || (r->code_lo == 0 && r->code_hi == 0))
             continue;
-        if (!code_holds(r, rp->code))
+        if (!code_holds(r, rp))
             continue;
         if (best < 0 || code_width(r) < code_width(&p->rules[best]))
             best = (int)i;
     }
     return best;
+}
+
+/* The first guard rule (file order) that holds for the reply, or -1: a
+ * suppression is only let through when none does. */
+static int match_guards(const struct policy *p, const struct reply *rp)
+{
+    for (size_t i = 0; i < p->nrules; i++) {
+        const struct policy_rule *r = &p->rules[i];
+        if (!r->guard || r->class_idx < 0 || r->class_idx >= p->nclasses)
+            continue;
+        if (code_holds(r, rp) && enhanced_holds(r, rp->enh) && text_holds(r, rp))
+            return (int)i;
+    }
+    return -1;
 }
 
 /* Classifies one reply (see classify.h). p is only read; out is filled
@@ -651,12 +678,30 @@ void classify_reply(const struct policy *p, int code, const char *enhanced, cons
     if (rule >= 0 && p->rules[rule].class_idx >= 0 && p->rules[rule].class_idx < p->nclasses) {
         out->rule_idx = rule;
         out->class_idx = p->rules[rule].class_idx;
-        return;
+    } else {
+        out->rule_idx = -1;
+        /* Without a basic code, the enhanced code's class digit decides. */
+        bool temp = (rp.code >= 400 && rp.code <= 499) || (rp.code == 0 && rp.enh[0] == '4');
+        out->class_idx = temp ? p->temp_other : p->hard_other;
     }
-    out->rule_idx = -1;
-    /* Without a basic code, the enhanced code's class digit decides. */
-    bool temp = (rp.code >= 400 && rp.code <= 499) || (rp.code == 0 && rp.enh[0] == '4');
-    out->class_idx = temp ? p->temp_other : p->hard_other;
+    /* Whatever decided it (words, an enhanced code, a basic code), a
+     * suppression is the one outcome that cannot be taken back: the guards
+     * get the last word on it. */
+    if (classify_action(p, out->class_idx, out->code) == ACTION_SUPPRESS) {
+        int g = match_guards(p, &rp);
+        if (g >= 0) {
+            out->rule_idx = g;
+            out->class_idx = p->rules[g].class_idx;
+        }
+    }
+}
+
+/* The suppression's reason for this classification (see classify.h). */
+enum rule_reason classify_reason(const struct policy *p, const struct classification *c)
+{
+    if (!p || c->rule_idx < 0 || (size_t)c->rule_idx >= p->nrules)
+        return RULE_REASON_UNKNOWN;
+    return p->rules[c->rule_idx].reason;
 }
 
 /* The class's action for a reply with this basic code: the 4xx column for

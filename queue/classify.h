@@ -21,7 +21,9 @@ struct classification {
 /* Classifies one reply. enhanced and text may be NULL. code is the basic
  * code (200..599), or 0 when unknown (then it is taken from the text when
  * the text starts with one). Never fails: without any match the result is
- * the policy's temp_other (4xx) or hard_other (otherwise). */
+ * the policy's temp_other (4xx) or hard_other (otherwise). A result that
+ * would suppress the address is then checked against the policy's guard
+ * rules, and the first that matches decides instead (rule_idx names it). */
 void classify_reply(const struct policy *p, int code, const char *enhanced, const char *text,
                     struct classification *out);
 
@@ -63,6 +65,11 @@ struct classify_cache {
  * once its memory is reused). */
 void classify_cached(struct classify_cache *cache, const struct policy *p, uint64_t generation, int code,
                      const char *enhanced, const char *text, struct classification *out);
+
+/* Why a classification that suppresses does so: the reason of the rule
+ * that decided it (RULE_REASON_UNKNOWN, "does not exist", when no rule or
+ * a rule without one decided). */
+enum rule_reason classify_reason(const struct policy *p, const struct classification *c);
 
 /* Returns the action the class takes for this basic code. */
 enum action classify_action(const struct policy *p, int class_idx, int code);

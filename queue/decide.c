@@ -8,9 +8,11 @@
  *
  * The order of the checks is the order an operator reasons in: what does
  * this class do with this code (suppress, give up, retry); if retry, is the
- * message out of attempts; if not, when is the next one (the class's step
- * for this attempt, jittered, or the wait the server named, kept within
- * the class's range, and never before the sender's not_before); and would
+ * message out of attempts; if not, when is the next one (the wait the
+ * server named, or else the receiving domain's learned acceptance time
+ * when the caller passed its state and the class learns, or else the
+ * class's step for this attempt, jittered; the first two kept within the
+ * class's range, and never before the sender's not_before); and would
  * that time fall past the message's max age, counted from its first bounce.
  * A retry that would fall past the max age is given up now rather than
  * scheduled to be given up later: the sender learns the outcome sooner and
@@ -156,11 +158,56 @@ static void class_bounds(const struct policy_class *cl, int64_t *blo, int64_t *b
         *bhi = *blo;
 }
 
+/* The learned delay for retry from now, or -1 when the table decides
+ * (see decide_bounce_learned in decide.h). Draws from *rng only when it
+ * returns a delay and the class has a jitter. */
+static int64_t learned_delay(const struct policy *p, const struct policy_class *cl, const struct learn_domain *ld,
+                             int64_t first, int64_t now_ms, uint64_t *rng, int64_t *accept_out)
+{
+    const struct policy_learn *lc = &cl->learn;
+    int64_t accept, blo, bhi, target, delay;
+
+    /* The bracket is halved down to the margin: closer than that, a retry
+     * at the lowest accepted age plus the margin is as good as any. */
+    int tol = lc->margin_pct > 0 ? lc->margin_pct : 10;
+    if (!ld || !lc->enabled ||
+        !learn_estimate(ld, learn_class_key(cl->name), lc->min_evidence, tol, lc->forget_ms, now_ms, &accept))
+        return -1;
+    int64_t base = sat_add(accept, lc->margin_pct > 0 ? scale_pct(accept, lc->margin_pct) : lc->margin_ms);
+    int64_t last = sat_add(first, effective_max_age(p, cl));
+
+    target = sat_add(first, base);
+    /* A retry at the learned time already went and was deferred again:
+     * the learned time says nothing more about this message. */
+    if (target <= now_ms)
+        return -1;
+    class_bounds(cl, &blo, &bhi);
+    /* Past the max age (or pushed there by the class's minimum), it is the
+     * table's call, which may be to give up. Checked before the jitter is
+     * drawn, so that a fallback leaves *rng as the table expects it. */
+    if (target > last || sat_add(now_ms, blo) > last)
+        return -1;
+    if (lc->jitter_pct > 0) {
+        int64_t spread = scale_pct(base, lc->jitter_pct > 100 ? 100 : lc->jitter_pct);
+        target = min64(sat_add(target, rng_between(rng, 0, spread)), last);
+    }
+    delay = min64(max64(target - now_ms, blo), bhi);
+    *accept_out = accept;
+    return delay;
+}
+
 /* Fills out with what to do about this bounce (see decide.h). p and c
  * are read only; *rng is advanced once when a step's delay is drawn, and not
  * at all otherwise. A NULL prior is a message never seen. */
 void decide_bounce(const struct policy *p, const struct classification *c, const struct prior *prior,
                    int64_t now_ms, int64_t not_before_ms, uint64_t *rng, struct decision *out)
+{
+    decide_bounce_learned(p, c, prior, NULL, now_ms, not_before_ms, rng, out);
+}
+
+void decide_bounce_learned(const struct policy *p, const struct classification *c, const struct prior *prior,
+                           const struct learn_domain *learned, int64_t now_ms, int64_t not_before_ms,
+                           uint64_t *rng, struct decision *out)
 {
     static const struct prior fresh = {0, 0};
     const struct policy_class *cl = class_of(p, c->class_idx);
@@ -179,6 +226,8 @@ void decide_bounce(const struct policy *p, const struct classification *c, const
     out->first_ms = first;
     out->reason = REASON_NONE;
     out->alert = false;
+    out->learned = false;
+    out->learned_ms = 0;
 
     if (!cl) {
         /* classify_reply never yields this; give up rather than guess. */
@@ -191,7 +240,7 @@ void decide_bounce(const struct policy *p, const struct classification *c, const
 
     switch (out->action) {
     case ACTION_SUPPRESS:
-        out->reason = REASON_HARD_INVALID;
+        out->reason = classify_reason(p, c) == RULE_REASON_DISABLED ? REASON_DISABLED : REASON_HARD_INVALID;
         return;
     case ACTION_GIVE_UP:
         out->reason = REASON_PERMANENT;
@@ -211,10 +260,14 @@ void decide_bounce(const struct policy *p, const struct classification *c, const
         return;
     }
 
+    int64_t accept = 0;
     if (c->stated_wait_ms > 0) {
         int64_t blo, bhi;
         class_bounds(cl, &blo, &bhi);
         delay = min64(max64(c->stated_wait_ms, blo), bhi);
+    } else if ((delay = learned_delay(p, cl, learned, first, now_ms, rng, &accept)) >= 0) {
+        out->learned = true;
+        out->learned_ms = accept;
     } else {
         int64_t wlo, whi;
         step_window(cl, n, &wlo, &whi);
@@ -229,11 +282,14 @@ void decide_bounce(const struct policy *p, const struct classification *c, const
     if (retry_at > sat_add(first, effective_max_age(p, cl))) {
         out->action = ACTION_GIVE_UP;
         out->reason = REASON_MAX_AGE;
+        out->learned = false; /* only a sender's not_before gets here from a learned time */
         return;
     }
     out->action = ACTION_RETRY;
     out->attempt = n;
     out->retry_at = retry_at;
+    if (out->learned && not_before_ms > sat_add(now_ms, delay))
+        out->learned = false; /* the sender's time decided, not the learned one */
 }
 
 /* Writes the windows of the retries a first bounce with this code would
@@ -283,6 +339,8 @@ const char *reason_name(enum reason r)
         return "max_age";
     case REASON_CHRONIC_SOFT:
         return "chronic_soft";
+    case REASON_DISABLED:
+        return "disabled";
     }
     return "unknown";
 }

@@ -23,11 +23,33 @@ enum action {
     ACTION_SUPPRESS = 2,
 };
 
+/* Why a rule's reply suppresses the address, when it does: the address
+ * does not exist, or it exists but its account is disabled, inactive,
+ * suspended or closed (a platform may treat the two differently). */
+enum rule_reason {
+    RULE_REASON_UNKNOWN = 0,  /* "hard_invalid" */
+    RULE_REASON_DISABLED = 1, /* "disabled" */
+};
+
 /* The delay before one retry: drawn uniformly from [lo_ms, hi_ms]; a fixed
  * delay has lo_ms == hi_ms and gets the class's jitter_pct instead. */
 struct policy_step {
     int64_t lo_ms;
     int64_t hi_ms;
+};
+
+/* Learned timing for a class (queue/learn.h, decide_bounce_learned): when
+ * the receiving domain has shown, with at least min_evidence deliveries,
+ * at what age after the first deferral it accepts, the next retry is
+ * scheduled at that age plus the margin and an upward jitter, inside the
+ * class's bounds; otherwise at the table's time. */
+struct policy_learn {
+    bool enabled;
+    int min_evidence;  /* deliveries since the domain last contradicted it; 1..1000 */
+    int margin_pct;    /* added to the learned age: a percentage of it, */
+    int64_t margin_ms; /* or a fixed duration (one of the two is 0) */
+    int jitter_pct;    /* 0..100: upward spread, a percentage of age + margin */
+    int64_t forget_ms; /* evidence unchanged for longer is not used; 0: kept */
 };
 
 struct policy_class {
@@ -45,6 +67,7 @@ struct policy_class {
     int64_t max_age_ms;     /* 0: the policy's */
     bool counts_streak;     /* a give_up in this class counts toward the recipient's soft streak */
     bool throttles;         /* a reply in this class counts toward throttling its receiving domain */
+    struct policy_learn learn;
 };
 
 /* Case-insensitive text matcher: a plain substring, or a POSIX extended
@@ -57,7 +80,12 @@ struct policy_text {
 
 /* A rule matches when every condition it sets holds. Rules with text
  * patterns are tried first, in file order, then rules keyed on an enhanced
- * code, then rules keyed on the basic code only (SPEC section 3). */
+ * code, then rules keyed on the basic code only (SPEC section 3).
+ *
+ * A guard rule takes no part in that: it is tried only when the result
+ * would suppress the address, and when it matches its class replaces the
+ * result. Guards are how "a reply about the sender never suppresses the
+ * recipient" holds whatever code or recipient wording the reply carries. */
 struct policy_rule {
     char *name;
     int class_idx;
@@ -67,6 +95,8 @@ struct policy_rule {
     size_t enhanced_len;     /* length of the fixed part when enhanced_prefix */
     struct policy_text *texts; /* any one of them must match; none = no text condition */
     size_t ntexts;
+    bool guard;              /* only consulted against a suppression (see above) */
+    enum rule_reason reason; /* the suppression's reason when this rule decides one */
 };
 
 struct policy {

@@ -2,7 +2,9 @@
 """Writes tests/fast-policy.json: the shipped config/policy.json with every
 duration divided by 60,000 (one minute becomes one millisecond, 72 h becomes
 4320 ms), for tests that must watch whole schedules run. Classes, actions,
-limits that are counts, and the rules are kept as they are.
+limits that are counts, percentages, and the rules are kept as they are
+(a class's learn.forget_after, and learn.margin when it is a duration,
+are divided like the delays).
 
 Two kinds of value are not schedule lengths and stay as they are: the
 windows in which a receiving domain's replies are counted
@@ -88,6 +90,14 @@ def convert(policy):
             cls["delays"] = [[fast(d) for d in step] if isinstance(step, list) else fast(step) for step in cls["delays"]]
         if isinstance(cls.get("jitter"), list):
             cls["jitter"] = [fast(d) for d in cls["jitter"]]
+        learn = cls.get("learn")
+        if isinstance(learn, dict):
+            # How long evidence stays good is a schedule length; a margin
+            # is one unless it is a percentage of the learned time.
+            if "forget_after" in learn:
+                learn["forget_after"] = fast(learn["forget_after"])
+            if isinstance(learn.get("margin"), str) and not learn["margin"].endswith("%"):
+                learn["margin"] = fast(learn["margin"])
     return out
 
 

@@ -77,7 +77,7 @@ class ProtocolTest(DaemonTestCase):
 
     def test_congestion(self):
         for kind in (dict(code=452, enhanced="4.4.5"),
-                     dict(code=452, enhanced="4.4.5", text="452 4.4.5 Too many connections")):
+                     dict(code=452, enhanced="4.4.5", text="452 4.4.5 Server busy, try again later")):
             _, r, t0, t1 = self.bounce_ok(kind)
             self.assertEqual((r["class"], r["action"]), ("congestion", "retry"), kind)
             self.assertRetryWindow(r, t0, t1, 15 * MIN, 60 * MIN)

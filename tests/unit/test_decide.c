@@ -350,6 +350,27 @@ static void test_actions_and_alerts(void **state)
     assert_int_equal(d.reason, REASON_HARD_INVALID);
     assert_false(d.alert);
 
+    /* the deciding rule names why: an account that exists but is disabled */
+    struct policy_rule rules[2];
+    memset(rules, 0, sizeof(rules));
+    rules[0].class_idx = h;
+    rules[1].class_idx = h;
+    rules[1].reason = RULE_REASON_DISABLED;
+    p->rules = rules;
+    p->nrules = 2;
+    for (int k = 0; k < 2; k++) {
+        c = cls(h, 550, 0);
+        c.rule_idx = k;
+        decide_bounce(p, &c, &pr, T0, 0, &rng, &d);
+        assert_int_equal(d.action, ACTION_SUPPRESS);
+        assert_int_equal(d.reason, k ? REASON_DISABLED : REASON_HARD_INVALID);
+    }
+    c.rule_idx = 7; /* out of range: the plain reason */
+    decide_bounce(p, &c, &pr, T0, 0, &rng, &d);
+    assert_int_equal(d.reason, REASON_HARD_INVALID);
+    p->rules = NULL;
+    p->nrules = 0;
+
     /* 0 (unknown), 399, 500 and 600 are not 4xx: the 5xx column */
     const int not4xx[] = {0, 399, 500, 600};
     for (size_t i = 0; i < sizeof(not4xx) / sizeof(not4xx[0]); i++) {
@@ -418,6 +439,7 @@ static void test_names_and_policy(void **state)
     assert_string_equal(reason_name(REASON_MAX_ATTEMPTS), "max_attempts");
     assert_string_equal(reason_name(REASON_MAX_AGE), "max_age");
     assert_string_equal(reason_name(REASON_CHRONIC_SOFT), "chronic_soft");
+    assert_string_equal(reason_name(REASON_DISABLED), "disabled");
     assert_string_equal(action_name(ACTION_RETRY), "retry");
     assert_string_equal(action_name(ACTION_GIVE_UP), "give_up");
     assert_string_equal(action_name(ACTION_SUPPRESS), "suppress");

@@ -287,7 +287,7 @@ static void test_error_unknown_key(void **state)
     expect_error("{'classes': {" OTHERS "},\n"
                  " 'rules': [{'class': 'temp_other', 'code': 421},\n"
                  "           {'clas': 'temp_other', 'code': 421}]}",
-                 "policy.json:3:13: rules[1].clas: unknown key \"clas\" (expected name, class, code, enhanced, text)");
+                 "policy.json:3:13: rules[1].clas: unknown key \"clas\" (expected name, class, code, enhanced, text, guard, reason)");
     expect_error("{'classes': {'x': {'action': {'4xx': 'retry', '5xxx': 'retry'}, 'delays': ['1m']}, " OTHERS "}}",
                  "policy.json:1:47: classes.x.action.5xxx: unknown key \"5xxx\" (expected 4xx, 5xx)");
     expect_error("{'fallback': {'4xx': 'temp_other', 'xxx': 'a'}, 'classes': {" OTHERS "}}",
@@ -380,6 +380,49 @@ static void test_error_class(void **state)
                  "policy.json:1:73: classes.h.max_attempts: 101 is out of range (1..100)");
 }
 
+/* A class's "learn" object: defaults, both margin forms, strict errors. */
+static void test_learn(void **state)
+{
+    (void)state;
+    struct policy *p = load_ok("{'classes': {'g': {'action': 'retry', 'delays': ['5m'], 'learn': {}}, " OTHERS "}}");
+    const struct policy_learn *l = &p->classes[0].learn;
+    assert_true(l->enabled);
+    assert_int_equal(l->min_evidence, 3);
+    assert_int_equal(l->margin_pct, 10);
+    assert_int_equal(l->margin_ms, 0);
+    assert_int_equal(l->jitter_pct, 10);
+    assert_int_equal(l->forget_ms, 7LL * 86400 * 1000);
+    assert_false(p->classes[1].learn.enabled); /* no object: off */
+    policy_free(p);
+    p = load_ok("{'classes': {'g': {'action': 'retry', 'delays': ['5m'], 'learn': {'enabled': false, 'min_evidence': 10,"
+                " 'margin': '90s', 'jitter': '0%', 'forget_after': '0', 'comment': 'x'}}, " OTHERS "}}");
+    l = &p->classes[0].learn;
+    assert_false(l->enabled);
+    assert_int_equal(l->min_evidence, 10);
+    assert_int_equal(l->margin_pct, 0);
+    assert_int_equal(l->margin_ms, 90000);
+    assert_int_equal(l->jitter_pct, 0);
+    assert_int_equal(l->forget_ms, 0);
+    policy_free(p);
+
+    expect_error("{'classes': {'h': {'action': 'give_up', 'learn': {}}, " OTHERS "}}",
+                 "policy.json:1:41: classes.h.learn: only allowed in a class whose action is retry");
+    expect_error("{'classes': {'g': {'action': 'retry', 'delays': ['5m'], 'learn': {'min_evidance': 3}}, " OTHERS "}}",
+                 "policy.json:1:67: classes.g.learn.min_evidance: unknown key \"min_evidance\"");
+    expect_error("{'classes': {'g': {'action': 'retry', 'delays': ['5m'], 'learn': {'min_evidence': 0}}, " OTHERS "}}",
+                 "policy.json:1:83: classes.g.learn.min_evidence: 0 is out of range (1..1000)");
+    expect_error("{'classes': {'g': {'action': 'retry', 'delays': ['5m'], 'learn': {'margin': '110%'}}, " OTHERS "}}",
+                 "policy.json:1:77: classes.g.learn.margin: bad margin \"110%\" (use a whole percentage 0%..100%)");
+    expect_error("{'classes': {'g': {'action': 'retry', 'delays': ['5m'], 'learn': {'margin': 'soon'}}, " OTHERS "}}",
+                 "policy.json:1:77: classes.g.learn.margin: bad duration \"soon\"");
+    expect_error("{'classes': {'g': {'action': 'retry', 'delays': ['5m'], 'learn': {'jitter': ['1s', '2s']}}, " OTHERS "}}",
+                 "policy.json:1:77: classes.g.learn.jitter: expected a percentage such as \"10%\", got an array");
+    expect_error("{'classes': {'g': {'action': 'retry', 'delays': ['5m'], 'learn': {'enabled': 'yes'}}, " OTHERS "}}",
+                 "policy.json:1:78: classes.g.learn.enabled: expected true or false");
+    expect_error("{'classes': {'g': {'action': 'retry', 'delays': ['5m'], 'learn': true}, " OTHERS "}}",
+                 "policy.json:1:66: classes.g.learn: expected an object");
+}
+
 static void test_error_fallback(void **state)
 {
     (void)state;
@@ -452,6 +495,22 @@ static void test_error_rules(void **state)
         assert_string_equal(p->rules[0].enhanced, good_enhanced[i]);
         assert_int_equal(p->rules[0].enhanced_len, strcspn(good_enhanced[i], "*"));
         assert_int_equal(p->rules[0].enhanced_prefix, strchr(good_enhanced[i], '*') != NULL);
+        policy_free(p);
+    }
+    /* Guards and reasons. */
+    expect_error("{'classes': {" OTHERS "},\n 'rules': [{'class': 'temp_other', 'code': 550, 'guard': true}]}",
+                 "policy.json:2:58: rules[0].guard: a guard rule needs \"text\"");
+    expect_error("{'classes': {" OTHERS "},\n 'rules': [{'class': 'temp_other', 'text': 'x', 'guard': 1}]}",
+                 "policy.json:2:58: rules[0].guard: expected true or false, got an integer");
+    expect_error("{'classes': {" OTHERS "},\n 'rules': [{'class': 'temp_other', 'text': 'x', 'reason': 'gone'}]}",
+                 "policy.json:2:59: rules[0].reason: unknown reason \"gone\" (use hard_invalid or disabled)");
+    {
+        struct policy *p = load_ok("{'classes': {" OTHERS "}, 'rules': [{'class': 'temp_other', 'text': 'x', 'guard': true,"
+                                   " 'reason': 'disabled'}, {'class': 'temp_other', 'text': 'y', 'reason': 'hard_invalid'}]}");
+        assert_true(p->rules[0].guard);
+        assert_int_equal(p->rules[0].reason, RULE_REASON_DISABLED);
+        assert_false(p->rules[1].guard);
+        assert_int_equal(p->rules[1].reason, RULE_REASON_UNKNOWN);
         policy_free(p);
     }
     /* Names. */
@@ -670,7 +729,7 @@ int main(void)
         cmocka_unit_test(test_error_class),        cmocka_unit_test(test_error_fallback),
         cmocka_unit_test(test_error_rules),        cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_short_err_buffer),   cmocka_unit_test(test_json_pos),
-        cmocka_unit_test(test_explain),
+        cmocka_unit_test(test_explain),            cmocka_unit_test(test_learn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
