@@ -285,10 +285,6 @@ class Client:
                 retry: List[int] = []
                 try:
                     while todo or inflight:
-                        while todo and len(inflight) < self.window:
-                            i = todo.popleft()
-                            conn.out += lines[i]  # type: ignore[arg-type]
-                            inflight.append(i)
                         for obj in conn.take():
                             if not is_reply(obj):
                                 self._on_event(obj)
@@ -305,7 +301,11 @@ class Client:
                                 results[i] = obj if code is None else ReboundError.from_reply(obj)
                                 if not retry:
                                     failing.ok()
-                        if not (todo or inflight):
+                        while todo and len(inflight) < self.window:
+                            i = todo.popleft()
+                            conn.out += lines[i]  # type: ignore[arg-type]
+                            inflight.append(i)
+                        if not inflight:
                             break
                         if not conn.pump(self.timeout):
                             raise _Dropped("disconnected", "no reply from reboundd in %.1fs" % self.timeout)
