@@ -262,7 +262,7 @@ class AsyncClient:
             transport = proto.transport
             assert transport is not None
             while not proto.lost.done() and not self._closed:
-                while self._unsent and len(self._inflight) < self.window:
+                while self._unsent and len(self._inflight) < self.window and not transport.is_closing():
                     req = self._unsent.popleft()
                     if req.future.done():
                         continue  # the caller gave up on it

@@ -126,12 +126,17 @@ class _Failing:
         return (self.since is not None and self.deadline is not None
                 and time.monotonic() - self.since >= self.deadline)
 
-    def wait(self) -> None:
-        """Sleeps the next back-off step, never past the deadline."""
+    def wait(self, until: Optional[float] = None) -> None:
+        """Sleeps the next back-off step, never past the deadline nor past
+        ``until`` (a time.monotonic() value)."""
         d = self.backoff.next()
+        now = time.monotonic()
         if self.deadline is not None and self.since is not None:
-            d = min(d, max(0.0, self.since + self.deadline - time.monotonic()))
-        time.sleep(d)
+            d = min(d, self.since + self.deadline - now)
+        if until is not None:
+            d = min(d, until - now)
+        if d > 0:
+            time.sleep(d)
 
 
 class Client:
@@ -494,7 +499,11 @@ class Consumer:
                 if failing.since is not None:
                     if failing.expired():
                         raise failing.error
-                    failing.wait()
+                    if time.monotonic() >= end:
+                        return
+                    failing.wait(end)
+                    if time.monotonic() >= end:
+                        return
                 try:
                     conn = c._connection()
                 except _Dropped as e:
