@@ -266,6 +266,10 @@ class AsyncClient:
                     req = self._unsent.popleft()
                     if req.future.done():
                         continue  # the caller gave up on it
+                    if not self._inflight:
+                        # the silence that counts starts with the first
+                        # request waiting, not with the last idle moment
+                        proto.last_data = time.monotonic()
                     self._inflight.append(req)
                     transport.write(req.line)
                 if self._inflight and time.monotonic() - proto.last_data > self.timeout:
@@ -483,7 +487,7 @@ class AsyncConsumer:
             return None
         if isinstance(item, ReboundError):
             raise item
-        return item
+        return item  # None: closed meanwhile
 
     async def _ack_later(self) -> None:
         await asyncio.sleep(self.ack_interval)
@@ -528,3 +532,5 @@ class AsyncConsumer:
             except (ReboundError, asyncio.TimeoutError):
                 pass
         await self._client.close()
+        if self._queue is not None:
+            self._queue.put_nowait(None)  # type: ignore[arg-type]  # wakes a waiting next_event

@@ -4,8 +4,6 @@ from the source tree."""
 
 import os
 import sys
-import threading
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIR = os.environ.get("REBOUND_SOURCE_DIR") or os.path.normpath(os.path.join(HERE, "..", "..", ".."))
@@ -17,20 +15,13 @@ from harness import FAST_POLICY, GREYLIST, DaemonTestCase, unique_id, wait_until
 
 import rebound_client  # noqa: E402,F401
 
+__all__ = ["harness", "rebound_client", "FAST_POLICY", "GREYLIST", "DaemonTestCase", "SOURCE_DIR",
+           "unique_id", "wait_until", "tcp", "log"]
+
 
 def tcp(daemon):
     """The daemon's TCP address as the client takes it."""
     return "127.0.0.1:%d" % daemon.port
-
-
-def later(delay, fn, *args):
-    """Runs fn(*args) in a thread after delay seconds; join() the result."""
-    def run():
-        time.sleep(delay)
-        fn(*args)
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
 
 
 def log(msg):

@@ -298,6 +298,25 @@ class AsyncClientTest(DaemonTestCase):
 
         self.run_async(main())
 
+    def test_an_idle_connection_is_kept(self):
+        # the silence time-out counts from the first request waiting, not
+        # from the last reply: an idle spell longer than it costs nothing
+        redis, d, _ = self.start_all()
+
+        async def main():
+            async with AsyncClient(tcp(d), timeout=0.3) as c:
+                await c.ping()
+                await asyncio.sleep(0.8)
+                self.assertEqual(await c.ping(), {"ok": True})
+                return c.connects
+
+        self.assertEqual(self.run_async(main()), 1)
+        with Client(tcp(d), timeout=0.3) as c:
+            c.ping()
+            time.sleep(0.8)
+            self.assertEqual(c.ping(), {"ok": True})
+            self.assertEqual(c.connects, 1)
+
     def test_resend_across_a_daemon_restart_and_deadline(self):
         redis, d, _ = self.start_all()
         out = {}

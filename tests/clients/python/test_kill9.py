@@ -18,7 +18,7 @@ import threading
 import time
 import unittest
 
-from pyclient_base import FAST_POLICY, DaemonTestCase, harness, log, tcp, wait_until  # noqa: F401
+from pyclient_base import FAST_POLICY, DaemonTestCase, log, tcp, wait_until
 from rebound_client import AsyncClient, AsyncConsumer, Client, Consumer, ReboundError
 
 N = 10000
