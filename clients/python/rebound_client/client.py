@@ -475,7 +475,10 @@ class Consumer:
         reconnects) as needed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._closed:
-            if self._acks and time.monotonic() >= self._ack_since + self.ack_interval:
+            if (self._acks and time.monotonic() >= self._ack_since + self.ack_interval
+                    and self._client._conn is not None):
+                # while disconnected, _read below reconnects within the
+                # time-out first; flush() would wait for the connection
                 self.flush()
             if self._events:
                 return self._events.popleft()
