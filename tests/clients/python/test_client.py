@@ -146,6 +146,32 @@ class ClientTest(DaemonTestCase):
             self.assertEqual(cm.exception.code, "auth_required")
         self.assertLess(time.monotonic() - t0, 2, "a wrong token is not worth retrying")
 
+    def test_busy_then_back_pressure(self):
+        # max_connections 2, both held: the client is told busy and closed
+        # on, and tries again; once in, its 2000 pipelined reports meet a
+        # daemon that reads 4 requests ahead at most (max_inflight)
+        fd, config = tempfile.mkstemp(suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"max_connections": 2, "max_inflight": 4}, f)
+        self.addCleanup(os.unlink, config)
+        redis = self.start_redis()
+        d = self.start_daemon(redis, extra_args=["-c", config])
+        holders = [self.connect(d), self.connect(d)]
+        for h in holders:
+            self.assertPing(h)
+        c = Client(tcp(d), retry_deadline=20)
+        self.addCleanup(c.close)
+        reps = [dict(id=unique_id("bp"), rcpt="u%d@d%d.example.com" % (i, i % 50), **GREY) for i in range(2000)]
+        t, box = in_thread(c.bounce_many, reps)
+        time.sleep(0.5)
+        self.assertTrue(t.is_alive(), "got in past max_connections: %r" % (box,))
+        self.assertGreaterEqual(c.connects, 2, "busy was not retried")
+        holders[1].close()
+        t.join(30)
+        self.assertNotIn("error", box)
+        self.assertEqual([r["id"] for r in box["result"]], [r["id"] for r in reps])
+        self.assertTrue(all(r["action"] == "retry" for r in box["result"]))
+
     def test_resend_across_a_daemon_restart(self):
         redis, d, _ = self.start_all()
         c = Client(tcp(d), retry_deadline=20)
