@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from ._protocol import (Address, Backoff, Event, ReboundError, Reply, bounce_request, decode, encode,
                         error_code, is_reply, parse_address, report_request, request)
@@ -57,25 +57,23 @@ class _Conn:
         except OSError:
             pass
 
-    def take(self) -> Iterator[Dict[str, Any]]:
-        """The complete lines received so far, decoded."""
+    def take(self) -> List[Dict[str, Any]]:
+        """The complete lines received so far, decoded, in order; they
+        leave the buffer (a partial line stays)."""
         buf = self.inbuf
-        start = 0
-        try:
-            while True:
-                end = buf.find(b"\n", start)
-                if end < 0:
-                    break
-                line = bytes(buf[start:end])
-                start = end + 1
-                if line.strip():
-                    try:
-                        obj = decode(line)
-                    except ReboundError as e:
-                        raise _Dropped(e.code, e.message) from None
-                    yield obj
-        finally:
-            del buf[:start]
+        end = buf.rfind(b"\n")
+        if end < 0:
+            return []
+        lines = bytes(buf[:end]).split(b"\n")
+        del buf[:end + 1]
+        out = []
+        for line in lines:
+            if line.strip():
+                try:
+                    out.append(decode(line))
+                except ReboundError as e:
+                    raise _Dropped(e.code, e.message) from None
+        return out
 
     def pump(self, timeout: float) -> bool:
         """Writes what it can of the output and reads what has arrived,
@@ -199,11 +197,17 @@ class Client:
         """Sends one line on a new connection and waits for its reply."""
         conn.out += line
         deadline = time.monotonic() + self.timeout
+        reply: Optional[Reply] = None
         while True:
             for obj in conn.take():
-                if is_reply(obj):
-                    return obj
-                self._on_event(obj)
+                if not is_reply(obj):
+                    self._on_event(obj)  # events may follow the reply at once
+                elif reply is None:
+                    reply = obj
+                else:
+                    raise _Dropped("protocol", "unexpected reply %r" % (obj,), obj)
+            if reply is not None:
+                return reply
             left = deadline - time.monotonic()
             if left <= 0:
                 raise _Dropped("disconnected", "no reply to the handshake in %.1fs" % self.timeout)
