@@ -12,7 +12,7 @@ import threading
 import time
 import unittest
 
-from pyclient_base import DaemonTestCase, log, tcp, unique_id  # noqa: F401
+from pyclient_base import DaemonTestCase, log, tcp, unique_id, wait_until
 from rebound_client import MAX_LINE, AsyncClient, AsyncConsumer, Client, Consumer, ReboundError, parse_address
 
 GREY = dict(code=451, enhanced="4.7.1", text="451 4.7.1 Greylisted, please try again later")
@@ -190,6 +190,22 @@ class ClientTest(DaemonTestCase):
         self.assertEqual(box["result"][1], {"ok": True})
         self.assertGreaterEqual(c.connects, 2)
         self.assertEqual(c.get(mid)["attempt"], first["attempt"])
+
+    def test_resend_across_a_graceful_restart(self):
+        # SIGTERM: the daemon stops reading, answers what it has written and
+        # half-closes; the client reads to the end and resends the rest
+        redis, d, _ = self.start_all()
+        c = Client(tcp(d), retry_deadline=20)
+        self.addCleanup(c.close)
+        reps = [dict(id=unique_id("gr"), rcpt="u%d@d%d.example.com" % (i, i % 500), **GREY) for i in range(5000)]
+        t, box = in_thread(c.bounce_many, reps)
+        wait_until(lambda: redis.cmd("HLEN", "rebound:msg") >= 1000, 20, interval=0.002)
+        d.term()
+        d.start()
+        t.join(30)
+        self.assertNotIn("error", box)
+        self.assertEqual([r["id"] for r in box["result"]], [r["id"] for r in reps])
+        self.assertGreaterEqual(c.connects, 2, "the batch ended before the restart")
 
     def test_unavailable_is_resent_until_redis_is_back(self):
         redis, d, hc = self.start_all()
