@@ -1,0 +1,536 @@
+"""The asyncio client and consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+from ._protocol import (Address, Backoff, Event, ReboundError, Reply, bounce_request, decode, encode,
+                        error_code, is_reply, parse_address, report_request, request)
+
+Result = Union[Reply, ReboundError]
+
+#: see client.ACK_CHUNK
+ACK_CHUNK = 2000
+
+
+class _Req:
+    """One request line and the future its final result goes to."""
+
+    __slots__ = ("line", "future", "since", "backoff", "handshake")
+
+    def __init__(self, line: bytes, future: "asyncio.Future[Any]", backoff: Optional[Backoff],
+                 handshake: bool = False) -> None:
+        self.line = line
+        self.future = future
+        self.since: Optional[float] = None  # first failure, for the retry deadline
+        self.backoff = backoff
+        self.handshake = handshake
+
+
+class _LineProtocol(asyncio.Protocol):
+    def __init__(self, owner: "AsyncClient") -> None:
+        self.owner = owner
+        self.buf = bytearray()
+        self.transport: Optional[asyncio.Transport] = None
+        self.lost: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
+        self.last_data = time.monotonic()
+        self.replies = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.last_data = time.monotonic()
+        self.buf += data
+        start = 0
+        buf = self.buf
+        while True:
+            end = buf.find(b"\n", start)
+            if end < 0:
+                break
+            line = bytes(buf[start:end])
+            start = end + 1
+            if not line.strip():
+                continue
+            try:
+                obj = decode(line)
+            except ReboundError:
+                self.abort()
+                break
+            self.owner._on_line(self, obj)
+        del buf[:start]
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+class AsyncClient:
+    """The asyncio client: the same calls as ``Client``, as coroutines.
+
+    Concurrent calls share one connection and are pipelined (up to
+    ``window`` unanswered), so ``asyncio.gather`` of many ``bounce`` calls,
+    or one ``bounce_many``, goes as fast as the daemon answers. Reconnect,
+    resend and the retry deadline work as in ``Client``; each request has
+    its own deadline, counted from its first failure. Use ``async with``,
+    or ``await client.close()``.
+    """
+
+    def __init__(self, address: Address, token: Optional[str] = None, *, timeout: float = 30.0,
+                 connect_timeout: float = 5.0, retry_deadline: Optional[float] = 60.0,
+                 backoff_first: float = 0.05, backoff_max: float = 2.0, window: int = 1000) -> None:
+        self._kind, self._where = parse_address(address)
+        self.address = address
+        self.token = token
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.retry_deadline = retry_deadline
+        self.backoff_first = backoff_first
+        self.backoff_max = backoff_max
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.window = window
+        #: connections opened so far
+        self.connects = 0
+        self._unsent: Deque[_Req] = deque()
+        self._inflight: Deque[_Req] = deque()
+        self._proto: Optional[_LineProtocol] = None
+        self._wake: Optional[asyncio.Event] = None
+        self._pump_task: Optional["asyncio.Task[None]"] = None
+        self._closed = False
+        # set by AsyncConsumer
+        self._subscribe: Optional[bytes] = None
+        self._on_event: Callable[[Event], None] = lambda ev: None
+        self._on_fatal: Callable[[ReboundError], None] = lambda e: None
+        self._keep_connected = False
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    # -- the engine
+
+    def _start(self) -> None:
+        if self._closed:
+            raise ReboundError("closed", "the client is closed")
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        if self._pump_task is None or self._pump_task.done():
+            self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+        self._wake.set()
+
+    def _new_req(self, line: bytes) -> _Req:
+        fut = asyncio.get_running_loop().create_future()
+        return _Req(line, fut, Backoff(self.backoff_first, self.backoff_max))
+
+    async def _submit(self, line: bytes) -> Result:
+        self._start()
+        req = self._new_req(line)
+        self._unsent.append(req)
+        return await req.future
+
+    @staticmethod
+    def _resolve(req: _Req, result: Result) -> None:
+        if not req.future.done():
+            req.future.set_result(result)
+
+    def _failed(self, req: _Req, error: ReboundError) -> bool:
+        """Notes a failure of req; True (and req resolved) once its retry
+        deadline has passed."""
+        now = time.monotonic()
+        if req.since is None:
+            req.since = now
+        if self.retry_deadline is not None and now - req.since >= self.retry_deadline:
+            self._resolve(req, error)
+            return True
+        return False
+
+    def _requeue(self, req: _Req) -> None:
+        if self._closed:
+            self._resolve(req, ReboundError("closed", "the client is closed"))
+            return
+        if not req.future.done():
+            self._unsent.append(req)
+            if self._wake is not None:
+                self._wake.set()
+
+    def _on_line(self, proto: _LineProtocol, obj: Dict[str, Any]) -> None:
+        if proto is not self._proto:
+            return
+        if not is_reply(obj):
+            self._on_event(obj)
+            return
+        code = error_code(obj)
+        if code == "busy" or not self._inflight:
+            proto.abort()  # busy comes unasked, right before the close
+            return
+        proto.replies += 1
+        req = self._inflight.popleft()
+        if code == "unavailable" and not req.handshake:
+            err = ReboundError.from_reply(obj)
+            if not self._failed(req, err):
+                assert req.backoff is not None
+                asyncio.get_running_loop().call_later(req.backoff.next(), self._requeue, req)
+        else:
+            self._resolve(req, obj)
+        if self._unsent and self._wake is not None:
+            self._wake.set()
+
+    def _expire_unsent(self, error: ReboundError) -> None:
+        keep: Deque[_Req] = deque()
+        for req in self._unsent:
+            if not req.future.done() and not self._failed(req, error):
+                keep.append(req)
+        self._unsent = keep
+
+    async def _open(self) -> _LineProtocol:
+        loop = asyncio.get_running_loop()
+        if self._kind == "unix":
+            transport, proto = await loop.create_unix_connection(lambda: _LineProtocol(self), self._where)
+        else:
+            host, port = self._where
+            transport, proto = await loop.create_connection(lambda: _LineProtocol(self), host, port)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self.connects += 1
+        self._proto = proto
+        try:
+            lines = []
+            if self.token is not None:
+                lines.append(encode(request("auth", token=self.token)))
+            if self._subscribe is not None:
+                lines.append(self._subscribe)
+            for line in lines:
+                req = _Req(line, loop.create_future(), None, handshake=True)
+                self._inflight.append(req)
+                transport.write(line)
+                await asyncio.wait({req.future, proto.lost}, timeout=self.timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if not req.future.done():
+                    raise ConnectionError("no reply to the handshake")
+                r = req.future.result()
+                code = error_code(r)
+                if code in ("unavailable", "busy"):
+                    raise ConnectionError(ReboundError.from_reply(r).message)
+                if code is not None:
+                    raise ReboundError.from_reply(r)
+        except BaseException:
+            self._proto = None
+            self._inflight.clear()
+            transport.abort()
+            raise
+        return proto
+
+    async def _pump(self) -> None:
+        """Owns the connection: opens it when there is work, writes the
+        queued requests, and on a drop puts the unanswered ones back at the
+        front of the queue and reconnects with back-off."""
+        assert self._wake is not None
+        backoff = Backoff(self.backoff_first, self.backoff_max)
+        tick = min(1.0, self.timeout / 2)
+        while not self._closed:
+            if not self._unsent and not self._keep_connected:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                proto = await asyncio.wait_for(self._open(), self.connect_timeout + self.timeout)
+            except ReboundError as e:
+                # a wrong token or a refused subscribe: resending cannot help
+                for req in self._unsent:
+                    self._resolve(req, e)
+                self._unsent.clear()
+                self._on_fatal(e)
+                if self._keep_connected:
+                    return
+                continue
+            except (OSError, asyncio.TimeoutError) as e:
+                self._expire_unsent(ReboundError("disconnected", "cannot connect to %s: %s" % (self.address, e)))
+                await asyncio.sleep(backoff.next())
+                continue
+            transport = proto.transport
+            assert transport is not None
+            while not proto.lost.done() and not self._closed:
+                while self._unsent and len(self._inflight) < self.window and not transport.is_closing():
+                    req = self._unsent.popleft()
+                    if req.future.done():
+                        continue  # the caller gave up on it
+                    if not self._inflight:
+                        # the silence that counts starts with the first
+                        # request waiting, not with the last idle moment
+                        proto.last_data = time.monotonic()
+                    self._inflight.append(req)
+                    transport.write(req.line)
+                if self._inflight and time.monotonic() - proto.last_data > self.timeout:
+                    proto.abort()
+                    break
+                self._wake.clear()
+                waiter = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait({proto.lost, waiter}, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
+                except asyncio.CancelledError:
+                    proto.abort()
+                    raise
+                finally:
+                    waiter.cancel()
+            proto.abort()
+            self._proto = None
+            err = ReboundError("disconnected", "the connection to %s dropped" % (self.address,))
+            back = list(self._inflight)
+            self._inflight.clear()
+            for req in reversed(back):
+                if not req.future.done() and not self._failed(req, err):
+                    self._unsent.appendleft(req)
+            if proto.replies:
+                backoff.reset()
+            if not self._closed:
+                await asyncio.sleep(backoff.next())
+
+    async def close(self) -> None:
+        """Closes the connection; requests still waiting get
+        ReboundError("closed")."""
+        self._closed = True
+        err = ReboundError("closed", "the client is closed")
+        for req in [*self._inflight, *self._unsent]:
+            self._resolve(req, err)
+        self._inflight.clear()
+        self._unsent.clear()
+        if self._proto is not None:
+            self._proto.abort()
+        if self._pump_task is not None and not self._pump_task.done():
+            self._pump_task.cancel()
+            try:
+                await self._pump_task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _call(self, obj: Mapping[str, Any]) -> Reply:
+        r = await self._submit(encode(obj))
+        if isinstance(r, ReboundError):
+            raise r
+        if r.get("ok") is not True:
+            raise ReboundError.from_reply(r)
+        return r
+
+    @staticmethod
+    def _result(r: Result) -> Result:
+        if isinstance(r, dict) and r.get("ok") is not True:
+            return ReboundError.from_reply(r)
+        return r
+
+    async def _run(self, lines: Sequence[Union[bytes, ReboundError]]) -> List[Result]:
+        self._start()
+        reqs: List[Union[_Req, ReboundError]] = []
+        for line in lines:
+            if isinstance(line, ReboundError):
+                reqs.append(line)
+            else:
+                req = self._new_req(line)
+                self._unsent.append(req)
+                reqs.append(req)
+        out: List[Result] = []
+        for r in reqs:
+            out.append(r if isinstance(r, ReboundError) else self._result(await r.future))
+        return out
+
+    # -- requests
+
+    async def request(self, op: str, **fields: Any) -> Reply:
+        """Any op with these fields (None values left out)."""
+        return await self._call(request(op, **fields))
+
+    async def pipeline(self, requests: Iterable[Mapping[str, Any]]) -> List[Result]:
+        """As ``Client.pipeline``: one reply dict or ReboundError per
+        request, in order."""
+        lines: List[Union[bytes, ReboundError]] = []
+        for obj in requests:
+            try:
+                lines.append(encode(obj))
+            except ReboundError as e:
+                lines.append(e)
+        return await self._run(lines)
+
+    async def bounce_many(self, reports: Iterable[Mapping[str, Any]]) -> List[Result]:
+        """As ``Client.bounce_many``: one reply dict or ReboundError per
+        report, in order, each exactly once."""
+        lines: List[Union[bytes, ReboundError]] = []
+        for rep in reports:
+            try:
+                lines.append(encode(report_request(rep)))
+            except ReboundError as e:
+                lines.append(e)
+            except TypeError as e:
+                lines.append(ReboundError("bad_request", "bad report %r: %s" % (rep, e)))
+        return await self._run(lines)
+
+    async def bounce(self, id: str, rcpt: str, code: int, enhanced: Optional[str] = None,
+                     text: Optional[str] = None, campaign: Optional[str] = None,
+                     meta: Optional[Mapping[str, Any]] = None, not_before: Optional[int] = None) -> Reply:
+        """Reports a failed delivery; returns reboundd's decision."""
+        return await self._call(bounce_request(id, rcpt, code, enhanced, text, campaign, meta, not_before))
+
+    async def delivered(self, id: str, rcpt: Optional[str] = None) -> Reply:
+        """Reports that a retry (or a send) went through."""
+        return await self._call(request("delivered", id=id, rcpt=rcpt))
+
+    async def cancel(self, id: str) -> Reply:
+        """Forgets a message (no event)."""
+        return await self._call(request("cancel", id=id))
+
+    async def get(self, id: Optional[str] = None, rcpt: Optional[str] = None) -> Reply:
+        """What reboundd knows about a message or a recipient; ReboundError
+        ``not_found`` for an unknown message."""
+        return await self._call(request("get", id=id, rcpt=rcpt))
+
+    async def classify(self, code: Optional[int] = None, enhanced: Optional[str] = None,
+                       text: Optional[str] = None) -> Reply:
+        """What the policy would do with a reply, changing nothing."""
+        return await self._call(request("classify", code=code, enhanced=enhanced, text=text))
+
+    async def stats(self) -> Reply:
+        """Queue and daemon state."""
+        return await self._call(request("stats"))
+
+    async def ping(self) -> Reply:
+        """A health check."""
+        return await self._call(request("ping"))
+
+
+class AsyncConsumer:
+    """Receives events for a consumer group in asyncio::
+
+        async with AsyncConsumer("127.0.0.1:7411", "senders", types=["retry"]) as c:
+            async for event in c:
+                await handle(event)
+                await c.ack(event)
+
+    Acks are batched as in ``Consumer`` (``ack_batch`` events, or
+    ``ack_interval`` seconds after the oldest unsent one, and on close).
+    The connection is kept open; after a drop it reconnects with back-off
+    and subscribes again, and the events not acked come again.
+    """
+
+    def __init__(self, address: Address, group: str, types: Optional[Sequence[str]] = None,
+                 token: Optional[str] = None, *, ack_batch: int = 100, ack_interval: float = 1.0,
+                 timeout: float = 30.0, connect_timeout: float = 5.0,
+                 retry_deadline: Optional[float] = None, backoff_first: float = 0.05,
+                 backoff_max: float = 2.0) -> None:
+        self.group = group
+        self.types = list(types) if types is not None else None
+        self.ack_batch = max(1, ack_batch)
+        self.ack_interval = ack_interval
+        self._client = AsyncClient(address, token, timeout=timeout, connect_timeout=connect_timeout,
+                                   retry_deadline=retry_deadline, backoff_first=backoff_first,
+                                   backoff_max=backoff_max)
+        self._client._subscribe = encode(request("subscribe", group=group, types=self.types))
+        self._client._on_event = self._put
+        self._client._on_fatal = self._fatal_error
+        self._client._keep_connected = True
+        self._queue: Optional["asyncio.Queue[Union[Event, ReboundError]]"] = None
+        self._acks: List[str] = []
+        self._ack_task: Optional["asyncio.Task[None]"] = None
+        self._closed = False
+
+    @property
+    def connects(self) -> int:
+        """Connections opened so far."""
+        return self._client.connects
+
+    def _ensure(self) -> "asyncio.Queue[Union[Event, ReboundError]]":
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._client._start()
+        return self._queue
+
+    def _put(self, ev: Event) -> None:
+        self._ensure().put_nowait(ev)
+
+    def _fatal_error(self, e: ReboundError) -> None:
+        self._ensure().put_nowait(e)
+
+    async def __aenter__(self) -> "AsyncConsumer":
+        self._ensure()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def __aiter__(self) -> "AsyncConsumer":
+        return self
+
+    async def __anext__(self) -> Event:
+        ev = await self.next_event()
+        if ev is None:
+            raise StopAsyncIteration
+        return ev
+
+    async def next_event(self, timeout: Optional[float] = None) -> Optional[Event]:
+        """The next event, waiting up to ``timeout`` seconds (None: until one
+        comes); None on time-out or once closed."""
+        if self._closed:
+            return None
+        q = self._ensure()
+        try:
+            item = await asyncio.wait_for(q.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+        if isinstance(item, ReboundError):
+            raise item
+        return item  # None: closed meanwhile
+
+    async def _ack_later(self) -> None:
+        await asyncio.sleep(self.ack_interval)
+        self._ack_task = None
+        try:
+            await self.flush()
+        except ReboundError:
+            pass  # kept in _acks: the next ack or close sends them
+
+    async def ack(self, event: Union[Event, str]) -> None:
+        """Marks an event (the dict or its ``eid``) as handled; sent in a
+        batch. Call it only after acting on the event."""
+        eid = event if isinstance(event, str) else event["eid"]
+        self._acks.append(eid)
+        if len(self._acks) >= self.ack_batch:
+            await self.flush()
+        elif self._ack_task is None:
+            self._ack_task = asyncio.get_running_loop().create_task(self._ack_later())
+
+    async def flush(self) -> None:
+        """Sends the acks gathered so far now."""
+        while self._acks:
+            ids = self._acks[:ACK_CHUNK]
+            del self._acks[:len(ids)]
+            r = await self._client._submit(encode(request("ack", ids=ids)))
+            if isinstance(r, ReboundError):
+                self._acks[:0] = ids
+                raise r
+
+    async def close(self, flush_timeout: float = 5.0) -> None:
+        """Sends the pending acks (for at most ``flush_timeout`` seconds;
+        the events of acks not sent come again) and closes."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._ack_task is not None:
+            self._ack_task.cancel()
+            self._ack_task = None
+        if self._acks and self._queue is not None:
+            try:
+                await asyncio.wait_for(self.flush(), flush_timeout)
+            except (ReboundError, asyncio.TimeoutError):
+                pass
+        await self._client.close()
+        if self._queue is not None:
+            self._queue.put_nowait(None)  # type: ignore[arg-type]  # wakes a waiting next_event

@@ -1,0 +1,576 @@
+"""The blocking client and consumer."""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+from ._protocol import (Address, Backoff, Event, ReboundError, Reply, bounce_request, decode, encode,
+                        error_code, is_reply, parse_address, report_request, request)
+
+#: The most ids one ack line carries: eids are about 20 bytes, so this stays
+#: well under the 64 KiB line limit (the protocol allows 10000 ids).
+ACK_CHUNK = 2000
+
+Result = Union[Reply, ReboundError]
+
+
+class _Dropped(Exception):
+    """The connection is no longer usable; resend on a new one."""
+
+    def __init__(self, code: str, message: str, reply: Optional[Reply] = None) -> None:
+        super().__init__(message)
+        self.error = ReboundError(code, message, reply)
+
+
+class _Conn:
+    """One socket to reboundd, non-blocking, with its line buffers."""
+
+    def __init__(self, address: Address, connect_timeout: float) -> None:
+        kind, where = parse_address(address)
+        if kind == "unix":
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(connect_timeout)
+            try:
+                s.connect(where)
+            except OSError:
+                s.close()
+                raise
+        else:
+            s = socket.create_connection(where, timeout=connect_timeout)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # a consumer may wait hours for an event: let the kernel notice
+            # a peer that vanished without a FIN
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        s.setblocking(False)
+        self.sock = s
+        self.inbuf = bytearray()
+        self.out = bytearray()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def take(self) -> List[Dict[str, Any]]:
+        """The complete lines received so far, decoded, in order; they
+        leave the buffer (a partial line stays)."""
+        buf = self.inbuf
+        end = buf.rfind(b"\n")
+        if end < 0:
+            return []
+        lines = bytes(buf[:end]).split(b"\n")
+        del buf[:end + 1]
+        out = []
+        for line in lines:
+            if line.strip():
+                try:
+                    out.append(decode(line))
+                except ReboundError as e:
+                    raise _Dropped(e.code, e.message) from None
+        return out
+
+    def pump(self, timeout: float) -> bool:
+        """Writes what it can of the output and reads what has arrived,
+        waiting up to timeout seconds for either. False when nothing
+        happened in that time; _Dropped when the peer closed."""
+        r, w, _ = select.select([self.sock], [self.sock] if self.out else [], [], max(0.0, timeout))
+        if w:
+            try:
+                n = self.sock.send(self.out)
+                del self.out[:n]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as e:
+                raise _Dropped("disconnected", "send failed: %s" % e) from None
+        if r:
+            try:
+                data = self.sock.recv(262144)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError as e:
+                raise _Dropped("disconnected", "receive failed: %s" % e) from None
+            if data == b"":
+                raise _Dropped("disconnected", "reboundd closed the connection")
+            if data:
+                self.inbuf += data
+        return bool(r or w)
+
+
+class _Failing:
+    """How long a call has gone without getting through, and its back-off."""
+
+    def __init__(self, deadline: Optional[float], backoff: Backoff) -> None:
+        self.deadline = deadline
+        self.backoff = backoff
+        self.since: Optional[float] = None
+        self.error = ReboundError("disconnected", "not connected")
+
+    def fail(self, error: ReboundError) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+        self.error = error
+
+    def ok(self) -> None:
+        self.since = None
+        self.backoff.reset()
+
+    def expired(self) -> bool:
+        return (self.since is not None and self.deadline is not None
+                and time.monotonic() - self.since >= self.deadline)
+
+    def wait(self, until: Optional[float] = None) -> None:
+        """Sleeps the next back-off step, never past the deadline nor past
+        ``until`` (a time.monotonic() value)."""
+        d = self.backoff.next()
+        now = time.monotonic()
+        if self.deadline is not None and self.since is not None:
+            d = min(d, self.since + self.deadline - now)
+        if until is not None:
+            d = min(d, until - now)
+        if d > 0:
+            time.sleep(d)
+
+
+class Client:
+    """A blocking client on one long-lived connection to reboundd.
+
+    ``address`` is ``"host:port"`` for TCP or a path (anything with a "/")
+    for the Unix socket; ``token`` is sent with ``auth`` on every new
+    connection when given. The connection is opened on the first request.
+
+    Every request that gets no reply because the connection dropped, or
+    gets ``unavailable`` (Redis down, or the daemon still loading), is sent
+    again on a new connection with exponential back-off (``backoff_first``
+    doubling up to ``backoff_max`` seconds). The protocol makes this safe:
+    a repeated ``bounce`` while its retry is pending is answered as the
+    first one, and ``delivered``/``cancel`` are harmless to repeat. After
+    ``retry_deadline`` seconds without getting through (None: forever) the
+    call fails with ``ReboundError`` (code ``disconnected`` or
+    ``unavailable``). ``timeout`` is how long a connection may stay silent
+    while replies are due before it is taken for dead.
+
+    One call runs at a time (a lock serializes threads); for throughput,
+    send many reports in one ``bounce_many`` or ``pipeline`` call.
+    """
+
+    def __init__(self, address: Address, token: Optional[str] = None, *, timeout: float = 30.0,
+                 connect_timeout: float = 5.0, retry_deadline: Optional[float] = 60.0,
+                 backoff_first: float = 0.05, backoff_max: float = 2.0, window: int = 1000) -> None:
+        parse_address(address)  # a malformed address fails here, not at the first call
+        self.address = address
+        self.token = token
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.retry_deadline = retry_deadline
+        self.backoff_first = backoff_first
+        self.backoff_max = backoff_max
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.window = window
+        #: connections opened so far (the first one included)
+        self.connects = 0
+        self._conn: Optional[_Conn] = None
+        self._lock = threading.RLock()
+        self._closed = False
+        # set by Consumer: the subscribe line sent after auth, and where
+        # events go
+        self._subscribe: Optional[bytes] = None
+        self._on_event: Callable[[Event], None] = lambda ev: None
+
+    # -- connection
+
+    def _failing(self) -> _Failing:
+        return _Failing(self.retry_deadline, Backoff(self.backoff_first, self.backoff_max))
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _handshake_call(self, conn: _Conn, line: bytes) -> Reply:
+        """Sends one line on a new connection and waits for its reply."""
+        conn.out += line
+        deadline = time.monotonic() + self.timeout
+        reply: Optional[Reply] = None
+        while True:
+            for obj in conn.take():
+                if not is_reply(obj):
+                    self._on_event(obj)  # events may follow the reply at once
+                elif reply is None:
+                    reply = obj
+                else:
+                    raise _Dropped("protocol", "unexpected reply %r" % (obj,), obj)
+            if reply is not None:
+                return reply
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Dropped("disconnected", "no reply to the handshake in %.1fs" % self.timeout)
+            conn.pump(left)
+
+    def _connection(self) -> _Conn:
+        """The open connection, or a new one (authenticated, subscribed).
+        Raises OSError/_Dropped for what a retry may cure and ReboundError
+        for what it cannot (a wrong token, a refused subscribe)."""
+        if self._closed:
+            raise ReboundError("closed", "the client is closed")
+        if self._conn is not None:
+            return self._conn
+        conn = _Conn(self.address, self.connect_timeout)
+        self.connects += 1
+        try:
+            lines = []
+            if self.token is not None:
+                lines.append(encode(request("auth", token=self.token)))
+            if self._subscribe is not None:
+                lines.append(self._subscribe)
+            for line in lines:
+                r = self._handshake_call(conn, line)
+                code = error_code(r)
+                if code in ("unavailable", "busy"):
+                    raise _Dropped(code, ReboundError.from_reply(r).message, r)
+                if code is not None:
+                    raise ReboundError.from_reply(r)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Closes the connection; later calls raise ReboundError("closed")."""
+        with self._lock:
+            self._closed = True
+            self._drop()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- the engine: send lines, read replies in order, resend what failed
+
+    def _run(self, lines: Sequence[Union[bytes, ReboundError]]) -> List[Result]:
+        """Sends every line (pipelined, at most ``window`` unanswered) and
+        returns each one's final reply in order: the reply dict when ok, a
+        ReboundError otherwise. An item that is already a ReboundError is
+        not sent and comes back as it is."""
+        with self._lock:
+            n = len(lines)
+            results: List[Optional[Result]] = [None] * n
+            todo: Deque[int] = deque()
+            for i, line in enumerate(lines):
+                if isinstance(line, ReboundError):
+                    results[i] = line
+                else:
+                    todo.append(i)
+            failing = self._failing()
+            while todo:
+                if failing.since is not None:
+                    if failing.expired():
+                        for i in todo:
+                            results[i] = failing.error
+                        break
+                    failing.wait()
+                try:
+                    conn = self._connection()
+                except ReboundError as e:
+                    for i in todo:
+                        results[i] = e
+                    break
+                except _Dropped as e:
+                    failing.fail(e.error)
+                    continue
+                except OSError as e:
+                    failing.fail(ReboundError("disconnected", "cannot connect to %s: %s" % (self.address, e)))
+                    continue
+                inflight: Deque[int] = deque()
+                retry: List[int] = []
+                try:
+                    while todo or inflight:
+                        for obj in conn.take():
+                            if not is_reply(obj):
+                                self._on_event(obj)
+                                continue
+                            code = error_code(obj)
+                            if code == "busy" or not inflight:
+                                # busy comes unasked, right before the close
+                                raise _Dropped(code or "protocol", "unexpected reply %r" % (obj,), obj)
+                            i = inflight.popleft()
+                            if code == "unavailable":
+                                retry.append(i)
+                                failing.fail(ReboundError.from_reply(obj))
+                            else:
+                                results[i] = obj if code is None else ReboundError.from_reply(obj)
+                                if not retry:
+                                    failing.ok()
+                        while todo and len(inflight) < self.window:
+                            i = todo.popleft()
+                            conn.out += lines[i]  # type: ignore[arg-type]
+                            inflight.append(i)
+                        if not inflight:
+                            break
+                        if not conn.pump(self.timeout):
+                            raise _Dropped("disconnected", "no reply from reboundd in %.1fs" % self.timeout)
+                except _Dropped as e:
+                    self._drop()
+                    failing.fail(e.error)
+                    todo = deque(sorted([*inflight, *retry, *todo]))
+                    continue
+                if retry:
+                    todo = deque(retry)
+            return results  # type: ignore[return-value]
+
+    def _call(self, obj: Mapping[str, Any]) -> Reply:
+        r = self._run([encode(obj)])[0]
+        if isinstance(r, ReboundError):
+            raise r
+        return r
+
+    # -- requests
+
+    def request(self, op: str, **fields: Any) -> Reply:
+        """Any op with these fields (None values left out); the reply, or
+        ReboundError for an error reply."""
+        return self._call(request(op, **fields))
+
+    def pipeline(self, requests: Iterable[Mapping[str, Any]]) -> List[Result]:
+        """Sends many requests (each a full request object with "op") on
+        the connection without waiting for each reply. Returns one result
+        per request, in order: the reply dict, or a ReboundError for an
+        error reply (an error does not stop the others)."""
+        lines: List[Union[bytes, ReboundError]] = []
+        for obj in requests:
+            try:
+                lines.append(encode(obj))
+            except ReboundError as e:
+                lines.append(e)
+        return self._run(lines)
+
+    def bounce_many(self, reports: Iterable[Mapping[str, Any]]) -> List[Result]:
+        """Reports many failed deliveries at once. Each report is a mapping
+        with bounce()'s parameter names (``id``, ``rcpt``, ``code``, and
+        optionally ``enhanced``, ``text``, ``campaign``, ``meta``,
+        ``not_before``). Returns one result per report, in order: the
+        reply dict, or a ReboundError (for example ``bad_request`` for an
+        invalid report, or ``unavailable`` when the retry deadline ran
+        out). Each report gets exactly one result, whatever reconnects and
+        resends happened underneath."""
+        lines: List[Union[bytes, ReboundError]] = []
+        for rep in reports:
+            try:
+                lines.append(encode(report_request(rep)))
+            except ReboundError as e:
+                lines.append(e)
+            except TypeError as e:
+                lines.append(ReboundError("bad_request", "bad report %r: %s" % (rep, e)))
+        return self._run(lines)
+
+    def bounce(self, id: str, rcpt: str, code: int, enhanced: Optional[str] = None,
+               text: Optional[str] = None, campaign: Optional[str] = None,
+               meta: Optional[Mapping[str, Any]] = None, not_before: Optional[int] = None) -> Reply:
+        """Reports a failed delivery. Returns reboundd's decision, e.g.
+        ``{"ok": True, "id": ..., "class": "greylist", "action": "retry",
+        "attempt": 1, "retry_at": ...}``; ``action`` is ``retry``,
+        ``give_up`` or ``suppress``."""
+        return self._call(bounce_request(id, rcpt, code, enhanced, text, campaign, meta, not_before))
+
+    def delivered(self, id: str, rcpt: Optional[str] = None) -> Reply:
+        """Reports that a retry (or a send) went through: drops the pending
+        retry, resets the recipient's streak and lifts its suppression.
+        Returns ``{"ok": True, "id": ..., "found": ..., "unsuppressed": ...}``."""
+        return self._call(request("delivered", id=id, rcpt=rcpt))
+
+    def cancel(self, id: str) -> Reply:
+        """Forgets a message (no event). Returns ``{"ok": True, "id": ...,
+        "found": ...}``."""
+        return self._call(request("cancel", id=id))
+
+    def get(self, id: Optional[str] = None, rcpt: Optional[str] = None) -> Reply:
+        """What reboundd knows about a message (``id``) or a recipient
+        (``rcpt``). Raises ReboundError with code ``not_found`` for a
+        message it does not know."""
+        return self._call(request("get", id=id, rcpt=rcpt))
+
+    def classify(self, code: Optional[int] = None, enhanced: Optional[str] = None,
+                 text: Optional[str] = None) -> Reply:
+        """What the policy would do with a reply, changing nothing."""
+        return self._call(request("classify", code=code, enhanced=enhanced, text=text))
+
+    def stats(self) -> Reply:
+        """Queue and daemon state."""
+        return self._call(request("stats"))
+
+    def ping(self) -> Reply:
+        """A health check: ``{"ok": True}``."""
+        return self._call(request("ping"))
+
+
+class Consumer:
+    """Receives events for a consumer group, blocking.
+
+    Use it as a context manager and an iterator of event dicts::
+
+        with Consumer("127.0.0.1:7411", "senders", types=["retry"]) as c:
+            for event in c:
+                handle(event)
+                c.ack(event)
+
+    ``ack(event)`` after acting on the event; acks are batched and sent
+    when ``ack_batch`` have gathered, ``ack_interval`` seconds after the
+    oldest unsent one, and on ``close()``. When the connection drops, the
+    consumer reconnects with back-off, subscribes again and goes on;
+    events delivered but not acked come again (delivery is at least once,
+    so handle a repeated event as one). ``retry_deadline`` (None: forever)
+    bounds how long it keeps reconnecting before raising ReboundError.
+    """
+
+    def __init__(self, address: Address, group: str, types: Optional[Sequence[str]] = None,
+                 token: Optional[str] = None, *, ack_batch: int = 100, ack_interval: float = 1.0,
+                 timeout: float = 30.0, connect_timeout: float = 5.0,
+                 retry_deadline: Optional[float] = None, backoff_first: float = 0.05,
+                 backoff_max: float = 2.0) -> None:
+        self.group = group
+        self.types = list(types) if types is not None else None
+        self.ack_batch = max(1, ack_batch)
+        self.ack_interval = ack_interval
+        self._client = Client(address, token, timeout=timeout, connect_timeout=connect_timeout,
+                              retry_deadline=retry_deadline, backoff_first=backoff_first,
+                              backoff_max=backoff_max)
+        self._client._subscribe = encode(request("subscribe", group=group, types=self.types))
+        self._client._on_event = self._events_append
+        self._events: Deque[Event] = deque()
+        self._acks: List[str] = []
+        self._ack_since = 0.0
+        self._closed = False
+
+    def _events_append(self, ev: Event) -> None:
+        self._events.append(ev)
+
+    @property
+    def connects(self) -> int:
+        """Connections opened so far (more than one: it reconnected)."""
+        return self._client.connects
+
+    def __enter__(self) -> "Consumer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __iter__(self) -> "Consumer":
+        return self
+
+    def __next__(self) -> Event:
+        ev = self.next_event()
+        if ev is None:
+            raise StopIteration
+        return ev
+
+    def next_event(self, timeout: Optional[float] = None) -> Optional[Event]:
+        """The next event, waiting up to ``timeout`` seconds (None: until
+        one comes); None on time-out or once closed. Connects (and
+        reconnects) as needed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._closed:
+            if (self._acks and time.monotonic() >= self._ack_since + self.ack_interval
+                    and self._client._conn is not None):
+                # while disconnected, _read below reconnects within the
+                # time-out first; flush() would wait for the connection
+                self.flush()
+            if self._events:
+                return self._events.popleft()
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return None
+            wait = 1.0 if deadline is None else deadline - now
+            if self._acks:
+                wait = min(wait, self._ack_since + self.ack_interval - now)
+            self._read(max(0.0, wait))
+        return None
+
+    def _read(self, wait: float) -> None:
+        """Reads for up to wait seconds (less once an event arrived),
+        reconnecting when the connection is gone."""
+        c = self._client
+        failing = c._failing()
+        end = time.monotonic() + wait
+        with c._lock:
+            while not self._events:
+                if failing.since is not None:
+                    if failing.expired():
+                        raise failing.error
+                    if time.monotonic() >= end:
+                        return
+                    failing.wait(end)
+                    if time.monotonic() >= end:
+                        return
+                try:
+                    conn = c._connection()
+                except _Dropped as e:
+                    failing.fail(e.error)
+                    continue
+                except OSError as e:
+                    failing.fail(ReboundError("disconnected", "cannot connect to %s: %s" % (c.address, e)))
+                    continue
+                failing.ok()
+                try:
+                    for obj in conn.take():
+                        if is_reply(obj):
+                            # nothing is asked outside _run: only busy comes unasked
+                            raise _Dropped(error_code(obj) or "protocol", "unexpected reply %r" % (obj,), obj)
+                        self._events.append(obj)
+                    left = end - time.monotonic()
+                    if self._events or left <= 0:
+                        return
+                    conn.pump(left)
+                except _Dropped as e:
+                    c._drop()
+                    failing.fail(e.error)
+
+    def ack(self, event: Union[Event, str]) -> None:
+        """Marks an event (the dict, or its ``eid``) as handled. Sent in a
+        batch; call it only after acting on the event."""
+        eid = event if isinstance(event, str) else event["eid"]
+        if not self._acks:
+            self._ack_since = time.monotonic()
+        self._acks.append(eid)
+        if len(self._acks) >= self.ack_batch:
+            self.flush()
+
+    def flush(self) -> None:
+        """Sends the acks gathered so far now."""
+        while self._acks:
+            ids = self._acks[:ACK_CHUNK]
+            r = self._client._run([encode(request("ack", ids=ids))])[0]
+            if isinstance(r, ReboundError):
+                raise r
+            del self._acks[:len(ids)]
+
+    def close(self, flush_timeout: float = 5.0) -> None:
+        """Sends the pending acks, trying for at most ``flush_timeout``
+        seconds, and closes the connection. Acks that could not be sent
+        are dropped: their events will be delivered again."""
+        if self._closed:
+            return
+        c = self._client
+        try:
+            if self._acks and not c._closed:
+                saved = c.retry_deadline
+                c.retry_deadline = flush_timeout if saved is None else min(saved, flush_timeout)
+                try:
+                    self.flush()
+                except ReboundError:
+                    pass
+                finally:
+                    c.retry_deadline = saved
+        finally:
+            self._closed = True
+            self._acks = []
+            c.close()
