@@ -102,6 +102,13 @@ class Client extends EventEmitter {
     this._lastError = null;
     this._closing = false;
     this._closeWaiters = [];
+    /**
+     * What the client did so far: `sent` request lines written (resends
+     * included), `resent` of them were resends, `unavailable` answers
+     * parked for a resend, `connects` connections made, `drops` connections
+     * lost with work pending or not.
+     */
+    this.counters = { sent: 0, resent: 0, unavailable: 0, connects: 0, drops: 0 };
   }
 
   // ---------------------------------------------------------------- ops
@@ -253,7 +260,7 @@ class Client extends EventEmitter {
     }
     return new Promise((resolve, reject) => {
       this._queue.push({
-        req, line, resolve, reject, internal: false,
+        req, line, resolve, reject, internal: false, tries: 0,
         deadline: Date.now() + this._opts.resendDeadlineMs,
       });
       this._kick();
@@ -329,6 +336,7 @@ class Client extends EventEmitter {
     sock.on('close', () => this._onSocketGone(sock, null));
     sock.on('end', () => this._onSocketGone(sock, null));
     this._state = 'ready';
+    this.counters.connects++;
     if (this._opts.token !== undefined && this._opts.token !== null) {
       // Ahead of everything queued: replies come in order, so the requests
       // pipelined behind it are read after it.
@@ -349,6 +357,10 @@ class Client extends EventEmitter {
       if (this._inflight.length === 0) this._lastProgress = Date.now();
       this._inflight.push(r);
       chunk += r.line;
+      if (!r.internal) {
+        this.counters.sent++;
+        if (r.tries++ > 0) this.counters.resent++;
+      }
       // Keep single writes moderate so that replies are read in between.
       if (chunk.length >= 262144) {
         if (!this._sock.write(chunk)) {
@@ -434,6 +446,7 @@ class Client extends EventEmitter {
       const err = ReboundError.fromReply(msg);
       if (RESEND_CODES.has(err.code) && Date.now() < head.deadline) {
         this._lastError = err;
+        this.counters.unavailable++;
         this._park(head);
       } else {
         head.reject(err);
@@ -472,6 +485,7 @@ class Client extends EventEmitter {
   _onSocketGone(sock, err) {
     if (this._sock !== sock) return;
     this._sock = null;
+    this.counters.drops++;
     this._state = this._state === 'closed' ? 'closed' : 'idle';
     this._blocked = false;
     if (this._silenceTimer !== null) {

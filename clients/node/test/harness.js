@@ -102,8 +102,11 @@ function stopProcess(proc, signal, timeoutMs = 5000) {
 
 class Redis {
   async start() {
-    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rebound-node-redis-'));
-    this.port = await freePort();
+    // A restart keeps the port and directory, so reboundd finds it again.
+    if (!this.dir) {
+      this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rebound-node-redis-'));
+      this.port = await freePort();
+    }
     this.proc = spawn('redis-server', [
       '--port', String(this.port), '--bind', '127.0.0.1', '--daemonize', 'no',
       '--dir', this.dir, '--save', '', '--appendonly', 'no',
@@ -129,10 +132,28 @@ class Redis {
     return `127.0.0.1:${this.port}`;
   }
 
+  kill9() {
+    return stopProcess(this.proc, 'SIGKILL');
+  }
+
   async stop() {
     await stopProcess(this.proc, 'SIGKILL');
     if (!KEEP_LOGS && this.dir) fs.rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * Writes a copy of the fast test policy with some limits changed (e.g. a
+ * longer max_age) into dir and returns its path.
+ * @param {string} dir
+ * @param {object} limits merged into the policy's "limits"
+ */
+function policyWithLimits(dir, limits) {
+  const policy = JSON.parse(fs.readFileSync(FAST_POLICY, 'utf8'));
+  policy.limits = { ...policy.limits, ...limits };
+  const file = path.join(dir, 'policy.json');
+  fs.writeFileSync(file, JSON.stringify(policy));
+  return file;
 }
 
 class Daemon {
@@ -238,4 +259,4 @@ function uniqueId(prefix = 'm') {
   return `${prefix}-${process.pid}-${Date.now().toString(36)}-${seq}`;
 }
 
-module.exports = { Redis, Daemon, startAll, uniqueId, sleep, waitFor, freePort, SOURCE_DIR, BUILD_DIR, FAST_POLICY };
+module.exports = { Redis, Daemon, startAll, policyWithLimits, uniqueId, sleep, waitFor, freePort, SOURCE_DIR, BUILD_DIR, FAST_POLICY };
