@@ -33,6 +33,10 @@ const DEFAULTS = {
 
 // The protocol's cap on ids in one ack.
 const MAX_ACK_IDS = 10000;
+// reboundd stops delivering to a connection holding 1000 unacked events;
+// acks go out by half that at the latest, so delivery never stalls on the
+// ack delay.
+const MAX_ACK_BATCH = 500;
 
 // Where an eid this consumer knows stands.
 const BUFFERED = 1; // received, not yet handed out
@@ -58,7 +62,8 @@ class Consumer extends EventEmitter {
    *   give a filtering group its own name
    * @param {string} [options.token] the daemon's shared token
    * @param {number} [options.ackBatch=100] send the acks once this many
-   *   are waiting
+   *   are waiting (at most 500: reboundd pauses a connection that holds
+   *   1000 unacked events)
    * @param {number} [options.ackDelayMs=1000] or once the oldest waiting
    *   ack is this old
    * @param {number} [options.timeoutMs=10000] the longest wait to connect
@@ -96,13 +101,16 @@ class Consumer extends EventEmitter {
     this._fatal = null;
     this._closing = null; // the close() promise once closing
     this._closeDone = null;
+    /**
+     * What the consumer did so far: `events` handed out, `redelivered`
+     * events that came again while this consumer still held them (not
+     * handed out twice), `acked` acks the daemon confirmed, `connects`
+     * subscriptions made.
+     */
+    this.counters = { events: 0, redelivered: 0, acked: 0, connects: 0 };
     this._connect();
   }
 
-  /** Events seen so far that were acked and confirmed by the daemon. */
-  get ackedCount() {
-    return this._acked || 0;
-  }
 
   [Symbol.asyncIterator]() {
     return this;
@@ -147,7 +155,7 @@ class Consumer extends EventEmitter {
     if (this._known.get(eid) === ACKED) return;
     this._known.set(eid, ACKED);
     this._ackQueue.push(eid);
-    if (this._ackQueue.length >= this._opts.ackBatch) {
+    if (this._ackQueue.length >= Math.min(this._opts.ackBatch, MAX_ACK_BATCH)) {
       this._flushAcks();
     } else if (this._ackTimer === null) {
       this._ackTimer = setTimeout(() => {
@@ -181,6 +189,7 @@ class Consumer extends EventEmitter {
   // ---------------------------------------------------------- internals
 
   _handOut(ev) {
+    this.counters.events++;
     if (typeof ev.eid === 'string') this._known.set(ev.eid, HELD);
     return ev;
   }
@@ -350,13 +359,14 @@ class Consumer extends EventEmitter {
     if (head.kind === 'subscribe') {
       this._state = 'subscribed';
       this._failures = 0;
+      this.counters.connects++;
       this.emit('connect');
       this._flushAcks();
     } else if (head.kind === 'ack') {
       for (const id of head.ids) {
         if (this._known.get(id) === ACKED) this._known.delete(id);
       }
-      this._acked = (this._acked || 0) + head.ids.length;
+      this.counters.acked += head.ids.length;
       this._maybeFinishClose();
     }
   }
@@ -369,6 +379,7 @@ class Consumer extends EventEmitter {
       if (st !== undefined) {
         // Redelivered after a reconnect: already buffered, in the caller's
         // hands, or acked with the ack still to be confirmed.
+        this.counters.redelivered++;
         if (st === ACKED && !this._ackQueue.includes(eid) && !this._ackInFlight(eid)) this._ackQueue.push(eid);
         return;
       }
