@@ -231,25 +231,26 @@ class Daemon {
 }
 
 /**
- * Starts redis-server and reboundd for one test file; `t.after` stops
- * both (the caller passes node:test's `after`).
- * @returns {Promise<{redis: Redis, daemon: Daemon}>}
+ * Starts redis-server and reboundd. `after` (node:test's, called where the
+ * cleanup belongs) gets the function that stops both; it is also returned
+ * as `stop`.
+ * @returns {Promise<{redis: Redis, daemon: Daemon, stop: () => Promise<void>}>}
  */
 async function startAll(after, opts = {}) {
   const redis = await new Redis().start();
   const daemon = new Daemon(redis, opts);
-  after(async () => {
+  const stop = async () => {
     await daemon.stop();
     await redis.stop();
-  });
+  };
+  if (after) after(stop);
   try {
     await daemon.start();
   } catch (e) {
-    await daemon.stop();
-    await redis.stop();
+    await stop();
     throw e;
   }
-  return { redis, daemon };
+  return { redis, daemon, stop };
 }
 
 let seq = 0;
