@@ -205,7 +205,11 @@ class Consumer extends EventEmitter {
   }
 
   _finishClose() {
-    if (this._state === 'closed') return;
+    if (this._state === 'closed') {
+      // Failed before (a refused subscribe): nothing left to do.
+      if (this._closeDone) this._closeDone();
+      return;
+    }
     this._state = 'closed';
     for (const t of ['_ackTimer', '_reconnectTimer', '_silenceTimer', '_pingTimer']) {
       if (this[t] !== null) {
