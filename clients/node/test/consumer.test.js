@@ -149,8 +149,10 @@ test('a daemon killed and started again: the consumer subscribes again, what com
   await daemon.kill9();
   await daemon.start();
   await waitFor(() => cons.counters.connects === 2, 10000, 'the consumer to subscribe again');
-  // The daemon gives the group's unacked events to its next connection.
-  await waitFor(() => cons.counters.redelivered === 20, 10000, 'the redelivery');
+  // The daemon gives the group's unacked events to its next connection: at
+  // least the ten still in hand (the ten acked may be confirmed first, as
+  // the acks waiting in the batch go out right after the new subscribe).
+  await waitFor(() => cons.counters.redelivered >= 10, 10000, 'the redelivery');
   // The acks are sent on the new connection; what came again is not handed
   // out a second time, since this consumer still holds it.
   cons.ack(first.slice(10));
