@@ -315,6 +315,8 @@ class Consumer extends EventEmitter {
   }
 
   _onLine(sock, line) {
+    // Lines left in a chunk after this connection was given up belong to it.
+    if (this._sock !== sock) return;
     let msg;
     try {
       msg = JSON.parse(line);
