@@ -354,7 +354,6 @@ class Consumer extends EventEmitter {
         // The daemon refused the ids (not ours to ack): forget them, the
         // events come again if they were really pending.
         for (const id of head.ids) this._known.delete(id);
-        this.emit('disconnect', err);
         this._maybeFinishClose();
       } else {
         // A refused subscribe or auth will not get better by retrying.

@@ -191,3 +191,28 @@ test('a token is sent before subscribe', async () => {
   await assert.rejects(bad.next(), (e) => e.code === 'auth_required');
   await c2.close();
 });
+
+test('a consumer that subscribed while Redis was down gets the events once it is back', async () => {
+  const redis = await new Redis().start();
+  const daemon = new Daemon(redis);
+  after(async () => {
+    await daemon.stop();
+    await redis.stop();
+  });
+  await daemon.start();
+  await redis.kill9();
+  const cons = new Consumer(daemon.address, 'while-down', { types: ['retry'], backoffMinMs: 20, backoffMaxMs: 100 });
+  after(() => cons.close());
+  await waitFor(() => cons.counters.connects === 1, 5000, 'the subscribe');
+  await redis.start();
+  const c2 = new Client(daemon.address, { backoffMinMs: 20, backoffMaxMs: 100 });
+  after(() => c2.destroy());
+  const id = uniqueId('wd');
+  assert.equal((await c2.bounce(id, 'wd@example.com', 451, { enhanced: '4.7.1', text: 'greylisted' })).action, 'retry');
+  const [ev] = await take(cons, 1, 10000, new Set([id]));
+  assert.equal(ev.id, id);
+  cons.ack(ev);
+  await cons.close();
+  assert.equal(cons.counters.acked, 1);
+  await c2.close();
+});
