@@ -98,6 +98,7 @@ class Consumer extends EventEmitter {
     this._pingTimer = null;
     this._lastRx = 0;
     this._failures = 0;
+    this._ackRetries = 0; // acks answered unavailable in a row
     this._fatal = null;
     this._closing = null; // the close() promise once closing
     this._closeDone = null;
@@ -155,14 +156,19 @@ class Consumer extends EventEmitter {
     if (this._known.get(eid) === ACKED) return;
     this._known.set(eid, ACKED);
     this._ackQueue.push(eid);
-    if (this._ackQueue.length >= Math.min(this._opts.ackBatch, MAX_ACK_BATCH)) {
+    if (this._ackQueue.length >= Math.min(this._opts.ackBatch, MAX_ACK_BATCH) && this._ackRetries === 0) {
       this._flushAcks();
-    } else if (this._ackTimer === null) {
-      this._ackTimer = setTimeout(() => {
-        this._ackTimer = null;
-        this._flushAcks();
-      }, this._opts.ackDelayMs);
+    } else {
+      this._scheduleAcks(this._opts.ackDelayMs);
     }
+  }
+
+  _scheduleAcks(delayMs) {
+    if (this._ackTimer !== null) return;
+    this._ackTimer = setTimeout(() => {
+      this._ackTimer = null;
+      this._flushAcks();
+    }, delayMs);
   }
 
   /**
@@ -346,7 +352,12 @@ class Consumer extends EventEmitter {
     }
     if (msg.ok !== true) {
       const err = ReboundError.fromReply(msg);
-      if (err.code === 'unavailable' || err.code === 'busy' || head.kind === 'ping') {
+      if (head.kind === 'ack' && err.code === 'unavailable') {
+        // Redis is down: the subscription stands, the acks wait and go
+        // again after a back-off.
+        this._ackQueue.unshift(...head.ids);
+        this._scheduleAcks(backoffMs(this._ackRetries++, this._opts.backoffMinMs, this._opts.backoffMaxMs));
+      } else if (err.code === 'unavailable' || err.code === 'busy' || head.kind === 'ping') {
         // Nothing was done: start over on a new connection, later.
         if (head.kind === 'ack') this._ackQueue.unshift(...head.ids);
         this._onSocketGone(sock, err);
@@ -372,6 +383,7 @@ class Consumer extends EventEmitter {
         if (this._known.get(id) === ACKED) this._known.delete(id);
       }
       this.counters.acked += head.ids.length;
+      this._ackRetries = 0;
       this._maybeFinishClose();
     }
   }
@@ -385,7 +397,10 @@ class Consumer extends EventEmitter {
         // Redelivered after a reconnect: already buffered, in the caller's
         // hands, or acked with the ack still to be confirmed.
         this.counters.redelivered++;
-        if (st === ACKED && !this._ackQueue.includes(eid) && !this._ackInFlight(eid)) this._ackQueue.push(eid);
+        if (st === ACKED && !this._ackQueue.includes(eid) && !this._ackInFlight(eid)) {
+          this._ackQueue.push(eid);
+          this._scheduleAcks(this._opts.ackDelayMs);
+        }
         return;
       }
       this._known.set(eid, BUFFERED);

@@ -216,3 +216,32 @@ test('a consumer that subscribed while Redis was down gets the events once it is
   assert.equal(cons.counters.acked, 1);
   await c2.close();
 });
+
+test('an ack answered unavailable (Redis down) is sent again on the same subscription', async () => {
+  const redis = await new Redis().start();
+  const daemon = new Daemon(redis);
+  after(async () => {
+    await daemon.stop();
+    await redis.stop();
+  });
+  await daemon.start();
+  const cons = new Consumer(daemon.address, 'acks', { types: ['retry'], ackDelayMs: 10, backoffMinMs: 20, backoffMaxMs: 100 });
+  after(() => cons.close());
+  const drops = [];
+  cons.on('disconnect', (e) => drops.push(e.code));
+  const c2 = new Client(daemon.address);
+  after(() => c2.destroy());
+  const id = uniqueId('ak');
+  await c2.bounce(id, 'ak@example.com', 451, { enhanced: '4.7.1', text: 'greylisted' });
+  const [ev] = await take(cons, 1, 10000, new Set([id]));
+  await redis.kill9();
+  cons.ack(ev);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(cons.counters.acked, 0, 'not confirmed while Redis is down');
+  await redis.start();
+  await waitFor(() => cons.counters.acked === 1, 10000, 'the ack confirmed');
+  assert.deepEqual(drops, [], 'the subscription stood');
+  assert.equal(cons.counters.connects, 1);
+  await cons.close();
+  await c2.close();
+});
