@@ -476,11 +476,17 @@ void render_reply(json_t *reply)
     json_decref(rest);
     if (r.n == 0 && json_object_size(tables) == 0)
         puts("ok");
-    bool headed = r.n > 0 || json_object_size(tables) > 1;
+    /* A listing's items need no name; other tables are named after the
+     * rows (get's history, domain's alerts). */
+    size_t nrows = r.n;
     rows_print(&r, stdout);
     json_object_foreach(tables, k, v) {
-        if (headed)
+        if (strcmp(k, "items") == 0 && json_object_size(tables) == 1) {
+            if (nrows)
+                putchar('\n');
+        } else if (nrows || json_object_size(tables) > 1) {
             printf("\n%s:\n", k);
+        }
         print_table(stdout, v);
     }
     json_decref(tables);
