@@ -526,10 +526,14 @@ void render_event(json_t *ev)
         char *s;
         if (json_is_string(v) && !strpbrk(json_string_value(v), " \t\"="))
             s = strdup(json_string_value(v));
-        else if (json_is_integer(v) && ends_with(k, "_at")) {
+        else if (json_is_integer(v) && is_time_key(k) && json_integer_value(v) > EPOCH_MS_MIN) {
             char b[32];
             clock_time(json_integer_value(v), b, sizeof b);
             s = strdup(b);
+        } else if (json_is_integer(v) && ends_with(k, "_ms") && json_integer_value(v) >= 0) {
+            char d[48];
+            duration_format(json_integer_value(v), d, sizeof d);
+            s = strdup(d);
         } else
             s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
         printf(" %s=%s", k, s ? s : "?");

@@ -210,6 +210,38 @@ class CtlRenderTest(DaemonTestCase):
         self.assertEqual([r["ENHANCED"] for r in rows], ["4.7.1", "4.2.2"])
         self.assertIsNone(EPOCH_MS.search(out), out)
 
+    def test_tail_event_times_are_humanized(self):
+        import pty
+        import signal
+        redis, d, c = self.start_all(policy=DEFAULT_POLICY)
+        master, slave = pty.openpty()
+        try:
+            p = subprocess.Popen(self.ctl(d, "tail", "--types", "domain_throttled"), stdout=slave,
+                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=ENV)
+        finally:
+            os.close(slave)
+        self.addCleanup(p.kill)
+        self.addCleanup(os.close, master)
+        # Whether tail has subscribed yet or not, its new group starts at
+        # the beginning of the stream.
+        reqs = [bounce(unique_id("rl"), rcpt="u%02d@throttled.example" % i, **RATE_LIMIT) for i in range(60)]
+        for r in c.pipeline(reqs):
+            self.assertOk(r)
+        out = b""
+        deadline = time.monotonic() + 10
+        while b"domain_throttled" not in out and time.monotonic() < deadline:
+            r, _, _ = select.select([master], [], [], 0.1)
+            if r:
+                out += os.read(master, 65536)
+        p.send_signal(signal.SIGINT)
+        self.assertEqual(p.wait(5), 0)
+        p.stderr.close()
+        line = next(l for l in out.decode().splitlines() if "domain_throttled" in l)
+        self.assertRegex(line, r"^\d\d:\d\d:\d\d domain_throttled ")
+        self.assertRegex(line, r" until=\d\d:\d\d:\d\d( |$)")
+        self.assertRegex(line, r" window_ms=1m( |$)")
+        self.assertIsNone(EPOCH_MS.search(line), line)
+
     def test_list_and_groups_replies_as_tables(self):
         # The shapes of the list and groups ops; the stand-in answers them to
         # `get`, since the renderer goes by the reply, whatever the command.
