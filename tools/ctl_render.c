@@ -175,9 +175,13 @@ static char *format_cell(const char *key, json_t *v)
         relative(ms - now_ms(), rel, sizeof rel);
         return xasprintf("%s (%s)", when, rel);
     }
-    if (json_is_object(v) || json_is_array(v))
-        return json_dumps(v, JSON_COMPACT);
-    return format_scalar(key, v);
+    char *s = json_is_object(v) || json_is_array(v) ? json_dumps(v, JSON_COMPACT) : format_scalar(key, v);
+    /* A line break or tab in a value (a server's reply text) would break
+     * the row. */
+    for (char *p = s; p && *p; p++)
+        if (*p == '\n' || *p == '\r' || *p == '\t')
+            *p = ' ';
+    return s;
 }
 
 /* Display width of UTF-8 text: its code points (no wide characters in
