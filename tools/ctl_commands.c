@@ -162,9 +162,29 @@ int cmd_cancel(struct ctl *ctl, int argc, char **argv)
     return id_command(ctl, argc, argv, "cancel", false);
 }
 
+/* get ID, or get --rcpt ADDR for a recipient alone (with both, the daemon
+ * answers about the message). */
 int cmd_get(struct ctl *ctl, int argc, char **argv)
 {
-    return id_command(ctl, argc, argv, "get", false);
+    static const struct option opts[] = {COMMON_OPTIONS, {"rcpt", required_argument, NULL, O_RCPT}, {0, 0, 0, 0}};
+    const char *rcpt = NULL;
+    int rc = parse_options(ctl, argc, argv, opts, rcpt_opt, &rcpt);
+    if (rc >= 0)
+        return rc;
+    if (argc - optind > 1)
+        return usage_error(ctl, "one message ID only");
+    if (argc == optind && !rcpt)
+        return usage_error(ctl, "give a message ID, or --rcpt ADDR for a recipient");
+    json_t *req = json_pack("{s:s}", "op", "get");
+    if (argc > optind && set_string(req, "id", argv[optind]) < 0) {
+        json_decref(req);
+        return usage_error(ctl, "the ID is not valid UTF-8");
+    }
+    if (set_string(req, "rcpt", rcpt) < 0) {
+        json_decref(req);
+        return usage_error(ctl, "--rcpt is not valid UTF-8");
+    }
+    return call_and_print(ctl, req);
 }
 
 static int simple_command(struct ctl *ctl, int argc, char **argv, const char *op)

@@ -1,8 +1,14 @@
 /*
  * reboundctl's output for a person, on a terminal: replies as aligned
  * "key  value" rows (nested objects flattened to dotted keys, epoch
- * milliseconds as local times, *_ms as durations), the stats reply as a
- * summary first, and events as one line each.
+ * milliseconds as local times, *_ms and *_s as durations), lists of records
+ * (list's and suppressed's items, groups, a history) as tables, the stats
+ * reply as a summary first, and events as one line each.
+ *
+ * What is a time is decided by the member's name (at, *_at, due, since,
+ * until, last_seen, ...) and a value past 1973, so that counts are never
+ * shown as dates; a reply member added later with such a name is humanized
+ * without a change here.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,6 +74,23 @@ static void relative(int64_t delta_ms, char *buf, size_t len)
     snprintf(buf, len, delta_ms < 0 ? "%s ago" : "in %s", amount);
 }
 
+/* Whether a member of this name holds epoch milliseconds. */
+static bool is_time_key(const char *key)
+{
+    static const char *const exact[] = {"at", "due", "since", "until", "now", "last_seen", "first_seen", NULL};
+    static const char *const suffix[] = {"_at", "_due", "_since", "_until", "_before", "_after", NULL};
+    for (int i = 0; exact[i]; i++)
+        if (strcmp(key, exact[i]) == 0)
+            return true;
+    for (int i = 0; suffix[i]; i++)
+        if (ends_with(key, suffix[i]))
+            return true;
+    return false;
+}
+
+/* Epoch milliseconds after 1973: below that it is a count, not a time. */
+#define EPOCH_MS_MIN 100000000000LL
+
 static char *format_time(int64_t ms)
 {
     time_t t = (time_t)(ms / 1000);
@@ -86,12 +109,11 @@ static char *format_scalar(const char *key, json_t *v)
         return strdup(json_string_value(v));
     case JSON_INTEGER: {
         long long n = json_integer_value(v);
-        /* Epoch milliseconds: due times and event times. */
-        if ((strcmp(key, "at") == 0 || ends_with(key, "_at") || ends_with(key, "due")) && n > 100000000000LL)
+        if (is_time_key(key) && n > EPOCH_MS_MIN)
             return format_time(n);
-        if (ends_with(key, "_ms") && n >= 0) {
+        if ((ends_with(key, "_ms") || ends_with(key, "_s")) && n >= 0) {
             char d[48];
-            duration_format(n, d, sizeof d);
+            duration_format(ends_with(key, "_s") ? n * 1000 : n, d, sizeof d);
             return strdup(d);
         }
         return xasprintf("%lld", n);
@@ -118,6 +140,142 @@ static bool all_scalars(json_t *arr)
 }
 
 static void flatten(struct rows *r, const char *prefix, json_t *obj);
+
+/* ---- tables: an array of records, one row each ------------------------- */
+
+/* Whether v is a non-empty array of objects whose members are not arrays:
+ * records a table shows better than dotted rows. */
+static bool is_records(json_t *v)
+{
+    if (!json_is_array(v) || json_array_size(v) == 0)
+        return false;
+    size_t i;
+    json_t *e;
+    json_array_foreach(v, i, e) {
+        if (!json_is_object(e))
+            return false;
+        const char *k;
+        json_t *m;
+        json_object_foreach(e, k, m) if (json_is_array(m)) return false;
+    }
+    return true;
+}
+
+/* A table cell: like a row's value, but a time without its milliseconds
+ * and an object as compact JSON, to keep the columns narrow. */
+static char *format_cell(const char *key, json_t *v)
+{
+    if (json_is_integer(v) && is_time_key(key) && json_integer_value(v) > EPOCH_MS_MIN) {
+        int64_t ms = json_integer_value(v);
+        time_t t = (time_t)(ms / 1000);
+        struct tm tm;
+        char when[32], rel[48];
+        localtime_r(&t, &tm);
+        strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
+        relative(ms - now_ms(), rel, sizeof rel);
+        return xasprintf("%s (%s)", when, rel);
+    }
+    char *s = json_is_object(v) || json_is_array(v) ? json_dumps(v, JSON_COMPACT) : format_scalar(key, v);
+    /* A line break or tab in a value (a server's reply text) would break
+     * the row. */
+    for (char *p = s; p && *p; p++)
+        if (*p == '\n' || *p == '\r' || *p == '\t')
+            *p = ' ';
+    return s;
+}
+
+/* Display width of UTF-8 text: its code points (no wide characters in
+ * what the daemon sends but addresses, where they are rare). */
+static size_t text_width(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
+}
+
+/* Prints records as a table: one column per member (in the order they first
+ * appear), upper-case headers, numbers right-aligned, "-" for a member a
+ * record lacks. */
+static void print_table(FILE *out, json_t *records)
+{
+    size_t nrec = json_array_size(records), ncol = 0, cap = 8;
+    const char **cols = malloc(cap * sizeof *cols);
+    if (!cols)
+        out_of_memory();
+    size_t i;
+    json_t *rec;
+    json_array_foreach(records, i, rec) {
+        const char *k;
+        json_t *m;
+        json_object_foreach(rec, k, m) {
+            size_t c = 0;
+            while (c < ncol && strcmp(cols[c], k) != 0)
+                c++;
+            if (c < ncol)
+                continue;
+            if (ncol == cap) {
+                cap *= 2;
+                cols = realloc(cols, cap * sizeof *cols);
+                if (!cols)
+                    out_of_memory();
+            }
+            cols[ncol++] = k;
+        }
+    }
+    char **cell = calloc(nrec * ncol + 1, sizeof *cell);
+    size_t *width = calloc(ncol + 1, sizeof *width);
+    bool *numeric = calloc(ncol + 1, sizeof *numeric);
+    if (!cell || !width || !numeric)
+        out_of_memory();
+    for (size_t c = 0; c < ncol; c++) {
+        width[c] = strlen(cols[c]);
+        numeric[c] = true;
+    }
+    json_array_foreach(records, i, rec) {
+        for (size_t c = 0; c < ncol; c++) {
+            json_t *m = json_object_get(rec, cols[c]);
+            char *s = m ? format_cell(cols[c], m) : strdup("-");
+            if (!s)
+                out_of_memory();
+            if (m && !json_is_number(m))
+                numeric[c] = false;
+            if (m && json_is_integer(m) && is_time_key(cols[c]) && json_integer_value(m) > EPOCH_MS_MIN)
+                numeric[c] = false;
+            if (text_width(s) > width[c])
+                width[c] = text_width(s);
+            cell[i * ncol + c] = s;
+        }
+    }
+    for (size_t c = 0; c < ncol; c++) {
+        char *h = strdup(cols[c]);
+        if (!h)
+            out_of_memory();
+        for (char *p = h; *p; p++)
+            *p = *p == '_' ? ' ' : (char)((*p >= 'a' && *p <= 'z') ? *p - 32 : *p);
+        fprintf(out, "%s%*s%s", c ? "  " : "", numeric[c] ? (int)(width[c] - strlen(h)) : 0, "", h);
+        if (!numeric[c] && c + 1 < ncol)
+            fprintf(out, "%*s", (int)(width[c] - strlen(h)), "");
+        free(h);
+    }
+    fputc('\n', out);
+    for (size_t r = 0; r < nrec; r++) {
+        for (size_t c = 0; c < ncol; c++) {
+            const char *s = cell[r * ncol + c];
+            int pad = (int)(width[c] - text_width(s));
+            if (numeric[c])
+                fprintf(out, "%s%*s%s", c ? "  " : "", pad, "", s);
+            else
+                fprintf(out, "%s%s%*s", c ? "  " : "", s, c + 1 < ncol ? pad : 0, "");
+            free(cell[r * ncol + c]);
+        }
+        fputc('\n', out);
+    }
+    free(cell);
+    free(width);
+    free(numeric);
+    free(cols);
+}
 
 static void flatten_value(struct rows *r, const char *key, const char *leaf, json_t *v)
 {
@@ -297,11 +455,45 @@ void render_reply(json_t *reply)
         render_stats(reply);
         return;
     }
+    /* Members that are lists of records become tables after the other
+     * rows; an empty list says so in a row of its own. */
+    json_t *rest = json_deep_copy(reply);
+    json_t *tables = json_object();
+    if (!rest || !tables)
+        out_of_memory();
+    const char *k;
+    json_t *v;
+    void *tmp;
+    json_object_foreach_safe(rest, tmp, k, v) {
+        if (strcmp(k, "forecast") == 0)
+            continue;
+        if (is_records(v)) {
+            json_object_set(tables, k, v);
+            json_object_del(rest, k);
+        } else if (json_is_array(v) && json_array_size(v) == 0 &&
+                   (strcmp(k, "items") == 0 || strcmp(k, "groups") == 0)) {
+            json_object_set_new(rest, k, json_string("none"));
+        }
+    }
     struct rows r = {0};
-    flatten(&r, NULL, reply);
-    if (r.n == 0)
+    flatten(&r, NULL, rest);
+    json_decref(rest);
+    if (r.n == 0 && json_object_size(tables) == 0)
         puts("ok");
+    /* A listing's items need no name; other tables are named after the
+     * rows (get's history, domain's alerts). */
+    size_t nrows = r.n;
     rows_print(&r, stdout);
+    json_object_foreach(tables, k, v) {
+        if (strcmp(k, "items") == 0 && json_object_size(tables) == 1) {
+            if (nrows)
+                putchar('\n');
+        } else if (nrows || json_object_size(tables) > 1) {
+            printf("\n%s:\n", k);
+        }
+        print_table(stdout, v);
+    }
+    json_decref(tables);
 }
 
 void render_error(json_t *reply)
@@ -338,10 +530,14 @@ void render_event(json_t *ev)
         char *s;
         if (json_is_string(v) && !strpbrk(json_string_value(v), " \t\"="))
             s = strdup(json_string_value(v));
-        else if (json_is_integer(v) && ends_with(k, "_at")) {
+        else if (json_is_integer(v) && is_time_key(k) && json_integer_value(v) > EPOCH_MS_MIN) {
             char b[32];
             clock_time(json_integer_value(v), b, sizeof b);
             s = strdup(b);
+        } else if (json_is_integer(v) && ends_with(k, "_ms") && json_integer_value(v) >= 0) {
+            char d[48];
+            duration_format(json_integer_value(v), d, sizeof d);
+            s = strdup(d);
         } else
             s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
         printf(" %s=%s", k, s ? s : "?");

@@ -38,7 +38,7 @@ static const char main_help[] =
     "  bounce        report a failed delivery\n"
     "  delivered ID  report that a message got through\n"
     "  cancel ID     drop a pending retry, without an event\n"
-    "  get ID        show what rebound knows about a message\n"
+    "  get ID        show what rebound knows about a message (--rcpt ADDR: a recipient)\n"
     "  suppressed    list the suppressed addresses (a page, or --all for export)\n"
     "  unsuppress ADDR  take an address off the suppressed list\n"
     "  domain NAME   show a receiving domain's state: pending, back-off, pace\n"
@@ -93,8 +93,11 @@ static const char cancel_help[] = "Usage: reboundctl cancel ID\n"
                                   "Drops the pending retry of message ID. No event is emitted.\n";
 
 static const char get_help[] = "Usage: reboundctl get ID\n"
+                               "       reboundctl get --rcpt ADDR\n"
                                "\n"
-                               "Shows the state of message ID: class, attempts, history, next due time.\n";
+                               "Shows the state of message ID: class, attempts, history, next due time,\n"
+                               "and its recipient's record. With --rcpt alone, the record of recipient\n"
+                               "ADDR: its soft-bounce streak and whether it is suppressed.\n";
 
 static const char stats_help[] = "Usage: reboundctl stats\n"
                                  "\n"
