@@ -79,14 +79,19 @@ class EndToEnd(harness.DaemonTestCase):
         self.addCleanup(self.postgrey.cleanup)
         self.postfix = mta.Postfix(["alice", "sender"], self.postgrey.port)
         self.addCleanup(self.postfix.cleanup)
+        self.haraka = None
+
+    def start_haraka(self, temp_fail_intervals="1h*20"):
         self.haraka = mta.Haraka(MODULES, PLUGIN_DIR, self.postfix.port, "127.0.0.1:%d" % self.daemon.port,
-                                 grace=GRACE_S, temp_fail_intervals="1h*20")
+                                 grace=GRACE_S, temp_fail_intervals=temp_fail_intervals)
         self.addCleanup(self.haraka.cleanup)
 
     def tearDown(self):
         if self._outcome_failed():
             for name, srv in (("haraka", self.haraka), ("postfix maillog", self.postfix),
                               ("postgrey", self.postgrey)):
+                if srv is None:
+                    continue
                 sys.stderr.write("\n==== %s ====\n%s\n" % (name, srv.log_text()[-12000:]))
         super().tearDown()
 
@@ -101,6 +106,7 @@ class EndToEnd(harness.DaemonTestCase):
         self.client = self.connect(self.daemon)
 
     def flow(self, kill_reboundd):
+        self.start_haraka()
         # 1. greylisted, retried on reboundd's event, delivered
         self.haraka.send(SENDER, ALICE, "e2e-first", headers={"X-Campaign": "e2e-campaign"})
         wait_until(lambda: self.stats()["pending"] == 1, 15, 0.05, "the deferral to be reported")
@@ -152,6 +158,30 @@ class EndToEnd(harness.DaemonTestCase):
 
     def test_reboundd_killed_and_restarted(self):
         self.flow(kill_reboundd=True)
+
+    def test_reboundd_down_fallback(self):
+        """reboundd is away when the deferral happens: Haraka keeps its own
+        schedule (a first retry after 5 s here, its shortest), the message is delivered,
+        and both reports reach reboundd once it is back, in order."""
+        self.start_haraka(temp_fail_intervals="5s,1h*20")
+        self.daemon.kill9()
+        self.haraka.send(SENDER, ALICE, "e2e-fallback")
+        wait_until(lambda: any("e2e-fallback" in m for m in self.postfix.mailbox("alice")), 30, 0.1,
+                   "Haraka's own retry to land in alice's mailbox")
+        self.assertEqual(len(self.postfix.log_lines(r"450 4\.2\.0 <%s>.*Greylisted" % ALICE)), 1)
+        self.assertRegex(self.haraka.log_text(), r"rebound: unreachable, \S+ keeps Haraka's own retry \(5s\)")
+        wait_until(lambda: len(mta._read(self.haraka.spool_path).splitlines()) == 2, 10, 0.1,
+                   "the bounce and delivered reports to be spooled")
+        ops = [json.loads(l)["op"] for l in mta._read(self.haraka.spool_path).splitlines()]
+        self.assertEqual(ops, ["bounce", "delivered"])
+
+        self.daemon.start()
+        self.reconnect()
+        wait_until(lambda: os.path.getsize(self.haraka.spool_path) == 0, 15, 0.1, "the spool to be sent")
+        st = self.stats()
+        self.assertEqual(st["reports"], 1, "the deferral reached reboundd")
+        self.assertEqual((st["pending"], st["awaiting"]), (0, 0), "and so did the delivery after it")
+        self.assertEqual(self.haraka.queue_files(), [])
 
 
 if __name__ == "__main__":
