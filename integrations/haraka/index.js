@@ -28,8 +28,10 @@ function loadClient() {
 
 const { Client, Consumer } = loadClient();
 
-// Errors after which the report was not recorded and must be sent again.
-const NOT_RECORDED = new Set(['unavailable', 'busy', 'timeout', 'closed']);
+// Errors that refuse the report itself: sending it again cannot help. Any
+// other failure (unavailable, timeout, closed, auth_required, ...) means it was
+// not recorded and is sent again later.
+const REFUSED = new Set(['bad_request', 'too_large', 'unknown_op']);
 
 /**
  * The rebound message id of one recipient of a queued message: Haraka's
@@ -229,7 +231,7 @@ exports.send_bounce = function (r) {
 };
 
 function notRecorded(err) {
-  return !err || !err.code || NOT_RECORDED.has(err.code) || !/^[a-z_]+$/.test(err.code);
+  return !(err && REFUSED.has(err.code));
 }
 
 exports.report_deferred = function (next, hmail, params) {
@@ -356,7 +358,8 @@ exports.flush_spool = function () {
         sent++;
       } catch (err) {
         if (notRecorded(err)) break;
-        sent++; // refused for good: a bad report is not sent again
+        this.logerror(`rebound: spooled report refused, dropped: ${err.message}: ${line}`);
+        sent++;
       }
     }
     if (sent > 0) this.rewrite_spool(sent);

@@ -110,6 +110,8 @@ class EndToEnd(harness.DaemonTestCase):
         # 1. greylisted, retried on reboundd's event, delivered
         self.haraka.send(SENDER, ALICE, "e2e-first", headers={"X-Campaign": "e2e-campaign"})
         wait_until(lambda: self.stats()["pending"] == 1, 15, 0.05, "the deferral to be reported")
+        # the server's own reply was reported (Postgrey's 450 4.2.0), not a stand-in
+        self.assertEqual(self.stats()["by_class"]["greylist"], 1)
         greylisted = self.postfix.log_lines(r"reject: RCPT .*450 4\.2\.0 <%s>.*Greylisted" % ALICE)
         self.assertEqual(len(greylisted), 1, "the first attempt was greylisted once")
         self.assertEqual(self.postfix.mailbox("alice"), [], "nothing delivered before the retry")
