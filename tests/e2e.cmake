@@ -9,7 +9,8 @@ add_test(NAME e2e.setup
          COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/e2e/setup.sh ${REBOUND_E2E_DIR})
 set_tests_properties(e2e.setup PROPERTIES FIXTURES_SETUP e2e TIMEOUT 600)
 
-foreach(t greylist_retry_and_suppression reboundd_killed_and_restarted reboundd_down_fallback)
+foreach(t greylist_retry_and_suppression reboundd_killed_and_restarted reboundd_down_fallback
+          give_up_bounces_to_sender)
   add_test(NAME e2e.${t}
            COMMAND ${Python3_EXECUTABLE} -m unittest -v test_e2e.EndToEnd.test_${t}
            WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/e2e)

@@ -128,7 +128,8 @@ exports.start_rebound = function () {
 };
 
 exports.shutdown = function () {
-  this.loginfo("rebound: closing the connections to reboundd");
+  this.loginfo('rebound: closing the connections to reboundd');
+  this.stopping = true;
   if (this.spoolTimer) clearInterval(this.spoolTimer);
   if (this.consumer) this.consumer.close();
   if (this.client) this.client.close();
@@ -428,6 +429,8 @@ exports.find_held = async function (key) {
   for (;;) {
     const t = this.temp_fail_queue().queue.find((x) => queueKey(x.id) === key);
     if (t) return t;
+    // Stopping: the event stays unacked and comes again after the restart.
+    if (this.stopping) throw new Error('shutting down');
     if (Date.now() >= deadline) return null;
     await new Promise((r) => setTimeout(r, 200));
   }

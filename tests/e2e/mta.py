@@ -139,7 +139,9 @@ virtual_mailbox_maps = texthash:{dir}/etc/vmailbox
 virtual_uid_maps = static:{uid}
 virtual_gid_maps = static:{gid}
 smtpd_relay_restrictions = reject_unauth_destination
-smtpd_recipient_restrictions = reject_unlisted_recipient, check_policy_service inet:127.0.0.1:{policy_port}
+smtpd_recipient_restrictions = reject_unlisted_recipient,
+    check_recipient_access texthash:{dir}/etc/rcpt_access,
+    check_policy_service inet:127.0.0.1:{policy_port}
 maillog_file_prefixes = {dir}
 maillog_file = {dir}/maillog
 smtputf8_enable = no
@@ -174,9 +176,11 @@ showq     unix  n - n - - showq
 
 class Postfix(_Server):
     """Receives for DOMAIN into maildirs under dir/mail/<user>/; unknown
-    users get 550 5.1.1, known ones go through Postgrey."""
+    users get 550 5.1.1, users in `replies` ({user: "452 4.2.2 Mailbox
+    full"}) get that reply on every attempt, the others go through
+    Postgrey."""
 
-    def __init__(self, users, policy_port):
+    def __init__(self, users, policy_port, replies=None):
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="rebound-e2e-postfix-")
         os.chmod(self.dir, 0o755)
@@ -191,6 +195,8 @@ class Postfix(_Server):
                                    policy_port=policy_port))
         with open(os.path.join(etc, "master.cf"), "w") as f:
             f.write(MASTER_CF.format(port=self.port))
+        with open(os.path.join(etc, "rcpt_access"), "w") as f:
+            f.write("".join("%s@%s %s\n" % (u, DOMAIN, r) for u, r in (replies or {}).items()))
         with open(os.path.join(etc, "vmailbox"), "w") as f:
             f.write("".join("%s@%s %s/\n" % (u, DOMAIN, u) for u in users))
         self.etc = etc

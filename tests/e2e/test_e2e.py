@@ -21,6 +21,7 @@ that the e2e.setup fixture installed Haraka into.
 
 import json
 import os
+import re
 import shutil
 import smtplib
 import sys
@@ -44,6 +45,7 @@ GRACE_S = 3600             # Haraka's own retry: an hour after reboundd's
 SENDER = "sender@" + mta.DOMAIN
 ALICE = "alice@" + mta.DOMAIN
 NOBODY = "nobody@" + mta.DOMAIN
+CAROL = "carol@" + mta.DOMAIN  # her mailbox stays full
 
 
 def e2e_policy(path):
@@ -52,6 +54,7 @@ def e2e_policy(path):
     with open(harness.FAST_POLICY) as f:
         p = json.load(f)
     p["limits"]["max_age"] = "1h"
+    p["limits"]["max_attempts"] = 2
     p["classes"]["greylist"]["delays"] = [["2500ms", "3000ms"], ["2500ms", "3000ms"]]
     with open(path, "w") as f:
         json.dump(p, f)
@@ -77,7 +80,8 @@ class EndToEnd(harness.DaemonTestCase):
         self.client = self.connect(self.daemon)
         self.postgrey = mta.Postgrey(GREYLIST_DELAY_S, exempt=[SENDER])
         self.addCleanup(self.postgrey.cleanup)
-        self.postfix = mta.Postfix(["alice", "sender"], self.postgrey.port)
+        self.postfix = mta.Postfix(["alice", "carol", "sender"], self.postgrey.port,
+                                   replies={"carol": "452 4.2.2 Mailbox full"})
         self.addCleanup(self.postfix.cleanup)
         self.haraka = None
 
@@ -160,6 +164,27 @@ class EndToEnd(harness.DaemonTestCase):
 
     def test_reboundd_killed_and_restarted(self):
         self.flow(kill_reboundd=True)
+
+    def test_give_up_bounces_to_sender(self):
+        """A mailbox that stays full: reboundd schedules the retries (the
+        test policy's max_attempts is 2), then answers give_up, and the plugin has
+        Haraka bounce the message to its sender."""
+        self.start_haraka()
+        self.haraka.send(SENDER, CAROL, "e2e-full")
+        wait_until(lambda: any("e2e-full" in m for m in self.postfix.mailbox("sender")), 30, 0.1,
+                   "Haraka's bounce for carol to reach the sender")
+        [dsn] = [m for m in self.postfix.mailbox("sender") if "e2e-full" in m]
+        self.assertIn(CAROL, dsn)
+        self.assertIn("give_up (max_attempts)", dsn)
+        attempts = self.postfix.log_lines(r"reject: RCPT .*452 4\.2\.2 <%s>" % CAROL)
+        retries = re.findall(r"rebound: retry (\d) of ", self.haraka.log_text())
+        self.assertGreaterEqual(len(retries), 2)
+        self.assertEqual(retries, [str(i + 1) for i in range(len(retries))], "each retry on its event, in order")
+        self.assertEqual(len(attempts), 1 + len(retries), "no attempt but the first and rebound's retries")
+        wait_until(lambda: self.haraka.queue_files() == [], 10, 0.1, "Haraka's queue to empty")
+        st = self.stats()
+        self.assertEqual((st["pending"], st["awaiting"]), (0, 0))
+        self.assertFalse(self.recipient(CAROL)["suppressed"])
 
     def test_reboundd_down_fallback(self):
         """reboundd is away when the deferral happens: Haraka keeps its own
