@@ -1,5 +1,7 @@
 'use strict';
 
+/* global DENY, DENYSOFT */ // Haraka's return codes, globals in plugins
+
 // haraka-plugin-rebound: Haraka's outbound queue hands its temporary failures
 // to reboundd and retries when reboundd says so. See README.md for the model;
 // the short version:
@@ -66,7 +68,6 @@ exports.register = function () {
   this.held = new Map();
   // lower-cased address -> time it was seen suppressed
   this.suppressedCache = new Map();
-  this.spooling = Promise.resolve();
   this.register_hook('rcpt', 'check_suppressed');
   this.register_hook('data_post', 'note_message');
   this.register_hook('deferred', 'report_deferred');

@@ -1,5 +1,7 @@
 'use strict';
 
+/* global OK */
+
 // Test-only plugin: every connection may relay (the test is the sending
 // platform), and every domain is delivered to the receiving Postfix on the
 // port named in config/e2e_route.ini, since there is no DNS for the test
