@@ -7,7 +7,9 @@ set(REBOUND_E2E_DIR ${PROJECT_BINARY_DIR}/e2e)
 
 add_test(NAME e2e.setup
          COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/e2e/setup.sh ${REBOUND_E2E_DIR})
-set_tests_properties(e2e.setup PROPERTIES FIXTURES_SETUP e2e TIMEOUT 600)
+# RUN_SERIAL: npm ci and the four servers of a run load both cores; the
+# timing tests of the suite must not share the machine with them.
+set_tests_properties(e2e.setup PROPERTIES FIXTURES_SETUP e2e TIMEOUT 600 RUN_SERIAL TRUE)
 
 foreach(t greylist_retry_and_suppression reboundd_killed_and_restarted reboundd_down_fallback
           give_up_bounces_to_sender)
@@ -17,5 +19,5 @@ foreach(t greylist_retry_and_suppression reboundd_killed_and_restarted reboundd_
   set_tests_properties(e2e.${t} PROPERTIES
     FIXTURES_REQUIRED e2e
     ENVIRONMENT "REBOUND_BUILD_DIR=${PROJECT_BINARY_DIR};REBOUND_SOURCE_DIR=${PROJECT_SOURCE_DIR};REBOUND_E2E_MODULES=${REBOUND_E2E_DIR}/node_modules;PYTHONDONTWRITEBYTECODE=1"
-    TIMEOUT 120)
+    TIMEOUT 120 RUN_SERIAL TRUE)
 endforeach()
