@@ -272,7 +272,8 @@ exports.report_deferred = function (next, hmail, params) {
       due = Math.max(due, r.retry_at || 0);
     }
     const hold = Math.max(0, Math.ceil((due - Date.now()) / 1000)) + this.cfg.grace;
-    this.loginfo(`rebound: ${hmail.filename} held for the retry event (Haraka's own retry in ${hold}s)`);
+    const ids = retries.map((r) => r.id).join(' ');
+    this.loginfo(`rebound: ${hmail.filename} held for the retry event of ${ids} (Haraka's own retry in ${hold}s)`);
     next(DENYSOFT, String(hold));
   });
 };
