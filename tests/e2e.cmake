@@ -21,3 +21,14 @@ foreach(t greylist_retry_and_suppression reboundd_killed_and_restarted reboundd_
     ENVIRONMENT "REBOUND_BUILD_DIR=${PROJECT_BINARY_DIR};REBOUND_SOURCE_DIR=${PROJECT_SOURCE_DIR};REBOUND_E2E_MODULES=${REBOUND_E2E_DIR}/node_modules;PYTHONDONTWRITEBYTECODE=1"
     TIMEOUT 120 RUN_SERIAL TRUE)
 endforeach()
+
+# The plugin's own tests (node's test runner; no Haraka needed).
+find_program(REBOUND_NODE node)
+if(REBOUND_NODE)
+  add_test(NAME haraka.plugin
+           COMMAND ${REBOUND_NODE} --test test/
+           WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}/integrations/haraka)
+  set_tests_properties(haraka.plugin PROPERTIES TIMEOUT 60)
+else()
+  message(WARNING "node not found: the Haraka plugin's tests are not registered (scripts/deps.sh test)")
+endif()

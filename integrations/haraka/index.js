@@ -30,6 +30,10 @@ function loadClient() {
 
 const { Client, Consumer } = loadClient();
 
+// For the plugin's own tests (Haraka registers only hook_* and named hooks).
+exports.reboundId = reboundId;
+exports.queueKey = queueKey;
+
 // Errors that refuse the report itself: sending it again cannot help. Any
 // other failure (unavailable, timeout, closed, auth_required, ...) means it was
 // not recorded and is sent again later.
@@ -333,18 +337,21 @@ exports.spool = function (rec) {
   }
 };
 
-/** Sends the spooled reports in order; stops at the first that fails. */
+/**
+ * Sends the spooled reports in order; stops at the first that fails. Resolves
+ * once this round is done (at once when one is already running).
+ */
 exports.flush_spool = function () {
-  if (this.flushing) return;
+  if (this.flushing) return Promise.resolve();
   let lines;
   try {
     lines = fs.readFileSync(this.cfg.spool, 'utf8').split('\n').filter(Boolean);
   } catch {
-    return;
+    return Promise.resolve();
   }
-  if (lines.length === 0) return;
+  if (lines.length === 0) return Promise.resolve();
   this.flushing = true;
-  (async () => {
+  return (async () => {
     let sent = 0;
     for (const line of lines) {
       let rec;
