@@ -22,3 +22,9 @@ foreach(t ${rebound_node_tests})
     ENVIRONMENT "REBOUND_BUILD_DIR=${PROJECT_BINARY_DIR};REBOUND_SOURCE_DIR=${PROJECT_SOURCE_DIR}"
     TIMEOUT 120)
 endforeach()
+# The kill test keeps both cores busy for seconds (10,000 reports through
+# node, reboundd and Redis): alone, so that it does not steal the time of
+# the tests that measure firing precision.
+if(TEST clients.node.kill9)
+  set_tests_properties(clients.node.kill9 PROPERTIES RUN_SERIAL TRUE)
+endif()

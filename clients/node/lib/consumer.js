@@ -98,6 +98,7 @@ class Consumer extends EventEmitter {
     this._pingTimer = null;
     this._lastRx = 0;
     this._failures = 0;
+    this._ackRetries = 0; // acks answered unavailable in a row
     this._fatal = null;
     this._closing = null; // the close() promise once closing
     this._closeDone = null;
@@ -155,14 +156,19 @@ class Consumer extends EventEmitter {
     if (this._known.get(eid) === ACKED) return;
     this._known.set(eid, ACKED);
     this._ackQueue.push(eid);
-    if (this._ackQueue.length >= Math.min(this._opts.ackBatch, MAX_ACK_BATCH)) {
+    if (this._ackQueue.length >= Math.min(this._opts.ackBatch, MAX_ACK_BATCH) && this._ackRetries === 0) {
       this._flushAcks();
-    } else if (this._ackTimer === null) {
-      this._ackTimer = setTimeout(() => {
-        this._ackTimer = null;
-        this._flushAcks();
-      }, this._opts.ackDelayMs);
+    } else {
+      this._scheduleAcks(this._opts.ackDelayMs);
     }
+  }
+
+  _scheduleAcks(delayMs) {
+    if (this._ackTimer !== null) return;
+    this._ackTimer = setTimeout(() => {
+      this._ackTimer = null;
+      this._flushAcks();
+    }, delayMs);
   }
 
   /**
@@ -205,7 +211,11 @@ class Consumer extends EventEmitter {
   }
 
   _finishClose() {
-    if (this._state === 'closed') return;
+    if (this._state === 'closed') {
+      // Failed before (a refused subscribe): nothing left to do.
+      if (this._closeDone) this._closeDone();
+      return;
+    }
     this._state = 'closed';
     for (const t of ['_ackTimer', '_reconnectTimer', '_silenceTimer', '_pingTimer']) {
       if (this[t] !== null) {
@@ -311,6 +321,8 @@ class Consumer extends EventEmitter {
   }
 
   _onLine(sock, line) {
+    // Lines left in a chunk after this connection was given up belong to it.
+    if (this._sock !== sock) return;
     let msg;
     try {
       msg = JSON.parse(line);
@@ -340,7 +352,12 @@ class Consumer extends EventEmitter {
     }
     if (msg.ok !== true) {
       const err = ReboundError.fromReply(msg);
-      if (err.code === 'unavailable' || err.code === 'busy' || head.kind === 'ping') {
+      if (head.kind === 'ack' && err.code === 'unavailable') {
+        // Redis is down: the subscription stands, the acks wait and go
+        // again after a back-off.
+        this._ackQueue.unshift(...head.ids);
+        this._scheduleAcks(backoffMs(this._ackRetries++, this._opts.backoffMinMs, this._opts.backoffMaxMs));
+      } else if (err.code === 'unavailable' || err.code === 'busy' || head.kind === 'ping') {
         // Nothing was done: start over on a new connection, later.
         if (head.kind === 'ack') this._ackQueue.unshift(...head.ids);
         this._onSocketGone(sock, err);
@@ -348,7 +365,6 @@ class Consumer extends EventEmitter {
         // The daemon refused the ids (not ours to ack): forget them, the
         // events come again if they were really pending.
         for (const id of head.ids) this._known.delete(id);
-        this.emit('disconnect', err);
         this._maybeFinishClose();
       } else {
         // A refused subscribe or auth will not get better by retrying.
@@ -367,6 +383,7 @@ class Consumer extends EventEmitter {
         if (this._known.get(id) === ACKED) this._known.delete(id);
       }
       this.counters.acked += head.ids.length;
+      this._ackRetries = 0;
       this._maybeFinishClose();
     }
   }
@@ -380,7 +397,10 @@ class Consumer extends EventEmitter {
         // Redelivered after a reconnect: already buffered, in the caller's
         // hands, or acked with the ack still to be confirmed.
         this.counters.redelivered++;
-        if (st === ACKED && !this._ackQueue.includes(eid) && !this._ackInFlight(eid)) this._ackQueue.push(eid);
+        if (st === ACKED && !this._ackQueue.includes(eid) && !this._ackInFlight(eid)) {
+          this._ackQueue.push(eid);
+          this._scheduleAcks(this._opts.ackDelayMs);
+        }
         return;
       }
       this._known.set(eid, BUFFERED);

@@ -8,7 +8,7 @@ const { test, after, before } = require('node:test');
 const assert = require('node:assert/strict');
 const { Client, ReboundError } = require('..');
 const { parseAddress } = require('../lib/address');
-const { startAll, Redis, Daemon, uniqueId, freePort } = require('./harness');
+const { startAll, Redis, Daemon, uniqueId, freePort, waitFor } = require('./harness');
 
 let env;
 before(async () => {
@@ -251,5 +251,63 @@ test('a daemon restarted with SIGTERM mid-batch: every request answered once', a
     assert.equal(g.history.length, 1);
     assert.equal(g.state, 'pending');
   }
+  await c.close();
+});
+
+test('busy (too many connections): the client waits and comes back', async () => {
+  const redis = await new Redis().start();
+  const daemon = new Daemon(redis, { config: { max_connections: 1 } });
+  after(async () => {
+    await daemon.stop();
+    await redis.stop();
+  });
+  await daemon.start();
+  const holder = new Client(daemon.address);
+  after(() => holder.destroy());
+  await holder.ping(); // the one connection allowed
+  const c = new Client(daemon.address, { backoffMinMs: 20, backoffMaxMs: 50 });
+  after(() => c.destroy());
+  const disconnects = [];
+  c.on('disconnect', (e) => disconnects.push(e.code));
+  const p = c.bounce(uniqueId('busy'), 'erin@example.com', 451, { text: 'greylisted' });
+  await waitFor(() => disconnects.includes('busy'), 5000, 'a busy answer');
+  await holder.close();
+  holder.destroy();
+  const r = await p;
+  assert.equal(r.action, 'retry');
+  await c.close();
+});
+
+test('a connection silent for timeoutMs is dropped and its requests resent; a garbled reply too', async () => {
+  // A stand-in server: the first connection never answers, the second
+  // answers with a line that is not JSON, the third properly.
+  const net = require('node:net');
+  let conns = 0;
+  const server = net.createServer((sock) => {
+    const n = ++conns;
+    sock.setEncoding('utf8');
+    let buf = '';
+    sock.on('data', (d) => {
+      buf += d;
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const req = JSON.parse(buf.slice(0, i));
+        buf = buf.slice(i + 1);
+        if (n === 2) sock.write('<html>\n');
+        else if (n >= 3) sock.write(JSON.stringify({ ok: true, req: req.req, echo: req.op }) + '\n');
+      }
+    });
+    sock.on('error', () => {});
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  after(() => server.close());
+  const c = new Client(`127.0.0.1:${server.address().port}`, { timeoutMs: 200, backoffMinMs: 10, backoffMaxMs: 20 });
+  after(() => c.destroy());
+  const codes = [];
+  c.on('disconnect', (e) => codes.push(e.code));
+  const r = await c.ping();
+  assert.deepEqual(r, { ok: true, echo: 'ping' });
+  assert.deepEqual(codes, ['timeout', 'protocol']);
+  assert.equal(c.counters.resent, 2);
   await c.close();
 });
