@@ -245,12 +245,16 @@ test('a daemon restarted with SIGTERM mid-batch: every request answered once', a
     assert.equal(r.retry_at, notBefore);
   });
   assert.equal(env.daemon.starts, 2);
-  assert.ok(c.counters.drops >= 1 && c.counters.resent >= 1, JSON.stringify(c.counters));
+  // Whether anything needed a resend depends on how much the daemon had
+  // read when it stopped (it answers all of that first); the kill test
+  // covers resends. Here: the connection went, and every call was answered.
+  assert.ok(c.counters.drops >= 1, JSON.stringify(c.counters));
   const gets = await Promise.all(ids.map((id) => c.get(id)));
   for (const g of gets) {
     assert.equal(g.history.length, 1);
     assert.equal(g.state, 'pending');
   }
+  assert.equal(c.counters.connects, 2, 'the gets went to the restarted daemon');
   await c.close();
 });
 
