@@ -23,6 +23,13 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# npm: NodeSource's nodejs carries its own, and Debian's npm package
+# conflicts with it; a stock Debian nodejs needs Debian's npm.
+if [ "$what" = test ] && ! command -v npm >/dev/null && printf '%s\n' "${packages[@]}" | grep -qx nodejs; then
+  if ! dpkg-query -W -f='${Version}' nodejs 2>/dev/null | grep -q nodesource; then
+    missing+=(npm)
+  fi
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing: ${missing[*]}" >&2
