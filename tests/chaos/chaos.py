@@ -119,12 +119,14 @@ class Loader(threading.Thread):
                 failed = False
             except (ConnectionError, TimeoutError, OSError, ValueError):
                 failed = True
+            refused = 0
             with self.t.lock:
                 self.t.sent += len(reqs)
                 for i, r in got:
                     if r.get("ok") is True and r.get("id") == reqs[i]["id"]:
                         self.t.acked.add(reqs[i]["id"])
                     else:
+                        refused += 1
                         self.t.unconfirmed += 1
                 self.t.unconfirmed += len(reqs) - len(got)
                 if failed:
@@ -132,6 +134,8 @@ class Loader(threading.Thread):
             if failed:
                 c.close()
                 c = None
+            elif refused:
+                time.sleep(0.05)  # `unavailable`: back off a little, as a client should
         if c is not None:
             c.close()
 
