@@ -124,7 +124,9 @@ int record_parse(const char *rec, size_t len, struct record *out)
     out->class_name = p;
     out->class_len = (size_t)(comma - p);
     p = comma + 1;
-    if (parse_i64(&p, end, '\n', &out->first_ms))
+    /* an epoch time in ms is below 2^53; a larger one is a damaged record,
+     * and the relative times added to it below would overflow */
+    if (parse_i64(&p, end, '\n', &out->first_ms) || out->first_ms >= (1LL << 53))
         return -1;
     out->due_ms = due >= EPOCH_MS_MIN ? due : out->first_ms + due; /* epoch ms: an earlier version's */
     const char *nl = memchr(p, '\n', (size_t)(end - p));

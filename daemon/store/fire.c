@@ -111,7 +111,7 @@ static int retry_body(char **buf, size_t *len, size_t *cap, const char *id, size
     if (rec_len < 1 || rec[0] != 'P' || record_parse(rec, rec_len, &r) != 0)
         return -1;
     /* The message's members for events: who, or the plain id and
-     * recipient that who stands for (daemon/record.h). */
+     * recipient that who stands for (proto/record.h). */
     char plain[512];
     const char *members = r.who;
     size_t members_len = r.who_len;

@@ -161,7 +161,9 @@ static void test_records_of_earlier_versions(void **state)
 static void test_malformed(void **state)
 {
     (void)state;
-    const char *bad[] = {"", "P", "X1,1,c,1\na\n", "P1,1,,1\na\n", "P1,1,c,1\n\n", "P1,1,c\na\nb", "P--1,1,c,1\na\n", "P1,-1,c,1\na\n"};
+    const char *bad[] = {"", "P", "X1,1,c,1\na\n", "P1,1,,1\na\n", "P1,1,c,1\n\n", "P1,1,c\na\nb", "P--1,1,c,1\na\n", "P1,-1,c,1\na\n",
+                         /* a first bounce past any epoch time: the relative times would overflow */
+                         "P999999999999,1,c,9223372036854775799\na\n", "P1,1,c,9007199254740992\na\n"};
     struct record rec;
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_int_equal(record_parse(bad[i], strlen(bad[i]), &rec), -1);
