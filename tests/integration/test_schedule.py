@@ -228,10 +228,9 @@ class ScheduleTest(DaemonTestCase):
             self.assertEqual(ev["rcpt"], rcpt[i])
             self.assertGreaterEqual(ev["at"], ev["due_at"], "fired early: %r" % ev)
 
-    def test_fires_at_the_due_millisecond(self):
-        # Retries due at distinct milliseconds fire in that millisecond by
-        # the daemon's own clock ("at"), not a timer tick later.
-        n = 60
+    def fire_at_distinct_ms(self, n):
+        """n retries due at distinct milliseconds; their lateness by the
+        daemon's own clock ("at" - "due_at"), sorted."""
         t0 = now_ms() + 300
         ids = [unique_id("ms") for _ in range(n)]
         nb = {i: t0 + 7 * k for k, i in enumerate(ids)}
@@ -247,12 +246,24 @@ class ScheduleTest(DaemonTestCase):
             self.assertGreaterEqual(ev["at"], ev["due_at"], "fired early: %r" % ev)
             lateness.append(ev["at"] - ev["due_at"])
         self.assertEqual(len(lateness), n)
-        lateness.sort()
-        log("firing lateness by the daemon's clock, ms: median %d, p90 %d, max %d; %d of %d in the due ms" %
-            (statistics.median(lateness), lateness[int(n * 0.9) - 1], lateness[-1], lateness.count(0), n))
-        # a timer of whole milliseconds of loop time made a third or more late;
-        # a busy machine (or a sanitizer build) delays a few
-        self.assertGreaterEqual(lateness.count(0), n * 3 // 4, lateness)
+        return sorted(lateness)
+
+    def test_fires_at_the_due_millisecond(self):
+        # Retries due at distinct milliseconds fire in that millisecond, not
+        # a timer tick later. A timer of whole milliseconds of loop time made
+        # a third or more late in every round; a machine whose other work
+        # takes the core away delays some in one round and few in the next.
+        # So: up to three rounds, and one of them must show it.
+        n = 60
+        rounds = []
+        for _ in range(3):
+            lateness = self.fire_at_distinct_ms(n)
+            rounds.append(lateness)
+            log("firing lateness by the daemon's clock, ms: median %d, p90 %d, max %d; %d of %d in the due ms" %
+                (statistics.median(lateness), lateness[int(n * 0.9) - 1], lateness[-1], lateness.count(0), n))
+            if lateness.count(0) >= n * 3 // 4:
+                return
+        self.fail("fewer than 3/4 fired in their due millisecond in each of 3 rounds: %r" % rounds)
 
 
 if __name__ == "__main__":
