@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
 # SECONDS per target (default 60); TARGETs among request classify policy
-# config record event offline (default: all). Runs one target at a time,
+# config record event offline learn (default: all). Runs one target at a time,
 # one job, at nice 19: the machine stays usable. New inputs collect in
 # $FUZZ_DIR/corpus/<target> (default build/fuzz/corpus), kept between runs;
 # the seeds in tests/fuzz/corpus are read, never written. A crash leaves
@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=(request classify policy config record event offline)
+all=(request classify policy config record event offline learn)
 dict_of() { case $1 in offline) echo classify ;; *) echo "$1" ;; esac; }
 
 seconds=${1:-60}

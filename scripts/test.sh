@@ -33,7 +33,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
 echo "== build build/test-fuzz (clang, libFuzzer)"
 CC=clang cmake -S . -B build/test-fuzz -DCMAKE_BUILD_TYPE=Debug -DREBOUND_FUZZ=ON -DREBOUND_FUZZ_SECONDS=10 >/dev/null
 cmake --build build/test-fuzz -j"$(nproc)" --target fuzz_request fuzz_classify fuzz_policy fuzz_config fuzz_record \
-  fuzz_event fuzz_offline
+  fuzz_event fuzz_offline fuzz_learn
 echo "== test build/test-fuzz"
 (cd build/test-fuzz && ctest --output-on-failure --timeout 300 -j2 -R '^fuzz\.')
 echo "== all tests passed"
