@@ -293,6 +293,18 @@ class DashboardTest(unittest.TestCase):
         self.assertEqual(int(float(r[0]["value"][1])), self.reports)
         r = self.prom.query('sum(rebound_events_total{type="suppress"})')
         self.assertEqual(int(float(r[0]["value"][1])), 20)
+        # Every retry fired has its lateness, and under this light load
+        # (fast policy, one loopback Redis) it fired within a second.
+        samples = dict(line.rsplit(" ", 1) for line in self.metrics_text.splitlines()
+                       if line and not line.startswith("#"))
+        fired = int(samples['rebound_events_total{type="retry"}'])
+        self.assertGreater(fired, 0)
+        self.assertEqual(int(samples["rebound_firing_lateness_seconds_count"]), fired)
+        self.assertEqual(int(samples['rebound_firing_lateness_seconds_bucket{le="1"}']), fired)
+        self.assertEqual(int(samples["rebound_suppressed_addresses"]), 20)
+        self.assertIn('rebound_consumer_lag{group="dashboard"}', samples)
+        self.assertEqual(int(samples["rebound_stream_length"]), sum(
+            int(v) for k, v in samples.items() if k.startswith("rebound_events_total{")))
 
 
 if __name__ == "__main__":
