@@ -60,6 +60,7 @@ static struct {
     bool timer_on;
 } obs = {.stream_len = -1, .suppressed = -1};
 
+#ifdef REBOUND_HAVE_MHD /* the cache is filled only while the endpoint runs */
 /* A field of a flat array of names and values (an XINFO GROUPS entry). */
 static const redisReply *info_field(const redisReply *g, const char *name)
 {
@@ -83,8 +84,8 @@ static json_t *info_integer(const redisReply *v)
 static void groups_cb(void *arg, redisReply *reply)
 {
     obs.in_flight--;
-    if (!reply)
-        return; /* the link went down: keep the last figures */
+    if (!reply || !obs.timer_on)
+        return; /* the link went down (keep the last figures), or the endpoint stopped */
     json_t *arr = json_array();
     if (reply->type == REDIS_REPLY_ARRAY) {
         for (size_t i = 0; i < reply->elements; i++) {
@@ -115,7 +116,7 @@ static void count_cb(void *arg, redisReply *reply)
 static void latest_cb(void *arg, redisReply *reply)
 {
     obs.in_flight--;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY)
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || !obs.timer_on)
         return;
     json_t *arr = json_array();
     for (size_t i = 0; i < reply->elements; i++) {
@@ -159,7 +160,6 @@ static void observe_timer_cb(uv_timer_t *t)
     observe_refresh();
 }
 
-#ifdef REBOUND_HAVE_MHD
 static void observe_start(void)
 {
     uv_timer_init(rbd->loop, &obs.timer);
@@ -175,7 +175,7 @@ static void observe_stop(void)
         return;
     obs.timer_on = false;
     uv_close((uv_handle_t *)&obs.timer, NULL);
-    /* The replies still out only bump counters of this static cache. */
+    /* Replies still out find timer_on false and keep nothing. */
     json_decref(obs.groups);
     json_decref(obs.latest);
     obs.groups = obs.latest = NULL;
