@@ -11,7 +11,11 @@
  * a few microseconds per series, plus one walk over the schedule for the
  * due counts (stats_due, which the stats op uses too).
  *
- * Every metric is listed in docs/operations.md; keep the two in step.
+ * The same listener serves the status page: web/status.html at / (built
+ * into the binary) and the document it reads at /status.json.
+ *
+ * Every metric, and the status document's shape, is in docs/operations.md;
+ * keep them in step.
  */
 #include "metrics.h"
 
