@@ -11,10 +11,15 @@
  * a few microseconds per series, plus one walk over the schedule for the
  * due counts (stats_due, which the stats op uses too).
  *
- * Every metric is listed in docs/operations.md; keep the two in step.
+ * The same listener serves the status page: web/status.html at / (built
+ * into the binary) and the document it reads at /status.json.
+ *
+ * Every metric, and the status document's shape, is in docs/operations.md;
+ * keep them in step.
  */
 #include "metrics.h"
 
+#include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,9 +30,11 @@
 #include "base/log.h"
 #include "base/xmalloc.h"
 #include "config/addr.h"
+#include "proto/event.h"
 #include "queue/policy.h"
 #include "queue/sched.h"
 #include "redis/redis_link.h"
+#include "schedule/domains.h"
 #include "schedule/entry.h"
 #include "store/store.h"
 
@@ -36,6 +43,156 @@
 #include <microhttpd.h>
 #include <netinet/in.h>
 #endif
+
+/* ---- what only Redis knows: groups, stream, suppressed list -------------- */
+
+/* The consumer groups' lag and pending counts, the stream's length, the
+ * suppressed list's size and the latest events live in Redis. A scrape must
+ * never wait on Redis (a slow or absent Redis would stall Prometheus and
+ * the status page with it), so a timer reads them every OBSERVE_EVERY_MS
+ * into this cache and both pages answer from it: the figures are at most
+ * that old. One round of reads is in flight at a time. */
+#define OBSERVE_EVERY_MS 2000
+#define LATEST_EVENTS 20
+
+static struct {
+    json_t *groups; /* [{name, consumers, pending, lag}], NULL until read */
+    json_t *latest; /* the newest events, newest first, as subscribers get them */
+    long long stream_len, suppressed; /* -1 until read */
+    int in_flight;                    /* replies of the current round still to come */
+    uv_timer_t timer;
+    bool timer_on;
+} obs = {.stream_len = -1, .suppressed = -1};
+
+#ifdef REBOUND_HAVE_MHD /* the cache is filled only while the endpoint runs */
+/* A field of a flat array of names and values (an XINFO GROUPS entry). */
+static const redisReply *info_field(const redisReply *g, const char *name)
+{
+    if (!g || g->type != REDIS_REPLY_ARRAY)
+        return NULL;
+    for (size_t i = 0; i + 1 < g->elements; i += 2) {
+        const redisReply *k = g->element[i];
+        if ((k->type == REDIS_REPLY_STRING || k->type == REDIS_REPLY_STATUS) && strcmp(k->str, name) == 0)
+            return g->element[i + 1];
+    }
+    return NULL;
+}
+
+static json_t *info_integer(const redisReply *v)
+{
+    if (v && v->type == REDIS_REPLY_INTEGER)
+        return json_integer(v->integer);
+    return json_null(); /* Redis cannot tell a group's lag after some trims: "lag" is nil */
+}
+
+static void groups_cb(void *arg, redisReply *reply)
+{
+    obs.in_flight--;
+    if (!reply || !obs.timer_on)
+        return; /* the link went down (keep the last figures), or the endpoint stopped */
+    json_t *arr = json_array();
+    if (reply->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < reply->elements; i++) {
+            const redisReply *g = reply->element[i];
+            const redisReply *name = info_field(g, "name");
+            if (!name || name->type != REDIS_REPLY_STRING)
+                continue;
+            json_t *o = json_object();
+            json_object_set_new(o, "name", json_stringn(name->str, name->len));
+            json_object_set_new(o, "consumers", info_integer(info_field(g, "consumers")));
+            json_object_set_new(o, "pending", info_integer(info_field(g, "pending")));
+            json_object_set_new(o, "lag", info_integer(info_field(g, "lag")));
+            json_array_append_new(arr, o);
+        }
+    }
+    /* An error reply is the stream not existing yet: no groups. */
+    json_decref(obs.groups);
+    obs.groups = arr;
+}
+
+static void count_cb(void *arg, redisReply *reply)
+{
+    obs.in_flight--;
+    if (reply && reply->type == REDIS_REPLY_INTEGER)
+        *(long long *)arg = reply->integer;
+}
+
+static void latest_cb(void *arg, redisReply *reply)
+{
+    obs.in_flight--;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || !obs.timer_on)
+        return;
+    json_t *arr = json_array();
+    for (size_t i = 0; i < reply->elements; i++) {
+        const redisReply *en = reply->element[i];
+        if (en->type != REDIS_REPLY_ARRAY || en->elements != 2 || en->element[0]->type != REDIS_REPLY_STRING)
+            continue;
+        const redisReply *fv = en->element[1];
+        const redisReply *body = info_field(fv, "e");
+        if (!body || body->type != REDIS_REPLY_STRING)
+            continue;
+        size_t n;
+        char *line = event_line(en->element[0]->str, body->str, body->len, &n);
+        if (!line)
+            continue;
+        json_t *ev = json_loadb(line, n, 0, NULL);
+        free(line);
+        if (ev)
+            json_array_append_new(arr, ev);
+    }
+    json_decref(obs.latest);
+    obs.latest = arr;
+}
+
+/* Sends one round of reads, unless one is still out or Redis is down. */
+static void observe_refresh(void)
+{
+    if (obs.in_flight || !store_ready())
+        return;
+    if (store_groups_info(groups_cb, NULL) == 0)
+        obs.in_flight++;
+    if (store_stream_len(count_cb, &obs.stream_len) == 0)
+        obs.in_flight++;
+    if (store_suppressed_len(count_cb, &obs.suppressed) == 0)
+        obs.in_flight++;
+    if (store_events_latest(LATEST_EVENTS, latest_cb, NULL) == 0)
+        obs.in_flight++;
+}
+
+static void observe_timer_cb(uv_timer_t *t)
+{
+    observe_refresh();
+}
+
+static void observe_start(void)
+{
+    uv_timer_init(rbd->loop, &obs.timer);
+    /* The first round soon after start, so a first scrape has figures. */
+    uv_timer_start(&obs.timer, observe_timer_cb, 100, OBSERVE_EVERY_MS);
+    uv_unref((uv_handle_t *)&obs.timer);
+    obs.timer_on = true;
+}
+
+static void observe_stop(void)
+{
+    if (!obs.timer_on)
+        return;
+    obs.timer_on = false;
+    uv_close((uv_handle_t *)&obs.timer, NULL);
+    /* Replies still out find timer_on false and keep nothing. */
+    json_decref(obs.groups);
+    json_decref(obs.latest);
+    obs.groups = obs.latest = NULL;
+}
+#endif
+
+/* The number of held domains, when the schedule knows holds (a "held"
+ * array in domains_stats_json), else -1. */
+static long long domains_held_count(json_t *dstats)
+{
+    json_t *held = json_object_get(dstats, "held");
+    return json_is_array(held) ? (long long)json_array_size(held) : -1;
+}
 
 /* ---- rendering ----------------------------------------------------------- */
 
@@ -83,6 +240,59 @@ static void histogram_render(FILE *f, const char *name, const char *help, const 
     fprintf(f, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
     fprintf(f, "%s_sum %.9f\n", name, (double)h->sum_ns / 1e9);
     fprintf(f, "%s_count %llu\n", name, (unsigned long long)h->count);
+}
+
+/* Firing lateness, domains, and what the observe timer last read from
+ * Redis (a figure not read yet has its family and no sample). */
+static void render_observed(FILE *f)
+{
+    static const int64_t bounds[LATENESS_NBOUNDS] = LATENESS_BOUNDS_MS;
+    const char *name = "rebound_firing_lateness_seconds";
+    family(f, name, "histogram", "Fire time minus due time of each retry fired.");
+    uint64_t cum = 0;
+    for (int i = 0; i < LATENESS_NBOUNDS; i++) {
+        cum += lateness.buckets[i];
+        fprintf(f, "%s_bucket{le=\"%g\"} %llu\n", name, (double)bounds[i] / 1e3, (unsigned long long)cum);
+    }
+    cum += lateness.buckets[LATENESS_NBOUNDS];
+    fprintf(f, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    fprintf(f, "%s_sum %.3f\n", name, (double)lateness.sum_ms / 1e3);
+    fprintf(f, "%s_count %llu\n", name, (unsigned long long)lateness.count);
+
+    json_t *dstats = domains_stats_json(now_ms());
+    family(f, "rebound_domains_throttled", "gauge", "Receiving domains backed off now.");
+    fprintf(f, "rebound_domains_throttled %zu\n", json_array_size(json_object_get(dstats, "throttled")));
+    long long held = domains_held_count(dstats);
+    if (held >= 0) {
+        family(f, "rebound_domains_held", "gauge", "Receiving domains on hold.");
+        fprintf(f, "rebound_domains_held %lld\n", held);
+    }
+    json_decref(dstats);
+
+    family(f, "rebound_suppressed_addresses", "gauge", "Addresses on the suppressed list.");
+    if (obs.suppressed >= 0)
+        fprintf(f, "rebound_suppressed_addresses %lld\n", obs.suppressed);
+    family(f, "rebound_stream_length", "gauge", "Entries in the event stream.");
+    if (obs.stream_len >= 0)
+        fprintf(f, "rebound_stream_length %lld\n", obs.stream_len);
+
+    family(f, "rebound_consumer_lag", "gauge", "Events in the stream not delivered to the consumer group yet, by group.");
+    size_t i;
+    json_t *g;
+    json_array_foreach(obs.groups, i, g) {
+        json_t *lag = json_object_get(g, "lag");
+        if (json_is_integer(lag))
+            sample_u64(f, "rebound_consumer_lag", "group", json_string_value(json_object_get(g, "name")),
+                       (uint64_t)json_integer_value(lag));
+    }
+    family(f, "rebound_consumer_pending", "gauge",
+           "Events delivered to the consumer group and not acknowledged yet, by group.");
+    json_array_foreach(obs.groups, i, g) {
+        json_t *pend = json_object_get(g, "pending");
+        if (json_is_integer(pend))
+            sample_u64(f, "rebound_consumer_pending", "group", json_string_value(json_object_get(g, "name")),
+                       (uint64_t)json_integer_value(pend));
+    }
 }
 
 char *metrics_render(size_t *len)
@@ -156,9 +366,12 @@ char *metrics_render(size_t *len)
            "Client connections refused because max_connections were open.");
     fprintf(f, "rebound_connections_refused_total %llu\n", (unsigned long long)rbd->conns_refused);
 
-    family(f, "rebound_reloads_total", "counter", "SIGHUP reloads, by result: applied, or refused (old settings kept).");
+    family(f, "rebound_reloads_total", "counter",
+           "SIGHUP reloads, by result: ok (applied) or refused (the old settings kept).");
     sample_u64(f, "rebound_reloads_total", "result", "ok", rbd->reloads_ok);
     sample_u64(f, "rebound_reloads_total", "result", "refused", rbd->reloads_failed);
+
+    render_observed(f);
 
     if (fclose(f) != 0 || !buf)
         xmalloc_failed(0);
@@ -166,9 +379,163 @@ char *metrics_render(size_t *len)
     return buf;
 }
 
+#ifdef REBOUND_HAVE_MHD
+/* ---- /status.json (docs/operations.md, "Status page") --------------------- */
+
+#define DUE_BUCKETS 24
+#define DUE_BUCKET_MS 3600000LL
+#define TOP_DOMAINS_MAX 50
+
+struct due_hist {
+    int64_t from;
+    uint64_t overdue, later, buckets[DUE_BUCKETS];
+};
+
+static void due_bucket(struct entry *e, void *arg)
+{
+    struct due_hist *h = arg;
+    if (e->state != ENTRY_PENDING)
+        return;
+    int64_t in = e->node.due_ms - h->from;
+    if (in < 0)
+        h->overdue++;
+    else if (in / DUE_BUCKET_MS < DUE_BUCKETS)
+        h->buckets[in / DUE_BUCKET_MS]++;
+    else
+        h->later++;
+}
+
+/* What falls due in each hour of the next day: one walk over the schedule,
+ * as for the due counts of /metrics. */
+static json_t *due_json(int64_t now)
+{
+    struct due_hist h = {.from = now};
+    if (rbd->sched)
+        sched_foreach(rbd->sched, due_bucket, &h);
+    json_t *b = json_array();
+    for (int i = 0; i < DUE_BUCKETS; i++)
+        json_array_append_new(b, json_integer((json_int_t)h.buckets[i]));
+    return json_pack("{sIsIsIsosI}", "from", (json_int_t)now, "bucket_ms", (json_int_t)DUE_BUCKET_MS, "overdue",
+                     (json_int_t)h.overdue, "buckets", b, "later", (json_int_t)h.later);
+}
+
+/* An element of arr whose member "domain" is name, or NULL. */
+static json_t *by_domain(json_t *arr, const char *name)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v) {
+        const char *d = json_string_value(json_object_get(v, "domain"));
+        if (d && strcmp(d, name) == 0)
+            return v;
+    }
+    return NULL;
+}
+
+/* One row of domains.top: its pending count with the held and throttled
+ * marks, from the stats' throttled and (once holds exist) held lists. */
+static json_t *domain_row(const char *name, json_int_t pending, json_t *throttled, json_t *held)
+{
+    json_t *o = json_pack("{sssI}", "domain", name, "pending", pending);
+    json_t *h = by_domain(held, name);
+    json_object_set_new(o, "held", json_boolean(h != NULL));
+    json_t *until = h ? json_object_get(h, "until") : NULL;
+    if (json_is_integer(until))
+        json_object_set(o, "held_until", until);
+    json_t *t = by_domain(throttled, name);
+    json_object_set_new(o, "throttled", json_boolean(t != NULL));
+    if (t) {
+        json_t *tu = json_object_get(t, "until"), *tc = json_object_get(t, "class");
+        if (tu)
+            json_object_set(o, "throttled_until", tu);
+        if (tc)
+            json_object_set(o, "throttle_class", tc);
+    }
+    return o;
+}
+
+/* The pending count of a domain outside the top ten (domains_json). */
+static json_int_t domain_pending(const char *name)
+{
+    json_t *d = domains_json(name, strlen(name), now_ms());
+    json_int_t n = json_integer_value(json_object_get(d, "pending"));
+    json_decref(d);
+    return n;
+}
+
+static void add_marked(json_t *top, json_t *marked, json_t *throttled, json_t *held)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(marked, i, v) {
+        const char *name = json_string_value(json_object_get(v, "domain"));
+        if (!name || by_domain(top, name) || json_array_size(top) >= TOP_DOMAINS_MAX)
+            continue;
+        json_array_append_new(top, domain_row(name, domain_pending(name), throttled, held));
+    }
+}
+
+static json_t *domains_status_json(int64_t now)
+{
+    json_t *st = domains_stats_json(now);
+    json_t *throttled = json_object_get(st, "throttled"), *held = json_object_get(st, "held");
+    json_t *top = json_array();
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(st, "top_pending"), i, v) {
+        const char *name = json_string_value(json_object_get(v, "domain"));
+        if (name)
+            json_array_append_new(top, domain_row(name, json_integer_value(json_object_get(v, "pending")),
+                                                  throttled, held));
+    }
+    add_marked(top, held, throttled, held);
+    add_marked(top, throttled, throttled, held);
+    json_t *o = json_pack("{sOso}", "known", json_object_get(st, "known"), "top", top);
+    json_decref(st);
+    return o;
+}
+
+/* Builds the status document (compact JSON, malloc'd; *len its length).
+ * Bounded work: one walk over the schedule, one over the domain table, and
+ * the cache of Redis's figures; nothing waits on Redis. */
+static char *status_render(size_t *len)
+{
+    int64_t now = now_ms();
+    const struct policy *p = rbd->policy;
+    json_t *o = json_object();
+    json_object_set_new(o, "version", json_string(REBOUND_VERSION));
+    json_object_set_new(o, "now", json_integer(now));
+    json_object_set_new(o, "started_at", json_integer(rbd->started_ms));
+    json_object_set_new(o, "loaded", json_boolean(rbd->loaded));
+    json_object_set_new(o, "redis", json_string(store_ready() ? "up" : "down"));
+    json_object_set_new(o, "connections", json_integer(rbd->nconns));
+    json_t *by = json_object();
+    for (int i = 0; p && i < p->nclasses; i++)
+        json_object_set_new(by, p->classes[i].name, json_integer((json_int_t)rbd->pending_by_class[i]));
+    json_object_set_new(o, "queue", json_pack("{sIsIso}", "pending", (json_int_t)rbd->npending, "awaiting",
+                                              (json_int_t)rbd->nawaiting, "by_class", by));
+    json_object_set_new(o, "due", due_json(now));
+    json_object_set_new(o, "domains", domains_status_json(now));
+    json_object_set_new(o, "groups", obs.groups ? json_copy(obs.groups) : json_array());
+    json_t *emitted = json_object();
+    for (int t = 0; t < EV__COUNT; t++)
+        json_object_set_new(emitted, event_type_name((enum event_type)t),
+                            json_integer((json_int_t)rbd->events_emitted[t]));
+    json_object_set_new(o, "events", json_pack("{soso}", "emitted", emitted, "latest",
+                                               obs.latest ? json_copy(obs.latest) : json_array()));
+    char *text = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!text)
+        xmalloc_failed(0);
+    *len = strlen(text);
+    return text;
+}
+
 /* ---- the HTTP endpoint ----------------------------------------------------- */
 
-#ifdef REBOUND_HAVE_MHD
+/* web/status.html, embedded at build time (web/embed.cmake). */
+extern const char web_status_html[];
+extern const size_t web_status_html_len;
 
 static struct MHD_Daemon *mhd;
 static uv_poll_t mhd_poll;
@@ -213,17 +580,37 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         return MHD_YES;
     }
     if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
-        return respond_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET /metrics here\n");
-    if (strcmp(url, "/metrics") != 0)
-        return respond_text(conn, MHD_HTTP_NOT_FOUND, "not found: the metrics are at /metrics\n");
+        return respond_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET here\n");
     size_t len;
-    char *body = metrics_render(&len);
+    char *body;
+    const char *ctype;
+    if (strcmp(url, "/metrics") == 0) {
+        body = metrics_render(&len);
+        ctype = "text/plain; version=0.0.4; charset=utf-8";
+    } else if (strcmp(url, "/status.json") == 0) {
+        body = status_render(&len);
+        ctype = "application/json";
+    } else if (strcmp(url, "/") == 0) {
+        struct MHD_Response *page = MHD_create_response_from_buffer(web_status_html_len, (void *)web_status_html,
+                                                                    MHD_RESPMEM_PERSISTENT);
+        if (!page)
+            return MHD_NO;
+        MHD_add_response_header(page, MHD_HTTP_HEADER_CONTENT_TYPE, "text/html; charset=utf-8");
+        enum MHD_Result prc = MHD_queue_response(conn, MHD_HTTP_OK, page);
+        MHD_destroy_response(page);
+        return prc;
+    } else {
+        return respond_text(conn, MHD_HTTP_NOT_FOUND,
+                            "not found: the metrics are at /metrics, the status page at / (its data /status.json)\n");
+    }
     struct MHD_Response *r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
     if (!r) {
         free(body);
         return MHD_NO;
     }
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    /* Both change from one second to the next. */
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, r);
     MHD_destroy_response(r);
     return rc;
@@ -306,9 +693,10 @@ int metrics_start(const char *hostport, char *err, size_t errlen)
     uv_timer_init(rbd->loop, &mhd_timer);
     uv_poll_start(&mhd_poll, UV_READABLE, mhd_poll_cb);
     http_on = true;
+    observe_start();
     if (!is_loopback((struct sockaddr *)&addr))
         log_warn("metrics: %s is not loopback: anyone who can reach it can read the queue's figures", hostport);
-    log_info("metrics on http://%s/metrics", hostport);
+    log_info("metrics on http://%s/metrics, status page on http://%s/", hostport, hostport);
     return 0;
 }
 
@@ -317,6 +705,7 @@ void metrics_stop(void)
     if (!http_on)
         return;
     http_on = false;
+    observe_stop();
     /* Off libuv's epoll before MHD closes the descriptor. */
     uv_close((uv_handle_t *)&mhd_poll, NULL);
     uv_close((uv_handle_t *)&mhd_timer, NULL);

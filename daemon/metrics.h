@@ -15,7 +15,10 @@
 char *metrics_render(size_t *len);
 
 /* Starts the HTTP endpoint on "HOST:PORT" (the metrics_listen option) on
- * rbd->loop. Returns 0, or -1 with the reason in err. */
+ * rbd->loop: /metrics, the status page at / and its /status.json, and the
+ * timer that reads the figures only Redis has (consumer groups, stream
+ * length, suppressed list, latest events) every 2 s. Returns 0, or -1 with
+ * the reason in err. */
 int metrics_start(const char *hostport, char *err, size_t errlen);
 /* Stops the endpoint and closes its handles (no-op when not started). */
 void metrics_stop(void);

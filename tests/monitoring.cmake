@@ -21,7 +21,7 @@ function(rebound_monitoring_test name module)
     TIMEOUT 180)
 endfunction()
 
-foreach(t dashboard status_page ctl_render)
+foreach(t dashboard status_page ctl_render journal_log)
   if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/monitoring/test_${t}.py)
     if(t STREQUAL "ctl_render")
       rebound_monitoring_test(ctl.render test_${t})

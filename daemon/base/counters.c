@@ -36,3 +36,18 @@ void counters_report(const char *class_name, int action)
     snprintf(counters.reports[counters.nreports].name, sizeof counters.reports[0].name, "%s", class_name);
     counters.reports[counters.nreports++].n[action] = 1;
 }
+
+struct lateness lateness;
+
+void counters_lateness(int64_t late_ms)
+{
+    static const int64_t bounds[LATENESS_NBOUNDS] = LATENESS_BOUNDS_MS;
+    if (late_ms < 0)
+        late_ms = 0;
+    int i = 0;
+    while (i < LATENESS_NBOUNDS && late_ms > bounds[i])
+        i++;
+    lateness.buckets[i]++;
+    lateness.count++;
+    lateness.sum_ms += (uint64_t)late_ms;
+}

@@ -42,4 +42,25 @@ void counters_error(const char *code);
  * action value); other actions are ignored. */
 void counters_report(const char *class_name, int action);
 
+/* ---- firing lateness: fire time minus due time of each retry fired ---- */
+
+/* Upper bounds of its buckets in milliseconds: a retry fires within a few
+ * ms in the steady state and minutes to hours late after an outage, so the
+ * buckets span both (the request histograms stop at 10 s). */
+#define LATENESS_BOUNDS_MS {1, 5, 10, 50, 100, 500, 1000, 5000, 10000, 30000, 60000, 300000, 900000, 3600000}
+#define LATENESS_NBOUNDS 14
+
+struct lateness {
+    uint64_t buckets[LATENESS_NBOUNDS + 1]; /* not cumulative; the last is +Inf */
+    uint64_t count;
+    uint64_t sum_ms;
+};
+
+/* Read-only outside counters.c. */
+extern struct lateness lateness;
+
+/* Counts one retry that fired late_ms after it fell due (a fire ahead of
+ * its due millisecond, a negative value, counts as 0). */
+void counters_lateness(int64_t late_ms);
+
 #endif

@@ -1,4 +1,7 @@
-/* One-line logs on stderr ("reboundd[pid]: warn: ..."); journald adds the time. */
+/* One-line logs on stderr ("reboundd[pid]: warn: ..."); journald adds the
+ * time. When stderr is the journal (JOURNAL_STREAM names it), a line is
+ * "<4>warn: ..." instead: the priority journald reads, and no identifier,
+ * which journald adds itself. */
 #ifndef REBOUND_DAEMON_LOG_H
 #define REBOUND_DAEMON_LOG_H
 
@@ -7,6 +10,9 @@ enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 /* Returns 0, or -1 for an unknown level name. */
 int log_set_level_name(const char *name);
 void log_set_level(enum log_level level);
+/* Decides again whether stderr is the journal (done at the first line; call
+ * it after stderr was redirected). */
+void log_detect_journal(void);
 int log_enabled(enum log_level level);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Logs and exits(1): for start-up errors and broken invariants. */

@@ -9,6 +9,7 @@
 #include <sys/timerfd.h>
 #endif
 
+#include "base/counters.h"
 #include "base/daemon.h"
 #include "base/log.h"
 #include "base/xmalloc.h"
@@ -221,8 +222,10 @@ static void fire_finish(struct fire_batch *b, bool ok)
             /* Redis no longer knows it (removed by hand): forget it. */
             entry_become(e, ENTRY_NEW, NULL);
         } else {
-            if (b->f.outcome[i] == STORE_FIRE_NOW)
+            if (b->f.outcome[i] == STORE_FIRE_NOW) {
                 fired++;
+                counters_lateness(b->f.now - b->due[i]);
+            }
             entry_become(e, ENTRY_AWAITING, NULL);
             sched_set_due(rbd->sched, e, b->due[i] + awaiting);
         }

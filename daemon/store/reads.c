@@ -149,3 +149,31 @@ int store_group_ack(const char *group, const char *const *ids, size_t n, store_r
     free(lens);
     return rc;
 }
+
+/* ---- what operators see: /metrics and /status.json (metrics.c) ---- */
+
+int store_groups_info(store_reply_cb cb, void *arg)
+{
+    const char *argv[] = {"XINFO", "GROUPS", rbd->key_events};
+    return command_str(3, argv, cb, arg);
+}
+
+int store_stream_len(store_reply_cb cb, void *arg)
+{
+    const char *argv[] = {"XLEN", rbd->key_events};
+    return command_str(2, argv, cb, arg);
+}
+
+int store_suppressed_len(store_reply_cb cb, void *arg)
+{
+    const char *argv[] = {"HLEN", rbd->key_supp};
+    return command_str(2, argv, cb, arg);
+}
+
+int store_events_latest(int count, store_reply_cb cb, void *arg)
+{
+    char n[16];
+    snprintf(n, sizeof n, "%d", count);
+    const char *argv[] = {"XREVRANGE", rbd->key_events, "+", "-", "COUNT", n};
+    return command_str(6, argv, cb, arg);
+}

@@ -175,4 +175,18 @@ int store_group_read(const char *group, const char *from, const char *count, sto
 /* Acknowledges n entry ids of group (XACK); cb may be NULL when the reply
  * does not matter. */
 int store_group_ack(const char *group, const char *const *ids, size_t n, store_reply_cb cb, void *arg);
+
+/* ---- what operators see (read by metrics.c for /metrics and /status.json) ---- */
+
+/* The event stream's consumer groups (XINFO GROUPS): an array of maps
+ * (name, consumers, pending, lag, ...), or an error reply while the stream
+ * does not exist yet. */
+int store_groups_info(store_reply_cb cb, void *arg);
+/* The event stream's length (XLEN). */
+int store_stream_len(store_reply_cb cb, void *arg);
+/* The number of suppressed addresses (HLEN). */
+int store_suppressed_len(store_reply_cb cb, void *arg);
+/* The count newest entries of the event stream, newest first (XREVRANGE):
+ * {{id, {"e", body}}, ...}. */
+int store_events_latest(int count, store_reply_cb cb, void *arg);
 #endif

@@ -9,11 +9,17 @@ the daemon's figures: queue depth by class, what falls due over the next 24 h
 groups with their lag, the latest events. A screenshot is written to
 REBOUND_BUILD_DIR/status-page.png.
 
-Until reboundd serves the page and /status.json itself, a small server here
-serves web/status.html and a status.json built from the daemon's own answers
-(stats, get, the events it sent) and Redis's XINFO GROUPS, in the shape
-docs/operations.md ("Status page") defines. STATUS_FROM_DAEMON switches the
-test to the daemon's metrics listener instead.
+reboundd serves the page at / and the document at /status.json on its
+metrics listener, and the browser loads them from there. A small server here
+stands between them where the test needs to see or break the page's requests
+(the refresh, an unreachable status.json), and marks the held domain held
+while reboundd does not know the hold op yet (it answers unknown_op).
+
+With STATUS_FROM_DAEMON false (REBOUND_STATUS_FROM_DAEMON=0) that server
+instead serves web/status.html and a status.json built from the daemon's own
+answers (stats, get, the events it sent) and Redis's XINFO GROUPS, in the
+shape docs/operations.md ("Status page") defines: the page alone, without the
+daemon's listener.
 """
 
 import html.parser
@@ -23,6 +29,8 @@ import os
 import shutil
 import struct
 import subprocess
+import urllib.error
+import urllib.request
 import tempfile
 import threading
 import time
@@ -31,8 +39,8 @@ import unittest
 from harness import (BUILD_DIR, DEFAULT_POLICY, SOURCE_DIR, USER_UNKNOWN, Daemon, RedisServer, bounce, free_port,
                      have_reboundd, now_ms, reboundd_path, unique_id, wait_until)
 
-# The one line the second step changes: True loads the page from reboundd.
-STATUS_FROM_DAEMON = os.environ.get("REBOUND_STATUS_FROM_DAEMON") == "1"
+# True loads the page from reboundd (REBOUND_STATUS_FROM_DAEMON=0: the page alone).
+STATUS_FROM_DAEMON = os.environ.get("REBOUND_STATUS_FROM_DAEMON", "1") == "1"
 
 PAGE = os.path.join(SOURCE_DIR, "web", "status.html")
 SCREENSHOT = os.path.join(BUILD_DIR, "status-page.png")
@@ -43,8 +51,8 @@ TEMP = dict(code=451, enhanced="4.3.0", text="451 4.3.0 Temporary local problem,
 HOUR = 3600 * 1000
 BUCKETS = 24
 
-# reboundd has no hold op yet: the stand-in server marks this domain held.
-# The second step holds it through the daemon instead (see setUpClass).
+# Held through the daemon's hold op; while reboundd does not know it yet, the
+# server in between marks this domain held (see setUpClass).
 HELD_DOMAIN = "held.example"
 
 
@@ -96,14 +104,36 @@ def status_document(stats, version, dues, groups, latest, held):
     }
 
 
+def http_get(url, timeout=5.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, dict(r.headers), r.read()
+
+
 class StandIn(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self):
+    def __init__(self, upstream=None, mark_held=()):
         super().__init__(("127.0.0.1", free_port()), StandInHandler)
         self.document = None
+        self.upstream = upstream  # reboundd's listener ("http://host:port"): pass its answers on
+        self.mark_held = set(mark_held)  # domains to mark held in the upstream's status.json
         self.fail_with = None  # an HTTP status for /status.json, to see the page cope
         self.requests = []
+
+    def status_json(self):
+        if self.upstream is None:
+            return json.dumps(self.document).encode()
+        doc = json.loads(http_get(self.upstream + "/status.json")[2])
+        for d in doc["domains"]["top"]:
+            if d["domain"] in self.mark_held:
+                d["held"] = True
+        return json.dumps(doc).encode()
+
+    def page(self):
+        if self.upstream is not None:
+            return http_get(self.upstream + "/")[2]
+        with open(PAGE, "rb") as f:
+            return f.read()
 
     @property
     def url(self):
@@ -117,13 +147,12 @@ class StandInHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.server.requests.append(self.path)
         if self.path == "/":
-            with open(PAGE, "rb") as f:
-                self.reply(200, "text/html; charset=utf-8", f.read())
+            self.reply(200, "text/html; charset=utf-8", self.server.page())
         elif self.path == "/status.json":
             if self.server.fail_with:
                 self.reply(self.server.fail_with, "text/plain", b"unavailable\n")
             else:
-                self.reply(200, "application/json", json.dumps(self.server.document).encode())
+                self.reply(200, "application/json", self.server.status_json())
         else:
             self.reply(404, "text/plain", b"not found\n")
 
@@ -268,9 +297,12 @@ class StatusPageTest(unittest.TestCase):
             reqs.append(bounce(cls.suppressed_ids[-1], rcpt="nobody%d@gone.example" % i, **USER_UNKNOWN))
         for r in c.pipeline(reqs):
             assert r.get("ok") is True, r
+        cls.hold_landed = False
         if STATUS_FROM_DAEMON:
             r = c.request({"op": "hold", "domain": HELD_DOMAIN})
-            assert r.get("ok") is True, r
+            if (r.get("error") or {}).get("code") != "unknown_op":
+                assert r.get("ok") is True, r
+                cls.hold_landed = True
 
         # The events so far: 3 suppress, 1 domain_throttled.
         events = []
@@ -295,8 +327,20 @@ class StatusPageTest(unittest.TestCase):
                                  timeout=10).stdout.split()[1]
 
         if STATUS_FROM_DAEMON:
-            cls.url = "http://%s/" % cls.metrics_addr
-            cls.stand_in = None
+            cls.daemon_url = "http://%s" % cls.metrics_addr
+
+            # The daemon reads the groups and the latest events from Redis
+            # every 2 s: until it has read what the test saw.
+            def caught_up():
+                doc = json.loads(http_get(cls.daemon_url + "/status.json")[2])
+                eids = {e["eid"] for e in doc["events"]["latest"]}
+                return doc["groups"] == cls.groups and all(e["eid"] in eids for e in cls.events)
+            wait_until(caught_up, 10, interval=0.1, what="status.json to show the groups and events")
+            cls.stand_in = StandIn(upstream=cls.daemon_url, mark_held=() if cls.hold_landed else {HELD_DOMAIN})
+            threading.Thread(target=cls.stand_in.serve_forever, daemon=True).start()
+            cls.cleanups.append(cls.stand_in.server_close)
+            cls.cleanups.append(cls.stand_in.shutdown)
+            cls.url = (cls.daemon_url + "/") if cls.hold_landed else cls.stand_in.url
         else:
             cls.stand_in = StandIn()
             cls.stand_in.document = status_document(cls.stats, version, cls.dues, cls.groups,
@@ -383,6 +427,66 @@ class StatusPageTest(unittest.TestCase):
             self.assertIn(ev.get("id") or ev.get("domain"), row.cells())
         suppressed_rows = root.find_all("tr", data_type="suppress")
         self.assertEqual(sorted(r.cells()[2] for r in suppressed_rows), sorted(self.suppressed_ids))
+
+    def test_daemon_serves_page_and_document(self):
+        if not STATUS_FROM_DAEMON:
+            self.skipTest("the page alone")
+        status, headers, body = http_get(self.daemon_url + "/")
+        self.assertEqual(status, 200)
+        self.assertTrue(headers["Content-Type"].startswith("text/html"), headers)
+        with open(PAGE, "rb") as f:
+            self.assertEqual(body, f.read(), "reboundd serves the page it was built with")
+        with self.assertRaises(urllib.error.HTTPError) as cm:
+            http_get(self.daemon_url + "/nope")
+        self.assertEqual(cm.exception.code, 404)
+
+        before = now_ms()
+        status, headers, body = http_get(self.daemon_url + "/status.json")
+        self.assertEqual((status, headers["Content-Type"], headers["Cache-Control"]),
+                         (200, "application/json", "no-store"))
+        doc = json.loads(body)
+        st = self.stats
+        self.assertGreaterEqual(doc["now"], before)
+        self.assertLessEqual(doc["started_at"], doc["now"])
+        self.assertEqual((doc["loaded"], doc["redis"]), (True, "up"))
+        self.assertEqual(doc["queue"], {"pending": st["pending"], "awaiting": st["awaiting"],
+                                        "by_class": st["by_class"]})
+        due = doc["due"]
+        self.assertEqual((due["from"], due["bucket_ms"], len(due["buckets"])), (doc["now"], HOUR, BUCKETS))
+        self.assertEqual(due["overdue"] + sum(due["buckets"]) + due["later"], st["pending"])
+        for hours, n in self.placed.items():
+            if hours < BUCKETS:
+                self.assertEqual(due["buckets"][hours], n, "bucket +%dh" % hours)
+        self.assertEqual(due["later"], self.placed[30])
+        top = {d["domain"]: d for d in doc["domains"]["top"]}
+        self.assertEqual(doc["domains"]["known"], st["domains"]["known"])
+        t = top["throttled.example"]
+        self.assertEqual((t["pending"], t["throttled"], t["throttle_class"]), (60, True, "rate_limit"))
+        self.assertGreater(t["throttled_until"], doc["now"])
+        self.assertEqual(top["later.example"]["held"], False)
+        self.assertEqual(top["later.example"]["throttled"], False)
+        self.assertEqual(top[HELD_DOMAIN]["held"], self.hold_landed)
+        self.assertEqual(doc["groups"], self.groups)
+        self.assertEqual(doc["events"]["emitted"], st["events"])
+        latest = doc["events"]["latest"]
+        self.assertEqual([e["eid"] for e in latest], [e["eid"] for e in reversed(self.events)], "newest first")
+        self.assertEqual(latest, list(reversed(self.events)), "each as the subscriber got it")
+
+        # /metrics reads the same figures.
+        samples = {}
+        for line in http_get(self.daemon_url + "/metrics")[2].decode().splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                samples[name] = float(value)
+        for g in self.groups:
+            self.assertEqual(samples['rebound_consumer_lag{group="%s"}' % g["name"]], g["lag"])
+            self.assertEqual(samples['rebound_consumer_pending{group="%s"}' % g["name"]], g["pending"])
+        self.assertEqual(samples["rebound_suppressed_addresses"], 3)
+        self.assertEqual(samples["rebound_stream_length"], len(self.events))
+        self.assertEqual(samples["rebound_domains_throttled"], 1)
+        if self.hold_landed:
+            self.assertEqual(samples["rebound_domains_held"], 1)
+        self.assertEqual(samples["rebound_firing_lateness_seconds_count"], 0, "nothing fired yet")
 
     def test_self_contained_and_refreshing(self):
         with open(PAGE) as f:

@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "base/counters.h"
 #include "base/daemon.h"
 #include "config/policy_load.h"
 #include "daemon_stubs.h"
@@ -191,6 +192,7 @@ static void run_until_fires(int n)
 static void test_firing_script_then_burst(void **state)
 {
     int64_t due = now_ms() - 10;
+    uint64_t late_before = lateness.count;
     struct entry *small[50];
     for (int i = 0; i < 50; i++) {
         char id[16], dom[32];
@@ -211,6 +213,10 @@ static void test_firing_script_then_burst(void **state)
     assert_false(small[49]->flags & (ENTRY_BUSY | ENTRY_FIRING));
     assert_int_equal(stubs.fired_calls, 1);
     assert_int_equal(rbd->events_emitted[EV_RETRY], 50);
+    /* each retry fired counts its lateness: due 10 ms before the batch left */
+    assert_int_equal(lateness.count - late_before, 50);
+    assert_true(lateness.sum_ms >= 50 * 10);
+    assert_int_equal(lateness.buckets[0] + lateness.buckets[1], 0);
 
     /* 300 at once: one batch, as a burst */
     for (int i = 0; i < 300; i++) {
@@ -231,6 +237,7 @@ static void test_firing_script_then_burst(void **state)
     assert_int_equal(rbd->npending, 300);
     assert_int_equal(rbd->nawaiting, 50);
     assert_int_equal(rbd->events_emitted[EV_RETRY], 50);
+    assert_int_equal(lateness.count - late_before, 50); /* nothing fired, nothing observed */
     struct entry *b0 = sched_find(rbd->sched, "b0", 2);
     assert_non_null(b0);
     assert_int_equal(b0->state, ENTRY_PENDING);
