@@ -54,6 +54,9 @@ struct daemon {
     uint64_t reloads_ok, reloads_failed;
     uint64_t policy_generation; /* bumped each time rbd->policy changes: keys caches of its results */
     uint64_t redis_connects;          /* times the Redis link became ready */
+
+    /* acting on the queue (ops/list.c, retry_now.c, hold.c) */
+    char *key_held; /* <prefix>held: hash of held domains */
 };
 
 extern struct daemon *rbd;

@@ -50,6 +50,10 @@ static void drop_done_cb(void *arg, bool ok, long long result)
  * recipient. */
 void op_drop(struct job *op)
 {
+    if (!op->req.id) {
+        op_bulk(op); /* cancel by domain or campaign */
+        return;
+    }
     struct entry *e = op->e;
     op->e = NULL; /* set again below when the write is about the entry */
     bool known = e && e->state != ENTRY_NEW;

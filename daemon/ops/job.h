@@ -66,6 +66,14 @@ void op_stats(struct job *op);       /* info.c */
 void op_domain(struct job *op);      /* info.c */
 void op_subscribe(struct job *op);   /* subscribe.c */
 void op_ack(struct job *op);         /* subscribe.c */
+/* acting on the queue */
+void op_list(struct job *op);        /* list.c */
+void op_retry_now(struct job *op);   /* retry_now.c */
+void op_hold(struct job *op);        /* hold.c: hold */
+void op_release(struct job *op);     /* hold.c: release */
+/* retry_now.c: cancel or retry_now of every message of a domain or a
+ * campaign, in bounded slices (drop.c hands cancel's bulk form here). */
+void op_bulk(struct job *op);
 
 /* Replies obj (owned, may be NULL) as the request's success. */
 void op_reply(const struct job *op, json_t *obj);

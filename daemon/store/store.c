@@ -142,6 +142,7 @@ void store_init(void)
     rbd->key_rcpts = make_key("rcpt");
     rbd->key_supp = make_key("suppressed");
     rbd->key_domains = make_key("domains");
+    rbd->key_held = make_key("held");
 }
 
 void store_mark_in_doubt(const char *id, size_t id_len)
@@ -193,6 +194,8 @@ void store_free(void)
     free(rbd->key_supp);
     free(rbd->key_domains);
     rbd->key_msgs = rbd->key_events = rbd->key_rcpts = rbd->key_supp = rbd->key_domains = NULL;
+    free(rbd->key_held);
+    rbd->key_held = NULL;
 }
 
 bool store_ready(void)
