@@ -13,7 +13,7 @@
  * first gathers the ids (from memory for a domain: one pass over the
  * schedule; from the records for a campaign, which memory does not hold:
  * HSCAN pages of BULK_SCAN records, one per round trip), then works
- * through them BULK_SLICE at a time, one Redis command per slice and one
+ * through them a slice at a time (BULK_SLICE, BULK_SLICE_RETRY ids), one Redis command per slice and one
  * slice in flight, so every other client's batch goes to Redis between two
  * slices. The entries of a slice are busy while its command is in flight;
  * a message with a write of its own in flight then is left out.
@@ -33,7 +33,12 @@
 #include "schedule/firing.h"
 #include "store/store.h"
 
-#define BULK_SLICE 500
+/* Ids per Redis command, sized so that a slice costs Redis about a
+ * millisecond or two (an HDEL of 200 records; retry_now's script reads
+ * and rewrites each record, 100 of them): another client's write waits
+ * for at most one slice. */
+#define BULK_SLICE 200
+#define BULK_SLICE_RETRY 100
 #define BULK_SCAN "1000"
 
 struct bulk {
@@ -134,7 +139,8 @@ static void slice_cb(void *arg, redisReply *reply)
  * wanted; ends the op when none is left. */
 static void next_slice(struct bulk *b)
 {
-    while (b->nslice < BULK_SLICE && b->next < b->n) {
+    size_t max = b->cancel ? BULK_SLICE : BULK_SLICE_RETRY;
+    while (b->nslice < max && b->next < b->n) {
         const char *id = b->ids[b->next++];
         struct entry *e = sched_find(rbd->sched, id, strlen(id));
         if (!e || (e->flags & (ENTRY_BUSY | ENTRY_FIRING)) || !wanted(b, e))

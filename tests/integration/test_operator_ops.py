@@ -246,19 +246,24 @@ class HoldTest(OperatorBase):
 class BulkLatencyTest(OperatorBase):
     N = int(os.environ.get("REBOUND_BULK_N", "100000"))
 
-    def timed_pings(self, c, busy):
-        """Pings one at a time while busy() holds; their latencies in ms."""
+    def timed_reports(self, c, busy):
+        """A well-behaved client's reports (bounces for another domain,
+        each a Redis write), one at a time while busy() holds; their
+        latencies in ms."""
         lat = []
         deadline = time.monotonic() + 60
         while busy() and time.monotonic() < deadline:
             t = time.monotonic()
-            self.assertOk(c.request({"op": "ping"}))
+            r = c.request(bounce(unique_id("o"), rcpt="x@other.example", **GREYLIST))
+            self.assertOk(r)
             lat.append((time.monotonic() - t) * 1000)
+            self.others += 1
         return sorted(lat)
 
     def test_bulk_ops_on_100k_do_not_stall_others(self):
         redis, d, c = self.start_all(policy=self.slow_policy())
         n = self.N
+        self.others = 0
         # Records straight into Redis, loaded at start: seconds, not a
         # hundred thousand requests.
         first = now_ms()
@@ -292,19 +297,19 @@ class BulkLatencyTest(OperatorBase):
                     state["reply"] = json.loads(line)
                 return state["reply"] is None
 
-            lat = self.timed_pings(other, busy)
+            lat = self.timed_reports(other, busy)
             if state["reply"] is None:
                 state["reply"] = c.read_reply(timeout=60)
             took = (time.monotonic() - t) * 1000
             r = state["reply"]
             self.assertOk(r)
             self.assertEqual(r["count"], n)
-            self.assertGreater(len(lat), 5, "pings were answered while the bulk op ran")
+            self.assertGreater(len(lat), 5, "reports were answered while the bulk op ran")
             p50, p99, mx = lat[len(lat) // 2], lat[int(len(lat) * 0.99)], lat[-1]
-            log("%s on %d: %.0f ms; meanwhile %d pings, p50 %.2f ms, p99 %.2f ms, max %.2f ms" %
+            log("%s on %d: %.0f ms; meanwhile %d reports, p50 %.2f ms, p99 %.2f ms, max %.2f ms" %
                 (op["op"], n, took, len(lat), p50, p99, mx))
             self.assertLess(p99, 250, "another client is not stalled")
-        self.assertEqual(redis.cmd("HLEN", "rebound:msg"), 0)
+        self.assertEqual(redis.cmd("HLEN", "rebound:msg"), self.others)
 
 
 if __name__ == "__main__":
