@@ -12,7 +12,9 @@ import tempfile
 import time
 import unittest
 
-from harness import FAST_POLICY, GREYLIST, DaemonTestCase, bounce, now_ms, unique_id
+import subprocess
+
+from harness import BUILD_DIR, FAST_POLICY, GREYLIST, DaemonTestCase, bounce, now_ms, unique_id
 
 
 def log(msg):
@@ -241,6 +243,41 @@ class HoldTest(OperatorBase):
         self.assertTrue(all(e["at"] >= until for e in got), "none before the hold's end")
         self.assertError(c.request({"op": "hold", "domain": "t.example", "until": 1000}), "bad_request")
         self.assertError(c.request({"op": "hold"}), "bad_request")
+
+
+class ReboundctlTest(OperatorBase):
+    def ctl(self, d, *args):
+        p = subprocess.run([os.path.join(BUILD_DIR, "reboundctl"), "--json", "-s", "127.0.0.1:%d" % d.port] +
+                           list(args), capture_output=True, text=True, timeout=20)
+        return p.returncode, [json.loads(l) for l in p.stdout.splitlines() if l.strip()], p.stderr
+
+    def test_commands(self):
+        redis, d, c = self.start_all(policy=self.slow_policy())
+        a = self.bounces(c, 4, "a.example", campaign="winter")
+        b = self.bounces(c, 3, "b.example")
+        rc, out, err = self.ctl(d, "hold", "b.example", "--until", "+1h")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("until", out[0]["held"])
+        rc, out, err = self.ctl(d, "list", "--all", "--count", "2")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(sorted(i["id"] for i in out), sorted(a + b))
+        rc, out, _ = self.ctl(d, "list", "--domain", "b.example")
+        self.assertEqual(len(out[0]["items"]), 3)
+        self.assertTrue(all(i["held"] for i in out[0]["items"]))
+        rc, out, _ = self.ctl(d, "list", "--due-before", "+10s")
+        self.assertEqual(out[0]["items"], [])
+        rc, out, _ = self.ctl(d, "retry-now", a[0])
+        self.assertEqual(out[0]["count"], 1)
+        rc, out, _ = self.ctl(d, "cancel", "--campaign", "winter")
+        self.assertEqual(out[0]["count"], 4)
+        rc, out, _ = self.ctl(d, "retry-now", "--domain", "b.example")
+        self.assertEqual(out[0]["count"], 3)
+        rc, out, _ = self.ctl(d, "release", "b.example")
+        self.assertTrue(out[0]["released"])  # count: those the firing had already held back
+        rc, out, err = self.ctl(d, "cancel", "--domain", "b.example", "--campaign", "x")
+        self.assertEqual(rc, 2, "usage error")
+        rc, out, err = self.ctl(d, "list", "--state", "nope")
+        self.assertEqual(rc, 1)
 
 
 class BulkLatencyTest(OperatorBase):
