@@ -81,6 +81,7 @@ static const struct option options[] = {
     {"log_level", OPT_LEVEL, FIELD(log_level), "info", 0, 0, true, false},
     {"stream_maxlen", OPT_INT, FIELD(stream_maxlen), "1000000", 1, LLONG_MAX, true, false},
     {"fire_batch", OPT_INT, FIELD(fire_batch), "1000", 1, 100000, true, false},
+    {"history_retention", OPT_DURATION, FIELD(history_retention_ms), "7d", 0, 366LL * 24 * 3600 * 1000, true, false},
 };
 #define NOPTIONS (sizeof options / sizeof options[0])
 

@@ -31,6 +31,7 @@ struct config {
     long long stream_maxlen; /* approximate cap of the event stream, default 1000000 */
     int fire_batch;        /* retries fired per Redis round trip, default 1000 */
     int64_t redis_timeout_ms; /* connect and command time-out, default 5000 (file key "redis_timeout", a duration) */
+    int64_t history_retention_ms; /* how long a finished message's story is kept, default 7 d; 0 = none */
 };
 
 /* Fills cfg with the defaults (strings malloc'd). */

@@ -33,7 +33,7 @@ static const char *const op_names[OP__COUNT] = {
     [OP_ACK] = "ack",             [OP_PING] = "ping",           [OP_AUTH] = "auth",
     [OP_UNSUPPRESS] = "unsuppress", [OP_SUPPRESSED] = "suppressed", [OP_DOMAIN] = "domain",
     [OP_LIST] = "list",           [OP_RETRY_NOW] = "retry_now", [OP_HOLD] = "hold",
-    [OP_RELEASE] = "release",
+    [OP_RELEASE] = "release",     [OP_HISTORY] = "history",
 };
 
 static const char *const event_names[EV__COUNT] = {
@@ -758,6 +758,11 @@ static int parse_list(json_t *root, const struct proto_limits *lim, struct reque
     return 0;
 }
 
+static int parse_history(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
+{
+    return get_id(root, lim, r, err);
+}
+
 static int parse_hold(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
 {
     if (parse_domain(root, lim, r, err) < 0 || get_time_opt(root, "until", &r->until, err) < 0)
@@ -773,7 +778,7 @@ static const op_parser op_parsers[OP__COUNT] = {
     [OP_SUBSCRIBE] = parse_subscribe, [OP_ACK] = parse_ack,             [OP_PING] = parse_nothing,
     [OP_AUTH] = parse_auth,           [OP_UNSUPPRESS] = parse_unsuppress, [OP_SUPPRESSED] = parse_suppressed,
     [OP_DOMAIN] = parse_domain,       [OP_LIST] = parse_list,           [OP_RETRY_NOW] = parse_selection,
-    [OP_HOLD] = parse_hold,           [OP_RELEASE] = parse_domain,
+    [OP_HOLD] = parse_hold,           [OP_RELEASE] = parse_domain,      [OP_HISTORY] = parse_history,
 };
 
 static int op_lookup(const char *s, size_t n)

@@ -29,6 +29,7 @@ enum op {
     OP_RETRY_NOW,
     OP_HOLD,
     OP_RELEASE,
+    OP_HISTORY,
     OP__COUNT
 };
 

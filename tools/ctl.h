@@ -243,6 +243,7 @@ int cmd_list(struct ctl *ctl, int argc, char **argv);
 int cmd_retry_now(struct ctl *ctl, int argc, char **argv);
 int cmd_hold(struct ctl *ctl, int argc, char **argv);
 int cmd_release(struct ctl *ctl, int argc, char **argv);
+int cmd_history(struct ctl *ctl, int argc, char **argv);
 int cmd_stats(struct ctl *ctl, int argc, char **argv);
 int cmd_ping(struct ctl *ctl, int argc, char **argv);
 int cmd_send(struct ctl *ctl, int argc, char **argv);

@@ -723,3 +723,8 @@ int cmd_release(struct ctl *ctl, int argc, char **argv)
 {
     return operand_command(ctl, argc, argv, "release", "domain", "domain name");
 }
+
+int cmd_history(struct ctl *ctl, int argc, char **argv)
+{
+    return id_command(ctl, argc, argv, "history", false);
+}

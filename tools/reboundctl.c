@@ -46,6 +46,7 @@ static const char main_help[] =
     "  retry-now     make a message, a domain's or a campaign's retries due now\n"
     "  hold NAME     fire no retries for domain NAME (--until T), reports still taken\n"
     "  release NAME  end a hold: the held retries are due now\n"
+    "  history ID    how a finished message ended, and its bounces\n"
     "  stats         queue depth, due counts, events, Redis link\n"
     "  ping          check that the daemon answers\n"
     "  send [JSON]   send raw request lines (arguments, or NDJSON on stdin)\n"
@@ -214,6 +215,13 @@ static const char release_help[] =
     "Ends the hold of domain NAME: the retries it held back are due now, and\n"
     "leave at the domain's pace. Prints how many.\n";
 
+static const char history_help[] =
+    "Usage: reboundctl history ID\n"
+    "\n"
+    "Shows how message ID ended (give_up, suppress, delivered) and why, with\n"
+    "every bounce it had: time, code, enhanced code, class. Kept for the\n"
+    "history_retention of the daemon's config (default 7 days).\n";
+
 static const char check_policy_help[] =
     "Usage: reboundctl check-policy FILE\n"
     "\n"
@@ -297,6 +305,7 @@ static const struct command commands[] = {
     {"retry-now", cmd_retry_now, retry_now_help},
     {"hold", cmd_hold, hold_help},
     {"release", cmd_release, release_help},
+    {"history", cmd_history, history_help},
     {"stats", cmd_stats, stats_help},
     {"ping", cmd_ping, ping_help},
     {"send", cmd_send, send_help},

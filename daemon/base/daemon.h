@@ -57,6 +57,8 @@ struct daemon {
 
     /* acting on the queue (ops/list.c, retry_now.c, hold.c) */
     char *key_held; /* <prefix>held: hash of held domains */
+    char *key_history;    /* <prefix>history: hash of finished messages' stories */
+    char *key_history_at; /* <prefix>history_at: sorted set, id by the time it finished */
 };
 
 extern struct daemon *rbd;

@@ -46,6 +46,7 @@ static const struct op_handler handlers[OP__COUNT] = {
     [OP_RETRY_NOW] = {op_retry_now, true, true},
     [OP_HOLD] = {op_hold, false, true},
     [OP_RELEASE] = {op_release, false, true},
+    [OP_HISTORY] = {op_history, false, true},
 };
 
 /* Finished jobs kept for reuse, at most JOBS_KEPT: a job is where every

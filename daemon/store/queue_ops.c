@@ -144,3 +144,10 @@ int store_msgs_due_now(const char *const *ids, const size_t *lens, size_t n, int
     free(alens);
     return rc;
 }
+
+int store_history_get(const char *id, size_t id_len, store_reply_cb cb, void *arg)
+{
+    const char *argv[] = {"HGET", rbd->key_history, id};
+    size_t lens[] = {4, strlen(rbd->key_history), id_len};
+    return qo_command(3, argv, lens, cb, arg);
+}

@@ -53,7 +53,8 @@ enum store_op {
 struct store_change {
     const char *id;         /* "" for a change about no message */
     size_t id_len;
-    char mode;              /* 'S' set, 'D' delete, '-' events only */
+    char mode;              /* 'S' set, 'D' delete, '-' events only, 'H' delete keeping the story
+                               (the history op): see story */
     const char *fragment;   /* 'S', and STORE_OP_BOUNCE (for a suppress event) */
     /* 'S': the pending retry, and the bounce that is appended to the history */
     struct {
@@ -69,6 +70,10 @@ struct store_change {
     const char *arg;        /* the op's arguments */
     const char *const *events; /* event bodies */
     int nevents;
+    /* 'H': "<outcome>,<reason>" (outcome give_up, suppress, delivered);
+     * rec.at_ms is when it ended, and with rec.class_name set, rec is the
+     * bounce that ended it (first bounce, attempt, class, code) */
+    const char *story;
 };
 
 /* Writes the argument of STORE_OP_BOUNCE into buf (at least
@@ -150,6 +155,10 @@ int store_msgs_del(const char *const *ids, const size_t *lens, size_t n, store_r
  * left alone. The reply is an array of n integers: 1 rewritten, 0 not. */
 int store_msgs_due_now(const char *const *ids, const size_t *lens, size_t n, int64_t due, store_reply_cb cb,
                        void *arg);
+
+/* A finished message's story (HGET of <prefix>history; apply.lua's mode
+ * 'H' writes it): "<outcome>,<reason>,<at>\n<record>", or nil. */
+int store_history_get(const char *id, size_t id_len, store_reply_cb cb, void *arg);
 
 /* ---- firing (store/fire.c) ---- */
 

@@ -14,7 +14,7 @@ import unittest
 
 import subprocess
 
-from harness import BUILD_DIR, FAST_POLICY, GREYLIST, DaemonTestCase, bounce, now_ms, unique_id
+from harness import BUILD_DIR, FAST_POLICY, GREYLIST, DaemonTestCase, bounce, now_ms, unique_id, wait_until
 
 
 def log(msg):
@@ -278,6 +278,64 @@ class ReboundctlTest(OperatorBase):
         self.assertEqual(rc, 2, "usage error")
         rc, out, err = self.ctl(d, "list", "--state", "nope")
         self.assertEqual(rc, 1)
+
+
+class HistoryTest(OperatorBase):
+    def test_history_of_finished_messages(self):
+        redis, d, c = self.start_all()
+        gone = unique_id("g")
+        self.assertOk(c.request(bounce(gone, rcpt="a@h.example", campaign="summer", **GREYLIST)))
+        wait_until(lambda: c.request({"op": "get", "id": gone}).get("state") == "awaiting", 5, what="the retry fired")
+        r = c.request(bounce(gone, rcpt="a@h.example", code=550, enhanced="5.1.1", text="550 5.1.1 User unknown"))
+        self.assertEqual(r["action"], "suppress", r)
+        err = c.request({"op": "get", "id": gone})
+        self.assertError(err, "not_found")
+        self.assertIn("history", err["error"]["message"])
+        h = c.request({"op": "history", "id": gone})
+        self.assertOk(h)
+        self.assertEqual((h["outcome"], h["reason"]), ("suppress", "hard_invalid"))
+        self.assertEqual(h["rcpt"], "a@h.example")
+        self.assertEqual(h["campaign"], "summer")
+        self.assertEqual([b["code"] for b in h["history"]], [451, 550])
+        self.assertEqual([b["class"] for b in h["history"]], ["greylist", "hard_invalid"])
+        self.assertGreaterEqual(h["ended_at"], h["history"][-1]["at"])
+        first = unique_id("f")  # a first bounce that ends the message
+        c.request(bounce(first, rcpt="b@h.example", code=554, enhanced="5.7.1", text="554 5.7.1 Message rejected as spam"))
+        h = c.request({"op": "history", "id": first})
+        self.assertEqual(h["outcome"], "give_up", h)
+        self.assertEqual(len(h["history"]), 1)
+        ok = unique_id("d")
+        c.request(bounce(ok, rcpt="c@h.example", **GREYLIST))
+        self.assertOk(c.request({"op": "delivered", "id": ok}))
+        h = c.request({"op": "history", "id": ok})
+        self.assertEqual((h["outcome"], h["reason"]), ("delivered", "delivered"))
+        self.assertEqual(len(h["history"]), 1)
+        self.assertError(c.request({"op": "history", "id": "never-seen"}), "not_found")
+        d.kill9()
+        d.start()
+        c = self.connect(d)
+        self.assertEqual(c.request({"op": "history", "id": gone})["outcome"], "suppress")
+        # bytes per finished message in Redis
+        used = redis.cmd("MEMORY", "USAGE", "rebound:history")
+        log("history of 3 messages: %s bytes (hash), %s (order)" % (used, redis.cmd("MEMORY", "USAGE", "rebound:history_at")))
+
+    def test_retention_trims(self):
+        redis = self.start_redis()
+        fd, conf = tempfile.mkstemp(prefix="rebound-conf-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"history_retention": "300ms"}, f)
+        self.addCleanup(os.unlink, conf)
+        d = self.start_daemon(redis, extra_args=("-c", conf))
+        c = self.connect(d)
+        old = unique_id("o")
+        c.request(bounce(old, rcpt="a@r.example", code=550, enhanced="5.1.1", text="550 5.1.1 User unknown"))
+        self.assertEqual(c.request({"op": "history", "id": old})["outcome"], "suppress")
+        time.sleep(0.4)
+        new = unique_id("n")
+        c.request(bounce(new, rcpt="b@r.example", code=550, enhanced="5.1.1", text="550 5.1.1 User unknown"))
+        self.assertError(c.request({"op": "history", "id": old}), "not_found")
+        self.assertOk(c.request({"op": "history", "id": new}))
+        self.assertEqual(redis.cmd("ZCARD", "rebound:history_at"), 1)
 
 
 class BulkLatencyTest(OperatorBase):
