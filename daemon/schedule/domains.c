@@ -744,18 +744,6 @@ json_t *domains_json(const char *name, size_t len, int64_t now)
 
 /* ---- operator holds ---------------------------------------------------- */
 
-uint32_t domains_hold(const char *name, size_t len, int64_t until, int64_t since, int64_t now)
-{
-    uint32_t di = domains_find(name, len, true, now);
-    struct domain *d = get(di);
-    if (!d)
-        return 0;
-    d->hold_until = until ? until : DOMAINS_HOLD_FOREVER;
-    d->hold_since = since;
-    d->last_seen = now;
-    return di;
-}
-
 struct release_ctx {
     uint32_t d;
     int64_t at, now;
@@ -770,6 +758,26 @@ static void release_one(struct entry *e, void *arg)
         sched_set_due(rbd->sched, e, r->now);
         r->moved++;
     }
+}
+
+uint32_t domains_hold(const char *name, size_t len, int64_t until, int64_t since, int64_t now)
+{
+    uint32_t di = domains_find(name, len, true, now);
+    struct domain *d = get(di);
+    if (!d)
+        return 0;
+    int64_t to = until ? until : DOMAINS_HOLD_FOREVER;
+    /* Held again with another end: the retries waiting for the old end
+     * are due now, and firing gives them the new one. */
+    if (d->hold_until > now && d->hold_until != to && d->pending) {
+        struct release_ctx r = {di, d->hold_until, now, 0};
+        sched_foreach(rbd->sched, release_one, &r);
+        firing_kick();
+    }
+    d->hold_until = to;
+    d->hold_since = since;
+    d->last_seen = now;
+    return di;
 }
 
 size_t domains_release(const char *name, size_t len, int64_t now)
