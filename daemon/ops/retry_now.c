@@ -13,9 +13,9 @@
  * first gathers the ids (from memory for a domain: one pass over the
  * schedule; from the records for a campaign, which memory does not hold:
  * HSCAN pages of BULK_SCAN records, one per round trip), then works
- * through them a slice at a time (BULK_SLICE, BULK_SLICE_RETRY ids), one Redis command per slice and one
- * slice in flight, so every other client's batch goes to Redis between two
- * slices. The entries of a slice are busy while its command is in flight;
+ * through them a slice at a time (BULK_SLICE, BULK_SLICE_RETRY ids), one
+ * Redis command per slice and one slice in flight, so every other client's
+ * batch goes to Redis between two slices. The entries of a slice are busy while its command is in flight;
  * a message with a write of its own in flight then is left out.
  */
 #define _GNU_SOURCE /* memmem */
@@ -91,8 +91,8 @@ static void bulk_end(struct bulk *b, bool ok)
                  (unsigned long long)b->count, b->n, (long long)(now_ms() - b->started));
     } else {
         char msg[160];
-        snprintf(msg, sizeof msg, "Redis is not available; %llu messages were done before it went away, retry later",
-                 (unsigned long long)b->count);
+        snprintf(msg, sizeof msg, "%s; %llu messages were done before, retry later for the rest",
+                 rbd->stopping ? "reboundd is shutting down" : "Redis is not available", (unsigned long long)b->count);
         op_error(op, ERR_UNAVAILABLE, msg);
     }
     op_finish(op);
@@ -139,6 +139,12 @@ static void slice_cb(void *arg, redisReply *reply)
  * wanted; ends the op when none is left. */
 static void next_slice(struct bulk *b)
 {
+    /* A drain waits for what is in Redis; it does not wait for the rest
+     * of a bulk op. */
+    if (rbd->stopping) {
+        bulk_end(b, false);
+        return;
+    }
     size_t max = b->cancel ? BULK_SLICE : BULK_SLICE_RETRY;
     while (b->nslice < max && b->next < b->n) {
         const char *id = b->ids[b->next++];
@@ -215,7 +221,7 @@ static void scan_cb(void *arg, redisReply *reply)
 
 static void scan_page(struct bulk *b)
 {
-    if (store_msgs_scan(b->cursor, BULK_SCAN, scan_cb, b) != 0)
+    if (rbd->stopping || store_msgs_scan(b->cursor, BULK_SCAN, scan_cb, b) != 0)
         bulk_end(b, false);
 }
 
