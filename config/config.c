@@ -93,6 +93,7 @@ static const struct option options[] = {
     {"max_groups", OPT_INT, FIELD(max_groups), "100", 1, 100000, true, false},
     {"group_expiry", OPT_DURATION, FIELD(group_expiry_ms), "7d", 1, 365LL * 86400 * 1000, true, false},
     {"allow_remote_without_token", OPT_BOOL, FIELD(allow_remote_without_token), "false", 0, 0, true, false},
+    {"history_retention", OPT_DURATION, FIELD(history_retention_ms), "7d", 0, 366LL * 24 * 3600 * 1000, true, false},
 };
 #define NOPTIONS (sizeof options / sizeof options[0])
 

@@ -41,6 +41,7 @@ struct config {
     int max_groups;           /* consumer groups at most; default 100 */
     int64_t group_expiry_ms;  /* a group with no subscriber this long is deleted; default 7 d */
     bool allow_remote_without_token; /* serve non-loopback clients with no token set; default false */
+    int64_t history_retention_ms; /* how long a finished message's story is kept, default 7 d; 0 = none */
 };
 
 /* The largest max_line accepted: with the default max_connections, 1,024

@@ -186,14 +186,6 @@ static void observe_stop(void)
 }
 #endif
 
-/* The number of held domains, when the schedule knows holds (a "held"
- * array in domains_stats_json), else -1. */
-static long long domains_held_count(json_t *dstats)
-{
-    json_t *held = json_object_get(dstats, "held");
-    return json_is_array(held) ? (long long)json_array_size(held) : -1;
-}
-
 /* ---- rendering ----------------------------------------------------------- */
 
 static void family(FILE *f, const char *name, const char *type, const char *help)
@@ -262,11 +254,8 @@ static void render_observed(FILE *f)
     json_t *dstats = domains_stats_json(now_ms());
     family(f, "rebound_domains_throttled", "gauge", "Receiving domains backed off now.");
     fprintf(f, "rebound_domains_throttled %zu\n", json_array_size(json_object_get(dstats, "throttled")));
-    long long held = domains_held_count(dstats);
-    if (held >= 0) {
-        family(f, "rebound_domains_held", "gauge", "Receiving domains on hold.");
-        fprintf(f, "rebound_domains_held %lld\n", held);
-    }
+    family(f, "rebound_domains_held", "gauge", "Receiving domains on hold.");
+    fprintf(f, "rebound_domains_held %llu\n", (unsigned long long)domains_held_count(now_ms()));
     json_decref(dstats);
 
     family(f, "rebound_suppressed_addresses", "gauge", "Addresses on the suppressed list.");

@@ -32,6 +32,8 @@ static const char *const op_names[OP__COUNT] = {
     [OP_CLASSIFY] = "classify",   [OP_STATS] = "stats",         [OP_SUBSCRIBE] = "subscribe",
     [OP_ACK] = "ack",             [OP_PING] = "ping",           [OP_AUTH] = "auth",
     [OP_UNSUPPRESS] = "unsuppress", [OP_SUPPRESSED] = "suppressed", [OP_DOMAIN] = "domain",
+    [OP_LIST] = "list",           [OP_RETRY_NOW] = "retry_now", [OP_HOLD] = "hold",
+    [OP_RELEASE] = "release",     [OP_HISTORY] = "history",
 };
 
 static const char *const event_names[EV__COUNT] = {
@@ -442,11 +444,6 @@ static int parse_delivered(json_t *root, const struct proto_limits *lim, struct 
     return 0;
 }
 
-static int parse_id_only(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
-{
-    return get_id(root, lim, r, err);
-}
-
 static int parse_classify(json_t *root, const struct proto_limits *lim, struct request *r,
                           struct proto_error *err)
 {
@@ -631,14 +628,157 @@ static int parse_auth(json_t *root, const struct proto_limits *lim, struct reque
     return get_bounded(root, "token", true, SIZE_MAX, &r->token, &n, err) < 0 ? -1 : 0;
 }
 
+
+/* ---- acting on the queue: list, retry_now, cancel's bulk form, hold ---- */
+
+/* An optional "domain" that must be a host name (parse_domain's check). */
+static int get_domain_opt(json_t *root, struct request *r, struct proto_error *err)
+{
+    int rc = get_bounded(root, "domain", false, 255, &r->domain, &r->domain_len, err);
+
+    if (rc <= 0 || r->domain_len == 0) {
+        r->domain = NULL;
+        r->domain_len = 0;
+        return rc < 0 ? -1 : 0;
+    }
+    for (const char *p = r->domain, *end = r->domain + r->domain_len; p <= end;) {
+        const char *dot = memchr(p, '.', (size_t)(end - p));
+        const char *lend = dot ? dot : end;
+        const char *why = label_problem(p, (size_t)(lend - p));
+        if (why != NULL) {
+            r->domain = NULL;
+            return fail(err, ERR_BAD_REQUEST, "field 'domain' must be a host name: %s", why);
+        }
+        p = lend + 1;
+    }
+    return 1;
+}
+
+static int get_campaign_opt(json_t *root, const struct proto_limits *lim, struct request *r,
+                            struct proto_error *err)
+{
+    const char *s = NULL;
+    size_t n = 0;
+    int rc = get_bounded(root, "campaign", false, lim->max_campaign, &s, &n, err);
+
+    if (rc < 0)
+        return -1;
+    if (rc > 0 && n > 0) {
+        if (!text_ok(s, n, true))
+            return fail(err, ERR_BAD_REQUEST, "field 'campaign' must not hold control characters");
+        r->campaign = s;
+        return 1;
+    }
+    return 0;
+}
+
+static int get_time_opt(json_t *root, const char *name, int64_t *out, struct proto_error *err)
+{
+    json_int_t v = 0;
+    int rc = get_int(root, name, false, &v, err);
+
+    if (rc <= 0)
+        return rc;
+    if (v <= 0 || v >= (json_int_t)1 << 53)
+        return fail(err, ERR_BAD_REQUEST, "field '%s' must be a time in epoch milliseconds (0 < n < 2^53)", name);
+    *out = v;
+    return 1;
+}
+
+/* cancel and retry_now: one message by "id", or in bulk every message of
+ * a "domain" or a "campaign" (exactly one of the three). */
+static int parse_selection(json_t *root, const struct proto_limits *lim, struct request *r,
+                           struct proto_error *err)
+{
+    json_t *id = json_object_get(root, "id");
+    int nd, nc;
+
+    if (id != NULL && !json_is_null(id))
+        return get_id(root, lim, r, err);
+    if ((nd = get_domain_opt(root, r, err)) < 0 || (nc = get_campaign_opt(root, lim, r, err)) < 0)
+        return -1;
+    if (nd + nc == 0)
+        return fail(err, ERR_BAD_REQUEST, "field 'id' is required (or 'domain' or 'campaign' for many messages)");
+    if (nd + nc > 1)
+        return fail(err, ERR_BAD_REQUEST, "give one of 'id', 'domain' and 'campaign', not several");
+    return 0;
+}
+
+#define LIST_CURSOR_MAX 300
+
+static int parse_list(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
+{
+    const char *s = NULL;
+    size_t n = 0;
+    json_int_t v = 0;
+    int rc;
+
+    if (get_domain_opt(root, r, err) < 0 || get_campaign_opt(root, lim, r, err) < 0 ||
+        get_time_opt(root, "due_before", &r->due_before, err) < 0 ||
+        get_time_opt(root, "due_after", &r->due_after, err) < 0)
+        return -1;
+    rc = get_bounded(root, "class", false, 64, &s, &n, err);
+    if (rc < 0)
+        return -1;
+    if (rc > 0 && n > 0) {
+        if (!text_ok(s, n, false))
+            return fail(err, ERR_BAD_REQUEST, "field 'class' must be a class name");
+        r->class_name = s;
+        r->class_len = n;
+    }
+    rc = get_bounded(root, "state", false, 16, &s, &n, err);
+    if (rc < 0)
+        return -1;
+    if (rc > 0 && n > 0) {
+        if (n == 7 && memcmp(s, "pending", 7) == 0)
+            r->state = 'P';
+        else if (n == 8 && memcmp(s, "awaiting", 8) == 0)
+            r->state = 'A';
+        else
+            return fail(err, ERR_BAD_REQUEST, "field 'state' must be \"pending\" or \"awaiting\"");
+    }
+    r->cursor = "0";
+    r->count = 100;
+    rc = get_bounded(root, "cursor", false, LIST_CURSOR_MAX, &s, &n, err);
+    if (rc < 0)
+        return -1;
+    if (rc > 0 && n > 0) {
+        if (!text_ok(s, n, false))
+            return fail(err, ERR_BAD_REQUEST, "field 'cursor' must be the cursor of the previous page (\"0\" to start)");
+        r->cursor = s;
+    }
+    rc = get_int(root, "count", false, &v, err);
+    if (rc < 0)
+        return -1;
+    if (rc > 0) {
+        if (v < 1 || v > 1000)
+            return fail(err, ERR_BAD_REQUEST, "field 'count' must be 1..1000, not %lld", (long long)v);
+        r->count = (int)v;
+    }
+    return 0;
+}
+
+static int parse_history(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
+{
+    return get_id(root, lim, r, err);
+}
+
+static int parse_hold(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
+{
+    if (parse_domain(root, lim, r, err) < 0 || get_time_opt(root, "until", &r->until, err) < 0)
+        return -1;
+    return 0;
+}
+
 typedef int (*op_parser)(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err);
 
 static const op_parser op_parsers[OP__COUNT] = {
-    [OP_BOUNCE] = parse_bounce,       [OP_DELIVERED] = parse_delivered, [OP_CANCEL] = parse_id_only,
+    [OP_BOUNCE] = parse_bounce,       [OP_DELIVERED] = parse_delivered, [OP_CANCEL] = parse_selection,
     [OP_GET] = parse_get,             [OP_CLASSIFY] = parse_classify,   [OP_STATS] = parse_nothing,
     [OP_SUBSCRIBE] = parse_subscribe, [OP_ACK] = parse_ack,             [OP_PING] = parse_nothing,
     [OP_AUTH] = parse_auth,           [OP_UNSUPPRESS] = parse_unsuppress, [OP_SUPPRESSED] = parse_suppressed,
-    [OP_DOMAIN] = parse_domain,
+    [OP_DOMAIN] = parse_domain,       [OP_LIST] = parse_list,           [OP_RETRY_NOW] = parse_selection,
+    [OP_HOLD] = parse_hold,           [OP_RELEASE] = parse_domain,      [OP_HISTORY] = parse_history,
 };
 
 static int op_lookup(const char *s, size_t n)

@@ -24,6 +24,12 @@ enum op {
     OP_UNSUPPRESS,
     OP_SUPPRESSED,
     OP_DOMAIN,
+    /* acting on the queue (docs/protocol.md, "Acting on the queue") */
+    OP_LIST,
+    OP_RETRY_NOW,
+    OP_HOLD,
+    OP_RELEASE,
+    OP_HISTORY,
     OP__COUNT
 };
 
@@ -97,6 +103,14 @@ struct request {
     size_t domain_len;
     const char *cursor;   /* suppressed: where the page starts, decimal digits ("0": the first page) */
     int count;            /* suppressed: addresses per page (a hint), 1..1000 */
+    /* acting on the queue: list's filters (domain and campaign above too),
+     * hold's until; cancel and retry_now take id, domain or campaign */
+    const char *class_name; /* list: a class name */
+    size_t class_len;
+    int state;              /* list: 0 any, 'P' pending, 'A' awaiting */
+    int64_t due_before;     /* list: epoch ms, 0 when absent */
+    int64_t due_after;
+    int64_t until;          /* hold: epoch ms, 0 = until released */
 };
 
 /* Parses and validates one line (without its '\n'). Returns 0, or -1 with

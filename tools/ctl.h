@@ -81,6 +81,13 @@ enum {
     O_ALL,
     O_CURSOR,
     O_COUNT,
+    /* acting on the queue */
+    O_DOMAIN,
+    O_CLASS,
+    O_STATE,
+    O_DUE_BEFORE,
+    O_DUE_AFTER,
+    O_UNTIL,
 };
 
 #define COMMON_OPTIONS                                                                                       \
@@ -231,6 +238,12 @@ int cmd_get(struct ctl *ctl, int argc, char **argv);
 int cmd_suppressed(struct ctl *ctl, int argc, char **argv);
 int cmd_unsuppress(struct ctl *ctl, int argc, char **argv);
 int cmd_domain(struct ctl *ctl, int argc, char **argv);
+/* acting on the queue */
+int cmd_list(struct ctl *ctl, int argc, char **argv);
+int cmd_retry_now(struct ctl *ctl, int argc, char **argv);
+int cmd_hold(struct ctl *ctl, int argc, char **argv);
+int cmd_release(struct ctl *ctl, int argc, char **argv);
+int cmd_history(struct ctl *ctl, int argc, char **argv);
 int cmd_stats(struct ctl *ctl, int argc, char **argv);
 int cmd_ping(struct ctl *ctl, int argc, char **argv);
 int cmd_send(struct ctl *ctl, int argc, char **argv);

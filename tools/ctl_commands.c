@@ -157,9 +157,11 @@ int cmd_delivered(struct ctl *ctl, int argc, char **argv)
     return id_command(ctl, argc, argv, "delivered", true);
 }
 
+static int selection_command(struct ctl *ctl, int argc, char **argv, const char *op);
+
 int cmd_cancel(struct ctl *ctl, int argc, char **argv)
 {
-    return id_command(ctl, argc, argv, "cancel", false);
+    return selection_command(ctl, argc, argv, "cancel");
 }
 
 /* get ID, or get --rcpt ADDR for a recipient alone (with both, the daemon
@@ -518,4 +520,211 @@ int cmd_tail(struct ctl *ctl, int argc, char **argv)
     }
     client_close(&cl);
     return rc;
+}
+
+/* ---- acting on the queue: list, retry-now, cancel --domain, hold ------- */
+
+struct queue_args {
+    const char *domain, *class_name, *campaign, *state, *due_before, *due_after, *until;
+    struct page_args page;
+};
+
+static int queue_opt(struct ctl *ctl, int c, const char *arg, void *state)
+{
+    struct queue_args *a = state;
+    switch (c) {
+    case O_DOMAIN:
+        a->domain = arg;
+        break;
+    case O_CLASS:
+        a->class_name = arg;
+        break;
+    case O_CAMPAIGN:
+        a->campaign = arg;
+        break;
+    case O_STATE:
+        a->state = arg;
+        break;
+    case O_DUE_BEFORE:
+        a->due_before = arg;
+        break;
+    case O_DUE_AFTER:
+        a->due_after = arg;
+        break;
+    case O_UNTIL:
+        a->until = arg;
+        break;
+    default:
+        return page_opt(ctl, c, arg, &a->page);
+    }
+    return 0;
+}
+
+/* A time: epoch milliseconds, or +DURATION / -DURATION from now. */
+static int set_time(struct ctl *ctl, json_t *req, const char *field, const char *opt, const char *s)
+{
+    if (!s)
+        return 0;
+    long long t;
+    int64_t d;
+    if ((s[0] == '+' || s[0] == '-') && duration_parse(s + 1, &d) == 0)
+        t = now_ms() + (s[0] == '+' ? d : -d);
+    else if (parse_int(s, 1, INT64_MAX, &t) < 0)
+        return usage_error(ctl, "--%s: \"%s\" is neither epoch milliseconds nor +DURATION", opt, s);
+    json_object_set_new(req, field, json_integer(t));
+    return 0;
+}
+
+/* cancel and retry-now: ID, or --domain NAME, or --campaign NAME. */
+static int selection_command(struct ctl *ctl, int argc, char **argv, const char *op)
+{
+    static const struct option opts[] = {
+        COMMON_OPTIONS,
+        {"domain", required_argument, NULL, O_DOMAIN},
+        {"campaign", required_argument, NULL, O_CAMPAIGN},
+        {0, 0, 0, 0},
+    };
+    struct queue_args a = {0};
+    int rc = parse_options(ctl, argc, argv, opts, queue_opt, &a);
+    if (rc >= 0)
+        return rc;
+    int given = (argc - optind > 0) + (a.domain != NULL) + (a.campaign != NULL);
+    if (argc - optind > 1)
+        return usage_error(ctl, "one message ID only");
+    if (given != 1)
+        return usage_error(ctl, given ? "give one of ID, --domain and --campaign"
+                                      : "give a message ID, or --domain NAME or --campaign NAME");
+    json_t *req = json_pack("{s:s}", "op", op);
+    if ((argc > optind && set_string(req, "id", argv[optind]) < 0) || set_string(req, "domain", a.domain) < 0 ||
+        set_string(req, "campaign", a.campaign) < 0) {
+        json_decref(req);
+        return usage_error(ctl, "the arguments must be valid UTF-8");
+    }
+    return call_and_print(ctl, req);
+}
+
+int cmd_retry_now(struct ctl *ctl, int argc, char **argv)
+{
+    return selection_command(ctl, argc, argv, "retry_now");
+}
+
+/* list --all: every page on one connection, each message a JSON line. */
+static int list_all(const struct ctl *ctl, json_t *base)
+{
+    struct client cl = {.fd = -1};
+    int rc = client_open(&cl, ctl);
+    char *cursor = xasprintf("0");
+    while (rc == 0) {
+        json_t *req = json_deep_copy(base);
+        json_object_set_new(req, "cursor", json_string(cursor));
+        json_t *reply;
+        const char *raw;
+        size_t len;
+        rc = client_request(&cl, req, &reply, &raw, &len);
+        json_decref(req);
+        if (rc)
+            break;
+        if (!json_is_true(json_object_get(reply, "ok"))) {
+            render_error(reply);
+            json_decref(reply);
+            rc = EXIT_REPLY;
+            break;
+        }
+        size_t i;
+        json_t *item;
+        json_array_foreach(json_object_get(reply, "items"), i, item)
+        {
+            char *line = json_dumps(item, JSON_COMPACT);
+            if (line)
+                put_line(line, strlen(line));
+            free(line);
+        }
+        const char *next = json_string_value(json_object_get(reply, "cursor"));
+        free(cursor);
+        cursor = xasprintf("%s", next ? next : "0");
+        json_decref(reply);
+        if (flush_out() < 0)
+            rc = EXIT_IO;
+        if (strcmp(cursor, "0") == 0)
+            break;
+    }
+    free(cursor);
+    client_close(&cl);
+    json_decref(base);
+    return rc;
+}
+
+int cmd_list(struct ctl *ctl, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        COMMON_OPTIONS,
+        {"domain", required_argument, NULL, O_DOMAIN},
+        {"class", required_argument, NULL, O_CLASS},
+        {"campaign", required_argument, NULL, O_CAMPAIGN},
+        {"state", required_argument, NULL, O_STATE},
+        {"due-before", required_argument, NULL, O_DUE_BEFORE},
+        {"due-after", required_argument, NULL, O_DUE_AFTER},
+        {"all", no_argument, NULL, O_ALL},
+        {"cursor", required_argument, NULL, O_CURSOR},
+        {"count", required_argument, NULL, O_COUNT},
+        {0, 0, 0, 0},
+    };
+    struct queue_args a = {0};
+    int rc = parse_options(ctl, argc, argv, opts, queue_opt, &a);
+    if (rc >= 0)
+        return rc;
+    if (optind < argc)
+        return usage_error(ctl, "unexpected argument \"%s\"", argv[optind]);
+    long long count = a.page.all ? 1000 : 100;
+    if (a.page.count && parse_int(a.page.count, 1, 1000, &count) < 0)
+        return usage_error(ctl, "--count: \"%s\" is not a number 1..1000", a.page.count);
+    if (a.page.all && a.page.cursor)
+        return usage_error(ctl, "--all starts at the beginning; leave out --cursor");
+    json_t *req = json_pack("{s:s,s:I}", "op", "list", "count", count);
+    if (set_string(req, "domain", a.domain) < 0 || set_string(req, "class", a.class_name) < 0 ||
+        set_string(req, "campaign", a.campaign) < 0 || set_string(req, "state", a.state) < 0 ||
+        set_string(req, "cursor", a.page.cursor) < 0) {
+        json_decref(req);
+        return usage_error(ctl, "the arguments must be valid UTF-8");
+    }
+    rc = set_time(ctl, req, "due_before", "due-before", a.due_before);
+    if (!rc)
+        rc = set_time(ctl, req, "due_after", "due-after", a.due_after);
+    if (rc) {
+        json_decref(req);
+        return rc;
+    }
+    return a.page.all ? list_all(ctl, req) : call_and_print(ctl, req);
+}
+
+int cmd_hold(struct ctl *ctl, int argc, char **argv)
+{
+    static const struct option opts[] = {COMMON_OPTIONS, {"until", required_argument, NULL, O_UNTIL}, {0, 0, 0, 0}};
+    struct queue_args a = {0};
+    int rc = parse_options(ctl, argc, argv, opts, queue_opt, &a);
+    if (rc >= 0)
+        return rc;
+    if (argc - optind != 1)
+        return usage_error(ctl, argc == optind ? "the domain name is missing" : "one domain name only");
+    json_t *req = json_pack("{s:s}", "op", "hold");
+    if (set_string(req, "domain", argv[optind]) < 0) {
+        json_decref(req);
+        return usage_error(ctl, "the domain name is not valid UTF-8");
+    }
+    rc = set_time(ctl, req, "until", "until", a.until);
+    if (rc) {
+        json_decref(req);
+        return rc;
+    }
+    return call_and_print(ctl, req);
+}
+
+int cmd_release(struct ctl *ctl, int argc, char **argv)
+{
+    return operand_command(ctl, argc, argv, "release", "domain", "domain name");
+}
+
+int cmd_history(struct ctl *ctl, int argc, char **argv)
+{
+    return id_command(ctl, argc, argv, "history", false);
 }

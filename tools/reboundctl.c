@@ -37,11 +37,16 @@ static const char main_help[] =
     "Commands:\n"
     "  bounce        report a failed delivery\n"
     "  delivered ID  report that a message got through\n"
-    "  cancel ID     drop a pending retry, without an event\n"
+    "  cancel ID     drop a pending retry, without an event (--domain, --campaign: all)\n"
     "  get ID        show what rebound knows about a message (--rcpt ADDR: a recipient)\n"
     "  suppressed    list the suppressed addresses (a page, or --all for export)\n"
     "  unsuppress ADDR  take an address off the suppressed list\n"
     "  domain NAME   show a receiving domain's state: pending, back-off, pace\n"
+    "  list          list pending and awaiting messages (filters, a page or --all)\n"
+    "  retry-now     make a message, a domain's or a campaign's retries due now\n"
+    "  hold NAME     fire no retries for domain NAME (--until T), reports still taken\n"
+    "  release NAME  end a hold: the held retries are due now\n"
+    "  history ID    how a finished message ended, and its bounces\n"
     "  stats         queue depth, due counts, events, Redis link\n"
     "  ping          check that the daemon answers\n"
     "  send [JSON]   send raw request lines (arguments, or NDJSON on stdin)\n"
@@ -89,8 +94,11 @@ static const char delivered_help[] =
     "retry and resets the recipient's soft-bounce streak.\n";
 
 static const char cancel_help[] = "Usage: reboundctl cancel ID\n"
+                                  "       reboundctl cancel --domain NAME | --campaign NAME\n"
                                   "\n"
-                                  "Drops the pending retry of message ID. No event is emitted.\n";
+                                  "Drops the pending retry of message ID, or every message (pending or\n"
+                                  "awaiting) of a receiving domain or a campaign, and prints how many.\n"
+                                  "No event is emitted.\n";
 
 static const char get_help[] = "Usage: reboundctl get ID\n"
                                "       reboundctl get --rcpt ADDR\n"
@@ -175,6 +183,45 @@ static const char domain_help[] =
     "it, its back-off (class, since, until, retries held), the throttling\n"
     "replies counted in the current window, the pace, and its sender alerts.\n";
 
+static const char list_help[] =
+    "Usage: reboundctl list [--domain NAME] [--class NAME] [--campaign NAME]\n"
+    "                       [--state pending|awaiting] [--due-before T] [--due-after T]\n"
+    "                       [--count N] [--cursor C | --all]\n"
+    "\n"
+    "Lists the messages reboundd knows, in the order they fall due: id,\n"
+    "recipient, class, attempt, state and due time. A page of --count (default\n"
+    "100, at most 1000) and the cursor of the next (\"0\" after the last);\n"
+    "--all prints every page, one message per JSON line. T is epoch\n"
+    "milliseconds, or +DURATION / -DURATION from now.\n";
+
+static const char retry_now_help[] =
+    "Usage: reboundctl retry-now ID\n"
+    "       reboundctl retry-now --domain NAME | --campaign NAME\n"
+    "\n"
+    "Makes the pending retry of message ID, or of every message of a domain or\n"
+    "a campaign, due now: each gets its retry event, at the domain's pace (a\n"
+    "held domain's wait for its release). Prints how many.\n";
+
+static const char hold_help[] =
+    "Usage: reboundctl hold NAME [--until T]\n"
+    "\n"
+    "Holds receiving domain NAME: no retry for it fires until the hold ends (at\n"
+    "T: epoch milliseconds or +DURATION; without --until, at release). Reports\n"
+    "are still taken and scheduled. The hold survives a restart.\n";
+
+static const char release_help[] =
+    "Usage: reboundctl release NAME\n"
+    "\n"
+    "Ends the hold of domain NAME: the retries it held back are due now, and\n"
+    "leave at the domain's pace. Prints how many.\n";
+
+static const char history_help[] =
+    "Usage: reboundctl history ID\n"
+    "\n"
+    "Shows how message ID ended (give_up, suppress, delivered) and why, with\n"
+    "every bounce it had: time, code, enhanced code, class. Kept for the\n"
+    "history_retention of the daemon's config (default 7 days).\n";
+
 static const char check_policy_help[] =
     "Usage: reboundctl check-policy FILE\n"
     "\n"
@@ -254,6 +301,11 @@ static const struct command commands[] = {
     {"suppressed", cmd_suppressed, suppressed_help},
     {"unsuppress", cmd_unsuppress, unsuppress_help},
     {"domain", cmd_domain, domain_help},
+    {"list", cmd_list, list_help},
+    {"retry-now", cmd_retry_now, retry_now_help},
+    {"hold", cmd_hold, hold_help},
+    {"release", cmd_release, release_help},
+    {"history", cmd_history, history_help},
     {"stats", cmd_stats, stats_help},
     {"ping", cmd_ping, ping_help},
     {"send", cmd_send, send_help},

@@ -54,6 +54,11 @@ struct daemon {
     uint64_t reloads_ok, reloads_failed;
     uint64_t policy_generation; /* bumped each time rbd->policy changes: keys caches of its results */
     uint64_t redis_connects;          /* times the Redis link became ready */
+
+    /* acting on the queue (ops/list.c, retry_now.c, hold.c) */
+    char *key_held; /* <prefix>held: hash of held domains */
+    char *key_history;    /* <prefix>history: hash of finished messages' stories */
+    char *key_history_at; /* <prefix>history_at: sorted set, id by the time it finished */
 };
 
 extern struct daemon *rbd;

@@ -142,7 +142,7 @@ static int bounce_events(struct job *op, const char *frag, int64_t now, char **e
 /* The report's change for the store: the record's new state (or its
  * deletion), the recipient's side for apply.lua, and the events. */
 static void bounce_change(const struct job *op, const struct entry *e, const char *frag, int64_t now,
-                          char *barg, char **events, int nev, struct store_change *ch)
+                          char *barg, char **events, int nev, struct store_change *ch, char *story)
 {
     const struct request *r = &op->req;
     const struct policy *p = rbd->policy;
@@ -175,6 +175,11 @@ static void bounce_change(const struct job *op, const struct entry *e, const cha
     } else {
         ch->mode = e ? 'D' : '-';
     }
+    /* The message ends here: its story goes to the history (op history). */
+    if (d->action != ACTION_RETRY && rbd->cfg.history_retention_ms > 0)
+        history_change(ch, story, d->action == ACTION_SUPPRESS ? "suppress" : "give_up", reason_name(d->reason),
+                       op->prior_attempt, d->first_ms ? d->first_ms : now, cname, now, op->cls.code,
+                       op->cls.enhanced);
 }
 
 void op_bounce(struct job *op)
@@ -215,8 +220,9 @@ void op_bounce(struct job *op)
     int nev = bounce_events(op, frag, now, events);
     op->nevents = nev;
     char barg[STORE_BOUNCE_ARG_MAX];
+    char story[HISTORY_STORY_MAX];
     struct store_change ch;
-    bounce_change(op, e, frag, now, barg, events, nev, &ch);
+    bounce_change(op, e, frag, now, barg, events, nev, &ch, story);
 
     if (!e)
         e = sched_add(rbd->sched, r->id, r->id_len);

@@ -50,6 +50,10 @@ static void drop_done_cb(void *arg, bool ok, long long result)
  * recipient. */
 void op_drop(struct job *op)
 {
+    if (!op->req.id) {
+        op_bulk(op); /* cancel by domain or campaign */
+        return;
+    }
     struct entry *e = op->e;
     op->e = NULL; /* set again below when the write is about the entry */
     bool known = e && e->state != ENTRY_NEW;
@@ -73,6 +77,9 @@ void op_drop(struct job *op)
         op->domain = op->req.rcpt ? domains_of_rcpt(op->req.rcpt, op->req.rcpt_len, false, now_ms()) : entry_domain(e);
         domains_ref(op->domain);
     }
+    char story[HISTORY_STORY_MAX];
+    if (known && delivered && rbd->cfg.history_retention_ms > 0)
+        history_change(&ch, story, "delivered", "delivered", e->attempt, e->first_ms, NULL, now_ms(), 0, NULL);
     if (known) {
         op->e = e;
         op->was_scheduled = entry_scheduled(e);

@@ -17,6 +17,7 @@
 
 struct conn;
 struct slot;
+struct store_change;
 
 /* A request from parse to reply. While an entry has a write in flight,
  * later requests for the same id wait on it (in order), so every decision
@@ -66,6 +67,23 @@ void op_stats(struct job *op);       /* info.c */
 void op_domain(struct job *op);      /* info.c */
 void op_subscribe(struct job *op);   /* subscribe.c */
 void op_ack(struct job *op);         /* subscribe.c */
+/* acting on the queue */
+void op_list(struct job *op);        /* list.c */
+void op_retry_now(struct job *op);   /* retry_now.c */
+void op_hold(struct job *op);        /* hold.c: hold */
+void op_release(struct job *op);     /* hold.c: release */
+/* retry_now.c: cancel or retry_now of every message of a domain or a
+ * campaign, in bounded slices (drop.c hands cancel's bulk form here). */
+void op_bulk(struct job *op);
+/* history.c */
+void op_history(struct job *op);
+/* Makes ch (a message that ends: give_up, suppress, delivered) keep the
+ * message's story in the history: mode 'H', with the outcome and reason
+ * written into story (HISTORY_STORY_MAX bytes, alive until ch is queued)
+ * and, when class_name is set, the bounce that ended it. */
+#define HISTORY_STORY_MAX 96
+void history_change(struct store_change *ch, char *story, const char *outcome, const char *reason, int attempt,
+                    int64_t first_ms, const char *class_name, int64_t at_ms, int code, const char *enhanced);
 
 /* Replies obj (owned, may be NULL) as the request's success. */
 void op_reply(const struct job *op, json_t *obj);

@@ -41,6 +41,12 @@ static const struct op_handler handlers[OP__COUNT] = {
     [OP_DOMAIN] = {op_domain, false, false},
     [OP_SUBSCRIBE] = {op_subscribe, false, false},
     [OP_ACK] = {op_ack, false, false},
+    /* acting on the queue */
+    [OP_LIST] = {op_list, false, true},
+    [OP_RETRY_NOW] = {op_retry_now, true, true},
+    [OP_HOLD] = {op_hold, false, true},
+    [OP_RELEASE] = {op_release, false, true},
+    [OP_HISTORY] = {op_history, false, true},
 };
 
 /* Finished jobs kept for reuse, at most JOBS_KEPT: a job is where every

@@ -174,7 +174,8 @@ static void get_reply_cb(void *arg, redisReply *reply)
         op_reply(op, o);
     } else if (msg->type != REDIS_REPLY_STRING) {
         json_decref(rcpt);
-        op_error(op, ERR_NOT_FOUND, "no pending or awaiting message with this id");
+        op_error(op, ERR_NOT_FOUND,
+                 "no pending or awaiting message with this id; a finished one: {\"op\":\"history\",\"id\":...}");
     } else if (record_parse(msg->str, msg->len, &rec) != 0) {
         json_decref(rcpt);
         op_error(op, ERR_INTERNAL, "the stored record is malformed");

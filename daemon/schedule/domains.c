@@ -73,6 +73,8 @@ struct domain {
     int ntrack;
     struct alert *alerts;
     int nalerts;
+    /* an operator's hold (the hold op): no retry fires while now < hold_until */
+    int64_t hold_until, hold_since;
     size_t name_len;
     char name[];
 };
@@ -155,7 +157,7 @@ static void sweep(int64_t now)
     for (uint32_t i = 1; i < T.next && i < T.cap; i++) {
         struct domain *d = T.by_idx[i];
         if (d && d->refs == 0 && d->pending == 0 && d->until <= now && !d->writing &&
-            now - d->last_seen >= DOMAIN_IDLE_MS)
+            now - d->last_seen >= DOMAIN_IDLE_MS && d->hold_until <= now)
             forget(d);
     }
 }
@@ -519,6 +521,10 @@ int64_t domains_pace_entry(struct entry *e, int64_t now)
     struct domain *d = get(entry_domain(e));
     if (!d)
         return 0;
+    /* Held by an operator: the retry waits for the hold's end, at exactly
+     * hold_until, which is how domains_release finds it again. */
+    if (d->hold_until > now)
+        return d->hold_until;
     int64_t interval = pace_interval_us();
     if (d->until > now) {
         int64_t at = domain_pace_hold(&d->pace, d->until, interval);
@@ -549,6 +555,7 @@ int64_t domains_pace_entry(struct entry *e, int64_t now)
 /* ---- loading the throttles --------------------------------------------- */
 
 static void (*load_done)(void);
+static void holds_load(void);
 
 static void load_reply_cb(void *arg, redisReply *reply)
 {
@@ -583,10 +590,7 @@ static void load_reply_cb(void *arg, redisReply *reply)
     }
     if (honoured)
         log_info("load: %zu domain throttles honoured", honoured);
-    void (*done)(void) = load_done;
-    load_done = NULL;
-    if (done)
-        done();
+    holds_load();
 }
 
 void domains_load(void (*done)(void))
@@ -613,6 +617,29 @@ void domains_policy_changed(void)
 }
 
 /* ---- reports ----------------------------------------------------------- */
+
+static json_t *hold_json(const struct domain *d, json_t *o)
+{
+    json_object_set_new(o, "since", json_integer(d->hold_since));
+    if (d->hold_until != DOMAINS_HOLD_FOREVER)
+        json_object_set_new(o, "until", json_integer(d->hold_until));
+    return o;
+}
+
+static json_t *holds_json(int64_t now)
+{
+    json_t *a = json_array();
+    for (uint32_t i = 1; i < T.next && i < T.cap; i++) {
+        struct domain *d = T.by_idx[i];
+        if (d && d->hold_until > now) {
+            json_t *h = json_object();
+            json_object_set_new(h, "domain", json_string(d->name));
+            json_object_set_new(h, "pending", json_integer((json_int_t)d->pending));
+            json_array_append_new(a, hold_json(d, h));
+        }
+    }
+    return a;
+}
 
 /* held: the retries given a place after the back-off, while it lasts. */
 static json_t *throttle_json(const struct domain *d, json_t *o, bool held)
@@ -662,6 +689,7 @@ json_t *domains_stats_json(int64_t now)
     json_object_set_new(o, "known", json_integer((json_int_t)T.count));
     json_object_set_new(o, "throttled", throttled);
     json_object_set_new(o, "top_pending", arr);
+    json_object_set_new(o, "held", holds_json(now));
     return o;
 }
 
@@ -682,6 +710,8 @@ json_t *domains_json(const char *name, size_t len, int64_t now)
     if (!d)
         return o;
     const struct policy *p = rbd->policy;
+    if (d->hold_until > now)
+        json_object_set_new(o, "held", hold_json(d, json_object()));
     if (d->since) {
         json_t *t = throttle_json(d, json_object(), d->until > now);
         json_object_set_new(t, "replies", json_integer(d->replies));
@@ -710,4 +740,118 @@ json_t *domains_json(const char *name, size_t len, int64_t now)
     json_object_set_new(o, "alerts", alerts);
     json_object_set_new(o, "last_seen", json_integer(d->last_seen));
     return o;
+}
+
+/* ---- operator holds ---------------------------------------------------- */
+
+struct release_ctx {
+    uint32_t d;
+    int64_t at, now;
+    size_t moved;
+};
+
+static void release_one(struct entry *e, void *arg)
+{
+    struct release_ctx *r = arg;
+    if (entry_domain(e) == r->d && e->state == ENTRY_PENDING && entry_scheduled(e) && !(e->flags & ENTRY_BUSY) &&
+        e->node.due_ms == r->at) {
+        sched_set_due(rbd->sched, e, r->now);
+        r->moved++;
+    }
+}
+
+uint32_t domains_hold(const char *name, size_t len, int64_t until, int64_t since, int64_t now)
+{
+    uint32_t di = domains_find(name, len, true, now);
+    struct domain *d = get(di);
+    if (!d)
+        return 0;
+    int64_t to = until ? until : DOMAINS_HOLD_FOREVER;
+    /* Held again with another end: the retries waiting for the old end
+     * are due now, and firing gives them the new one. */
+    if (d->hold_until > now && d->hold_until != to && d->pending) {
+        struct release_ctx r = {di, d->hold_until, now, 0};
+        sched_foreach(rbd->sched, release_one, &r);
+        firing_kick();
+    }
+    d->hold_until = to;
+    d->hold_since = since;
+    d->last_seen = now;
+    return di;
+}
+
+size_t domains_release(const char *name, size_t len, int64_t now)
+{
+    char buf[256];
+    if (!T.ready || !norm_name(name, len, buf))
+        return 0;
+    struct domain *d = strmap_get(&T.by_name, buf);
+    if (!d || !d->hold_until)
+        return 0;
+    struct release_ctx r = {d->idx, d->hold_until, now, 0};
+    d->hold_until = d->hold_since = 0;
+    d->last_seen = now;
+    /* The retries that fell due during the hold wait at exactly its end;
+     * they are due now, and their domain's pace spaces them out again. */
+    if (r.at > now && d->pending)
+        sched_foreach(rbd->sched, release_one, &r);
+    firing_kick();
+    return r.moved;
+}
+
+bool domains_held(uint32_t di, int64_t now)
+{
+    struct domain *d = get(di);
+    return d && d->hold_until > now;
+}
+
+uint64_t domains_held_count(int64_t now)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 1; i < T.next && i < T.cap; i++)
+        if (T.by_idx[i] && T.by_idx[i]->hold_until > now)
+            n++;
+    return n;
+}
+
+static void holds_read_cb(void *arg, redisReply *reply)
+{
+    if (!reply || reply->type != REDIS_REPLY_ARRAY) {
+        log_warn("load: reading the held domains failed (%s); will retry when Redis is back",
+                 reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "no reply");
+        return; /* schedule_load runs again on reconnect */
+    }
+    int64_t now = now_ms();
+    size_t held = 0;
+    for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+        redisReply *k = reply->element[i], *v = reply->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        char val[64];
+        long long until, since;
+        snprintf(val, sizeof val, "%.*s", (int)v->len, v->str);
+        if (sscanf(val, "%lld,%lld", &until, &since) != 2 || (until && until <= now)) {
+            store_held_del(k->str, NULL, NULL); /* ran out while the daemon was down */
+            continue;
+        }
+        if (domains_hold(k->str, k->len, until, since, now))
+            held++;
+    }
+    if (held)
+        log_info("load: %zu held domains", held);
+    void (*done)(void) = load_done;
+    load_done = NULL;
+    if (done)
+        done();
+}
+
+static void holds_load(void)
+{
+    if (store_held_read(holds_read_cb, NULL) != 0)
+        log_warn("load: Redis went away; will resume when it is back");
+}
+
+void domains_entry_unplace(struct entry *e)
+{
+    entry_set_placed(e, false);
 }

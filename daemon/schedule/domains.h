@@ -81,4 +81,25 @@ json_t *domains_stats_json(int64_t now);
  * it; it is lower-cased here). */
 json_t *domains_json(const char *name, size_t len, int64_t now);
 
+/* ---- operator holds (ops/hold.c) ----
+ * A held domain fires no retry until its hold ends; reports for it are
+ * still accepted and scheduled. The hold itself is kept in Redis by the
+ * op (<prefix>held) and read back by domains_load. */
+#define DOMAINS_HOLD_FOREVER INT64_C(253402300799999) /* held until released */
+
+/* Holds the domain called name until `until` (epoch ms, 0: until
+ * released), held since `since`. Returns its number (0: unusable name). */
+uint32_t domains_hold(const char *name, size_t len, int64_t until, int64_t since, int64_t now);
+/* Ends the hold of name; the retries it held back are due now (their pace
+ * still applies). Returns how many were moved up. */
+size_t domains_release(const char *name, size_t len, int64_t now);
+/* Whether domain d is held at now. */
+bool domains_held(uint32_t d, int64_t now);
+/* How many domains are held at now (rebound_domains_held): one pass over
+ * the domains table. */
+uint64_t domains_held_count(int64_t now);
+/* retry_now: e's place in its domain's pace is forgotten, so the pace
+ * spaces it out again when it falls due. */
+void domains_entry_unplace(struct entry *e);
+
 #endif

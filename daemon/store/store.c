@@ -55,7 +55,7 @@ static struct strmap in_doubt;
  * and Redis keeps serving others. */
 #define BATCH_MAX_ARGS 8192
 /* The keys apply.lua is given, ahead of its arguments. */
-#define APPLY_NKEYS 5
+#define APPLY_NKEYS 7 /* msg, events, rcpt, suppressed, domains, history, history_at */
 
 static struct batch *batch_new(void)
 {
@@ -142,6 +142,9 @@ void store_init(void)
     rbd->key_rcpts = make_key("rcpt");
     rbd->key_supp = make_key("suppressed");
     rbd->key_domains = make_key("domains");
+    rbd->key_held = make_key("held");
+    rbd->key_history = make_key("history");
+    rbd->key_history_at = make_key("history_at");
 }
 
 void store_mark_in_doubt(const char *id, size_t id_len)
@@ -193,6 +196,11 @@ void store_free(void)
     free(rbd->key_supp);
     free(rbd->key_domains);
     rbd->key_msgs = rbd->key_events = rbd->key_rcpts = rbd->key_supp = rbd->key_domains = NULL;
+    free(rbd->key_held);
+    rbd->key_held = NULL;
+    free(rbd->key_history);
+    free(rbd->key_history_at);
+    rbd->key_history = rbd->key_history_at = NULL;
 }
 
 bool store_ready(void)
@@ -246,6 +254,8 @@ static void batch_open(void)
     batch_arg_str(b, &b->head, rbd->key_rcpts);
     batch_arg_str(b, &b->head, rbd->key_supp);
     batch_arg_str(b, &b->head, rbd->key_domains);
+    batch_arg_str(b, &b->head, rbd->key_history);
+    batch_arg_str(b, &b->head, rbd->key_history_at);
     snprintf(num, sizeof num, "%lld", rbd->cfg.stream_maxlen);
     batch_arg_str(b, &b->head, num);
     /* The streak rules of the policy in force when the batch opened. */
@@ -277,6 +287,24 @@ static void queue_fresh(struct batch *b, const struct store_change *ch, const ch
     b->rcpts[b->rcpts_len++] = '\n';
 }
 
+/* Mode 'H' (the record goes, its story is kept): the header argument is
+ * "<outcome>,<reason>,<at>,<cutoff>|<record header>", the record header
+ * for a message with no record yet (a first bounce that ends it), and the
+ * item the bounce that ended it, if one did. Returns the header's length. */
+static size_t history_header(const struct store_change *ch, char *buf, size_t cap, char *item, size_t *in)
+{
+    int64_t cutoff = ch->rec.at_ms - rbd->cfg.history_retention_ms;
+    int n = snprintf(buf, cap, "%s,%lld,%lld|", ch->story, (long long)ch->rec.at_ms, (long long)cutoff);
+    if (n < 0 || (size_t)n >= cap - RECORD_HEADER_MAX)
+        n = 0;
+    size_t len = (size_t)n;
+    if (ch->rec.class_name) {
+        len += record_header(buf + len, 'A', ch->rec.at_ms, ch->rec.attempt, ch->rec.class_name, ch->rec.first_ms);
+        *in = record_item(item, ch->rec.at_ms, ch->rec.first_ms, ch->rec.code, ch->rec.enhanced, ch->rec.class_name);
+    }
+    return len;
+}
+
 static void queue_general(struct batch *b, const struct store_change *ch, const char *who, size_t who_len)
 {
     char mode[2] = {ch->mode, '\0'};
@@ -287,10 +315,13 @@ static void queue_general(struct batch *b, const struct store_change *ch, const 
         hn = record_header(header, 'P', ch->rec.due_ms, ch->rec.attempt, ch->rec.class_name, ch->rec.first_ms);
         in = record_item(item, ch->rec.at_ms, ch->rec.first_ms, ch->rec.code, ch->rec.enhanced, ch->rec.class_name);
     }
+    char story[sizeof header + 160];
+    if (ch->mode == 'H')
+        hn = history_header(ch, story, sizeof story, item, &in);
     nev[jbuf_fmt_int(nev, ch->nevents)] = '\0';
     batch_arg(b, &b->general, ch->id, ch->id_len);
     batch_arg_str(b, &b->general, mode);
-    batch_arg(b, &b->general, header, hn);
+    batch_arg(b, &b->general, ch->mode == 'H' ? story : header, hn);
     batch_arg(b, &b->general, who, who_len);
     batch_arg(b, &b->general, item, in);
     batch_arg_str(b, &b->general, op);

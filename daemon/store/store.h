@@ -53,7 +53,8 @@ enum store_op {
 struct store_change {
     const char *id;         /* "" for a change about no message */
     size_t id_len;
-    char mode;              /* 'S' set, 'D' delete, '-' events only */
+    char mode;              /* 'S' set, 'D' delete, '-' events only, 'H' delete keeping the story
+                               (the history op): see story */
     const char *fragment;   /* 'S', and STORE_OP_BOUNCE (for a suppress event) */
     /* 'S': the pending retry, and the bounce that is appended to the history */
     struct {
@@ -69,6 +70,10 @@ struct store_change {
     const char *arg;        /* the op's arguments */
     const char *const *events; /* event bodies */
     int nevents;
+    /* 'H': "<outcome>,<reason>" (outcome give_up, suppress, delivered);
+     * rec.at_ms is when it ended, and with rec.class_name set, rec is the
+     * bounce that ended it (first bounce, attempt, class, code) */
+    const char *story;
 };
 
 /* Writes the argument of STORE_OP_BOUNCE into buf (at least
@@ -124,6 +129,36 @@ int store_suppressed_page(const char *cursor, int count, store_reply_cb cb, void
 int store_domains_read(store_reply_cb cb, void *arg);
 /* Forgets a throttle that has run out (HDEL; the reply is not awaited). */
 void store_domain_forget(const char *name, size_t len);
+
+/* ---- acting on the queue (store/queue_ops.c) ----
+ * <prefix>held  hash, one field per domain an operator holds (the hold
+ *               op): "<until>,<since>", until 0 while held until released.
+ * Bulk commands take at most STORE_BULK_MAX ids, so one never keeps Redis
+ * from other clients for long. */
+#define STORE_BULK_MAX 1000
+
+/* Holds domain until `until` (epoch ms, 0: until released) since `since`
+ * (HSET). */
+int store_held_set(const char *domain, int64_t until, int64_t since, store_reply_cb cb, void *arg);
+/* Releases domain (HDEL); cb may be NULL. */
+int store_held_del(const char *domain, store_reply_cb cb, void *arg);
+/* Every held domain (HGETALL): {domain, "<until>,<since>", ...}. */
+int store_held_read(store_reply_cb cb, void *arg);
+/* The records of n ids (HMGET, n <= STORE_BULK_MAX): an array of n
+ * strings or nils. */
+int store_msgs_get(const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg);
+/* Deletes the records of n ids (HDEL, n <= STORE_BULK_MAX); the reply is
+ * how many there were. */
+int store_msgs_del(const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg);
+/* Makes the pending retries of n ids (n <= STORE_BULK_MAX) due at `due`
+ * in their records, in one atomic step; records that are not pending are
+ * left alone. The reply is an array of n integers: 1 rewritten, 0 not. */
+int store_msgs_due_now(const char *const *ids, const size_t *lens, size_t n, int64_t due, store_reply_cb cb,
+                       void *arg);
+
+/* A finished message's story (HGET of <prefix>history; apply.lua's mode
+ * 'H' writes it): "<outcome>,<reason>,<at>\n<record>", or nil. */
+int store_history_get(const char *id, size_t id_len, store_reply_cb cb, void *arg);
 
 /* ---- firing (store/fire.c) ---- */
 

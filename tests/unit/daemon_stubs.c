@@ -19,6 +19,7 @@ void stubs_reset(void)
         free(stubs.replies[i]);
     free(stubs.ids);
     memset(&stubs, 0, sizeof stubs);
+    memset(&stub_cmds, 0, sizeof stub_cmds);
     stubs.ready = true;
 }
 
@@ -219,4 +220,67 @@ void conn_ref(struct conn *c)
 void conn_unref(struct conn *c)
 {
     c->refs--;
+}
+
+/* ---- store/queue_ops.c ---------------------------------------------------- */
+
+struct stub_commands stub_cmds;
+
+static int record_command(const char *name, const char *first, size_t first_len, size_t n, store_reply_cb cb,
+                          void *arg)
+{
+    if (!stubs.ready || stub_cmds.n >= STUBS_MAX)
+        return -1;
+    struct stub_command *c = &stub_cmds.c[stub_cmds.n++];
+    c->name = name;
+    c->n = n;
+    snprintf(c->first, sizeof c->first, "%.*s", (int)first_len, first ? first : "");
+    c->cb = cb;
+    c->arg = arg;
+    return 0;
+}
+
+void stubs_answer_command(int i, redisReply *reply)
+{
+    struct stub_command *c = &stub_cmds.c[i];
+    store_reply_cb cb = c->cb;
+    c->cb = NULL;
+    if (cb)
+        cb(c->arg, reply);
+}
+
+int store_held_set(const char *domain, int64_t until, int64_t since, store_reply_cb cb, void *arg)
+{
+    return record_command("held_set", domain, strlen(domain), 1, cb, arg);
+}
+
+int store_held_del(const char *domain, store_reply_cb cb, void *arg)
+{
+    return record_command("held_del", domain, strlen(domain), 1, cb, arg);
+}
+
+int store_held_read(store_reply_cb cb, void *arg)
+{
+    return record_command("held_read", NULL, 0, 0, cb, arg);
+}
+
+int store_msgs_get(const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg)
+{
+    return record_command("msgs_get", ids[0], lens[0], n, cb, arg);
+}
+
+int store_msgs_del(const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg)
+{
+    return record_command("msgs_del", ids[0], lens[0], n, cb, arg);
+}
+
+int store_msgs_due_now(const char *const *ids, const size_t *lens, size_t n, int64_t due, store_reply_cb cb,
+                       void *arg)
+{
+    return record_command("msgs_due_now", ids[0], lens[0], n, cb, arg);
+}
+
+int store_history_get(const char *id, size_t id_len, store_reply_cb cb, void *arg)
+{
+    return record_command("history_get", id, id_len, 1, cb, arg);
 }

@@ -48,4 +48,21 @@ void stubs_answer_write(int i, bool ok, long long result);
 /* Answers fire i: every id with outcome (an enum store_fire_outcome). */
 void stubs_answer_fire(int i, bool ok, unsigned char outcome);
 
+/* The store's commands for acting on the queue (store/queue_ops.c): each
+ * call is recorded, and the test answers it with stubs_answer_command. */
+struct stub_command {
+    const char *name; /* the store function */
+    size_t n;         /* ids */
+    char first[256];  /* the first id, or the domain */
+    store_reply_cb cb; /* NULL once answered */
+    void *arg;
+};
+struct stub_commands {
+    struct stub_command c[STUBS_MAX];
+    int n;
+};
+extern struct stub_commands stub_cmds;
+/* Answers command i with reply (NULL: the link went down). */
+void stubs_answer_command(int i, redisReply *reply);
+
 #endif

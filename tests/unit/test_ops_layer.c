@@ -132,6 +132,64 @@ static void test_failed_write_changes_nothing(void **state)
     assert_int_equal(conn.refs, 0);
 }
 
+/* Acting on the queue: a bulk cancel writes a slice, then forgets the
+ * entries; retry_now rewrites the record first, then moves the entry;
+ * hold answers after its write; history asks the store. */
+static void test_queue_ops(void **state)
+{
+    send_line("{\"op\":\"bounce\",\"id\":\"m1\",\"rcpt\":\"a@b.example\"," GREYLIST "}");
+    send_line("{\"op\":\"bounce\",\"id\":\"m2\",\"rcpt\":\"a@c.example\"," GREYLIST "}");
+    stubs_answer_write(0, true, STORE_AS_DECIDED);
+    stubs_answer_write(1, true, STORE_AS_DECIDED);
+    assert_int_equal(rbd->npending, 2);
+
+    send_line("{\"op\":\"cancel\",\"domain\":\"b.example\"}");
+    assert_int_equal(stub_cmds.n, 1);
+    assert_string_equal(stub_cmds.c[0].name, "msgs_del");
+    assert_int_equal(stub_cmds.c[0].n, 1);
+    assert_string_equal(stub_cmds.c[0].first, "m1");
+    struct entry *e = sched_find(rbd->sched, "m1", 2);
+    assert_true(e->flags & ENTRY_BUSY);
+    assert_int_equal(rbd->npending, 2); /* nothing changes before Redis answers */
+    redisReply one = {.type = REDIS_REPLY_INTEGER, .integer = 1};
+    stubs_answer_command(0, &one);
+    assert_reply(2, "\"count\":1");
+    assert_null(sched_find(rbd->sched, "m1", 2));
+    assert_int_equal(rbd->npending, 1);
+
+    e = sched_find(rbd->sched, "m2", 2);
+    int64_t due = e->node.due_ms;
+    send_line("{\"op\":\"retry_now\",\"id\":\"m2\"}");
+    assert_string_equal(stub_cmds.c[1].name, "msgs_due_now");
+    assert_int_equal(e->node.due_ms, due);
+    redisReply *el[1] = {&one};
+    redisReply arr = {.type = REDIS_REPLY_ARRAY, .elements = 1, .element = el};
+    stubs_answer_command(1, &arr);
+    assert_reply(3, "\"count\":1");
+    assert_true(e->node.due_ms <= now_ms());
+
+    send_line("{\"op\":\"hold\",\"domain\":\"C.example\"}");
+    assert_string_equal(stub_cmds.c[2].name, "held_set");
+    assert_string_equal(stub_cmds.c[2].first, "c.example");
+    assert_false(domains_held(domains_find("c.example", 9, false, now_ms()), now_ms()));
+    redisReply okr = {.type = REDIS_REPLY_INTEGER, .integer = 1};
+    stubs_answer_command(2, &okr);
+    assert_reply(4, "\"held\":{");
+    assert_true(domains_held(domains_find("c.example", 9, false, now_ms()), now_ms()));
+
+    send_line("{\"op\":\"history\",\"id\":\"m1\"}");
+    assert_string_equal(stub_cmds.c[3].name, "history_get");
+    redisReply nil = {.type = REDIS_REPLY_NIL};
+    stubs_answer_command(3, &nil);
+    assert_reply(5, "error not_found");
+
+    send_line("{\"op\":\"release\",\"domain\":\"c.example\"}");
+    stubs_answer_command(4, NULL); /* the link went down: nothing changes */
+    assert_reply(6, "error unavailable");
+    assert_true(domains_held(domains_find("c.example", 9, false, now_ms()), now_ms()));
+    assert_int_equal(conn.refs, 0);
+}
+
 static void test_store_down(void **state)
 {
     stubs.ready = false;
@@ -151,6 +209,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_report_then_parked_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_write_changes_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_down, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_ops, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -178,6 +178,57 @@ static void test_domain_pace(void **state)
     assert_true(last - now >= 99 * 10 && last - now <= 101 * 10);
 }
 
+/* An operator's hold: a held domain's due retries wait for exactly the
+ * hold's end (another domain's do not); release makes them due now, and
+ * they take the pace again (no place kept from before). */
+static void test_domain_hold_and_release(void **state)
+{
+    int64_t now = now_ms();
+    assert_int_equal(domains_held_count(now), 0);
+    uint32_t d = domains_hold("Held.example", 12, 0, now, now);
+    assert_true(d != 0);
+    assert_true(domains_held(d, now));
+    assert_int_equal(domains_held_count(now), 1);
+    struct entry *held[3];
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "h%d", i);
+        held[i] = pending(id, "held.example", now);
+        int64_t later = domains_pace_entry(held[i], now);
+        assert_int_equal(later, DOMAINS_HOLD_FOREVER);
+        sched_set_due(rbd->sched, held[i], later);
+    }
+    struct entry *free_one = pending("f0", "free.example", now);
+    assert_int_equal(domains_pace_entry(free_one, now), 0);
+    json_t *st = domains_stats_json(now);
+    json_t *h = json_object_get(st, "held");
+    assert_int_equal(json_array_size(h), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(h, 0), "domain")), "held.example");
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(h, 0), "pending")), 3);
+    json_decref(st);
+
+    /* held again with an end: the waiting retries move to it */
+    domains_hold("held.example", 12, now + 5000, now, now);
+    for (int i = 0; i < 3; i++) {
+        assert_true(held[i]->node.due_ms <= now_ms());
+        int64_t later = domains_pace_entry(held[i], now);
+        assert_int_equal(later, now + 5000);
+        sched_set_due(rbd->sched, held[i], later);
+    }
+    assert_int_equal(domains_release("HELD.example", 12, now), 3);
+    assert_false(domains_held(d, now));
+    assert_int_equal(domains_held_count(now), 0);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(held[i]->node.due_ms, now);
+        assert_int_equal(domains_pace_entry(held[i], now), 0); /* within the burst */
+    }
+    assert_int_equal(domains_release("held.example", 12, now), 0);
+    /* a hold that has run out holds nothing */
+    domains_hold("gone.example", 12, now + 10, now, now);
+    assert_true(domains_held(domains_find("gone.example", 12, false, now), now));
+    assert_false(domains_held(domains_find("gone.example", 12, false, now + 10), now + 10));
+}
+
 /* Runs the loop until the stub store saw n fires (at most 2 s). */
 static void run_until_fires(int n)
 {
@@ -251,6 +302,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_settle_keeps_a_retry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_change_while_busy_aborts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_domain_pace, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_domain_hold_and_release, setup, teardown),
         cmocka_unit_test_setup_teardown(test_firing_script_then_burst, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -12,6 +12,9 @@
 --          one); only classes that count toward the streak are recorded
 -- KEYS[4]  the suppressed hash: field = address, value = "<reason>,<at>"
 -- KEYS[5]  the domain hash: field = domain, value = "<class>,<until>,<since>"
+-- KEYS[6]  the history hash: field = message id, value = its story,
+--          "<outcome>,<reason>,<at>\n<record>" (the record as it ended)
+-- KEYS[7]  the history's order: sorted set of ids by the time they ended
 -- ARGV[1]  approximate maximum length of the stream
 -- ARGV[2]  campaigns in a row that suppress; ARGV[3] chronic span (ms);
 -- ARGV[4]  soft bounces that, over the chronic span, suppress
@@ -26,6 +29,11 @@
 --             history is the old one with the new item appended
 --   mode "D": delete the record
 --   mode "-": leave the record alone (events only)
+--   mode "H": delete the record, keeping its story in the history: header
+--             is "<outcome>,<reason>,<at>,<cutoff>|<record header>" (the
+--             record header for a message that has no record), item the
+--             bounce that ended it (or ""); stories that ended before
+--             cutoff are dropped, a few per change
 --   op "B":   a bounce for address `key`; argument
 --             "<action><c>,<now>,<code>,<attempt>,<class>,<enhanced>,<campaign>"
 --             (action R, G or S as decided; c is "c" when the class counts
@@ -42,6 +50,7 @@
 -- suppressed already); for "R" and "U" 1 when a suppression was lifted,
 -- else 0; 0 otherwise.
 local msgs, stream, rcpts, supp, doms = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local hist, hist_at = KEYS[6], KEYS[7]
 local maxlen = ARGV[1]
 local need, span, chronic_n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
@@ -169,6 +178,31 @@ local function count_soft(addr, action, now, class, campaign)
   return streak >= need or (last - first >= span and soft >= chronic_n)
 end
 
+-- Mode "H": the message ends; its record, with the bounce that ended it,
+-- becomes its story, kept until cutoff passes.
+local function keep_story(id, header, who, item, outcome)
+  local line, rheader = string.match(header, '^([^|]*)|(.*)$')
+  if not line then return redis.call('HDEL', msgs, id) end
+  local o, at, cutoff = string.match(line, '^(.-),(%d+),(%-?%d+)$')
+  outcome = outcome or o
+  local rec = redis.call('HGET', msgs, id)
+  if rec then
+    if item ~= '' then rec = rec .. ';' .. item end
+  elseif rheader ~= '' then
+    rec = rheader .. '\n' .. who .. '\n' .. item
+  end
+  redis.call('HDEL', msgs, id)
+  if rec then
+    redis.call('HSET', hist, id, outcome .. ',' .. at .. '\n' .. rec)
+    redis.call('ZADD', hist_at, at, id)
+  end
+  local old = redis.call('ZRANGEBYSCORE', hist_at, '-inf', '(' .. cutoff, 'LIMIT', 0, 4)
+  for _, oid in ipairs(old) do
+    redis.call('HDEL', hist, oid)
+    redis.call('ZREM', hist_at, oid)
+  end
+end
+
 while i <= #ARGV do
   local id, mode, header, who, item = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local op, key, arg = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
@@ -199,7 +233,11 @@ while i <= #ARGV do
         result, reason = 1, 'chronic_soft'
       end
       if result ~= 0 then
-        if mode ~= '-' then redis.call('HDEL', msgs, id) end
+        if mode == 'H' then
+          keep_story(id, header, who, item, 'suppress,' .. reason)
+        elseif mode ~= '-' then
+          redis.call('HDEL', msgs, id)
+        end
         mode = '-'
         skip_first = action ~= 'R'
         extra = '{"type":"suppress","at":' .. now .. ',' .. members(id, who) .. ',"class":"' .. class .. '","attempt":' ..
@@ -240,6 +278,8 @@ while i <= #ARGV do
     redis.call('HSET', msgs, id, header .. '\n' .. who .. '\n' .. hist)
   elseif mode == 'D' then
     redis.call('HDEL', msgs, id)
+  elseif mode == 'H' then
+    keep_story(id, header, who, item, nil)
   end
   for k = 1, n do
     if not (skip_first and k == 1) then emit(ARGV[i + 8 + k]) end

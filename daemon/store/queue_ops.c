@@ -1,0 +1,153 @@
+/*
+ * The store's side of acting on the queue (ops/list.c, retry_now.c,
+ * hold.c, cancel's bulk form in drop.c): the held domains' hash and the
+ * bounded bulk commands on the message records.
+ */
+#include "store/store.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/daemon.h"
+#include "base/xmalloc.h"
+#include "redis/redis_link.h"
+
+struct qo_ctx {
+    store_reply_cb cb;
+    void *arg;
+};
+
+static void qo_reply_cb(struct redis_link *link, redisReply *reply, void *privdata)
+{
+    struct qo_ctx *c = privdata;
+    if (c->cb)
+        c->cb(c->arg, reply);
+    free(c);
+}
+
+static int qo_command(int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg)
+{
+    if (!store_ready())
+        return -1;
+    struct qo_ctx *c = xmalloc(sizeof *c);
+    c->cb = cb;
+    c->arg = arg;
+    if (redis_link_command(rbd->link, qo_reply_cb, c, argc, argv, lens) != 0) {
+        free(c);
+        return -1;
+    }
+    return 0;
+}
+
+int store_held_set(const char *domain, int64_t until, int64_t since, store_reply_cb cb, void *arg)
+{
+    char val[48];
+    snprintf(val, sizeof val, "%" PRId64 ",%" PRId64, until, since);
+    const char *argv[] = {"HSET", rbd->key_held, domain, val};
+    size_t lens[] = {4, strlen(rbd->key_held), strlen(domain), strlen(val)};
+    return qo_command(4, argv, lens, cb, arg);
+}
+
+int store_held_del(const char *domain, store_reply_cb cb, void *arg)
+{
+    const char *argv[] = {"HDEL", rbd->key_held, domain};
+    size_t lens[] = {4, strlen(rbd->key_held), strlen(domain)};
+    return qo_command(3, argv, lens, cb, arg);
+}
+
+int store_held_read(store_reply_cb cb, void *arg)
+{
+    const char *argv[] = {"HGETALL", rbd->key_held};
+    size_t lens[] = {7, strlen(rbd->key_held)};
+    return qo_command(2, argv, lens, cb, arg);
+}
+
+/* <cmd> <key> id...: a bulk command on the message records. */
+static int bulk(const char *cmd, const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg)
+{
+    if (n == 0 || n > STORE_BULK_MAX)
+        return -1;
+    size_t argc = 2 + n;
+    const char **argv = xmalloc(argc * sizeof *argv);
+    size_t *alens = xmalloc(argc * sizeof *alens);
+    argv[0] = cmd;
+    alens[0] = strlen(cmd);
+    argv[1] = rbd->key_msgs;
+    alens[1] = strlen(rbd->key_msgs);
+    for (size_t i = 0; i < n; i++) {
+        argv[2 + i] = ids[i];
+        alens[2 + i] = lens[i];
+    }
+    int rc = qo_command((int)argc, argv, alens, cb, arg);
+    free(argv);
+    free(alens);
+    return rc;
+}
+
+int store_msgs_get(const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg)
+{
+    return bulk("HMGET", ids, lens, n, cb, arg);
+}
+
+int store_msgs_del(const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg)
+{
+    return bulk("HDEL", ids, lens, n, cb, arg);
+}
+
+/* Rewrites the due time in the header of each pending record
+ * (proto/record.h: "P<due-first>,<attempt>,<class>,<first>\n..."),
+ * leaving the rest as it is. Sent with EVAL: it is short, and a bulk op
+ * sends one per thousand ids. */
+static const char due_now_lua[] =
+    "local due = tonumber(ARGV[1])\n"
+    "local out = {}\n"
+    "for i = 2, #ARGV do\n"
+    "  local v = redis.call('HGET', KEYS[1], ARGV[i])\n"
+    "  local r = 0\n"
+    "  if v and string.byte(v, 1) == 80 then\n"
+    "    local mid, first, rest = string.match(v, '^P%-?%d+(,%d+,[^,\\n]+,)(%-?%d+)(\\n.*)$')\n"
+    "    if first then\n"
+    "      local rel = due - tonumber(first)\n"
+    "      redis.call('HSET', KEYS[1], ARGV[i], 'P' .. string.format('%d', rel) .. mid .. first .. rest)\n"
+    "      r = 1\n"
+    "    end\n"
+    "  end\n"
+    "  out[#out + 1] = r\n"
+    "end\n"
+    "return out\n";
+
+int store_msgs_due_now(const char *const *ids, const size_t *lens, size_t n, int64_t due, store_reply_cb cb,
+                       void *arg)
+{
+    if (n == 0 || n > STORE_BULK_MAX)
+        return -1;
+    char when[24];
+    snprintf(when, sizeof when, "%" PRId64, due);
+    size_t argc = 5 + n;
+    const char **argv = xmalloc(argc * sizeof *argv);
+    size_t *alens = xmalloc(argc * sizeof *alens);
+    argv[0] = "EVAL";
+    argv[1] = due_now_lua;
+    argv[2] = "1";
+    argv[3] = rbd->key_msgs;
+    argv[4] = when;
+    for (int i = 0; i < 5; i++)
+        alens[i] = strlen(argv[i]);
+    for (size_t i = 0; i < n; i++) {
+        argv[5 + i] = ids[i];
+        alens[5 + i] = lens[i];
+    }
+    int rc = qo_command((int)argc, argv, alens, cb, arg);
+    free(argv);
+    free(alens);
+    return rc;
+}
+
+int store_history_get(const char *id, size_t id_len, store_reply_cb cb, void *arg)
+{
+    const char *argv[] = {"HGET", rbd->key_history, id};
+    size_t lens[] = {4, strlen(rbd->key_history), id_len};
+    return qo_command(3, argv, lens, cb, arg);
+}
