@@ -31,6 +31,15 @@ struct config {
     long long stream_maxlen; /* approximate cap of the event stream, default 1000000 */
     int fire_batch;        /* retries fired per Redis round trip, default 1000 */
     int64_t redis_timeout_ms; /* connect and command time-out, default 5000 (file key "redis_timeout", a duration) */
+    /* High availability (docs/operations.md): Redis behind Sentinels, and
+     * replica acknowledgement of every write batch. */
+    char *redis_sentinels;          /* "host:port,host:port,...", "" = no Sentinel (use `redis`) */
+    char *redis_master_name;        /* the master's name in the Sentinels, default "mymaster" */
+    char *redis_sentinel_password;  /* the Sentinels' own password, "" = none */
+    int redis_min_replicas;         /* WAIT for this many replicas after each write batch, 0 = no WAIT */
+    int64_t redis_replica_timeout_ms; /* WAIT's time-out, default 1000 (key "redis_replica_timeout") */
+    char *instance_id;              /* this instance's name, "" = "<hostname>:<pid>" at start */
+    char *advertise;                /* the address peers reach this instance at, "" = listen */
 };
 
 /* Fills cfg with the defaults (strings malloc'd). */

@@ -32,6 +32,7 @@ static const char *const op_names[OP__COUNT] = {
     [OP_CLASSIFY] = "classify",   [OP_STATS] = "stats",         [OP_SUBSCRIBE] = "subscribe",
     [OP_ACK] = "ack",             [OP_PING] = "ping",           [OP_AUTH] = "auth",
     [OP_UNSUPPRESS] = "unsuppress", [OP_SUPPRESSED] = "suppressed", [OP_DOMAIN] = "domain",
+    [OP_CLUSTER] = "cluster",
 };
 
 static const char *const event_names[EV__COUNT] = {
@@ -639,6 +640,7 @@ static const op_parser op_parsers[OP__COUNT] = {
     [OP_SUBSCRIBE] = parse_subscribe, [OP_ACK] = parse_ack,             [OP_PING] = parse_nothing,
     [OP_AUTH] = parse_auth,           [OP_UNSUPPRESS] = parse_unsuppress, [OP_SUPPRESSED] = parse_suppressed,
     [OP_DOMAIN] = parse_domain,
+    [OP_CLUSTER] = parse_nothing,
 };
 
 static int op_lookup(const char *s, size_t n)

@@ -24,6 +24,7 @@ enum op {
     OP_UNSUPPRESS,
     OP_SUPPRESSED,
     OP_DOMAIN,
+    OP_CLUSTER, /* high availability: the instances and their shards */
     OP__COUNT
 };
 

@@ -54,6 +54,12 @@ struct daemon {
     uint64_t reloads_ok, reloads_failed;
     uint64_t policy_generation; /* bumped each time rbd->policy changes: keys caches of its results */
     uint64_t redis_connects;          /* times the Redis link became ready */
+
+    /* high availability (docs/operations.md) */
+    char instance_id[300];            /* cfg.instance_id, or "<hostname>:<pid>" made at start */
+    char advertise[300];              /* cfg.advertise, or the listen address */
+    uint64_t wait_batches;            /* write batches followed by a WAIT */
+    uint64_t wait_short;              /* of those, WAITs short of redis_min_replicas: answered unavailable */
 };
 
 extern struct daemon *rbd;
