@@ -36,12 +36,16 @@
 #include "notify.h"
 #include "ops/ops.h"
 #include "redis/redis_link.h"
+#include "redis/sentinel_watch.h"
 #include "schedule/domains.h"
 #include "schedule/entry.h"
 #include "schedule/firing.h"
 #include "schedule/load.h"
 #include "store/scripts.h"
 #include "store/store.h"
+
+/* The Sentinel watch, while the link has Sentinels (NULL otherwise). */
+static struct sentinel_watch *watch;
 
 /* Longest wait for replies to drain to clients at shutdown, once Redis has
  * answered the writes in flight. */
@@ -318,6 +322,8 @@ static void drain_timer_cb(uv_timer_t *t)
     if (rbd->link) {
         struct redis_link *link = rbd->link;
         rbd->link = NULL;
+        sentinel_watch_close(watch);
+        watch = NULL;
         redis_link_close(link, link_closed_cb, NULL);
     } else {
         close_own_handles();
@@ -493,6 +499,10 @@ static int parse_flags(int argc, char **argv, struct flags *fl)
     return -1;
 }
 
+/* With Sentinels: how often the watch asks one of them where the master
+ * is, while the link is up (redis/sentinel_watch.h). */
+#define SENTINEL_WATCH_EVERY_MS 250
+
 /* Sentinel discovery: the comma-separated redis_sentinels cut into the
  * link's list (config_validate has checked each address). */
 static int sentinel_options(const struct config *cfg, struct redis_link_opts *lo)
@@ -660,6 +670,7 @@ int main(int argc, char **argv)
     log_info("reboundd %s starting: Redis %s, policy %s", REBOUND_VERSION,
              config_mask_address(cfg->redis, shown, sizeof shown), cfg->policy);
     redis_link_start(rbd->link);
+    watch = sentinel_watch_start(rbd->loop, rbd->link, &lo, SENTINEL_WATCH_EVERY_MS);
 
     uv_run(rbd->loop, UV_RUN_DEFAULT);
 

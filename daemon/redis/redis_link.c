@@ -136,6 +136,7 @@ struct redis_link {
     int sentinel_first; /* the Sentinel that answered last is asked first */
     char *master_name, *sentinel_password;
     uint64_t master_changes;
+    long long master_epoch; /* the configuration epoch of the answer used */
 
     void (*closed_cb)(void *arg);
     void *closed_arg;
@@ -939,11 +940,13 @@ static int link_resolve_master(struct redis_link *link, char *err, size_t errlen
 {
     char host[256];
     int port = 0;
+    long long epoch = 0;
     int64_t t = link->timeout_ms > 0 && link->timeout_ms < SENTINEL_TIMEOUT_MAX_MS ? link->timeout_ms
                                                                                    : SENTINEL_TIMEOUT_MAX_MS;
     if (sentinel_get_master(link->sentinels, link->nsentinels, &link->sentinel_first, link->master_name,
-                            link->sentinel_password, t, host, sizeof host, &port, err, errlen) != 0)
+                            link->sentinel_password, t, host, sizeof host, &port, &epoch, err, errlen) != 0)
         return -1;
+    link->master_epoch = epoch;
     if (port == link->port && strcmp(host, link->host) == 0)
         return 0;
     char before[sizeof link->where];
@@ -1109,6 +1112,34 @@ const char *redis_link_where(const struct redis_link *link)
 uint64_t redis_link_master_changes(const struct redis_link *link)
 {
     return link->master_changes;
+}
+
+bool redis_link_sentinel_moved(struct redis_link *link, const char *host, int port, long long epoch)
+{
+    if (link->nsentinels == 0 || link->closing || epoch <= link->master_epoch)
+        return false;
+    if (port == link->port && strcmp(host, link->host) == 0) {
+        link->master_epoch = epoch;
+        return false;
+    }
+    if (link->state == LINK_READY || link->state == LINK_CONNECTING) {
+        link_drop(link, "the Sentinels moved master \"%s\" to %s:%d (epoch %lld): asking them again",
+                  link->master_name, host, port, epoch);
+        return true;
+    }
+    if (link->state == LINK_DISCONNECTED && link->started) {
+        /* Waiting out the back-off after the old master died: the new one
+         * is known now, so connect without waiting further. */
+        link->reconnect_at = link_now(link);
+        link_rearm(link);
+        return true;
+    }
+    return false;
+}
+
+const char *redis_link_master_name(const struct redis_link *link)
+{
+    return link->master_name;
 }
 
 size_t redis_link_inflight(const struct redis_link *link)

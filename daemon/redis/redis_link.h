@@ -108,6 +108,16 @@ const char *redis_link_where(const struct redis_link *link);
  * before (a failover followed); 0 without Sentinels. */
 uint64_t redis_link_master_changes(const struct redis_link *link);
 
+/* A Sentinel says master_name is at host:port since configuration epoch
+ * `epoch` (redis/sentinel_watch.c asks). When that is newer than what the
+ * link connected by and names another server, the connection is dropped
+ * (commands in flight get NULL, in doubt) and the next connect asks the
+ * Sentinels again; a link waiting out its back-off connects at once.
+ * Returns whether it did either. */
+bool redis_link_sentinel_moved(struct redis_link *link, const char *host, int port, long long epoch);
+/* The master's name with Sentinels, or NULL without. */
+const char *redis_link_master_name(const struct redis_link *link);
+
 /* Stops reconnecting, waits (at most timeout_ms) for commands in flight,
  * disconnects, closes every handle, then calls closed_cb. The link is freed
  * after closed_cb returns. */

@@ -65,6 +65,34 @@ static void errf(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
+int sentinel_parse_master(const struct redisReply *r, char *ip, size_t iplen, int *port, long long *epoch)
+{
+    if (r->type != REDIS_REPLY_ARRAY)
+        return -1;
+    const char *h = NULL, *p = NULL, *ep = "0";
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        const redisReply *k = r->element[i], *v = r->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        if (strcmp(k->str, "ip") == 0)
+            h = v->str;
+        else if (strcmp(k->str, "port") == 0)
+            p = v->str;
+        else if (strcmp(k->str, "config-epoch") == 0)
+            ep = v->str;
+    }
+    if (!h || !p || strlen(h) >= iplen)
+        return -1;
+    char *end;
+    long pn = strtol(p, &end, 10);
+    if (*end || pn < 1 || pn > 65535)
+        return -1;
+    memcpy(ip, h, strlen(h) + 1);
+    *port = (int)pn;
+    *epoch = strtoll(ep, NULL, 10);
+    return 0;
+}
+
 /* One Sentinel: 0 with the address and its configuration epoch, 1 when
  * it answered that it does not know the master, -1 when it could not be
  * asked. SENTINEL MASTER rather than get-master-addr-by-name: the same
@@ -100,28 +128,10 @@ static int ask_one(const struct sentinel_addr *s, const char *master, const char
     if (!r) {
         errf(err, errlen, "%s:%d: %s", s->host, s->port, c->errstr);
     } else if (r->type == REDIS_REPLY_ARRAY) {
-        const char *ip = NULL, *p = NULL, *ep = "0";
-        for (size_t i = 0; i + 1 < r->elements; i += 2) {
-            const redisReply *k = r->element[i], *v = r->element[i + 1];
-            if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
-                continue;
-            if (strcmp(k->str, "ip") == 0)
-                ip = v->str;
-            else if (strcmp(k->str, "port") == 0)
-                p = v->str;
-            else if (strcmp(k->str, "config-epoch") == 0)
-                ep = v->str;
-        }
-        char *end;
-        long pn = p ? strtol(p, &end, 10) : 0;
-        if (!ip || !p || *end || pn < 1 || pn > 65535 || strlen(ip) >= hostlen) {
-            errf(err, errlen, "%s:%d: no usable address in its answer", s->host, s->port);
-        } else {
-            memcpy(host, ip, strlen(ip) + 1);
-            *port = (int)pn;
-            *epoch = strtoll(ep, NULL, 10);
+        if (sentinel_parse_master(r, host, hostlen, port, epoch) == 0)
             rc = 0;
-        }
+        else
+            errf(err, errlen, "%s:%d: no usable address in its answer", s->host, s->port);
     } else if (r->type == REDIS_REPLY_ERROR && strstr(r->str, "No such master")) {
         errf(err, errlen, "%s:%d: does not know a master named \"%.100s\"", s->host, s->port, master);
         rc = 1;
@@ -136,8 +146,8 @@ static int ask_one(const struct sentinel_addr *s, const char *master, const char
 }
 
 int sentinel_get_master(const struct sentinel_addr *sentinels, int n, int *first, const char *master,
-                        const char *password, int64_t timeout_ms, char *host, size_t hostlen, int *port, char *err,
-                        size_t errlen)
+                        const char *password, int64_t timeout_ms, char *host, size_t hostlen, int *port,
+                        long long *epoch_out, char *err, size_t errlen)
 {
     if (timeout_ms <= 0)
         timeout_ms = 1000;
@@ -160,6 +170,7 @@ int sentinel_get_master(const struct sentinel_addr *sentinels, int n, int *first
             memcpy(host, h, strlen(h) + 1);
             *port = p;
             *first = i;
+            *epoch_out = epoch;
         }
     }
     if (best >= 0)

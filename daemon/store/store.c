@@ -436,12 +436,15 @@ void store_flush(void)
  * comes after the script's and counts the replicas that have everything
  * up to and including the batch. Fewer than n (a replica down, lagging, or
  * the connection lost) answers the whole batch as not confirmed: the
- * writes may be in Redis, so their ids go in doubt (re-read from Redis by
- * the doubt hook), and the clients get `unavailable`, which is safe to
- * resend: the same report decides the same way against the same record.
+ * writes may be in Redis, so their ids go in doubt, and the clients get
+ * `unavailable`, which is safe to resend: a resent report is written (and
+ * waited for) again and decides the same way against the same record. The
+ * ids in doubt are re-read from Redis by the doubt hook once a later WAIT
+ * is met (or at the next connect, as after any write in doubt).
  */
 
 static void (*doubt_hook)(void);
+static bool doubt_pending; /* ids went in doubt by a short WAIT since the last one met */
 
 void store_set_doubt_hook(void (*fn)(void))
 {
@@ -459,6 +462,15 @@ static void wait_reply_cb(struct redis_link *link, redisReply *reply, void *priv
     static bool short_before;
     if (confirmed && short_before)
         log_info("redis: WAIT: the replicas confirm writes again");
+    /* Replication is one stream: a WAIT that is met covers every write
+     * before it, the short batches' too. Only now may their records be
+     * read back into memory (a duplicate report is then answered from
+     * memory, without another write to confirm). */
+    if (confirmed && doubt_pending) {
+        doubt_pending = false;
+        if (doubt_hook)
+            doubt_hook();
+    }
     if (!confirmed && applied) {
         rbd->wait_short++;
         /* One warning when writes stop being confirmed, not one a batch. */
@@ -478,8 +490,8 @@ static void wait_reply_cb(struct redis_link *link, redisReply *reply, void *priv
     batch_answer(b, confirmed ? applied : NULL);
     if (applied)
         redis_link_reply_release(applied);
-    if (!confirmed && doubt_hook && store_ready())
-        doubt_hook();
+    if (!confirmed)
+        doubt_pending = true;
 }
 
 /* Sends the WAIT behind the batch just sent, when replicas must confirm. */

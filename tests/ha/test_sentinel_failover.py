@@ -53,7 +53,7 @@ class Sentinel:
             f.write("port %d\nbind 127.0.0.1\ndaemonize no\ndir %s\nlogfile %s\n"
                     "sentinel monitor %s 127.0.0.1 %d %d\n"
                     "sentinel down-after-milliseconds %s %d\n"
-                    "sentinel failover-timeout %s 3000\n"
+                    "sentinel failover-timeout %s 1000\n"
                     "sentinel parallel-syncs %s 1\n"
                     % (self.port, self.dir, self.log_path, MASTER, master_port, quorum, MASTER, DOWN_AFTER_MS,
                        MASTER, MASTER))
@@ -113,7 +113,7 @@ class SentinelFailoverTest(DaemonTestCase):
     def left(self):
         return max(1.0, TEST_BUDGET_S - (time.monotonic() - self.t0))
 
-    def policy_file(self):
+    def policy_file(self, min_replicas=1):
         """The fast policy with two changes for this test: awaiting records
         kept long enough to be counted in the new master, and a domain pace
         that does not hold the retries back."""
@@ -130,7 +130,7 @@ class SentinelFailoverTest(DaemonTestCase):
         conf = os.path.join(d, "reboundd.json")
         with open(conf, "w") as f:
             json.dump({"redis_sentinels": [s.addr for s in self.sentinels], "redis_master_name": MASTER,
-                       "redis_min_replicas": 1, "redis_replica_timeout": "500ms", "redis_timeout": "2s",
+                       "redis_min_replicas": min_replicas, "redis_replica_timeout": "500ms", "redis_timeout": "2s",
                        "instance_id": "ha-test-1"}, f)
         return path, conf
 
@@ -263,11 +263,110 @@ class SentinelFailoverTest(DaemonTestCase):
         self.assertIn("the Sentinels name 127.0.0.1:%d" % replica.port, d.log_text())
 
 
+class SwitchoverAndWaitTest(SentinelFailoverTest):
+    """The failover that keeps the old master alive (SENTINEL FAILOVER: it
+    is demoted to a replica, so reboundd must notice by READONLY or by the
+    connection the Sentinels close), and WAIT falling short."""
+
+    test_failover_under_load = None
+
+    def test_switchover_follows_the_new_master(self):
+        """A switchover keeps the old master taking writes until the
+        Sentinels demote it, while the other replica still copies from it:
+        a WAIT for one of two replicas could be met by the replica that then
+        throws the write away when it follows the new master. So every
+        replica must confirm (redis_min_replicas 2), and nothing
+        acknowledged is lost (docs/operations.md, High availability)."""
+        master, replicas = self.start_topology()
+        policy, conf = self.policy_file(min_replicas=2)
+        d = self.start_daemon(master, policy=policy, extra_args=["--config", conf])
+        c = self.connect(d, timeout=10)
+        acked, refused = [], []
+
+        def send(k):
+            ids = [unique_id("sw%d" % k) for _ in range(100)]
+            for i, r in zip(ids, c.pipeline([bounce(i, **GREYLIST) for i in ids], window=100, timeout=10)):
+                if r.get("ok") is True:
+                    acked.append(i)
+                else:
+                    self.assertEqual(r["error"]["code"], "unavailable", r)
+                    refused.append(i)
+            return ids
+
+        send(0)
+        self.assertEqual(refused, [])
+        self.assertEqual(self.sentinels[0].cmd("SENTINEL", "FAILOVER", MASTER), "OK")
+        t0 = time.monotonic()
+        promoted = []
+
+        def served_by_new_master():
+            new = tuple(self.sentinels[0].master_addr())
+            promoted[:] = [r for r in replicas if new == ("127.0.0.1", str(r.port))]
+            if not promoted:
+                return False
+            ids = send(len(acked) + len(refused))
+            return any(i in acked for i in ids[-10:]) and promoted[0].cmd("HEXISTS", MSG_HASH, ids[-1]) == 1
+
+        wait_until(served_by_new_master, min(20, self.left()), interval=0.1,
+                   what="reboundd to write to the promoted replica")
+        log("switchover: served by the new master %.0f ms after SENTINEL FAILOVER, %d refused meanwhile"
+            % ((time.monotonic() - t0) * 1000, len(refused)))
+        new = promoted[0]
+        new._drop_conn()
+        have = new.pipeline([("HEXISTS", MSG_HASH, i) for i in acked])
+        self.assertEqual([i for i, v in zip(acked, have) if v != 1], [], "acknowledged reports missing")
+        # the demoted master is a replica now, and reboundd left it
+        master._drop_conn()
+        self.assertEqual(master.cmd("ROLE")[0], "slave")
+
+    def test_wait_short_answers_unavailable(self):
+        """No replica at all: every write is applied by the master but not
+        confirmed, so it is answered unavailable; a resend gets the same
+        answer; once a replica is in sync the same report is taken."""
+        master = self.start_redis()
+        d = self.start_daemon(master, extra_args=[
+            "--config", self.plain_conf({"redis_min_replicas": 1, "redis_replica_timeout": "100ms"})])
+        c = self.connect(d)
+        i = unique_id("w")
+        for _ in range(2):
+            r = c.request(bounce(i, **GREYLIST))
+            self.assertEqual(r.get("error", {}).get("code"), "unavailable", r)
+        master.cmd("CONFIG", "SET", "repl-diskless-sync-delay", "0")
+        replica = self.start_redis()
+        replica.cmd("REPLICAOF", "127.0.0.1", str(master.port))
+        wait_until(lambda: info_field(replica.cmd("INFO", "replication"), "master_link_status") == "up", 15,
+                   what="the replica in sync")
+        answers = []
+
+        def taken():
+            r = c.request(bounce(i, **GREYLIST))
+            answers.append(r)
+            return r.get("ok") is True
+
+        wait_until(taken, 5, interval=0.05, what="the report taken once a replica confirms")
+        for r in answers[:-1]:
+            self.assertEqual(r.get("error", {}).get("code"), "unavailable", r)
+        r = answers[-1]
+        self.assertEqual(r["action"], "retry")
+        self.assertEqual(replica.cmd("HEXISTS", MSG_HASH, i), 1)
+        self.assertIn("WAIT: 0 of 1 replicas", d.log_text())
+
+    def plain_conf(self, keys):
+        dd = tempfile.mkdtemp(prefix="rebound-ha-")
+        self.addCleanup(shutil.rmtree, dd, True)
+        path = os.path.join(dd, "reboundd.json")
+        with open(path, "w") as f:
+            json.dump(keys, f)
+        return path
+
+
 def main():
     """Exits 77 (ctest's "skipped") when the test was skipped, as
     tests/integration/run.py does."""
-    result = unittest.TextTestRunner(verbosity=2).run(
-        unittest.defaultTestLoader.loadTestsFromTestCase(SentinelFailoverTest))
+    suite = unittest.TestSuite([SentinelFailoverTest("test_failover_under_load"),
+                                SwitchoverAndWaitTest("test_switchover_follows_the_new_master"),
+                                SwitchoverAndWaitTest("test_wait_short_answers_unavailable")])
+    result = unittest.TextTestRunner(verbosity=2).run(suite)
     if not result.wasSuccessful():
         return 1
     return 77 if result.testsRun and len(result.skipped) == result.testsRun else 0
