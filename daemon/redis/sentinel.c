@@ -47,7 +47,7 @@ int sentinel_parse_list(const char *list, struct sentinel_addr *out, int max)
         }
         if (strlen(host) >= sizeof out[n].host)
             return -1;
-        snprintf(out[n].host, sizeof out[n].host, "%s", host);
+        memcpy(out[n].host, host, strlen(host) + 1); /* fits: checked above */
         out[n].port = (int)port;
         n++;
         p += len + (comma ? 1 : 0);
