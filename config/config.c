@@ -94,6 +94,14 @@ static const struct option options[] = {
     {"group_expiry", OPT_DURATION, FIELD(group_expiry_ms), "7d", 1, 365LL * 86400 * 1000, true, false},
     {"allow_remote_without_token", OPT_BOOL, FIELD(allow_remote_without_token), "false", 0, 0, true, false},
     {"history_retention", OPT_DURATION, FIELD(history_retention_ms), "7d", 0, 366LL * 24 * 3600 * 1000, true, false},
+    /* high availability */
+    {"redis_sentinels", OPT_STRING, FIELD(redis_sentinels), "", 0, 0, false, false},
+    {"redis_master_name", OPT_STRING, FIELD(redis_master_name), "mymaster", 0, 0, false, false},
+    {"redis_sentinel_password", OPT_STRING, FIELD(redis_sentinel_password), "", 0, 0, false, true},
+    {"redis_min_replicas", OPT_INT, FIELD(redis_min_replicas), "0", 0, 1000, false, false},
+    {"redis_replica_timeout", OPT_DURATION, FIELD(redis_replica_timeout_ms), "1s", 1, 3600LL * 1000, false, false},
+    {"instance_id", OPT_STRING, FIELD(instance_id), "", 0, 0, false, false},
+    {"advertise", OPT_STRING, FIELD(advertise), "", 0, 0, false, false},
 };
 #define NOPTIONS (sizeof options / sizeof options[0])
 
@@ -360,6 +368,34 @@ static int parse_text(const struct option *o, const char *s, struct value *v, ch
     return -1;
 }
 
+/* redis_sentinels may be written as a JSON array of "host:port" strings,
+ * the natural form in a file; it is kept as the comma-separated text the
+ * command line takes. The buffer is static: v->s is copied by field_store
+ * before the next option is parsed. */
+static int join_sentinels(json_t *j, struct value *v, char *err, size_t errlen)
+{
+    static char joined[4096];
+    size_t n = 0, i;
+    json_t *el;
+    joined[0] = '\0';
+    json_array_foreach(j, i, el) {
+        if (!json_is_string(el))
+            return -1;
+        const char *s = json_string_value(el);
+        size_t len = strlen(s);
+        if (!len || strchr(s, ',') || n + len + 2 > sizeof joined) {
+            set_err(err, errlen, "redis_sentinels: each element must be a non-empty \"host:port\" (and all under 4 KiB)");
+            return -2;
+        }
+        if (n)
+            joined[n++] = ',';
+        memcpy(joined + n, s, len + 1);
+        n += len;
+    }
+    v->s = joined;
+    return 0;
+}
+
 /* Converts a JSON value. Returns 0, -1 for a wrong JSON type, -2 for a
  * right type with a bad value (err filled in, without position). */
 static int parse_json(const struct option *o, json_t *j, struct value *v, char *err, size_t errlen)
@@ -369,6 +405,8 @@ static int parse_json(const struct option *o, json_t *j, struct value *v, char *
     switch (o->type) {
     case OPT_STRING:
     case OPT_LEVEL:
+        if (json_is_array(j) && strcmp(o->name, "redis_sentinels") == 0)
+            return join_sentinels(j, v, err, errlen);
         if (!json_is_string(j))
             return -1;
         break;
@@ -619,6 +657,46 @@ static int check_hostport(const char *name, const char *s, char *err, size_t err
     return 0;
 }
 
+/* The high-availability keys: every Sentinel address must parse as a
+ * listener's HOST:PORT does, and a name is needed to ask them about. */
+static int check_ha(const struct config *cfg, char *err, size_t errlen)
+{
+    if (cfg->redis_sentinels[0]) {
+        if (!cfg->redis_master_name[0]) {
+            set_err(err, errlen, "redis_master_name: must not be empty when redis_sentinels is set");
+            return -1;
+        }
+        const char *p = cfg->redis_sentinels;
+        int n = 0;
+        while (*p) {
+            const char *comma = strchr(p, ',');
+            size_t len = comma ? (size_t)(comma - p) : strlen(p);
+            char one[ADDR_HOST_MAX + 16];
+            if (len == 0 || len >= sizeof one) {
+                set_err(err, errlen, "redis_sentinels: an empty or overlong address in \"%.200s\"", cfg->redis_sentinels);
+                return -1;
+            }
+            memcpy(one, p, len);
+            one[len] = '\0';
+            if (check_hostport("redis_sentinels", one, err, errlen) != 0)
+                return -1;
+            n++;
+            p += len + (comma ? 1 : 0);
+        }
+        if (n > 16) {
+            set_err(err, errlen, "redis_sentinels: at most 16 addresses");
+            return -1;
+        }
+    }
+    if (cfg->redis_min_replicas > 0 && cfg->redis_replica_timeout_ms >= cfg->redis_timeout_ms) {
+        set_err(err, errlen, "redis_replica_timeout: must be shorter than redis_timeout (a WAIT would time the link out)");
+        return -1;
+    }
+    if (cfg->advertise[0] && check_hostport("advertise", cfg->advertise, err, errlen) != 0)
+        return -1;
+    return 0;
+}
+
 int config_validate(const struct config *cfg, char *err, size_t errlen)
 {
     for (size_t i = 0; i < NOPTIONS; i++) {
@@ -670,6 +748,8 @@ int config_validate(const struct config *cfg, char *err, size_t errlen)
         set_err(err, errlen, "log_level: \"%.32s\" is not one of debug, info, warn, error", cfg->log_level);
         return -1;
     }
+    if (check_ha(cfg, err, errlen) != 0)
+        return -1;
     return 0;
 }
 

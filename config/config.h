@@ -42,6 +42,15 @@ struct config {
     int64_t group_expiry_ms;  /* a group with no subscriber this long is deleted; default 7 d */
     bool allow_remote_without_token; /* serve non-loopback clients with no token set; default false */
     int64_t history_retention_ms; /* how long a finished message's story is kept, default 7 d; 0 = none */
+    /* High availability (docs/operations.md): Redis behind Sentinels, and
+     * replica acknowledgement of every write batch. */
+    char *redis_sentinels;          /* "host:port,host:port,...", "" = no Sentinel (use `redis`) */
+    char *redis_master_name;        /* the master's name in the Sentinels, default "mymaster" */
+    char *redis_sentinel_password;  /* the Sentinels' own password, "" = none */
+    int redis_min_replicas;         /* WAIT for this many replicas after each write batch, 0 = no WAIT */
+    int64_t redis_replica_timeout_ms; /* WAIT's time-out, default 1000 (key "redis_replica_timeout") */
+    char *instance_id;              /* this instance's name, "" = "<hostname>:<pid>" at start */
+    char *advertise;                /* the address peers reach this instance at, "" = listen */
 };
 
 /* The largest max_line accepted: with the default max_connections, 1,024

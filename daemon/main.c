@@ -36,12 +36,16 @@
 #include "notify.h"
 #include "ops/ops.h"
 #include "redis/redis_link.h"
+#include "redis/sentinel_watch.h"
 #include "schedule/domains.h"
 #include "schedule/entry.h"
 #include "schedule/firing.h"
 #include "schedule/load.h"
 #include "store/scripts.h"
 #include "store/store.h"
+
+/* The Sentinel watch, while the link has Sentinels (NULL otherwise). */
+static struct sentinel_watch *watch;
 
 /* Longest wait for replies to drain to clients at shutdown, once Redis has
  * answered the writes in flight. */
@@ -318,6 +322,8 @@ static void drain_timer_cb(uv_timer_t *t)
     if (rbd->link) {
         struct redis_link *link = rbd->link;
         rbd->link = NULL;
+        sentinel_watch_close(watch);
+        watch = NULL;
         redis_link_close(link, link_closed_cb, NULL);
     } else {
         close_own_handles();
@@ -493,6 +499,49 @@ static int parse_flags(int argc, char **argv, struct flags *fl)
     return -1;
 }
 
+/* With Sentinels: how often the watch asks one of them where the master
+ * is, while the link is up (redis/sentinel_watch.h). */
+#define SENTINEL_WATCH_EVERY_MS 250
+
+/* Sentinel discovery: the comma-separated redis_sentinels cut into the
+ * link's list (config_validate has checked each address). */
+static int sentinel_options(const struct config *cfg, struct redis_link_opts *lo)
+{
+    static char list[4096];
+    static const char *addrs[16];
+    int n = 0;
+    if (strlen(cfg->redis_sentinels) >= sizeof list)
+        return -1;
+    memcpy(list, cfg->redis_sentinels, strlen(cfg->redis_sentinels) + 1);
+    for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (n == 16)
+            return -1;
+        addrs[n++] = tok;
+    }
+    lo->sentinels = addrs;
+    lo->nsentinels = n;
+    lo->master_name = cfg->redis_master_name;
+    lo->sentinel_password = cfg->redis_sentinel_password[0] ? cfg->redis_sentinel_password : NULL;
+    return 0;
+}
+
+/* This instance's name and the address it tells others (the cluster op):
+ * the configured ones, or hostname:pid and the listen address. */
+static void set_identity(const struct config *cfg)
+{
+    if (cfg->instance_id[0]) {
+        snprintf(rbd->instance_id, sizeof rbd->instance_id, "%s", cfg->instance_id);
+    } else {
+        char host[256] = "localhost";
+        if (gethostname(host, sizeof host) != 0)
+            snprintf(host, sizeof host, "localhost");
+        host[sizeof host - 1] = '\0';
+        snprintf(rbd->instance_id, sizeof rbd->instance_id, "%s:%d", host, (int)getpid());
+    }
+    const char *adv = cfg->advertise[0] ? cfg->advertise : cfg->listen[0] ? cfg->listen : cfg->unix_path;
+    snprintf(rbd->advertise, sizeof rbd->advertise, "%s", adv);
+}
+
 /* The Redis link's options from the redis address (a URL's user, password
  * and db) and the redis_* options, which win. Returns 0, or -1 for an
  * address that does not parse. */
@@ -522,6 +571,8 @@ static int redis_options(const struct config *cfg, struct redis_link_opts *lo)
     lo->timeout_ms = cfg->redis_timeout_ms;
     lo->scripts = scripts;
     lo->nscripts = SCRIPT__COUNT;
+    if (cfg->redis_sentinels[0] && sentinel_options(cfg, lo) != 0)
+        return -1;
     return 0;
 }
 
@@ -607,16 +658,19 @@ int main(int argc, char **argv)
 
     wire_hooks();
     store_init();
+    store_set_doubt_hook(schedule_resync);
     events_init();
     firing_init();
     start_loop_handles();
 
+    set_identity(cfg);
     rbd->link = redis_link_new(rbd->loop, &lo, on_link_state, NULL);
     redis_link_set_rtt_histogram(rbd->link, &rbd->redis_rtt);
     char shown[300];
     log_info("reboundd %s starting: Redis %s, policy %s", REBOUND_VERSION,
              config_mask_address(cfg->redis, shown, sizeof shown), cfg->policy);
     redis_link_start(rbd->link);
+    watch = sentinel_watch_start(rbd->loop, rbd->link, &lo, SENTINEL_WATCH_EVERY_MS);
 
     uv_run(rbd->loop, UV_RUN_DEFAULT);
 

@@ -34,6 +34,7 @@ static const char *const op_names[OP__COUNT] = {
     [OP_UNSUPPRESS] = "unsuppress", [OP_SUPPRESSED] = "suppressed", [OP_DOMAIN] = "domain",
     [OP_LIST] = "list",           [OP_RETRY_NOW] = "retry_now", [OP_HOLD] = "hold",
     [OP_RELEASE] = "release",     [OP_HISTORY] = "history",
+    [OP_CLUSTER] = "cluster",
 };
 
 static const char *const event_names[EV__COUNT] = {
@@ -779,6 +780,7 @@ static const op_parser op_parsers[OP__COUNT] = {
     [OP_AUTH] = parse_auth,           [OP_UNSUPPRESS] = parse_unsuppress, [OP_SUPPRESSED] = parse_suppressed,
     [OP_DOMAIN] = parse_domain,       [OP_LIST] = parse_list,           [OP_RETRY_NOW] = parse_selection,
     [OP_HOLD] = parse_hold,           [OP_RELEASE] = parse_domain,      [OP_HISTORY] = parse_history,
+    [OP_CLUSTER] = parse_nothing,
 };
 
 static int op_lookup(const char *s, size_t n)

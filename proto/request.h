@@ -30,6 +30,7 @@ enum op {
     OP_HOLD,
     OP_RELEASE,
     OP_HISTORY,
+    OP_CLUSTER, /* high availability: the instances and their shards */
     OP__COUNT
 };
 

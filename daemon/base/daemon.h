@@ -59,6 +59,11 @@ struct daemon {
     char *key_held; /* <prefix>held: hash of held domains */
     char *key_history;    /* <prefix>history: hash of finished messages' stories */
     char *key_history_at; /* <prefix>history_at: sorted set, id by the time it finished */
+    /* high availability (docs/operations.md) */
+    char instance_id[300];            /* cfg.instance_id, or "<hostname>:<pid>" made at start */
+    char advertise[300];              /* cfg.advertise, or the listen address */
+    uint64_t wait_batches;            /* write batches followed by a WAIT */
+    uint64_t wait_short;              /* of those, WAITs short of redis_min_replicas: answered unavailable */
 };
 
 extern struct daemon *rbd;

@@ -47,6 +47,7 @@ static const struct op_handler handlers[OP__COUNT] = {
     [OP_HOLD] = {op_hold, false, true},
     [OP_RELEASE] = {op_release, false, true},
     [OP_HISTORY] = {op_history, false, true},
+    [OP_CLUSTER] = {op_cluster, false, false},
 };
 
 /* Finished jobs kept for reuse, at most JOBS_KEPT: a job is where every

@@ -56,6 +56,7 @@
 #include "base/log.h"
 #include "base/xmalloc.h"
 #include "redis/redis_uv.h"
+#include "redis/sentinel.h"
 
 #include <ctype.h>
 #include <hiredis/async.h>
@@ -71,7 +72,12 @@
 #define SHA_HEX 40
 
 /* privdata tags of the setup commands; scripts are STEP_SCRIPT + index. */
-enum { STEP_AUTH, STEP_SELECT, STEP_PING, STEP_SCRIPT };
+enum { STEP_AUTH, STEP_SELECT, STEP_PING, STEP_ROLE, STEP_SCRIPT };
+
+/* The most Sentinels a link asks, and how long each may take (the query
+ * blocks the loop: redis/sentinel.c says why that is acceptable). */
+#define SENTINELS_MAX 16
+#define SENTINEL_TIMEOUT_MAX_MS 500
 
 struct link_cmd {
     struct link_cmd *prev, *next; /* in link's in-flight list, oldest first */
@@ -122,6 +128,15 @@ struct redis_link {
     struct link_cmd *head, *tail;
     size_t inflight;
     struct histogram *rtt; /* round trips of answered commands, or NULL */
+
+    /* Sentinel discovery (nsentinels > 0): host and port are the master
+     * they named last; ROLE confirms it at every connect. */
+    struct sentinel_addr *sentinels;
+    int nsentinels;
+    int sentinel_first; /* the Sentinel that answered last is asked first */
+    char *master_name, *sentinel_password;
+    uint64_t master_changes;
+    long long master_epoch; /* the configuration epoch of the answer used */
 
     void (*closed_cb)(void *arg);
     void *closed_arg;
@@ -610,6 +625,11 @@ static bool is_noscript(const redisReply *reply)
     return reply->type == REDIS_REPLY_ERROR && reply->str && reply->len >= 8 && strncmp(reply->str, "NOSCRIPT", 8) == 0;
 }
 
+static bool is_readonly(const redisReply *reply)
+{
+    return reply->type == REDIS_REPLY_ERROR && reply->str && reply->len >= 8 && strncmp(reply->str, "READONLY", 8) == 0;
+}
+
 static void cmd_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 {
     struct link_cmd *cmd = privdata;
@@ -621,6 +641,13 @@ static void cmd_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
          * first NULL reply is where we learn it. */
         link->ac = NULL;
         link_lost(link, "%s", ctx_error(ac));
+    }
+    if (reply && link->nsentinels > 0 && ac == link->ac && is_readonly(reply)) {
+        /* The master we know was made a replica (a failover that kept it
+         * alive): every later write would fail too, so drop the link and
+         * ask the Sentinels again. The caller sees this error reply; the
+         * commands behind it get NULL, in doubt, as on any drop. */
+        link_drop(link, "READONLY: %s is a replica now: asking the Sentinels again", link->where);
     }
     if (reply && cmd->script >= 0 && !cmd->eval_sent && is_noscript(reply)) {
         /* The script cache was flushed (SCRIPT FLUSH, a restart we did not
@@ -800,6 +827,14 @@ static void link_ready(struct redis_link *link)
         link->state_cb(link, true, link->state_arg);
 }
 
+/* ROLE answers an array whose first element is "master", "slave" or
+ * "sentinel". */
+static bool role_is_master(const redisReply *reply)
+{
+    return reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 && reply->element[0]->type == REDIS_REPLY_STRING &&
+           strcmp(reply->element[0]->str, "master") == 0;
+}
+
 static void setup_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 {
     struct redis_link *link = ac->data;
@@ -813,9 +848,19 @@ static void setup_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
     const char *what = step == STEP_AUTH     ? "AUTH"
                        : step == STEP_SELECT ? "SELECT"
                        : step == STEP_PING   ? "PING"
+                       : step == STEP_ROLE   ? "ROLE"
                                              : "SCRIPT LOAD";
     if (reply->type == REDIS_REPLY_ERROR) {
         link_drop(link, "%s failed: %s", what, reply->str ? reply->str : "error");
+        return;
+    }
+    if (step == STEP_ROLE && !role_is_master(reply)) {
+        /* The Sentinels named a server that is not (or no longer) the
+         * master: a failover is under way. The back-off paces the asking. */
+        link_drop(link, "ROLE: %s is a %s, not a master: asking the Sentinels again", link->where,
+                  reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 && reply->element[0]->str
+                      ? reply->element[0]->str
+                      : "server");
         return;
     }
     if (step >= STEP_SCRIPT) {
@@ -859,6 +904,10 @@ static void connect_cb(const redisAsyncContext *cac, int status)
         const char *argv[2] = {"SELECT", db};
         rc |= setup_send(link, ac, STEP_SELECT, 2, argv);
     }
+    if (link->nsentinels > 0) {
+        const char *argv[1] = {"ROLE"};
+        rc |= setup_send(link, ac, STEP_ROLE, 1, argv);
+    }
     for (int i = 0; i < link->nscripts; i++) {
         const char *argv[3] = {"SCRIPT", "LOAD", link->scripts[i]};
         rc |= setup_send(link, ac, STEP_SCRIPT + (uintptr_t)i, 3, argv);
@@ -875,11 +924,54 @@ static void connect_cb(const redisAsyncContext *cac, int status)
     }
 }
 
+static void set_where(struct redis_link *link)
+{
+    if (link->unix_path)
+        snprintf(link->where, sizeof link->where, "%s", link->unix_path);
+    else
+        snprintf(link->where, sizeof link->where, strchr(link->host, ':') ? "[%s]:%d" : "%s:%d", link->host,
+                 link->port);
+}
+
+/* Asks the Sentinels where the master is now, before every connect (the
+ * Sentinel client rules: never trust an address from before a failure).
+ * Returns 0 with host and port set, or -1 when none answered. */
+static int link_resolve_master(struct redis_link *link, char *err, size_t errlen)
+{
+    char host[256];
+    int port = 0;
+    long long epoch = 0;
+    int64_t t = link->timeout_ms > 0 && link->timeout_ms < SENTINEL_TIMEOUT_MAX_MS ? link->timeout_ms
+                                                                                   : SENTINEL_TIMEOUT_MAX_MS;
+    if (sentinel_get_master(link->sentinels, link->nsentinels, &link->sentinel_first, link->master_name,
+                            link->sentinel_password, t, host, sizeof host, &port, &epoch, err, errlen) != 0)
+        return -1;
+    link->master_epoch = epoch;
+    if (port == link->port && strcmp(host, link->host) == 0)
+        return 0;
+    char before[sizeof link->where];
+    snprintf(before, sizeof before, "%s", link->where);
+    free(link->host);
+    link->host = xstrdup(host);
+    link->port = port;
+    set_where(link);
+    link->master_changes++;
+    log_warn("redis: the Sentinels name %s as master \"%s\" (was %s)", link->where, link->master_name, before);
+    return 0;
+}
+
 static void link_connect(struct redis_link *link)
 {
     link->state = LINK_CONNECTING;
     link->setup_unsent = false;
     link->connect_started = link_now(link);
+    if (link->nsentinels > 0) {
+        char why[400];
+        if (link_resolve_master(link, why, sizeof why) != 0) {
+            link_lost(link, "sentinels: %s", why);
+            return;
+        }
+    }
     redisAsyncContext *ac =
         link->unix_path ? redisAsyncConnectUnix(link->unix_path) : redisAsyncConnect(link->host, link->port);
     if (ac == NULL)
@@ -970,11 +1062,20 @@ struct redis_link *redis_link_new(uv_loop_t *loop, const struct redis_link_opts 
     link->shas = xcalloc((size_t)link->nscripts + 1, sizeof *link->shas);
     for (int i = 0; i < link->nscripts; i++)
         link->scripts[i] = xstrdup(opts->scripts[i]);
-    if (link->unix_path)
-        snprintf(link->where, sizeof link->where, "%s", link->unix_path);
-    else
-        snprintf(link->where, sizeof link->where, strchr(link->host, ':') ? "[%s]:%d" : "%s:%d", link->host,
-                 link->port);
+    set_where(link);
+    if (opts->nsentinels > 0 && !link->unix_path) {
+        link->sentinels = xcalloc(SENTINELS_MAX, sizeof *link->sentinels);
+        for (int i = 0; i < opts->nsentinels && link->nsentinels < SENTINELS_MAX; i++) {
+            if (sentinel_parse_list(opts->sentinels[i], &link->sentinels[link->nsentinels], 1) == 1)
+                link->nsentinels++;
+            else
+                log_warn("redis: ignoring the Sentinel address \"%s\"", opts->sentinels[i]);
+        }
+        link->master_name = xstrdup(opts->master_name && opts->master_name[0] ? opts->master_name : "mymaster");
+        link->sentinel_password = dup_or_null(opts->sentinel_password && opts->sentinel_password[0]
+                                                  ? opts->sentinel_password
+                                                  : NULL);
+    }
     link->state_cb = cb;
     link->state_arg = arg;
     link->state = LINK_DISCONNECTED;
@@ -1003,6 +1104,44 @@ const char *redis_link_last_error(const struct redis_link *link)
     return link->last_error;
 }
 
+const char *redis_link_where(const struct redis_link *link)
+{
+    return link->where;
+}
+
+uint64_t redis_link_master_changes(const struct redis_link *link)
+{
+    return link->master_changes;
+}
+
+bool redis_link_sentinel_moved(struct redis_link *link, const char *host, int port, long long epoch)
+{
+    if (link->nsentinels == 0 || link->closing || epoch <= link->master_epoch)
+        return false;
+    if (port == link->port && strcmp(host, link->host) == 0) {
+        link->master_epoch = epoch;
+        return false;
+    }
+    if (link->state == LINK_READY || link->state == LINK_CONNECTING) {
+        link_drop(link, "the Sentinels moved master \"%s\" to %s:%d (epoch %lld): asking them again",
+                  link->master_name, host, port, epoch);
+        return true;
+    }
+    if (link->state == LINK_DISCONNECTED && link->started) {
+        /* Waiting out the back-off after the old master died: the new one
+         * is known now, so connect without waiting further. */
+        link->reconnect_at = link_now(link);
+        link_rearm(link);
+        return true;
+    }
+    return false;
+}
+
+const char *redis_link_master_name(const struct redis_link *link)
+{
+    return link->master_name;
+}
+
 size_t redis_link_inflight(const struct redis_link *link)
 {
     return link->inflight;
@@ -1029,6 +1168,9 @@ static void link_free(struct redis_link *link)
         free(link->scripts[i]);
     free(link->scripts);
     free(link->shas);
+    free(link->sentinels);
+    free(link->master_name);
+    free(link->sentinel_password);
     free(link);
 }
 

@@ -41,6 +41,14 @@ struct redis_link_opts {
     int64_t timeout_ms;       /* connect and command time-out */
     const char *const *scripts; /* Lua sources, loaded with SCRIPT LOAD at every connect */
     int nscripts;
+    /* Sentinel discovery: with nsentinels > 0, host and port are only the
+     * first guess; every connect asks the Sentinels ("host:port" each)
+     * for master_name's address, and the link goes READY only on a server
+     * whose ROLE is master. */
+    const char *const *sentinels;
+    int nsentinels;
+    const char *master_name;
+    const char *sentinel_password; /* NULL = no AUTH to the Sentinels */
 };
 
 struct redis_link;
@@ -92,6 +100,23 @@ redisReply *redis_link_reply_retain(redisReply *reply);
 /* Drops one retain of reply, freeing it when nothing holds it any more.
  * Allowed after the link is closed (a reply does not point into it). */
 void redis_link_reply_release(redisReply *reply);
+
+/* "host:port" of the server the link is (or was last) connected to, or
+ * would connect to next: with Sentinels, the last master they named. */
+const char *redis_link_where(const struct redis_link *link);
+/* The times the Sentinels named a master at another address than the one
+ * before (a failover followed); 0 without Sentinels. */
+uint64_t redis_link_master_changes(const struct redis_link *link);
+
+/* A Sentinel says master_name is at host:port since configuration epoch
+ * `epoch` (redis/sentinel_watch.c asks). When that is newer than what the
+ * link connected by and names another server, the connection is dropped
+ * (commands in flight get NULL, in doubt) and the next connect asks the
+ * Sentinels again; a link waiting out its back-off connects at once.
+ * Returns whether it did either. */
+bool redis_link_sentinel_moved(struct redis_link *link, const char *host, int port, long long epoch);
+/* The master's name with Sentinels, or NULL without. */
+const char *redis_link_master_name(const struct redis_link *link);
 
 /* Stops reconnecting, waits (at most timeout_ms) for commands in flight,
  * disconnects, closes every handle, then calls closed_cb. The link is freed

@@ -46,6 +46,10 @@ struct batch {
     size_t rcpts_len, rcpts_cap;
     struct waiter *waiters;
     size_t nwaiters, cap_waiters, nfresh;
+    /* replica acknowledgement (redis_min_replicas): the script's reply is
+     * kept until the WAIT sent right behind it answers */
+    bool wait_sent, wait_missing, applied_seen;
+    redisReply *applied;
 };
 
 static struct batch *current;
@@ -365,9 +369,32 @@ int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
     return 0;
 }
 
+static void batch_answer(struct batch *b, redisReply *reply);
+static void batch_send_wait(struct batch *b);
+
 static void batch_reply_cb(struct redis_link *link, redisReply *reply, void *privdata)
 {
+    (void)link;
     struct batch *b = privdata;
+    if (b->wait_sent) {
+        /* Hold the answers until the replicas confirmed (wait_reply_cb). */
+        b->applied_seen = true;
+        b->applied = reply ? redis_link_reply_retain(reply) : NULL;
+        return;
+    }
+    if (b->wait_missing) {
+        /* The WAIT could not be sent: nobody confirmed the copies. */
+        rbd->wait_short++;
+        batch_answer(b, NULL);
+        return;
+    }
+    batch_answer(b, reply);
+}
+
+/* Answers every waiter of b from the script's reply, or as not confirmed
+ * (reply NULL: the ids are then in doubt). Frees b. */
+static void batch_answer(struct batch *b, redisReply *reply)
+{
     bool ok = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == b->nwaiters;
     if (reply && !ok)
         log_error("redis: apply script failed: %s", reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
@@ -427,6 +454,90 @@ void store_flush(void)
     free(lens);
     if (rc != 0)
         batch_fail(b);
+    else
+        batch_send_wait(b);
+}
+
+/* ---- replica acknowledgement ------------------------------------------ */
+
+/*
+ * With redis_min_replicas > 0, every write batch is followed on the same
+ * connection by WAIT <n> <redis_replica_timeout>, one per batch, and the
+ * batch's replies wait for it. Redis answers in order, so the WAIT's reply
+ * comes after the script's and counts the replicas that have everything
+ * up to and including the batch. Fewer than n (a replica down, lagging, or
+ * the connection lost) answers the whole batch as not confirmed: the
+ * writes may be in Redis, so their ids go in doubt, and the clients get
+ * `unavailable`, which is safe to resend: a resent report is written (and
+ * waited for) again and decides the same way against the same record. The
+ * ids in doubt are re-read from Redis by the doubt hook once a later WAIT
+ * is met (or at the next connect, as after any write in doubt).
+ */
+
+static void (*doubt_hook)(void);
+static bool doubt_pending; /* ids went in doubt by a short WAIT since the last one met */
+
+void store_set_doubt_hook(void (*fn)(void))
+{
+    doubt_hook = fn;
+}
+
+static void wait_reply_cb(struct redis_link *link, redisReply *reply, void *privdata)
+{
+    (void)link;
+    struct batch *b = privdata;
+    redisReply *applied = b->applied;
+    long long want = rbd->cfg.redis_min_replicas;
+    bool confirmed = b->applied_seen && applied && reply && reply->type == REDIS_REPLY_INTEGER && reply->integer >= want;
+    rbd->wait_batches++;
+    static bool short_before;
+    if (confirmed && short_before)
+        log_info("redis: WAIT: the replicas confirm writes again");
+    /* Replication is one stream: a WAIT that is met covers every write
+     * before it, the short batches' too. Only now may their records be
+     * read back into memory (a duplicate report is then answered from
+     * memory, without another write to confirm). */
+    if (confirmed && doubt_pending) {
+        doubt_pending = false;
+        if (doubt_hook)
+            doubt_hook();
+    }
+    if (!confirmed && applied) {
+        rbd->wait_short++;
+        /* One warning when writes stop being confirmed, not one a batch. */
+        int level = short_before ? LOG_DEBUG : LOG_WARN;
+        short_before = true;
+        if (!log_enabled(level))
+            ;
+        else if (reply && reply->type == REDIS_REPLY_INTEGER)
+            log_msg(level, "redis: WAIT: %lld of %lld replicas confirmed a batch of %zu writes: answered unavailable",
+                     reply->integer, want, b->nwaiters);
+        else
+            log_msg(level, "redis: WAIT failed: %s", reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "no reply");
+    } else if (confirmed) {
+        short_before = false;
+    }
+    b->wait_sent = false;
+    batch_answer(b, confirmed ? applied : NULL);
+    if (applied)
+        redis_link_reply_release(applied);
+    if (!confirmed)
+        doubt_pending = true;
+}
+
+/* Sends the WAIT behind the batch just sent, when replicas must confirm. */
+static void batch_send_wait(struct batch *b)
+{
+    if (rbd->cfg.redis_min_replicas <= 0)
+        return;
+    char n[16], t[32];
+    snprintf(n, sizeof n, "%d", rbd->cfg.redis_min_replicas);
+    snprintf(t, sizeof t, "%lld", (long long)rbd->cfg.redis_replica_timeout_ms);
+    const char *argv[3] = {"WAIT", n, t};
+    if (redis_link_command(rbd->link, wait_reply_cb, b, 3, argv, NULL) == 0)
+        b->wait_sent = true;
+    else
+        b->wait_missing = true;
 }
 
 /* Runs for every report, so plain appends rather than snprintf. */

@@ -102,6 +102,12 @@ void store_mark_in_doubt(const char *id, size_t id_len);
 /* Calls fn for each id in doubt and forgets them. */
 void store_take_in_doubt(void (*fn)(const char *id, void *arg), void *arg);
 
+/* Called when a WAIT is met after one or more fell short
+ * (redis_min_replicas): the ids those batches left in doubt are confirmed
+ * now, and are re-read while the link stays up rather than at the next
+ * reconnect. */
+void store_set_doubt_hook(void (*fn)(void));
+
 /* Why Redis is not usable ("" when it is, or was never tried). */
 const char *store_last_error(void);
 

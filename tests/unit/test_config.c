@@ -514,7 +514,7 @@ static void test_dump_masks_secrets(void **state)
     assert_string_equal(json_string_value(json_object_get(j, "unix_mode")), "0660");
     assert_string_equal(json_string_value(json_object_get(j, "redis_timeout")), "5s");
     assert_int_equal(json_integer_value(json_object_get(j, "max_line")), 65536);
-    assert_int_equal(json_object_size(j), 28);
+    assert_int_equal(json_object_size(j), 35);
     json_decref(j);
 
     config_set(cfg, "redis_password", "hunter2", err, sizeof err);
@@ -760,6 +760,47 @@ static void test_example_and_docs_cover_every_option(void **state)
     json_decref(dflt);
 }
 
+/* The high-availability keys: Sentinels as a JSON array or a string,
+ * and the checks that keep a WAIT or a Sentinel address from failing only
+ * at run time. */
+static void test_ha_keys(void **state)
+{
+    struct config *cfg = *state;
+    char err[512] = "";
+    const char *text = "{\"redis_sentinels\": [\"127.0.0.1:26379\", \"[::1]:26380\"],\n"
+                       " \"redis_master_name\": \"mail\", \"redis_sentinel_password\": \"sp\",\n"
+                       " \"redis_min_replicas\": 1, \"redis_replica_timeout\": \"250ms\",\n"
+                       " \"instance_id\": \"a1\", \"advertise\": \"10.0.0.7:7411\"}";
+    assert_int_equal(load_text(cfg, text, err, sizeof err), 0);
+    assert_string_equal(cfg->redis_sentinels, "127.0.0.1:26379,[::1]:26380");
+    assert_string_equal(cfg->redis_master_name, "mail");
+    assert_int_equal(cfg->redis_min_replicas, 1);
+    assert_true(cfg->redis_replica_timeout_ms == 250);
+    assert_string_equal(cfg->instance_id, "a1");
+    assert_int_equal(config_validate(cfg, err, sizeof err), 0);
+    json_t *j = dump_to_json(cfg, NULL);
+    assert_string_equal(json_string_value(json_object_get(j, "redis_sentinel_password")), "***");
+    json_decref(j);
+
+    /* a WAIT as long as the link's time-out would drop the link */
+    assert_int_equal(config_set(cfg, "redis_replica_timeout", "5s", err, sizeof err), 0);
+    assert_int_equal(config_validate(cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "redis_replica_timeout"));
+    assert_int_equal(config_set(cfg, "redis_replica_timeout", "1s", err, sizeof err), 0);
+
+    assert_int_equal(config_set(cfg, "redis_sentinels", "127.0.0.1:26379,nope", err, sizeof err), 0);
+    assert_int_equal(config_validate(cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "redis_sentinels"));
+    assert_int_equal(config_set(cfg, "redis_sentinels", "127.0.0.1:26379", err, sizeof err), 0);
+    assert_int_equal(config_set(cfg, "redis_master_name", "", err, sizeof err), 0);
+    assert_int_equal(config_validate(cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "redis_master_name"));
+
+    /* an element that is not a string is a type error at its position */
+    assert_int_equal(load_text(cfg, "{\"redis_sentinels\": [26379]}", err, sizeof err), -1);
+    assert_non_null(strstr(err, "redis_sentinels"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -786,6 +827,7 @@ int main(void)
         cmocka_unit_test(test_suggest),
         cmocka_unit_test(test_mask_address),
         cmocka_unit_test_setup_teardown(test_docs_mark_reloadable_keys, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ha_keys, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

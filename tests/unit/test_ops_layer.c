@@ -88,6 +88,20 @@ static void test_immediate_ops(void **state)
     assert_int_equal(stubs.nwrites, 0);
 }
 
+/* cluster answers from memory: this instance, serving shard 0 of 1, under
+ * the configured id and address (the shape the sharded version keeps). */
+static void test_cluster(void **state)
+{
+    snprintf(rbd->instance_id, sizeof rbd->instance_id, "%s", "i-1");
+    snprintf(rbd->advertise, sizeof rbd->advertise, "%s", "10.0.0.7:7411");
+    send_line("{\"op\":\"cluster\",\"req\":3}");
+    assert_reply(0, "\"ok\":true");
+    assert_reply(0, "\"shards\":1");
+    assert_reply(0, "\"instances\":[{\"id\":\"i-1\",\"addr\":\"10.0.0.7:7411\",\"shards\":[0]}]");
+    assert_reply(0, "\"req\":3");
+    assert_int_equal(stubs.nwrites, 0);
+}
+
 static void test_report_then_parked_cancel(void **state)
 {
     send_line("{\"op\":\"bounce\",\"id\":\"m1\",\"rcpt\":\"a@b.example\"," GREYLIST "}");
@@ -210,6 +224,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failed_write_changes_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_down, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_ops, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cluster, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,11 @@
+# High availability against real servers (docs/operations.md, "High
+# availability"): redis-server as master and replicas, redis-sentinel
+# (scripts/packages/test-ha.list). Runs alone: it kills a master on purpose
+# and measures how long the failover takes. Three tests, about 25 s in all;
+# each is bounded by its own 55 s budget.
+add_test(NAME ha.sentinel_failover
+         COMMAND ${Python3_EXECUTABLE} test_sentinel_failover.py
+         WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/ha)
+set_tests_properties(ha.sentinel_failover PROPERTIES
+  ENVIRONMENT "REBOUND_BUILD_DIR=${PROJECT_BINARY_DIR};REBOUND_SOURCE_DIR=${PROJECT_SOURCE_DIR};PYTHONDONTWRITEBYTECODE=1"
+  TIMEOUT 180 RUN_SERIAL TRUE SKIP_RETURN_CODE 77)
