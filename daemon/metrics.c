@@ -346,6 +346,10 @@ char *metrics_render(size_t *len)
             (unsigned long long)(rbd->link ? redis_link_inflight(rbd->link) : 0));
     family(f, "rebound_redis_connects_total", "counter", "Times the Redis link became ready (the first included).");
     fprintf(f, "rebound_redis_connects_total %llu\n", (unsigned long long)rbd->redis_connects);
+    family(f, "rebound_redis_wait_batches_total", "counter",
+           "Write batches followed by a WAIT for replicas (redis_min_replicas), by result.");
+    sample_u64(f, "rebound_redis_wait_batches_total", "result", "ok", rbd->wait_batches - rbd->wait_short);
+    sample_u64(f, "rebound_redis_wait_batches_total", "result", "short", rbd->wait_short);
 
     family(f, "rebound_connections", "gauge", "Open client connections.");
     fprintf(f, "rebound_connections %d\n", rbd->nconns);
