@@ -138,11 +138,138 @@ static bool plain_string(const char *s)
  * no raw newline or NUL (which would break framing). The inside is not
  * re-validated: bodies come from event_body.
  */
+size_t event_retry_compact(char *out, long long at_ms, long long due_ms, int attempt, const char *class_name,
+                           size_t class_len, const char *id, size_t id_len, const char *who, size_t who_len)
+{
+    char *p = out;
+    *p++ = 'R';
+    p += jbuf_fmt_int(p, at_ms);
+    *p++ = ',';
+    p += jbuf_fmt_int(p, at_ms - due_ms);
+    *p++ = ',';
+    p += jbuf_fmt_int(p, attempt);
+    *p++ = ',';
+    memcpy(p, class_name, class_len);
+    p += class_len;
+    *p++ = '\n';
+    if (who_len == 0 || who[0] != '"') {
+        memcpy(p, id, id_len);
+        p += id_len;
+        *p++ = '\n';
+    }
+    memcpy(p, who, who_len);
+    p += who_len;
+    return (size_t)(p - out);
+}
+
+/* Reads a decimal integer (an optional '-' then 1-18 digits) ending at
+ * the byte end; advances *s past it. */
+static bool compact_int(const char **s, const char *e, char end, long long *v)
+{
+    const char *p = *s;
+    bool neg = p < e && *p == '-';
+    p += neg;
+    long long n = 0;
+    int digits = 0;
+    for (; p < e && *p >= '0' && *p <= '9' && digits < 18; p++, digits++)
+        n = n * 10 + (*p - '0');
+    if (digits == 0 || p >= e || *p != end)
+        return false;
+    *v = neg ? -n : n;
+    *s = p + 1;
+    return true;
+}
+
+/* Whether s[0..n) can go between JSON quotes as it is. */
+static bool plain_bytes(const char *s, size_t n, bool allow_quote)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c >= 0x7f || c == '\\' || (c == '"' && !allow_quote))
+            return false;
+    }
+    return true;
+}
+
+/* The line of a compact retry body (event_retry_compact), or NULL when it
+ * is malformed. The members written are those of the JSON body, in its
+ * order, so the line is byte for byte what the JSON body gives. */
+static char *compact_line(const char *eid, const char *body, size_t body_len, size_t *len)
+{
+    const char *p = body + 1, *e = body + body_len;
+    long long at, late, attempt;
+    if (!compact_int(&p, e, ',', &at) || !compact_int(&p, e, ',', &late) || !compact_int(&p, e, ',', &attempt) ||
+        attempt < 0 || attempt > 1000000)
+        return NULL;
+    const char *cls = p, *nl = memchr(p, '\n', (size_t)(e - p));
+    if (nl == NULL || nl == cls)
+        return NULL;
+    size_t cls_len = (size_t)(nl - cls);
+    for (size_t i = 0; i < cls_len; i++) {
+        char c = cls[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return NULL;
+    }
+    const char *who = nl + 1, *id = NULL, *rcpt = NULL;
+    size_t who_len = (size_t)(e - who), id_len = 0, rcpt_len = 0;
+    if (who_len > 0 && who[0] == '"') {
+        /* Members JSON, written by the encoder from a record: it only
+         * has to keep the line one line. */
+        if (memchr(who, '\n', who_len) != NULL || memchr(who, '\0', who_len) != NULL)
+            return NULL;
+    } else {
+        const char *nl2 = memchr(who, '\n', who_len);
+        if (nl2 == NULL || nl2 == who || nl2 + 1 == e)
+            return NULL;
+        id = who;
+        id_len = (size_t)(nl2 - who);
+        rcpt = nl2 + 1;
+        rcpt_len = (size_t)(e - rcpt);
+        if (!plain_bytes(id, id_len, false) || !plain_bytes(rcpt, rcpt_len, false))
+            return NULL;
+    }
+
+    struct jbuf b = {0};
+    jbuf_reserve(&b, 7 + strlen(eid) + 2 + 96 + cls_len + who_len + 24);
+    jbuf_lit(&b, "{\"eid\":");
+    if (plain_string(eid)) {
+        jbuf_lit(&b, "\"");
+        jbuf_put(&b, eid, strlen(eid));
+        jbuf_lit(&b, "\"");
+    } else {
+        json_t *s = json_string(eid);
+        jbuf_json(&b, s);
+        json_decref(s);
+    }
+    jbuf_lit(&b, ",\"type\":\"retry\",\"at\":");
+    jbuf_int(&b, at);
+    jbuf_lit(&b, ",");
+    if (id != NULL) {
+        jbuf_lit(&b, "\"id\":\"");
+        jbuf_put(&b, id, id_len);
+        jbuf_lit(&b, "\",\"rcpt\":\"");
+        jbuf_put(&b, rcpt, rcpt_len);
+        jbuf_lit(&b, "\"");
+    } else {
+        jbuf_put(&b, who, who_len);
+    }
+    jbuf_lit(&b, ",\"class\":\"");
+    jbuf_put(&b, cls, cls_len);
+    jbuf_lit(&b, "\",\"attempt\":");
+    jbuf_int(&b, attempt);
+    jbuf_lit(&b, ",\"due_at\":");
+    jbuf_int(&b, at - late);
+    jbuf_lit(&b, "}\n");
+    return jbuf_finish(&b, len);
+}
+
 char *event_line(const char *eid, const char *body, size_t body_len, size_t *len)
 {
     struct jbuf b = {0};
     size_t i;
 
+    if (eid != NULL && body != NULL && body_len > 0 && body[0] == 'R')
+        return compact_line(eid, body, body_len, len);
     if (eid == NULL || body == NULL || body_len < 2 || body[0] != '{' || body[body_len - 1] != '}' ||
         memchr(body, '\n', body_len) != NULL || memchr(body, '\0', body_len) != NULL)
         return NULL;
@@ -180,6 +307,8 @@ int event_body_type(const char *body, size_t body_len)
     char name[32];
     int t = -1;
 
+    if (body_len > 0 && body[0] == 'R')
+        return EV_RETRY; /* the compact form: event_retry_compact */
     /* Bodies from event_body start with the type: read it in place. */
     if (body_len > hl && memcmp(body, head, hl) == 0) {
         const char *q = memchr(body + hl, '"', body_len - hl);

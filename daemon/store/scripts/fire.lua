@@ -44,9 +44,11 @@ local function fire_record(id, rec)
   due = tonumber(due)
   if due < 1e12 then due = due + tonumber(first) end
   local who = string.sub(rec, a + 1, b - 1)
-  if string.byte(who, 1) ~= 34 then who = '"id":"' .. id .. '","rcpt":"' .. who .. '"' end
-  return 'A' .. string.sub(rec, 2), '{"type":"retry","at":' .. now .. ',' .. who ..
-    ',"class":"' .. class .. '","attempt":' .. attempt .. ',"due_at":' .. string.format('%d', due) .. '}'
+  -- The compact body (proto/event.h, event_retry_compact): the daemon
+  -- turns it into the event's JSON when a subscriber reads it.
+  if string.byte(who, 1) ~= 34 then who = id .. '\n' .. who end
+  return 'A' .. string.sub(rec, 2), 'R' .. now .. ',' .. string.format('%d', tonumber(now) - due) .. ',' ..
+    attempt .. ',' .. class .. '\n' .. who
 end
 
 local recs = {}
