@@ -143,7 +143,17 @@ size_t event_retry_compact(char *out, long long at_ms, long long due_ms, int att
 {
     char *p = out;
     *p++ = 'R';
-    p += jbuf_fmt_int(p, at_ms);
+    /* at in base 36: 8 digits where decimal takes 13 (until 2059), which
+     * with everything else puts the common event under the 64 bytes that
+     * a stream node stores with a one-byte length. */
+    char tmp[16], *q = tmp + sizeof tmp;
+    unsigned long long u = at_ms < 0 ? 0 : (unsigned long long)at_ms;
+    do {
+        *--q = "0123456789abcdefghijklmnopqrstuvwxyz"[u % 36];
+        u /= 36;
+    } while (u);
+    memcpy(p, q, (size_t)(tmp + sizeof tmp - q));
+    p += tmp + sizeof tmp - q;
     *p++ = ',';
     p += jbuf_fmt_int(p, at_ms - due_ms);
     *p++ = ',';
@@ -160,6 +170,26 @@ size_t event_retry_compact(char *out, long long at_ms, long long due_ms, int att
     memcpy(p, who, who_len);
     p += who_len;
     return (size_t)(p - out);
+}
+
+/* Reads a base-36 integer of 1-12 digits (0-9, a-z) ending at the byte
+ * end; advances *s past it. */
+static bool compact_b36(const char **s, const char *e, char end, long long *v)
+{
+    const char *p = *s;
+    long long n = 0;
+    int digits = 0;
+    for (; p < e && digits < 12; p++, digits++) {
+        int d = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'z' ? *p - 'a' + 10 : -1;
+        if (d < 0)
+            break;
+        n = n * 36 + d;
+    }
+    if (digits == 0 || p >= e || *p != end)
+        return false;
+    *v = n;
+    *s = p + 1;
+    return true;
 }
 
 /* Reads a decimal integer (an optional '-' then 1-18 digits) ending at
@@ -198,7 +228,7 @@ static char *compact_line(const char *eid, const char *body, size_t body_len, si
 {
     const char *p = body + 1, *e = body + body_len;
     long long at, late, attempt;
-    if (!compact_int(&p, e, ',', &at) || !compact_int(&p, e, ',', &late) || !compact_int(&p, e, ',', &attempt) ||
+    if (!compact_b36(&p, e, ',', &at) || !compact_int(&p, e, ',', &late) || !compact_int(&p, e, ',', &attempt) ||
         attempt < 0 || attempt > 1000000)
         return NULL;
     const char *cls = p, *nl = memchr(p, '\n', (size_t)(e - p));

@@ -44,7 +44,7 @@ int event_body_type(const char *body, size_t body_len);
  *
  *   R<at>,<late>,<attempt>,<class>\n<who>
  *
- *   at       the event's "at", epoch ms
+ *   at       the event's "at", epoch ms in base 36 (digits 0-9a-z)
  *   late     at - due_at, in ms (may be negative)
  *   attempt  the attempt, class the class name ([A-Za-z0-9_-])
  *   who      the message's members as the record holds them

@@ -308,8 +308,8 @@ static void test_retry_compact(void **state)
     (void)state;
     char out[256];
     size_t n = event_retry_compact(out, 1700000000999LL, 1700000000990LL, 1, "greylist", 8, "m1", 2, "a@b.example", 11);
-    assert_int_equal(n, strlen("R1700000000999,9,1,greylist\nm1\na@b.example"));
-    assert_memory_equal(out, "R1700000000999,9,1,greylist\nm1\na@b.example", n);
+    assert_int_equal(n, strlen("Rloyw3vtz,9,1,greylist\nm1\na@b.example"));
+    assert_memory_equal(out, "Rloyw3vtz,9,1,greylist\nm1\na@b.example", n);
 
     expect_same_line("m1", "a@b.example", NULL, 1700000000999LL, 1700000000990LL, 1, "greylist");
     expect_same_line("msg-0000001", "user0000001@d0000001.example.com", NULL, 1700000000000LL, 1700000000000LL, 12,
@@ -330,7 +330,9 @@ static void test_retry_compact_refuses(void **state)
         "R",
         "R1,2,3,greylist",
         "R1,2,3,\nid\nr@x",
-        "Rx,2,3,c\nid\nr@x",
+        "RX,2,3,c\nid\nr@x",
+        "R-1,2,3,c\nid\nr@x",
+        "R1234567890123,2,3,c\nid\nr@x",
         "R1,,3,c\nid\nr@x",
         "R1,2,-3,c\nid\nr@x",
         "R1,2,3,c\n\nr@x",
@@ -341,7 +343,7 @@ static void test_retry_compact_refuses(void **state)
         "R1,2,3,c\nid\nr\\x",
         "R1,2,3,c\nid\nr\nx",
         "R1,2,3,c\n\"id\":\"m\"\n",
-        "R1234567890123456789,2,3,c\nid\nr@x",
+        "R1,1234567890123456789,3,c\nid\nr@x",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         size_t len;
