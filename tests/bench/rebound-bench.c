@@ -1535,29 +1535,35 @@ static void median_result(struct result *m, const struct result *res, int n)
 }
 
 /* The modes' medians (or single runs, stride apart in r) side by side,
- * each against the first mode: the cost of persistence in one table. */
+ * each against no persistence when it is one of them (else the first):
+ * what persistence costs, in one table. */
 static void print_side_by_side(const struct result *r, int stride)
 {
     size_t n;
     const struct column *c = columns(&n);
+    int base = 0;
+    for (int mi = 0; mi < o.nmodes; mi++)
+        if (strcmp(o.modes[mi], "mem") == 0)
+            base = mi;
+    o.start_redis = o.modes[base];
     printf("\n%-22s", "side by side");
     for (int mi = 0; mi < o.nmodes; mi++) {
         o.start_redis = o.modes[mi];
         printf(" %15s", mode_name());
-        if (mi > 0)
+        if (mi != base)
             printf(" %8s", "x");
     }
     putchar('\n');
     for (size_t i = 0; i < n; i++) {
         printf("%-22s", c[i].title);
-        double first = *(const double *)((const char *)&r[0] + c[i].offset);
+        double ref = *(const double *)((const char *)&r[base * stride] + c[i].offset);
         for (int mi = 0; mi < o.nmodes; mi++) {
             double v = *(const double *)((const char *)&r[mi * stride] + c[i].offset);
             char buf[32];
             fmt_num(buf, sizeof buf, v, c[i].decimals);
             printf(" %15s", buf);
-            if (mi > 0) {
-                fmt_num(buf, sizeof buf, first != 0 && !isnan(first) ? v / first : NAN, 2);
+            if (mi != base) {
+                fmt_num(buf, sizeof buf, ref != 0 && !isnan(ref) ? v / ref : NAN, 2);
                 printf(" %8s", buf);
             }
         }
