@@ -62,4 +62,25 @@ int event_body_type(const char *body, size_t body_len);
 size_t event_retry_compact(char *out, long long at_ms, long long due_ms, int attempt, const char *class_name,
                            size_t class_len, const char *id, size_t id_len, const char *who, size_t who_len);
 
+/*
+ * The compact form of any other body that event_body or event_body_text
+ * wrote ({"type":"<t>","at":<at>[,<members>]}), which the store writes
+ * to the stream in its place:
+ *
+ *   <letter><at>[,<members>]
+ *
+ *   letter   the type: r retry, g give_up, s suppress, a sender_alert,
+ *            d domain_throttled
+ *   at       epoch ms in base 36, as above
+ *   members  the members as they were, each "<name>": of the names events
+ *            use (id, rcpt, class, ...) replaced by one control byte,
+ *            which compact JSON never holds raw; the closing brace goes
+ *
+ * The substitution is undone byte for byte, wherever a name was found.
+ */
+/* Writes the compact form of body into out (room for body_len bytes) and
+ * returns its length, or 0 when body is not of that shape (then the body
+ * is stored as it is). */
+size_t event_compact(const char *body, size_t body_len, char *out);
+
 #endif

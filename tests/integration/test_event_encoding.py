@@ -1,7 +1,8 @@
 """The stream's encoding of events (fast policy): a retry event is stored
 in its compact form (proto/event.h) whether it fired through the fire
-script or as a burst, yet a subscriber gets the JSON that protocol.md
-shows, member for member and in that order; entries written in the JSON
+script or as a burst, and other events in the generic compact form, yet
+a subscriber gets the JSON that protocol.md shows, member for member and
+in that order; entries written in the JSON
 form (by a daemon from before the compact form) are still delivered as
 they were."""
 
@@ -9,7 +10,7 @@ import json
 import time
 import unittest
 
-from harness import GREYLIST, DaemonTestCase, bounce, unique_id
+from harness import GREYLIST, USER_UNKNOWN, DaemonTestCase, bounce, unique_id
 
 STREAM = "rebound:events"
 
@@ -90,6 +91,21 @@ class EventEncodingTest(DaemonTestCase):
         for ev in evs:
             self.check_retry(ev, by_id[ev["id"]], bodies)
             self.assertEqual(ev["due_at"], due)
+
+    def test_other_types_compact_and_same_json(self):
+        sub = self.connect(self.daemon)
+        sub.subscribe("g")
+        r = bounce(unique_id("gone"), meta={"class": "x\"code\":"}, **USER_UNKNOWN)
+        self.assertOk(self.c.request(r))
+        ev = self.collect(sub, 1)[0]
+        self.assertEqual(list(ev.keys()),
+                         ["eid", "type", "at", "id", "rcpt", "meta", "class", "attempt", "code", "enhanced", "reason"])
+        self.assertEqual((ev["type"], ev["id"], ev["rcpt"], ev["meta"], ev["code"], ev["enhanced"]),
+                         ("suppress", r["id"], r["rcpt"], r["meta"], 550, "5.1.1"))
+        stored = self.stream_bodies()[ev["eid"]][1]
+        self.assertTrue(stored.startswith("s"), stored)
+        line = json.dumps({k: v for k, v in ev.items() if k != "eid"}, separators=(",", ":"))
+        self.assertLessEqual(len(stored), len(line.encode()) - 50)
 
     def test_entries_from_before_the_upgrade_still_read(self):
         old = [

@@ -357,6 +357,59 @@ static void test_retry_compact_refuses(void **state)
     assert_null(event_line("1-0", nul, sizeof nul - 1, &len));
 }
 
+/* Every body event_body makes, compacted by the store, gives its line
+ * back byte for byte, whatever its strings hold (member names, quotes,
+ * escapes inside strings included); the form is much shorter. */
+static void test_generic_compact(void **state)
+{
+    (void)state;
+    static const char *frags[] = {
+        "\"id\":\"msg-0000001\",\"rcpt\":\"user0000001@d0000001.example.com\"",
+        "\"id\":\"a\\\"class\\\":\",\"rcpt\":\"x@y\",\"campaign\":\"\\\"rcpt\\\":\\u0001\"",
+        "\"id\":\"m\",\"rcpt\":\"x@y\",\"meta\":{\"x\\\"class\":1,\"id\":[\"code\",{\"text\":null}]}",
+        NULL,
+    };
+    for (int t = 0; t < EV__COUNT; t++) {
+        for (size_t f = 0; f < sizeof frags / sizeof frags[0]; f++) {
+            json_t *extra = json_pack("{s:s, s:i, s:i, s:s, s:s}", "class", "hard_invalid", "attempt", 2, "code", 550,
+                                      "enhanced", "5.1.1", "reason", "hard_invalid");
+            size_t blen, cl, l1, l2;
+            char *body = event_body((enum event_type)t, 1796607541758LL, frags[f], f == 0 ? extra : NULL, &blen);
+            assert_non_null(body);
+            char *c = malloc(blen);
+            cl = event_compact(body, blen, c);
+            assert_true(cl > 0 && cl < blen);
+            if (f == 0)
+                assert_true(cl * 3 < blen * 2); /* the names and the type go */
+            assert_int_equal(event_body_type(c, cl), t);
+            char *want = event_line("1796607541758-0", body, blen, &l1);
+            char *got = event_line("1796607541758-0", c, cl, &l2);
+            assert_non_null(got);
+            assert_int_equal(l1, l2);
+            assert_memory_equal(got, want, l1);
+            free(want);
+            free(got);
+            free(c);
+            free(body);
+            json_decref(extra);
+        }
+    }
+    /* not of event_body's shape: stored as they are */
+    static const char *other[] = {"{}", "{\"at\":1,\"type\":\"retry\"}", "{\"type\":\"bounce\",\"at\":1}",
+                                  "{\"type\":\"retry\",\"at\":x}", "{\"type\":\"retry\",\"at\":1,\"a\":\"\x01\"}"};
+    char out[64];
+    for (size_t i = 0; i < sizeof other / sizeof other[0]; i++)
+        assert_int_equal(event_compact(other[i], strlen(other[i]), out), 0);
+    /* malformed compact bodies */
+    static const char *bad[] = {"g", "gX", "g-1,\x01\"m\"", "g1,\x1f\"m\"", "g1,\x01\"m\"\n", "z1"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        size_t len;
+        char *line = event_line("1-0", bad[i], strlen(bad[i]), &len);
+        if (line != NULL)
+            fail_msg("compact body %zu accepted: %s", i, line);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -370,6 +423,7 @@ int main(void)
         cmocka_unit_test(test_body_type),
         cmocka_unit_test(test_retry_compact),
         cmocka_unit_test(test_retry_compact_refuses),
+        cmocka_unit_test(test_generic_compact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
