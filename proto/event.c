@@ -138,11 +138,326 @@ static bool plain_string(const char *s)
  * no raw newline or NUL (which would break framing). The inside is not
  * re-validated: bodies come from event_body.
  */
+size_t event_retry_compact(char *out, long long at_ms, long long due_ms, int attempt, const char *class_name,
+                           size_t class_len, const char *id, size_t id_len, const char *who, size_t who_len)
+{
+    char *p = out;
+    *p++ = 'R';
+    /* at in base 36: 8 digits where decimal takes 13 (until 2059), which
+     * with everything else puts the common event under the 64 bytes that
+     * a stream node stores with a one-byte length. */
+    char tmp[16], *q = tmp + sizeof tmp;
+    unsigned long long u = at_ms < 0 ? 0 : (unsigned long long)at_ms;
+    do {
+        *--q = "0123456789abcdefghijklmnopqrstuvwxyz"[u % 36];
+        u /= 36;
+    } while (u);
+    memcpy(p, q, (size_t)(tmp + sizeof tmp - q));
+    p += tmp + sizeof tmp - q;
+    *p++ = ',';
+    p += jbuf_fmt_int(p, at_ms - due_ms);
+    *p++ = ',';
+    p += jbuf_fmt_int(p, attempt);
+    *p++ = ',';
+    memcpy(p, class_name, class_len);
+    p += class_len;
+    *p++ = '\n';
+    if (who_len == 0 || who[0] != '"') {
+        memcpy(p, id, id_len);
+        p += id_len;
+        *p++ = '\n';
+    }
+    memcpy(p, who, who_len);
+    p += who_len;
+    return (size_t)(p - out);
+}
+
+/* Reads a base-36 integer of 1-12 digits (0-9, a-z) ending at the byte
+ * end; advances *s past it. */
+static bool compact_b36(const char **s, const char *e, char end, long long *v)
+{
+    const char *p = *s;
+    long long n = 0;
+    int digits = 0;
+    for (; p < e && digits < 12; p++, digits++) {
+        int d = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'z' ? *p - 'a' + 10 : -1;
+        if (d < 0)
+            break;
+        n = n * 36 + d;
+    }
+    if (digits == 0 || p >= e || *p != end)
+        return false;
+    *v = n;
+    *s = p + 1;
+    return true;
+}
+
+/* Reads a decimal integer (an optional '-' then 1-18 digits) ending at
+ * the byte end; advances *s past it. */
+static bool compact_int(const char **s, const char *e, char end, long long *v)
+{
+    const char *p = *s;
+    bool neg = p < e && *p == '-';
+    p += neg;
+    long long n = 0;
+    int digits = 0;
+    for (; p < e && *p >= '0' && *p <= '9' && digits < 18; p++, digits++)
+        n = n * 10 + (*p - '0');
+    if (digits == 0 || p >= e || *p != end)
+        return false;
+    *v = neg ? -n : n;
+    *s = p + 1;
+    return true;
+}
+
+/* Whether s[0..n) can go between JSON quotes as it is. */
+static bool plain_bytes(const char *s, size_t n, bool allow_quote)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c >= 0x7f || c == '\\' || (c == '"' && !allow_quote))
+            return false;
+    }
+    return true;
+}
+
+/* The line of a compact retry body (event_retry_compact), or NULL when it
+ * is malformed. The members written are those of the JSON body, in its
+ * order, so the line is byte for byte what the JSON body gives. */
+static char *compact_line(const char *eid, const char *body, size_t body_len, size_t *len)
+{
+    const char *p = body + 1, *e = body + body_len;
+    long long at, late, attempt;
+    if (!compact_b36(&p, e, ',', &at) || !compact_int(&p, e, ',', &late) || !compact_int(&p, e, ',', &attempt) ||
+        attempt < 0 || attempt > 1000000)
+        return NULL;
+    const char *cls = p, *nl = memchr(p, '\n', (size_t)(e - p));
+    if (nl == NULL || nl == cls)
+        return NULL;
+    size_t cls_len = (size_t)(nl - cls);
+    for (size_t i = 0; i < cls_len; i++) {
+        char c = cls[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return NULL;
+    }
+    const char *who = nl + 1, *id = NULL, *rcpt = NULL;
+    size_t who_len = (size_t)(e - who), id_len = 0, rcpt_len = 0;
+    if (who_len > 0 && who[0] == '"') {
+        /* Members JSON, written by the encoder from a record: it only
+         * has to keep the line one line. */
+        if (memchr(who, '\n', who_len) != NULL || memchr(who, '\0', who_len) != NULL)
+            return NULL;
+    } else {
+        const char *nl2 = memchr(who, '\n', who_len);
+        if (nl2 == NULL || nl2 == who || nl2 + 1 == e)
+            return NULL;
+        id = who;
+        id_len = (size_t)(nl2 - who);
+        rcpt = nl2 + 1;
+        rcpt_len = (size_t)(e - rcpt);
+        if (!plain_bytes(id, id_len, false) || !plain_bytes(rcpt, rcpt_len, false))
+            return NULL;
+    }
+
+    struct jbuf b = {0};
+    jbuf_reserve(&b, 7 + strlen(eid) + 2 + 96 + cls_len + who_len + 24);
+    jbuf_lit(&b, "{\"eid\":");
+    if (plain_string(eid)) {
+        jbuf_lit(&b, "\"");
+        jbuf_put(&b, eid, strlen(eid));
+        jbuf_lit(&b, "\"");
+    } else {
+        json_t *s = json_string(eid);
+        jbuf_json(&b, s);
+        json_decref(s);
+    }
+    jbuf_lit(&b, ",\"type\":\"retry\",\"at\":");
+    jbuf_int(&b, at);
+    jbuf_lit(&b, ",");
+    if (id != NULL) {
+        jbuf_lit(&b, "\"id\":\"");
+        jbuf_put(&b, id, id_len);
+        jbuf_lit(&b, "\",\"rcpt\":\"");
+        jbuf_put(&b, rcpt, rcpt_len);
+        jbuf_lit(&b, "\"");
+    } else {
+        jbuf_put(&b, who, who_len);
+    }
+    jbuf_lit(&b, ",\"class\":\"");
+    jbuf_put(&b, cls, cls_len);
+    jbuf_lit(&b, "\",\"attempt\":");
+    jbuf_int(&b, attempt);
+    jbuf_lit(&b, ",\"due_at\":");
+    jbuf_int(&b, at - late);
+    jbuf_lit(&b, "}\n");
+    return jbuf_finish(&b, len);
+}
+
+/* ---- the generic compact form (event_compact) ---- */
+
+/* The type letters, by enum event_type. */
+static const char type_letter[EV__COUNT] = {
+    [EV_RETRY] = 'r', [EV_GIVE_UP] = 'g', [EV_SUPPRESS] = 's', [EV_SENDER_ALERT] = 'a', [EV_DOMAIN_THROTTLED] = 'd',
+};
+
+/* The member names replaced, each by its code: control bytes but the
+ * whitespace ones (\t \n \r), which compact JSON never holds raw. */
+static const struct {
+    unsigned char code;
+    const char *name; /* "<name>": */
+    size_t len;
+} member_codes[] = {
+#define MC(c, n) {c, "\"" n "\":", sizeof(n) + 2}
+    MC(0x01, "id"),      MC(0x02, "rcpt"),    MC(0x03, "campaign"), MC(0x04, "meta"),    MC(0x05, "class"),
+    MC(0x06, "attempt"), MC(0x07, "code"),    MC(0x08, "enhanced"), MC(0x0b, "reason"),  MC(0x0c, "text"),
+    MC(0x0e, "domain"),  MC(0x0f, "repeats"), MC(0x10, "due_at"),   MC(0x11, "until"),   MC(0x12, "replies"),
+    MC(0x13, "window_ms"),
+#undef MC
+};
+#define NCODES (sizeof member_codes / sizeof member_codes[0])
+
+static int letter_type(char c)
+{
+    for (int t = 0; t < EV__COUNT; t++)
+        if (type_letter[t] == c)
+            return t;
+    return -1;
+}
+
+static long long b36_of(const char *s, size_t n, bool *ok);
+
+size_t event_compact(const char *body, size_t body_len, char *out)
+{
+    static const char head[] = "{\"type\":\"";
+    const size_t hl = sizeof head - 1;
+    if (body_len < hl + 8 || memcmp(body, head, hl) != 0 || body[body_len - 1] != '}')
+        return 0;
+    const char *p = body + hl, *e = body + body_len - 1;
+    const char *q = memchr(p, '"', (size_t)(e - p));
+    char name[32];
+    if (q == NULL || (size_t)(q - p) >= sizeof name)
+        return 0;
+    memcpy(name, p, (size_t)(q - p));
+    name[q - p] = '\0';
+    int t = event_type_parse(name);
+    if (t < 0 || (size_t)(e - q) < 7 || memcmp(q, "\",\"at\":", 7) != 0)
+        return 0;
+    p = q + 7;
+    long long at = 0;
+    int digits = 0;
+    for (; p < e && *p >= '0' && *p <= '9' && digits < 16; p++, digits++)
+        at = at * 10 + (*p - '0');
+    if (digits == 0 || (p < e && *p != ','))
+        return 0;
+    /* The members must not hold a code byte already (compact JSON does
+     * not: a control character in a string is escaped). */
+    for (const char *c = p; c < e; c++)
+        if ((unsigned char)*c < 0x20)
+            return 0;
+
+    char *o = out;
+    *o++ = type_letter[t];
+    char tmp[16], *d = tmp + sizeof tmp;
+    unsigned long long u = (unsigned long long)at;
+    do {
+        *--d = "0123456789abcdefghijklmnopqrstuvwxyz"[u % 36];
+        u /= 36;
+    } while (u);
+    memcpy(o, d, (size_t)(tmp + sizeof tmp - d));
+    o += tmp + sizeof tmp - d;
+    while (p < e) {
+        size_t k = NCODES;
+        if (*p == '"')
+            for (k = 0; k < NCODES; k++)
+                if ((size_t)(e - p) >= member_codes[k].len && memcmp(p, member_codes[k].name, member_codes[k].len) == 0)
+                    break;
+        if (k < NCODES) {
+            *o++ = (char)member_codes[k].code;
+            p += member_codes[k].len;
+        } else {
+            *o++ = *p++;
+        }
+    }
+    return (size_t)(o - out);
+}
+
+/* The line of a generic compact body, or NULL when it is malformed. */
+static char *generic_line(const char *eid, const char *body, size_t body_len, size_t *len)
+{
+    int t = letter_type(body[0]);
+    if (t < 0)
+        return NULL;
+    const char *p = body + 1, *e = body + body_len;
+    const char *comma = memchr(p, ',', (size_t)(e - p));
+    const char *ae = comma ? comma : e;
+    bool ok;
+    long long at = b36_of(p, (size_t)(ae - p), &ok);
+    if (!ok || memchr(body, '\n', body_len) != NULL || memchr(body, '\0', body_len) != NULL)
+        return NULL;
+    const char *tn = event_type_name((enum event_type)t);
+
+    struct jbuf b = {0};
+    jbuf_reserve(&b, 7 + strlen(eid) + 2 + 40 + 2 * body_len + 32);
+    jbuf_lit(&b, "{\"eid\":");
+    if (plain_string(eid)) {
+        jbuf_lit(&b, "\"");
+        jbuf_put(&b, eid, strlen(eid));
+        jbuf_lit(&b, "\"");
+    } else {
+        json_t *s = json_string(eid);
+        jbuf_json(&b, s);
+        json_decref(s);
+    }
+    jbuf_lit(&b, ",\"type\":\"");
+    jbuf_put(&b, tn, strlen(tn));
+    jbuf_lit(&b, "\",\"at\":");
+    jbuf_int(&b, at);
+    for (p = ae; p < e;) {
+        const char *run = p;
+        while (p < e && (unsigned char)*p >= 0x20)
+            p++;
+        jbuf_put(&b, run, (size_t)(p - run));
+        if (p == e)
+            break;
+        size_t k;
+        for (k = 0; k < NCODES && member_codes[k].code != (unsigned char)*p; k++)
+            ;
+        if (k == NCODES) {
+            size_t n;
+            free(jbuf_finish(&b, &n));
+            return NULL;
+        }
+        jbuf_put(&b, member_codes[k].name, member_codes[k].len);
+        p++;
+    }
+    jbuf_lit(&b, "}\n");
+    return jbuf_finish(&b, len);
+}
+
+/* A base-36 number of 1-12 digits, the whole of s[0..n). */
+static long long b36_of(const char *s, size_t n, bool *ok)
+{
+    long long v = 0;
+    *ok = n >= 1 && n <= 12;
+    for (size_t i = 0; *ok && i < n; i++) {
+        int d = s[i] >= '0' && s[i] <= '9' ? s[i] - '0' : s[i] >= 'a' && s[i] <= 'z' ? s[i] - 'a' + 10 : -1;
+        if (d < 0)
+            *ok = false;
+        else
+            v = v * 36 + d;
+    }
+    return v;
+}
+
 char *event_line(const char *eid, const char *body, size_t body_len, size_t *len)
 {
     struct jbuf b = {0};
     size_t i;
 
+    if (eid != NULL && body != NULL && body_len > 0 && body[0] == 'R')
+        return compact_line(eid, body, body_len, len);
+    if (eid != NULL && body != NULL && body_len > 0 && body[0] >= 'a' && body[0] <= 'z')
+        return generic_line(eid, body, body_len, len);
     if (eid == NULL || body == NULL || body_len < 2 || body[0] != '{' || body[body_len - 1] != '}' ||
         memchr(body, '\n', body_len) != NULL || memchr(body, '\0', body_len) != NULL)
         return NULL;
@@ -180,6 +495,10 @@ int event_body_type(const char *body, size_t body_len)
     char name[32];
     int t = -1;
 
+    if (body_len > 0 && body[0] == 'R')
+        return EV_RETRY; /* the compact form: event_retry_compact */
+    if (body_len > 0 && body[0] >= 'a' && body[0] <= 'z')
+        return letter_type(body[0]); /* event_compact's */
     /* Bodies from event_body start with the type: read it in place. */
     if (body_len > hl && memcmp(body, head, hl) == 0) {
         const char *q = memchr(body + hl, '"', body_len - hl);

@@ -5,8 +5,8 @@ the sizing table in docs/operations.md.
 Starts a throwaway redis-server and reboundd (tests/integration/harness.py,
 fast policy), then for each event type reports N messages that emit it and
 reads MEMORY USAGE of the stream (SAMPLES 0: every node counted) before and
-after. Ids look like "msg-0000001" (11 bytes) and recipients like
-"user0000001@d0000001.example.com" (32 bytes); longer ones cost their extra
+after. Ids look like "msg-r000001" (11 bytes) and recipients like
+"userr000001@d0000001.example.com" (32 bytes); longer ones cost their extra
 bytes per event.
 
     tools/measure-event-memory.py [N]      default N = 20000 (about 20 s)
@@ -32,7 +32,9 @@ def xlen(redis, key):
 
 
 def report(i, code, enhanced, text, tag):
-    return {"op": "bounce", "id": "msg-%s%06d" % (tag, i), "rcpt": "user%07d@d%07d.example.com" % (i, i),
+    # The recipient carries the phase's tag too: a recipient suppressed by
+    # an earlier phase would turn this phase's reports into suppress events.
+    return {"op": "bounce", "id": "msg-%s%06d" % (tag, i), "rcpt": "user%s%06d@d%07d.example.com" % (tag, i, i),
             "code": code, "enhanced": enhanced, "text": text}
 
 

@@ -16,8 +16,10 @@
  *   w4  scale: N pending retries; memory of reboundd and of Redis, and how
  *       long a restart takes to be ready (ping answers, stats.loaded true).
  *
- * It can start its own redis-server (--start-redis mem|aof: a private temp
- * directory, a free loopback port, no RDB snapshots) and its own reboundd
+ * It can start its own redis-server (--start-redis mem|aof|always, or a
+ * comma-separated list of them to run side by side: a private temp
+ * directory, a free loopback port, no RDB snapshots; AOF everysec, what
+ * operators run, unless told otherwise) and its own reboundd
  * (--start-daemon PATH), fresh for each run, or measure running ones
  * (--tcp/--unix, --redis, --daemon-pid). Every wait has a deadline, and
  * children started here die with the bench (PR_SET_PDEATHSIG).
@@ -82,7 +84,9 @@ struct opts {
     const char *tcp;        /* target HOST:PORT */
     const char *unix_path;  /* target socket */
     const char *redis;      /* HOST:PORT of the daemon's Redis */
-    const char *start_redis; /* NULL, "mem" or "aof" */
+    const char *start_redis; /* NULL, "mem", "aof" or "always": this run's */
+    const char *modes[3];    /* --start-redis's list: the runs alternate between them */
+    int nmodes;
     const char *start_daemon;
     const char *policy;
     const char *base_policy;
@@ -640,9 +644,10 @@ static void start_redis(void)
     snprintf(portbuf, sizeof portbuf, "%d", port);
     snprintf(dirbuf, sizeof dirbuf, "%s", tmpdir);
     snprintf(logbuf, sizeof logbuf, "%s/redis.log", tmpdir);
-    bool aof = strcmp(o.start_redis, "aof") == 0;
+    bool aof = strcmp(o.start_redis, "mem") != 0;
+    bool always = strcmp(o.start_redis, "always") == 0;
     char *argv[] = {"redis-server", "--port", portbuf, "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                    aof ? "yes" : "no", "--appendfsync", "everysec", "--dir", dirbuf, "--logfile", logbuf,
+                    aof ? "yes" : "no", "--appendfsync", always ? "always" : "everysec", "--dir", dirbuf, "--logfile", logbuf,
                     "--daemonize", "no", NULL};
     redis_pid = spawn(argv, logbuf);
     snprintf(redis_addr_buf, sizeof redis_addr_buf, "127.0.0.1:%d", port);
@@ -1388,7 +1393,11 @@ static void fmt_num(char *buf, size_t size, double v, int decimals)
 
 static const char *mode_name(void)
 {
-    return o.start_redis ? (strcmp(o.start_redis, "aof") == 0 ? "aof-everysec" : "no-persistence") : "external";
+    if (!o.start_redis)
+        return "external";
+    return strcmp(o.start_redis, "aof") == 0      ? "aof-everysec"
+           : strcmp(o.start_redis, "always") == 0 ? "aof-always"
+                                                  : "no-persistence";
 }
 
 struct column {
@@ -1444,7 +1453,7 @@ static void print_row(const char *name, const struct result *x)
 {
     size_t n;
     const struct column *c = columns(&n);
-    printf("%-7s", name);
+    printf("%-*s", o.nmodes > 1 ? 14 : 7, name);
     for (size_t i = 0; i < n; i++) {
         char v[32];
         fmt_num(v, sizeof v, *(const double *)((const char *)x + c[i].offset), c[i].decimals);
@@ -1457,9 +1466,9 @@ static void print_header(void)
 {
     size_t n;
     const struct column *c = columns(&n);
-    printf("%s  n=%lld  conns=%d  pipeline=%d  redis=%s  via=%s\n", o.wname, o.n, o.conns, o.pipeline, mode_name(),
-           target_unix[0] ? "unix" : "tcp");
-    printf("%-7s", "run");
+    printf("%s  n=%lld  conns=%d  pipeline=%d  redis=%s%s  via=%s\n", o.wname, o.n, o.conns, o.pipeline, mode_name(),
+           o.nmodes > 1 ? " (and the other modes, alternately)" : "", target_unix[0] ? "unix" : "tcp");
+    printf("%-*s", o.nmodes > 1 ? 14 : 7, "run");
     for (size_t i = 0; i < n; i++)
         printf(" %*s", (int)strlen(c[i].title) > 9 ? (int)strlen(c[i].title) : 9, c[i].title);
     putchar('\n');
@@ -1506,6 +1515,63 @@ static void write_json(FILE *f, const char *run, const struct result *x)
     fputs("}\n", f);
 }
 
+/* The median of each figure over n runs into m. */
+static void median_result(struct result *m, const struct result *res, int n)
+{
+    result_init(m);
+    m->load1 = MED(load1), m->wall_s = MED(wall_s), m->rate = MED(rate), m->p50_ms = MED(p50_ms);
+    m->p99_ms = MED(p99_ms), m->max_ms = MED(max_ms), m->redis_bytes_per = MED(redis_bytes_per);
+    m->daemon_bytes_per = MED(daemon_bytes_per), m->redis_mib = MED(redis_mib), m->daemon_mib = MED(daemon_mib);
+    m->first_ms = MED(first_ms), m->last_ms = MED(last_ms), m->ingest_slack_ms = MED(ingest_slack_ms);
+    m->restart_ms = MED(restart_ms), m->stop_ms = MED(stop_ms);
+    m->daemon_mib_restarted = MED(daemon_mib_restarted), m->redis_mib_restarted = MED(redis_mib_restarted);
+    m->daemon_us_per = MED(daemon_us_per), m->redis_us_per = MED(redis_us_per);
+    m->restart_cpu_ms = MED(restart_cpu_ms);
+    for (int k = 0; k < n; k++) {
+        m->errors += res[k].errors;
+        m->dupes += res[k].dupes;
+        m->valid = m->valid && res[k].valid;
+    }
+}
+
+/* The modes' medians (or single runs, stride apart in r) side by side,
+ * each against no persistence when it is one of them (else the first):
+ * what persistence costs, in one table. */
+static void print_side_by_side(const struct result *r, int stride)
+{
+    size_t n;
+    const struct column *c = columns(&n);
+    int base = 0;
+    for (int mi = 0; mi < o.nmodes; mi++)
+        if (strcmp(o.modes[mi], "mem") == 0)
+            base = mi;
+    o.start_redis = o.modes[base];
+    printf("\n%-22s", "side by side");
+    for (int mi = 0; mi < o.nmodes; mi++) {
+        o.start_redis = o.modes[mi];
+        printf(" %15s", mode_name());
+        if (mi != base)
+            printf(" %8s", "x");
+    }
+    putchar('\n');
+    for (size_t i = 0; i < n; i++) {
+        printf("%-22s", c[i].title);
+        double ref = *(const double *)((const char *)&r[base * stride] + c[i].offset);
+        for (int mi = 0; mi < o.nmodes; mi++) {
+            double v = *(const double *)((const char *)&r[mi * stride] + c[i].offset);
+            char buf[32];
+            fmt_num(buf, sizeof buf, v, c[i].decimals);
+            printf(" %15s", buf);
+            if (mi != base) {
+                fmt_num(buf, sizeof buf, ref != 0 && !isnan(ref) ? v / ref : NAN, 2);
+                printf(" %8s", buf);
+            }
+        }
+        putchar('\n');
+    }
+    o.start_redis = o.modes[0];
+}
+
 /* ---- main --------------------------------------------------------------- */
 
 static void usage(FILE *f)
@@ -1519,7 +1585,10 @@ static void usage(FILE *f)
             "  --tcp HOST:PORT       a running reboundd (default 127.0.0.1:7411)\n"
             "  --unix PATH           a running reboundd's Unix socket\n"
             "Redis (one of):\n"
-            "  --start-redis mem|aof start a private redis-server: appendonly no, or yes + everysec\n"
+            "  --start-redis MODES   start a private redis-server: mem (appendonly no), aof (yes +\n"
+            "                        appendfsync everysec, the default with --start-daemon), always\n"
+            "                        (yes + appendfsync always); a list (aof,mem) runs the modes\n"
+            "                        alternately, --runs times each, and prints them side by side\n"
             "  --redis HOST:PORT     the Redis the daemon uses (for INFO memory)\n"
             "Workload:\n"
             "  --n N                 reports (w1 200000, w2 100000, w3 20000, w4 1000000)\n"
@@ -1655,8 +1724,26 @@ int main(int argc, char **argv)
     if (o.n < 1 || o.conns < 1 || o.conns > MAX_CONNS || o.pipeline < 1 || o.pipeline > 1000 || o.runs < 1 ||
         o.runs > MAX_RUNS || o.spread_ms < 0 || o.ack_batch < 1 || o.ack_batch > 10000 || o.timeout_s < 1)
         die("an option is out of range (see --help)");
-    if (o.start_redis && strcmp(o.start_redis, "mem") != 0 && strcmp(o.start_redis, "aof") != 0)
-        die("--start-redis takes mem or aof");
+    /* What operators run, unless told: AOF everysec. */
+    if (!o.start_redis && !o.redis && o.start_daemon)
+        o.start_redis = "aof";
+    if (o.start_redis) {
+        static char list[64];
+        snprintf(list, sizeof list, "%s", o.start_redis);
+        for (char *save = NULL, *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+            if (strcmp(t, "mem") != 0 && strcmp(t, "aof") != 0 && strcmp(t, "always") != 0)
+                die("--start-redis takes mem, aof or always, or a comma-separated list of them");
+            if (o.nmodes == 3)
+                die("--start-redis: at most three modes");
+            o.modes[o.nmodes++] = t;
+        }
+        if (o.nmodes == 0)
+            die("--start-redis takes mem, aof or always");
+        o.start_redis = o.modes[0];
+    } else {
+        o.modes[0] = NULL;
+        o.nmodes = 1;
+    }
     if (!o.start_redis && !o.redis)
         die("say which Redis: --start-redis mem|aof, or --redis HOST:PORT");
     if (o.start_redis && !o.start_daemon)
@@ -1673,59 +1760,59 @@ int main(int argc, char **argv)
     if (o.json && !(jf = fopen(o.json, "a")))
         die("%s: %s", o.json, strerror(errno));
 
-    struct result res[MAX_RUNS];
+    /* With several modes the runs alternate between them (mem, aof, mem,
+     * aof, ...), so that a change of the machine's load falls on each. */
+    static struct result res[3][MAX_RUNS];
+    struct result med[3];
     const char *base_prefix = o.id_prefix;
     char prefix[128];
-    for (int k = 0; k < o.runs; k++) {
-        result_init(&res[k]);
+    for (int k = 0; k < o.runs * o.nmodes; k++) {
+        int mi = k % o.nmodes, ri = k / o.nmodes;
+        struct result *r = &res[mi][ri];
+        o.start_redis = o.modes[mi];
+        result_init(r);
         if (!o.start_daemon && o.runs > 1) {
             /* The same daemon: fresh ids, or the reports are duplicates. */
             snprintf(prefix, sizeof prefix, "r%d-%s", k + 1, base_prefix);
             o.id_prefix = prefix;
         }
-        res[k].load1 = loadavg1();
+        r->load1 = loadavg1();
         run_setup();
         if (k == 0)
             print_header();
         if (o.w == W1)
-            run_w1(&res[k]);
+            run_w1(r);
         else if (o.w == W4)
-            run_w4(&res[k]);
+            run_w4(r);
         else
-            run_fire(&res[k]);
-        char name[16];
-        snprintf(name, sizeof name, "%d%s", k + 1, res[k].valid ? "" : "*");
-        print_row(name, &res[k]);
+            run_fire(r);
+        char name[32];
+        snprintf(name, sizeof name, "%d%s%s%s", ri + 1, r->valid ? "" : "*", o.nmodes > 1 ? " " : "",
+                 o.nmodes > 1 ? o.modes[mi] : "");
+        print_row(name, r);
         if (o.cmdstats)
             print_commandstats();
         fflush(stdout);
         if (jf) {
-            write_json(jf, name, &res[k]);
+            write_json(jf, name, r);
             fflush(jf);
         }
         run_teardown();
     }
-    if (o.runs > 1) {
-        struct result m;
+    for (int mi = 0; o.runs > 1 && mi < o.nmodes; mi++) {
+        struct result *res_m = res[mi], *m = &med[mi];
         int n = o.runs;
-        result_init(&m);
-        m.load1 = MED(load1), m.wall_s = MED(wall_s), m.rate = MED(rate), m.p50_ms = MED(p50_ms);
-        m.p99_ms = MED(p99_ms), m.max_ms = MED(max_ms), m.redis_bytes_per = MED(redis_bytes_per);
-        m.daemon_bytes_per = MED(daemon_bytes_per), m.redis_mib = MED(redis_mib), m.daemon_mib = MED(daemon_mib);
-        m.first_ms = MED(first_ms), m.last_ms = MED(last_ms), m.ingest_slack_ms = MED(ingest_slack_ms);
-        m.restart_ms = MED(restart_ms), m.stop_ms = MED(stop_ms);
-        m.daemon_mib_restarted = MED(daemon_mib_restarted), m.redis_mib_restarted = MED(redis_mib_restarted);
-        m.daemon_us_per = MED(daemon_us_per), m.redis_us_per = MED(redis_us_per);
-        m.restart_cpu_ms = MED(restart_cpu_ms);
-        for (int k = 0; k < n; k++) {
-            m.errors += res[k].errors;
-            m.dupes += res[k].dupes;
-            m.valid = m.valid && res[k].valid;
-        }
-        print_row(m.valid ? "median" : "median*", &m);
+        o.start_redis = o.modes[mi];
+        median_result(m, res_m, n);
+        char name[32];
+        snprintf(name, sizeof name, "median%s%s%s", m->valid ? "" : "*", o.nmodes > 1 ? " " : "",
+                 o.nmodes > 1 ? o.modes[mi] : "");
+        print_row(name, m);
         if (jf)
-            write_json(jf, "median", &m);
+            write_json(jf, "median", m);
     }
+    if (o.nmodes > 1)
+        print_side_by_side(o.runs > 1 ? med : &res[0][0], o.runs > 1 ? 1 : MAX_RUNS);
     if (jf)
         fclose(jf);
     return 0;

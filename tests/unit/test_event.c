@@ -3,7 +3,8 @@
  * line each parse back with jansson to exactly what went in, whatever the
  * id and address hold (quotes, backslashes, control characters, UTF-8);
  * the exact layout of the common cases; refusal of bodies that would
- * break framing; the type read back from a body.
+ * break framing; the type read back from a body; the compact retry body
+ * giving the very line its JSON body gave, and refused when malformed.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -269,6 +270,146 @@ static void test_body_type(void **state)
             fail_msg("body %s: expected %d", cases[i].body, cases[i].type);
 }
 
+/* The line of a compact retry body against the line of the JSON body the
+ * stream held before (protocol.md's retry event): the same bytes. */
+static void expect_same_line(const char *id, const char *rcpt, const char *campaign, long long at, long long due,
+                             int attempt, const char *cls)
+{
+    size_t flen, blen, l1, l2;
+    char *frag = event_msg_fragment(id, rcpt, campaign, NULL, &flen);
+    assert_non_null(frag);
+    char members[128];
+    int mn = snprintf(members, sizeof members, ",\"class\":\"%s\",\"attempt\":%d,\"due_at\":%lld", cls, attempt, due);
+    char *body = event_body_text(EV_RETRY, at, frag, members, (size_t)mn, &blen);
+    assert_non_null(body);
+    char *json_line = event_line("1700000000123-7", body, blen, &l1);
+    assert_non_null(json_line);
+
+    /* who as the record holds it (proto/record.h): the recipient alone
+     * for a plain id and recipient, else the members */
+    const char *who = campaign == NULL && strpbrk(id, "\"\\") == NULL ? rcpt : frag;
+    char compact[512];
+    size_t cn = event_retry_compact(compact, at, due, attempt, cls, strlen(cls), id, strlen(id), who, strlen(who));
+    assert_true(cn <= EVENT_RETRY_COMPACT_MAX + strlen(cls) + strlen(id) + strlen(who));
+    assert_true(cn < blen * 2 / 3); /* the point of the form */
+    assert_int_equal(event_body_type(compact, cn), EV_RETRY);
+    char *line = event_line("1700000000123-7", compact, cn, &l2);
+    assert_non_null(line);
+    assert_int_equal(l1, l2);
+    assert_memory_equal(line, json_line, l1);
+    free(line);
+    free(json_line);
+    free(body);
+    free(frag);
+}
+
+static void test_retry_compact(void **state)
+{
+    (void)state;
+    char out[256];
+    size_t n = event_retry_compact(out, 1700000000999LL, 1700000000990LL, 1, "greylist", 8, "m1", 2, "a@b.example", 11);
+    assert_int_equal(n, strlen("Rloyw3vtz,9,1,greylist\nm1\na@b.example"));
+    assert_memory_equal(out, "Rloyw3vtz,9,1,greylist\nm1\na@b.example", n);
+
+    expect_same_line("m1", "a@b.example", NULL, 1700000000999LL, 1700000000990LL, 1, "greylist");
+    expect_same_line("msg-0000001", "user0000001@d0000001.example.com", NULL, 1700000000000LL, 1700000000000LL, 12,
+                     "mailbox_full");
+    /* fired before it was due (a negative lateness), and very late */
+    expect_same_line("m2", "x@y", NULL, 1700000000000LL, 1700000000500LL, 3, "rate-limit");
+    expect_same_line("m3", "x@y", NULL, 1800000000000LL, 1700000000000LL, 100, "c");
+    /* members: a campaign, or an id that needs escaping */
+    expect_same_line("m4", "x@y.example", "Rentr\xc3\xa9" "e \"2024\"", 1700000000001LL, 1700000000000LL, 2,
+                     "greylist");
+    expect_same_line("<a\"b\\c@mx>", "x@y.example", NULL, 1700000000001LL, 1700000000000LL, 2, "greylist");
+}
+
+static void test_retry_compact_refuses(void **state)
+{
+    (void)state;
+    static const char *bad[] = {
+        "R",
+        "R1,2,3,greylist",
+        "R1,2,3,\nid\nr@x",
+        "RX,2,3,c\nid\nr@x",
+        "R-1,2,3,c\nid\nr@x",
+        "R1234567890123,2,3,c\nid\nr@x",
+        "R1,,3,c\nid\nr@x",
+        "R1,2,-3,c\nid\nr@x",
+        "R1,2,3,c\n\nr@x",
+        "R1,2,3,c\nid\n",
+        "R1,2,3,c\nid",
+        "R1,2,3,c\"\nid\nr@x",
+        "R1,2,3,c\ni\"d\nr@x",
+        "R1,2,3,c\nid\nr\\x",
+        "R1,2,3,c\nid\nr\nx",
+        "R1,2,3,c\n\"id\":\"m\"\n",
+        "R1,1234567890123456789,3,c\nid\nr@x",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        size_t len;
+        char *line = event_line("1-0", bad[i], strlen(bad[i]), &len);
+        if (line != NULL)
+            fail_msg("compact body %zu accepted: %s", i, line);
+    }
+    /* a NUL inside members */
+    static const char nul[] = "R1,2,3,c\n\"id\":\"m\0\"";
+    size_t len;
+    assert_null(event_line("1-0", nul, sizeof nul - 1, &len));
+}
+
+/* Every body event_body makes, compacted by the store, gives its line
+ * back byte for byte, whatever its strings hold (member names, quotes,
+ * escapes inside strings included); the form is much shorter. */
+static void test_generic_compact(void **state)
+{
+    (void)state;
+    static const char *frags[] = {
+        "\"id\":\"msg-0000001\",\"rcpt\":\"user0000001@d0000001.example.com\"",
+        "\"id\":\"a\\\"class\\\":\",\"rcpt\":\"x@y\",\"campaign\":\"\\\"rcpt\\\":\\u0001\"",
+        "\"id\":\"m\",\"rcpt\":\"x@y\",\"meta\":{\"x\\\"class\":1,\"id\":[\"code\",{\"text\":null}]}",
+        NULL,
+    };
+    for (int t = 0; t < EV__COUNT; t++) {
+        for (size_t f = 0; f < sizeof frags / sizeof frags[0]; f++) {
+            json_t *extra = json_pack("{s:s, s:i, s:i, s:s, s:s}", "class", "hard_invalid", "attempt", 2, "code", 550,
+                                      "enhanced", "5.1.1", "reason", "hard_invalid");
+            size_t blen, cl, l1, l2;
+            char *body = event_body((enum event_type)t, 1796607541758LL, frags[f], f == 0 ? extra : NULL, &blen);
+            assert_non_null(body);
+            char *c = malloc(blen);
+            cl = event_compact(body, blen, c);
+            assert_true(cl > 0 && cl < blen);
+            if (f == 0)
+                assert_true(cl * 3 < blen * 2); /* the names and the type go */
+            assert_int_equal(event_body_type(c, cl), t);
+            char *want = event_line("1796607541758-0", body, blen, &l1);
+            char *got = event_line("1796607541758-0", c, cl, &l2);
+            assert_non_null(got);
+            assert_int_equal(l1, l2);
+            assert_memory_equal(got, want, l1);
+            free(want);
+            free(got);
+            free(c);
+            free(body);
+            json_decref(extra);
+        }
+    }
+    /* not of event_body's shape: stored as they are */
+    static const char *other[] = {"{}", "{\"at\":1,\"type\":\"retry\"}", "{\"type\":\"bounce\",\"at\":1}",
+                                  "{\"type\":\"retry\",\"at\":x}", "{\"type\":\"retry\",\"at\":1,\"a\":\"\x01\"}"};
+    char out[64];
+    for (size_t i = 0; i < sizeof other / sizeof other[0]; i++)
+        assert_int_equal(event_compact(other[i], strlen(other[i]), out), 0);
+    /* malformed compact bodies */
+    static const char *bad[] = {"g", "gX", "g-1,\x01\"m\"", "g1,\x1f\"m\"", "g1,\x01\"m\"\n", "z1"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        size_t len;
+        char *line = event_line("1-0", bad[i], strlen(bad[i]), &len);
+        if (line != NULL)
+            fail_msg("compact body %zu accepted: %s", i, line);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -280,6 +421,9 @@ int main(void)
         cmocka_unit_test(test_line_refuses),
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_body_type),
+        cmocka_unit_test(test_retry_compact),
+        cmocka_unit_test(test_retry_compact_refuses),
+        cmocka_unit_test(test_generic_compact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

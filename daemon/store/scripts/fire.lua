@@ -30,6 +30,19 @@ local first = 6 + ngroups
 -- under its limit (LUAI_MAXCSTACK, 8000).
 local CHUNK = 1000
 
+-- now in base 36, as the compact form writes at (integers are exact in
+-- Lua's doubles up to 2^53).
+local now36
+do
+  local digits, u, t = '0123456789abcdefghijklmnopqrstuvwxyz', tonumber(now), {}
+  repeat
+    local d = u % 36
+    table.insert(t, 1, string.sub(digits, d + 1, d + 1))
+    u = (u - d) / 36
+  until u == 0
+  now36 = table.concat(t)
+end
+
 -- The one place that knows the record's format: returns the record of id
 -- turned from pending to awaiting and the body of its retry event, or nil
 -- when the record is not pending (it fired before).
@@ -44,9 +57,11 @@ local function fire_record(id, rec)
   due = tonumber(due)
   if due < 1e12 then due = due + tonumber(first) end
   local who = string.sub(rec, a + 1, b - 1)
-  if string.byte(who, 1) ~= 34 then who = '"id":"' .. id .. '","rcpt":"' .. who .. '"' end
-  return 'A' .. string.sub(rec, 2), '{"type":"retry","at":' .. now .. ',' .. who ..
-    ',"class":"' .. class .. '","attempt":' .. attempt .. ',"due_at":' .. string.format('%d', due) .. '}'
+  -- The compact body (proto/event.h, event_retry_compact): the daemon
+  -- turns it into the event's JSON when a subscriber reads it.
+  if string.byte(who, 1) ~= 34 then who = id .. '\n' .. who end
+  return 'A' .. string.sub(rec, 2), 'R' .. now36 .. ',' .. string.format('%d', tonumber(now) - due) .. ',' ..
+    attempt .. ',' .. class .. '\n' .. who
 end
 
 local recs = {}
