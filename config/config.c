@@ -73,7 +73,7 @@ static const struct option options[] = {
     {"redis_timeout", OPT_DURATION, FIELD(redis_timeout_ms), "5s", 1, 24LL * 3600 * 1000, true, false},
     {"prefix", OPT_STRING, FIELD(prefix), "rebound:", 0, 0, false, false},
     {"policy", OPT_STRING, FIELD(policy), NULL, 0, 0, true, false},
-    {"max_line", OPT_SIZE, FIELD(max_line), "64KiB", 1, 1LL << 30, true, false},
+    {"max_line", OPT_SIZE, FIELD(max_line), "64KiB", 1, CONFIG_MAX_LINE_CAP, true, false},
     {"max_connections", OPT_INT, FIELD(max_connections), "1024", 1, 1000000, true, false},
     {"max_inflight", OPT_INT, FIELD(max_inflight), "1024", 1, 1000000, true, false},
     {"token", OPT_STRING, FIELD(token), "", 0, 0, true, true},
@@ -81,6 +81,18 @@ static const struct option options[] = {
     {"log_level", OPT_LEVEL, FIELD(log_level), "info", 0, 0, true, false},
     {"stream_maxlen", OPT_INT, FIELD(stream_maxlen), "1000000", 1, LLONG_MAX, true, false},
     {"fire_batch", OPT_INT, FIELD(fire_batch), "1000", 1, 100000, true, false},
+    /* Hostile clients. Every time-out has a floor of 1 ms so that tests can
+     * use short ones, and a ceiling; only idle_timeout may be 0 (off): a
+     * sender may keep a pooled connection open between campaigns, but a
+     * half-sent line or a missing auth is never legitimate for long. */
+    {"auth_timeout", OPT_DURATION, FIELD(auth_timeout_ms), "10s", 1, 3600LL * 1000, true, false},
+    {"line_timeout", OPT_DURATION, FIELD(line_timeout_ms), "30s", 1, 3600LL * 1000, true, false},
+    {"idle_timeout", OPT_DURATION, FIELD(idle_timeout_ms), "60s", 0, 7LL * 86400 * 1000, true, false},
+    {"error_limit", OPT_INT, FIELD(error_limit), "20", 1, 1000000, true, false},
+    {"auth_failures", OPT_INT, FIELD(auth_failures), "3", 1, 1000, true, false},
+    {"max_groups", OPT_INT, FIELD(max_groups), "100", 1, 100000, true, false},
+    {"group_expiry", OPT_DURATION, FIELD(group_expiry_ms), "7d", 1, 365LL * 86400 * 1000, true, false},
+    {"allow_remote_without_token", OPT_BOOL, FIELD(allow_remote_without_token), "false", 0, 0, true, false},
 };
 #define NOPTIONS (sizeof options / sizeof options[0])
 
@@ -508,13 +520,18 @@ int config_load_file(struct config *cfg, const char *path, char *err, size_t err
     char *text = read_file(path, &len, err, errlen);
     if (!text)
         return -1;
+    int rc = config_load_text(cfg, text, len, path, err, errlen);
+    free(text);
+    return rc;
+}
 
+int config_load_text(struct config *cfg, const char *text, size_t len, const char *path, char *err, size_t errlen)
+{
     json_error_t jerr;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
         set_err(err, errlen, "%s:%d:%d: %s", path, jerr.line < 1 ? 1 : jerr.line, jerr.column < 1 ? 1 : jerr.column,
                 jerr.text);
-        free(text);
         return -1;
     }
     int rc = -1;
@@ -572,7 +589,6 @@ fail_next:
     free_strings(&next);
 out:
     json_decref(root);
-    free(text);
     return rc;
 }
 

@@ -31,13 +31,31 @@ struct config {
     long long stream_maxlen; /* approximate cap of the event stream, default 1000000 */
     int fire_batch;        /* retries fired per Redis round trip, default 1000 */
     int64_t redis_timeout_ms; /* connect and command time-out, default 5000 (file key "redis_timeout", a duration) */
+    /* What one client may cost (docs/operations.md, "Hostile clients"):
+     * durations in ms, 0 = no limit where the table allows it. */
+    int64_t auth_timeout_ms;  /* a token is set and no valid auth yet; default 10 s */
+    int64_t line_timeout_ms;  /* a started line that does not complete; default 30 s */
+    int64_t idle_timeout_ms;  /* no request and not subscribed; default 60 s, 0 = never */
+    int error_limit;          /* bad lines before the connection is closed; default 20 */
+    int auth_failures;        /* wrong tokens before the connection is closed; default 3 */
+    int max_groups;           /* consumer groups at most; default 100 */
+    int64_t group_expiry_ms;  /* a group with no subscriber this long is deleted; default 7 d */
+    bool allow_remote_without_token; /* serve non-loopback clients with no token set; default false */
 };
+
+/* The largest max_line accepted: with the default max_connections, 1,024
+ * connections each holding a line this long is 1 GiB, and the longest valid
+ * request (an ack of 10,000 ids) is about 250 KiB. */
+#define CONFIG_MAX_LINE_CAP (1 << 20)
 
 /* Fills cfg with the defaults (strings malloc'd). */
 void config_defaults(struct config *cfg, const char *default_policy);
 /* Loads path over the current values. Returns 0, or -1 with
  * "file:line:column: what is wrong" in err. */
 int config_load_file(struct config *cfg, const char *path, char *err, size_t errlen);
+/* The same for a file's text already in memory (len bytes, no NUL needed);
+ * path only names it in messages. */
+int config_load_text(struct config *cfg, const char *text, size_t len, const char *path, char *err, size_t errlen);
 /* Sets one option by name from a string (for command-line flags). Returns
  * 0, or -1 with the reason in err. */
 int config_set(struct config *cfg, const char *name, const char *value, char *err, size_t errlen);

@@ -789,8 +789,11 @@ static int flat_scan(const char *p, size_t len, struct flat *f)
             m->vlen = (size_t)(q - p);
             p = q + 1;
         } else if (*p == '-' || (*p >= '0' && *p <= '9')) {
-            /* JSON integers: -?(0|[1-9][0-9]*); at most 18 digits, so no
-             * overflow; a fraction or exponent makes it a real. */
+            /* JSON integers: -?(0|[1-9][0-9]*); a fraction or exponent
+             * makes it a real. Past 16 digits, or past 2^53 - 1, the line
+             * goes to jansson, which refuses it (int_exact below): the
+             * count is checked before the multiplication, so no input can
+             * overflow v. */
             const char *s = p;
             bool neg = *p == '-';
             if (neg)
@@ -800,11 +803,11 @@ static int flat_scan(const char *p, size_t len, struct flat *f)
             json_int_t v = 0;
             int digits = 0;
             while (p < end && *p >= '0' && *p <= '9') {
-                v = v * 10 + (*p++ - '0');
-                if (++digits > 18)
+                if (++digits > 16)
                     return -1;
+                v = v * 10 + (*p++ - '0');
             }
-            if (p < end && (*p == '.' || *p == 'e' || *p == 'E'))
+            if (v > PROTO_INT_MAX || (p < end && (*p == '.' || *p == 'e' || *p == 'E')))
                 return -1;
             m->type = 'i';
             m->num = neg ? -v : v;
@@ -1083,6 +1086,35 @@ static int parse_fast(const char *line, size_t len, const struct proto_limits *l
     return 0;
 }
 
+/* Whether every integer in v is exactly representable as a double: a
+ * client written in JavaScript (and many a JSON library) would read a
+ * larger one rounded, so the daemon would echo, store and send on a
+ * number that is not the one its reader sees. jansson's own depth limit
+ * bounds the recursion. */
+static bool int_exact(const json_t *v)
+{
+    const char *key;
+    json_t *e;
+    size_t i;
+
+    switch (json_typeof(v)) {
+    case JSON_INTEGER:
+        return json_integer_value(v) >= -PROTO_INT_MAX && json_integer_value(v) <= PROTO_INT_MAX;
+    case JSON_OBJECT:
+        json_object_foreach((json_t *)v, key, e)
+            if (!int_exact(e))
+                return false;
+        return true;
+    case JSON_ARRAY:
+        json_array_foreach(v, i, e)
+            if (!int_exact(e))
+                return false;
+        return true;
+    default:
+        return true;
+    }
+}
+
 static int parse_line(const char *line, size_t len, const struct proto_limits *lim, struct request *out,
                       struct proto_error *err, bool fast, char *buf, size_t cap)
 {
@@ -1135,7 +1167,11 @@ static int parse_line(const char *line, size_t len, const struct proto_limits *l
                     quote(q, sizeof q, json_string_value(opv), json_string_length(opv)));
     }
     out->op = (enum op)op;
-    if (op_parsers[op](root, lim, out, err) < 0) {
+    /* After the op's own checks, so that a field's error keeps its words;
+     * before any value is used. */
+    if (op_parsers[op](root, lim, out, err) < 0 ||
+        (!int_exact(root) &&
+         fail(err, ERR_BAD_REQUEST, "an integer in the request is out of range (-(2^53-1)..2^53-1)") < 0)) {
         /* Leave no half-validated field behind, only what the error
          * reply needs. */
         memset(out, 0, sizeof *out);

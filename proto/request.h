@@ -49,6 +49,11 @@ struct proto_limits {
 };
 void proto_limits_default(struct proto_limits *lim);
 
+/* The largest integer magnitude a request may hold anywhere (2^53 - 1,
+ * the largest a double holds exactly, as RFC 7493 asks): anything larger
+ * is refused with bad_request. */
+#define PROTO_INT_MAX ((json_int_t)9007199254740991LL)
+
 /* Error codes of replies: static strings, one of these. */
 #define ERR_BAD_REQUEST "bad_request"
 #define ERR_UNKNOWN_OP "unknown_op"

@@ -27,4 +27,13 @@ run_suite() {
 run_suite build/test-plain -DREBOUND_SANITIZE=OFF
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   run_suite build/test-asan -DREBOUND_SANITIZE=ON
+# The libFuzzer targets, built with clang: every seed corpus replayed and
+# each target fuzzed briefly (fuzz.* tests only; scripts/fuzz.sh fuzzes
+# for longer).
+echo "== build build/test-fuzz (clang, libFuzzer)"
+CC=clang cmake -S . -B build/test-fuzz -DCMAKE_BUILD_TYPE=Debug -DREBOUND_FUZZ=ON -DREBOUND_FUZZ_SECONDS=10 >/dev/null
+cmake --build build/test-fuzz -j"$(nproc)" --target fuzz_request fuzz_classify fuzz_policy fuzz_config fuzz_record \
+  fuzz_event fuzz_offline
+echo "== test build/test-fuzz"
+(cd build/test-fuzz && ctest --output-on-failure --timeout 300 -j2 -R '^fuzz\.')
 echo "== all tests passed"

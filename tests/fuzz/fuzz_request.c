@@ -15,18 +15,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tests/fuzz/fuzz.h"
+
 #include "proto/event.h"
 #include "proto/frame.h"
 #include "proto/reply.h"
 #include "proto/request.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                                    \
-    do {                                                                                                               \
-        if (!(cond))                                                                                                   \
-            __builtin_trap();                                                                                          \
-    } while (0)
 
 /* A line (reply or event) must be one JSON object and one '\n'. */
 static json_t *check_line(const char *line, size_t len)
