@@ -32,6 +32,7 @@ static const char *const op_names[OP__COUNT] = {
     [OP_CLASSIFY] = "classify",   [OP_STATS] = "stats",         [OP_SUBSCRIBE] = "subscribe",
     [OP_ACK] = "ack",             [OP_PING] = "ping",           [OP_AUTH] = "auth",
     [OP_UNSUPPRESS] = "unsuppress", [OP_SUPPRESSED] = "suppressed", [OP_DOMAIN] = "domain",
+    [OP_GROUPS] = "groups",
 };
 
 static const char *const event_names[EV__COUNT] = {
@@ -631,6 +632,25 @@ static int parse_auth(json_t *root, const struct proto_limits *lim, struct reque
     return get_bounded(root, "token", true, SIZE_MAX, &r->token, &n, err) < 0 ? -1 : 0;
 }
 
+/* groups: "delete" (optional) names a group as subscribe's "group" does;
+ * it goes to r->group. */
+static int parse_groups(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
+{
+    size_t n = 0;
+    int rc = get_bounded(root, "delete", false, lim->max_group, &r->group, &n, err);
+    if (rc <= 0)
+        return rc;
+    if (n == 0)
+        return fail(err, ERR_BAD_REQUEST, "field 'delete' must name a group");
+    for (size_t i = 0; i < n; i++) {
+        char c = r->group[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+              c == '.' || c == ':' || c == '-'))
+            return fail(err, ERR_BAD_REQUEST, "field 'delete' may hold only letters, digits and '_.:-'");
+    }
+    return 0;
+}
+
 typedef int (*op_parser)(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err);
 
 static const op_parser op_parsers[OP__COUNT] = {
@@ -639,6 +659,7 @@ static const op_parser op_parsers[OP__COUNT] = {
     [OP_SUBSCRIBE] = parse_subscribe, [OP_ACK] = parse_ack,             [OP_PING] = parse_nothing,
     [OP_AUTH] = parse_auth,           [OP_UNSUPPRESS] = parse_unsuppress, [OP_SUPPRESSED] = parse_suppressed,
     [OP_DOMAIN] = parse_domain,
+    [OP_GROUPS] = parse_groups,
 };
 
 static int op_lookup(const char *s, size_t n)

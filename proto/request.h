@@ -24,6 +24,7 @@ enum op {
     OP_UNSUPPRESS,
     OP_SUPPRESSED,
     OP_DOMAIN,
+    OP_GROUPS, /* the consumer groups: list, or delete one ("delete") */
     OP__COUNT
 };
 

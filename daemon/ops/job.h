@@ -66,6 +66,7 @@ void op_stats(struct job *op);       /* info.c */
 void op_domain(struct job *op);      /* info.c */
 void op_subscribe(struct job *op);   /* subscribe.c */
 void op_ack(struct job *op);         /* subscribe.c */
+void op_groups(struct job *op);      /* groups.c */
 
 /* Replies obj (owned, may be NULL) as the request's success. */
 void op_reply(const struct job *op, json_t *obj);

@@ -41,6 +41,7 @@ static const struct op_handler handlers[OP__COUNT] = {
     [OP_DOMAIN] = {op_domain, false, false},
     [OP_SUBSCRIBE] = {op_subscribe, false, false},
     [OP_ACK] = {op_ack, false, false},
+    [OP_GROUPS] = {op_groups, false, false},
 };
 
 /* Finished jobs kept for reuse, at most JOBS_KEPT: a job is where every

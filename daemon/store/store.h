@@ -175,4 +175,16 @@ int store_group_read(const char *group, const char *from, const char *count, sto
 /* Acknowledges n entry ids of group (XACK); cb may be NULL when the reply
  * does not matter. */
 int store_group_ack(const char *group, const char *const *ids, size_t n, store_reply_cb cb, void *arg);
+
+/* The groups' upkeep (events/: max_groups, group_expiry, the groups op). */
+/* XINFO GROUPS of the stream: name, consumers, pending, lag of each. */
+int store_groups_info(store_reply_cb cb, void *arg);
+/* HGETALL of <prefix>groups: each group's last time with a subscriber. */
+int store_groups_seen_read(store_reply_cb cb, void *arg);
+/* Records that each of n groups had a subscriber at ms[i] (one HSET; the
+ * reply does not matter: the next sweep records it again). */
+int store_groups_seen(const char *const *names, const long long *ms, size_t n);
+/* Deletes group and its pending list (XGROUP DESTROY) and its time in
+ * <prefix>groups; cb (may be NULL) gets XGROUP DESTROY's reply. */
+int store_group_destroy(const char *group, store_reply_cb cb, void *arg);
 #endif

@@ -181,6 +181,14 @@ void events_ack(struct conn *c, struct slot *s, const struct request *r)
     conn_reply_copy(c, s, "acked", 5);
 }
 
+/* The groups op: says which it was asked (list, or delete NAME). */
+void events_groups(struct conn *c, struct slot *s, const struct request *r)
+{
+    char line[96];
+    int n = snprintf(line, sizeof line, "groups %s", r->group ? r->group : "list");
+    conn_reply_copy(c, s, line, (size_t)n);
+}
+
 /* ---- net/ (the connection) ------------------------------------------------- */
 
 struct slot *conn_slot(struct conn *c)

@@ -88,6 +88,21 @@ static void test_immediate_ops(void **state)
     assert_int_equal(stubs.nwrites, 0);
 }
 
+/* The groups op goes to events/, with the group to delete if named, and
+ * its "delete" is validated as a group name. */
+static void test_groups_op(void **state)
+{
+    send_line("{\"op\":\"groups\"}");
+    assert_reply(0, "groups list");
+    send_line("{\"op\":\"groups\",\"delete\":\"old-group\"}");
+    assert_reply(1, "groups old-group");
+    send_line("{\"op\":\"groups\",\"delete\":\"no spaces\"}");
+    assert_reply(2, "error bad_request");
+    send_line("{\"op\":\"groups\",\"delete\":\"\"}");
+    assert_reply(3, "error bad_request");
+    assert_int_equal(stubs.nwrites, 0);
+}
+
 static void test_report_then_parked_cancel(void **state)
 {
     send_line("{\"op\":\"bounce\",\"id\":\"m1\",\"rcpt\":\"a@b.example\"," GREYLIST "}");
@@ -148,6 +163,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_immediate_ops, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_groups_op, setup, teardown),
         cmocka_unit_test_setup_teardown(test_report_then_parked_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_write_changes_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_down, setup, teardown),
