@@ -594,19 +594,25 @@ static void conn_count_error(struct conn *c, const char *code)
     if (c->closing || c->close_after_flush)
         return;
     char msg[160];
-    if (strcmp(code, ERR_AUTH) == 0) {
-        if (++c->auth_fails < rbd->cfg.auth_failures)
-            return;
-        ratelog_warn(&rl_auth, "conn: closing a connection after %d refused auth attempts", c->auth_fails);
-        snprintf(msg, sizeof msg, "%d requests without a valid token; closing the connection", c->auth_fails);
-        conn_goodbye(c, ERR_AUTH, msg);
-    } else if (strcmp(code, ERR_BAD_REQUEST) == 0 || strcmp(code, ERR_UNKNOWN_OP) == 0) {
+    if (strcmp(code, ERR_BAD_REQUEST) == 0 || strcmp(code, ERR_UNKNOWN_OP) == 0 || strcmp(code, ERR_AUTH) == 0) {
         if (++c->errors < rbd->cfg.error_limit)
             return;
         ratelog_warn(&rl_errors, "conn: closing a connection after %d bad requests", c->errors);
         snprintf(msg, sizeof msg, "%d bad requests (error_limit); closing the connection", c->errors);
         conn_goodbye(c, ERR_TOO_MANY_ERRORS, msg);
     }
+}
+
+void conn_auth_failed(struct conn *c)
+{
+    if (c->closing || c->close_after_flush)
+        return;
+    if (++c->auth_fails < rbd->cfg.auth_failures)
+        return;
+    ratelog_warn(&rl_auth, "conn: closing a connection after %d wrong tokens (auth_failures)", c->auth_fails);
+    char msg[160];
+    snprintf(msg, sizeof msg, "%d wrong tokens (auth_failures); closing the connection", c->auth_fails);
+    conn_goodbye(c, ERR_AUTH, msg);
 }
 
 /* Gives back the input buffer of a connection that has nothing pending,

@@ -103,6 +103,9 @@ void conn_reply_copy(struct conn *c, struct slot *s, const char *line, size_t le
  * stats' `errors` unless it is `unavailable` or `not_found` (which are no
  * client's mistake). */
 void conn_reply_error(struct conn *c, struct slot *s, json_t *req, const char *code, const char *msg);
+/* A wrong token was refused on c (its error reply already given): after
+ * auth_failures of them the connection is told why and closed. */
+void conn_auth_failed(struct conn *c);
 /* Writes an event line (malloc'd, ownership passes) right away. Returns 0,
  * or -1 when the connection is closing (line freed). */
 int conn_send_event(struct conn *c, char *line, size_t len);

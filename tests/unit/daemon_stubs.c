@@ -219,6 +219,12 @@ void conn_reply_error(struct conn *c, struct slot *s, json_t *req, const char *c
     conn_reply_copy(c, s, line, (size_t)n);
 }
 
+/* Counts the wrong tokens (the real one closes after auth_failures). */
+void conn_auth_failed(struct conn *c)
+{
+    c->auth_fails++;
+}
+
 void conn_ref(struct conn *c)
 {
     c->refs++;
