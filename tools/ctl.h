@@ -232,6 +232,7 @@ int cmd_suppressed(struct ctl *ctl, int argc, char **argv);
 int cmd_unsuppress(struct ctl *ctl, int argc, char **argv);
 int cmd_domain(struct ctl *ctl, int argc, char **argv);
 int cmd_stats(struct ctl *ctl, int argc, char **argv);
+int cmd_groups(struct ctl *ctl, int argc, char **argv);
 int cmd_ping(struct ctl *ctl, int argc, char **argv);
 int cmd_send(struct ctl *ctl, int argc, char **argv);
 int cmd_tail(struct ctl *ctl, int argc, char **argv);

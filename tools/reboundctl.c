@@ -43,6 +43,7 @@ static const char main_help[] =
     "  unsuppress ADDR  take an address off the suppressed list\n"
     "  domain NAME   show a receiving domain's state: pending, back-off, pace\n"
     "  stats         queue depth, due counts, events, Redis link\n"
+    "  groups        list the event stream's consumer groups; groups delete NAME\n"
     "  ping          check that the daemon answers\n"
     "  send [JSON]   send raw request lines (arguments, or NDJSON on stdin)\n"
     "  tail          follow events as they are emitted\n"
@@ -175,6 +176,15 @@ static const char domain_help[] =
     "it, its back-off (class, since, until, retries held), the throttling\n"
     "replies counted in the current window, the pace, and its sender alerts.\n";
 
+static const char groups_help[] =
+    "Usage: reboundctl groups\n"
+    "       reboundctl groups delete NAME\n"
+    "\n"
+    "Lists the event stream's consumer groups: name, consumers (connections\n"
+    "subscribed now), pending (delivered, not acknowledged), lag (not yet read)\n"
+    "and, for a group nobody is subscribed to, how long (idle_ms). With delete,\n"
+    "deletes group NAME and its pending list (refused while it has subscribers).\n";
+
 static const char check_policy_help[] =
     "Usage: reboundctl check-policy FILE\n"
     "\n"
@@ -255,6 +265,7 @@ static const struct command commands[] = {
     {"unsuppress", cmd_unsuppress, unsuppress_help},
     {"domain", cmd_domain, domain_help},
     {"stats", cmd_stats, stats_help},
+    {"groups", cmd_groups, groups_help},
     {"ping", cmd_ping, ping_help},
     {"send", cmd_send, send_help},
     {"tail", cmd_tail, tail_help},
