@@ -9,11 +9,12 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 import time
 import unittest
 
-from harness import Client, Daemon, DaemonTestCase, wait_until
+from harness import BUILD_DIR, Client, Daemon, DaemonTestCase, wait_until
 
 FAST = {"auth_timeout": "400ms", "line_timeout": "400ms", "idle_timeout": "400ms",
         "error_limit": 5, "auth_failures": 3}
@@ -216,6 +217,12 @@ class HostileNetTest(DaemonTestCase):
         r = op.request({"op": "groups"})
         self.assertEqual(sorted(g["name"] for g in r["groups"]), ["g%d" % i for i in range(5)])
         self.assertTrue(all(g["consumers"] == 1 and g["pending"] == 0 for g in r["groups"]), r)
+        ctl = [os.path.join(BUILD_DIR, "reboundctl"), "-s", "127.0.0.1:%d" % d.port]
+        out = subprocess.run(ctl + ["groups"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn(b"g4", out.stdout)
+        out = subprocess.run(ctl + ["groups", "delete"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        self.assertNotEqual(out.returncode, 0)
         # a group with a subscriber is not deleted
         r = op.request({"op": "groups", "delete": "g0"})
         self.assertFalse(r["ok"])
