@@ -430,6 +430,13 @@ static void process_lines(struct conn *c)
     uint64_t outer = c->taking_ns;
     c->taking_ns = uv_hrtime();
     while (conn_can_take(c)) {
+        /* Checked before the line is taken, not after: a reply given at
+         * once resumes this connection from inside on_line, and those
+         * nested takes must count against the same budget. */
+        if (c->turn_lines >= CONN_TURN_LINES) {
+            throttle(c);
+            break;
+        }
         int r = frame_next(&c->in, &line, &len);
         if (r == 0)
             break;
@@ -448,13 +455,10 @@ static void process_lines(struct conn *c)
         }
         c->partial_ms = 0;
         c->active_ms = uv_now(rbd->loop);
+        c->turn_lines++;
         if (len == 0)
             continue; /* blank lines are keep-alives */
         hooks.on_line(c, line, len);
-        if (++c->turn_lines >= CONN_TURN_LINES && !c->closing) {
-            throttle(c);
-            break;
-        }
     }
     c->taking_ns = outer;
     /* A line started and not finished: line_timeout counts from its first

@@ -139,7 +139,7 @@ void conn_shutdown_all(void);
  * bytes per connection per loop turn. */
 /* Lines one connection may have taken in one loop turn before the others
  * get theirs: its further input waits for the next turn. */
-#define CONN_TURN_LINES 256
+#define CONN_TURN_LINES 1024
 #define CONN_TURN_BYTES (256u << 10)
 /* Connections refused so far because the descriptor limit, not
  * max_connections, was reached (also counted in conns_refused). */
