@@ -252,7 +252,7 @@ def ping_flooder(addr, total, stop):
 
 
 def flooder(addr, total, stop):
-    sent = 0
+    sent = conns = 0
     chunk = os.urandom(1 << 20)
     while sent < total and not stop.is_set():
         try:
@@ -260,6 +260,7 @@ def flooder(addr, total, stop):
         except OSError:
             time.sleep(0.01)
             continue
+        conns += 1
         try:
             while sent < total and not stop.is_set():
                 n = min(len(chunk), total - sent)
@@ -270,7 +271,7 @@ def flooder(addr, total, stop):
             pass
         finally:
             s.close()
-    print("  flooder: %d bytes sent" % sent, flush=True)
+    print("  flooder: %d bytes sent over %d connections (each closed by the daemon)" % (sent, conns), flush=True)
 
 
 def measure(addr, seconds, alive=None):
