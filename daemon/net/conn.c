@@ -429,6 +429,7 @@ static void process_lines(struct conn *c)
      * clock reading serves for every request's start. */
     uint64_t outer = c->taking_ns;
     c->taking_ns = uv_hrtime();
+    budget_turn(c);
     while (conn_can_take(c)) {
         /* Checked before the line is taken, not after: a reply given at
          * once resumes this connection from inside on_line, and those
@@ -668,6 +669,11 @@ static void sweep_cb(uv_timer_t *t)
         next = c->next;
         if (c->closing)
             continue;
+        /* While we owe it answers, its partial line waits on us (reading
+         * may be paused for back-pressure): line_timeout counts from the
+         * last answer. */
+        if (c->partial_ms && c->unanswered > 0)
+            c->partial_ms = now;
         if (c->close_after_flush) {
             /* Told why, or refused: a client that does not read its last
              * line does not keep the slot. */
