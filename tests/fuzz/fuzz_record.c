@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/record.h"
+#include "proto/record.h"
 
 static void check_inside(const char *p, size_t n, const char *rec, size_t len)
 {
