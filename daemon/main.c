@@ -292,6 +292,7 @@ static void close_own_handles(void)
     close_if_open((uv_handle_t *)&status_timer);
     close_if_open((uv_handle_t *)&swap_timer);
     notify_close();
+    events_stop();
     close_if_open((uv_handle_t *)&sig_term);
     close_if_open((uv_handle_t *)&sig_int);
     close_if_open((uv_handle_t *)&sig_hup);

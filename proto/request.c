@@ -35,6 +35,7 @@ static const char *const op_names[OP__COUNT] = {
     [OP_LIST] = "list",           [OP_RETRY_NOW] = "retry_now", [OP_HOLD] = "hold",
     [OP_RELEASE] = "release",     [OP_HISTORY] = "history",
     [OP_CLUSTER] = "cluster",
+    [OP_GROUPS] = "groups",
 };
 
 static const char *const event_names[EV__COUNT] = {
@@ -759,6 +760,25 @@ static int parse_list(json_t *root, const struct proto_limits *lim, struct reque
     return 0;
 }
 
+/* groups: "delete" (optional) names a group as subscribe's "group" does;
+ * it goes to r->group. */
+static int parse_groups(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
+{
+    size_t n = 0;
+    int rc = get_bounded(root, "delete", false, lim->max_group, &r->group, &n, err);
+    if (rc <= 0)
+        return rc;
+    if (n == 0)
+        return fail(err, ERR_BAD_REQUEST, "field 'delete' must name a group");
+    for (size_t i = 0; i < n; i++) {
+        char c = r->group[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+              c == '.' || c == ':' || c == '-'))
+            return fail(err, ERR_BAD_REQUEST, "field 'delete' may hold only letters, digits and '_.:-'");
+    }
+    return 0;
+}
+
 static int parse_history(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
 {
     return get_id(root, lim, r, err);
@@ -780,7 +800,7 @@ static const op_parser op_parsers[OP__COUNT] = {
     [OP_AUTH] = parse_auth,           [OP_UNSUPPRESS] = parse_unsuppress, [OP_SUPPRESSED] = parse_suppressed,
     [OP_DOMAIN] = parse_domain,       [OP_LIST] = parse_list,           [OP_RETRY_NOW] = parse_selection,
     [OP_HOLD] = parse_hold,           [OP_RELEASE] = parse_domain,      [OP_HISTORY] = parse_history,
-    [OP_CLUSTER] = parse_nothing,
+    [OP_CLUSTER] = parse_nothing,     [OP_GROUPS] = parse_groups,
 };
 
 static int op_lookup(const char *s, size_t n)

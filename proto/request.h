@@ -31,6 +31,7 @@ enum op {
     OP_RELEASE,
     OP_HISTORY,
     OP_CLUSTER, /* high availability: the instances and their shards */
+    OP_GROUPS, /* the consumer groups: list, or delete one ("delete") */
     OP__COUNT
 };
 

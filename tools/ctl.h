@@ -245,6 +245,7 @@ int cmd_hold(struct ctl *ctl, int argc, char **argv);
 int cmd_release(struct ctl *ctl, int argc, char **argv);
 int cmd_history(struct ctl *ctl, int argc, char **argv);
 int cmd_stats(struct ctl *ctl, int argc, char **argv);
+int cmd_groups(struct ctl *ctl, int argc, char **argv);
 int cmd_ping(struct ctl *ctl, int argc, char **argv);
 int cmd_send(struct ctl *ctl, int argc, char **argv);
 int cmd_tail(struct ctl *ctl, int argc, char **argv);

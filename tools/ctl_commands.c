@@ -728,3 +728,22 @@ int cmd_history(struct ctl *ctl, int argc, char **argv)
 {
     return id_command(ctl, argc, argv, "history", false);
 }
+/* groups, or groups delete NAME: the consumer groups (the groups op). */
+int cmd_groups(struct ctl *ctl, int argc, char **argv)
+{
+    int rc = parse_options(ctl, argc, argv, common_only, NULL, NULL);
+    if (rc >= 0)
+        return rc;
+    if (argc == optind)
+        return call_and_print(ctl, json_pack("{s:s}", "op", "groups"));
+    if (strcmp(argv[optind], "delete") != 0)
+        return usage_error(ctl, "unexpected argument \"%s\" (groups, or groups delete NAME)", argv[optind]);
+    if (argc - optind != 2)
+        return usage_error(ctl, argc - optind < 2 ? "the group's name is missing" : "one group only");
+    json_t *req = json_pack("{s:s}", "op", "groups");
+    if (set_string(req, "delete", argv[optind + 1]) < 0) {
+        json_decref(req);
+        return usage_error(ctl, "the group's name is not valid UTF-8");
+    }
+    return call_and_print(ctl, req);
+}

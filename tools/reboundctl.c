@@ -48,6 +48,7 @@ static const char main_help[] =
     "  release NAME  end a hold: the held retries are due now\n"
     "  history ID    how a finished message ended, and its bounces\n"
     "  stats         queue depth, due counts, events, Redis link\n"
+    "  groups        list the event stream's consumer groups; groups delete NAME\n"
     "  ping          check that the daemon answers\n"
     "  send [JSON]   send raw request lines (arguments, or NDJSON on stdin)\n"
     "  tail          follow events as they are emitted\n"
@@ -221,6 +222,14 @@ static const char history_help[] =
     "Shows how message ID ended (give_up, suppress, delivered) and why, with\n"
     "every bounce it had: time, code, enhanced code, class. Kept for the\n"
     "history_retention of the daemon's config (default 7 days).\n";
+static const char groups_help[] =
+    "Usage: reboundctl groups\n"
+    "       reboundctl groups delete NAME\n"
+    "\n"
+    "Lists the event stream's consumer groups: name, consumers (connections\n"
+    "subscribed now), pending (delivered, not acknowledged), lag (not yet read)\n"
+    "and, for a group nobody is subscribed to, how long (idle_ms). With delete,\n"
+    "deletes group NAME and its pending list (refused while it has subscribers).\n";
 
 static const char check_policy_help[] =
     "Usage: reboundctl check-policy FILE\n"
@@ -307,6 +316,7 @@ static const struct command commands[] = {
     {"release", cmd_release, release_help},
     {"history", cmd_history, history_help},
     {"stats", cmd_stats, stats_help},
+    {"groups", cmd_groups, groups_help},
     {"ping", cmd_ping, ping_help},
     {"send", cmd_send, send_help},
     {"tail", cmd_tail, tail_help},

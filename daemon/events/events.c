@@ -9,6 +9,7 @@
 #include "base/strmap.h"
 #include "base/xmalloc.h"
 #include "net/conn.h"
+#include "net/ratelog.h"
 #include "proto/event.h"
 #include "proto/reply.h"
 #include "store/store.h"
@@ -63,15 +64,29 @@ struct group {
     /* Entries read that nobody of the group wants: acknowledged together. */
     char **acks;
     size_t nacks, cap_acks;
+    /* The bound on groups (max_groups, group_expiry) */
+    int64_t seen_ms; /* epoch ms it last had a subscriber (kept in Redis) */
+    int inflight;    /* acks in flight that name it: not freed before they land */
+    bool listed;     /* in the last XINFO GROUPS */
 };
 
 static struct group *groups;
+static int ngroups;
+/* The groups Redis already has were read (after each connect): until then
+ * max_groups counts only those this run knows. */
+static bool groups_loaded;
+static uv_timer_t groups_timer;
+static bool groups_timer_on;
+static struct ratelog rl_groups, rl_expired;
+static void groups_sweep_cb(uv_timer_t *t);
 
 static void pump(struct group *g);
 
 void events_init(void)
 {
     groups = NULL;
+    ngroups = 0;
+    groups_loaded = false;
 }
 
 static void held_free_all(struct group *g)
@@ -99,6 +114,7 @@ static void acks_free(struct group *g)
 
 void events_free(void)
 {
+    ngroups = 0;
     while (groups) {
         struct group *g = groups;
         groups = g->next;
@@ -110,17 +126,53 @@ void events_free(void)
     }
 }
 
-static struct group *group_get(const char *name)
+static struct group *group_find(const char *name)
 {
     for (struct group *g = groups; g; g = g->next)
         if (strcmp(g->name, name) == 0)
             return g;
+    return NULL;
+}
+
+static struct group *group_new(const char *name)
+{
     struct group *g = xcalloc(1, sizeof *g);
     g->name = xstrdup(name);
     strmap_init(&g->delivered);
     g->next = groups;
     groups = g;
+    ngroups++;
     return g;
+}
+
+/* Forgets g (no subscriber, nothing in flight for it). */
+static void group_free(struct group *g)
+{
+    for (struct group **p = &groups; *p; p = &(*p)->next) {
+        if (*p == g) {
+            *p = g->next;
+            break;
+        }
+    }
+    ngroups--;
+    held_free_all(g);
+    acks_free(g);
+    strmap_free(&g->delivered);
+    free(g->name);
+    free(g);
+}
+
+static bool group_idle(const struct group *g)
+{
+    return !g->subs && !g->busy && g->fire_reads == 0 && g->inflight == 0;
+}
+
+static void group_seen(struct group *g)
+{
+    long long ms = now_ms();
+    g->seen_ms = ms;
+    const char *name = g->name;
+    store_groups_seen(&name, &ms, 1);
 }
 
 static bool sub_has_room(const struct subscriber *s)
@@ -363,7 +415,20 @@ void events_subscribe(struct conn *c, struct slot *s, const struct request *r)
         }
         c->sub->types = r->types;
     } else {
-        struct group *g = group_get(r->group);
+        struct group *g = group_find(r->group);
+        if (!g && ngroups >= rbd->cfg.max_groups) {
+            char msg[200];
+            snprintf(msg, sizeof msg,
+                     "%d consumer groups exist (max_groups); subscribe to one of them, or have the operator "
+                     "delete one",
+                     ngroups);
+            ratelog_warn(&rl_groups, "events: refused a new consumer group: %d exist (max_groups)", ngroups);
+            conn_reply_error(c, s, r->req, EVENTS_ERR_TOO_MANY_GROUPS, msg);
+            return;
+        }
+        if (!g)
+            g = group_new(r->group);
+        group_seen(g);
         struct subscriber *sub = xcalloc(1, sizeof *sub);
         sub->conn = c;
         sub->g = g;
@@ -402,6 +467,7 @@ static void ack_reply_cb(void *arg, redisReply *reply)
         char *line = reply_ok(o, a->req, &n);
         conn_reply(a->conn, a->slot, line, n);
     }
+    a->g->inflight--;
     pump(a->g);
     json_decref(a->req);
     conn_unref(a->conn);
@@ -434,7 +500,9 @@ void events_ack(struct conn *c, struct slot *s, const struct request *r)
     a->req = r->req ? json_incref(r->req) : NULL;
     a->g = g;
     conn_ref(c);
+    g->inflight++;
     if (store_group_ack(g->name, ids, nids, ack_reply_cb, a) != 0) {
+        g->inflight--;
         conn_reply_error(c, s, r->req, ERR_UNAVAILABLE, "Redis is not available; ack again later");
         json_decref(a->req);
         conn_unref(c);
@@ -479,6 +547,7 @@ void events_unsubscribe(struct conn *c)
     if (!g->subs) {
         held_free_all(g); /* still pending in Redis; re-read on the next subscribe */
         acks_flush(g);
+        group_seen(g); /* group_expiry counts from now */
     }
     pump(g);
 }
@@ -501,6 +570,7 @@ void events_writable(struct conn *c)
 
 void events_link_up(void)
 {
+    events_groups_load();
     for (struct group *g = groups; g; g = g->next) {
         g->created = false;
         g->busy = false;
@@ -596,5 +666,253 @@ void events_fired(void)
             g->more = true;
         g->covered = false;
         pump(g);
+    }
+}
+
+/*
+ * Bounded groups. Redis keeps a consumer group, and its pending list, until
+ * it is destroyed: a subscriber naming a new group on every connection
+ * would grow Redis's memory without end. So there are at most max_groups
+ * (a new one past that is refused), and a group without a subscriber for
+ * group_expiry is destroyed with its pending list by a periodic sweep. The
+ * time a group last had a subscriber is kept in Redis (store_groups_seen),
+ * so a restart does not reset its expiry.
+ */
+
+static int64_t sweep_period_ms(void)
+{
+    int64_t p = rbd->cfg.group_expiry_ms / 4;
+    return p < 20 ? 20 : p > 60000 ? 60000 : p;
+}
+
+static void arm_sweep(void)
+{
+    if (!groups_timer_on) {
+        groups_timer_on = true;
+        uv_timer_init(rbd->loop, &groups_timer);
+        uv_unref((uv_handle_t *)&groups_timer);
+    }
+    if (!uv_is_closing((uv_handle_t *)&groups_timer))
+        uv_timer_start(&groups_timer, groups_sweep_cb, (uint64_t)sweep_period_ms(), 0);
+}
+
+static void seen_read_cb(void *arg, redisReply *reply)
+{
+    if (!reply || reply->type != REDIS_REPLY_ARRAY)
+        return;
+    for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+        const redisReply *k = reply->element[i], *v = reply->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        struct group *g = group_find(k->str);
+        if (!g)
+            g = group_new(k->str);
+        long long ms = strtoll(v->str, NULL, 10);
+        if (ms > g->seen_ms)
+            g->seen_ms = ms;
+    }
+}
+
+/* Finds field name in one XINFO GROUPS entry (a flat array of pairs). */
+static const redisReply *info_field(const redisReply *e, const char *name)
+{
+    if (e->type != REDIS_REPLY_ARRAY)
+        return NULL;
+    for (size_t i = 0; i + 1 < e->elements; i += 2)
+        if (e->element[i]->type == REDIS_REPLY_STRING && strcmp(e->element[i]->str, name) == 0)
+            return e->element[i + 1];
+    return NULL;
+}
+
+static void info_load_cb(void *arg, redisReply *reply)
+{
+    if (!reply)
+        return; /* the link went down: loaded again when it is back */
+    for (struct group *g = groups; g; g = g->next)
+        g->listed = false;
+    /* An error is a stream that does not exist yet: no groups. */
+    if (reply->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < reply->elements; i++) {
+            const redisReply *name = info_field(reply->element[i], "name");
+            if (!name || name->type != REDIS_REPLY_STRING)
+                continue;
+            struct group *g = group_find(name->str);
+            if (!g)
+                g = group_new(name->str);
+            g->listed = true;
+        }
+    }
+    for (struct group *g = groups, *next; g; g = next) {
+        next = g->next;
+        if (!g->listed && group_idle(g)) {
+            /* Only in the hash: the group itself is gone (an older Redis
+             * copy, or destroyed by hand). */
+            store_group_destroy(g->name, NULL, NULL);
+            group_free(g);
+        } else if (!g->seen_ms) {
+            /* A group from before its time was kept: expiry counts from now. */
+            group_seen(g);
+        }
+    }
+    groups_loaded = true;
+    arm_sweep();
+}
+
+void events_groups_load(void)
+{
+    groups_loaded = false;
+    if (store_groups_seen_read(seen_read_cb, NULL) == 0)
+        store_groups_info(info_load_cb, NULL);
+}
+
+static void groups_sweep_cb(uv_timer_t *t)
+{
+    if (rbd->stopping)
+        return;
+    if (groups_loaded && store_ready()) {
+        long long now = now_ms();
+        /* Groups with subscribers are seen now: recorded, in one HSET. */
+        const char **names = xmalloc((size_t)(ngroups ? ngroups : 1) * sizeof *names);
+        long long *ms = xmalloc((size_t)(ngroups ? ngroups : 1) * sizeof *ms);
+        size_t n = 0;
+        for (struct group *g = groups, *next; g; g = next) {
+            next = g->next;
+            if (g->subs) {
+                g->seen_ms = now;
+                names[n] = g->name;
+                ms[n++] = now;
+            } else if (group_idle(g) && g->seen_ms && now - g->seen_ms >= rbd->cfg.group_expiry_ms) {
+                ratelog_warn(&rl_expired,
+                             "events: deleting consumer group %s with its pending list: no subscriber for "
+                             "group_expiry",
+                             g->name);
+                store_group_destroy(g->name, NULL, NULL);
+                group_free(g);
+            }
+        }
+        store_groups_seen(names, ms, n);
+        free(names);
+        free(ms);
+    }
+    arm_sweep();
+}
+
+void events_stop(void)
+{
+    if (groups_timer_on && !uv_is_closing((uv_handle_t *)&groups_timer))
+        uv_close((uv_handle_t *)&groups_timer, NULL);
+}
+
+struct groups_ctx {
+    struct conn *conn;
+    struct slot *slot;
+    json_t *req;
+    char *deleting; /* the group being deleted, or NULL for the list */
+};
+
+static void groups_ctx_free(struct groups_ctx *a)
+{
+    json_decref(a->req);
+    conn_unref(a->conn);
+    free(a->deleting);
+    free(a);
+}
+
+static void groups_list_cb(void *arg, redisReply *reply)
+{
+    struct groups_ctx *a = arg;
+    if (!reply) {
+        conn_reply_error(a->conn, a->slot, a->req, ERR_UNAVAILABLE, "Redis did not answer; ask again");
+        groups_ctx_free(a);
+        return;
+    }
+    json_t *list = json_array();
+    long long now = now_ms();
+    if (reply->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < reply->elements; i++) {
+            const redisReply *e = reply->element[i];
+            const redisReply *name = info_field(e, "name"), *pending = info_field(e, "pending"),
+                             *lag = info_field(e, "lag");
+            if (!name || name->type != REDIS_REPLY_STRING)
+                continue;
+            const struct group *g = group_find(name->str);
+            int consumers = 0;
+            for (const struct subscriber *s = g ? g->subs : NULL; s; s = s->next)
+                consumers++;
+            json_t *o = json_object();
+            json_object_set_new(o, "name", json_string(name->str));
+            json_object_set_new(o, "consumers", json_integer(consumers));
+            json_object_set_new(o, "pending",
+                                json_integer(pending && pending->type == REDIS_REPLY_INTEGER ? pending->integer : 0));
+            /* lag: entries not yet read by the group (Redis 7; null when
+             * Redis cannot tell) */
+            json_object_set_new(o, "lag",
+                                lag && lag->type == REDIS_REPLY_INTEGER ? json_integer(lag->integer) : json_null());
+            if (g && !g->subs && g->seen_ms)
+                json_object_set_new(o, "idle_ms", json_integer(now - g->seen_ms));
+            json_array_append_new(list, o);
+        }
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "groups", list);
+    json_object_set_new(o, "max_groups", json_integer(rbd->cfg.max_groups));
+    size_t n;
+    char *line = reply_ok(o, a->req, &n);
+    conn_reply(a->conn, a->slot, line, n);
+    groups_ctx_free(a);
+}
+
+static void groups_delete_cb(void *arg, redisReply *reply)
+{
+    struct groups_ctx *a = arg;
+    if (!reply || reply->type != REDIS_REPLY_INTEGER) {
+        conn_reply_error(a->conn, a->slot, a->req, ERR_UNAVAILABLE, "Redis did not confirm the delete; send it again");
+    } else if (reply->integer == 0) {
+        conn_reply_error(a->conn, a->slot, a->req, ERR_NOT_FOUND, "no such consumer group");
+    } else {
+        json_t *o = json_object();
+        json_object_set_new(o, "deleted", json_string(a->deleting));
+        size_t n;
+        char *line = reply_ok(o, a->req, &n);
+        conn_reply(a->conn, a->slot, line, n);
+    }
+    groups_ctx_free(a);
+}
+
+void events_groups(struct conn *c, struct slot *s, const struct request *r)
+{
+    if (!store_ready()) {
+        conn_reply_error(c, s, r->req, ERR_UNAVAILABLE, "Redis is not available; ask again later");
+        return;
+    }
+    struct groups_ctx *a = xcalloc(1, sizeof *a);
+    a->conn = c;
+    a->slot = s;
+    a->req = r->req ? json_incref(r->req) : NULL;
+    conn_ref(c);
+    int rc;
+    if (r->group) {
+        struct group *g = group_find(r->group);
+        if (g && g->subs) {
+            conn_reply_error(c, s, r->req, ERR_BAD_REQUEST,
+                             "the group has subscribers: it is deleted once they are gone");
+            groups_ctx_free(a);
+            return;
+        }
+        if (g && !group_idle(g)) {
+            conn_reply_error(c, s, r->req, ERR_UNAVAILABLE, "the group has a command in flight; send it again");
+            groups_ctx_free(a);
+            return;
+        }
+        a->deleting = xstrdup(r->group);
+        rc = store_group_destroy(r->group, groups_delete_cb, a);
+        if (rc == 0 && g)
+            group_free(g);
+    } else {
+        rc = store_groups_info(groups_list_cb, a);
+    }
+    if (rc != 0) {
+        conn_reply_error(c, s, r->req, ERR_UNAVAILABLE, "Redis is not available; ask again later");
+        groups_ctx_free(a);
     }
 }

@@ -55,4 +55,18 @@ void events_fire_read(struct group *g, const redisReply *read, const redisReply 
  * in the batch look for them. */
 void events_fired(void);
 
+/* Bounded groups (docs/operations.md, "Hostile clients"). */
+/* The error code of a subscribe that would make a group past max_groups. */
+#define EVENTS_ERR_TOO_MANY_GROUPS "too_many_groups"
+/* Reads the groups Redis has and when each last had a subscriber, then
+ * sweeps every group_expiry/4 for those to delete (called on each
+ * connect, by events_link_up). */
+void events_groups_load(void);
+/* The groups op: r->group NULL lists the groups (name, consumers,
+ * pending, lag); otherwise deletes that group with its pending list,
+ * refused while it has subscribers. Replies into s. */
+void events_groups(struct conn *c, struct slot *s, const struct request *r);
+/* Closes the sweep's timer (shutdown). */
+void events_stop(void);
+
 #endif

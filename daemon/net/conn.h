@@ -19,6 +19,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 #include "proto/frame.h"
@@ -50,6 +51,22 @@ struct conn {
     bool authed;
     struct subscriber *sub; /* events/' state, set once the connection subscribed */
     struct conn *prev, *next; /* all connections */
+
+    /* What a hostile client may cost (docs/operations.md, "Hostile
+     * clients"); times are the loop's (uv_now, ms). */
+    uint64_t born_ms;      /* accepted */
+    uint64_t active_ms;    /* the last complete line, or born_ms */
+    uint64_t partial_ms;   /* when the pending partial line began; 0 = none */
+    uint64_t goodbye_ms;   /* told why it is closed; closed hard if it does not read it */
+    int errors;            /* bad lines so far (error_limit) */
+    int auth_fails;        /* refused auth attempts (auth_failures) */
+    unsigned turn_lines;   /* lines taken this loop turn (the fairness budget) */
+    size_t turn_bytes;     /* bytes read this loop turn */
+    uint64_t turn;         /* the turn those two count */
+    bool throttled;        /* over its budget: reading resumes next turn */
+    bool is_pipe;
+    bool keepalive;        /* TCP keep-alive on (a subscriber's quiet spells) */
+    struct conn *throttled_next;
 };
 
 /* What a connection calls upward (registered by main.c, as libuv takes a
@@ -86,6 +103,9 @@ void conn_reply_copy(struct conn *c, struct slot *s, const char *line, size_t le
  * stats' `errors` unless it is `unavailable` or `not_found` (which are no
  * client's mistake). */
 void conn_reply_error(struct conn *c, struct slot *s, json_t *req, const char *code, const char *msg);
+/* A wrong token was refused on c (its error reply already given): after
+ * auth_failures of them the connection is told why and closed. */
+void conn_auth_failed(struct conn *c);
 /* Writes an event line (malloc'd, ownership passes) right away. Returns 0,
  * or -1 when the connection is closing (line freed). */
 int conn_send_event(struct conn *c, char *line, size_t len);
@@ -112,5 +132,20 @@ void conn_hold_reading(bool hold);
  * (the client reads them, then EOF) and discards further input; each
  * connection closes when its client does. */
 void conn_shutdown_all(void);
+
+/* Per-connection limits, each from the config (read at every use, so a
+ * reload applies to open connections): auth_timeout, line_timeout,
+ * idle_timeout, error_limit, auth_failures; and a budget of lines and
+ * bytes per connection per loop turn. */
+/* Lines one connection may have taken in one loop turn before the others
+ * get theirs: its further input waits for the next turn. */
+#define CONN_TURN_LINES 1024
+#define CONN_TURN_BYTES (256u << 10)
+/* Connections refused so far because the descriptor limit, not
+ * max_connections, was reached (also counted in conns_refused). */
+extern uint64_t conn_refused_nofile;
+/* How many client connections the descriptor limit leaves room for
+ * (server_start sets it from RLIMIT_NOFILE; 0 = no such limit known). */
+extern int conn_fd_room;
 
 #endif

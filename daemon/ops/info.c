@@ -34,6 +34,7 @@ void op_auth(struct job *op)
 {
     if (rbd->cfg.token[0] && !token_equal(op->req.token, rbd->cfg.token)) {
         op_error(op, ERR_AUTH, "wrong token");
+        conn_auth_failed(op->conn);
     } else {
         op->conn->authed = true;
         op_reply(op, NULL);

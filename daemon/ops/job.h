@@ -85,6 +85,7 @@ void op_history(struct job *op);
 void history_change(struct store_change *ch, char *story, const char *outcome, const char *reason, int attempt,
                     int64_t first_ms, const char *class_name, int64_t at_ms, int code, const char *enhanced);
 void op_cluster(struct job *op);     /* cluster.c */
+void op_groups(struct job *op);      /* groups.c */
 
 /* Replies obj (owned, may be NULL) as the request's success. */
 void op_reply(const struct job *op, json_t *obj);

@@ -48,6 +48,7 @@ static const struct op_handler handlers[OP__COUNT] = {
     [OP_RELEASE] = {op_release, false, true},
     [OP_HISTORY] = {op_history, false, true},
     [OP_CLUSTER] = {op_cluster, false, false},
+    [OP_GROUPS] = {op_groups, false, false},
 };
 
 /* Finished jobs kept for reuse, at most JOBS_KEPT: a job is where every

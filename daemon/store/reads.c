@@ -151,6 +151,25 @@ int store_group_ack(const char *group, const char *const *ids, size_t n, store_r
 }
 
 /* ---- what operators see: /metrics and /status.json (metrics.c) ---- */
+/* Consumer groups' upkeep (bounded groups, expiry, the groups op): the
+ * stream's groups as Redis lists them, and a hash <prefix>groups of when
+ * each group last had a subscriber (epoch ms), so an expiry survives a
+ * restart. */
+static const char *groups_key(void)
+{
+    static char *key;
+    static const char *made_from;
+    if (made_from != rbd->key_events) {
+        /* <prefix>events -> <prefix>groups: the same prefix as every key */
+        size_t plen = strlen(rbd->key_events) - strlen("events");
+        free(key);
+        key = xmalloc(plen + sizeof "groups");
+        memcpy(key, rbd->key_events, plen);
+        memcpy(key + plen, "groups", sizeof "groups");
+        made_from = rbd->key_events;
+    }
+    return key;
+}
 
 int store_groups_info(store_reply_cb cb, void *arg)
 {
@@ -176,4 +195,43 @@ int store_events_latest(int count, store_reply_cb cb, void *arg)
     snprintf(n, sizeof n, "%d", count);
     const char *argv[] = {"XREVRANGE", rbd->key_events, "+", "-", "COUNT", n};
     return command_str(6, argv, cb, arg);
+}
+
+int store_groups_seen_read(store_reply_cb cb, void *arg)
+{
+    const char *argv[] = {"HGETALL", groups_key()};
+    return command_str(2, argv, cb, arg);
+}
+
+int store_groups_seen(const char *const *names, const long long *ms, size_t n)
+{
+    if (n == 0)
+        return 0;
+    size_t argc = 2 + 2 * n;
+    const char **argv = xmalloc(argc * sizeof *argv);
+    size_t *lens = xmalloc(argc * sizeof *lens);
+    char (*nums)[24] = xmalloc(n * sizeof *nums);
+    argv[0] = "HSET";
+    argv[1] = groups_key();
+    for (size_t i = 0; i < n; i++) {
+        snprintf(nums[i], sizeof nums[i], "%lld", ms[i]);
+        argv[2 + 2 * i] = names[i];
+        argv[3 + 2 * i] = nums[i];
+    }
+    for (size_t i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    int rc = command((int)argc, argv, lens, ignore_reply_cb, NULL);
+    free(nums);
+    free(argv);
+    free(lens);
+    return rc;
+}
+
+int store_group_destroy(const char *group, store_reply_cb cb, void *arg)
+{
+    const char *hdel[] = {"HDEL", groups_key(), group};
+    if (command_str(3, hdel, ignore_reply_cb, NULL) != 0)
+        return -1;
+    const char *argv[] = {"XGROUP", "DESTROY", rbd->key_events, group};
+    return command_str(4, argv, cb ? cb : ignore_reply_cb, arg);
 }

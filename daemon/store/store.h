@@ -230,4 +230,14 @@ int store_suppressed_len(store_reply_cb cb, void *arg);
 /* The count newest entries of the event stream, newest first (XREVRANGE):
  * {{id, {"e", body}}, ...}. */
 int store_events_latest(int count, store_reply_cb cb, void *arg);
+/* The groups' upkeep (events/: max_groups, group_expiry, the groups op;
+ * the list itself is store_groups_info above). */
+/* HGETALL of <prefix>groups: each group's last time with a subscriber. */
+int store_groups_seen_read(store_reply_cb cb, void *arg);
+/* Records that each of n groups had a subscriber at ms[i] (one HSET; the
+ * reply does not matter: the next sweep records it again). */
+int store_groups_seen(const char *const *names, const long long *ms, size_t n);
+/* Deletes group and its pending list (XGROUP DESTROY) and its time in
+ * <prefix>groups; cb (may be NULL) gets XGROUP DESTROY's reply. */
+int store_group_destroy(const char *group, store_reply_cb cb, void *arg);
 #endif

@@ -5,6 +5,10 @@ goes on serving the same connection and others.
 A 19-digit integer once overflowed the fast path's number scanner: one
 such line killed the sanitizer build."""
 
+import json
+import os
+import shutil
+import tempfile
 import unittest
 
 from harness import DaemonTestCase, bounce, unique_id
@@ -16,7 +20,13 @@ BIG = ["1234567890123456789", "9999999999999999999", "-9223372036854775808", "90
 class HostileInputTest(DaemonTestCase):
     def setUp(self):
         super().setUp()
-        self.redis, self.daemon, self.c = self.start_all()
+        # these tests send many bad lines on one connection: past the
+        # default error_limit (20) it would be closed
+        config = os.path.join(tempfile.mkdtemp(prefix="rebound-cfg-"), "reboundd.json")
+        self.addCleanup(shutil.rmtree, os.path.dirname(config), True)
+        with open(config, "w") as f:
+            json.dump({"error_limit": 100000}, f)
+        self.redis, self.daemon, self.c = self.start_all(extra_args=["-c", config])
 
     def big_lines(self, n, id):
         """Request lines with the integer n in every kind of place: a

@@ -4,7 +4,10 @@ req echo, pipelining, the line limit, idempotent bounces, every op, and the
 Unix socket."""
 
 import json
+import os
+import shutil
 import socket
+import tempfile
 import unittest
 
 from harness import (DEFAULT_POLICY, GREYLIST, OVER_QUOTA, USER_UNKNOWN, DaemonTestCase, bounce, now_ms,
@@ -19,7 +22,13 @@ class ProtocolTest(DaemonTestCase):
 
     def setUp(self):
         super().setUp()
-        self.redis, self.daemon, self.c = self.start_all()
+        # these tests send many bad lines on one connection: past the
+        # default error_limit (20) it would be closed
+        config = os.path.join(tempfile.mkdtemp(prefix="rebound-cfg-"), "reboundd.json")
+        self.addCleanup(shutil.rmtree, os.path.dirname(config), True)
+        with open(config, "w") as f:
+            json.dump({"error_limit": 100000}, f)
+        self.redis, self.daemon, self.c = self.start_all(extra_args=["-c", config])
 
     def bounce_ok(self, reply_kind, c=None, **extra):
         id = unique_id()

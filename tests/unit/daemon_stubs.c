@@ -182,6 +182,14 @@ void events_ack(struct conn *c, struct slot *s, const struct request *r)
     conn_reply_copy(c, s, "acked", 5);
 }
 
+/* The groups op: says which it was asked (list, or delete NAME). */
+void events_groups(struct conn *c, struct slot *s, const struct request *r)
+{
+    char line[96];
+    int n = snprintf(line, sizeof line, "groups %s", r->group ? r->group : "list");
+    conn_reply_copy(c, s, line, (size_t)n);
+}
+
 /* ---- net/ (the connection) ------------------------------------------------- */
 
 struct slot *conn_slot(struct conn *c)
@@ -210,6 +218,12 @@ void conn_reply_error(struct conn *c, struct slot *s, json_t *req, const char *c
     char line[512];
     int n = snprintf(line, sizeof line, "error %s: %s", code, msg);
     conn_reply_copy(c, s, line, (size_t)n);
+}
+
+/* Counts the wrong tokens (the real one closes after auth_failures). */
+void conn_auth_failed(struct conn *c)
+{
+    c->auth_fails++;
 }
 
 void conn_ref(struct conn *c)

@@ -102,6 +102,40 @@ static void test_cluster(void **state)
     assert_int_equal(stubs.nwrites, 0);
 }
 
+/* The groups op goes to events/, with the group to delete if named, and
+ * its "delete" is validated as a group name. */
+static void test_groups_op(void **state)
+{
+    send_line("{\"op\":\"groups\"}");
+    assert_reply(0, "groups list");
+    send_line("{\"op\":\"groups\",\"delete\":\"old-group\"}");
+    assert_reply(1, "groups old-group");
+    send_line("{\"op\":\"groups\",\"delete\":\"no spaces\"}");
+    assert_reply(2, "error bad_request");
+    send_line("{\"op\":\"groups\",\"delete\":\"\"}");
+    assert_reply(3, "error bad_request");
+    assert_int_equal(stubs.nwrites, 0);
+}
+
+/* A wrong token is counted against the connection (auth_failures); a
+ * right one is not, and lets the other ops through. */
+static void test_wrong_tokens_counted(void **state)
+{
+    rbd->cfg.token = "s3cret";
+    conn.authed = false;
+    send_line("{\"op\":\"auth\",\"token\":\"guess\"}");
+    assert_reply(0, "error auth_required");
+    send_line("{\"op\":\"stats\"}");
+    assert_reply(1, "error auth_required");
+    assert_int_equal(conn.auth_fails, 1);
+    send_line("{\"op\":\"auth\",\"token\":\"s3cret\"}");
+    assert_reply(2, "\"ok\":true");
+    assert_int_equal(conn.auth_fails, 1);
+    send_line("{\"op\":\"stats\"}");
+    assert_reply(3, "\"pending\":0");
+    rbd->cfg.token = "";
+}
+
 static void test_report_then_parked_cancel(void **state)
 {
     send_line("{\"op\":\"bounce\",\"id\":\"m1\",\"rcpt\":\"a@b.example\"," GREYLIST "}");
@@ -220,6 +254,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_immediate_ops, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_groups_op, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wrong_tokens_counted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_report_then_parked_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_write_changes_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_down, setup, teardown),
