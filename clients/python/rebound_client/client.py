@@ -9,12 +9,10 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from ._protocol import (Address, Backoff, Event, ReboundError, Reply, bounce_request, decode, encode,
-                        error_code, is_reply, parse_address, report_request, request)
-
-#: The most ids one ack line carries: eids are about 20 bytes, so this stays
-#: well under the 64 KiB line limit (the protocol allows 10000 ids).
-ACK_CHUNK = 2000
+from ._protocol import (ACK_CHUNK, DROP, EVENT, RESEND, AckBatch, Address, Backoff, Event, Failing,  # noqa: F401
+                        Line, is_reply, ReboundError, Reply, bounce_request, check_handshake, decode, encode,
+                        handshake_lines, match_reply, outcome, parse_address, pipeline_lines, report_lines,
+                        request, subscribe_line, unexpected)
 
 Result = Union[Reply, ReboundError]
 
@@ -25,6 +23,10 @@ class _Dropped(Exception):
     def __init__(self, code: str, message: str, reply: Optional[Reply] = None) -> None:
         super().__init__(message)
         self.error = ReboundError(code, message, reply)
+
+    @classmethod
+    def of(cls, error: ReboundError) -> "_Dropped":
+        return cls(error.code, error.message, error.reply)
 
 
 class _Conn:
@@ -102,37 +104,13 @@ class _Conn:
         return bool(r or w)
 
 
-class _Failing:
-    """How long a call has gone without getting through, and its back-off."""
-
-    def __init__(self, deadline: Optional[float], backoff: Backoff) -> None:
-        self.deadline = deadline
-        self.backoff = backoff
-        self.since: Optional[float] = None
-        self.error = ReboundError("disconnected", "not connected")
-
-    def fail(self, error: ReboundError) -> None:
-        if self.since is None:
-            self.since = time.monotonic()
-        self.error = error
-
-    def ok(self) -> None:
-        self.since = None
-        self.backoff.reset()
-
-    def expired(self) -> bool:
-        return (self.since is not None and self.deadline is not None
-                and time.monotonic() - self.since >= self.deadline)
+class _Failing(Failing):
+    """Failing, sleeping its back-off in this thread."""
 
     def wait(self, until: Optional[float] = None) -> None:
         """Sleeps the next back-off step, never past the deadline nor past
         ``until`` (a time.monotonic() value)."""
-        d = self.backoff.next()
-        now = time.monotonic()
-        if self.deadline is not None and self.since is not None:
-            d = min(d, self.since + self.deadline - now)
-        if until is not None:
-            d = min(d, until - now)
+        d = self.next_wait(until)
         if d > 0:
             time.sleep(d)
 
@@ -203,9 +181,9 @@ class Client:
                 if not is_reply(obj):
                     self._on_event(obj)  # events may follow the reply at once
                 elif reply is None:
-                    reply = obj
+                    reply = obj  # busy too: check_handshake judges it
                 else:
-                    raise _Dropped("protocol", "unexpected reply %r" % (obj,), obj)
+                    raise _Dropped.of(unexpected(obj))
             if reply is not None:
                 return reply
             left = deadline - time.monotonic()
@@ -224,18 +202,10 @@ class Client:
         conn = _Conn(self.address, self.connect_timeout)
         self.connects += 1
         try:
-            lines = []
-            if self.token is not None:
-                lines.append(encode(request("auth", token=self.token)))
-            if self._subscribe is not None:
-                lines.append(self._subscribe)
-            for line in lines:
-                r = self._handshake_call(conn, line)
-                code = error_code(r)
-                if code in ("unavailable", "busy"):
-                    raise _Dropped(code, ReboundError.from_reply(r).message, r)
-                if code is not None:
-                    raise ReboundError.from_reply(r)
+            for line in handshake_lines(self.token, self._subscribe):
+                retry = check_handshake(self._handshake_call(conn, line))
+                if retry is not None:
+                    raise _Dropped.of(retry)
         except BaseException:
             conn.close()
             raise
@@ -256,7 +226,7 @@ class Client:
 
     # -- the engine: send lines, read replies in order, resend what failed
 
-    def _run(self, lines: Sequence[Union[bytes, ReboundError]]) -> List[Result]:
+    def _run(self, lines: Sequence[Line]) -> List[Result]:
         """Sends every line (pipelined, at most ``window`` unanswered) and
         returns each one's final reply in order: the reply dict when ok, a
         ReboundError otherwise. An item that is already a ReboundError is
@@ -295,19 +265,18 @@ class Client:
                 try:
                     while todo or inflight:
                         for obj in conn.take():
-                            if not is_reply(obj):
+                            what = match_reply(obj, bool(inflight))
+                            if what == EVENT:
                                 self._on_event(obj)
                                 continue
-                            code = error_code(obj)
-                            if code == "busy" or not inflight:
-                                # busy comes unasked, right before the close
-                                raise _Dropped(code or "protocol", "unexpected reply %r" % (obj,), obj)
+                            if what == DROP:
+                                raise _Dropped.of(unexpected(obj))
                             i = inflight.popleft()
-                            if code == "unavailable":
+                            if what == RESEND:
                                 retry.append(i)
                                 failing.fail(ReboundError.from_reply(obj))
                             else:
-                                results[i] = obj if code is None else ReboundError.from_reply(obj)
+                                results[i] = outcome(obj)
                                 if not retry:
                                     failing.ok()
                         while todo and len(inflight) < self.window:
@@ -345,13 +314,7 @@ class Client:
         the connection without waiting for each reply. Returns one result
         per request, in order: the reply dict, or a ReboundError for an
         error reply (an error does not stop the others)."""
-        lines: List[Union[bytes, ReboundError]] = []
-        for obj in requests:
-            try:
-                lines.append(encode(obj))
-            except ReboundError as e:
-                lines.append(e)
-        return self._run(lines)
+        return self._run(pipeline_lines(requests))
 
     def bounce_many(self, reports: Iterable[Mapping[str, Any]]) -> List[Result]:
         """Reports many failed deliveries at once. Each report is a mapping
@@ -362,15 +325,7 @@ class Client:
         invalid report, or ``unavailable`` when the retry deadline ran
         out). Each report gets exactly one result, whatever reconnects and
         resends happened underneath."""
-        lines: List[Union[bytes, ReboundError]] = []
-        for rep in reports:
-            try:
-                lines.append(encode(report_request(rep)))
-            except ReboundError as e:
-                lines.append(e)
-            except TypeError as e:
-                lines.append(ReboundError("bad_request", "bad report %r: %s" % (rep, e)))
-        return self._run(lines)
+        return self._run(report_lines(reports))
 
     def bounce(self, id: str, rcpt: str, code: int, enhanced: Optional[str] = None,
                text: Optional[str] = None, campaign: Optional[str] = None,
@@ -440,14 +395,13 @@ class Consumer:
         self.types = list(types) if types is not None else None
         self.ack_batch = max(1, ack_batch)
         self.ack_interval = ack_interval
+        self._acks = AckBatch()
         self._client = Client(address, token, timeout=timeout, connect_timeout=connect_timeout,
                               retry_deadline=retry_deadline, backoff_first=backoff_first,
                               backoff_max=backoff_max)
-        self._client._subscribe = encode(request("subscribe", group=group, types=self.types))
+        self._client._subscribe = subscribe_line(group, self.types)
         self._client._on_event = self._events_append
         self._events: Deque[Event] = deque()
-        self._acks: List[str] = []
-        self._ack_since = 0.0
         self._closed = False
 
     def _events_append(self, ev: Event) -> None:
@@ -479,8 +433,8 @@ class Consumer:
         reconnects) as needed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._closed:
-            if (self._acks and time.monotonic() >= self._ack_since + self.ack_interval
-                    and self._client._conn is not None):
+            due = self._acks.due_at(self.ack_interval)
+            if due is not None and time.monotonic() >= due and self._client._conn is not None:
                 # while disconnected, _read below reconnects within the
                 # time-out first; flush() would wait for the connection
                 self.flush()
@@ -490,8 +444,9 @@ class Consumer:
             if deadline is not None and now >= deadline:
                 return None
             wait = 1.0 if deadline is None else deadline - now
-            if self._acks:
-                wait = min(wait, self._ack_since + self.ack_interval - now)
+            due = self._acks.due_at(self.ack_interval)
+            if due is not None:
+                wait = min(wait, due - now)
             self._read(max(0.0, wait))
         return None
 
@@ -522,9 +477,9 @@ class Consumer:
                 failing.ok()
                 try:
                     for obj in conn.take():
-                        if is_reply(obj):
-                            # nothing is asked outside _run: only busy comes unasked
-                            raise _Dropped(error_code(obj) or "protocol", "unexpected reply %r" % (obj,), obj)
+                        # nothing is asked outside _run: only busy comes unasked
+                        if match_reply(obj, False) == DROP:
+                            raise _Dropped.of(unexpected(obj))
                         self._events.append(obj)
                     left = end - time.monotonic()
                     if self._events or left <= 0:
@@ -537,21 +492,17 @@ class Consumer:
     def ack(self, event: Union[Event, str]) -> None:
         """Marks an event (the dict, or its ``eid``) as handled. Sent in a
         batch; call it only after acting on the event."""
-        eid = event if isinstance(event, str) else event["eid"]
-        if not self._acks:
-            self._ack_since = time.monotonic()
-        self._acks.append(eid)
-        if len(self._acks) >= self.ack_batch:
+        if self._acks.add(event, self.ack_batch):
             self.flush()
 
     def flush(self) -> None:
         """Sends the acks gathered so far now."""
-        while self._acks:
-            ids = self._acks[:ACK_CHUNK]
-            r = self._client._run([encode(request("ack", ids=ids))])[0]
+        while self._acks.ids:
+            ids, line = self._acks.take()
+            r = self._client._run([line])[0]
             if isinstance(r, ReboundError):
+                self._acks.put_back(ids)
                 raise r
-            del self._acks[:len(ids)]
 
     def close(self, flush_timeout: float = 5.0) -> None:
         """Sends the pending acks, trying for at most ``flush_timeout``
@@ -561,7 +512,7 @@ class Consumer:
             return
         c = self._client
         try:
-            if self._acks and not c._closed:
+            if self._acks.ids and not c._closed:
                 saved = c.retry_deadline
                 c.retry_deadline = flush_timeout if saved is None else min(saved, flush_timeout)
                 try:
@@ -572,5 +523,5 @@ class Consumer:
                     c.retry_deadline = saved
         finally:
             self._closed = True
-            self._acks = []
+            self._acks.clear()
             c.close()
