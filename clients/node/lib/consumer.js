@@ -14,10 +14,9 @@
  * else may come again and the caller treats it as the same event.
  */
 
-const { EventEmitter } = require('node:events');
 const { ReboundError } = require('./errors');
-const { parseAddress } = require('./address');
-const { openSocket, LineSplitter, encodeLine, backoffMs } = require('./connection');
+const { encodeLine, backoffMs } = require('./connection');
+const { Link, parseLine, answersHead } = require('./link');
 const { Deque } = require('./deque');
 
 const DEFAULTS = {
@@ -52,7 +51,7 @@ const ACKED = 3; // acked by the caller, the daemon has not confirmed
  * Events: `connect` (subscribed), `disconnect` (err; it reconnects and
  * subscribes again by itself).
  */
-class Consumer extends EventEmitter {
+class Consumer extends Link {
   /**
    * @param {string} address "host:port" or a Unix socket path
    * @param {string} group the consumer group: letters, digits, `_ . : -`
@@ -75,19 +74,11 @@ class Consumer extends EventEmitter {
    * @param {number} [options.backoffMaxMs=2000]
    */
   constructor(address, group, options = {}) {
-    super();
     if (typeof group !== 'string' || group === '') throw new TypeError('group must be a non-empty string');
-    this.address = address;
+    super(address, DEFAULTS, options);
     this.group = group;
-    this._target = parseAddress(address);
-    this._opts = { ...DEFAULTS };
-    for (const [k, v] of Object.entries(options)) {
-      if (v !== undefined) this._opts[k] = v;
-    }
-    this._sock = null;
-    this._state = 'idle'; // idle | connecting | subscribing | subscribed | closed
+    // _state: idle | connecting | subscribing | subscribed | closed
     this._control = new Deque(); // our requests written, unanswered, in order
-    this._nextReq = 1;
     this._buffer = new Deque(); // events received, not yet handed out
     this._waiters = []; // next() calls waiting for an event
     this._known = new Map(); // eid -> BUFFERED | HELD | ACKED
@@ -97,7 +88,6 @@ class Consumer extends EventEmitter {
     this._silenceTimer = null;
     this._pingTimer = null;
     this._lastRx = 0;
-    this._failures = 0;
     this._ackRetries = 0; // acks answered unavailable in a row
     this._fatal = null;
     this._closing = null; // the close() promise once closing
@@ -217,48 +207,20 @@ class Consumer extends EventEmitter {
       return;
     }
     this._state = 'closed';
-    for (const t of ['_ackTimer', '_reconnectTimer', '_silenceTimer', '_pingTimer']) {
-      if (this[t] !== null) {
-        clearTimeout(this[t]);
-        this[t] = null;
-      }
-    }
-    if (this._sock !== null) {
-      const sock = this._sock;
-      this._sock = null;
-      sock.end();
-      sock.unref();
-    }
+    this._clearTimers(['_ackTimer', '_reconnectTimer', '_silenceTimer', '_pingTimer']);
+    this._endSocket();
     this._closeDone();
   }
 
   async _connect() {
-    this._state = 'connecting';
-    let sock;
-    try {
-      sock = await openSocket(this._target, this._opts.timeoutMs);
-    } catch (err) {
-      if (this._state === 'closed') return;
-      this._state = 'idle';
-      this._retryLater(err);
-      return;
-    }
-    if (this._state === 'closed') {
-      sock.destroy();
-      return;
-    }
-    this._sock = sock;
+    const sock = await this._open((err) => this._retryLater(err));
+    if (sock === null) return;
     this._lastRx = Date.now();
     sock.setKeepAlive(true, 30000);
-    const splitter = new LineSplitter((line) => this._onLine(sock, line));
-    sock.on('data', (chunk) => {
-      if (this._sock !== sock) return;
+    this._watch(sock, (push) => {
       this._lastRx = Date.now();
-      splitter.push(chunk);
+      push();
     });
-    sock.on('error', (err) => this._onSocketGone(sock, err));
-    sock.on('close', () => this._onSocketGone(sock, null));
-    sock.on('end', () => this._onSocketGone(sock, null));
     this._state = 'subscribing';
     if (this._opts.token !== undefined && this._opts.token !== null) {
       this._send({ kind: 'auth' }, { op: 'auth', token: this._opts.token });
@@ -323,15 +285,9 @@ class Consumer extends EventEmitter {
   _onLine(sock, line) {
     // Lines left in a chunk after this connection was given up belong to it.
     if (this._sock !== sock) return;
-    let msg;
-    try {
-      msg = JSON.parse(line);
-    } catch (e) {
-      this._onSocketGone(sock, new ReboundError('protocol', `line is not JSON: ${line.slice(0, 200)}`));
-      return;
-    }
-    if (msg === null || typeof msg !== 'object' || Array.isArray(msg)) {
-      this._onSocketGone(sock, new ReboundError('protocol', `line is not an object: ${line.slice(0, 200)}`));
+    const msg = parseLine(line, 'line');
+    if (msg instanceof ReboundError) {
+      this._onSocketGone(sock, msg);
       return;
     }
     if (!('ok' in msg)) {
@@ -339,7 +295,7 @@ class Consumer extends EventEmitter {
       return;
     }
     const head = this._control.peek();
-    if (head === undefined || (msg.req !== undefined && msg.req !== head.req)) {
+    if (!answersHead(msg, head)) {
       const err = msg.ok === false ? ReboundError.fromReply(msg)
         : new ReboundError('protocol', `reply out of order: ${line.slice(0, 200)}`);
       this._onSocketGone(sock, err);
@@ -422,12 +378,7 @@ class Consumer extends EventEmitter {
     this._sock = null;
     this._state = 'closed';
     if (sock) sock.destroy();
-    for (const t of ['_ackTimer', '_reconnectTimer', '_silenceTimer', '_pingTimer']) {
-      if (this[t] !== null) {
-        clearTimeout(this[t]);
-        this[t] = null;
-      }
-    }
+    this._clearTimers(['_ackTimer', '_reconnectTimer', '_silenceTimer', '_pingTimer']);
     if (this._closeDone) this._closeDone();
   }
 
@@ -462,7 +413,7 @@ class Consumer extends EventEmitter {
     this._reconnectTimer = setTimeout(() => {
       this._reconnectTimer = null;
       if (this._state === 'idle') this._connect();
-    }, backoffMs(this._failures++, this._opts.backoffMinMs, this._opts.backoffMaxMs));
+    }, this._backoff());
   }
 }
 
