@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 #: The longest request line reboundd accepts (without the newline). A longer
 #: line makes the daemon close the connection, and resending it would only
@@ -242,6 +242,62 @@ def check_handshake(reply: Reply) -> Optional[ReboundError]:
     raise err
 
 
+class ClientBase:
+    """What the blocking and the asyncio client both keep: their options
+    (see Client for their meaning), the connection count, and the hooks a
+    consumer sets."""
+
+    def __init__(self, address: Address, token: Optional[str], timeout: float, connect_timeout: float,
+                 retry_deadline: Optional[float], backoff_first: float, backoff_max: float,
+                 window: int) -> None:
+        # a malformed address fails here, not at the first call
+        self._target = parse_address(address)
+        self.address = address
+        self.token = token
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.retry_deadline = retry_deadline
+        self.backoff_first = backoff_first
+        self.backoff_max = backoff_max
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.window = window
+        #: connections opened so far (the first one included)
+        self.connects = 0
+        # set by a consumer: the subscribe line sent after auth, and where
+        # events go
+        self._subscribe: Optional[bytes] = None
+        self._on_event: Callable[[Event], None] = lambda ev: None
+
+    #: what _new_failing makes (the blocking client's also sleeps)
+    _failing_type: "type[Failing]"
+
+    def _new_failing(self) -> "Failing":
+        """A fresh retry deadline and back-off for one call or request."""
+        return self._failing_type(self.retry_deadline, Backoff(self.backoff_first, self.backoff_max))
+
+
+class ConsumerBase:
+    """What the blocking and the asyncio consumer both keep: the group, the
+    types, the ack batch and its client, subscribed on every connection."""
+
+    def __init__(self, client: ClientBase, group: str, types: Optional[Sequence[str]],
+                 ack_batch: int, ack_interval: float) -> None:
+        self.group = group
+        self.types = list(types) if types is not None else None
+        self.ack_batch = max(1, ack_batch)
+        self.ack_interval = ack_interval
+        self._acks = AckBatch()
+        self._client = client
+        client._subscribe = subscribe_line(group, self.types)
+        self._closed = False
+
+    @property
+    def connects(self) -> int:
+        """Connections opened so far (more than one: it reconnected)."""
+        return self._client.connects
+
+
 class Failing:
     """How long something has gone without getting through, against its
     retry deadline (None: none), and its back-off."""
@@ -275,6 +331,9 @@ class Failing:
         if until is not None:
             d = min(d, until - now)
         return d
+
+
+ClientBase._failing_type = Failing
 
 
 class AckBatch:

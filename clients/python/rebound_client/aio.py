@@ -8,10 +8,10 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from ._protocol import (ACK_CHUNK, DROP, EVENT, RESEND, AckBatch, Address, Backoff, Event, Failing,  # noqa: F401
-                        Line, ReboundError, Reply, bounce_request, check_handshake, decode, encode,
-                        handshake_lines, match_reply, outcome, parse_address, pipeline_lines, report_lines,
-                        request, subscribe_line)
+from ._protocol import ACK_CHUNK  # noqa: F401  (it was defined here too)
+from ._protocol import (DROP, EVENT, RESEND, Address, Backoff, ClientBase, ConsumerBase, Event, Failing, Line,
+                        ReboundError, Reply, bounce_request, check_handshake, decode, encode, handshake_lines,
+                        match_reply, outcome, pipeline_lines, report_lines, request)
 
 Result = Union[Reply, ReboundError]
 
@@ -71,7 +71,7 @@ class _LineProtocol(asyncio.Protocol):
             self.lost.set_result(None)
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """The asyncio client: the same calls as ``Client``, as coroutines.
 
     Concurrent calls share one connection and are pipelined (up to
@@ -85,19 +85,8 @@ class AsyncClient:
     def __init__(self, address: Address, token: Optional[str] = None, *, timeout: float = 30.0,
                  connect_timeout: float = 5.0, retry_deadline: Optional[float] = 60.0,
                  backoff_first: float = 0.05, backoff_max: float = 2.0, window: int = 1000) -> None:
-        self._kind, self._where = parse_address(address)
-        self.address = address
-        self.token = token
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.retry_deadline = retry_deadline
-        self.backoff_first = backoff_first
-        self.backoff_max = backoff_max
-        if window < 1:
-            raise ValueError("window must be at least 1")
-        self.window = window
-        #: connections opened so far
-        self.connects = 0
+        super().__init__(address, token, timeout, connect_timeout, retry_deadline, backoff_first,
+                         backoff_max, window)
         self._unsent: Deque[_Req] = deque()
         self._inflight: Deque[_Req] = deque()
         self._proto: Optional[_LineProtocol] = None
@@ -105,8 +94,6 @@ class AsyncClient:
         self._pump_task: Optional["asyncio.Task[None]"] = None
         self._closed = False
         # set by AsyncConsumer
-        self._subscribe: Optional[bytes] = None
-        self._on_event: Callable[[Event], None] = lambda ev: None
         self._on_fatal: Callable[[ReboundError], None] = lambda e: None
         self._keep_connected = False
 
@@ -129,7 +116,7 @@ class AsyncClient:
 
     def _new_req(self, line: bytes) -> _Req:
         fut = asyncio.get_running_loop().create_future()
-        return _Req(line, fut, Failing(self.retry_deadline, Backoff(self.backoff_first, self.backoff_max)))
+        return _Req(line, fut, self._new_failing())
 
     async def _submit(self, line: bytes) -> Result:
         self._start()
@@ -192,10 +179,11 @@ class AsyncClient:
 
     async def _open(self) -> _LineProtocol:
         loop = asyncio.get_running_loop()
-        if self._kind == "unix":
-            transport, proto = await loop.create_unix_connection(lambda: _LineProtocol(self), self._where)
+        kind, where = self._target
+        if kind == "unix":
+            transport, proto = await loop.create_unix_connection(lambda: _LineProtocol(self), where)
         else:
-            host, port = self._where
+            host, port = where
             transport, proto = await loop.create_connection(lambda: _LineProtocol(self), host, port)
             sock = transport.get_extra_info("socket")
             if sock is not None:
@@ -380,7 +368,7 @@ class AsyncClient:
         return await self._call(request("ping"))
 
 
-class AsyncConsumer:
+class AsyncConsumer(ConsumerBase):
     """Receives events for a consumer group in asyncio::
 
         async with AsyncConsumer("127.0.0.1:7411", "senders", types=["retry"]) as c:
@@ -399,26 +387,15 @@ class AsyncConsumer:
                  timeout: float = 30.0, connect_timeout: float = 5.0,
                  retry_deadline: Optional[float] = None, backoff_first: float = 0.05,
                  backoff_max: float = 2.0) -> None:
-        self.group = group
-        self.types = list(types) if types is not None else None
-        self.ack_batch = max(1, ack_batch)
-        self.ack_interval = ack_interval
-        self._acks = AckBatch()
-        self._client = AsyncClient(address, token, timeout=timeout, connect_timeout=connect_timeout,
-                                   retry_deadline=retry_deadline, backoff_first=backoff_first,
-                                   backoff_max=backoff_max)
-        self._client._subscribe = subscribe_line(group, self.types)
+        self._client: AsyncClient
+        super().__init__(AsyncClient(address, token, timeout=timeout, connect_timeout=connect_timeout,
+                                     retry_deadline=retry_deadline, backoff_first=backoff_first,
+                                     backoff_max=backoff_max), group, types, ack_batch, ack_interval)
         self._client._on_event = self._put
         self._client._on_fatal = self._fatal_error
         self._client._keep_connected = True
         self._queue: Optional["asyncio.Queue[Union[Event, ReboundError]]"] = None
         self._ack_task: Optional["asyncio.Task[None]"] = None
-        self._closed = False
-
-    @property
-    def connects(self) -> int:
-        """Connections opened so far."""
-        return self._client.connects
 
     def _ensure(self) -> "asyncio.Queue[Union[Event, ReboundError]]":
         if self._queue is None:

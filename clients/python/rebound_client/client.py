@@ -7,12 +7,13 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from ._protocol import (ACK_CHUNK, DROP, EVENT, RESEND, AckBatch, Address, Backoff, Event, Failing,  # noqa: F401
-                        Line, is_reply, ReboundError, Reply, bounce_request, check_handshake, decode, encode,
-                        handshake_lines, match_reply, outcome, parse_address, pipeline_lines, report_lines,
-                        request, subscribe_line, unexpected)
+from ._protocol import ACK_CHUNK  # noqa: F401  (importable from here, where it was first defined)
+from ._protocol import (DROP, EVENT, RESEND, Address, ClientBase, ConsumerBase, Event, Failing, Line,
+                        ReboundError, Reply, bounce_request, check_handshake, decode, encode, handshake_lines,
+                        is_reply, match_reply, outcome, parse_address, pipeline_lines, report_lines, request,
+                        unexpected)
 
 Result = Union[Reply, ReboundError]
 
@@ -115,7 +116,7 @@ class _Failing(Failing):
             time.sleep(d)
 
 
-class Client:
+class Client(ClientBase):
     """A blocking client on one long-lived connection to reboundd.
 
     ``address`` is ``"host:port"`` for TCP or a path (anything with a "/")
@@ -140,31 +141,18 @@ class Client:
     def __init__(self, address: Address, token: Optional[str] = None, *, timeout: float = 30.0,
                  connect_timeout: float = 5.0, retry_deadline: Optional[float] = 60.0,
                  backoff_first: float = 0.05, backoff_max: float = 2.0, window: int = 1000) -> None:
-        parse_address(address)  # a malformed address fails here, not at the first call
-        self.address = address
-        self.token = token
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.retry_deadline = retry_deadline
-        self.backoff_first = backoff_first
-        self.backoff_max = backoff_max
-        if window < 1:
-            raise ValueError("window must be at least 1")
-        self.window = window
-        #: connections opened so far (the first one included)
-        self.connects = 0
+        super().__init__(address, token, timeout, connect_timeout, retry_deadline, backoff_first,
+                         backoff_max, window)
         self._conn: Optional[_Conn] = None
         self._lock = threading.RLock()
         self._closed = False
-        # set by Consumer: the subscribe line sent after auth, and where
-        # events go
-        self._subscribe: Optional[bytes] = None
-        self._on_event: Callable[[Event], None] = lambda ev: None
 
     # -- connection
 
-    def _failing(self) -> _Failing:
-        return _Failing(self.retry_deadline, Backoff(self.backoff_first, self.backoff_max))
+    _failing_type = _Failing
+
+    def _new_failing(self) -> _Failing:
+        return super()._new_failing()  # type: ignore[return-value]
 
     def _drop(self) -> None:
         if self._conn is not None:
@@ -240,7 +228,7 @@ class Client:
                     results[i] = line
                 else:
                     todo.append(i)
-            failing = self._failing()
+            failing = self._new_failing()
             while todo:
                 if failing.since is not None:
                     if failing.expired():
@@ -367,7 +355,7 @@ class Client:
         return self._call(request("ping"))
 
 
-class Consumer:
+class Consumer(ConsumerBase):
     """Receives events for a consumer group, blocking.
 
     Use it as a context manager and an iterator of event dicts::
@@ -391,26 +379,15 @@ class Consumer:
                  timeout: float = 30.0, connect_timeout: float = 5.0,
                  retry_deadline: Optional[float] = None, backoff_first: float = 0.05,
                  backoff_max: float = 2.0) -> None:
-        self.group = group
-        self.types = list(types) if types is not None else None
-        self.ack_batch = max(1, ack_batch)
-        self.ack_interval = ack_interval
-        self._acks = AckBatch()
-        self._client = Client(address, token, timeout=timeout, connect_timeout=connect_timeout,
-                              retry_deadline=retry_deadline, backoff_first=backoff_first,
-                              backoff_max=backoff_max)
-        self._client._subscribe = subscribe_line(group, self.types)
+        self._client: Client
+        super().__init__(Client(address, token, timeout=timeout, connect_timeout=connect_timeout,
+                                retry_deadline=retry_deadline, backoff_first=backoff_first,
+                                backoff_max=backoff_max), group, types, ack_batch, ack_interval)
         self._client._on_event = self._events_append
         self._events: Deque[Event] = deque()
-        self._closed = False
 
     def _events_append(self, ev: Event) -> None:
         self._events.append(ev)
-
-    @property
-    def connects(self) -> int:
-        """Connections opened so far (more than one: it reconnected)."""
-        return self._client.connects
 
     def __enter__(self) -> "Consumer":
         return self
@@ -454,7 +431,7 @@ class Consumer:
         """Reads for up to wait seconds (less once an event arrived),
         reconnecting when the connection is gone."""
         c = self._client
-        failing = c._failing()
+        failing = c._new_failing()
         end = time.monotonic() + wait
         with c._lock:
             while not self._events:
