@@ -200,6 +200,17 @@ class Client(ClientBase):
         self._conn = conn
         return conn
 
+    def _connect_noting(self, failing: _Failing) -> Optional[_Conn]:
+        """The connection, or None with the failure noted in ``failing``
+        when a retry may cure it; ReboundError when none can."""
+        try:
+            return self._connection()
+        except _Dropped as e:
+            failing.fail(e.error)
+        except OSError as e:
+            failing.fail(ReboundError("disconnected", "cannot connect to %s: %s" % (self.address, e)))
+        return None
+
     def close(self) -> None:
         """Closes the connection; later calls raise ReboundError("closed")."""
         with self._lock:
@@ -237,16 +248,12 @@ class Client(ClientBase):
                         break
                     failing.wait()
                 try:
-                    conn = self._connection()
+                    conn = self._connect_noting(failing)
                 except ReboundError as e:
                     for i in todo:
                         results[i] = e
                     break
-                except _Dropped as e:
-                    failing.fail(e.error)
-                    continue
-                except OSError as e:
-                    failing.fail(ReboundError("disconnected", "cannot connect to %s: %s" % (self.address, e)))
+                if conn is None:
                     continue
                 inflight: Deque[int] = deque()
                 retry: List[int] = []
@@ -443,13 +450,8 @@ class Consumer(ConsumerBase):
                     failing.wait(end)
                     if time.monotonic() >= end:
                         return
-                try:
-                    conn = c._connection()
-                except _Dropped as e:
-                    failing.fail(e.error)
-                    continue
-                except OSError as e:
-                    failing.fail(ReboundError("disconnected", "cannot connect to %s: %s" % (c.address, e)))
+                conn = c._connect_noting(failing)
+                if conn is None:
                     continue
                 failing.ok()
                 try:
