@@ -88,8 +88,6 @@ class Client extends Link {
     // _failures counts consecutive drops, failed connects, resend rounds
     this._reconnectTimer = null;
     this._resendTimer = null;
-    this._silenceTimer = null;
-    this._lastProgress = 0;
     this._lastError = null;
     this._closing = false;
     this._closeWaiters = [];
@@ -337,7 +335,7 @@ class Client extends Link {
     let chunk = '';
     while (this._queue.length > 0 && this._inflight.length < this._opts.window) {
       const r = this._queue.shift();
-      if (this._inflight.length === 0) this._lastProgress = Date.now();
+      if (this._inflight.length === 0) this._lastHeard = Date.now();
       this._inflight.push(r);
       chunk += r.line;
       if (!r.internal) {
@@ -366,20 +364,8 @@ class Client extends Link {
     else this._sock.unref();
   }
 
-  _armSilenceTimer() {
-    if (this._silenceTimer !== null || this._inflight.length === 0) return;
-    const wait = Math.max(1, this._lastProgress + this._opts.timeoutMs - Date.now());
-    this._silenceTimer = setTimeout(() => {
-      this._silenceTimer = null;
-      if (this._inflight.length === 0 || this._sock === null) return;
-      if (Date.now() - this._lastProgress >= this._opts.timeoutMs) {
-        const sock = this._sock;
-        this._onSocketGone(sock, new ReboundError('timeout', `no reply for ${this._opts.timeoutMs} ms`));
-        sock.destroy();
-      } else {
-        this._armSilenceTimer();
-      }
-    }, wait);
+  _unanswered() {
+    return this._inflight.length;
   }
 
   _onLine(sock, line) {
@@ -406,7 +392,7 @@ class Client extends Link {
       return;
     }
     this._inflight.shift();
-    this._lastProgress = Date.now();
+    this._lastHeard = Date.now();
     // The req is the client's own bookkeeping, not part of the answer.
     delete msg.req;
     if (head.internal) {
@@ -432,10 +418,7 @@ class Client extends Link {
         head.reject(err);
       }
     }
-    if (this._inflight.length === 0 && this._silenceTimer !== null) {
-      clearTimeout(this._silenceTimer);
-      this._silenceTimer = null;
-    }
+    if (this._inflight.length === 0) this._clearTimers(['_silenceTimer']);
     this._maybeFinishClose();
   }
 
@@ -466,10 +449,7 @@ class Client extends Link {
     this.counters.drops++;
     this._state = this._state === 'closed' ? 'closed' : 'idle';
     this._blocked = false;
-    if (this._silenceTimer !== null) {
-      clearTimeout(this._silenceTimer);
-      this._silenceTimer = null;
-    }
+    this._clearTimers(['_silenceTimer']);
     sock.destroy();
     // The unanswered requests go back in front, in order; a half-sent auth
     // is dropped (the next connection sends its own).

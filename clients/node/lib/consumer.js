@@ -85,9 +85,9 @@ class Consumer extends Link {
     this._ackQueue = []; // eids acked by the caller, not yet sent
     this._ackTimer = null;
     this._reconnectTimer = null;
-    this._silenceTimer = null;
     this._pingTimer = null;
-    this._lastRx = 0;
+    // A consumer waits on events for hours: its timers must not hold the process.
+    this._silenceUnref = true;
     this._ackRetries = 0; // acks answered unavailable in a row
     this._fatal = null;
     this._closing = null; // the close() promise once closing
@@ -215,10 +215,10 @@ class Consumer extends Link {
   async _connect() {
     const sock = await this._open((err) => this._retryLater(err));
     if (sock === null) return;
-    this._lastRx = Date.now();
+    this._lastHeard = Date.now();
     sock.setKeepAlive(true, 30000);
     this._watch(sock, (push) => {
-      this._lastRx = Date.now();
+      this._lastHeard = Date.now();
       push();
     });
     this._state = 'subscribing';
@@ -231,7 +231,7 @@ class Consumer extends Link {
 
   _send(entry, obj) {
     entry.req = this._nextReq++;
-    if (this._control.length === 0) this._lastRx = Date.now();
+    if (this._control.length === 0) this._lastHeard = Date.now();
     this._control.push(entry);
     this._sock.write(encodeLine({ ...obj, req: entry.req }));
     this._armSilenceTimer();
@@ -251,20 +251,8 @@ class Consumer extends Link {
     }
   }
 
-  _armSilenceTimer() {
-    if (this._silenceTimer !== null || this._control.length === 0) return;
-    const wait = Math.max(1, this._lastRx + this._opts.timeoutMs - Date.now());
-    this._silenceTimer = setTimeout(() => {
-      this._silenceTimer = null;
-      if (this._control.length === 0 || this._sock === null) return;
-      if (Date.now() - this._lastRx >= this._opts.timeoutMs) {
-        const sock = this._sock;
-        this._onSocketGone(sock, new ReboundError('timeout', `no reply for ${this._opts.timeoutMs} ms`));
-      } else {
-        this._armSilenceTimer();
-      }
-    }, wait);
-    this._silenceTimer.unref();
+  _unanswered() {
+    return this._control.length;
   }
 
   // A quiet subscribed connection may be dead without a reset (a peer
@@ -274,7 +262,7 @@ class Consumer extends Link {
     this._pingTimer = setTimeout(() => {
       this._pingTimer = null;
       if (this._sock === null || this._state === 'closed') return;
-      if (Date.now() - this._lastRx >= this._opts.pingIntervalMs && this._control.length === 0) {
+      if (Date.now() - this._lastHeard >= this._opts.pingIntervalMs && this._control.length === 0) {
         this._send({ kind: 'ping' }, { op: 'ping' });
       }
       this._armPing();
@@ -302,10 +290,7 @@ class Consumer extends Link {
       return;
     }
     this._control.shift();
-    if (this._control.length === 0 && this._silenceTimer !== null) {
-      clearTimeout(this._silenceTimer);
-      this._silenceTimer = null;
-    }
+    if (this._control.length === 0) this._clearTimers(['_silenceTimer']);
     if (msg.ok !== true) {
       const err = ReboundError.fromReply(msg);
       if (head.kind === 'ack' && err.code === 'unavailable') {
@@ -386,10 +371,7 @@ class Consumer extends Link {
     if (this._sock !== sock) return;
     this._sock = null;
     sock.destroy();
-    if (this._silenceTimer !== null) {
-      clearTimeout(this._silenceTimer);
-      this._silenceTimer = null;
-    }
+    this._clearTimers(['_silenceTimer']);
     // Acks written without a reply go again on the next connection; they
     // are harmless to repeat.
     const unanswered = this._control.drain();

@@ -62,6 +62,9 @@ class Link extends EventEmitter {
     this._state = 'idle';
     this._nextReq = 1;
     this._failures = 0; // consecutive failures: the back-off's step
+    this._silenceTimer = null;
+    this._lastHeard = 0; // the last sign of life while requests wait
+    this._silenceUnref = false; // whether the silence timer may let the process end
   }
 
   /**
@@ -106,6 +109,28 @@ class Link extends EventEmitter {
     sock.on('error', (err) => this._onSocketGone(sock, err));
     sock.on('close', () => this._onSocketGone(sock, null));
     sock.on('end', () => this._onSocketGone(sock, null));
+  }
+
+  /**
+   * Arms the silence timer: while requests are unanswered (the subclass's
+   * _unanswered()), timeoutMs with no sign of life since _lastHeard takes
+   * the connection for dead.
+   */
+  _armSilenceTimer() {
+    if (this._silenceTimer !== null || this._unanswered() === 0) return;
+    const wait = Math.max(1, this._lastHeard + this._opts.timeoutMs - Date.now());
+    this._silenceTimer = setTimeout(() => {
+      this._silenceTimer = null;
+      if (this._unanswered() === 0 || this._sock === null) return;
+      if (Date.now() - this._lastHeard >= this._opts.timeoutMs) {
+        const sock = this._sock;
+        this._onSocketGone(sock, new ReboundError('timeout', `no reply for ${this._opts.timeoutMs} ms`));
+        sock.destroy();
+      } else {
+        this._armSilenceTimer();
+      }
+    }, wait);
+    if (this._silenceUnref) this._silenceTimer.unref();
   }
 
   /** The next back-off, in ms; each call grows the next one. */
