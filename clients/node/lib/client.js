@@ -21,7 +21,7 @@
 
 const { ReboundError } = require('./errors');
 const { encodeLine } = require('./connection');
-const { Link, parseLine, answersHead } = require('./link');
+const { Link, answersHead } = require('./link');
 const { Deque } = require('./deque');
 
 const DEFAULTS = {
@@ -304,7 +304,7 @@ class Client extends Link {
     const sock = await this._open((err) => this._dropped(err));
     if (sock === null) return;
     this._blocked = false;
-    this._watch(sock, (push) => {
+    this._watch(sock, 'reply', (push) => {
       push();
       // One write for the room a whole chunk of replies made, not one per
       // reply: a pipelined batch costs a few hundred syscalls, not 10,000.
@@ -368,14 +368,7 @@ class Client extends Link {
     return this._inflight.length;
   }
 
-  _onLine(sock, line) {
-    // Lines left in a chunk after this connection was given up belong to it.
-    if (this._sock !== sock) return;
-    const msg = parseLine(line, 'reply');
-    if (msg instanceof ReboundError) {
-      this._protocolError(sock, msg);
-      return;
-    }
+  _onMessage(sock, msg) {
     if (!('ok' in msg)) return; // an event; a Client never subscribes
     const head = this._inflight.peek();
     if (msg.ok === false && msg.req === undefined) {

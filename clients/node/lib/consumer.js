@@ -16,7 +16,7 @@
 
 const { ReboundError } = require('./errors');
 const { encodeLine, backoffMs } = require('./connection');
-const { Link, parseLine, answersHead } = require('./link');
+const { Link, answersHead } = require('./link');
 const { Deque } = require('./deque');
 
 const DEFAULTS = {
@@ -217,7 +217,7 @@ class Consumer extends Link {
     if (sock === null) return;
     this._lastHeard = Date.now();
     sock.setKeepAlive(true, 30000);
-    this._watch(sock, (push) => {
+    this._watch(sock, 'line', (push) => {
       this._lastHeard = Date.now();
       push();
     });
@@ -270,14 +270,7 @@ class Consumer extends Link {
     this._pingTimer.unref();
   }
 
-  _onLine(sock, line) {
-    // Lines left in a chunk after this connection was given up belong to it.
-    if (this._sock !== sock) return;
-    const msg = parseLine(line, 'line');
-    if (msg instanceof ReboundError) {
-      this._onSocketGone(sock, msg);
-      return;
-    }
+  _onMessage(sock, msg, line) {
     if (!('ok' in msg)) {
       this._onEvent(msg);
       return;

@@ -93,15 +93,28 @@ class Link extends EventEmitter {
   }
 
   /**
-   * Makes sock the current socket and routes its lines to this._onLine and
-   * its end to this._onSocketGone. onChunk(push) is called for each chunk
+   * Makes sock the current socket and routes its lines, as objects, to
+   * this._onMessage(sock, msg, line) and its end to this._onSocketGone; a line
+   * that is not a JSON object ends the connection with a `protocol` error
+   * that names it as `lineWhat` ("reply", "line"). onChunk(push) is called for each chunk
    * read while sock is current, and must call push() to split it.
    * @param {import('node:net').Socket} sock
+   * @param {string} lineWhat
    * @param {(push: () => void) => void} onChunk
    */
-  _watch(sock, onChunk) {
+  _watch(sock, lineWhat, onChunk) {
     this._sock = sock;
-    const splitter = new LineSplitter((line) => this._onLine(sock, line));
+    const splitter = new LineSplitter((line) => {
+      // Lines left in a chunk after this connection was given up belong to it.
+      if (this._sock !== sock) return;
+      const msg = parseLine(line, lineWhat);
+      if (msg instanceof ReboundError) {
+        this._onSocketGone(sock, msg);
+        sock.destroy();
+        return;
+      }
+      this._onMessage(sock, msg, line);
+    });
     sock.on('data', (chunk) => {
       if (this._sock !== sock) return;
       onChunk(() => splitter.push(chunk));
