@@ -278,19 +278,32 @@ class ClientBase:
 
 
 class ConsumerBase:
-    """What the blocking and the asyncio consumer both keep: the group, the
-    types, the ack batch and its client, subscribed on every connection."""
+    """What the blocking and the asyncio consumer both take and keep (see
+    Consumer): the group, the types, the ack batch, and a client of
+    ``_client_type`` subscribed on every connection; ``_attach`` then hooks
+    the subclass to that client."""
 
-    def __init__(self, client: ClientBase, group: str, types: Optional[Sequence[str]],
-                 ack_batch: int, ack_interval: float) -> None:
+    _client_type: Callable[..., ClientBase]
+
+    def __init__(self, address: Address, group: str, types: Optional[Sequence[str]] = None,
+                 token: Optional[str] = None, *, ack_batch: int = 100, ack_interval: float = 1.0,
+                 timeout: float = 30.0, connect_timeout: float = 5.0,
+                 retry_deadline: Optional[float] = None, backoff_first: float = 0.05,
+                 backoff_max: float = 2.0) -> None:
         self.group = group
         self.types = list(types) if types is not None else None
         self.ack_batch = max(1, ack_batch)
         self.ack_interval = ack_interval
         self._acks = AckBatch()
-        self._client = client
-        client._subscribe = subscribe_line(group, self.types)
+        self._client = self._client_type(address, token, timeout=timeout, connect_timeout=connect_timeout,
+                                         retry_deadline=retry_deadline, backoff_first=backoff_first,
+                                         backoff_max=backoff_max)
+        self._client._subscribe = subscribe_line(group, self.types)
         self._closed = False
+        self._attach()
+
+    def _attach(self) -> None:
+        raise NotImplementedError
 
     @property
     def connects(self) -> int:

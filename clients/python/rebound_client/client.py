@@ -381,15 +381,10 @@ class Consumer(ConsumerBase):
     bounds how long it keeps reconnecting before raising ReboundError.
     """
 
-    def __init__(self, address: Address, group: str, types: Optional[Sequence[str]] = None,
-                 token: Optional[str] = None, *, ack_batch: int = 100, ack_interval: float = 1.0,
-                 timeout: float = 30.0, connect_timeout: float = 5.0,
-                 retry_deadline: Optional[float] = None, backoff_first: float = 0.05,
-                 backoff_max: float = 2.0) -> None:
-        self._client: Client
-        super().__init__(Client(address, token, timeout=timeout, connect_timeout=connect_timeout,
-                                retry_deadline=retry_deadline, backoff_first=backoff_first,
-                                backoff_max=backoff_max), group, types, ack_batch, ack_interval)
+    _client_type = Client
+    _client: Client
+
+    def _attach(self) -> None:
         self._client._on_event = self._events_append
         self._events: Deque[Event] = deque()
 
