@@ -66,6 +66,37 @@ def wait_until(pred, timeout, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+def run_on_terminal(argv, timeout=10, env=None):
+    """Runs argv with stdout on a pseudo-terminal (stdin empty, stderr a
+    pipe), for tools that print differently to a person; returns (exit
+    status, output with "\r\n" as "\n", stderr). Bounded by timeout."""
+    import pty
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen(argv, stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    finally:
+        os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([master], [], [], 0.1)
+        if r:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            out += data
+        elif p.poll() is not None:
+            break
+    os.close(master)
+    rc = p.wait(timeout)
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    return rc, out.decode().replace("\r\n", "\n"), err
+
+
 def _die_with_parent():
     """preexec_fn for children: on Linux, have the kernel SIGKILL them when
     the test process dies without cleaning up (e.g. killed on a time-out),

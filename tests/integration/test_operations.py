@@ -24,7 +24,7 @@ import urllib.request
 
 from harness import (BUILD_DIR, DEFAULT_POLICY, FAST_POLICY, GREYLIST, OVER_QUOTA, SOURCE_DIR, USER_UNKNOWN,
                      Client, DaemonTestCase, RespConnection, bounce, free_port, reboundd_path, resp_encode,
-                     now_ms, stats_pending, unique_id, wait_until)
+                     now_ms, run_on_terminal, stats_pending, unique_id, wait_until)
 
 EXAMPLE_CONFIG = os.path.join(SOURCE_DIR, "config", "reboundd.example.json")
 UNIT_FILE = os.path.join(SOURCE_DIR, "systemd", "reboundd.service")
@@ -745,30 +745,9 @@ class SecurityTest(OpsTestCase):
 class ReboundctlStatsTest(OpsTestCase):
     def run_on_terminal(self, argv, timeout=10):
         """Runs argv with stdout on a pseudo-terminal; returns its output."""
-        import pty
-        master, slave = pty.openpty()
-        try:
-            p = subprocess.Popen(argv, stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        finally:
-            os.close(slave)
-        out = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([master], [], [], 0.1)
-            if r:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not data:
-                    break
-                out += data
-            elif p.poll() is not None:
-                break
-        os.close(master)
-        self.assertEqual(p.wait(timeout), 0, p.stderr.read())
-        p.stderr.close()
-        return out.decode().replace("\r\n", "\n")
+        rc, out, err = run_on_terminal(argv, timeout)
+        self.assertEqual(rc, 0, err)
+        return out
 
     def test_stats_summary_on_a_terminal(self):
         redis = self.start_redis()

@@ -18,7 +18,8 @@ import threading
 import time
 import unittest
 
-from harness import (BUILD_DIR, DEFAULT_POLICY, FAST_POLICY, GREYLIST, USER_UNKNOWN, DaemonTestCase, bounce, now_ms, unique_id, wait_until)
+from harness import (BUILD_DIR, DEFAULT_POLICY, FAST_POLICY, GREYLIST, USER_UNKNOWN, DaemonTestCase, bounce, now_ms,
+                     run_on_terminal, unique_id, wait_until)
 
 CTL = os.path.join(BUILD_DIR, "reboundctl")
 RATE_LIMIT = dict(code=421, enhanced="4.7.0",
@@ -29,33 +30,9 @@ ENV = dict(os.environ, TZ="UTC")
 
 
 def on_terminal(argv, timeout=10):
-    """Runs argv with stdout on a pseudo-terminal; returns (exit status,
-    output, stderr)."""
-    import pty
-    master, slave = pty.openpty()
-    try:
-        p = subprocess.Popen(argv, stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=ENV)
-    finally:
-        os.close(slave)
-    out = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([master], [], [], 0.1)
-        if r:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            out += data
-        elif p.poll() is not None:
-            break
-    os.close(master)
-    rc = p.wait(timeout)
-    err = p.stderr.read().decode()
-    p.stderr.close()
-    return rc, out.decode().replace("\r\n", "\n"), err
+    """Runs argv with stdout on a pseudo-terminal, in UTC; returns (exit
+    status, output, stderr)."""
+    return run_on_terminal(argv, timeout, env=ENV)
 
 
 def cols(line):

@@ -19,10 +19,9 @@
  * with `timeout`, so callers are never left waiting for ever.
  */
 
-const { EventEmitter } = require('node:events');
 const { ReboundError } = require('./errors');
-const { parseAddress } = require('./address');
-const { openSocket, LineSplitter, encodeLine, backoffMs } = require('./connection');
+const { encodeLine } = require('./connection');
+const { Link, answersHead } = require('./link');
 const { Deque } = require('./deque');
 
 const DEFAULTS = {
@@ -60,7 +59,7 @@ function toEpochMs(v) {
  * Events: `connect` (the connection is up and authenticated), `disconnect`
  * (err: why; the client reconnects when it has work).
  */
-class Client extends EventEmitter {
+class Client extends Link {
   /**
    * @param {string} address "host:port" (TCP) or a Unix socket path (any
    *   string with a "/")
@@ -80,25 +79,15 @@ class Client extends EventEmitter {
    *   unanswered at once (reboundd's max_inflight is 1024)
    */
   constructor(address, options = {}) {
-    super();
-    this.address = address;
-    this._target = parseAddress(address);
-    this._opts = { ...DEFAULTS };
-    for (const [k, v] of Object.entries(options)) {
-      if (v !== undefined) this._opts[k] = v;
-    }
+    super(address, DEFAULTS, options);
+    // _state: idle | connecting | ready | closed
     this._queue = new Deque(); // not yet written, oldest first
     this._inflight = new Deque(); // written, unanswered, in order
     this._parked = []; // answered unavailable, waiting for the resend timer
-    this._sock = null;
-    this._state = 'idle'; // idle | connecting | ready | closed
     this._blocked = false; // the socket's buffer is full: wait for drain
-    this._failures = 0; // consecutive drops, failed connects, resend rounds
-    this._nextReq = 1;
+    // _failures counts consecutive drops, failed connects, resend rounds
     this._reconnectTimer = null;
     this._resendTimer = null;
-    this._silenceTimer = null;
-    this._lastProgress = 0;
     this._lastError = null;
     this._closing = false;
     this._closeWaiters = [];
@@ -312,26 +301,11 @@ class Client extends EventEmitter {
   }
 
   async _connect() {
-    this._state = 'connecting';
-    let sock;
-    try {
-      sock = await openSocket(this._target, this._opts.timeoutMs);
-    } catch (err) {
-      if (this._state === 'closed') return;
-      this._state = 'idle';
-      this._dropped(err);
-      return;
-    }
-    if (this._state === 'closed') {
-      sock.destroy();
-      return;
-    }
-    this._sock = sock;
+    const sock = await this._open((err) => this._dropped(err));
+    if (sock === null) return;
     this._blocked = false;
-    const splitter = new LineSplitter((line) => this._onLine(sock, line));
-    sock.on('data', (chunk) => {
-      if (this._sock !== sock) return;
-      splitter.push(chunk);
+    this._watch(sock, 'reply', (push) => {
+      push();
       // One write for the room a whole chunk of replies made, not one per
       // reply: a pipelined batch costs a few hundred syscalls, not 10,000.
       this._pump();
@@ -342,9 +316,6 @@ class Client extends EventEmitter {
         this._pump();
       }
     });
-    sock.on('error', (err) => this._onSocketGone(sock, err));
-    sock.on('close', () => this._onSocketGone(sock, null));
-    sock.on('end', () => this._onSocketGone(sock, null));
     this._state = 'ready';
     this.counters.connects++;
     if (this._opts.token !== undefined && this._opts.token !== null) {
@@ -364,7 +335,7 @@ class Client extends EventEmitter {
     let chunk = '';
     while (this._queue.length > 0 && this._inflight.length < this._opts.window) {
       const r = this._queue.shift();
-      if (this._inflight.length === 0) this._lastProgress = Date.now();
+      if (this._inflight.length === 0) this._lastHeard = Date.now();
       this._inflight.push(r);
       chunk += r.line;
       if (!r.internal) {
@@ -393,36 +364,11 @@ class Client extends EventEmitter {
     else this._sock.unref();
   }
 
-  _armSilenceTimer() {
-    if (this._silenceTimer !== null || this._inflight.length === 0) return;
-    const wait = Math.max(1, this._lastProgress + this._opts.timeoutMs - Date.now());
-    this._silenceTimer = setTimeout(() => {
-      this._silenceTimer = null;
-      if (this._inflight.length === 0 || this._sock === null) return;
-      if (Date.now() - this._lastProgress >= this._opts.timeoutMs) {
-        const sock = this._sock;
-        this._onSocketGone(sock, new ReboundError('timeout', `no reply for ${this._opts.timeoutMs} ms`));
-        sock.destroy();
-      } else {
-        this._armSilenceTimer();
-      }
-    }, wait);
+  _unanswered() {
+    return this._inflight.length;
   }
 
-  _onLine(sock, line) {
-    // Lines left in a chunk after this connection was given up belong to it.
-    if (this._sock !== sock) return;
-    let msg;
-    try {
-      msg = JSON.parse(line);
-    } catch (e) {
-      this._protocolError(sock, `reply is not JSON: ${line.slice(0, 200)}`);
-      return;
-    }
-    if (msg === null || typeof msg !== 'object' || Array.isArray(msg)) {
-      this._protocolError(sock, `reply is not an object: ${line.slice(0, 200)}`);
-      return;
-    }
+  _onMessage(sock, msg) {
     if (!('ok' in msg)) return; // an event; a Client never subscribes
     const head = this._inflight.peek();
     if (msg.ok === false && msg.req === undefined) {
@@ -433,12 +379,13 @@ class Client extends EventEmitter {
       sock.destroy();
       return;
     }
-    if (head === undefined || (msg.req !== undefined && msg.req !== head.req)) {
-      this._protocolError(sock, `reply out of order (req ${JSON.stringify(msg.req)}, expected ${head ? head.req : 'none'})`);
+    if (!answersHead(msg, head)) {
+      this._protocolError(sock, new ReboundError('protocol',
+        `reply out of order (req ${JSON.stringify(msg.req)}, expected ${head ? head.req : 'none'})`));
       return;
     }
     this._inflight.shift();
-    this._lastProgress = Date.now();
+    this._lastHeard = Date.now();
     // The req is the client's own bookkeeping, not part of the answer.
     delete msg.req;
     if (head.internal) {
@@ -464,15 +411,11 @@ class Client extends EventEmitter {
         head.reject(err);
       }
     }
-    if (this._inflight.length === 0 && this._silenceTimer !== null) {
-      clearTimeout(this._silenceTimer);
-      this._silenceTimer = null;
-    }
+    if (this._inflight.length === 0) this._clearTimers(['_silenceTimer']);
     this._maybeFinishClose();
   }
 
-  _protocolError(sock, message) {
-    const err = new ReboundError('protocol', message);
+  _protocolError(sock, err) {
     this._onSocketGone(sock, err);
     sock.destroy();
   }
@@ -490,7 +433,7 @@ class Client extends EventEmitter {
       this._expire();
       this._kick();
       this._maybeFinishClose();
-    }, backoffMs(this._failures++, this._opts.backoffMinMs, this._opts.backoffMaxMs));
+    }, this._backoff());
   }
 
   _onSocketGone(sock, err) {
@@ -499,10 +442,7 @@ class Client extends EventEmitter {
     this.counters.drops++;
     this._state = this._state === 'closed' ? 'closed' : 'idle';
     this._blocked = false;
-    if (this._silenceTimer !== null) {
-      clearTimeout(this._silenceTimer);
-      this._silenceTimer = null;
-    }
+    this._clearTimers(['_silenceTimer']);
     sock.destroy();
     // The unanswered requests go back in front, in order; a half-sent auth
     // is dropped (the next connection sends its own).
@@ -523,7 +463,7 @@ class Client extends EventEmitter {
         this._expire();
         this._kick();
         this._maybeFinishClose();
-      }, backoffMs(this._failures++, this._opts.backoffMinMs, this._opts.backoffMaxMs));
+      }, this._backoff());
     }
     this._maybeFinishClose();
   }
@@ -554,20 +494,8 @@ class Client extends EventEmitter {
   _maybeFinishClose() {
     if (!this._closing || this._pending() > 0) return;
     this._state = 'closed';
-    for (const t of ['_reconnectTimer', '_resendTimer', '_silenceTimer']) {
-      if (this[t] !== null) {
-        clearTimeout(this[t]);
-        this[t] = null;
-      }
-    }
-    if (this._sock !== null) {
-      const sock = this._sock;
-      this._sock = null;
-      // A half-close lets reboundd finish and close its side; unref so a
-      // slow close never holds the process.
-      sock.end();
-      sock.unref();
-    }
+    this._clearTimers(['_reconnectTimer', '_resendTimer', '_silenceTimer']);
+    this._endSocket();
     const waiters = this._closeWaiters;
     this._closeWaiters = [];
     for (const w of waiters) w();

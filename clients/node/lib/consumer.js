@@ -14,10 +14,9 @@
  * else may come again and the caller treats it as the same event.
  */
 
-const { EventEmitter } = require('node:events');
 const { ReboundError } = require('./errors');
-const { parseAddress } = require('./address');
-const { openSocket, LineSplitter, encodeLine, backoffMs } = require('./connection');
+const { encodeLine, backoffMs } = require('./connection');
+const { Link, answersHead } = require('./link');
 const { Deque } = require('./deque');
 
 const DEFAULTS = {
@@ -52,7 +51,7 @@ const ACKED = 3; // acked by the caller, the daemon has not confirmed
  * Events: `connect` (subscribed), `disconnect` (err; it reconnects and
  * subscribes again by itself).
  */
-class Consumer extends EventEmitter {
+class Consumer extends Link {
   /**
    * @param {string} address "host:port" or a Unix socket path
    * @param {string} group the consumer group: letters, digits, `_ . : -`
@@ -75,29 +74,20 @@ class Consumer extends EventEmitter {
    * @param {number} [options.backoffMaxMs=2000]
    */
   constructor(address, group, options = {}) {
-    super();
     if (typeof group !== 'string' || group === '') throw new TypeError('group must be a non-empty string');
-    this.address = address;
+    super(address, DEFAULTS, options);
     this.group = group;
-    this._target = parseAddress(address);
-    this._opts = { ...DEFAULTS };
-    for (const [k, v] of Object.entries(options)) {
-      if (v !== undefined) this._opts[k] = v;
-    }
-    this._sock = null;
-    this._state = 'idle'; // idle | connecting | subscribing | subscribed | closed
+    // _state: idle | connecting | subscribing | subscribed | closed
     this._control = new Deque(); // our requests written, unanswered, in order
-    this._nextReq = 1;
     this._buffer = new Deque(); // events received, not yet handed out
     this._waiters = []; // next() calls waiting for an event
     this._known = new Map(); // eid -> BUFFERED | HELD | ACKED
     this._ackQueue = []; // eids acked by the caller, not yet sent
     this._ackTimer = null;
     this._reconnectTimer = null;
-    this._silenceTimer = null;
     this._pingTimer = null;
-    this._lastRx = 0;
-    this._failures = 0;
+    // A consumer waits on events for hours: its timers must not hold the process.
+    this._silenceUnref = true;
     this._ackRetries = 0; // acks answered unavailable in a row
     this._fatal = null;
     this._closing = null; // the close() promise once closing
@@ -217,48 +207,20 @@ class Consumer extends EventEmitter {
       return;
     }
     this._state = 'closed';
-    for (const t of ['_ackTimer', '_reconnectTimer', '_silenceTimer', '_pingTimer']) {
-      if (this[t] !== null) {
-        clearTimeout(this[t]);
-        this[t] = null;
-      }
-    }
-    if (this._sock !== null) {
-      const sock = this._sock;
-      this._sock = null;
-      sock.end();
-      sock.unref();
-    }
+    this._clearTimers(['_ackTimer', '_reconnectTimer', '_silenceTimer', '_pingTimer']);
+    this._endSocket();
     this._closeDone();
   }
 
   async _connect() {
-    this._state = 'connecting';
-    let sock;
-    try {
-      sock = await openSocket(this._target, this._opts.timeoutMs);
-    } catch (err) {
-      if (this._state === 'closed') return;
-      this._state = 'idle';
-      this._retryLater(err);
-      return;
-    }
-    if (this._state === 'closed') {
-      sock.destroy();
-      return;
-    }
-    this._sock = sock;
-    this._lastRx = Date.now();
+    const sock = await this._open((err) => this._retryLater(err));
+    if (sock === null) return;
+    this._lastHeard = Date.now();
     sock.setKeepAlive(true, 30000);
-    const splitter = new LineSplitter((line) => this._onLine(sock, line));
-    sock.on('data', (chunk) => {
-      if (this._sock !== sock) return;
-      this._lastRx = Date.now();
-      splitter.push(chunk);
+    this._watch(sock, 'line', (push) => {
+      this._lastHeard = Date.now();
+      push();
     });
-    sock.on('error', (err) => this._onSocketGone(sock, err));
-    sock.on('close', () => this._onSocketGone(sock, null));
-    sock.on('end', () => this._onSocketGone(sock, null));
     this._state = 'subscribing';
     if (this._opts.token !== undefined && this._opts.token !== null) {
       this._send({ kind: 'auth' }, { op: 'auth', token: this._opts.token });
@@ -269,7 +231,7 @@ class Consumer extends EventEmitter {
 
   _send(entry, obj) {
     entry.req = this._nextReq++;
-    if (this._control.length === 0) this._lastRx = Date.now();
+    if (this._control.length === 0) this._lastHeard = Date.now();
     this._control.push(entry);
     this._sock.write(encodeLine({ ...obj, req: entry.req }));
     this._armSilenceTimer();
@@ -289,20 +251,8 @@ class Consumer extends EventEmitter {
     }
   }
 
-  _armSilenceTimer() {
-    if (this._silenceTimer !== null || this._control.length === 0) return;
-    const wait = Math.max(1, this._lastRx + this._opts.timeoutMs - Date.now());
-    this._silenceTimer = setTimeout(() => {
-      this._silenceTimer = null;
-      if (this._control.length === 0 || this._sock === null) return;
-      if (Date.now() - this._lastRx >= this._opts.timeoutMs) {
-        const sock = this._sock;
-        this._onSocketGone(sock, new ReboundError('timeout', `no reply for ${this._opts.timeoutMs} ms`));
-      } else {
-        this._armSilenceTimer();
-      }
-    }, wait);
-    this._silenceTimer.unref();
+  _unanswered() {
+    return this._control.length;
   }
 
   // A quiet subscribed connection may be dead without a reset (a peer
@@ -312,7 +262,7 @@ class Consumer extends EventEmitter {
     this._pingTimer = setTimeout(() => {
       this._pingTimer = null;
       if (this._sock === null || this._state === 'closed') return;
-      if (Date.now() - this._lastRx >= this._opts.pingIntervalMs && this._control.length === 0) {
+      if (Date.now() - this._lastHeard >= this._opts.pingIntervalMs && this._control.length === 0) {
         this._send({ kind: 'ping' }, { op: 'ping' });
       }
       this._armPing();
@@ -320,36 +270,20 @@ class Consumer extends EventEmitter {
     this._pingTimer.unref();
   }
 
-  _onLine(sock, line) {
-    // Lines left in a chunk after this connection was given up belong to it.
-    if (this._sock !== sock) return;
-    let msg;
-    try {
-      msg = JSON.parse(line);
-    } catch (e) {
-      this._onSocketGone(sock, new ReboundError('protocol', `line is not JSON: ${line.slice(0, 200)}`));
-      return;
-    }
-    if (msg === null || typeof msg !== 'object' || Array.isArray(msg)) {
-      this._onSocketGone(sock, new ReboundError('protocol', `line is not an object: ${line.slice(0, 200)}`));
-      return;
-    }
+  _onMessage(sock, msg, line) {
     if (!('ok' in msg)) {
       this._onEvent(msg);
       return;
     }
     const head = this._control.peek();
-    if (head === undefined || (msg.req !== undefined && msg.req !== head.req)) {
+    if (!answersHead(msg, head)) {
       const err = msg.ok === false ? ReboundError.fromReply(msg)
         : new ReboundError('protocol', `reply out of order: ${line.slice(0, 200)}`);
       this._onSocketGone(sock, err);
       return;
     }
     this._control.shift();
-    if (this._control.length === 0 && this._silenceTimer !== null) {
-      clearTimeout(this._silenceTimer);
-      this._silenceTimer = null;
-    }
+    if (this._control.length === 0) this._clearTimers(['_silenceTimer']);
     if (msg.ok !== true) {
       const err = ReboundError.fromReply(msg);
       if (head.kind === 'ack' && err.code === 'unavailable') {
@@ -422,12 +356,7 @@ class Consumer extends EventEmitter {
     this._sock = null;
     this._state = 'closed';
     if (sock) sock.destroy();
-    for (const t of ['_ackTimer', '_reconnectTimer', '_silenceTimer', '_pingTimer']) {
-      if (this[t] !== null) {
-        clearTimeout(this[t]);
-        this[t] = null;
-      }
-    }
+    this._clearTimers(['_ackTimer', '_reconnectTimer', '_silenceTimer', '_pingTimer']);
     if (this._closeDone) this._closeDone();
   }
 
@@ -435,10 +364,7 @@ class Consumer extends EventEmitter {
     if (this._sock !== sock) return;
     this._sock = null;
     sock.destroy();
-    if (this._silenceTimer !== null) {
-      clearTimeout(this._silenceTimer);
-      this._silenceTimer = null;
-    }
+    this._clearTimers(['_silenceTimer']);
     // Acks written without a reply go again on the next connection; they
     // are harmless to repeat.
     const unanswered = this._control.drain();
@@ -462,7 +388,7 @@ class Consumer extends EventEmitter {
     this._reconnectTimer = setTimeout(() => {
       this._reconnectTimer = null;
       if (this._state === 'idle') this._connect();
-    }, backoffMs(this._failures++, this._opts.backoffMinMs, this._opts.backoffMaxMs));
+    }, this._backoff());
   }
 }
 

@@ -8,7 +8,7 @@ const { test, after, before } = require('node:test');
 const assert = require('node:assert/strict');
 const { Client, ReboundError } = require('..');
 const { parseAddress } = require('../lib/address');
-const { startAll, Redis, Daemon, uniqueId, freePort, waitFor } = require('./harness');
+const { startAll, uniqueId, freePort, waitFor, disposeAfter } = require('./harness');
 
 let env;
 before(async () => {
@@ -17,9 +17,7 @@ before(async () => {
 after(() => env && env.stop());
 
 function client(opts) {
-  const c = new Client(env.daemon.address, opts);
-  after(() => c.destroy());
-  return c;
+  return disposeAfter(after, new Client(env.daemon.address, opts));
 }
 
 test('addresses: host:port, [v6]:port, bare host, Unix path', () => {
@@ -127,8 +125,7 @@ test('bounceMany: replies in order, a refused report holds its error reply', asy
 });
 
 test('the Unix socket', async () => {
-  const c = new Client(env.daemon.unixPath);
-  after(() => c.destroy());
+  const c = disposeAfter(after, new Client(env.daemon.unixPath));
   const r = await c.bounce(uniqueId(), 'carol@example.com', 451, { enhanced: '4.7.1', text: 'greylisted' });
   assert.equal(r.action, 'retry');
   await c.close();
@@ -149,15 +146,8 @@ test('close() waits for what was asked; destroy() rejects it', async () => {
 });
 
 test('a token: auth on every connection; a wrong one rejects with auth_required', async () => {
-  const redis = await new Redis().start();
-  const daemon = new Daemon(redis, { config: { token: 's3cret' } });
-  after(async () => {
-    await daemon.stop();
-    await redis.stop();
-  });
-  await daemon.start();
-  const good = new Client(daemon.address, { token: 's3cret', backoffMinMs: 10 });
-  after(() => good.destroy());
+  const { daemon } = await startAll(after, { config: { token: 's3cret' } });
+  const good = disposeAfter(after, new Client(daemon.address, { token: 's3cret', backoffMinMs: 10 }));
   assert.equal((await good.bounce(uniqueId(), 'a@example.com', 451, { text: 'greylisted' })).ok, true);
   // A restart: the new connection authenticates again.
   await daemon.kill9();
@@ -166,26 +156,17 @@ test('a token: auth on every connection; a wrong one rejects with auth_required'
   assert.equal(good.counters.connects, 2);
   await good.close();
 
-  const none = new Client(daemon.address);
-  after(() => none.destroy());
+  const none = disposeAfter(after, new Client(daemon.address));
   await assert.rejects(none.stats(), (e) => e.code === 'auth_required');
-  const bad = new Client(daemon.address, { token: 'wrong' });
-  after(() => bad.destroy());
+  const bad = disposeAfter(after, new Client(daemon.address, { token: 'wrong' }));
   await assert.rejects(bad.stats(), (e) => e.code === 'auth_required');
   await none.close();
   await bad.close();
 });
 
 test('Redis down: unavailable answers are resent until Redis is back', async () => {
-  const redis = await new Redis().start();
-  const daemon = new Daemon(redis);
-  after(async () => {
-    await daemon.stop();
-    await redis.stop();
-  });
-  await daemon.start();
-  const c = new Client(daemon.address, { backoffMinMs: 20, backoffMaxMs: 100, resendDeadlineMs: 15000 });
-  after(() => c.destroy());
+  const { redis, daemon } = await startAll(after);
+  const c = disposeAfter(after, new Client(daemon.address, { backoffMinMs: 20, backoffMaxMs: 100, resendDeadlineMs: 15000 }));
   assert.equal((await c.ping()).ok, true);
   await redis.kill9();
   const ids = Array.from({ length: 20 }, () => uniqueId('rd'));
@@ -206,8 +187,7 @@ test('Redis down: unavailable answers are resent until Redis is back', async () 
 
 test('the resend deadline: a daemon that stays away rejects with timeout', async () => {
   const port = await freePort(); // nobody listens there
-  const c = new Client(`127.0.0.1:${port}`, { resendDeadlineMs: 300, backoffMinMs: 20, backoffMaxMs: 50 });
-  after(() => c.destroy());
+  const c = disposeAfter(after, new Client(`127.0.0.1:${port}`, { resendDeadlineMs: 300, backoffMinMs: 20, backoffMaxMs: 50 }));
   const disconnects = [];
   c.on('disconnect', (e) => disconnects.push(e));
   const t0 = Date.now();
@@ -259,18 +239,10 @@ test('a daemon restarted with SIGTERM mid-batch: every request answered once', a
 });
 
 test('busy (too many connections): the client waits and comes back', async () => {
-  const redis = await new Redis().start();
-  const daemon = new Daemon(redis, { config: { max_connections: 1 } });
-  after(async () => {
-    await daemon.stop();
-    await redis.stop();
-  });
-  await daemon.start();
-  const holder = new Client(daemon.address);
-  after(() => holder.destroy());
+  const { daemon } = await startAll(after, { config: { max_connections: 1 } });
+  const holder = disposeAfter(after, new Client(daemon.address));
   await holder.ping(); // the one connection allowed
-  const c = new Client(daemon.address, { backoffMinMs: 20, backoffMaxMs: 50 });
-  after(() => c.destroy());
+  const c = disposeAfter(after, new Client(daemon.address, { backoffMinMs: 20, backoffMaxMs: 50 }));
   const disconnects = [];
   c.on('disconnect', (e) => disconnects.push(e.code));
   const p = c.bounce(uniqueId('busy'), 'erin@example.com', 451, { text: 'greylisted' });
@@ -305,8 +277,7 @@ test('a connection silent for timeoutMs is dropped and its requests resent; a ga
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   after(() => server.close());
-  const c = new Client(`127.0.0.1:${server.address().port}`, { timeoutMs: 200, backoffMinMs: 10, backoffMaxMs: 20 });
-  after(() => c.destroy());
+  const c = disposeAfter(after, new Client(`127.0.0.1:${server.address().port}`, { timeoutMs: 200, backoffMinMs: 10, backoffMaxMs: 20 }));
   const codes = [];
   c.on('disconnect', (e) => codes.push(e.code));
   const r = await c.ping();

@@ -7,7 +7,7 @@
 const { test, after, before } = require('node:test');
 const assert = require('node:assert/strict');
 const { Client, Consumer, ReboundError } = require('..');
-const { startAll, Redis, Daemon, uniqueId, waitFor } = require('./harness');
+const { startAll, uniqueId, waitFor, disposeAfter } = require('./harness');
 
 let env;
 let client;
@@ -21,9 +21,7 @@ after(async () => {
 });
 
 function consumer(group, opts) {
-  const c = new Consumer(env.daemon.address, group, opts);
-  after(() => c.close());
-  return c;
+  return disposeAfter(after, new Consumer(env.daemon.address, group, opts));
 }
 
 /**
@@ -128,19 +126,11 @@ test('a refused subscribe rejects the iterator with the protocol code', async ()
 });
 
 test('a daemon killed and started again: the consumer subscribes again, what comes again is not handed out twice, the acks go on the new connection', async () => {
-  const redis = await new Redis().start();
-  const daemon = new Daemon(redis);
-  after(async () => {
-    await daemon.stop();
-    await redis.stop();
-  });
-  await daemon.start();
-  const c2 = new Client(daemon.address);
-  after(() => c2.destroy());
-  const cons = new Consumer(daemon.address, 'workers', {
+  const { daemon } = await startAll(after);
+  const c2 = disposeAfter(after, new Client(daemon.address));
+  const cons = disposeAfter(after, new Consumer(daemon.address, 'workers', {
     types: ['retry'], ackBatch: 1000, ackDelayMs: 60000, backoffMinMs: 20, backoffMaxMs: 100,
-  });
-  after(() => cons.close());
+  }));
   const ids = Array.from({ length: 20 }, () => uniqueId('rk'));
   await c2.bounceMany(ids.map((id, i) => ({ id, rcpt: `rk${i}@example.com`, code: 451, enhanced: '4.7.1', text: 'greylisted' })));
   const first = await take(cons, 20);
@@ -160,53 +150,35 @@ test('a daemon killed and started again: the consumer subscribes again, what com
   assert.equal(cons.counters.events, 20);
   assert.equal(cons.counters.acked, 20);
   // Nothing is left for the group.
-  const after2 = new Consumer(daemon.address, 'workers', { types: ['retry'] });
-  after(() => after2.close());
+  const after2 = disposeAfter(after, new Consumer(daemon.address, 'workers', { types: ['retry'] }));
   await assert.rejects(take(after2, 1, 500), /only 0 of 1/);
   await after2.close();
   await c2.close();
 });
 
 test('a token is sent before subscribe', async () => {
-  const redis = await new Redis().start();
-  const daemon = new Daemon(redis, { config: { token: 'sesame' } });
-  after(async () => {
-    await daemon.stop();
-    await redis.stop();
-  });
-  await daemon.start();
-  const c2 = new Client(daemon.address, { token: 'sesame' });
-  after(() => c2.destroy());
+  const { daemon } = await startAll(after, { config: { token: 'sesame' } });
+  const c2 = disposeAfter(after, new Client(daemon.address, { token: 'sesame' }));
   const id = uniqueId('tok');
   await c2.bounce(id, 'tok@example.com', 451, { enhanced: '4.7.1', text: 'greylisted' });
-  const cons = new Consumer(daemon.address, 'tok', { token: 'sesame', types: ['retry'] });
-  after(() => cons.close());
+  const cons = disposeAfter(after, new Consumer(daemon.address, 'tok', { token: 'sesame', types: ['retry'] }));
   const [ev] = await take(cons, 1);
   assert.equal(ev.id, id);
   cons.ack(ev);
   await cons.close();
   assert.equal(cons.counters.acked, 1);
-  const bad = new Consumer(daemon.address, 'tok', { token: 'nope' });
-  after(() => bad.close());
+  const bad = disposeAfter(after, new Consumer(daemon.address, 'tok', { token: 'nope' }));
   await assert.rejects(bad.next(), (e) => e.code === 'auth_required');
   await c2.close();
 });
 
 test('a consumer that subscribed while Redis was down gets the events once it is back', async () => {
-  const redis = await new Redis().start();
-  const daemon = new Daemon(redis);
-  after(async () => {
-    await daemon.stop();
-    await redis.stop();
-  });
-  await daemon.start();
+  const { redis, daemon } = await startAll(after);
   await redis.kill9();
-  const cons = new Consumer(daemon.address, 'while-down', { types: ['retry'], backoffMinMs: 20, backoffMaxMs: 100 });
-  after(() => cons.close());
+  const cons = disposeAfter(after, new Consumer(daemon.address, 'while-down', { types: ['retry'], backoffMinMs: 20, backoffMaxMs: 100 }));
   await waitFor(() => cons.counters.connects === 1, 5000, 'the subscribe');
   await redis.start();
-  const c2 = new Client(daemon.address, { backoffMinMs: 20, backoffMaxMs: 100 });
-  after(() => c2.destroy());
+  const c2 = disposeAfter(after, new Client(daemon.address, { backoffMinMs: 20, backoffMaxMs: 100 }));
   const id = uniqueId('wd');
   assert.equal((await c2.bounce(id, 'wd@example.com', 451, { enhanced: '4.7.1', text: 'greylisted' })).action, 'retry');
   const [ev] = await take(cons, 1, 10000, new Set([id]));
@@ -218,19 +190,11 @@ test('a consumer that subscribed while Redis was down gets the events once it is
 });
 
 test('an ack answered unavailable (Redis down) is sent again on the same subscription', async () => {
-  const redis = await new Redis().start();
-  const daemon = new Daemon(redis);
-  after(async () => {
-    await daemon.stop();
-    await redis.stop();
-  });
-  await daemon.start();
-  const cons = new Consumer(daemon.address, 'acks', { types: ['retry'], ackDelayMs: 10, backoffMinMs: 20, backoffMaxMs: 100 });
-  after(() => cons.close());
+  const { redis, daemon } = await startAll(after);
+  const cons = disposeAfter(after, new Consumer(daemon.address, 'acks', { types: ['retry'], ackDelayMs: 10, backoffMinMs: 20, backoffMaxMs: 100 }));
   const drops = [];
   cons.on('disconnect', (e) => drops.push(e.code));
-  const c2 = new Client(daemon.address);
-  after(() => c2.destroy());
+  const c2 = disposeAfter(after, new Client(daemon.address));
   const id = uniqueId('ak');
   await c2.bounce(id, 'ak@example.com', 451, { enhanced: '4.7.1', text: 'greylisted' });
   const [ev] = await take(cons, 1, 10000, new Set([id]));

@@ -253,6 +253,19 @@ async function startAll(after, opts = {}) {
   return { redis, daemon, stop };
 }
 
+/**
+ * Registers the end of a Client (destroy) or a Consumer (close) with
+ * node:test's `after`, so that a failing test leaves nothing open.
+ * @template T
+ * @param {(fn: () => unknown) => void} after
+ * @param {T} obj
+ * @returns {T} obj
+ */
+function disposeAfter(after, obj) {
+  after(() => (typeof obj.destroy === 'function' ? obj.destroy() : obj.close()));
+  return obj;
+}
+
 let seq = 0;
 /** A message id unique in this process. */
 function uniqueId(prefix = 'm') {
@@ -260,4 +273,4 @@ function uniqueId(prefix = 'm') {
   return `${prefix}-${process.pid}-${Date.now().toString(36)}-${seq}`;
 }
 
-module.exports = { Redis, Daemon, startAll, policyWithLimits, uniqueId, sleep, waitFor, freePort, SOURCE_DIR, BUILD_DIR, FAST_POLICY };
+module.exports = { Redis, Daemon, startAll, disposeAfter, policyWithLimits, uniqueId, sleep, waitFor, freePort, SOURCE_DIR, BUILD_DIR, FAST_POLICY };

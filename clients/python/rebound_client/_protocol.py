@@ -1,16 +1,23 @@
 """What the blocking and the asyncio clients share: addresses, the error
-type, request encoding and the retry rules of the line protocol."""
+type, request encoding, reply matching, the retry rules of the line
+protocol and ack batching. Nothing here does I/O or reads a clock but
+through its callers, so each client keeps only its own I/O loop."""
 
 from __future__ import annotations
 
 import json
 import random
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+import time
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 #: The longest request line reboundd accepts (without the newline). A longer
 #: line makes the daemon close the connection, and resending it would only
 #: do that again, so the client refuses it before sending.
 MAX_LINE = 65536
+
+#: The most ids one ack line carries: eids are about 20 bytes, so this stays
+#: well under the 64 KiB line limit (the protocol allows 10000 ids).
+ACK_CHUNK = 2000
 
 Reply = Dict[str, Any]
 Event = Dict[str, Any]
@@ -144,3 +151,236 @@ class Backoff:
 
     def reset(self) -> None:
         self.current = self.first
+
+
+#: What a line from reboundd asks of the loop that read it (see match_reply).
+EVENT = "event"      # an event: hand it on
+DROP = "drop"        # busy, or a reply nobody asked for: the connection is done
+RESEND = "resend"    # unavailable: nothing was done, send the request again
+ANSWER = "answer"    # the final answer to the oldest request in flight
+
+
+def match_reply(obj: Mapping[str, Any], inflight: bool) -> str:
+    """What to do with one decoded line; ``inflight`` says whether a request
+    waits for an answer. Replies come in request order, so an answer always
+    belongs to the oldest request in flight."""
+    if not is_reply(obj):
+        return EVENT
+    code = error_code(obj)
+    if code == "busy" or not inflight:
+        # busy comes unasked, right before the daemon closes the connection
+        return DROP
+    if code == "unavailable":
+        return RESEND
+    return ANSWER
+
+
+def unexpected(obj: Mapping[str, Any]) -> ReboundError:
+    """The error for a reply match_reply called DROP."""
+    return ReboundError(error_code(obj) or "protocol", "unexpected reply %r" % (obj,), dict(obj))
+
+
+def outcome(reply: Reply) -> Union[Reply, ReboundError]:
+    """A final reply as a caller gets it: the reply when ok, else its error."""
+    return reply if reply.get("ok") is True else ReboundError.from_reply(reply)
+
+
+Line = Union[bytes, ReboundError]
+
+
+def pipeline_lines(requests: Iterable[Mapping[str, Any]]) -> List[Line]:
+    """One encoded line per request object, or the ReboundError that keeps
+    it from being sent (it then comes back as that request's result)."""
+    lines: List[Line] = []
+    for obj in requests:
+        try:
+            lines.append(encode(obj))
+        except ReboundError as e:
+            lines.append(e)
+    return lines
+
+
+def report_lines(reports: Iterable[Mapping[str, Any]]) -> List[Line]:
+    """As pipeline_lines, for bounce_many's reports (see report_request)."""
+    lines: List[Line] = []
+    for rep in reports:
+        try:
+            lines.append(encode(report_request(rep)))
+        except ReboundError as e:
+            lines.append(e)
+        except TypeError as e:
+            lines.append(ReboundError("bad_request", "bad report %r: %s" % (rep, e)))
+    return lines
+
+
+def handshake_lines(token: Optional[str], subscribe: Optional[bytes]) -> List[bytes]:
+    """What a new connection sends first, each waiting for its reply: auth
+    when there is a token, then the consumer's subscribe."""
+    lines = []
+    if token is not None:
+        lines.append(encode(request("auth", token=token)))
+    if subscribe is not None:
+        lines.append(subscribe)
+    return lines
+
+
+def subscribe_line(group: str, types: Optional[Sequence[str]]) -> bytes:
+    """A consumer's subscribe request line."""
+    return encode(request("subscribe", group=group, types=list(types) if types is not None else None))
+
+
+def check_handshake(reply: Reply) -> Optional[ReboundError]:
+    """None when a handshake reply is ok. A refusal that a retry cannot cure
+    (a wrong token, a bad group) is raised; unavailable or busy is returned,
+    for the caller to reconnect later."""
+    code = error_code(reply)
+    if code is None:
+        return None
+    err = ReboundError.from_reply(reply)
+    if code in ("unavailable", "busy"):
+        return err
+    raise err
+
+
+class ClientBase:
+    """What the blocking and the asyncio client both keep: their options
+    (see Client for their meaning), the connection count, and the hooks a
+    consumer sets."""
+
+    def __init__(self, address: Address, token: Optional[str], timeout: float, connect_timeout: float,
+                 retry_deadline: Optional[float], backoff_first: float, backoff_max: float,
+                 window: int) -> None:
+        # a malformed address fails here, not at the first call
+        self._target = parse_address(address)
+        self.address = address
+        self.token = token
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.retry_deadline = retry_deadline
+        self.backoff_first = backoff_first
+        self.backoff_max = backoff_max
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.window = window
+        #: connections opened so far (the first one included)
+        self.connects = 0
+        # set by a consumer: the subscribe line sent after auth, and where
+        # events go
+        self._subscribe: Optional[bytes] = None
+        self._on_event: Callable[[Event], None] = lambda ev: None
+
+    #: what _new_failing makes (the blocking client's also sleeps)
+    _failing_type: "type[Failing]"
+
+    def _new_failing(self) -> "Failing":
+        """A fresh retry deadline and back-off for one call or request."""
+        return self._failing_type(self.retry_deadline, Backoff(self.backoff_first, self.backoff_max))
+
+
+class ConsumerBase:
+    """What the blocking and the asyncio consumer both take and keep (see
+    Consumer): the group, the types, the ack batch, and a client of
+    ``_client_type`` subscribed on every connection; ``_attach`` then hooks
+    the subclass to that client."""
+
+    _client_type: Callable[..., ClientBase]
+
+    def __init__(self, address: Address, group: str, types: Optional[Sequence[str]] = None,
+                 token: Optional[str] = None, *, ack_batch: int = 100, ack_interval: float = 1.0,
+                 timeout: float = 30.0, connect_timeout: float = 5.0,
+                 retry_deadline: Optional[float] = None, backoff_first: float = 0.05,
+                 backoff_max: float = 2.0) -> None:
+        self.group = group
+        self.types = list(types) if types is not None else None
+        self.ack_batch = max(1, ack_batch)
+        self.ack_interval = ack_interval
+        self._acks = AckBatch()
+        self._client = self._client_type(address, token, timeout=timeout, connect_timeout=connect_timeout,
+                                         retry_deadline=retry_deadline, backoff_first=backoff_first,
+                                         backoff_max=backoff_max)
+        self._client._subscribe = subscribe_line(group, self.types)
+        self._closed = False
+        self._attach()
+
+    def _attach(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def connects(self) -> int:
+        """Connections opened so far (more than one: it reconnected)."""
+        return self._client.connects
+
+
+class Failing:
+    """How long something has gone without getting through, against its
+    retry deadline (None: none), and its back-off."""
+
+    def __init__(self, deadline: Optional[float], backoff: Backoff) -> None:
+        self.deadline = deadline
+        self.backoff = backoff
+        self.since: Optional[float] = None
+        self.error = ReboundError("disconnected", "not connected")
+
+    def fail(self, error: ReboundError) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+        self.error = error
+
+    def ok(self) -> None:
+        self.since = None
+        self.backoff.reset()
+
+    def expired(self) -> bool:
+        return (self.since is not None and self.deadline is not None
+                and time.monotonic() - self.since >= self.deadline)
+
+    def next_wait(self, until: Optional[float] = None) -> float:
+        """The next back-off step in seconds, cut so as not to pass the
+        deadline nor ``until`` (a time.monotonic() value); may be <= 0."""
+        d = self.backoff.next()
+        now = time.monotonic()
+        if self.deadline is not None and self.since is not None:
+            d = min(d, self.since + self.deadline - now)
+        if until is not None:
+            d = min(d, until - now)
+        return d
+
+
+ClientBase._failing_type = Failing
+
+
+class AckBatch:
+    """The eids acked by the caller and not yet sent, and since when the
+    oldest of them waits: a batch goes once it holds the consumer's
+    ``ack_batch`` or its oldest is ``ack_interval`` seconds old."""
+
+    def __init__(self) -> None:
+        self.ids: List[str] = []
+        self.since = 0.0
+
+    def add(self, event: Union[Event, str], batch: int) -> bool:
+        """Adds an event (the dict or its ``eid``); True when ``batch`` are
+        waiting and they should go now."""
+        eid = event if isinstance(event, str) else event["eid"]
+        if not self.ids:
+            self.since = time.monotonic()
+        self.ids.append(eid)
+        return len(self.ids) >= batch
+
+    def due_at(self, interval: float) -> Optional[float]:
+        """When the oldest waiting ack must go (a time.monotonic() value),
+        None when none waits."""
+        return self.since + interval if self.ids else None
+
+    def take(self) -> Tuple[List[str], bytes]:
+        """The next chunk of ids and its ack line; they leave the batch
+        (put_back them when the ack did not get through)."""
+        ids = self.ids[:ACK_CHUNK]
+        del self.ids[:len(ids)]
+        return ids, encode(request("ack", ids=ids))
+
+    def put_back(self, ids: List[str]) -> None:
+        self.ids[:0] = ids
+
+    def clear(self) -> None:
+        self.ids = []

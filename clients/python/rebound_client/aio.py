@@ -8,26 +8,24 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from ._protocol import (Address, Backoff, Event, ReboundError, Reply, bounce_request, decode, encode,
-                        error_code, is_reply, parse_address, report_request, request)
+from ._protocol import ACK_CHUNK  # noqa: F401  (it was defined here too)
+from ._protocol import (DROP, EVENT, RESEND, Address, Backoff, ClientBase, ConsumerBase, Event, Failing, Line,
+                        ReboundError, Reply, bounce_request, check_handshake, decode, encode, handshake_lines,
+                        match_reply, outcome, pipeline_lines, report_lines, request)
 
 Result = Union[Reply, ReboundError]
-
-#: see client.ACK_CHUNK
-ACK_CHUNK = 2000
 
 
 class _Req:
     """One request line and the future its final result goes to."""
 
-    __slots__ = ("line", "future", "since", "backoff", "handshake")
+    __slots__ = ("line", "future", "failing", "handshake")
 
-    def __init__(self, line: bytes, future: "asyncio.Future[Any]", backoff: Optional[Backoff],
+    def __init__(self, line: bytes, future: "asyncio.Future[Any]", failing: Optional[Failing],
                  handshake: bool = False) -> None:
         self.line = line
         self.future = future
-        self.since: Optional[float] = None  # first failure, for the retry deadline
-        self.backoff = backoff
+        self.failing = failing  # its own retry deadline and back-off; None for a handshake
         self.handshake = handshake
 
 
@@ -73,7 +71,7 @@ class _LineProtocol(asyncio.Protocol):
             self.lost.set_result(None)
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """The asyncio client: the same calls as ``Client``, as coroutines.
 
     Concurrent calls share one connection and are pipelined (up to
@@ -87,19 +85,8 @@ class AsyncClient:
     def __init__(self, address: Address, token: Optional[str] = None, *, timeout: float = 30.0,
                  connect_timeout: float = 5.0, retry_deadline: Optional[float] = 60.0,
                  backoff_first: float = 0.05, backoff_max: float = 2.0, window: int = 1000) -> None:
-        self._kind, self._where = parse_address(address)
-        self.address = address
-        self.token = token
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.retry_deadline = retry_deadline
-        self.backoff_first = backoff_first
-        self.backoff_max = backoff_max
-        if window < 1:
-            raise ValueError("window must be at least 1")
-        self.window = window
-        #: connections opened so far
-        self.connects = 0
+        super().__init__(address, token, timeout, connect_timeout, retry_deadline, backoff_first,
+                         backoff_max, window)
         self._unsent: Deque[_Req] = deque()
         self._inflight: Deque[_Req] = deque()
         self._proto: Optional[_LineProtocol] = None
@@ -107,8 +94,6 @@ class AsyncClient:
         self._pump_task: Optional["asyncio.Task[None]"] = None
         self._closed = False
         # set by AsyncConsumer
-        self._subscribe: Optional[bytes] = None
-        self._on_event: Callable[[Event], None] = lambda ev: None
         self._on_fatal: Callable[[ReboundError], None] = lambda e: None
         self._keep_connected = False
 
@@ -131,7 +116,7 @@ class AsyncClient:
 
     def _new_req(self, line: bytes) -> _Req:
         fut = asyncio.get_running_loop().create_future()
-        return _Req(line, fut, Backoff(self.backoff_first, self.backoff_max))
+        return _Req(line, fut, self._new_failing())
 
     async def _submit(self, line: bytes) -> Result:
         self._start()
@@ -147,10 +132,9 @@ class AsyncClient:
     def _failed(self, req: _Req, error: ReboundError) -> bool:
         """Notes a failure of req; True (and req resolved) once its retry
         deadline has passed."""
-        now = time.monotonic()
-        if req.since is None:
-            req.since = now
-        if self.retry_deadline is not None and now - req.since >= self.retry_deadline:
+        assert req.failing is not None
+        req.failing.fail(error)
+        if req.failing.expired():
             self._resolve(req, error)
             return True
         return False
@@ -167,20 +151,20 @@ class AsyncClient:
     def _on_line(self, proto: _LineProtocol, obj: Dict[str, Any]) -> None:
         if proto is not self._proto:
             return
-        if not is_reply(obj):
+        what = match_reply(obj, bool(self._inflight))
+        if what == EVENT:
             self._on_event(obj)
             return
-        code = error_code(obj)
-        if code == "busy" or not self._inflight:
-            proto.abort()  # busy comes unasked, right before the close
+        if what == DROP:
+            proto.abort()
             return
         proto.replies += 1
         req = self._inflight.popleft()
-        if code == "unavailable" and not req.handshake:
+        if what == RESEND and not req.handshake:
             err = ReboundError.from_reply(obj)
             if not self._failed(req, err):
-                assert req.backoff is not None
-                asyncio.get_running_loop().call_later(req.backoff.next(), self._requeue, req)
+                assert req.failing is not None
+                asyncio.get_running_loop().call_later(req.failing.backoff.next(), self._requeue, req)
         else:
             self._resolve(req, obj)
         if self._unsent and self._wake is not None:
@@ -195,10 +179,11 @@ class AsyncClient:
 
     async def _open(self) -> _LineProtocol:
         loop = asyncio.get_running_loop()
-        if self._kind == "unix":
-            transport, proto = await loop.create_unix_connection(lambda: _LineProtocol(self), self._where)
+        kind, where = self._target
+        if kind == "unix":
+            transport, proto = await loop.create_unix_connection(lambda: _LineProtocol(self), where)
         else:
-            host, port = self._where
+            host, port = where
             transport, proto = await loop.create_connection(lambda: _LineProtocol(self), host, port)
             sock = transport.get_extra_info("socket")
             if sock is not None:
@@ -206,12 +191,7 @@ class AsyncClient:
         self.connects += 1
         self._proto = proto
         try:
-            lines = []
-            if self.token is not None:
-                lines.append(encode(request("auth", token=self.token)))
-            if self._subscribe is not None:
-                lines.append(self._subscribe)
-            for line in lines:
+            for line in handshake_lines(self.token, self._subscribe):
                 req = _Req(line, loop.create_future(), None, handshake=True)
                 self._inflight.append(req)
                 transport.write(line)
@@ -219,12 +199,9 @@ class AsyncClient:
                                    return_when=asyncio.FIRST_COMPLETED)
                 if not req.future.done():
                     raise ConnectionError("no reply to the handshake")
-                r = req.future.result()
-                code = error_code(r)
-                if code in ("unavailable", "busy"):
-                    raise ConnectionError(ReboundError.from_reply(r).message)
-                if code is not None:
-                    raise ReboundError.from_reply(r)
+                retry = check_handshake(req.future.result())
+                if retry is not None:
+                    raise ConnectionError(retry.message)
         except BaseException:
             self._proto = None
             self._inflight.clear()
@@ -317,19 +294,13 @@ class AsyncClient:
 
     async def _call(self, obj: Mapping[str, Any]) -> Reply:
         r = await self._submit(encode(obj))
+        if not isinstance(r, ReboundError):
+            r = outcome(r)
         if isinstance(r, ReboundError):
             raise r
-        if r.get("ok") is not True:
-            raise ReboundError.from_reply(r)
         return r
 
-    @staticmethod
-    def _result(r: Result) -> Result:
-        if isinstance(r, dict) and r.get("ok") is not True:
-            return ReboundError.from_reply(r)
-        return r
-
-    async def _run(self, lines: Sequence[Union[bytes, ReboundError]]) -> List[Result]:
+    async def _run(self, lines: Sequence[Line]) -> List[Result]:
         self._start()
         reqs: List[Union[_Req, ReboundError]] = []
         for line in lines:
@@ -341,7 +312,11 @@ class AsyncClient:
                 reqs.append(req)
         out: List[Result] = []
         for r in reqs:
-            out.append(r if isinstance(r, ReboundError) else self._result(await r.future))
+            if isinstance(r, ReboundError):
+                out.append(r)
+            else:
+                res = await r.future
+                out.append(res if isinstance(res, ReboundError) else outcome(res))
         return out
 
     # -- requests
@@ -353,26 +328,12 @@ class AsyncClient:
     async def pipeline(self, requests: Iterable[Mapping[str, Any]]) -> List[Result]:
         """As ``Client.pipeline``: one reply dict or ReboundError per
         request, in order."""
-        lines: List[Union[bytes, ReboundError]] = []
-        for obj in requests:
-            try:
-                lines.append(encode(obj))
-            except ReboundError as e:
-                lines.append(e)
-        return await self._run(lines)
+        return await self._run(pipeline_lines(requests))
 
     async def bounce_many(self, reports: Iterable[Mapping[str, Any]]) -> List[Result]:
         """As ``Client.bounce_many``: one reply dict or ReboundError per
         report, in order, each exactly once."""
-        lines: List[Union[bytes, ReboundError]] = []
-        for rep in reports:
-            try:
-                lines.append(encode(report_request(rep)))
-            except ReboundError as e:
-                lines.append(e)
-            except TypeError as e:
-                lines.append(ReboundError("bad_request", "bad report %r: %s" % (rep, e)))
-        return await self._run(lines)
+        return await self._run(report_lines(reports))
 
     async def bounce(self, id: str, rcpt: str, code: int, enhanced: Optional[str] = None,
                      text: Optional[str] = None, campaign: Optional[str] = None,
@@ -407,7 +368,7 @@ class AsyncClient:
         return await self._call(request("ping"))
 
 
-class AsyncConsumer:
+class AsyncConsumer(ConsumerBase):
     """Receives events for a consumer group in asyncio::
 
         async with AsyncConsumer("127.0.0.1:7411", "senders", types=["retry"]) as c:
@@ -421,31 +382,15 @@ class AsyncConsumer:
     and subscribes again, and the events not acked come again.
     """
 
-    def __init__(self, address: Address, group: str, types: Optional[Sequence[str]] = None,
-                 token: Optional[str] = None, *, ack_batch: int = 100, ack_interval: float = 1.0,
-                 timeout: float = 30.0, connect_timeout: float = 5.0,
-                 retry_deadline: Optional[float] = None, backoff_first: float = 0.05,
-                 backoff_max: float = 2.0) -> None:
-        self.group = group
-        self.types = list(types) if types is not None else None
-        self.ack_batch = max(1, ack_batch)
-        self.ack_interval = ack_interval
-        self._client = AsyncClient(address, token, timeout=timeout, connect_timeout=connect_timeout,
-                                   retry_deadline=retry_deadline, backoff_first=backoff_first,
-                                   backoff_max=backoff_max)
-        self._client._subscribe = encode(request("subscribe", group=group, types=self.types))
+    _client_type = AsyncClient
+    _client: AsyncClient
+
+    def _attach(self) -> None:
         self._client._on_event = self._put
         self._client._on_fatal = self._fatal_error
         self._client._keep_connected = True
         self._queue: Optional["asyncio.Queue[Union[Event, ReboundError]]"] = None
-        self._acks: List[str] = []
         self._ack_task: Optional["asyncio.Task[None]"] = None
-        self._closed = False
-
-    @property
-    def connects(self) -> int:
-        """Connections opened so far."""
-        return self._client.connects
 
     def _ensure(self) -> "asyncio.Queue[Union[Event, ReboundError]]":
         if self._queue is None:
@@ -500,21 +445,18 @@ class AsyncConsumer:
     async def ack(self, event: Union[Event, str]) -> None:
         """Marks an event (the dict or its ``eid``) as handled; sent in a
         batch. Call it only after acting on the event."""
-        eid = event if isinstance(event, str) else event["eid"]
-        self._acks.append(eid)
-        if len(self._acks) >= self.ack_batch:
+        if self._acks.add(event, self.ack_batch):
             await self.flush()
         elif self._ack_task is None:
             self._ack_task = asyncio.get_running_loop().create_task(self._ack_later())
 
     async def flush(self) -> None:
         """Sends the acks gathered so far now."""
-        while self._acks:
-            ids = self._acks[:ACK_CHUNK]
-            del self._acks[:len(ids)]
-            r = await self._client._submit(encode(request("ack", ids=ids)))
+        while self._acks.ids:
+            ids, line = self._acks.take()
+            r = await self._client._submit(line)
             if isinstance(r, ReboundError):
-                self._acks[:0] = ids
+                self._acks.put_back(ids)
                 raise r
 
     async def close(self, flush_timeout: float = 5.0) -> None:
@@ -526,7 +468,7 @@ class AsyncConsumer:
         if self._ack_task is not None:
             self._ack_task.cancel()
             self._ack_task = None
-        if self._acks and self._queue is not None:
+        if self._acks.ids and self._queue is not None:
             try:
                 await asyncio.wait_for(self.flush(), flush_timeout)
             except (ReboundError, asyncio.TimeoutError):

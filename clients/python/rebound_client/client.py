@@ -7,14 +7,13 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from ._protocol import (Address, Backoff, Event, ReboundError, Reply, bounce_request, decode, encode,
-                        error_code, is_reply, parse_address, report_request, request)
-
-#: The most ids one ack line carries: eids are about 20 bytes, so this stays
-#: well under the 64 KiB line limit (the protocol allows 10000 ids).
-ACK_CHUNK = 2000
+from ._protocol import ACK_CHUNK  # noqa: F401  (importable from here, where it was first defined)
+from ._protocol import (DROP, EVENT, RESEND, Address, ClientBase, ConsumerBase, Event, Failing, Line,
+                        ReboundError, Reply, bounce_request, check_handshake, decode, encode, handshake_lines,
+                        is_reply, match_reply, outcome, parse_address, pipeline_lines, report_lines, request,
+                        unexpected)
 
 Result = Union[Reply, ReboundError]
 
@@ -25,6 +24,10 @@ class _Dropped(Exception):
     def __init__(self, code: str, message: str, reply: Optional[Reply] = None) -> None:
         super().__init__(message)
         self.error = ReboundError(code, message, reply)
+
+    @classmethod
+    def of(cls, error: ReboundError) -> "_Dropped":
+        return cls(error.code, error.message, error.reply)
 
 
 class _Conn:
@@ -102,42 +105,18 @@ class _Conn:
         return bool(r or w)
 
 
-class _Failing:
-    """How long a call has gone without getting through, and its back-off."""
-
-    def __init__(self, deadline: Optional[float], backoff: Backoff) -> None:
-        self.deadline = deadline
-        self.backoff = backoff
-        self.since: Optional[float] = None
-        self.error = ReboundError("disconnected", "not connected")
-
-    def fail(self, error: ReboundError) -> None:
-        if self.since is None:
-            self.since = time.monotonic()
-        self.error = error
-
-    def ok(self) -> None:
-        self.since = None
-        self.backoff.reset()
-
-    def expired(self) -> bool:
-        return (self.since is not None and self.deadline is not None
-                and time.monotonic() - self.since >= self.deadline)
+class _Failing(Failing):
+    """Failing, sleeping its back-off in this thread."""
 
     def wait(self, until: Optional[float] = None) -> None:
         """Sleeps the next back-off step, never past the deadline nor past
         ``until`` (a time.monotonic() value)."""
-        d = self.backoff.next()
-        now = time.monotonic()
-        if self.deadline is not None and self.since is not None:
-            d = min(d, self.since + self.deadline - now)
-        if until is not None:
-            d = min(d, until - now)
+        d = self.next_wait(until)
         if d > 0:
             time.sleep(d)
 
 
-class Client:
+class Client(ClientBase):
     """A blocking client on one long-lived connection to reboundd.
 
     ``address`` is ``"host:port"`` for TCP or a path (anything with a "/")
@@ -162,31 +141,18 @@ class Client:
     def __init__(self, address: Address, token: Optional[str] = None, *, timeout: float = 30.0,
                  connect_timeout: float = 5.0, retry_deadline: Optional[float] = 60.0,
                  backoff_first: float = 0.05, backoff_max: float = 2.0, window: int = 1000) -> None:
-        parse_address(address)  # a malformed address fails here, not at the first call
-        self.address = address
-        self.token = token
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.retry_deadline = retry_deadline
-        self.backoff_first = backoff_first
-        self.backoff_max = backoff_max
-        if window < 1:
-            raise ValueError("window must be at least 1")
-        self.window = window
-        #: connections opened so far (the first one included)
-        self.connects = 0
+        super().__init__(address, token, timeout, connect_timeout, retry_deadline, backoff_first,
+                         backoff_max, window)
         self._conn: Optional[_Conn] = None
         self._lock = threading.RLock()
         self._closed = False
-        # set by Consumer: the subscribe line sent after auth, and where
-        # events go
-        self._subscribe: Optional[bytes] = None
-        self._on_event: Callable[[Event], None] = lambda ev: None
 
     # -- connection
 
-    def _failing(self) -> _Failing:
-        return _Failing(self.retry_deadline, Backoff(self.backoff_first, self.backoff_max))
+    _failing_type = _Failing
+
+    def _new_failing(self) -> _Failing:
+        return super()._new_failing()  # type: ignore[return-value]
 
     def _drop(self) -> None:
         if self._conn is not None:
@@ -203,9 +169,9 @@ class Client:
                 if not is_reply(obj):
                     self._on_event(obj)  # events may follow the reply at once
                 elif reply is None:
-                    reply = obj
+                    reply = obj  # busy too: check_handshake judges it
                 else:
-                    raise _Dropped("protocol", "unexpected reply %r" % (obj,), obj)
+                    raise _Dropped.of(unexpected(obj))
             if reply is not None:
                 return reply
             left = deadline - time.monotonic()
@@ -224,23 +190,26 @@ class Client:
         conn = _Conn(self.address, self.connect_timeout)
         self.connects += 1
         try:
-            lines = []
-            if self.token is not None:
-                lines.append(encode(request("auth", token=self.token)))
-            if self._subscribe is not None:
-                lines.append(self._subscribe)
-            for line in lines:
-                r = self._handshake_call(conn, line)
-                code = error_code(r)
-                if code in ("unavailable", "busy"):
-                    raise _Dropped(code, ReboundError.from_reply(r).message, r)
-                if code is not None:
-                    raise ReboundError.from_reply(r)
+            for line in handshake_lines(self.token, self._subscribe):
+                retry = check_handshake(self._handshake_call(conn, line))
+                if retry is not None:
+                    raise _Dropped.of(retry)
         except BaseException:
             conn.close()
             raise
         self._conn = conn
         return conn
+
+    def _connect_noting(self, failing: _Failing) -> Optional[_Conn]:
+        """The connection, or None with the failure noted in ``failing``
+        when a retry may cure it; ReboundError when none can."""
+        try:
+            return self._connection()
+        except _Dropped as e:
+            failing.fail(e.error)
+        except OSError as e:
+            failing.fail(ReboundError("disconnected", "cannot connect to %s: %s" % (self.address, e)))
+        return None
 
     def close(self) -> None:
         """Closes the connection; later calls raise ReboundError("closed")."""
@@ -256,7 +225,7 @@ class Client:
 
     # -- the engine: send lines, read replies in order, resend what failed
 
-    def _run(self, lines: Sequence[Union[bytes, ReboundError]]) -> List[Result]:
+    def _run(self, lines: Sequence[Line]) -> List[Result]:
         """Sends every line (pipelined, at most ``window`` unanswered) and
         returns each one's final reply in order: the reply dict when ok, a
         ReboundError otherwise. An item that is already a ReboundError is
@@ -270,7 +239,7 @@ class Client:
                     results[i] = line
                 else:
                     todo.append(i)
-            failing = self._failing()
+            failing = self._new_failing()
             while todo:
                 if failing.since is not None:
                     if failing.expired():
@@ -279,35 +248,30 @@ class Client:
                         break
                     failing.wait()
                 try:
-                    conn = self._connection()
+                    conn = self._connect_noting(failing)
                 except ReboundError as e:
                     for i in todo:
                         results[i] = e
                     break
-                except _Dropped as e:
-                    failing.fail(e.error)
-                    continue
-                except OSError as e:
-                    failing.fail(ReboundError("disconnected", "cannot connect to %s: %s" % (self.address, e)))
+                if conn is None:
                     continue
                 inflight: Deque[int] = deque()
                 retry: List[int] = []
                 try:
                     while todo or inflight:
                         for obj in conn.take():
-                            if not is_reply(obj):
+                            what = match_reply(obj, bool(inflight))
+                            if what == EVENT:
                                 self._on_event(obj)
                                 continue
-                            code = error_code(obj)
-                            if code == "busy" or not inflight:
-                                # busy comes unasked, right before the close
-                                raise _Dropped(code or "protocol", "unexpected reply %r" % (obj,), obj)
+                            if what == DROP:
+                                raise _Dropped.of(unexpected(obj))
                             i = inflight.popleft()
-                            if code == "unavailable":
+                            if what == RESEND:
                                 retry.append(i)
                                 failing.fail(ReboundError.from_reply(obj))
                             else:
-                                results[i] = obj if code is None else ReboundError.from_reply(obj)
+                                results[i] = outcome(obj)
                                 if not retry:
                                     failing.ok()
                         while todo and len(inflight) < self.window:
@@ -345,13 +309,7 @@ class Client:
         the connection without waiting for each reply. Returns one result
         per request, in order: the reply dict, or a ReboundError for an
         error reply (an error does not stop the others)."""
-        lines: List[Union[bytes, ReboundError]] = []
-        for obj in requests:
-            try:
-                lines.append(encode(obj))
-            except ReboundError as e:
-                lines.append(e)
-        return self._run(lines)
+        return self._run(pipeline_lines(requests))
 
     def bounce_many(self, reports: Iterable[Mapping[str, Any]]) -> List[Result]:
         """Reports many failed deliveries at once. Each report is a mapping
@@ -362,15 +320,7 @@ class Client:
         invalid report, or ``unavailable`` when the retry deadline ran
         out). Each report gets exactly one result, whatever reconnects and
         resends happened underneath."""
-        lines: List[Union[bytes, ReboundError]] = []
-        for rep in reports:
-            try:
-                lines.append(encode(report_request(rep)))
-            except ReboundError as e:
-                lines.append(e)
-            except TypeError as e:
-                lines.append(ReboundError("bad_request", "bad report %r: %s" % (rep, e)))
-        return self._run(lines)
+        return self._run(report_lines(reports))
 
     def bounce(self, id: str, rcpt: str, code: int, enhanced: Optional[str] = None,
                text: Optional[str] = None, campaign: Optional[str] = None,
@@ -412,7 +362,7 @@ class Client:
         return self._call(request("ping"))
 
 
-class Consumer:
+class Consumer(ConsumerBase):
     """Receives events for a consumer group, blocking.
 
     Use it as a context manager and an iterator of event dicts::
@@ -431,32 +381,15 @@ class Consumer:
     bounds how long it keeps reconnecting before raising ReboundError.
     """
 
-    def __init__(self, address: Address, group: str, types: Optional[Sequence[str]] = None,
-                 token: Optional[str] = None, *, ack_batch: int = 100, ack_interval: float = 1.0,
-                 timeout: float = 30.0, connect_timeout: float = 5.0,
-                 retry_deadline: Optional[float] = None, backoff_first: float = 0.05,
-                 backoff_max: float = 2.0) -> None:
-        self.group = group
-        self.types = list(types) if types is not None else None
-        self.ack_batch = max(1, ack_batch)
-        self.ack_interval = ack_interval
-        self._client = Client(address, token, timeout=timeout, connect_timeout=connect_timeout,
-                              retry_deadline=retry_deadline, backoff_first=backoff_first,
-                              backoff_max=backoff_max)
-        self._client._subscribe = encode(request("subscribe", group=group, types=self.types))
+    _client_type = Client
+    _client: Client
+
+    def _attach(self) -> None:
         self._client._on_event = self._events_append
         self._events: Deque[Event] = deque()
-        self._acks: List[str] = []
-        self._ack_since = 0.0
-        self._closed = False
 
     def _events_append(self, ev: Event) -> None:
         self._events.append(ev)
-
-    @property
-    def connects(self) -> int:
-        """Connections opened so far (more than one: it reconnected)."""
-        return self._client.connects
 
     def __enter__(self) -> "Consumer":
         return self
@@ -479,8 +412,8 @@ class Consumer:
         reconnects) as needed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._closed:
-            if (self._acks and time.monotonic() >= self._ack_since + self.ack_interval
-                    and self._client._conn is not None):
+            due = self._acks.due_at(self.ack_interval)
+            if due is not None and time.monotonic() >= due and self._client._conn is not None:
                 # while disconnected, _read below reconnects within the
                 # time-out first; flush() would wait for the connection
                 self.flush()
@@ -490,8 +423,9 @@ class Consumer:
             if deadline is not None and now >= deadline:
                 return None
             wait = 1.0 if deadline is None else deadline - now
-            if self._acks:
-                wait = min(wait, self._ack_since + self.ack_interval - now)
+            due = self._acks.due_at(self.ack_interval)
+            if due is not None:
+                wait = min(wait, due - now)
             self._read(max(0.0, wait))
         return None
 
@@ -499,7 +433,7 @@ class Consumer:
         """Reads for up to wait seconds (less once an event arrived),
         reconnecting when the connection is gone."""
         c = self._client
-        failing = c._failing()
+        failing = c._new_failing()
         end = time.monotonic() + wait
         with c._lock:
             while not self._events:
@@ -511,20 +445,15 @@ class Consumer:
                     failing.wait(end)
                     if time.monotonic() >= end:
                         return
-                try:
-                    conn = c._connection()
-                except _Dropped as e:
-                    failing.fail(e.error)
-                    continue
-                except OSError as e:
-                    failing.fail(ReboundError("disconnected", "cannot connect to %s: %s" % (c.address, e)))
+                conn = c._connect_noting(failing)
+                if conn is None:
                     continue
                 failing.ok()
                 try:
                     for obj in conn.take():
-                        if is_reply(obj):
-                            # nothing is asked outside _run: only busy comes unasked
-                            raise _Dropped(error_code(obj) or "protocol", "unexpected reply %r" % (obj,), obj)
+                        # nothing is asked outside _run: only busy comes unasked
+                        if match_reply(obj, False) == DROP:
+                            raise _Dropped.of(unexpected(obj))
                         self._events.append(obj)
                     left = end - time.monotonic()
                     if self._events or left <= 0:
@@ -537,21 +466,17 @@ class Consumer:
     def ack(self, event: Union[Event, str]) -> None:
         """Marks an event (the dict, or its ``eid``) as handled. Sent in a
         batch; call it only after acting on the event."""
-        eid = event if isinstance(event, str) else event["eid"]
-        if not self._acks:
-            self._ack_since = time.monotonic()
-        self._acks.append(eid)
-        if len(self._acks) >= self.ack_batch:
+        if self._acks.add(event, self.ack_batch):
             self.flush()
 
     def flush(self) -> None:
         """Sends the acks gathered so far now."""
-        while self._acks:
-            ids = self._acks[:ACK_CHUNK]
-            r = self._client._run([encode(request("ack", ids=ids))])[0]
+        while self._acks.ids:
+            ids, line = self._acks.take()
+            r = self._client._run([line])[0]
             if isinstance(r, ReboundError):
+                self._acks.put_back(ids)
                 raise r
-            del self._acks[:len(ids)]
 
     def close(self, flush_timeout: float = 5.0) -> None:
         """Sends the pending acks, trying for at most ``flush_timeout``
@@ -561,7 +486,7 @@ class Consumer:
             return
         c = self._client
         try:
-            if self._acks and not c._closed:
+            if self._acks.ids and not c._closed:
                 saved = c.retry_deadline
                 c.retry_deadline = flush_timeout if saved is None else min(saved, flush_timeout)
                 try:
@@ -572,5 +497,5 @@ class Consumer:
                     c.retry_deadline = saved
         finally:
             self._closed = True
-            self._acks = []
+            self._acks.clear()
             c.close()
