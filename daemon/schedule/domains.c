@@ -711,3 +711,11 @@ json_t *domains_json(const char *name, size_t len, int64_t now)
     json_object_set_new(o, "last_seen", json_integer(d->last_seen));
     return o;
 }
+
+/* ---- names (learned timing) ---- */
+
+const char *domains_name(uint32_t d)
+{
+    struct domain *x = d && d < T.cap ? T.by_idx[d] : NULL;
+    return x ? x->name : NULL;
+}

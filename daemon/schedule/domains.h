@@ -81,4 +81,7 @@ json_t *domains_stats_json(int64_t now);
  * it; it is lower-cased here). */
 json_t *domains_json(const char *name, size_t len, int64_t now);
 
+
+/* The lower-case name of domain d, or NULL (0, or forgotten). */
+const char *domains_name(uint32_t d);
 #endif

@@ -55,7 +55,7 @@ static struct strmap in_doubt;
  * and Redis keeps serving others. */
 #define BATCH_MAX_ARGS 8192
 /* The keys apply.lua is given, ahead of its arguments. */
-#define APPLY_NKEYS 5
+#define APPLY_NKEYS 6
 
 static struct batch *batch_new(void)
 {
@@ -142,6 +142,7 @@ void store_init(void)
     rbd->key_rcpts = make_key("rcpt");
     rbd->key_supp = make_key("suppressed");
     rbd->key_domains = make_key("domains");
+    rbd->key_learned = make_key("learned");
 }
 
 void store_mark_in_doubt(const char *id, size_t id_len)
@@ -192,6 +193,8 @@ void store_free(void)
     free(rbd->key_rcpts);
     free(rbd->key_supp);
     free(rbd->key_domains);
+    free(rbd->key_learned);
+    rbd->key_learned = NULL;
     rbd->key_msgs = rbd->key_events = rbd->key_rcpts = rbd->key_supp = rbd->key_domains = NULL;
 }
 
@@ -246,6 +249,7 @@ static void batch_open(void)
     batch_arg_str(b, &b->head, rbd->key_rcpts);
     batch_arg_str(b, &b->head, rbd->key_supp);
     batch_arg_str(b, &b->head, rbd->key_domains);
+    batch_arg_str(b, &b->head, rbd->key_learned);
     snprintf(num, sizeof num, "%lld", rbd->cfg.stream_maxlen);
     batch_arg_str(b, &b->head, num);
     /* The streak rules of the policy in force when the batch opened. */

@@ -43,6 +43,7 @@ enum store_op {
     STORE_OP_UNSUPPRESS = 'U', /* key: the address */
     STORE_OP_THROTTLE = 'T',   /* key: the domain; arg: "<class>,<until>,<since>" */
     STORE_OP_UNTHROTTLE = 'E', /* key: the domain */
+    STORE_OP_LEARN = 'L',      /* key: the domain; arg: its learned state (learn_encode) */
 };
 
 /* Results of STORE_OP_BOUNCE. */
@@ -175,4 +176,13 @@ int store_group_read(const char *group, const char *from, const char *count, sto
 /* Acknowledges n entry ids of group (XACK); cb may be NULL when the reply
  * does not matter. */
 int store_group_ack(const char *group, const char *const *ids, size_t n, store_reply_cb cb, void *arg);
+
+/* ---- learned timing (schedule/learned.c) ---- */
+
+/* One page of the learned states from cursor (HSCAN of <prefix>learned,
+ * count a hint): the reply is {cursor, [domain, state, ...]}. */
+int store_learned_scan(const char *cursor, const char *count, store_reply_cb cb, void *arg);
+/* Forgets a domain's learned state (HDEL; the reply is not awaited): the
+ * daemon let it go to stay within its bound. */
+void store_learned_forget(const char *name, size_t len);
 #endif

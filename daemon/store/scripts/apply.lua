@@ -12,6 +12,8 @@
 --          one); only classes that count toward the streak are recorded
 -- KEYS[4]  the suppressed hash: field = address, value = "<reason>,<at>"
 -- KEYS[5]  the domain hash: field = domain, value = "<class>,<until>,<since>"
+-- KEYS[6]  the learned hash: field = domain, value = its learned timing
+--          (queue/learn.h, learn_encode)
 -- ARGV[1]  approximate maximum length of the stream
 -- ARGV[2]  campaigns in a row that suppress; ARGV[3] chronic span (ms);
 -- ARGV[4]  soft bounces that, over the chronic span, suppress
@@ -37,11 +39,13 @@
 --   op "U":   unsuppress `key` (and forget its streak)
 --   op "T":   a domain throttle: domain `key` is backed off (argument)
 --   op "E":   the throttle of domain `key` ended
+--   op "L":   domain `key`'s learned timing is now `argument`
 -- Returns one integer per fresh record, then per change: for "B" and a
 -- fresh record 0 (as decided), 1 (suppressed now: chronic_soft), 2 (was
 -- suppressed already); for "R" and "U" 1 when a suppression was lifted,
 -- else 0; 0 otherwise.
 local msgs, stream, rcpts, supp, doms = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local learned = KEYS[6]
 local maxlen = ARGV[1]
 local need, span, chronic_n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
@@ -219,6 +223,8 @@ while i <= #ARGV do
     redis.call('HSET', doms, key, arg)
   elseif op == 'E' then
     redis.call('HDEL', doms, key)
+  elseif op == 'L' then
+    redis.call('HSET', learned, key, arg)
   end
 
   if mode == 'S' then
