@@ -55,7 +55,10 @@ static void drop_done_cb(void *arg, bool ok, long long result)
  * same batch. */
 static void drop_learn(const struct job *op, const struct entry *e, int64_t now)
 {
-    if (e->attempt < 1 || e->class_idx >= rbd->policy->nclasses)
+    /* A pending entry's attempt is the retry still to come: the delivery
+     * came from elsewhere, after the retries before it. */
+    int retries = e->state == ENTRY_AWAITING ? e->attempt : e->attempt - 1;
+    if (retries < 1 || e->class_idx >= rbd->policy->nclasses)
         return;
     const struct policy_class *cl = &rbd->policy->classes[e->class_idx];
     if (!cl->learn.enabled)
@@ -71,7 +74,7 @@ static void drop_learn(const struct job *op, const struct entry *e, int64_t now)
     if (!n)
         return;
     struct learn_domain *st = learned_touch(name, n);
-    learn_delivered(st, learn_class_key(cl->name), e->attempt, now - e->first_ms, now);
+    learn_delivered(st, learn_class_key(cl->name), retries, now - e->first_ms, now);
     op_learn_write(name, n, st);
 }
 

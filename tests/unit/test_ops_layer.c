@@ -175,12 +175,20 @@ static void test_learned_timing(void **state)
     stubs_answer_write(1, true, STORE_AS_DECIDED);
     assert_true(stubs.nreplies == 2 && !strstr(stubs.replies[1], "learned"));
 
-    send_line("{\"op\":\"delivered\",\"id\":\"m5\",\"rcpt\":\"a@b.example\"}");
-    assert_int_equal(stubs.nwrites, 4);
-    assert_int_equal(stubs.writes[2].op, STORE_OP_RESET);
-    assert_int_equal(stubs.writes[3].op, STORE_OP_LEARN);
+    /* delivered while the retry is still pending teaches nothing: it came
+     * before any retry; once the retry went, it does */
+    send_line("{\"op\":\"delivered\",\"id\":\"m6\",\"rcpt\":\"a@c.example\"}");
+    assert_int_equal(stubs.nwrites, 3);
     stubs_answer_write(2, true, 0);
+    assert_null(learned_find("c.example", 9));
+    sched_unset_due(rbd->sched, e);
+    entry_become(e, ENTRY_AWAITING, NULL); /* as a fire does */
+    send_line("{\"op\":\"delivered\",\"id\":\"m5\",\"rcpt\":\"a@b.example\"}");
+    assert_int_equal(stubs.nwrites, 5);
+    assert_int_equal(stubs.writes[3].op, STORE_OP_RESET);
+    assert_int_equal(stubs.writes[4].op, STORE_OP_LEARN);
     stubs_answer_write(3, true, 0);
+    stubs_answer_write(4, true, 0);
     struct learn_view v;
     learn_view(learned_find("b.example", 9), key, &v);
     assert_int_equal(v.delivered, 4);
