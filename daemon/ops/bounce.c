@@ -51,8 +51,11 @@ static void bounce_reply(const struct job *op, const char *class_name, enum acti
         jbuf_lit(b, ",\"retry_at\":");
         jbuf_int(b, retry_at);
         if (op->d.learned && op->d.action == ACTION_RETRY && op->d.retry_at == retry_at) {
-            jbuf_lit(b, ",\"learned\":true,\"learned_ms\":");
-            jbuf_int(b, op->d.learned_ms);
+            jbuf_lit(b, ",\"learned\":true");
+            if (op->d.learned_ms > 0) {
+                jbuf_lit(b, ",\"learned_ms\":");
+                jbuf_int(b, op->d.learned_ms);
+            }
         }
     } else {
         jbuf_lit(b, ",\"reason\":");
@@ -238,6 +241,11 @@ void op_bounce(struct job *op)
 
     if (e && e->state == ENTRY_PENDING) {
         /* The client re-sent a report whose retry is still pending. */
+        if (e->flags & ENTRY_LEARNED) { /* the same reply: say it was learned (the age is not kept) */
+            op->d.learned = true;
+            op->d.action = ACTION_RETRY;
+            op->d.retry_at = e->node.due_ms;
+        }
         bounce_reply(op, p->classes[e->class_idx].name, ACTION_RETRY, e->attempt, e->node.due_ms, NULL);
         op_finish(op);
         return;
