@@ -26,6 +26,9 @@ def greylist_policy():
         p = json.load(f)
     g = p["classes"]["greylist"]
     g["delays"] = [["%dms" % (int(lo[:-2]) * SLOW), "%dms" % (int(hi[:-2]) * SLOW)] for lo, hi in g["delays"]]
+    # never forgotten: the fast policy forgets after 10 s, which a loaded
+    # machine can spend between teaching and the last check
+    g["learn"]["forget_after"] = "0"
     fd, path = tempfile.mkstemp(prefix="rebound-learned-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(p, f)
