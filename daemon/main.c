@@ -41,6 +41,7 @@
 #include "schedule/entry.h"
 #include "schedule/firing.h"
 #include "schedule/load.h"
+#include "schedule/learned.h"
 #include "store/scripts.h"
 #include "store/store.h"
 
@@ -678,6 +679,7 @@ int main(int argc, char **argv)
     store_free();
     /* After the store: the writes it fails let go of their domains. */
     domains_free();
+    learned_free();
     events_free();
     int rc = uv_loop_close(rbd->loop);
     if (rc != 0)

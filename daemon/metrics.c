@@ -36,6 +36,7 @@
 #include "redis/redis_link.h"
 #include "schedule/domains.h"
 #include "schedule/entry.h"
+#include "schedule/learned.h"
 #include "store/store.h"
 
 #ifdef REBOUND_HAVE_MHD
@@ -365,6 +366,13 @@ char *metrics_render(size_t *len)
     sample_u64(f, "rebound_reloads_total", "result", "refused", rbd->reloads_failed);
 
     render_observed(f);
+    /* learned timing (schedule/learned.h) */
+    family(f, "rebound_learned_domains", "gauge", "Receiving domains with learned timing kept in memory.");
+    fprintf(f, "rebound_learned_domains %llu\n", (unsigned long long)learned_count());
+    family(f, "rebound_learned_memory_bytes", "gauge", "Memory held by the learned timing of every domain.");
+    fprintf(f, "rebound_learned_memory_bytes %llu\n", (unsigned long long)learned_memory());
+    family(f, "rebound_learned_retries_total", "counter", "Retries scheduled at a domain's learned time instead of the table's.");
+    fprintf(f, "rebound_learned_retries_total %llu\n", (unsigned long long)learned_retries);
 
     if (fclose(f) != 0 || !buf)
         xmalloc_failed(0);

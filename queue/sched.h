@@ -29,6 +29,7 @@ enum entry_state {
 #define ENTRY_BUSY 0x01u
 #define ENTRY_FIRING 0x02u /* in a fire batch whose write is in flight */
 #define ENTRY_PLACED 0x04u /* the daemon's domain pace gave it its due time */
+#define ENTRY_LEARNED 0x08u /* its pending retry's time came from the domain's learned timing */
 
 struct entry {
     struct heap_node node; /* node.due_ms is the due time; 20 bytes, 4-aligned */

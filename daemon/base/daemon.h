@@ -34,6 +34,7 @@ struct daemon {
     char *key_rcpts;   /* <prefix>rcpt: hash of recipients' soft-bounce streaks */
     char *key_supp;    /* <prefix>suppressed: hash of suppressed addresses */
     char *key_domains; /* <prefix>domains: hash of domain throttles */
+    char *key_learned; /* <prefix>learned: hash of domains' learned timing (queue/learn.h text) */
 
     bool loaded;      /* the schedule has been read back from Redis */
     bool stopping;

@@ -20,6 +20,7 @@
 #include "schedule/domains.h"
 #include "schedule/entry.h"
 #include "schedule/firing.h"
+#include "schedule/learned.h"
 #include "store/store.h"
 
 static struct classify_cache class_cache;
@@ -49,6 +50,13 @@ static void bounce_reply(const struct job *op, const char *class_name, enum acti
     if (action == ACTION_RETRY) {
         jbuf_lit(b, ",\"retry_at\":");
         jbuf_int(b, retry_at);
+        if (op->d.learned && op->d.action == ACTION_RETRY && op->d.retry_at == retry_at) {
+            jbuf_lit(b, ",\"learned\":true");
+            if (op->d.learned_ms > 0) {
+                jbuf_lit(b, ",\"learned_ms\":");
+                jbuf_int(b, op->d.learned_ms);
+            }
+        }
     } else {
         jbuf_lit(b, ",\"reason\":");
         jbuf_str(b, reason, strlen(reason));
@@ -66,6 +74,53 @@ static const char *alert_reason(const struct policy *p, int class_idx)
 }
 
 static void bounce_done_cb(void *arg, bool ok, long long result);
+
+/* ---- learned timing ----------------------------------------------------- */
+
+/* The learned state's own write needs no answer of its own: it travels in
+ * the report's batch, so Redis applies both or neither. */
+static void learn_write_cb(void *arg, bool ok, long long result)
+{
+    (void)arg;
+    (void)ok;
+    (void)result;
+}
+
+/* Queues domain `name`'s learned state behind the report's change, in the
+ * same batch (the same atomic apply.lua call). */
+void op_learn_write(const char *name, size_t len, const struct learn_domain *st)
+{
+    char text[LEARN_ENCODED_MAX];
+    if (!learn_encode(st, text, sizeof text))
+        return;
+    char key[LEARNED_NAME_MAX + 1];
+    memcpy(key, name, len);
+    key[len] = '\0';
+    struct store_change ch = {.id = "", .id_len = 0, .mode = '-', .op = STORE_OP_LEARN, .key = key, .arg = text};
+    store_queue(&ch, learn_write_cb, NULL);
+}
+
+/* The receiving domain's learned state for a report in a class that
+ * learns, or NULL. A report for a message already retried is a retry
+ * deferred again: the state learns that first. The state in memory changes
+ * at once rather than when Redis answers, so that two reports for one
+ * domain in one batch both count and the last write carries both; *write
+ * says the state changed and must be written with the report. */
+static const struct learn_domain *bounce_learned(const struct job *op, const struct prior *prior, int64_t now,
+                                                 char *name, size_t *name_len, bool *write)
+{
+    const struct policy_class *cl = &rbd->policy->classes[op->cls.class_idx];
+    const struct request *r = &op->req;
+    *write = false;
+    if (!cl->learn.enabled || !(*name_len = learned_name_of_rcpt(r->rcpt, r->rcpt_len, name)))
+        return NULL;
+    if (prior->attempt < 1)
+        return learned_find(name, *name_len);
+    struct learn_domain *st = learned_touch(name, *name_len);
+    learn_deferred(st, learn_class_key(cl->name), now - prior->first_ms, now);
+    *write = true;
+    return st;
+}
 
 /* The events a report raises besides its record's change, built into
  * events[] (malloc'd bodies, NULL where one could not be encoded): a
@@ -191,6 +246,11 @@ void op_bounce(struct job *op)
 
     if (e && e->state == ENTRY_PENDING) {
         /* The client re-sent a report whose retry is still pending. */
+        if (e->flags & ENTRY_LEARNED) { /* the same reply: say it was learned (the age is not kept) */
+            op->d.learned = true;
+            op->d.action = ACTION_RETRY;
+            op->d.retry_at = e->node.due_ms;
+        }
         bounce_reply(op, p->classes[e->class_idx].name, ACTION_RETRY, e->attempt, e->node.due_ms, NULL);
         op_finish(op);
         return;
@@ -208,7 +268,11 @@ void op_bounce(struct job *op)
      * policy is loaded while the one in force is alive, and a later one
      * that could reuse a freed policy's address comes with another reload. */
     classify_cached(&class_cache, p, rbd->policy_generation, r->code, r->enhanced, r->text, &op->cls);
-    decide_bounce(p, &op->cls, &prior, now, r->not_before, &rbd->rng, &op->d);
+    char lname[LEARNED_NAME_MAX + 1];
+    size_t lname_len = 0;
+    bool lwrite = false;
+    const struct learn_domain *learned = bounce_learned(op, &prior, now, lname, &lname_len, &lwrite);
+    decide_bounce_learned(p, &op->cls, &prior, learned, now, r->not_before, &rbd->rng, &op->d);
     op->prior_attempt = prior.attempt;
     op->domain = domains_of_rcpt(r->rcpt, r->rcpt_len, true, now);
     domains_ref(op->domain);
@@ -231,6 +295,8 @@ void op_bounce(struct job *op)
     op->old_due = e->node.due_ms;
     e->flags |= ENTRY_BUSY;
     int rc = store_queue(&ch, bounce_done_cb, op);
+    if (rc == 0 && lwrite)
+        op_learn_write(lname, lname_len, learned);
     for (int i = 0; i < nev; i++)
         free(events[i]);
     if (rc != 0)
@@ -288,6 +354,13 @@ static void bounce_done_cb(void *arg, bool ok, long long result)
         struct entry_facts f = {d->class_idx, d->attempt, d->first_ms, op->domain};
         entry_become(e, ENTRY_PENDING, &f);
         sched_set_due(rbd->sched, e, d->retry_at);
+        /* get says whether the pending retry's time was learned. */
+        if (d->learned) {
+            e->flags |= ENTRY_LEARNED;
+            learned_retries++;
+        } else {
+            e->flags &= (uint8_t)~ENTRY_LEARNED;
+        }
         firing_kick();
         bounce_reply(op, cname, d->action, d->attempt, d->retry_at, NULL);
     } else {

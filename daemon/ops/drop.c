@@ -3,12 +3,15 @@
  * withdrawn by the sender); its record goes, and delivered also resets its
  * recipient's streak and ends the domain's back-off.
  */
+#include <string.h>
+
 #include "base/daemon.h"
 #include "ops/job.h"
 #include "proto/request.h"
 #include "schedule/domains.h"
 #include "schedule/entry.h"
 #include "schedule/firing.h"
+#include "schedule/learned.h"
 #include "store/store.h"
 
 static void drop_done_cb(void *arg, bool ok, long long result)
@@ -42,6 +45,37 @@ static void drop_done_cb(void *arg, bool ok, long long result)
         sched_unset_due(rbd->sched, e);
         op_settle(e, true);
     }
+}
+
+/* ---- learned timing ----------------------------------------------------- */
+
+/* A delivered message that had been retried in a class that learns teaches
+ * its domain when it accepts: after how many attempts, how long after the
+ * first deferral. Queued behind the delivered report's own change, in the
+ * same batch. */
+static void drop_learn(const struct job *op, const struct entry *e, int64_t now)
+{
+    /* A pending entry's attempt is the retry still to come: the delivery
+     * came from elsewhere, after the retries before it. */
+    int retries = e->state == ENTRY_AWAITING ? e->attempt : e->attempt - 1;
+    if (retries < 1 || e->class_idx >= rbd->policy->nclasses)
+        return;
+    const struct policy_class *cl = &rbd->policy->classes[e->class_idx];
+    if (!cl->learn.enabled)
+        return;
+    char name[LEARNED_NAME_MAX + 1];
+    size_t n = 0;
+    if (op->req.rcpt) {
+        n = learned_name_of_rcpt(op->req.rcpt, op->req.rcpt_len, name);
+    } else {
+        const char *dn = domains_name(entry_domain(e));
+        n = dn ? learned_name(dn, strlen(dn), name) : 0;
+    }
+    if (!n)
+        return;
+    struct learn_domain *st = learned_touch(name, n);
+    learn_delivered(st, learn_class_key(cl->name), retries, now - e->first_ms, now);
+    op_learn_write(name, n, st);
 }
 
 /* cancel drops the message; delivered also resets its recipient's streak
@@ -86,6 +120,10 @@ void op_drop(struct job *op)
         op->old_due = e->node.due_ms;
         e->flags |= ENTRY_BUSY;
     }
-    if (store_queue(&ch, drop_done_cb, op) != 0)
+    if (store_queue(&ch, drop_done_cb, op) != 0) {
         drop_done_cb(op, false, 0);
+        return;
+    }
+    if (delivered && known)
+        drop_learn(op, e, now_ms());
 }

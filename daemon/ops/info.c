@@ -13,6 +13,7 @@
 #include "queue/classify.h"
 #include "schedule/domains.h"
 #include "schedule/entry.h"
+#include "schedule/learned.h"
 #include "store/store.h"
 
 void op_ping(struct job *op)
@@ -41,12 +42,44 @@ void op_auth(struct job *op)
     }
 }
 
+/* ---- learned timing ----------------------------------------------------- */
+
+/* classify knows no domain: it says whether a retry of the class may be
+ * timed by what its domain taught (learned), on what terms (learn), and
+ * that the forecast is the table's, what a domain without evidence gets. */
+static void classify_learn_json(json_t *o, const struct classification *cls)
+{
+    const struct policy_class *cl = &rbd->policy->classes[cls->class_idx];
+    const struct policy_learn *lc = &cl->learn;
+    json_object_set_new(o, "learned", json_boolean(lc->enabled && !cls->stated_wait_ms));
+    if (!lc->enabled)
+        return;
+    json_t *l = json_object();
+    json_object_set_new(l, "min_evidence", json_integer(lc->min_evidence));
+    if (lc->margin_ms)
+        json_object_set_new(l, "margin_ms", json_integer(lc->margin_ms));
+    else
+        json_object_set_new(l, "margin_pct", json_integer(lc->margin_pct));
+    json_object_set_new(l, "jitter_pct", json_integer(lc->jitter_pct));
+    json_object_set_new(l, "forget_after_ms", json_integer(lc->forget_ms));
+    json_object_set_new(o, "learn", l);
+}
+
+/* The domain op's and stats' learned parts. */
+static void domain_learn_json(json_t *o, const char *name, size_t len)
+{
+    json_t *l = learned_domain_json(name, len, now_ms());
+    json_object_set_new(o, "learned", l ? l : json_object());
+}
+
 void op_classify(struct job *op)
 {
     const struct request *r = &op->req;
     struct classification cls;
     classify_reply(rbd->policy, r->code, r->enhanced, r->text, &cls);
-    op_reply(op, explain_classification(rbd->policy, &cls));
+    json_t *o = explain_classification(rbd->policy, &cls);
+    classify_learn_json(o, &cls);
+    op_reply(op, o);
 }
 
 static json_t *stats_json(void)
@@ -74,6 +107,7 @@ static json_t *stats_json(void)
     json_object_set_new(o, "uptime_s", json_integer((now_ms() - rbd->started_ms) / 1000));
     json_object_set_new(o, "connections", json_integer(rbd->nconns));
     json_object_set_new(o, "domains", domains_stats_json(now_ms()));
+    json_object_set_new(o, "learned", learned_stats_json());
     return o;
 }
 void op_stats(struct job *op)
@@ -83,5 +117,7 @@ void op_stats(struct job *op)
 
 void op_domain(struct job *op)
 {
-    op_reply(op, domains_json(op->req.domain, op->req.domain_len, now_ms()));
+    json_t *o = domains_json(op->req.domain, op->req.domain_len, now_ms());
+    domain_learn_json(o, op->req.domain, op->req.domain_len);
+    op_reply(op, o);
 }

@@ -65,6 +65,12 @@ void op_auth(struct job *op);        /* info.c */
 void op_classify(struct job *op);    /* info.c */
 void op_stats(struct job *op);       /* info.c */
 void op_domain(struct job *op);      /* info.c */
+
+/* Learned timing (bounce.c): queues domain `name`'s learned state (len
+ * bytes, lower case) into the current write batch, behind the report that
+ * changed it, so both are applied in one atomic step. */
+struct learn_domain;
+void op_learn_write(const char *name, size_t len, const struct learn_domain *st);
 void op_subscribe(struct job *op);   /* subscribe.c */
 void op_ack(struct job *op);         /* subscribe.c */
 /* acting on the queue */

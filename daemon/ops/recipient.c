@@ -146,6 +146,15 @@ static json_t *recipient_json(redisReply *streak, redisReply *supp, redisReply *
     return o;
 }
 
+/* Whether the pending retry's time came from its domain's learned timing:
+ * the entry's flag, set by the decisions made since the daemon started (a
+ * retry read back at start says false until its next decision). */
+static void get_learned_json(json_t *o, const char *id, size_t id_len)
+{
+    const struct entry *e = sched_find(rbd->sched, id, id_len);
+    json_object_set_new(o, "learned", json_boolean(e && e->state == ENTRY_PENDING && (e->flags & ENTRY_LEARNED)));
+}
+
 static void get_reply_cb(void *arg, redisReply *reply)
 {
     struct job *op = arg;
@@ -181,6 +190,7 @@ static void get_reply_cb(void *arg, redisReply *reply)
         op_error(op, ERR_INTERNAL, "the stored record is malformed");
     } else {
         json_t *o = record_json(&rec, op->req.id, op->req.id_len);
+        get_learned_json(o, op->req.id, op->req.id_len);
         if (rcpt)
             json_object_set_new(o, "recipient", rcpt);
         op_reply(op, o);

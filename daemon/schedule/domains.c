@@ -855,3 +855,11 @@ void domains_entry_unplace(struct entry *e)
 {
     entry_set_placed(e, false);
 }
+
+/* ---- names (learned timing) ---- */
+
+const char *domains_name(uint32_t d)
+{
+    struct domain *x = d && d < T.cap ? T.by_idx[d] : NULL;
+    return x ? x->name : NULL;
+}

@@ -102,4 +102,7 @@ uint64_t domains_held_count(int64_t now);
  * spaces it out again when it falls due. */
 void domains_entry_unplace(struct entry *e);
 
+
+/* The lower-case name of domain d, or NULL (0, or forgotten). */
+const char *domains_name(uint32_t d);
 #endif

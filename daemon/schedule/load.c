@@ -1,4 +1,5 @@
 #include "schedule/load.h"
+#include "schedule/learned.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -160,6 +161,16 @@ static void load_end(struct load_run *run)
     uv_close((uv_handle_t *)&run->check, load_close_cb);
 }
 
+/* ---- learned timing: read back after the throttles ---- */
+static void (*learned_after)(void);
+
+static void learned_then(void)
+{
+    void (*done)(void) = learned_after;
+    learned_after = NULL;
+    learned_load(done);
+}
+
 static void load_check_cb(uv_check_t *h)
 {
     struct load_run *run = h->data;
@@ -189,8 +200,10 @@ static void load_check_cb(uv_check_t *h)
     load_done = NULL;
     /* Then the domain throttles, so that a restart honours them before the
      * first retry fires. */
-    if (done)
-        domains_load(done);
+    if (done) {
+        learned_after = done;
+        domains_load(learned_then);
+    }
 }
 
 static void load_reply_cb(void *arg, redisReply *reply)

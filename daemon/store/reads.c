@@ -235,3 +235,18 @@ int store_group_destroy(const char *group, store_reply_cb cb, void *arg)
     const char *argv[] = {"XGROUP", "DESTROY", rbd->key_events, group};
     return command_str(4, argv, cb ? cb : ignore_reply_cb, arg);
 }
+
+/* ---- learned timing ---- */
+
+int store_learned_scan(const char *cursor, const char *count, store_reply_cb cb, void *arg)
+{
+    const char *argv[] = {"HSCAN", rbd->key_learned, cursor, "COUNT", count};
+    return command_str(5, argv, cb, arg);
+}
+
+void store_learned_forget(const char *name, size_t len)
+{
+    const char *argv[] = {"HDEL", rbd->key_learned, name};
+    size_t lens[] = {4, strlen(rbd->key_learned), len};
+    command(3, argv, lens, ignore_reply_cb, NULL);
+}

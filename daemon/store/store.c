@@ -60,7 +60,7 @@ static struct strmap in_doubt;
  * and Redis keeps serving others. */
 #define BATCH_MAX_ARGS 8192
 /* The keys apply.lua is given, ahead of its arguments. */
-#define APPLY_NKEYS 7 /* msg, events, rcpt, suppressed, domains, history, history_at */
+#define APPLY_NKEYS 8 /* msg, events, rcpt, suppressed, domains, history, history_at, learned */
 
 static struct batch *batch_new(void)
 {
@@ -150,6 +150,7 @@ void store_init(void)
     rbd->key_held = make_key("held");
     rbd->key_history = make_key("history");
     rbd->key_history_at = make_key("history_at");
+    rbd->key_learned = make_key("learned");
 }
 
 void store_mark_in_doubt(const char *id, size_t id_len)
@@ -200,6 +201,8 @@ void store_free(void)
     free(rbd->key_rcpts);
     free(rbd->key_supp);
     free(rbd->key_domains);
+    free(rbd->key_learned);
+    rbd->key_learned = NULL;
     rbd->key_msgs = rbd->key_events = rbd->key_rcpts = rbd->key_supp = rbd->key_domains = NULL;
     free(rbd->key_held);
     rbd->key_held = NULL;
@@ -261,6 +264,7 @@ static void batch_open(void)
     batch_arg_str(b, &b->head, rbd->key_domains);
     batch_arg_str(b, &b->head, rbd->key_history);
     batch_arg_str(b, &b->head, rbd->key_history_at);
+    batch_arg_str(b, &b->head, rbd->key_learned);
     snprintf(num, sizeof num, "%lld", rbd->cfg.stream_maxlen);
     batch_arg_str(b, &b->head, num);
     /* The streak rules of the policy in force when the batch opened. */

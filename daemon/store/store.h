@@ -43,6 +43,7 @@ enum store_op {
     STORE_OP_UNSUPPRESS = 'U', /* key: the address */
     STORE_OP_THROTTLE = 'T',   /* key: the domain; arg: "<class>,<until>,<since>" */
     STORE_OP_UNTHROTTLE = 'E', /* key: the domain */
+    STORE_OP_LEARN = 'L',      /* key: the domain; arg: its learned state (learn_encode) */
 };
 
 /* Results of STORE_OP_BOUNCE. */
@@ -240,4 +241,12 @@ int store_groups_seen(const char *const *names, const long long *ms, size_t n);
 /* Deletes group and its pending list (XGROUP DESTROY) and its time in
  * <prefix>groups; cb (may be NULL) gets XGROUP DESTROY's reply. */
 int store_group_destroy(const char *group, store_reply_cb cb, void *arg);
+/* ---- learned timing (schedule/learned.c) ---- */
+
+/* One page of the learned states from cursor (HSCAN of <prefix>learned,
+ * count a hint): the reply is {cursor, [domain, state, ...]}. */
+int store_learned_scan(const char *cursor, const char *count, store_reply_cb cb, void *arg);
+/* Forgets a domain's learned state (HDEL; the reply is not awaited): the
+ * daemon let it go to stay within its bound. */
+void store_learned_forget(const char *name, size_t len);
 #endif

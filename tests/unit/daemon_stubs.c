@@ -115,6 +115,12 @@ void store_domain_forget(const char *name, size_t len)
 {
 }
 
+/* learned timing (schedule/learned.c) */
+int store_learned_scan(const char *cursor, const char *count, store_reply_cb cb, void *arg) NOT_SENT()
+void store_learned_forget(const char *name, size_t len)
+{
+}
+
 static int fire(struct store_fire *f, const char **ids, bool burst)
 {
     if (!stubs.ready || stubs.nfires == STUBS_MAX)

@@ -22,6 +22,7 @@
 #include "schedule/domains.h"
 #include "schedule/entry.h"
 #include "schedule/firing.h"
+#include "schedule/learned.h"
 
 static struct conn conn;
 
@@ -54,6 +55,7 @@ static int teardown(void **state)
     uv_run(rbd->loop, UV_RUN_NOWAIT);
     sched_free(rbd->sched);
     domains_free();
+    learned_free();
     policy_free(rbd->policy);
     stubs_reset();
     return 0;
@@ -250,6 +252,83 @@ static void test_store_down(void **state)
     assert_int_equal(rbd->errors, 0); /* unavailable is not the client's error */
 }
 
+/* Learned timing: a domain with the evidence gets its next greylisted
+ * retry at the learned time (the reply and the entry say so), and a
+ * delivered report queues the domain's new state right behind its own
+ * change, in the same batch. */
+static void test_learned_timing(void **state)
+{
+    uint32_t key = learn_class_key("greylist");
+    int64_t now = now_ms();
+    struct learn_domain *st = learned_touch("b.example", 9);
+    for (int i = 0; i < 3; i++)
+        learn_delivered(st, key, 1, 20, now);
+    uint64_t before = learned_retries;
+
+    send_line("{\"op\":\"bounce\",\"id\":\"m5\",\"rcpt\":\"a@B.example\"," GREYLIST "}");
+    assert_int_equal(stubs.nwrites, 1); /* a first bounce teaches nothing: no state to write */
+    stubs_answer_write(0, true, STORE_AS_DECIDED);
+    assert_reply(0, "\"learned\":true");
+    struct entry *e = sched_find(rbd->sched, "m5", 2);
+    assert_non_null(e);
+    assert_true(e->flags & ENTRY_LEARNED);
+    assert_int_equal(learned_retries, before + 1);
+    /* never sooner than the class's smallest delay (5 ms in the fast policy) */
+    assert_true(e->node.due_ms >= now + 5);
+
+    /* another domain has no state: the table's time */
+    send_line("{\"op\":\"bounce\",\"id\":\"m6\",\"rcpt\":\"a@c.example\"," GREYLIST "}");
+    stubs_answer_write(1, true, STORE_AS_DECIDED);
+    assert_true(stubs.nreplies == 2 && !strstr(stubs.replies[1], "learned"));
+
+    /* delivered while the retry is still pending teaches nothing: it came
+     * before any retry; once the retry went, it does */
+    send_line("{\"op\":\"delivered\",\"id\":\"m6\",\"rcpt\":\"a@c.example\"}");
+    assert_int_equal(stubs.nwrites, 3);
+    stubs_answer_write(2, true, 0);
+    assert_null(learned_find("c.example", 9));
+    sched_unset_due(rbd->sched, e);
+    entry_become(e, ENTRY_AWAITING, NULL); /* as a fire does */
+    send_line("{\"op\":\"delivered\",\"id\":\"m5\",\"rcpt\":\"a@b.example\"}");
+    assert_int_equal(stubs.nwrites, 5);
+    assert_int_equal(stubs.writes[3].op, STORE_OP_RESET);
+    assert_int_equal(stubs.writes[4].op, STORE_OP_LEARN);
+    stubs_answer_write(3, true, 0);
+    stubs_answer_write(4, true, 0);
+    struct learn_view v;
+    learn_view(learned_find("b.example", 9), key, &v);
+    assert_int_equal(v.delivered, 4);
+    assert_int_equal(learned_count(), 1);
+    assert_int_equal(conn.refs, 0);
+}
+
+/* The table stays within LEARNED_MAX_DOMAINS: past it, the domain whose
+ * state changed least recently goes (in memory here, in Redis through
+ * store_learned_forget), and a typical domain costs under 400 bytes. */
+static void test_learned_bound(void **state)
+{
+    char name[64];
+    uint64_t evicted = learned_evicted;
+    for (int i = 0; i < LEARNED_MAX_DOMAINS; i++) {
+        int n = snprintf(name, sizeof name, "d%07d.example", i);
+        assert_non_null(learned_touch(name, (size_t)n));
+    }
+    assert_int_equal(learned_count(), LEARNED_MAX_DOMAINS);
+    assert_true(learned_memory() / learned_count() < 400);
+    assert_non_null(learned_touch("d0000000.example", 16)); /* changed again: now the newest */
+    for (int i = 0; i < 10; i++) {
+        int n = snprintf(name, sizeof name, "new%d.example", i);
+        assert_non_null(learned_touch(name, (size_t)n));
+    }
+    assert_int_equal(learned_count(), LEARNED_MAX_DOMAINS);
+    assert_int_equal(learned_evicted, evicted + 10);
+    assert_non_null(learned_find("d0000000.example", 16));
+    assert_null(learned_find("d0000001.example", 16));
+    assert_null(learned_find("d0000010.example", 16));
+    assert_non_null(learned_find("d0000011.example", 16));
+    assert_non_null(learned_find("new9.example", 12));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -261,6 +340,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_store_down, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_ops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cluster, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_learned_timing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_learned_bound, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -15,6 +15,8 @@
 -- KEYS[6]  the history hash: field = message id, value = its story,
 --          "<outcome>,<reason>,<at>\n<record>" (the record as it ended)
 -- KEYS[7]  the history's order: sorted set of ids by the time they ended
+-- KEYS[8]  the learned hash: field = domain, value = its learned timing
+--          (queue/learn.h, learn_encode)
 -- ARGV[1]  approximate maximum length of the stream
 -- ARGV[2]  campaigns in a row that suppress; ARGV[3] chronic span (ms);
 -- ARGV[4]  soft bounces that, over the chronic span, suppress
@@ -45,12 +47,13 @@
 --   op "U":   unsuppress `key` (and forget its streak)
 --   op "T":   a domain throttle: domain `key` is backed off (argument)
 --   op "E":   the throttle of domain `key` ended
+--   op "L":   domain `key`'s learned timing is now `argument`
 -- Returns one integer per fresh record, then per change: for "B" and a
 -- fresh record 0 (as decided), 1 (suppressed now: chronic_soft), 2 (was
 -- suppressed already); for "R" and "U" 1 when a suppression was lifted,
 -- else 0; 0 otherwise.
 local msgs, stream, rcpts, supp, doms = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local hist, hist_at = KEYS[6], KEYS[7]
+local hist, hist_at, learned = KEYS[6], KEYS[7], KEYS[8]
 local maxlen = ARGV[1]
 local need, span, chronic_n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
@@ -257,6 +260,8 @@ while i <= #ARGV do
     redis.call('HSET', doms, key, arg)
   elseif op == 'E' then
     redis.call('HDEL', doms, key)
+  elseif op == 'L' then
+    redis.call('HSET', learned, key, arg)
   end
 
   if mode == 'S' then
