@@ -3,7 +3,7 @@
 # what is missing, builds, and, unless REBOUND_REDIS names a Redis to use,
 # starts a private redis-server (loopback only, data and AOF in var/redis).
 # reboundd listens on 127.0.0.1:7411 and on var/rebound.sock, and serves
-# Prometheus metrics at http://127.0.0.1:9411/metrics. The policy is the
+# Prometheus metrics at http://127.0.0.1:9411/metrics (status page at /). The policy is the
 # source tree's config/policy.json (the daemon's search order finds it).
 #   REBOUND_REDIS=127.0.0.1:6379 scripts/run.sh     # use an existing Redis
 #   REBOUND_METRICS=127.0.0.1:9500 scripts/run.sh   # metrics elsewhere ("" for none)
@@ -34,7 +34,7 @@ fi
 
 metrics=${REBOUND_METRICS-127.0.0.1:9411}
 echo "reboundd on 127.0.0.1:7411 and $var/rebound.sock" >&2
-[ -n "$metrics" ] && echo "metrics at http://$metrics/metrics" >&2
+[ -n "$metrics" ] && echo "metrics at http://$metrics/metrics, status page at http://$metrics/" >&2
 build/reboundd --redis "$redis" --unix "$var/rebound.sock" --metrics "$metrics" "$@" &
 daemon_pid=$!
 trap 'kill -TERM $daemon_pid 2>/dev/null; wait $daemon_pid; [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
