@@ -228,14 +228,16 @@ static int page_opt(struct ctl *ctl, int c, const char *arg, void *state)
     return 0;
 }
 
-/* --all: every page on one connection, each address a JSON line. */
-static int suppressed_all(const struct ctl *ctl, long long count)
+/* --all of a paged op: base (owned) is the request without its cursor; every
+ * page is asked for on one connection, each item printed as a JSON line. */
+static int every_page(const struct ctl *ctl, json_t *base)
 {
     struct client cl = {.fd = -1};
     int rc = client_open(&cl, ctl);
     char *cursor = xasprintf("0");
     while (rc == 0) {
-        json_t *req = json_pack("{s:s,s:s,s:I}", "op", "suppressed", "cursor", cursor, "count", count);
+        json_t *req = json_deep_copy(base);
+        json_object_set_new(req, "cursor", json_string(cursor));
         json_t *reply;
         const char *raw;
         size_t len;
@@ -269,7 +271,14 @@ static int suppressed_all(const struct ctl *ctl, long long count)
     }
     free(cursor);
     client_close(&cl);
+    json_decref(base);
     return rc;
+}
+
+/* --all: every page of the suppressed list, each address a JSON line. */
+static int suppressed_all(const struct ctl *ctl, long long count)
+{
+    return every_page(ctl, json_pack("{s:s,s:I}", "op", "suppressed", "count", count));
 }
 
 int cmd_suppressed(struct ctl *ctl, int argc, char **argv)
@@ -608,52 +617,6 @@ int cmd_retry_now(struct ctl *ctl, int argc, char **argv)
     return selection_command(ctl, argc, argv, "retry_now");
 }
 
-/* list --all: every page on one connection, each message a JSON line. */
-static int list_all(const struct ctl *ctl, json_t *base)
-{
-    struct client cl = {.fd = -1};
-    int rc = client_open(&cl, ctl);
-    char *cursor = xasprintf("0");
-    while (rc == 0) {
-        json_t *req = json_deep_copy(base);
-        json_object_set_new(req, "cursor", json_string(cursor));
-        json_t *reply;
-        const char *raw;
-        size_t len;
-        rc = client_request(&cl, req, &reply, &raw, &len);
-        json_decref(req);
-        if (rc)
-            break;
-        if (!json_is_true(json_object_get(reply, "ok"))) {
-            render_error(reply);
-            json_decref(reply);
-            rc = EXIT_REPLY;
-            break;
-        }
-        size_t i;
-        json_t *item;
-        json_array_foreach(json_object_get(reply, "items"), i, item)
-        {
-            char *line = json_dumps(item, JSON_COMPACT);
-            if (line)
-                put_line(line, strlen(line));
-            free(line);
-        }
-        const char *next = json_string_value(json_object_get(reply, "cursor"));
-        free(cursor);
-        cursor = xasprintf("%s", next ? next : "0");
-        json_decref(reply);
-        if (flush_out() < 0)
-            rc = EXIT_IO;
-        if (strcmp(cursor, "0") == 0)
-            break;
-    }
-    free(cursor);
-    client_close(&cl);
-    json_decref(base);
-    return rc;
-}
-
 int cmd_list(struct ctl *ctl, int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -694,7 +657,7 @@ int cmd_list(struct ctl *ctl, int argc, char **argv)
         json_decref(req);
         return rc;
     }
-    return a.page.all ? list_all(ctl, req) : call_and_print(ctl, req);
+    return a.page.all ? every_page(ctl, req) : call_and_print(ctl, req);
 }
 
 int cmd_hold(struct ctl *ctl, int argc, char **argv)
