@@ -569,6 +569,22 @@ static int parse_unsuppress(json_t *root, const struct proto_limits *lim, struct
     return get_rcpt(root, true, lim, r, err) < 0 ? -1 : 0;
 }
 
+/* A paged op's optional "count" (1..1000) into r->count, which holds the
+ * op's default. */
+static int get_page_count(json_t *root, struct request *r, struct proto_error *err)
+{
+    json_int_t v = 0;
+    int rc = get_int(root, "count", false, &v, err);
+    if (rc < 0)
+        return -1;
+    if (rc > 0) {
+        if (v < 1 || v > 1000)
+            return fail(err, ERR_BAD_REQUEST, "field 'count' must be 1..1000, not %lld", (long long)v);
+        r->count = (int)v;
+    }
+    return 0;
+}
+
 /* suppressed: "cursor" a string of decimal digits (a Redis HSCAN cursor,
  * which may exceed 2^53, hence a string), "count" 1..1000. */
 static int parse_suppressed(json_t *root, const struct proto_limits *lim, struct request *r,
@@ -576,7 +592,6 @@ static int parse_suppressed(json_t *root, const struct proto_limits *lim, struct
 {
     const char *s = NULL;
     size_t n = 0;
-    json_int_t v = 0;
     int rc;
 
     r->cursor = "0";
@@ -593,15 +608,7 @@ static int parse_suppressed(json_t *root, const struct proto_limits *lim, struct
                             "field 'cursor' must be the cursor of the previous page (decimal digits, \"0\" to start)");
         r->cursor = s;
     }
-    rc = get_int(root, "count", false, &v, err);
-    if (rc < 0)
-        return -1;
-    if (rc > 0) {
-        if (v < 1 || v > 1000)
-            return fail(err, ERR_BAD_REQUEST, "field 'count' must be 1..1000, not %lld", (long long)v);
-        r->count = (int)v;
-    }
-    return 0;
+    return get_page_count(root, r, err);
 }
 
 static int parse_domain(json_t *root, const struct proto_limits *lim, struct request *r, struct proto_error *err)
@@ -712,7 +719,6 @@ static int parse_list(json_t *root, const struct proto_limits *lim, struct reque
 {
     const char *s = NULL;
     size_t n = 0;
-    json_int_t v = 0;
     int rc;
 
     if (get_domain_opt(root, r, err) < 0 || get_campaign_opt(root, lim, r, err) < 0 ||
@@ -749,15 +755,7 @@ static int parse_list(json_t *root, const struct proto_limits *lim, struct reque
             return fail(err, ERR_BAD_REQUEST, "field 'cursor' must be the cursor of the previous page (\"0\" to start)");
         r->cursor = s;
     }
-    rc = get_int(root, "count", false, &v, err);
-    if (rc < 0)
-        return -1;
-    if (rc > 0) {
-        if (v < 1 || v > 1000)
-            return fail(err, ERR_BAD_REQUEST, "field 'count' must be 1..1000, not %lld", (long long)v);
-        r->count = (int)v;
-    }
-    return 0;
+    return get_page_count(root, r, err);
 }
 
 /* groups: "delete" (optional) names a group as subscribe's "group" does;
