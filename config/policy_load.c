@@ -20,12 +20,14 @@
 #include <regex.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "config/duration.h"
 #include "config/json_pos.h"
+#include "config/regex_size.h"
 
 #define PATH_DEPTH 8
 #define RULE_NAME_MAX 64
@@ -41,7 +43,16 @@ struct loader {
     const char *path[PATH_DEPTH];
     char index[PATH_DEPTH][24];
     int depth;
+    uint64_t regex_positions; /* of every pattern so far: see REGEX_POLICY_MAX */
 };
+
+/* Budgets for the compiled size of the policy's regular expressions
+ * (config/regex_size.h), in positions. The C library's compiler needs a
+ * few hundred bytes per position while it builds (more under a memory
+ * checker), so these keep a policy's load within a few megabytes and
+ * milliseconds; a pattern that matches replies needs a few dozen. */
+#define REGEX_PATTERN_MAX 4096
+#define REGEX_POLICY_MAX 65536
 
 struct code_range {
     int lo, hi;
@@ -927,6 +938,18 @@ static int text_value(struct loader *L, const json_t *v, struct policy_text *t)
         t->pattern = alloc_or_die(n - 1);
         memcpy(t->pattern, s + 1, n - 2);
         t->is_regex = true;
+        uint64_t size = regex_positions(t->pattern, REGEX_PATTERN_MAX);
+        if (size > REGEX_PATTERN_MAX) {
+            fail(L, false, "regular expression \"%s\" is too large once its repetitions are counted out "
+                 "(more than %d positions; write x{2,5} rather than nesting repetitions)", s, REGEX_PATTERN_MAX);
+            return -1;
+        }
+        L->regex_positions += size;
+        if (L->regex_positions > REGEX_POLICY_MAX) {
+            fail(L, false, "regular expression \"%s\" takes the policy's expressions past %d positions "
+                 "once their repetitions are counted out", s, REGEX_POLICY_MAX);
+            return -1;
+        }
         regex_t *re = alloc_or_die(sizeof(*re));
         int e = regcomp(re, t->pattern, REG_EXTENDED | REG_ICASE | REG_NOSUB);
         if (e != 0) {

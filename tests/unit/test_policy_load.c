@@ -450,6 +450,23 @@ static void test_error_rules(void **state)
                  " 'rules': [{'class': 'temp_other', 'text': ['greylisted',\n"
                  "                                           '/try again in [0-9+/']}]}",
                  "policy.json:3:44: rules[0].text[1]: bad regular expression \"/try again in [0-9+/\": ");
+    /* Repetitions that the C library would copy out into gigabytes. */
+    expect_error("{'classes': {" OTHERS "},\n 'rules': [{'class': 'temp_other', 'text': '/x{255}{255}/'}]}",
+                 "policy.json:2:44: rules[0].text: regular expression \"/x{255}{255}/\" is too large");
+    {
+        /* Each under the budget of one pattern, together past the policy's. */
+        static char big[8192];
+        size_t n = (size_t)snprintf(big, sizeof big, "{'classes': {" OTHERS "},\n 'rules': [{'class': 'temp_other', 'text': [");
+        for (int i = 0; i < 20; i++)
+            n += (size_t)snprintf(big + n, sizeof big - n, "%s'/[a-z]{4000}%d/'", i ? ", " : "", i);
+        snprintf(big + n, sizeof big - n, "]}]}");
+        expect_error(big, "policy.json:2:");
+        assert_non_null(strstr(err, "takes the policy's expressions past 65536 positions"));
+        assert_non_null(strstr(err, "rules[0].text[16]"));
+    }
+    struct policy *fits = load_ok("{'classes': {" OTHERS "},\n 'rules': [{'class': 'temp_other', "
+                                  "'text': '/try again in [0-9]{1,3} (min|minutes)/'}]}");
+    policy_free(fits);
     expect_error("{'classes': {" OTHERS "},\n 'rules': [{'class': 'temp_other', 'text': '//'}]}",
                  "policy.json:2:44: rules[0].text: an empty regular expression matches everything");
     expect_error("{'classes': {" OTHERS "},\n 'rules': [{'class': 'temp_other', 'text': ''}]}",
