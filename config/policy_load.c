@@ -938,6 +938,11 @@ static int text_value(struct loader *L, const json_t *v, struct policy_text *t)
         t->pattern = alloc_or_die(n - 1);
         memcpy(t->pattern, s + 1, n - 2);
         t->is_regex = true;
+        if (regex_has_backref(t->pattern)) {
+            fail(L, false, "regular expression \"%s\" has a back-reference (\\1 to \\9): matching one "
+                 "takes time exponential in the reply's length", s);
+            return -1;
+        }
         uint64_t size = regex_positions(t->pattern, REGEX_PATTERN_MAX);
         if (size > REGEX_PATTERN_MAX) {
             fail(L, false, "regular expression \"%s\" is too large once its repetitions are counted out "

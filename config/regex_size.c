@@ -169,3 +169,19 @@ uint64_t regex_positions(const char *pattern, uint64_t cap)
     }
     return stack[0].total;
 }
+
+bool regex_has_backref(const char *pattern)
+{
+    for (const char *p = pattern; *p != '\0';) {
+        if (*p == '[') {
+            p = bracket_end(p);
+        } else if (*p == '\\') {
+            if (p[1] >= '1' && p[1] <= '9')
+                return true;
+            p += p[1] != '\0' ? 2 : 1;
+        } else {
+            p++;
+        }
+    }
+    return false;
+}

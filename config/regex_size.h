@@ -10,6 +10,7 @@
 #ifndef REBOUND_CONFIG_REGEX_SIZE_H
 #define REBOUND_CONFIG_REGEX_SIZE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 /* The number of positions (literal characters, bracket expressions, '.',
@@ -21,5 +22,11 @@
  * counting once past cap). Malformed patterns are measured as far as they
  * go: regcomp reports their errors. */
 uint64_t regex_positions(const char *pattern, uint64_t cap);
+
+/* True when `pattern` holds a back-reference (\1 to \9 outside a bracket
+ * expression). The C library matches those by backtracking, in time
+ * exponential in the reply's length, and a reply's text comes from a
+ * remote server: the policy loader refuses them. */
+bool regex_has_backref(const char *pattern);
 
 #endif

@@ -464,6 +464,8 @@ static void test_error_rules(void **state)
         assert_non_null(strstr(err, "takes the policy's expressions past 65536 positions"));
         assert_non_null(strstr(err, "rules[0].text[16]"));
     }
+    expect_error("{'classes': {" OTHERS "},\n 'rules': [{'class': 'temp_other', 'text': '/(a*)*\\\\1/'}]}",
+                 "policy.json:2:44: rules[0].text: regular expression \"/(a*)*\\1/\" has a back-reference");
     struct policy *fits = load_ok("{'classes': {" OTHERS "},\n 'rules': [{'class': 'temp_other', "
                                   "'text': '/try again in [0-9]{1,3} (min|minutes)/'}]}");
     policy_free(fits);

@@ -194,6 +194,18 @@ static void test_model(void **state)
     }
 }
 
+static void test_backref(void **state)
+{
+    (void)state;
+    assert_true(regex_has_backref("(a*)*\\1"));
+    assert_true(regex_has_backref("x\\9"));
+    assert_false(regex_has_backref("x\\0"));
+    assert_false(regex_has_backref("a\\\\1")); /* an escaped backslash, then 1 */
+    assert_false(regex_has_backref("[\\1]"));    /* inside brackets: two members */
+    assert_false(regex_has_backref("try again in [0-9]+"));
+    assert_false(regex_has_backref("trailing\\"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -201,6 +213,7 @@ int main(void)
         cmocka_unit_test(test_saturates),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_model),
+        cmocka_unit_test(test_backref),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
