@@ -98,6 +98,7 @@ static const struct option options[] = {
     {"redis_sentinels", OPT_STRING, FIELD(redis_sentinels), "", 0, 0, false, false},
     {"redis_master_name", OPT_STRING, FIELD(redis_master_name), "mymaster", 0, 0, false, false},
     {"redis_sentinel_password", OPT_STRING, FIELD(redis_sentinel_password), "", 0, 0, false, true},
+    {"redis_cluster", OPT_STRING, FIELD(redis_cluster), "", 0, 0, false, false},
     {"redis_min_replicas", OPT_INT, FIELD(redis_min_replicas), "0", 0, 1000, false, false},
     {"redis_replica_timeout", OPT_DURATION, FIELD(redis_replica_timeout_ms), "1s", 1, 3600LL * 1000, false, false},
     {"instance_id", OPT_STRING, FIELD(instance_id), "", 0, 0, false, false},
@@ -368,11 +369,11 @@ static int parse_text(const struct option *o, const char *s, struct value *v, ch
     return -1;
 }
 
-/* redis_sentinels may be written as a JSON array of "host:port" strings,
+/* redis_sentinels and redis_cluster may be written as a JSON array of "host:port" strings,
  * the natural form in a file; it is kept as the comma-separated text the
  * command line takes. The buffer is static: v->s is copied by field_store
  * before the next option is parsed. */
-static int join_sentinels(json_t *j, struct value *v, char *err, size_t errlen)
+static int join_addresses(const char *name, json_t *j, struct value *v, char *err, size_t errlen)
 {
     static char joined[4096];
     size_t n = 0, i;
@@ -384,7 +385,7 @@ static int join_sentinels(json_t *j, struct value *v, char *err, size_t errlen)
         const char *s = json_string_value(el);
         size_t len = strlen(s);
         if (!len || strchr(s, ',') || n + len + 2 > sizeof joined) {
-            set_err(err, errlen, "redis_sentinels: each element must be a non-empty \"host:port\" (and all under 4 KiB)");
+            set_err(err, errlen, "%s: each element must be a non-empty \"host:port\" (and all under 4 KiB)", name);
             return -2;
         }
         if (n)
@@ -405,8 +406,8 @@ static int parse_json(const struct option *o, json_t *j, struct value *v, char *
     switch (o->type) {
     case OPT_STRING:
     case OPT_LEVEL:
-        if (json_is_array(j) && strcmp(o->name, "redis_sentinels") == 0)
-            return join_sentinels(j, v, err, errlen);
+        if (json_is_array(j) && (strcmp(o->name, "redis_sentinels") == 0 || strcmp(o->name, "redis_cluster") == 0))
+            return join_addresses(o->name, j, v, err, errlen);
         if (!json_is_string(j))
             return -1;
         break;
@@ -657,8 +658,46 @@ static int check_hostport(const char *name, const char *s, char *err, size_t err
     return 0;
 }
 
-/* The high-availability keys: every Sentinel address must parse as a
- * listener's HOST:PORT does, and a name is needed to ask them about. */
+/* A comma-separated list of at most 16 addresses, each parsing as a
+ * listener's HOST:PORT does. */
+static int check_address_list(const char *name, const char *list, char *err, size_t errlen)
+{
+    const char *p = list;
+    int n = 0;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char one[ADDR_HOST_MAX + 16];
+        if (len == 0 || len >= sizeof one) {
+            set_err(err, errlen, "%s: an empty or overlong address in \"%.200s\"", name, list);
+            return -1;
+        }
+        memcpy(one, p, len);
+        one[len] = '\0';
+        if (check_hostport(name, one, err, errlen) != 0)
+            return -1;
+        n++;
+        p += len + (comma ? 1 : 0);
+    }
+    if (n > 16) {
+        set_err(err, errlen, "%s: at most 16 addresses", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* Whether prefix holds a non-empty {hash tag}: Redis Cluster then keeps
+ * every key that starts with it in one slot. */
+static bool has_hash_tag(const char *prefix)
+{
+    const char *open = strchr(prefix, '{');
+    const char *close = open ? strchr(open + 1, '}') : NULL;
+    return close != NULL && close > open + 1;
+}
+
+/* The high-availability keys: every Sentinel and cluster seed address
+ * must parse, a name is needed to ask the Sentinels about, and in a
+ * cluster every key must fall in one slot of database 0. */
 static int check_ha(const struct config *cfg, char *err, size_t errlen)
 {
     if (cfg->redis_sentinels[0]) {
@@ -666,25 +705,23 @@ static int check_ha(const struct config *cfg, char *err, size_t errlen)
             set_err(err, errlen, "redis_master_name: must not be empty when redis_sentinels is set");
             return -1;
         }
-        const char *p = cfg->redis_sentinels;
-        int n = 0;
-        while (*p) {
-            const char *comma = strchr(p, ',');
-            size_t len = comma ? (size_t)(comma - p) : strlen(p);
-            char one[ADDR_HOST_MAX + 16];
-            if (len == 0 || len >= sizeof one) {
-                set_err(err, errlen, "redis_sentinels: an empty or overlong address in \"%.200s\"", cfg->redis_sentinels);
-                return -1;
-            }
-            memcpy(one, p, len);
-            one[len] = '\0';
-            if (check_hostport("redis_sentinels", one, err, errlen) != 0)
-                return -1;
-            n++;
-            p += len + (comma ? 1 : 0);
+        if (check_address_list("redis_sentinels", cfg->redis_sentinels, err, errlen) != 0)
+            return -1;
+    }
+    if (cfg->redis_cluster[0]) {
+        if (cfg->redis_sentinels[0]) {
+            set_err(err, errlen, "redis_cluster: set either redis_cluster or redis_sentinels, not both");
+            return -1;
         }
-        if (n > 16) {
-            set_err(err, errlen, "redis_sentinels: at most 16 addresses");
+        if (check_address_list("redis_cluster", cfg->redis_cluster, err, errlen) != 0)
+            return -1;
+        if (cfg->redis_db != 0) {
+            set_err(err, errlen, "redis_db: must be 0 with redis_cluster (a cluster has only database 0)");
+            return -1;
+        }
+        if (!has_hash_tag(cfg->prefix)) {
+            set_err(err, errlen, "prefix: with redis_cluster it needs a hash tag so that every key is in one slot, "
+                    "e.g. \"{%.100s}\" in place of \"%.100s\"", cfg->prefix, cfg->prefix);
             return -1;
         }
     }

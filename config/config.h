@@ -47,6 +47,7 @@ struct config {
     char *redis_sentinels;          /* "host:port,host:port,...", "" = no Sentinel (use `redis`) */
     char *redis_master_name;        /* the master's name in the Sentinels, default "mymaster" */
     char *redis_sentinel_password;  /* the Sentinels' own password, "" = none */
+    char *redis_cluster;            /* Redis Cluster seeds "host:port,...", "" = no cluster */
     int redis_min_replicas;         /* WAIT for this many replicas after each write batch, 0 = no WAIT */
     int64_t redis_replica_timeout_ms; /* WAIT's time-out, default 1000 (key "redis_replica_timeout") */
     char *instance_id;              /* this instance's name, "" = "<hostname>:<pid>" at start */

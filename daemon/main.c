@@ -527,6 +527,28 @@ static int sentinel_options(const struct config *cfg, struct redis_link_opts *lo
     return 0;
 }
 
+/* Redis Cluster discovery: the comma-separated redis_cluster seeds cut
+ * into the link's list; the slot is the prefix's (config_validate has
+ * checked that it holds a hash tag, so every key is in that slot). */
+static int cluster_options(const struct config *cfg, struct redis_link_opts *lo)
+{
+    static char list[4096];
+    static const char *addrs[16];
+    int n = 0;
+    if (strlen(cfg->redis_cluster) >= sizeof list)
+        return -1;
+    memcpy(list, cfg->redis_cluster, strlen(cfg->redis_cluster) + 1);
+    for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (n == 16)
+            return -1;
+        addrs[n++] = tok;
+    }
+    lo->cluster_seeds = addrs;
+    lo->ncluster_seeds = n;
+    lo->cluster_key = cfg->prefix;
+    return 0;
+}
+
 /* This instance's name and the address it tells others (the cluster op):
  * the configured ones, or hostname:pid and the listen address. */
 static void set_identity(const struct config *cfg)
@@ -574,6 +596,8 @@ static int redis_options(const struct config *cfg, struct redis_link_opts *lo)
     lo->scripts = scripts;
     lo->nscripts = SCRIPT__COUNT;
     if (cfg->redis_sentinels[0] && sentinel_options(cfg, lo) != 0)
+        return -1;
+    if (cfg->redis_cluster[0] && cluster_options(cfg, lo) != 0)
         return -1;
     return 0;
 }

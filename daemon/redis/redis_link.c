@@ -56,6 +56,7 @@
 #include "base/log.h"
 #include "base/xmalloc.h"
 #include "redis/redis_uv.h"
+#include "redis/cluster_nodes.h"
 #include "redis/sentinel.h"
 
 #include <ctype.h>
@@ -137,6 +138,13 @@ struct redis_link {
     char *master_name, *sentinel_password;
     uint64_t master_changes;
     long long master_epoch; /* the configuration epoch of the answer used */
+
+    /* Redis Cluster discovery (ncluster > 0): host and port are the primary
+     * the seeds named last for cluster_slot, the slot of every key. */
+    struct sentinel_addr *cluster_seeds;
+    int ncluster;
+    int cluster_first; /* the seed that answered last is asked first */
+    int cluster_slot;
 
     void (*closed_cb)(void *arg);
     void *closed_arg;
@@ -585,6 +593,22 @@ static void cmd_finish(struct redis_link *link, struct link_cmd *cmd, redisReply
     cb(link, reply, privdata);
 }
 
+/* The answers of a cluster node that no longer serves our slot (MOVED,
+ * ASK: it moved or is moving; CLUSTERDOWN: the cluster lost it for now;
+ * TRYAGAIN: a multi-key command during a migration; READONLY: a replica). */
+static bool is_cluster_redirect(const redisReply *reply)
+{
+    static const char *const words[] = {"MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN", "READONLY"};
+    if (reply->type != REDIS_REPLY_ERROR || !reply->str)
+        return false;
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
+        size_t n = strlen(words[i]);
+        if (reply->len >= n && strncmp(reply->str, words[i], n) == 0)
+            return true;
+    }
+    return false;
+}
+
 static void cmd_reply_cb(redisAsyncContext *ac, void *r, void *privdata);
 
 /* Re-sends a script command as EVAL <source>, reusing the formatted
@@ -648,6 +672,15 @@ static void cmd_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
          * ask the Sentinels again. The caller sees this error reply; the
          * commands behind it get NULL, in doubt, as on any drop. */
         link_drop(link, "READONLY: %s is a replica now: asking the Sentinels again", link->where);
+    }
+    if (reply && link->ncluster > 0 && ac == link->ac && is_cluster_redirect(reply)) {
+        /* The slot is served elsewhere now (a failover, a migration) or
+         * not at all for the moment: the seeds say where, at the next
+         * connect. The caller sees this error, the commands behind it
+         * NULL (in doubt), as on any drop; nothing is resent to the
+         * named node, so no write can be applied twice. */
+        link_drop(link, "%.*s: asking the cluster where slot %d is", (int)(reply->len < 80 ? reply->len : 80),
+                  reply->str, link->cluster_slot);
     }
     if (reply && cmd->script >= 0 && !cmd->eval_sent && is_noscript(reply)) {
         /* The script cache was flushed (SCRIPT FLUSH, a restart we did not
@@ -857,10 +890,11 @@ static void setup_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
     if (step == STEP_ROLE && !role_is_master(reply)) {
         /* The Sentinels named a server that is not (or no longer) the
          * master: a failover is under way. The back-off paces the asking. */
-        link_drop(link, "ROLE: %s is a %s, not a master: asking the Sentinels again", link->where,
+        link_drop(link, "ROLE: %s is a %s, not a master: asking the %s again", link->where,
                   reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 && reply->element[0]->str
                       ? reply->element[0]->str
-                      : "server");
+                      : "server",
+                  link->ncluster > 0 ? "cluster" : "Sentinels");
         return;
     }
     if (step >= STEP_SCRIPT) {
@@ -904,7 +938,7 @@ static void connect_cb(const redisAsyncContext *cac, int status)
         const char *argv[2] = {"SELECT", db};
         rc |= setup_send(link, ac, STEP_SELECT, 2, argv);
     }
-    if (link->nsentinels > 0) {
+    if (link->nsentinels > 0 || link->ncluster > 0) {
         const char *argv[1] = {"ROLE"};
         rc |= setup_send(link, ac, STEP_ROLE, 1, argv);
     }
@@ -960,6 +994,32 @@ static int link_resolve_master(struct redis_link *link, char *err, size_t errlen
     return 0;
 }
 
+/* Asks the cluster's seeds which primary serves our slot, before every
+ * connect, as link_resolve_master asks the Sentinels. */
+static int link_resolve_cluster(struct redis_link *link, char *err, size_t errlen)
+{
+    char host[256];
+    int port = 0;
+    long long epoch = 0;
+    int64_t t = link->timeout_ms > 0 && link->timeout_ms < SENTINEL_TIMEOUT_MAX_MS ? link->timeout_ms
+                                                                                   : SENTINEL_TIMEOUT_MAX_MS;
+    if (cluster_get_primary(link->cluster_seeds, link->ncluster, &link->cluster_first, link->cluster_slot,
+                            link->user, link->password, t, host, sizeof host, &port, &epoch, err, errlen) != 0)
+        return -1;
+    link->master_epoch = epoch;
+    if (port == link->port && strcmp(host, link->host) == 0)
+        return 0;
+    char before[sizeof link->where];
+    snprintf(before, sizeof before, "%s", link->where);
+    free(link->host);
+    link->host = xstrdup(host);
+    link->port = port;
+    set_where(link);
+    link->master_changes++;
+    log_warn("redis: the cluster serves slot %d from %s (was %s)", link->cluster_slot, link->where, before);
+    return 0;
+}
+
 static void link_connect(struct redis_link *link)
 {
     link->state = LINK_CONNECTING;
@@ -969,6 +1029,13 @@ static void link_connect(struct redis_link *link)
         char why[400];
         if (link_resolve_master(link, why, sizeof why) != 0) {
             link_lost(link, "sentinels: %s", why);
+            return;
+        }
+    }
+    if (link->ncluster > 0) {
+        char why[400];
+        if (link_resolve_cluster(link, why, sizeof why) != 0) {
+            link_lost(link, "cluster: %s", why);
             return;
         }
     }
@@ -1076,6 +1143,17 @@ struct redis_link *redis_link_new(uv_loop_t *loop, const struct redis_link_opts 
                                                   ? opts->sentinel_password
                                                   : NULL);
     }
+    if (opts->ncluster_seeds > 0 && !link->unix_path) {
+        link->cluster_seeds = xcalloc(SENTINELS_MAX, sizeof *link->cluster_seeds);
+        for (int i = 0; i < opts->ncluster_seeds && link->ncluster < SENTINELS_MAX; i++) {
+            if (sentinel_parse_list(opts->cluster_seeds[i], &link->cluster_seeds[link->ncluster], 1) == 1)
+                link->ncluster++;
+            else
+                log_warn("redis: ignoring the cluster seed \"%s\"", opts->cluster_seeds[i]);
+        }
+        const char *key = opts->cluster_key ? opts->cluster_key : "";
+        link->cluster_slot = cluster_key_slot(key, strlen(key));
+    }
     link->state_cb = cb;
     link->state_arg = arg;
     link->state = LINK_DISCONNECTED;
@@ -1107,6 +1185,11 @@ const char *redis_link_last_error(const struct redis_link *link)
 const char *redis_link_where(const struct redis_link *link)
 {
     return link->where;
+}
+
+int redis_link_cluster_slot(const struct redis_link *link)
+{
+    return link->ncluster > 0 ? link->cluster_slot : -1;
 }
 
 uint64_t redis_link_master_changes(const struct redis_link *link)
@@ -1169,6 +1252,7 @@ static void link_free(struct redis_link *link)
     free(link->scripts);
     free(link->shas);
     free(link->sentinels);
+    free(link->cluster_seeds);
     free(link->master_name);
     free(link->sentinel_password);
     free(link);

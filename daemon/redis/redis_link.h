@@ -49,6 +49,15 @@ struct redis_link_opts {
     int nsentinels;
     const char *master_name;
     const char *sentinel_password; /* NULL = no AUTH to the Sentinels */
+    /* Redis Cluster discovery: with ncluster_seeds > 0 ("host:port" each),
+     * host and port are only the first guess; every connect asks the seeds
+     * which primary serves the slot of cluster_key (every key the caller
+     * uses must share its hash tag), and the link goes READY only on a
+     * server whose ROLE is master. MOVED, ASK, TRYAGAIN, CLUSTERDOWN and
+     * READONLY answers drop the connection and ask again. */
+    const char *const *cluster_seeds;
+    int ncluster_seeds;
+    const char *cluster_key;
 };
 
 struct redis_link;
@@ -102,9 +111,13 @@ redisReply *redis_link_reply_retain(redisReply *reply);
 void redis_link_reply_release(redisReply *reply);
 
 /* "host:port" of the server the link is (or was last) connected to, or
- * would connect to next: with Sentinels, the last master they named. */
+ * would connect to next: with Sentinels, the last master they named; in
+ * a cluster, the last primary the seeds named. */
 const char *redis_link_where(const struct redis_link *link);
-/* The times the Sentinels named a master at another address than the one
+/* The cluster slot the link serves, or -1 without cluster seeds. */
+int redis_link_cluster_slot(const struct redis_link *link);
+/* The times the Sentinels (or the cluster seeds) named a master at another
+ * address than the one
  * before (a failover followed); 0 without Sentinels. */
 uint64_t redis_link_master_changes(const struct redis_link *link);
 

@@ -514,7 +514,7 @@ static void test_dump_masks_secrets(void **state)
     assert_string_equal(json_string_value(json_object_get(j, "unix_mode")), "0660");
     assert_string_equal(json_string_value(json_object_get(j, "redis_timeout")), "5s");
     assert_int_equal(json_integer_value(json_object_get(j, "max_line")), 65536);
-    assert_int_equal(json_object_size(j), 35);
+    assert_int_equal(json_object_size(j), 36);
     json_decref(j);
 
     config_set(cfg, "redis_password", "hunter2", err, sizeof err);
@@ -786,6 +786,43 @@ static void test_ha_keys(void **state)
     assert_non_null(strstr(err, "redis_sentinels"));
 }
 
+/* Redis Cluster seeds: an array or a string, never with Sentinels, and
+ * only with a prefix whose hash tag keeps every key in one slot of db 0. */
+static void test_cluster_keys(void **state)
+{
+    struct config *cfg = *state;
+    char err[512] = "";
+    const char *text = "{\"redis_cluster\": [\"127.0.0.1:7000\", \"127.0.0.1:7001\"], \"prefix\": \"{rebound}:\"}";
+    assert_int_equal(load_text(cfg, text, err, sizeof err), 0);
+    assert_string_equal(cfg->redis_cluster, "127.0.0.1:7000,127.0.0.1:7001");
+    assert_int_equal(config_validate(cfg, err, sizeof err), 0);
+
+    assert_int_equal(config_set(cfg, "prefix", "rebound:", err, sizeof err), 0);
+    assert_int_equal(config_validate(cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "prefix: with redis_cluster it needs a hash tag"));
+    assert_non_null(strstr(err, "\"{rebound:}\""));
+    assert_int_equal(config_set(cfg, "prefix", "{}rebound:", err, sizeof err), 0);
+    assert_int_equal(config_validate(cfg, err, sizeof err), -1);
+    assert_int_equal(config_set(cfg, "prefix", "app:{rebound}:", err, sizeof err), 0);
+    assert_int_equal(config_validate(cfg, err, sizeof err), 0);
+
+    assert_int_equal(config_set(cfg, "redis_db", "2", err, sizeof err), 0);
+    assert_int_equal(config_validate(cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "redis_db: must be 0 with redis_cluster"));
+    assert_int_equal(config_set(cfg, "redis_db", "0", err, sizeof err), 0);
+
+    assert_int_equal(config_set(cfg, "redis_sentinels", "127.0.0.1:26379", err, sizeof err), 0);
+    assert_int_equal(config_validate(cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "not both"));
+    assert_int_equal(config_set(cfg, "redis_sentinels", "", err, sizeof err), 0);
+
+    assert_int_equal(config_set(cfg, "redis_cluster", "127.0.0.1:7000,:", err, sizeof err), 0);
+    assert_int_equal(config_validate(cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "redis_cluster"));
+    assert_int_equal(load_text(cfg, "{\"redis_cluster\": [7000]}", err, sizeof err), -1);
+    assert_non_null(strstr(err, "redis_cluster"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -813,6 +850,7 @@ int main(void)
         cmocka_unit_test(test_mask_address),
         cmocka_unit_test_setup_teardown(test_docs_mark_reloadable_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ha_keys, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cluster_keys, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

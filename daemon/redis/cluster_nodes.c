@@ -1,0 +1,253 @@
+/*
+ * Redis Cluster's key slots and its CLUSTER NODES answer, read as the
+ * cluster specification states them; the query blocks for the reasons
+ * given at the top of redis/sentinel.c (it runs only while the link is
+ * about to connect, bounded by a short time-out per seed).
+ */
+#include "redis/cluster_nodes.h"
+
+#include <hiredis/hiredis.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+/* CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, no
+ * reflection. Bit by bit: it runs once per connect, not per key. */
+static uint16_t crc16(const char *buf, size_t len)
+{
+    uint16_t crc = 0;
+    for (size_t i = 0; i < len; i++) {
+        crc ^= (uint16_t)((unsigned char)buf[i] << 8);
+        for (int b = 0; b < 8; b++)
+            crc = (crc & 0x8000) ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
+    }
+    return crc;
+}
+
+/* The hashed part of key: its tag when it has a non-empty one. */
+static void hashed_part(const char *key, size_t len, const char **part, size_t *plen)
+{
+    const char *open = memchr(key, '{', len);
+    if (open != NULL) {
+        size_t rest = len - (size_t)(open - key) - 1;
+        const char *close = memchr(open + 1, '}', rest);
+        if (close != NULL && close > open + 1) {
+            *part = open + 1;
+            *plen = (size_t)(close - open - 1);
+            return;
+        }
+    }
+    *part = key;
+    *plen = len;
+}
+
+int cluster_key_slot(const char *key, size_t len)
+{
+    const char *part;
+    size_t plen;
+    hashed_part(key, len, &part, &plen);
+    return crc16(part, plen) & (CLUSTER_SLOTS - 1);
+}
+
+bool cluster_has_hash_tag(const char *key, size_t len)
+{
+    const char *part;
+    size_t plen;
+    hashed_part(key, len, &part, &plen);
+    return part != key || plen != len;
+}
+
+/* Whether one slot field of a CLUSTER NODES line ("5461", "0-5460", or a
+ * migration note "[93->-id]" / "[93-<-id]", which claims nothing) holds slot. */
+static bool field_has_slot(const char *f, size_t len, int slot)
+{
+    if (len == 0 || f[0] == '[')
+        return false;
+    char buf[32];
+    if (len >= sizeof buf)
+        return false;
+    memcpy(buf, f, len);
+    buf[len] = '\0';
+    char *end;
+    long lo = strtol(buf, &end, 10), hi = lo;
+    if (end == buf)
+        return false;
+    if (*end == '-') {
+        char *end2;
+        hi = strtol(end + 1, &end2, 10);
+        if (end2 == end + 1 || *end2 != '\0')
+            return false;
+    } else if (*end != '\0') {
+        return false;
+    }
+    return slot >= lo && slot <= hi;
+}
+
+/* Whether the comma-separated flags hold `flag` exactly. */
+static bool has_flag(const char *flags, size_t len, const char *flag)
+{
+    size_t fl = strlen(flag);
+    const char *p = flags, *end = flags + len;
+    while (p < end) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        size_t n = comma ? (size_t)(comma - p) : (size_t)(end - p);
+        if (n == fl && memcmp(p, flag, n) == 0)
+            return true;
+        p += n + 1;
+    }
+    return false;
+}
+
+int cluster_nodes_primary(const char *text, size_t len, int slot, char *host, size_t hostlen, int *port,
+                          long long *epoch)
+{
+    long long best = -1;
+    const char *line = text, *end = text + len;
+    while (line < end) {
+        const char *nl = memchr(line, '\n', (size_t)(end - line));
+        const char *lend = nl ? nl : end;
+        /* id addr flags master ping pong epoch link slot... */
+        const char *f[8];
+        size_t fl[8];
+        int nf = 0;
+        const char *p = line;
+        while (p < lend && nf < 8) {
+            while (p < lend && *p == ' ')
+                p++;
+            const char *s = p;
+            while (p < lend && *p != ' ')
+                p++;
+            if (p > s) {
+                f[nf] = s;
+                fl[nf] = (size_t)(p - s);
+                nf++;
+            }
+        }
+        if (nf == 8 && has_flag(f[2], fl[2], "master") && !has_flag(f[2], fl[2], "fail") &&
+            !has_flag(f[2], fl[2], "noaddr") && !has_flag(f[2], fl[2], "handshake")) {
+            bool claims = false;
+            const char *q = p;
+            while (q < lend && !claims) {
+                while (q < lend && *q == ' ')
+                    q++;
+                const char *s = q;
+                while (q < lend && *q != ' ')
+                    q++;
+                claims = field_has_slot(s, (size_t)(q - s), slot);
+            }
+            /* addr is "ip:port@cport" and may carry ",hostname" */
+            char addr[300];
+            long long ep = strtoll(f[6], NULL, 10);
+            if (claims && ep > best && fl[1] < sizeof addr) {
+                memcpy(addr, f[1], fl[1]);
+                addr[fl[1]] = '\0';
+                addr[strcspn(addr, "@,")] = '\0';
+                char *colon = strrchr(addr, ':');
+                long pn = colon ? strtol(colon + 1, NULL, 10) : 0;
+                if (colon && colon > addr && pn >= 1 && pn <= 65535 && (size_t)(colon - addr) < hostlen) {
+                    *colon = '\0';
+                    const char *h = addr;
+                    size_t hl = strlen(h);
+                    if (h[0] == '[' && hl > 2 && h[hl - 1] == ']') {
+                        addr[hl - 1] = '\0';
+                        h++;
+                    }
+                    memcpy(host, h, strlen(h) + 1);
+                    *port = (int)pn;
+                    *epoch = ep;
+                    best = ep;
+                }
+            }
+        }
+        line = lend + 1;
+    }
+    return best >= 0 ? 0 : -1;
+}
+
+static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static int ask_one(const struct sentinel_addr *s, int slot, const char *user, const char *password,
+                   struct timeval tv, char *host, size_t hostlen, int *port, long long *epoch, char *err,
+                   size_t errlen)
+{
+    redisContext *c = redisConnectWithTimeout(s->host, s->port, tv);
+    if (!c) {
+        errf(err, errlen, "%s:%d: out of memory", s->host, s->port);
+        return -1;
+    }
+    if (c->err) {
+        errf(err, errlen, "%s:%d: %s", s->host, s->port, c->errstr);
+        redisFree(c);
+        return -1;
+    }
+    redisSetTimeout(c, tv);
+    redisReply *r;
+    if (password) {
+        r = user ? redisCommand(c, "AUTH %s %s", user, password) : redisCommand(c, "AUTH %s", password);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            errf(err, errlen, "%s:%d: AUTH: %s", s->host, s->port, r ? r->str : c->errstr);
+            if (r)
+                freeReplyObject(r);
+            redisFree(c);
+            return -1;
+        }
+        freeReplyObject(r);
+    }
+    int rc = -1;
+    r = redisCommand(c, "CLUSTER NODES");
+    if (!r) {
+        errf(err, errlen, "%s:%d: %s", s->host, s->port, c->errstr);
+    } else if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) {
+        if (cluster_nodes_primary(r->str, r->len, slot, host, hostlen, port, epoch) == 0)
+            rc = 0;
+        else
+            errf(err, errlen, "%s:%d: no live primary claims slot %d", s->host, s->port, slot);
+    } else {
+        errf(err, errlen, "%s:%d: CLUSTER NODES: %.150s", s->host, s->port,
+             r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+    }
+    if (r)
+        freeReplyObject(r);
+    redisFree(c);
+    return rc;
+}
+
+int cluster_get_primary(const struct sentinel_addr *seeds, int n, int *first, int slot, const char *user,
+                        const char *password, int64_t timeout_ms, char *host, size_t hostlen, int *port,
+                        long long *epoch_out, char *err, size_t errlen)
+{
+    if (timeout_ms <= 0)
+        timeout_ms = 1000;
+    struct timeval tv = {(time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000};
+    char why[300] = "no seed configured";
+    int start = (*first >= 0 && *first < n) ? *first : 0;
+    long long best = -1;
+    for (int k = 0; k < n; k++) {
+        int i = (start + k) % n;
+        char h[256];
+        int p = 0;
+        long long epoch = 0;
+        if (ask_one(&seeds[i], slot, user, password, tv, h, sizeof h, &p, &epoch, why, sizeof why) != 0)
+            continue;
+        if (epoch > best && strlen(h) < hostlen) {
+            best = epoch;
+            memcpy(host, h, strlen(h) + 1);
+            *port = p;
+            *first = i;
+            *epoch_out = epoch;
+        }
+    }
+    if (best >= 0)
+        return 0;
+    errf(err, errlen, "no seed named the primary of slot %d (last: %s)", slot, why);
+    return -1;
+}
