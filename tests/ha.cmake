@@ -9,3 +9,13 @@ add_test(NAME ha.sentinel_failover
 set_tests_properties(ha.sentinel_failover PROPERTIES
   ENVIRONMENT "REBOUND_BUILD_DIR=${PROJECT_BINARY_DIR};REBOUND_SOURCE_DIR=${PROJECT_SOURCE_DIR};PYTHONDONTWRITEBYTECODE=1"
   TIMEOUT 180 RUN_SERIAL TRUE SKIP_RETURN_CODE 77)
+
+# Redis Cluster: nine redis-server nodes (three primaries, two replicas
+# each) formed by redis-cli --cluster create; the primary serving the
+# prefix's slot is killed under load. About 6 s.
+add_test(NAME ha.cluster_failover
+         COMMAND ${Python3_EXECUTABLE} test_cluster_failover.py
+         WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/ha)
+set_tests_properties(ha.cluster_failover PROPERTIES
+  ENVIRONMENT "REBOUND_BUILD_DIR=${PROJECT_BINARY_DIR};REBOUND_SOURCE_DIR=${PROJECT_SOURCE_DIR};PYTHONDONTWRITEBYTECODE=1"
+  TIMEOUT 120 RUN_SERIAL TRUE SKIP_RETURN_CODE 77)

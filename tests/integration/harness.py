@@ -286,8 +286,9 @@ class RedisServer(_ChildInTempDir):
     With appendonly=True it writes an AOF (fsync every second), so restart()
     on the same port and directory brings the data back."""
 
-    def __init__(self, appendonly=False, start=True):
+    def __init__(self, appendonly=False, start=True, extra_args=()):
         self.appendonly = appendonly
+        self.extra_args = list(extra_args)  # more redis-server options, e.g. cluster mode
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="rebound-redis-")
         self.log_path = os.path.join(self.dir, "redis.log")
@@ -315,7 +316,7 @@ class RedisServer(_ChildInTempDir):
             "--appendfsync", "everysec",
             "--logfile", self.log_path,
             "--databases", "16",
-        ]
+        ] + self.extra_args
         self.proc = _popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def pong():

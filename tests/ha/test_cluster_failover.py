@@ -1,0 +1,270 @@
+"""Redis Cluster failover without loss: three primaries with two replicas
+each (cluster-node-timeout 1 s) on loopback. Every key of reboundd shares
+the prefix's hash tag, so they all live in one slot of one primary;
+reboundd asks the seed nodes which primary serves it and has every write
+batch confirmed by one replica (redis_min_replicas 1; two replicas, so the
+promoted one still has one to confirm writes). Under pipelined load that
+primary is killed with SIGKILL; the cluster promotes one of its replicas
+and reboundd follows.
+
+What must hold: every report reboundd acknowledged is in the new primary
+and fires there, every refused report was answered `unavailable` (safe to
+resend), and reboundd serves again. The figures (kill to first
+acknowledged report on the new primary; acknowledged, refused, lost) are
+printed for docs/operations.md.
+
+Runs under ctest as ha.cluster_failover (RUN_SERIAL), bounded under 60 s.
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+
+from harness import (FAST_POLICY, GREYLIST, DaemonTestCase, RedisServer, _popen, bounce,  # noqa: E402
+                     free_port, unique_id, wait_until)
+
+PREFIX = "{rebound}:"
+SLOT = 7943  # CLUSTER KEYSLOT {rebound}:
+MSG_HASH = PREFIX + "msg"
+NODE_TIMEOUT_MS = 1000
+TEST_BUDGET_S = 55
+
+
+def log(msg):
+    sys.stderr.write("  [cluster] %s\n" % msg)
+
+
+def nodes_view(node):
+    """CLUSTER NODES of one node as {port: (flags, slots)}."""
+    out = {}
+    for line in node.cmd("CLUSTER", "NODES").splitlines():
+        f = line.split()
+        if len(f) < 8:
+            continue
+        port = int(f[1].split("@")[0].rsplit(":", 1)[1])
+        out[port] = (f[2].split(","), f[8:])
+    return out
+
+
+def serves(slots, slot):
+    for s in slots:
+        if s.startswith("["):
+            continue
+        lo, _, hi = s.partition("-")
+        if int(lo) <= slot <= int(hi or lo):
+            return True
+    return False
+
+
+class ClusterFailoverTest(DaemonTestCase):
+    def setUp(self):
+        super().setUp()
+        if shutil.which("redis-cli") is None:
+            if os.environ.get("REBOUND_REQUIRE_REDIS"):
+                self.fail("redis-cli not installed (redis-tools)")
+            self.skipTest("redis-cli not installed")
+        self.t0 = time.monotonic()
+
+    def left(self):
+        return max(1.0, TEST_BUDGET_S - (time.monotonic() - self.t0))
+
+    def start_node(self):
+        r = RedisServer(extra_args=["--cluster-enabled", "yes", "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                                    "--cluster-config-file", "nodes.conf", "--repl-diskless-sync-delay", "0",
+                                    "--cluster-port", str(free_port()),
+                                    "--cluster-require-full-coverage", "no"])
+        self.addCleanup(r.cleanup)
+        return r
+
+    def start_cluster(self):
+        nodes = [self.start_node() for _ in range(9)]
+        proc = _popen(["redis-cli", "--cluster", "create"] + [n.addr for n in nodes] +
+                      ["--cluster-replicas", "2", "--cluster-yes"], stdout=-1, stderr=-1)
+        out, err = proc.communicate(timeout=30)
+        self.assertEqual(proc.returncode, 0, (out + err).decode(errors="replace")[-2000:])
+
+        def ready():
+            for n in nodes:
+                if "cluster_state:ok" not in n.cmd("CLUSTER", "INFO"):
+                    return False
+            view = nodes_view(nodes[0])
+            owner = [p for p, (flags, slots) in view.items() if "master" in flags and serves(slots, SLOT)]
+            if len(owner) != 1:
+                return False
+            primary = [n for n in nodes if n.port == owner[0]][0]
+            repl = primary.cmd("INFO", "replication")
+            return repl.count("state=online") == 2
+
+        wait_until(ready, 20, interval=0.1, what="the cluster to form with the slot's replicas in sync")
+        port = [p for p, (flags, slots) in nodes_view(nodes[0]).items() if "master" in flags and serves(slots, SLOT)][0]
+        return nodes, [n for n in nodes if n.port == port][0]
+
+    def files(self, nodes):
+        with open(FAST_POLICY) as f:
+            p = json.load(f)
+        p["limits"]["awaiting"] = "10m"
+        p["domains"]["pace"]["per_second"] = 1000000
+        p["domains"]["pace"]["burst"] = 1000000
+        d = tempfile.mkdtemp(prefix="rebound-cluster-")
+        self.addCleanup(shutil.rmtree, d, True)
+        policy = os.path.join(d, "policy.json")
+        with open(policy, "w") as f:
+            json.dump(p, f)
+        conf = os.path.join(d, "reboundd.json")
+        with open(conf, "w") as f:
+            json.dump({"redis_cluster": [n.addr for n in nodes], "prefix": PREFIX, "redis_min_replicas": 1,
+                       "redis_replica_timeout": "500ms", "redis_timeout": "2s"}, f)
+        return policy, conf
+
+    def test_failover_under_load(self):
+        nodes, primary = self.start_cluster()
+        policy, conf = self.files(nodes)
+        # the first guess is a node that does not serve the slot: the seeds correct it
+        other = [n for n in nodes if n is not primary][0]
+        d = self.start_daemon(other, policy=policy, extra_args=["--config", conf])
+        c = self.connect(d, timeout=10)
+        self.assertIn("the cluster serves slot %d from 127.0.0.1:%d" % (SLOT, primary.port), d.log_text())
+
+        acked, refused, bad = {}, [], []
+        kill_at, first_after, n = [None], [None], [0]
+
+        def send_batch(size=200):
+            ids = []
+            for _ in range(size):
+                n[0] += 1
+                ids.append(unique_id("cl%d" % n[0]))
+            reqs = [bounce(i, rcpt="u%d@d%d.example" % (n[0], k % 97), **GREYLIST) for k, i in enumerate(ids)]
+            sent = time.monotonic()
+
+            def on_reply(i, r):
+                now = time.monotonic()
+                if r.get("ok") is True:
+                    acked[ids[i]] = now
+                    if kill_at[0] is not None and sent > kill_at[0] and first_after[0] is None:
+                        first_after[0] = now
+                elif isinstance(r.get("error"), dict) and r["error"].get("code") == "unavailable":
+                    refused.append(ids[i])
+                else:
+                    bad.append(r)
+
+            c.pipeline(reqs, window=200, timeout=10, on_reply=on_reply)
+
+        while len(acked) < 2000:
+            send_batch()
+        self.assertEqual(bad, [])
+        self.assertEqual(refused, [], "unavailable before any failure")
+        before = len(acked)
+
+        primary.kill9()
+        kill_at[0] = time.monotonic()
+        log("killed the primary of slot %d (port %d) after %d acknowledged reports" % (SLOT, primary.port, before))
+        while first_after[0] is None or len(acked) < before + 2000:
+            self.assertLess(time.monotonic() - self.t0, TEST_BUDGET_S - 15, "reboundd did not serve again in time")
+            send_batch()
+            if first_after[0] is None:
+                time.sleep(0.05)
+        self.assertEqual(bad, [], "replies other than ok and unavailable")
+
+        live = [x for x in nodes if x is not primary]
+        view = nodes_view(live[0])
+        port = [p for p, (flags, slots) in view.items() if "master" in flags and serves(slots, SLOT)]
+        self.assertEqual(len(port), 1, view)
+        new = [x for x in live if x.port == port[0]][0]
+        took = first_after[0] - kill_at[0]
+        log("first acknowledged report on the new primary (port %d) %.0f ms after the kill" % (new.port, took * 1000))
+
+        ids = list(acked)
+        have = new.pipeline([("HEXISTS", MSG_HASH, i) for i in ids])
+        lost = [i for i, v in zip(ids, have) if v != 1]
+        log("%d reports acknowledged (%d before the kill), %d answered unavailable, %d lost"
+            % (len(acked), before, len(refused), len(lost)))
+        self.assertEqual(lost[:5], [], "%d acknowledged reports are not in the new primary" % len(lost))
+
+        left = [None]
+
+        def all_fired():
+            recs = new.pipeline([("HGET", MSG_HASH, i) for i in ids])
+            left[0] = [i for i, r in zip(ids, recs) if not (isinstance(r, str) and r.startswith("A"))]
+            return not left[0]
+
+        try:
+            wait_until(all_fired, min(15, self.left()), interval=0.2, what="every acknowledged retry to fire")
+        except TimeoutError:
+            self.fail("%d acknowledged retries never fired on the new primary, e.g. %r" % (len(left[0]), left[0][:3]))
+
+        todo = refused[:500]
+        deadline = time.monotonic() + min(20, self.left())
+        while todo and time.monotonic() < deadline:
+            replies = c.pipeline([bounce(i, **GREYLIST) for i in todo], window=200, timeout=10)
+            for r in replies:
+                if r.get("ok") is not True:
+                    self.assertEqual(r["error"]["code"], "unavailable", r)
+            todo = [i for i, r in zip(todo, replies) if r.get("ok") is not True]
+            time.sleep(0.05)
+        self.assertEqual(todo, [], "resent reports still refused")
+        self.assertOk(c.request({"op": "ping"}))
+        self.assertIn("the cluster serves slot %d from 127.0.0.1:%d" % (SLOT, new.port), d.log_text())
+
+    def test_manual_failover_follows_the_new_primary(self):
+        """CLUSTER FAILOVER on a replica keeps the old primary alive, as a
+        replica that answers MOVED (or READONLY) from then on: reboundd
+        must take that as "ask the seeds again", not as a failed write."""
+        nodes, primary = self.start_cluster()
+        policy, conf = self.files(nodes)
+        d = self.start_daemon(primary, policy=policy, extra_args=["--config", conf])
+        c = self.connect(d, timeout=10)
+        acked, refused = [], []
+
+        def send(k):
+            ids = [unique_id("mf%d" % k) for _ in range(100)]
+            for i, r in zip(ids, c.pipeline([bounce(i, **GREYLIST) for i in ids], window=100, timeout=10)):
+                if r.get("ok") is True:
+                    acked.append(i)
+                else:
+                    self.assertEqual(r["error"]["code"], "unavailable", r)
+                    refused.append(i)
+            return ids
+
+        send(0)
+        self.assertEqual(refused, [])
+        mine = primary.cmd("CLUSTER", "MYID")
+        replica = [x for x in nodes if x is not primary and
+                   any(line.split()[3] == mine for line in x.cmd("CLUSTER", "NODES").splitlines()
+                       if "myself" in line.split()[2])][0]
+        self.assertEqual(replica.cmd("CLUSTER", "FAILOVER"), "OK")
+        t0 = time.monotonic()
+
+        def served_by_new_primary():
+            if "master" not in nodes_view(replica)[replica.port][0]:
+                return False
+            ids = send(len(acked) + len(refused))
+            return ids[-1] in acked and replica.cmd("HEXISTS", MSG_HASH, ids[-1]) == 1
+
+        wait_until(served_by_new_primary, min(20, self.left()), interval=0.1,
+                   what="reboundd to write to the promoted replica")
+        log("manual failover: served by the new primary %.0f ms after CLUSTER FAILOVER, %d refused meanwhile"
+            % ((time.monotonic() - t0) * 1000, len(refused)))
+        have = replica.pipeline([("HEXISTS", MSG_HASH, i) for i in acked])
+        self.assertEqual([i for i, v in zip(acked, have) if v != 1], [], "acknowledged reports missing")
+        self.assertIn("the cluster serves slot %d from 127.0.0.1:%d" % (SLOT, replica.port), d.log_text())
+        self.assertRegex(d.log_text(), r"(MOVED %d|READONLY).*: asking the cluster where slot %d is" % (SLOT, SLOT))
+
+
+def main():
+    suite = unittest.TestSuite([ClusterFailoverTest("test_failover_under_load"),
+                                ClusterFailoverTest("test_manual_failover_follows_the_new_primary")])
+    result = unittest.TextTestRunner(verbosity=2).run(suite)
+    if not result.wasSuccessful():
+        return 1
+    return 77 if result.testsRun and len(result.skipped) == result.testsRun else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
