@@ -351,6 +351,14 @@ char *metrics_render(size_t *len)
            "Write batches followed by a WAIT for replicas (redis_min_replicas), by result.");
     sample_u64(f, "rebound_redis_wait_batches_total", "result", "ok", rbd->wait_batches - rbd->wait_short);
     sample_u64(f, "rebound_redis_wait_batches_total", "result", "short", rbd->wait_short);
+    family(f, "rebound_redis_master_changes_total", "counter",
+           "Times the Sentinels or the cluster's seeds named another server as the master (a failover followed).");
+    fprintf(f, "rebound_redis_master_changes_total %llu\n",
+            (unsigned long long)(rbd->link ? redis_link_master_changes(rbd->link) : 0));
+    family(f, "rebound_redis_cluster_redirects_total", "counter",
+           "Redis Cluster answers (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, READONLY) that sent the link back to the seeds.");
+    fprintf(f, "rebound_redis_cluster_redirects_total %llu\n",
+            (unsigned long long)(rbd->link ? redis_link_redirects(rbd->link) : 0));
 
     family(f, "rebound_connections", "gauge", "Open client connections.");
     fprintf(f, "rebound_connections %d\n", rbd->nconns);

@@ -145,6 +145,7 @@ struct redis_link {
     int ncluster;
     int cluster_first; /* the seed that answered last is asked first */
     int cluster_slot;
+    uint64_t redirects; /* MOVED, ASK, TRYAGAIN, CLUSTERDOWN, READONLY answers */
 
     void (*closed_cb)(void *arg);
     void *closed_arg;
@@ -679,6 +680,7 @@ static void cmd_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
          * connect. The caller sees this error, the commands behind it
          * NULL (in doubt), as on any drop; nothing is resent to the
          * named node, so no write can be applied twice. */
+        link->redirects++;
         link_drop(link, "%.*s: asking the cluster where slot %d is", (int)(reply->len < 80 ? reply->len : 80),
                   reply->str, link->cluster_slot);
     }
@@ -1190,6 +1192,11 @@ const char *redis_link_where(const struct redis_link *link)
 int redis_link_cluster_slot(const struct redis_link *link)
 {
     return link->ncluster > 0 ? link->cluster_slot : -1;
+}
+
+uint64_t redis_link_redirects(const struct redis_link *link)
+{
+    return link->redirects;
 }
 
 uint64_t redis_link_master_changes(const struct redis_link *link)

@@ -116,6 +116,9 @@ void redis_link_reply_release(redisReply *reply);
 const char *redis_link_where(const struct redis_link *link);
 /* The cluster slot the link serves, or -1 without cluster seeds. */
 int redis_link_cluster_slot(const struct redis_link *link);
+/* The cluster's answers that sent the link back to the seeds (MOVED, ASK,
+ * TRYAGAIN, CLUSTERDOWN, READONLY). */
+uint64_t redis_link_redirects(const struct redis_link *link);
 /* The times the Sentinels (or the cluster seeds) named a master at another
  * address than the one
  * before (a failover followed); 0 without Sentinels. */

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
@@ -218,7 +219,8 @@ class ClusterFailoverTest(DaemonTestCase):
         must take that as "ask the seeds again", not as a failed write."""
         nodes, primary = self.start_cluster()
         policy, conf = self.files(nodes)
-        d = self.start_daemon(primary, policy=policy, extra_args=["--config", conf])
+        mport = free_port()
+        d = self.start_daemon(primary, policy=policy, extra_args=["--config", conf, "--metrics", "127.0.0.1:%d" % mport])
         c = self.connect(d, timeout=10)
         acked, refused = [], []
 
@@ -255,6 +257,10 @@ class ClusterFailoverTest(DaemonTestCase):
         self.assertEqual([i for i, v in zip(acked, have) if v != 1], [], "acknowledged reports missing")
         self.assertIn("the cluster serves slot %d from 127.0.0.1:%d" % (SLOT, replica.port), d.log_text())
         self.assertRegex(d.log_text(), r"(MOVED %d|READONLY).*: asking the cluster where slot %d is" % (SLOT, SLOT))
+        metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
+        values = dict(line.split() for line in metrics.splitlines() if line and not line.startswith("#"))
+        self.assertGreaterEqual(int(values["rebound_redis_cluster_redirects_total"]), 1)
+        self.assertGreaterEqual(int(values["rebound_redis_master_changes_total"]), 1)
 
 
 def main():
