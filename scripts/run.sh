@@ -9,8 +9,13 @@
 #   REBOUND_METRICS=127.0.0.1:9500 scripts/run.sh   # metrics elsewhere ("" for none)
 #   scripts/run.sh --log-level debug                # extra reboundd flags
 #   scripts/run.sh --policy tests/fast-policy.json  # minutes last milliseconds
+#   scripts/run.sh --cluster                        # on a local Redis Cluster (scripts/run-cluster.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = --cluster ]; then
+  shift
+  exec scripts/run-cluster.sh "$@"
+fi
 scripts/deps.sh run
 scripts/build.sh
 
