@@ -505,21 +505,31 @@ static int parse_flags(int argc, char **argv, struct flags *fl)
  * is, while the link is up (redis/sentinel_watch.h). */
 #define SENTINEL_WATCH_EVERY_MS 250
 
-/* Sentinel discovery: the comma-separated redis_sentinels cut into the
- * link's list (config_validate has checked each address). */
-static int sentinel_options(const struct config *cfg, struct redis_link_opts *lo)
+/* A comma-separated address list cut into at most 16 strings, in buf
+ * (which the link's options then point into for the daemon's life).
+ * Returns how many, or -1 when it does not fit. */
+static int split_addresses(const char *list, char *buf, size_t size, const char **addrs)
 {
-    static char list[4096];
-    static const char *addrs[16];
     int n = 0;
-    if (strlen(cfg->redis_sentinels) >= sizeof list)
+    if (strlen(list) >= size)
         return -1;
-    memcpy(list, cfg->redis_sentinels, strlen(cfg->redis_sentinels) + 1);
-    for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    memcpy(buf, list, strlen(list) + 1);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         if (n == 16)
             return -1;
         addrs[n++] = tok;
     }
+    return n;
+}
+
+/* Sentinel discovery (config_validate has checked each address). */
+static int sentinel_options(const struct config *cfg, struct redis_link_opts *lo)
+{
+    static char list[4096];
+    static const char *addrs[16];
+    int n = split_addresses(cfg->redis_sentinels, list, sizeof list, addrs);
+    if (n < 0)
+        return -1;
     lo->sentinels = addrs;
     lo->nsentinels = n;
     lo->master_name = cfg->redis_master_name;
@@ -527,22 +537,15 @@ static int sentinel_options(const struct config *cfg, struct redis_link_opts *lo
     return 0;
 }
 
-/* Redis Cluster discovery: the comma-separated redis_cluster seeds cut
- * into the link's list; the slot is the prefix's (config_validate has
+/* Redis Cluster discovery; the slot is the prefix's (config_validate has
  * checked that it holds a hash tag, so every key is in that slot). */
 static int cluster_options(const struct config *cfg, struct redis_link_opts *lo)
 {
     static char list[4096];
     static const char *addrs[16];
-    int n = 0;
-    if (strlen(cfg->redis_cluster) >= sizeof list)
+    int n = split_addresses(cfg->redis_cluster, list, sizeof list, addrs);
+    if (n < 0)
         return -1;
-    memcpy(list, cfg->redis_cluster, strlen(cfg->redis_cluster) + 1);
-    for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (n == 16)
-            return -1;
-        addrs[n++] = tok;
-    }
     lo->cluster_seeds = addrs;
     lo->ncluster_seeds = n;
     lo->cluster_key = cfg->prefix;

@@ -1,17 +1,13 @@
 /*
  * Redis Cluster's key slots and its CLUSTER NODES answer, read as the
- * cluster specification states them; the query blocks for the reasons
- * given at the top of redis/sentinel.c (it runs only while the link is
- * about to connect, bounded by a short time-out per seed).
+ * cluster specification states them; redis/discovery.c asks the seeds.
  */
 #include "redis/cluster_nodes.h"
 
 #include <hiredis/hiredis.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 
 /* CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, no
  * reflection. Bit by bit: it runs once per connect, not per key. */
@@ -166,88 +162,34 @@ int cluster_nodes_primary(const char *text, size_t len, int slot, char *host, si
     return best >= 0 ? 0 : -1;
 }
 
-static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t errlen, const char *fmt, ...)
+/* CLUSTER NODES of one seed, read for the primary of the slot. */
+static int ask_seed(struct redisContext *c, void *arg, struct master_claim *claim, char *err, size_t errlen)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
-static int ask_one(const struct sentinel_addr *s, int slot, const char *user, const char *password,
-                   struct timeval tv, char *host, size_t hostlen, int *port, long long *epoch, char *err,
-                   size_t errlen)
-{
-    redisContext *c = redisConnectWithTimeout(s->host, s->port, tv);
-    if (!c) {
-        errf(err, errlen, "%s:%d: out of memory", s->host, s->port);
-        return -1;
-    }
-    if (c->err) {
-        errf(err, errlen, "%s:%d: %s", s->host, s->port, c->errstr);
-        redisFree(c);
-        return -1;
-    }
-    redisSetTimeout(c, tv);
-    redisReply *r;
-    if (password) {
-        r = user ? redisCommand(c, "AUTH %s %s", user, password) : redisCommand(c, "AUTH %s", password);
-        if (!r || r->type == REDIS_REPLY_ERROR) {
-            errf(err, errlen, "%s:%d: AUTH: %s", s->host, s->port, r ? r->str : c->errstr);
-            if (r)
-                freeReplyObject(r);
-            redisFree(c);
-            return -1;
-        }
-        freeReplyObject(r);
-    }
+    int slot = *(const int *)arg;
+    redisReply *r = redisCommand(c, "CLUSTER NODES");
     int rc = -1;
-    r = redisCommand(c, "CLUSTER NODES");
-    if (!r) {
-        errf(err, errlen, "%s:%d: %s", s->host, s->port, c->errstr);
-    } else if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) {
-        if (cluster_nodes_primary(r->str, r->len, slot, host, hostlen, port, epoch) == 0)
-            rc = 0;
-        else
-            errf(err, errlen, "%s:%d: no live primary claims slot %d", s->host, s->port, slot);
-    } else {
-        errf(err, errlen, "%s:%d: CLUSTER NODES: %.150s", s->host, s->port,
-             r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-    }
+    if (!r)
+        snprintf(err, errlen, "%s", c->errstr);
+    else if ((r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) &&
+             cluster_nodes_primary(r->str, r->len, slot, claim->host, sizeof claim->host, &claim->port,
+                                   &claim->epoch) == 0)
+        rc = 0;
+    else if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS)
+        snprintf(err, errlen, "no live primary claims slot %d", slot);
+    else
+        snprintf(err, errlen, "CLUSTER NODES: %.150s", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
     if (r)
         freeReplyObject(r);
-    redisFree(c);
     return rc;
 }
 
-int cluster_get_primary(const struct sentinel_addr *seeds, int n, int *first, int slot, const char *user,
-                        const char *password, int64_t timeout_ms, char *host, size_t hostlen, int *port,
-                        long long *epoch_out, char *err, size_t errlen)
+int cluster_get_primary(const struct server_addr *seeds, int n, int *first, int slot, const char *user,
+                        const char *password, int64_t timeout_ms, struct master_claim *claim, char *err,
+                        size_t errlen)
 {
-    if (timeout_ms <= 0)
-        timeout_ms = 1000;
-    struct timeval tv = {(time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000};
-    char why[300] = "no seed configured";
-    int start = (*first >= 0 && *first < n) ? *first : 0;
-    long long best = -1;
-    for (int k = 0; k < n; k++) {
-        int i = (start + k) % n;
-        char h[256];
-        int p = 0;
-        long long epoch = 0;
-        if (ask_one(&seeds[i], slot, user, password, tv, h, sizeof h, &p, &epoch, why, sizeof why) != 0)
-            continue;
-        if (epoch > best && strlen(h) < hostlen) {
-            best = epoch;
-            memcpy(host, h, strlen(h) + 1);
-            *port = p;
-            *first = i;
-            *epoch_out = epoch;
-        }
-    }
-    if (best >= 0)
+    char why[300];
+    if (discovery_ask_all(seeds, n, first, user, password, timeout_ms, ask_seed, &slot, claim, why, sizeof why) == 0)
         return 0;
-    errf(err, errlen, "no seed named the primary of slot %d (last: %s)", slot, why);
+    snprintf(err, errlen, "no seed named the primary of slot %d (last: %s)", slot, why);
     return -1;
 }

@@ -18,7 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "redis/sentinel.h" /* struct sentinel_addr: a host and a port */
+#include "redis/discovery.h"
 
 #define CLUSTER_SLOTS 16384
 
@@ -39,13 +39,12 @@ int cluster_nodes_primary(const char *text, size_t len, int slot, char *host, si
                           long long *epoch);
 
 /* Asks each of the n seeds, starting at *first, which primary serves
- * slot, with a connect and reply time-out of timeout_ms each (blocking,
- * as redis/sentinel.c explains for the Sentinels), authenticating with
- * user/password (NULL: none) as to any node. Returns 0 with host, *port
- * and *epoch from the newest claim and *first set to the seed that gave
- * it, or -1 with why in err when none could tell. */
-int cluster_get_primary(const struct sentinel_addr *seeds, int n, int *first, int slot, const char *user,
-                        const char *password, int64_t timeout_ms, char *host, size_t hostlen, int *port,
-                        long long *epoch, char *err, size_t errlen);
+ * slot, with a connect and reply time-out of timeout_ms each (blocking:
+ * see redis/discovery.h), authenticating with user/password (NULL: none)
+ * as to any node. Returns 0 with *claim the newest claim and *first set
+ * to the seed that made it, or -1 with why in err when none could tell. */
+int cluster_get_primary(const struct server_addr *seeds, int n, int *first, int slot, const char *user,
+                        const char *password, int64_t timeout_ms, struct master_claim *claim, char *err,
+                        size_t errlen);
 
 #endif

@@ -132,7 +132,7 @@ struct redis_link {
 
     /* Sentinel discovery (nsentinels > 0): host and port are the master
      * they named last; ROLE confirms it at every connect. */
-    struct sentinel_addr *sentinels;
+    struct server_addr *sentinels;
     int nsentinels;
     int sentinel_first; /* the Sentinel that answered last is asked first */
     char *master_name, *sentinel_password;
@@ -141,7 +141,7 @@ struct redis_link {
 
     /* Redis Cluster discovery (ncluster > 0): host and port are the primary
      * the seeds named last for cluster_slot, the slot of every key. */
-    struct sentinel_addr *cluster_seeds;
+    struct server_addr *cluster_seeds;
     int ncluster;
     int cluster_first; /* the seed that answered last is asked first */
     int cluster_slot;
@@ -969,56 +969,36 @@ static void set_where(struct redis_link *link)
                  link->port);
 }
 
-/* Asks the Sentinels where the master is now, before every connect (the
- * Sentinel client rules: never trust an address from before a failure).
- * Returns 0 with host and port set, or -1 when none answered. */
-static int link_resolve_master(struct redis_link *link, char *err, size_t errlen)
+/* Asks the Sentinels where the master is now, or the cluster's seeds which
+ * primary serves our slot, before every connect (never trust an address
+ * from before a failure). Returns 0 with host and port set, or -1 when
+ * none answered. */
+static int link_resolve(struct redis_link *link, char *err, size_t errlen)
 {
-    char host[256];
-    int port = 0;
-    long long epoch = 0;
+    struct master_claim claim;
     int64_t t = link->timeout_ms > 0 && link->timeout_ms < SENTINEL_TIMEOUT_MAX_MS ? link->timeout_ms
                                                                                    : SENTINEL_TIMEOUT_MAX_MS;
-    if (sentinel_get_master(link->sentinels, link->nsentinels, &link->sentinel_first, link->master_name,
-                            link->sentinel_password, t, host, sizeof host, &port, &epoch, err, errlen) != 0)
+    int rc = link->nsentinels > 0
+                 ? sentinel_get_master(link->sentinels, link->nsentinels, &link->sentinel_first, link->master_name,
+                                       link->sentinel_password, t, &claim, err, errlen)
+                 : cluster_get_primary(link->cluster_seeds, link->ncluster, &link->cluster_first, link->cluster_slot,
+                                       link->user, link->password, t, &claim, err, errlen);
+    if (rc != 0)
         return -1;
-    link->master_epoch = epoch;
-    if (port == link->port && strcmp(host, link->host) == 0)
+    link->master_epoch = claim.epoch;
+    if (claim.port == link->port && strcmp(claim.host, link->host) == 0)
         return 0;
     char before[sizeof link->where];
     snprintf(before, sizeof before, "%s", link->where);
     free(link->host);
-    link->host = xstrdup(host);
-    link->port = port;
+    link->host = xstrdup(claim.host);
+    link->port = claim.port;
     set_where(link);
     link->master_changes++;
-    log_warn("redis: the Sentinels name %s as master \"%s\" (was %s)", link->where, link->master_name, before);
-    return 0;
-}
-
-/* Asks the cluster's seeds which primary serves our slot, before every
- * connect, as link_resolve_master asks the Sentinels. */
-static int link_resolve_cluster(struct redis_link *link, char *err, size_t errlen)
-{
-    char host[256];
-    int port = 0;
-    long long epoch = 0;
-    int64_t t = link->timeout_ms > 0 && link->timeout_ms < SENTINEL_TIMEOUT_MAX_MS ? link->timeout_ms
-                                                                                   : SENTINEL_TIMEOUT_MAX_MS;
-    if (cluster_get_primary(link->cluster_seeds, link->ncluster, &link->cluster_first, link->cluster_slot,
-                            link->user, link->password, t, host, sizeof host, &port, &epoch, err, errlen) != 0)
-        return -1;
-    link->master_epoch = epoch;
-    if (port == link->port && strcmp(host, link->host) == 0)
-        return 0;
-    char before[sizeof link->where];
-    snprintf(before, sizeof before, "%s", link->where);
-    free(link->host);
-    link->host = xstrdup(host);
-    link->port = port;
-    set_where(link);
-    link->master_changes++;
-    log_warn("redis: the cluster serves slot %d from %s (was %s)", link->cluster_slot, link->where, before);
+    if (link->nsentinels > 0)
+        log_warn("redis: the Sentinels name %s as master \"%s\" (was %s)", link->where, link->master_name, before);
+    else
+        log_warn("redis: the cluster serves slot %d from %s (was %s)", link->cluster_slot, link->where, before);
     return 0;
 }
 
@@ -1027,17 +1007,10 @@ static void link_connect(struct redis_link *link)
     link->state = LINK_CONNECTING;
     link->setup_unsent = false;
     link->connect_started = link_now(link);
-    if (link->nsentinels > 0) {
+    if (link->nsentinels > 0 || link->ncluster > 0) {
         char why[400];
-        if (link_resolve_master(link, why, sizeof why) != 0) {
-            link_lost(link, "sentinels: %s", why);
-            return;
-        }
-    }
-    if (link->ncluster > 0) {
-        char why[400];
-        if (link_resolve_cluster(link, why, sizeof why) != 0) {
-            link_lost(link, "cluster: %s", why);
+        if (link_resolve(link, why, sizeof why) != 0) {
+            link_lost(link, "%s: %s", link->nsentinels > 0 ? "sentinels" : "cluster", why);
             return;
         }
     }
@@ -1135,7 +1108,7 @@ struct redis_link *redis_link_new(uv_loop_t *loop, const struct redis_link_opts 
     if (opts->nsentinels > 0 && !link->unix_path) {
         link->sentinels = xcalloc(SENTINELS_MAX, sizeof *link->sentinels);
         for (int i = 0; i < opts->nsentinels && link->nsentinels < SENTINELS_MAX; i++) {
-            if (sentinel_parse_list(opts->sentinels[i], &link->sentinels[link->nsentinels], 1) == 1)
+            if (server_parse_list(opts->sentinels[i], &link->sentinels[link->nsentinels], 1) == 1)
                 link->nsentinels++;
             else
                 log_warn("redis: ignoring the Sentinel address \"%s\"", opts->sentinels[i]);
@@ -1148,7 +1121,7 @@ struct redis_link *redis_link_new(uv_loop_t *loop, const struct redis_link_opts 
     if (opts->ncluster_seeds > 0 && !link->unix_path) {
         link->cluster_seeds = xcalloc(SENTINELS_MAX, sizeof *link->cluster_seeds);
         for (int i = 0; i < opts->ncluster_seeds && link->ncluster < SENTINELS_MAX; i++) {
-            if (sentinel_parse_list(opts->cluster_seeds[i], &link->cluster_seeds[link->ncluster], 1) == 1)
+            if (server_parse_list(opts->cluster_seeds[i], &link->cluster_seeds[link->ncluster], 1) == 1)
                 link->ncluster++;
             else
                 log_warn("redis: ignoring the cluster seed \"%s\"", opts->cluster_seeds[i]);

@@ -26,7 +26,7 @@ struct sentinel_watch {
     uv_loop_t *loop;
     struct redis_link *master;
     struct redis_link *link; /* to sentinels[current], or NULL */
-    struct sentinel_addr sentinels[WATCH_SENTINELS_MAX];
+    struct server_addr sentinels[WATCH_SENTINELS_MAX];
     int n, current;
     char *master_name, *password;
     int64_t timeout_ms;
@@ -54,7 +54,7 @@ static void link_closed_cb(void *arg)
 
 static void watch_connect(struct sentinel_watch *w)
 {
-    const struct sentinel_addr *s = &w->sentinels[w->current];
+    const struct server_addr *s = &w->sentinels[w->current];
     struct redis_link_opts o = {
         .host = s->host,
         .port = s->port,
@@ -116,7 +116,7 @@ struct sentinel_watch *sentinel_watch_start(uv_loop_t *loop, struct redis_link *
     w->loop = loop;
     w->master = master;
     for (int i = 0; i < opts->nsentinels && w->n < WATCH_SENTINELS_MAX; i++)
-        if (sentinel_parse_list(opts->sentinels[i], &w->sentinels[w->n], 1) == 1)
+        if (server_parse_list(opts->sentinels[i], &w->sentinels[w->n], 1) == 1)
             w->n++;
     if (w->n == 0) {
         free(w);
