@@ -28,6 +28,7 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
+from failover_load import FailoverLoad  # noqa: E402
 from harness import (FAST_POLICY, GREYLIST, DaemonTestCase, RedisServer, _popen, bounce,  # noqa: E402
                      free_port, unique_id, wait_until)
 
@@ -133,83 +134,34 @@ class ClusterFailoverTest(DaemonTestCase):
         c = self.connect(d, timeout=10)
         self.assertIn("the cluster serves slot %d from 127.0.0.1:%d" % (SLOT, primary.port), d.log_text())
 
-        acked, refused, bad = {}, [], []
-        kill_at, first_after, n = [None], [None], [0]
-
-        def send_batch(size=200):
-            ids = []
-            for _ in range(size):
-                n[0] += 1
-                ids.append(unique_id("cl%d" % n[0]))
-            reqs = [bounce(i, rcpt="u%d@d%d.example" % (n[0], k % 97), **GREYLIST) for k, i in enumerate(ids)]
-            sent = time.monotonic()
-
-            def on_reply(i, r):
-                now = time.monotonic()
-                if r.get("ok") is True:
-                    acked[ids[i]] = now
-                    if kill_at[0] is not None and sent > kill_at[0] and first_after[0] is None:
-                        first_after[0] = now
-                elif isinstance(r.get("error"), dict) and r["error"].get("code") == "unavailable":
-                    refused.append(ids[i])
-                else:
-                    bad.append(r)
-
-            c.pipeline(reqs, window=200, timeout=10, on_reply=on_reply)
-
-        while len(acked) < 2000:
-            send_batch()
-        self.assertEqual(bad, [])
-        self.assertEqual(refused, [], "unavailable before any failure")
-        before = len(acked)
+        load = FailoverLoad(c, "cl")
+        while len(load.acked) < 2000:
+            load.send_batch()
+        self.assertEqual(load.bad, [])
+        self.assertEqual(load.refused, [], "unavailable before any failure")
+        before = len(load.acked)
 
         primary.kill9()
-        kill_at[0] = time.monotonic()
+        load.kill_at = time.monotonic()
         log("killed the primary of slot %d (port %d) after %d acknowledged reports" % (SLOT, primary.port, before))
-        while first_after[0] is None or len(acked) < before + 2000:
-            self.assertLess(time.monotonic() - self.t0, TEST_BUDGET_S - 15, "reboundd did not serve again in time")
-            send_batch()
-            if first_after[0] is None:
-                time.sleep(0.05)
-        self.assertEqual(bad, [], "replies other than ok and unavailable")
+        load.until_served_again(2000, self.t0 + TEST_BUDGET_S - 15)
+        self.assertEqual(load.bad, [], "replies other than ok and unavailable")
 
         live = [x for x in nodes if x is not primary]
         view = nodes_view(live[0])
         port = [p for p, (flags, slots) in view.items() if "master" in flags and serves(slots, SLOT)]
         self.assertEqual(len(port), 1, view)
         new = [x for x in live if x.port == port[0]][0]
-        took = first_after[0] - kill_at[0]
-        log("first acknowledged report on the new primary (port %d) %.0f ms after the kill" % (new.port, took * 1000))
+        log("first acknowledged report on the new primary (port %d) %.0f ms after the kill"
+            % (new.port, (load.first_after - load.kill_at) * 1000))
 
-        ids = list(acked)
-        have = new.pipeline([("HEXISTS", MSG_HASH, i) for i in ids])
-        lost = [i for i, v in zip(ids, have) if v != 1]
+        lost = load.lost_in(new, MSG_HASH)
         log("%d reports acknowledged (%d before the kill), %d answered unavailable, %d lost"
-            % (len(acked), before, len(refused), len(lost)))
+            % (len(load.acked), before, len(load.refused), len(lost)))
         self.assertEqual(lost[:5], [], "%d acknowledged reports are not in the new primary" % len(lost))
-
-        left = [None]
-
-        def all_fired():
-            recs = new.pipeline([("HGET", MSG_HASH, i) for i in ids])
-            left[0] = [i for i, r in zip(ids, recs) if not (isinstance(r, str) and r.startswith("A"))]
-            return not left[0]
-
-        try:
-            wait_until(all_fired, min(15, self.left()), interval=0.2, what="every acknowledged retry to fire")
-        except TimeoutError:
-            self.fail("%d acknowledged retries never fired on the new primary, e.g. %r" % (len(left[0]), left[0][:3]))
-
-        todo = refused[:500]
-        deadline = time.monotonic() + min(20, self.left())
-        while todo and time.monotonic() < deadline:
-            replies = c.pipeline([bounce(i, **GREYLIST) for i in todo], window=200, timeout=10)
-            for r in replies:
-                if r.get("ok") is not True:
-                    self.assertEqual(r["error"]["code"], "unavailable", r)
-            todo = [i for i, r in zip(todo, replies) if r.get("ok") is not True]
-            time.sleep(0.05)
-        self.assertEqual(todo, [], "resent reports still refused")
+        unfired = load.wait_all_fired(new, MSG_HASH, min(15, self.left()))
+        self.assertEqual(unfired[:3], [], "%d acknowledged retries never fired on the new primary" % len(unfired))
+        self.assertEqual(load.resend_refused(min(20, self.left())), [], "resent reports still refused")
         self.assertOk(c.request({"op": "ping"}))
         self.assertIn("the cluster serves slot %d from 127.0.0.1:%d" % (SLOT, new.port), d.log_text())
 

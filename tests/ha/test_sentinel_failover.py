@@ -28,6 +28,7 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
+from failover_load import FailoverLoad  # noqa: E402
 from harness import (FAST_POLICY, GREYLIST, DaemonTestCase, RedisError, RespConnection, _popen,  # noqa: E402
                      _stop_process, bounce, free_port, unique_id, wait_until)
 
@@ -169,83 +170,36 @@ class SentinelFailoverTest(DaemonTestCase):
         self.assertEqual(cl["shards"], 1)
         self.assertEqual(cl["instances"], [{"id": "ha-test-1", "addr": "127.0.0.1:%d" % d.port, "shards": [0]}])
 
-        acked = {}          # id -> monotonic time of its ok reply
-        refused = []        # ids answered unavailable (to be resent)
-        bad = []
-        kill_at = [None]
-        first_after = [None]
-        n = [0]
-
-        def send_batch(size=200):
-            ids = []
-            for _ in range(size):
-                n[0] += 1
-                ids.append(unique_id("ha%d" % n[0]))
-            reqs = [bounce(i, rcpt="u%d@d%d.example" % (n[0], k % 97), **GREYLIST) for k, i in enumerate(ids)]
-            sent = time.monotonic()
-
-            def on_reply(i, r):
-                now = time.monotonic()
-                if r.get("ok") is True:
-                    acked[ids[i]] = now
-                    if kill_at[0] is not None and sent > kill_at[0] and first_after[0] is None:
-                        first_after[0] = now
-                elif isinstance(r.get("error"), dict) and r["error"].get("code") == "unavailable":
-                    refused.append(ids[i])
-                else:
-                    bad.append(r)
-
-            c.pipeline(reqs, window=200, timeout=10, on_reply=on_reply)
-
+        load = FailoverLoad(c, "ha")
         # load before the kill: every write batch confirmed by the replica
-        while len(acked) < 2000:
-            send_batch()
-        self.assertEqual(bad, [])
-        self.assertEqual(refused, [], "unavailable before any failure")
-        before = len(acked)
+        while len(load.acked) < 2000:
+            load.send_batch()
+        self.assertEqual(load.bad, [])
+        self.assertEqual(load.refused, [], "unavailable before any failure")
+        before = len(load.acked)
 
         # kill -9 the master in the middle of a stream of batches
         master.kill9()
-        kill_at[0] = time.monotonic()
+        load.kill_at = time.monotonic()
         log("killed the master (port %d) after %d acknowledged reports" % (master.port, before))
-        while first_after[0] is None or len(acked) < before + 2000:
-            self.assertLess(time.monotonic() - self.t0, TEST_BUDGET_S - 15, "reboundd did not serve again in time")
-            send_batch()
-            if first_after[0] is None:
-                time.sleep(0.05)  # a client backing off while it gets unavailable
-        self.assertEqual(bad, [], "replies other than ok and unavailable")
+        load.until_served_again(2000, self.t0 + TEST_BUDGET_S - 15)
+        self.assertEqual(load.bad, [], "replies other than ok and unavailable")
 
         new = tuple(self.sentinels[0].master_addr())
         promoted = [r for r in replicas if new == ("127.0.0.1", str(r.port))]
         self.assertEqual(len(promoted), 1, "the Sentinels did not promote a replica: %r" % (new,))
         replica = promoted[0]
         replica._drop_conn()  # the Sentinels close a promoted replica's client connections
-        took = first_after[0] - kill_at[0]
-        log("first acknowledged report on the new master %.0f ms after the kill" % (took * 1000))
+        log("first acknowledged report on the new master %.0f ms after the kill"
+            % ((load.first_after - load.kill_at) * 1000))
 
-        # every acknowledged report is in the new master ...
-        ids = list(acked)
-        have = replica.pipeline([("HEXISTS", MSG_HASH, i) for i in ids])
-        lost = [i for i, v in zip(ids, have) if v != 1]
+        # every acknowledged report is in the new master, and fires there
+        lost = load.lost_in(replica, MSG_HASH)
         log("%d reports acknowledged (%d before the kill), %d answered unavailable, %d lost"
-            % (len(acked), before, len(refused), len(lost)))
+            % (len(load.acked), before, len(load.refused), len(lost)))
         self.assertEqual(lost[:5], [], "%d acknowledged reports are not in the new master" % len(lost))
-
-        # ... and every one fires there: its record turns awaiting ('A')
-        def unfired():
-            recs = replica.pipeline([("HGET", MSG_HASH, i) for i in ids])
-            return [i for i, r in zip(ids, recs) if not (isinstance(r, str) and r.startswith("A"))]
-
-        left = [None]
-
-        def all_fired():
-            left[0] = unfired()
-            return not left[0]
-
-        try:
-            wait_until(all_fired, min(15, self.left()), interval=0.2, what="every acknowledged retry to fire")
-        except TimeoutError:
-            self.fail("%d acknowledged retries never fired on the new master, e.g. %r" % (len(left[0]), left[0][:3]))
+        unfired = load.wait_all_fired(replica, MSG_HASH, min(15, self.left()))
+        self.assertEqual(unfired[:3], [], "%d acknowledged retries never fired on the new master" % len(unfired))
 
         # the refused ones were never answered ok: a client resends them,
         # and they are taken. More unavailable meanwhile is right while the
@@ -253,17 +207,7 @@ class SentinelFailoverTest(DaemonTestCase):
         # Sentinels sometimes fail over a second time (the promoted replica
         # missed down-after), and the first one rejoins as a replica only at
         # their next look, ~10 s later.
-        todo = refused[:500]
-        deadline = time.monotonic() + min(25, self.left())
-        while todo and time.monotonic() < deadline:
-            replies = c.pipeline([bounce(i, **GREYLIST) for i in todo], window=200, timeout=10)
-            for r in replies:
-                if r.get("ok") is not True:
-                    self.assertEqual(r["error"]["code"], "unavailable", r)
-            last = [r for r in replies if r.get("ok") is not True]
-            todo = [i for i, r in zip(todo, replies) if r.get("ok") is not True]
-            time.sleep(0.05)
-        self.assertEqual(todo, [], "resent reports still refused, e.g. %r" % (last[:1],))
+        self.assertEqual(load.resend_refused(min(25, self.left())), [], "resent reports still refused")
         self.assertOk(c.request({"op": "ping"}))
         self.assertIn("the Sentinels name 127.0.0.1:%d" % replica.port, d.log_text())
 

@@ -1,0 +1,97 @@
+"""What the failover tests share: a client that keeps pipelining batches of
+greylisted reports through a Redis failover, sorting the replies into
+acknowledged, refused (`unavailable`, to be resent) and anything else, and
+the checks that every acknowledged report reached the new master and fired
+there and that every refused one is taken when resent."""
+
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+
+from harness import GREYLIST, bounce, unique_id, wait_until  # noqa: E402
+
+
+class FailoverLoad:
+    def __init__(self, conn, tag):
+        self.conn = conn
+        self.tag = tag
+        self.acked = {}      # id -> monotonic time of its ok reply
+        self.refused = []    # ids answered unavailable
+        self.bad = []        # any other reply
+        self.kill_at = None  # when the master was killed
+        self.first_after = None  # first ok to a batch sent after the kill
+        self.n = 0
+
+    def send_batch(self, size=200):
+        ids = []
+        for _ in range(size):
+            self.n += 1
+            ids.append(unique_id("%s%d" % (self.tag, self.n)))
+        reqs = [bounce(i, rcpt="u%d@d%d.example" % (self.n, k % 97), **GREYLIST) for k, i in enumerate(ids)]
+        sent = time.monotonic()
+
+        def on_reply(i, r):
+            now = time.monotonic()
+            if r.get("ok") is True:
+                self.acked[ids[i]] = now
+                if self.kill_at is not None and sent > self.kill_at and self.first_after is None:
+                    self.first_after = now
+            elif isinstance(r.get("error"), dict) and r["error"].get("code") == "unavailable":
+                self.refused.append(ids[i])
+            else:
+                self.bad.append(r)
+
+        self.conn.pipeline(reqs, window=200, timeout=10, on_reply=on_reply)
+
+    def until_served_again(self, after, deadline):
+        """Sends batches until a batch sent after the kill was acknowledged
+        and `after` more reports were, or raises AssertionError at deadline
+        (a monotonic time)."""
+        target = len(self.acked) + after
+        while self.first_after is None or len(self.acked) < target:
+            if time.monotonic() > deadline:
+                raise AssertionError("reboundd did not serve again in time")
+            self.send_batch()
+            if self.first_after is None:
+                time.sleep(0.05)  # a client backing off while it gets unavailable
+
+    def lost_in(self, node, msg_hash):
+        """The acknowledged ids that node does not have."""
+        ids = list(self.acked)
+        have = node.pipeline([("HEXISTS", msg_hash, i) for i in ids])
+        return [i for i, v in zip(ids, have) if v != 1]
+
+    def wait_all_fired(self, node, msg_hash, timeout):
+        """Waits until every acknowledged report's record in node turned
+        awaiting ('A': written by the same script as its retry event);
+        returns the ids that did not."""
+        ids = list(self.acked)
+        left = [ids]
+
+        def all_fired():
+            recs = node.pipeline([("HGET", msg_hash, i) for i in ids])
+            left[0] = [i for i, r in zip(ids, recs) if not (isinstance(r, str) and r.startswith("A"))]
+            return not left[0]
+
+        try:
+            wait_until(all_fired, timeout, interval=0.2, what="every acknowledged retry to fire")
+        except TimeoutError:
+            pass
+        return left[0]
+
+    def resend_refused(self, timeout, limit=500):
+        """Resends the refused reports until each is taken; returns those
+        still refused at timeout. Any answer but ok or unavailable fails."""
+        todo = self.refused[:limit]
+        deadline = time.monotonic() + timeout
+        while todo and time.monotonic() < deadline:
+            replies = self.conn.pipeline([bounce(i, **GREYLIST) for i in todo], window=200, timeout=10)
+            for r in replies:
+                if r.get("ok") is not True and r.get("error", {}).get("code") != "unavailable":
+                    raise AssertionError("a resent report answered %r" % (r,))
+            todo = [i for i, r in zip(todo, replies) if r.get("ok") is not True]
+            time.sleep(0.05)
+        return todo
