@@ -26,6 +26,7 @@ class FailoverLoad:
         self.n = 0
 
     def send_batch(self, size=200):
+        """Sends size reports in one pipeline; returns their ids."""
         ids = []
         for _ in range(size):
             self.n += 1
@@ -44,7 +45,8 @@ class FailoverLoad:
             else:
                 self.bad.append(r)
 
-        self.conn.pipeline(reqs, window=200, timeout=10, on_reply=on_reply)
+        self.conn.pipeline(reqs, window=size, timeout=10, on_reply=on_reply)
+        return ids
 
     def until_served_again(self, after, deadline):
         """Sends batches until a batch sent after the kill was acknowledged

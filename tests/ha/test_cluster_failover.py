@@ -29,8 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
 from failover_load import FailoverLoad  # noqa: E402
-from harness import (FAST_POLICY, GREYLIST, DaemonTestCase, RedisServer, _popen, bounce,  # noqa: E402
-                     free_port, unique_id, wait_until)
+from harness import (FAST_POLICY, DaemonTestCase, RedisServer, _popen, free_port, wait_until)  # noqa: E402
 
 PREFIX = "{rebound}:"
 SLOT = 7943  # CLUSTER KEYSLOT {rebound}:
@@ -174,20 +173,9 @@ class ClusterFailoverTest(DaemonTestCase):
         mport = free_port()
         d = self.start_daemon(primary, policy=policy, extra_args=["--config", conf, "--metrics", "127.0.0.1:%d" % mport])
         c = self.connect(d, timeout=10)
-        acked, refused = [], []
-
-        def send(k):
-            ids = [unique_id("mf%d" % k) for _ in range(100)]
-            for i, r in zip(ids, c.pipeline([bounce(i, **GREYLIST) for i in ids], window=100, timeout=10)):
-                if r.get("ok") is True:
-                    acked.append(i)
-                else:
-                    self.assertEqual(r["error"]["code"], "unavailable", r)
-                    refused.append(i)
-            return ids
-
-        send(0)
-        self.assertEqual(refused, [])
+        load = FailoverLoad(c, "mf")
+        load.send_batch(100)
+        self.assertEqual(load.refused, [])
         mine = primary.cmd("CLUSTER", "MYID")
         replica = [x for x in nodes if x is not primary and
                    any(line.split()[3] == mine for line in x.cmd("CLUSTER", "NODES").splitlines()
@@ -198,15 +186,15 @@ class ClusterFailoverTest(DaemonTestCase):
         def served_by_new_primary():
             if "master" not in nodes_view(replica)[replica.port][0]:
                 return False
-            ids = send(len(acked) + len(refused))
-            return ids[-1] in acked and replica.cmd("HEXISTS", MSG_HASH, ids[-1]) == 1
+            ids = load.send_batch(100)
+            return ids[-1] in load.acked and replica.cmd("HEXISTS", MSG_HASH, ids[-1]) == 1
 
         wait_until(served_by_new_primary, min(20, self.left()), interval=0.1,
                    what="reboundd to write to the promoted replica")
         log("manual failover: served by the new primary %.0f ms after CLUSTER FAILOVER, %d refused meanwhile"
-            % ((time.monotonic() - t0) * 1000, len(refused)))
-        have = replica.pipeline([("HEXISTS", MSG_HASH, i) for i in acked])
-        self.assertEqual([i for i, v in zip(acked, have) if v != 1], [], "acknowledged reports missing")
+            % ((time.monotonic() - t0) * 1000, len(load.refused)))
+        self.assertEqual(load.bad, [], "replies other than ok and unavailable")
+        self.assertEqual(load.lost_in(replica, MSG_HASH), [], "acknowledged reports missing")
         self.assertIn("the cluster serves slot %d from 127.0.0.1:%d" % (SLOT, replica.port), d.log_text())
         self.assertRegex(d.log_text(), r"(MOVED %d|READONLY).*: asking the cluster where slot %d is" % (SLOT, SLOT))
         metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()

@@ -230,20 +230,9 @@ class SwitchoverAndWaitTest(SentinelFailoverTest):
         policy, conf = self.policy_file(min_replicas=2)
         d = self.start_daemon(master, policy=policy, extra_args=["--config", conf])
         c = self.connect(d, timeout=10)
-        acked, refused = [], []
-
-        def send(k):
-            ids = [unique_id("sw%d" % k) for _ in range(100)]
-            for i, r in zip(ids, c.pipeline([bounce(i, **GREYLIST) for i in ids], window=100, timeout=10)):
-                if r.get("ok") is True:
-                    acked.append(i)
-                else:
-                    self.assertEqual(r["error"]["code"], "unavailable", r)
-                    refused.append(i)
-            return ids
-
-        send(0)
-        self.assertEqual(refused, [])
+        load = FailoverLoad(c, "sw")
+        load.send_batch(100)
+        self.assertEqual(load.refused, [])
         self.assertEqual(self.sentinels[0].cmd("SENTINEL", "FAILOVER", MASTER), "OK")
         t0 = time.monotonic()
         promoted = []
@@ -253,17 +242,17 @@ class SwitchoverAndWaitTest(SentinelFailoverTest):
             promoted[:] = [r for r in replicas if new == ("127.0.0.1", str(r.port))]
             if not promoted:
                 return False
-            ids = send(len(acked) + len(refused))
-            return any(i in acked for i in ids[-10:]) and promoted[0].cmd("HEXISTS", MSG_HASH, ids[-1]) == 1
+            ids = load.send_batch(100)
+            return ids[-1] in load.acked and promoted[0].cmd("HEXISTS", MSG_HASH, ids[-1]) == 1
 
         wait_until(served_by_new_master, min(20, self.left()), interval=0.1,
                    what="reboundd to write to the promoted replica")
         log("switchover: served by the new master %.0f ms after SENTINEL FAILOVER, %d refused meanwhile"
-            % ((time.monotonic() - t0) * 1000, len(refused)))
+            % ((time.monotonic() - t0) * 1000, len(load.refused)))
+        self.assertEqual(load.bad, [], "replies other than ok and unavailable")
         new = promoted[0]
         new._drop_conn()
-        have = new.pipeline([("HEXISTS", MSG_HASH, i) for i in acked])
-        self.assertEqual([i for i, v in zip(acked, have) if v != 1], [], "acknowledged reports missing")
+        self.assertEqual(load.lost_in(new, MSG_HASH), [], "acknowledged reports missing")
         # the demoted master is a replica now, and reboundd left it
         master._drop_conn()
         self.assertEqual(master.cmd("ROLE")[0], "slave")
