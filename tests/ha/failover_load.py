@@ -4,14 +4,41 @@ acknowledged, refused (`unavailable`, to be resent) and anything else, and
 the checks that every acknowledged report reached the new master and fired
 there and that every refused one is taken when resent."""
 
+import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
-from harness import GREYLIST, bounce, unique_id, wait_until  # noqa: E402
+from harness import FAST_POLICY, GREYLIST, bounce, unique_id, wait_until  # noqa: E402
+
+
+def failover_files(test, config):
+    """Writes, in a directory the test removes, the fast policy with two
+    changes for failover tests (awaiting records kept long enough to be
+    counted in the new master, and a domain pace that does not hold the
+    retries back) and a config file of `config` plus the replica
+    confirmation every failover test uses. Returns (policy, config) paths."""
+    with open(FAST_POLICY) as f:
+        p = json.load(f)
+    p["limits"]["awaiting"] = "10m"
+    p["domains"]["pace"]["per_second"] = 1000000
+    p["domains"]["pace"]["burst"] = 1000000
+    d = tempfile.mkdtemp(prefix="rebound-ha-")
+    test.addCleanup(shutil.rmtree, d, True)
+    policy = os.path.join(d, "policy.json")
+    with open(policy, "w") as f:
+        json.dump(p, f)
+    conf = os.path.join(d, "reboundd.json")
+    keys = {"redis_min_replicas": 1, "redis_replica_timeout": "500ms", "redis_timeout": "2s"}
+    keys.update(config)
+    with open(conf, "w") as f:
+        json.dump(keys, f)
+    return policy, conf
 
 
 class FailoverLoad:

@@ -28,8 +28,8 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
-from failover_load import FailoverLoad  # noqa: E402
-from harness import (FAST_POLICY, GREYLIST, DaemonTestCase, RedisError, RespConnection, _popen,  # noqa: E402
+from failover_load import FailoverLoad, failover_files  # noqa: E402
+from harness import (GREYLIST, DaemonTestCase, RedisError, RespConnection, _popen,  # noqa: E402
                      _stop_process, bounce, free_port, unique_id, wait_until)
 
 MASTER = "rebound-ha"
@@ -115,25 +115,8 @@ class SentinelFailoverTest(DaemonTestCase):
         return max(1.0, TEST_BUDGET_S - (time.monotonic() - self.t0))
 
     def policy_file(self, min_replicas=1):
-        """The fast policy with two changes for this test: awaiting records
-        kept long enough to be counted in the new master, and a domain pace
-        that does not hold the retries back."""
-        with open(FAST_POLICY) as f:
-            p = json.load(f)
-        p["limits"]["awaiting"] = "10m"
-        p["domains"]["pace"]["per_second"] = 1000000
-        p["domains"]["pace"]["burst"] = 1000000
-        d = tempfile.mkdtemp(prefix="rebound-ha-")
-        self.addCleanup(shutil.rmtree, d, True)
-        path = os.path.join(d, "policy.json")
-        with open(path, "w") as f:
-            json.dump(p, f)
-        conf = os.path.join(d, "reboundd.json")
-        with open(conf, "w") as f:
-            json.dump({"redis_sentinels": [s.addr for s in self.sentinels], "redis_master_name": MASTER,
-                       "redis_min_replicas": min_replicas, "redis_replica_timeout": "500ms", "redis_timeout": "2s",
-                       "instance_id": "ha-test-1"}, f)
-        return path, conf
+        return failover_files(self, {"redis_sentinels": [s.addr for s in self.sentinels], "redis_master_name": MASTER,
+                                     "redis_min_replicas": min_replicas, "instance_id": "ha-test-1"})
 
     def start_topology(self):
         master = self.start_redis()
