@@ -109,7 +109,7 @@ struct policy {
     int max_attempts;        /* default 8 */
     int64_t max_age_ms;      /* default 72 h, measured from the first bounce */
     int64_t awaiting_ms;     /* how long a fired retry waits for its outcome before it is forgotten; default: max_age */
-    /* recipient streaks (issue: recipients and domains) */
+    /* recipient streaks: a recipient soft-bouncing across messages */
     int streak_campaigns;    /* default 3 */
     int64_t chronic_span_ms; /* default 30 days */
     int chronic_attempts;    /* default 5 */

@@ -24,7 +24,7 @@ time from the first deferral to delivery (in policy minutes), attempts per
 delivered message (the first included), deferrals wasted (retries deferred
 again) and give-ups; and whether every greylist retry stayed within the
 class's bounds and every retry within the max age.
-Exit status 1 with --check when the must-holds of issue 15 fail.
+Exit status 1 with --check when the targets of learned timing fail (docs/performance.md, W5).
 """
 
 import argparse
@@ -268,7 +268,7 @@ def main():
                     help="a retry's attempt is at its due_at (default: a stall of the machine is not policy "
                          "time) or when its event arrived (what the daemon sees)")
     ap.add_argument("--json", help="write the figures here")
-    ap.add_argument("--check", action="store_true", help="exit 1 unless the must-holds of issue 15 hold")
+    ap.add_argument("--check", action="store_true", help="exit 1 unless the targets of learned timing (docs/performance.md, W5) hold")
     a = ap.parse_args()
     if not harness.have_reboundd() or not shutil.which("redis-server"):
         sys.stderr.write("learn-sim: needs reboundd (%s) and redis-server\n" % harness.reboundd_path())
