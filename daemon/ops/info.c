@@ -14,6 +14,7 @@
 #include "schedule/domains.h"
 #include "schedule/entry.h"
 #include "schedule/learned.h"
+#include "schedule/lease.h"
 #include "store/store.h"
 
 void op_ping(struct job *op)
@@ -108,6 +109,15 @@ static json_t *stats_json(void)
     json_object_set_new(o, "connections", json_integer(rbd->nconns));
     json_object_set_new(o, "domains", domains_stats_json(now_ms()));
     json_object_set_new(o, "learned", learned_stats_json());
+    /* several reboundd on one Redis (schedule/lease.c) */
+    if (rbd->cfg.lease_ttl_ms > 0)
+        json_object_set_new(o, "lease",
+                            json_pack("{sssIsssIsIsIsI}", "role", lease_role_name(), "epoch",
+                                      (json_int_t)rbd->lease_epoch, "owner", lease_owner_addr(), "takeovers",
+                                      (json_int_t)rbd->lease_takeovers, "fenced_writes",
+                                      (json_int_t)rbd->lease_fenced_writes, "renew_failures",
+                                      (json_int_t)rbd->lease_renew_failures, "self_fenced",
+                                      (json_int_t)rbd->lease_self_fenced));
     return o;
 }
 void op_stats(struct job *op)

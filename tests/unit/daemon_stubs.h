@@ -65,4 +65,11 @@ extern struct stub_commands stub_cmds;
 /* Answers command i with reply (NULL: the link went down). */
 void stubs_answer_command(int i, redisReply *reply);
 
+/* store/lease.c: the lease's commands are recorded among stub_cmds (named
+ * "store_lease_acquire", ...; first is the value sent); the epoch writes
+ * carry, and the commands in flight the lifecycle sees. */
+extern long long stub_fence_epoch;
+extern size_t stub_inflight;
+extern int stub_events_link_ups; /* events_link_up calls */
+
 #endif
