@@ -230,6 +230,15 @@ static void members_cb(void *arg, redisReply *reply)
     }
 }
 
+static void try_acquire(int64_t now)
+{
+    if (!rbd->stopping && !L.acquiring && store_ready() &&
+        store_lease_acquire(L.who, rbd->cfg.lease_ttl_ms, acquire_cb, (void *)(uintptr_t)L.gen) == 0) {
+        L.acquiring = true;
+        L.acquire_sent = now;
+    }
+}
+
 void lease_tick(int64_t now)
 {
     if (!L.on || L.released)
@@ -245,11 +254,7 @@ void lease_tick(int64_t now)
     }
     switch (role()) {
     case LEASE_STANDBY:
-        if (!rbd->stopping && !L.acquiring && store_ready() &&
-            store_lease_acquire(L.who, rbd->cfg.lease_ttl_ms, acquire_cb, (void *)(uintptr_t)L.gen) == 0) {
-            L.acquiring = true;
-            L.acquire_sent = now;
-        }
+        try_acquire(now);
         break;
     case LEASE_LOADING:
     case LEASE_OWNER:
@@ -264,8 +269,10 @@ void lease_tick(int64_t now)
         }
         break;
     case LEASE_FENCED:
-        if (store_batch_empty() && store_inflight() == 0 && rbd->requests_waiting == 0)
+        if (store_batch_empty() && store_inflight() == 0 && rbd->requests_waiting == 0) {
             drop_schedule();
+            try_acquire(now); /* and learn who owns it now */
+        }
         break;
     case LEASE_NONE:
         break;
