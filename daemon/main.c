@@ -152,6 +152,9 @@ static void status_line(char *buf, size_t len)
     if (rbd->stopping)
         snprintf(buf, len, "stopping: %zu Redis writes in flight, %d connections",
                  rbd->link ? redis_link_inflight(rbd->link) : (size_t)0, rbd->nconns);
+    else if (rbd->lease_role == LEASE_STANDBY || rbd->lease_role == LEASE_FENCED)
+        snprintf(buf, len, "standing by (%s): the schedule is served by %s, %d connections", lease_role_name(),
+                 lease_owner_addr()[0] ? lease_owner_addr() : "nobody yet", rbd->nconns);
     else if (!rbd->loaded && !store_ready())
         snprintf(buf, len, "waiting for Redis: %s",
                  rbd->link && redis_link_last_error(rbd->link)[0] ? redis_link_last_error(rbd->link) : "connecting");

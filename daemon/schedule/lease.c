@@ -211,10 +211,15 @@ static void renew_cb(void *arg, redisReply *reply)
     rbd->lease_renew_failures++;
 }
 
+/* A heartbeat this many TTLs old is an instance that is gone (with the
+ * default instance_id, every start is a new one): the owner forgets it. */
+#define MEMBER_FORGET_TTLS 30
+
 static void members_cb(void *arg, redisReply *reply)
 {
     if (!reply || reply->type != REDIS_REPLY_ARRAY)
         return;
+    int64_t gone = now_ms() - MEMBER_FORGET_TTLS * rbd->cfg.lease_ttl_ms;
     L.nmembers = 0;
     for (size_t i = 0; i + 1 < reply->elements && L.nmembers < MEMBERS_MAX; i += 2) {
         const redisReply *k = reply->element[i], *v = reply->element[i + 1];
@@ -227,6 +232,10 @@ static void members_cb(void *arg, redisReply *reply)
         snprintf(m->id, sizeof m->id, "%.*s", (int)k->len, k->str);
         snprintf(m->addr, sizeof m->addr, "%.*s", (int)(sp - v->str), v->str);
         m->at = strtoll(sp + 1, NULL, 10);
+        if (m->at < gone && role() == LEASE_OWNER) {
+            store_members_forget(m->id);
+            L.nmembers--;
+        }
     }
 }
 
