@@ -53,7 +53,7 @@ static struct {
     unsigned gen;    /* bumped when the lease is lost: late answers are ignored */
     bool acquiring, renewing, released;
     int64_t acquire_sent, renew_sent, renew_ok; /* renew_ok: when the last confirmed renewal was sent */
-    int64_t last_beat;
+    int64_t last_beat, last_read;
     struct member members[MEMBERS_MAX];
     int nmembers;
     void (*release_done)(void);
@@ -239,6 +239,12 @@ static void members_cb(void *arg, redisReply *reply)
     }
 }
 
+static void read_cb(void *arg, redisReply *reply)
+{
+    if (role() == LEASE_FENCED && reply && reply->type == REDIS_REPLY_STRING)
+        owner_from(reply->str, reply->len);
+}
+
 static void try_acquire(int64_t now)
 {
     if (!rbd->stopping && !L.acquiring && store_ready() &&
@@ -254,8 +260,9 @@ void lease_tick(int64_t now)
         return;
     int64_t renew_every = lease_renew_every();
     if (now - L.last_beat >= renew_every && store_ready()) {
+        /* wall clock: the other instances compare it with theirs */
         char beat[400];
-        snprintf(beat, sizeof beat, "%s %lld", rbd->advertise, (long long)now);
+        snprintf(beat, sizeof beat, "%s %lld", rbd->advertise, (long long)now_ms());
         if (store_members_beat(rbd->instance_id, beat) == 0) {
             L.last_beat = now;
             store_members_read(members_cb, NULL);
@@ -281,6 +288,8 @@ void lease_tick(int64_t now)
         if (store_batch_empty() && store_inflight() == 0 && rbd->requests_waiting == 0) {
             drop_schedule();
             try_acquire(now); /* and learn who owns it now */
+        } else if (now - L.last_read >= renew_every && store_ready() && store_lease_read(read_cb, NULL) == 0) {
+            L.last_read = now; /* meanwhile, tell clients where the owner is */
         }
         break;
     case LEASE_NONE:
@@ -288,9 +297,16 @@ void lease_tick(int64_t now)
     }
 }
 
+/* The lease's own clock: monotonic, so that a wall-clock step can neither
+ * stretch the renewal deadline past the lease's life in Redis nor cut it. */
+static int64_t mono_ms(void)
+{
+    return (int64_t)(uv_hrtime() / 1000000);
+}
+
 static void timer_cb(uv_timer_t *t)
 {
-    lease_tick(now_ms());
+    lease_tick(mono_ms());
 }
 
 void lease_init(const struct lease_hooks *hooks)
@@ -323,7 +339,7 @@ void lease_link_up(void)
     /* A load cut short by the drop starts over on the new connection. */
     if (role() == LEASE_LOADING)
         schedule_load(loaded_cb);
-    lease_tick(now_ms());
+    lease_tick(mono_ms());
 }
 
 static void release_cb(void *arg, redisReply *reply)

@@ -62,12 +62,27 @@ static const char release_lua[] =
 
 /* One command, run only while the epoch is ours: KEYS[1] the epoch,
  * KEYS[2] the command's key; ARGV[1] the epoch held, ARGV[2] the command,
- * ARGV[3..] its other arguments. */
+ * ARGV[3..] its other arguments. redis.call takes its arguments from Lua's
+ * stack (at most about 8000): a longer list (an HMGET of a burst, an HDEL
+ * of ids) goes in slices, whose answers are joined (arrays) or summed
+ * (integers). */
 static const char fence_lua[] =
     "if redis.call('GET', KEYS[1]) ~= ARGV[1] then\n"
     "  return redis.error_reply('FENCED the lease on the schedule moved to another instance')\n"
     "end\n"
-    "return redis.call(ARGV[2], KEYS[2], unpack(ARGV, 3))\n";
+    "local n = #ARGV\n"
+    "if n <= 4002 then return redis.call(ARGV[2], KEYS[2], unpack(ARGV, 3)) end\n"
+    "local out, sum = {}, 0\n"
+    "for i = 3, n, 4000 do\n"
+    "  local r = redis.call(ARGV[2], KEYS[2], unpack(ARGV, i, math.min(i + 3999, n)))\n"
+    "  if type(r) == 'table' then\n"
+    "    for k = 1, #r do out[#out + 1] = r[k] end\n"
+    "  else\n"
+    "    sum = sum + r\n"
+    "  end\n"
+    "end\n"
+    "if #out > 0 then return out end\n"
+    "return sum\n";
 
 static char *lease_key(const char *name)
 {
