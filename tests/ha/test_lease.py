@@ -199,8 +199,8 @@ class LeaseTest(DaemonTestCase):
 
         def maybe_kill():
             if state["killed"] is None and len(acked) >= 2000:
+                a.kill9()  # returns once the process is gone: later events are the new owner's
                 state["killed"] = now_ms()
-                a.kill9()
                 log("owner killed with SIGKILL after %d acknowledged reports" % len(acked))
         unavailable, errors = self.ingest([a, b], acked, 4000, on_progress=maybe_kill)
         self.assertIsNotNone(state["killed"], "the owner was never killed")
