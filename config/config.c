@@ -104,6 +104,7 @@ static const struct option options[] = {
     {"advertise", OPT_STRING, FIELD(advertise), "", 0, 0, false, false},
     /* several reboundd on one Redis: the lease on the schedule (0 = none) */
     {"lease_ttl", OPT_DURATION, FIELD(lease_ttl_ms), "0", 0, 3600LL * 1000, false, false},
+    {"lease_forward", OPT_BOOL, FIELD(lease_forward), "true", 0, 0, true, false},
 };
 #define NOPTIONS (sizeof options / sizeof options[0])
 

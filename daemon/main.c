@@ -32,6 +32,7 @@
 #include "events/events.h"
 #include "metrics.h"
 #include "net/conn.h"
+#include "net/peer.h"
 #include "net/server.h"
 #include "notify.h"
 #include "ops/ops.h"
@@ -333,6 +334,7 @@ static void close_own_handles(void)
     close_if_open((uv_handle_t *)&status_timer);
     close_if_open((uv_handle_t *)&swap_timer);
     lease_close();
+    peer_close_all();
     notify_close();
     events_stop();
     close_if_open((uv_handle_t *)&sig_term);

@@ -30,6 +30,7 @@
 #include "base/log.h"
 #include "base/xmalloc.h"
 #include "config/addr.h"
+#include "net/peer.h"
 #include "proto/event.h"
 #include "queue/policy.h"
 #include "queue/sched.h"
@@ -368,6 +369,11 @@ char *metrics_render(size_t *len)
         family(f, "rebound_lease_self_fenced_total", "counter",
                "Times this instance stopped serving: the lease lost, or not renewed in time.");
         fprintf(f, "rebound_lease_self_fenced_total %llu\n", (unsigned long long)rbd->lease_self_fenced);
+        family(f, "rebound_forwarded_requests_total", "counter",
+               "Requests a standby relayed to the owner (lease_forward), by result: failed ones were answered "
+               "unavailable here.");
+        sample_u64(f, "rebound_forwarded_requests_total", "result", "relayed", peer_forwarded() - peer_failed());
+        sample_u64(f, "rebound_forwarded_requests_total", "result", "failed", peer_failed());
     }
 
     family(f, "rebound_connections", "gauge", "Open client connections.");

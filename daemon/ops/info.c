@@ -7,6 +7,7 @@
 #include "base/daemon.h"
 #include "config/explain.h"
 #include "net/conn.h"
+#include "net/peer.h"
 #include "ops/job.h"
 #include "proto/event.h"
 #include "proto/reply.h"
@@ -112,12 +113,13 @@ static json_t *stats_json(void)
     /* several reboundd on one Redis (schedule/lease.c) */
     if (rbd->cfg.lease_ttl_ms > 0)
         json_object_set_new(o, "lease",
-                            json_pack("{sssIsssIsIsIsI}", "role", lease_role_name(), "epoch",
+                            json_pack("{sssIsssIsIsIsIsIsI}", "role", lease_role_name(), "epoch",
                                       (json_int_t)rbd->lease_epoch, "owner", lease_owner_addr(), "takeovers",
                                       (json_int_t)rbd->lease_takeovers, "fenced_writes",
                                       (json_int_t)rbd->lease_fenced_writes, "renew_failures",
                                       (json_int_t)rbd->lease_renew_failures, "self_fenced",
-                                      (json_int_t)rbd->lease_self_fenced));
+                                      (json_int_t)rbd->lease_self_fenced, "forwarded",
+                                      (json_int_t)peer_forwarded(), "forward_failed", (json_int_t)peer_failed()));
     return o;
 }
 void op_stats(struct job *op)

@@ -19,6 +19,7 @@
 #include "base/daemon.h"
 #include "base/xmalloc.h"
 #include "net/conn.h"
+#include "net/peer.h"
 #include "ops/job.h"
 #include "proto/reply.h"
 #include "proto/request.h"
@@ -199,6 +200,19 @@ static void op_not_owner(struct conn *c, struct slot *s, json_t *req)
     conn_reply(c, s, line, n);
 }
 
+/* A standby relays a request to the owner (lease_forward) and its client
+ * gets the owner's reply; not an op bound to this connection (subscribe,
+ * ack, groups), nor one that came from a peer, nor while the owner is
+ * unknown or this instance is between roles. Returns true when relayed. */
+static bool op_forward(struct conn *c, struct slot *s, const struct request *r, const char *line, size_t len)
+{
+    const char *owner = lease_owner_addr();
+    if (!rbd->cfg.lease_forward || c->from_peer || rbd->lease_role != LEASE_STANDBY || !owner[0] ||
+        strcmp(owner, rbd->advertise) == 0 || r->op == OP_SUBSCRIBE || r->op == OP_ACK || r->op == OP_GROUPS)
+        return false;
+    return peer_forward(owner, c, s, line, len, r->req) == 0;
+}
+
 void ops_dispatch(struct conn *c, const char *line, size_t len)
 {
     struct slot *s = conn_slot(c);
@@ -221,8 +235,11 @@ void ops_dispatch(struct conn *c, const char *line, size_t len)
         job_release(op);
         return;
     }
+    if (r->op == OP_PING && json_is_string(r->req) && strcmp(json_string_value(r->req), PEER_HELLO_REQ) == 0)
+        c->from_peer = true;
     if (!lease_serving() && op_needs_schedule(r->op)) {
-        op_not_owner(c, s, r->req);
+        if (!op_forward(c, s, r, line, len))
+            op_not_owner(c, s, r->req);
         job_release(op);
         return;
     }

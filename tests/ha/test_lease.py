@@ -4,8 +4,12 @@ takeover and hand-over (docs/operations.md, "High availability").
 Real redis-server and real reboundd processes on free loopback ports, the
 fast policy, lease_ttl 1.5 s (renewed every 300 ms, checked every 150 ms).
 
-  standby      the standby answers what needs the schedule `unavailable`
-               with the owner's address; the owner serves the same requests
+  standby      (lease_forward false) the standby answers what needs the
+               schedule `unavailable` with the owner's address; the owner
+               serves the same requests
+  forward      the standby relays to the owner: the same scenario gives the
+               same replies through either; the owner killed, relayed
+               requests are answered `unavailable`
   kill9        kill -9 of the owner under pipelined ingest with retries
                falling due: the standby takes over and fires; every
                acknowledged report has its `retry` event (duplicates
@@ -59,13 +63,13 @@ class LeaseTest(DaemonTestCase):
     def left(self):
         return CASE_BUDGET_S - (time.monotonic() - self.t0)
 
-    def start_leased(self, redis, iid, wait_ready=True):
+    def start_leased(self, redis, iid, wait_ready=True, forward=True):
         d = self.start_daemon(redis, wait_ready=False)
         d.proc.kill()
         d.proc.wait()
         conf = os.path.join(d.dir, "reboundd.json")
         with open(conf, "w") as f:
-            json.dump({"lease_ttl": "%dms" % TTL_MS, "instance_id": iid}, f)
+            json.dump({"lease_ttl": "%dms" % TTL_MS, "instance_id": iid, "lease_forward": forward}, f)
         d.extra_args = ["-c", conf]
         d.start(wait_ready=wait_ready)
         return d
@@ -79,10 +83,10 @@ class LeaseTest(DaemonTestCase):
         wait_until(lambda: self.role(d)[0] == want, min(timeout, self.left()), interval=0.02,
                    what="%s to be %s" % (d.port, want))
 
-    def owner_and_standby(self, redis):
-        a = self.start_leased(redis, "a")
+    def owner_and_standby(self, redis, forward=True):
+        a = self.start_leased(redis, "a", forward=forward)
         self.wait_role(a, "owner", 10)
-        b = self.start_leased(redis, "b")
+        b = self.start_leased(redis, "b", forward=forward)
         self.wait_role(b, "standby", 5)
         return a, b
 
@@ -106,7 +110,7 @@ class LeaseTest(DaemonTestCase):
 
     def test_standby_answers_unavailable_with_owner(self):
         redis = self.start_redis()
-        a, b = self.owner_and_standby(redis)
+        a, b = self.owner_and_standby(redis, forward=False)
         a_addr = "127.0.0.1:%d" % a.port
         scenario = [bounce("std-1", rcpt=rcpt_of(1), **GREYLIST), {"op": "get", "id": "std-1"},
                     {"op": "list"}, {"op": "hold", "domain": "d1.example"}, {"op": "release", "domain": "d1.example"}]
@@ -134,6 +138,57 @@ class LeaseTest(DaemonTestCase):
             for req in scenario[2:]:
                 self.assertTrue(c.request(req)["ok"], req)
         self.assertIsNone(redis.cmd("HGET", MSG_HASH, "nothing-written-by-b"))
+
+    def scenario(self, d, tag):
+        """The same requests, under ids of their own: the replies with the
+        ids and times taken out."""
+        mid = "%s-1" % tag
+        reqs = [bounce(mid, rcpt="x@%s.example" % tag, req="r1", **GREYLIST),
+                bounce(mid, rcpt="x@%s.example" % tag, req="r2", **GREYLIST),
+                {"op": "get", "id": mid, "req": "r3"},
+                {"op": "hold", "domain": "%s.example" % tag, "req": "r4"},
+                {"op": "release", "domain": "%s.example" % tag, "req": "r5"},
+                {"op": "cancel", "id": mid, "req": "r6"},
+                {"op": "get", "id": mid, "req": "r7"},
+                {"op": "bounce", "id": "%s-2" % tag, "rcpt": "not an address", "code": 451, "req": "r8"}]
+        with d.client() as c:
+            replies = c.pipeline(reqs, timeout=5.0)
+        def times_out(v):
+            # epoch-ms times differ between the two runs
+            if isinstance(v, dict):
+                return {k: times_out(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [times_out(x) for x in v]
+            if isinstance(v, int) and not isinstance(v, bool) and v > 10 ** 12:
+                return "T"
+            return v
+        return [json.dumps(times_out(json.loads(json.dumps(r).replace(tag, "T"))), sort_keys=True)
+                for r in replies]
+
+    def test_standby_forwards_to_owner(self):
+        redis = self.start_redis()
+        a, b = self.owner_and_standby(redis)
+        via_owner = self.scenario(a, "qzq1")
+        via_standby = self.scenario(b, "qzq2")
+        self.assertEqual(via_standby, via_owner)
+        self.assertTrue(json.loads(via_owner[0])["ok"])
+        lease = self.role(b)[1]
+        # the last request is refused here, as by any instance: not valid
+        self.assertEqual(lease["forwarded"], 7, lease)
+        with b.client() as c:
+            r = c.request({"op": "subscribe", "group": "g"})
+            self.assertEqual(r["error"]["code"], "unavailable", r)
+            self.assertEqual(r["owner"], "127.0.0.1:%d" % a.port)
+        # the owner gone: what the standby relays is answered unavailable
+        # (resendable), until it serves itself
+        a.kill9()
+        with b.client() as c:
+            r = c.request({"op": "get", "id": "qzq1-1"})
+            self.assertFalse(r["ok"], r)
+            self.assertEqual(r["error"]["code"], "unavailable", r)
+        self.wait_role(b, "owner", 5)
+        with b.client() as c:
+            self.assertTrue(c.request(bounce("after-1", rcpt="y@z.example", **GREYLIST))["ok"])
 
     def ingest(self, targets, acked, n, on_progress=None, batch=200):
         """Pipelines n greylisted reports, resending what is refused or cut
@@ -255,10 +310,11 @@ class LeaseTest(DaemonTestCase):
         role, lease = self.role(a)
         self.assertGreaterEqual(lease["self_fenced"], 1)
         wait_until(lambda: self.role(a)[1]["owner"], 2, what="the standby to know the owner")
+        self.assertEqual(self.role(a)[1]["owner"], "127.0.0.1:%d" % b.port)
         with a.client() as c:
-            r = c.request({"op": "get", "id": mid})
-            self.assertEqual(r["error"]["code"], "unavailable")
-            self.assertEqual(r["owner"], "127.0.0.1:%d" % b.port)
+            r = c.request({"op": "get", "id": mid})  # relayed to the new owner
+            self.assertTrue(r["ok"], r)
+            self.assertEqual(r["attempt"] if "attempt" in r else int(before[0]), int(before[0]), r)
 
     def test_fenced_write_refused_by_redis(self):
         redis = self.start_redis()

@@ -369,3 +369,28 @@ void events_link_up(void)
 {
     stub_events_link_ups++;
 }
+
+/* ---- net/peer.c ---------------------------------------------------------- */
+
+int stub_forwards;
+int stub_forward_result = -1;
+
+int peer_forward(const char *addr, struct conn *c, struct slot *s, const char *line, size_t len, json_t *req)
+{
+    stub_forwards++;
+    return stub_forward_result;
+}
+
+uint64_t peer_forwarded(void)
+{
+    return (uint64_t)stub_forwards;
+}
+
+uint64_t peer_failed(void)
+{
+    return 0;
+}
+
+void peer_close_all(void)
+{
+}
