@@ -360,6 +360,32 @@ static void test_standby_answers_with_owner(void **state)
     assert_reply(4, "\"lease\":{");
     assert_int_equal(stubs.nwrites, 0);
     assert_null(sched_find(rbd->sched, "m1", 2));
+    assert_int_equal(stub_forwards, 0);
+
+    /* lease_forward: relayed to the owner, whose reply will fill the slot */
+    rbd->cfg.lease_forward = true;
+    stub_forward_result = 0;
+    send_line("{\"op\":\"get\",\"id\":\"m1\"}");
+    assert_int_equal(stub_forwards, 1);
+    assert_int_equal(stubs.nreplies, 5); /* none here */
+    /* not what is bound to this connection */
+    send_line("{\"op\":\"subscribe\",\"group\":\"g\"}");
+    assert_int_equal(stub_forwards, 1);
+    assert_reply(5, "\"owner\":\"10.0.0.7:7411\"");
+    /* not what another instance relayed here: no request goes round */
+    send_line("{\"op\":\"ping\",\"req\":\"rebound-peer\"}");
+    assert_true(conn.from_peer);
+    send_line("{\"op\":\"get\",\"id\":\"m1\"}");
+    assert_int_equal(stub_forwards, 1);
+    assert_reply(7, "\"code\":\"unavailable\"");
+    /* nor when the peer cannot take it */
+    conn.from_peer = false;
+    stub_forward_result = -1;
+    send_line("{\"op\":\"get\",\"id\":\"m1\"}");
+    assert_int_equal(stub_forwards, 2);
+    assert_reply(8, "\"owner\":\"10.0.0.7:7411\"");
+    stub_forwards = 0;
+    rbd->cfg.lease_forward = false;
     lease_close();
     rbd->cfg.lease_ttl_ms = 0;
 }
