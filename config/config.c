@@ -103,6 +103,9 @@ static const struct option options[] = {
     {"redis_replica_timeout", OPT_DURATION, FIELD(redis_replica_timeout_ms), "1s", 1, 3600LL * 1000, false, false},
     {"instance_id", OPT_STRING, FIELD(instance_id), "", 0, 0, false, false},
     {"advertise", OPT_STRING, FIELD(advertise), "", 0, 0, false, false},
+    /* several reboundd on one Redis: the lease on the schedule (0 = none) */
+    {"lease_ttl", OPT_DURATION, FIELD(lease_ttl_ms), "0", 0, 3600LL * 1000, false, false},
+    {"lease_forward", OPT_BOOL, FIELD(lease_forward), "true", 0, 0, true, false},
 };
 #define NOPTIONS (sizeof options / sizeof options[0])
 
@@ -731,6 +734,12 @@ static int check_ha(const struct config *cfg, char *err, size_t errlen)
     }
     if (cfg->advertise[0] && check_hostport("advertise", cfg->advertise, err, errlen) != 0)
         return -1;
+    /* The lease is renewed every ttl/5 and checked every ttl/10: below
+     * 100 ms those turns would be shorter than a loaded machine's jitter. */
+    if (cfg->lease_ttl_ms > 0 && cfg->lease_ttl_ms < 100) {
+        set_err(err, errlen, "lease_ttl: 0 (no lease) or at least 100ms");
+        return -1;
+    }
     return 0;
 }
 

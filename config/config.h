@@ -52,6 +52,10 @@ struct config {
     int64_t redis_replica_timeout_ms; /* WAIT's time-out, default 1000 (key "redis_replica_timeout") */
     char *instance_id;              /* this instance's name, "" = "<hostname>:<pid>" at start */
     char *advertise;                /* the address peers reach this instance at, "" = listen */
+    /* Several reboundd on one Redis: one holds a lease on the schedule and
+     * serves it, the others stand by (0 = no lease, one instance alone). */
+    int64_t lease_ttl_ms;           /* the lease's time to live (key "lease_ttl"), default 0 */
+    bool lease_forward;             /* a standby relays requests to the owner (else: unavailable + owner) */
 };
 
 /* The largest max_line accepted: with the default max_connections, 1,024

@@ -32,6 +32,7 @@
 #include "events/events.h"
 #include "metrics.h"
 #include "net/conn.h"
+#include "net/peer.h"
 #include "net/server.h"
 #include "notify.h"
 #include "ops/ops.h"
@@ -42,6 +43,7 @@
 #include "schedule/firing.h"
 #include "schedule/load.h"
 #include "schedule/learned.h"
+#include "schedule/lease.h"
 #include "store/scripts.h"
 #include "store/store.h"
 
@@ -151,6 +153,9 @@ static void status_line(char *buf, size_t len)
     if (rbd->stopping)
         snprintf(buf, len, "stopping: %zu Redis writes in flight, %d connections",
                  rbd->link ? redis_link_inflight(rbd->link) : (size_t)0, rbd->nconns);
+    else if (rbd->lease_role == LEASE_STANDBY || rbd->lease_role == LEASE_FENCED)
+        snprintf(buf, len, "standing by (%s): the schedule is served by %s, %d connections", lease_role_name(),
+                 lease_owner_addr()[0] ? lease_owner_addr() : "nobody yet", rbd->nconns);
     else if (!rbd->loaded && !store_ready())
         snprintf(buf, len, "waiting for Redis: %s",
                  rbd->link && redis_link_last_error(rbd->link)[0] ? redis_link_last_error(rbd->link) : "connecting");
@@ -198,11 +203,47 @@ static void load_done_cb(void)
     events_link_up();
 }
 
+/* With lease_ttl set (several reboundd on one Redis): the listeners open
+ * at the first connect, so a standby answers (ping, cluster, stats, and
+ * `unavailable` with the owner's address); the schedule is read back only
+ * once the lease is ours (schedule/lease.c). */
+static bool lease_listening;
+
+static void lease_serving_cb(void)
+{
+    notify_ready();
+    status_cb(&status_timer);
+}
+
+static void on_link_up_leased(void)
+{
+    if (!lease_listening && !rbd->stopping) {
+        lease_listening = true;
+        if (server_start() != 0) {
+            exit_code = 1;
+            raise(SIGTERM);
+            return;
+        }
+        log_info("listening; the schedule is served by the lease's owner");
+        notify_ready();
+    }
+    if (rbd->loaded) {
+        schedule_resync();
+        firing_kick();
+        events_link_up();
+    }
+    lease_link_up();
+}
+
 static void on_link_state(struct redis_link *link, bool up, void *arg)
 {
     if (!up)
         return;
     rbd->redis_connects++;
+    if (rbd->cfg.lease_ttl_ms > 0) {
+        on_link_up_leased();
+        return;
+    }
     if (!rbd->loaded) {
         schedule_load(load_done_cb);
         return;
@@ -292,6 +333,8 @@ static void close_own_handles(void)
     close_if_open((uv_handle_t *)&drain_timer);
     close_if_open((uv_handle_t *)&status_timer);
     close_if_open((uv_handle_t *)&swap_timer);
+    lease_close();
+    peer_close_all();
     notify_close();
     events_stop();
     close_if_open((uv_handle_t *)&sig_term);
@@ -313,6 +356,14 @@ static void drain_timer_cb(uv_timer_t *t)
     /* Then every connection is half-closed behind its last reply, and we
      * wait for the clients to read to the end and close, unless one does
      * not within DRAIN_WRITES_MS. */
+    /* Then the lease goes, so that a standby takes over at its next check
+     * (its answer is waited for like a write). */
+    static bool lease_given_up;
+    if (rbd->cfg.lease_ttl_ms > 0 && !lease_given_up) {
+        lease_given_up = true;
+        lease_release(NULL);
+        return;
+    }
     if (!replies_deadline) {
         replies_deadline = now + DRAIN_WRITES_MS;
         conn_shutdown_all();
@@ -693,6 +744,9 @@ int main(int argc, char **argv)
     start_loop_handles();
 
     set_identity(cfg);
+    static const struct lease_hooks lease_hooks = {.serving = lease_serving_cb};
+    store_set_fenced_hook(lease_fenced);
+    lease_init(&lease_hooks);
     rbd->link = redis_link_new(rbd->loop, &lo, on_link_state, NULL);
     redis_link_set_rtt_histogram(rbd->link, &rbd->redis_rtt);
     char shown[300];

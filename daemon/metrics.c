@@ -30,6 +30,7 @@
 #include "base/log.h"
 #include "base/xmalloc.h"
 #include "config/addr.h"
+#include "net/peer.h"
 #include "proto/event.h"
 #include "queue/policy.h"
 #include "queue/sched.h"
@@ -359,6 +360,29 @@ char *metrics_render(size_t *len)
            "Redis Cluster answers (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, READONLY) that sent the link back to the seeds.");
     fprintf(f, "rebound_redis_cluster_redirects_total %llu\n",
             (unsigned long long)(rbd->link ? redis_link_redirects(rbd->link) : 0));
+    /* several reboundd on one Redis: the lease (schedule/lease.c) */
+    if (rbd->cfg.lease_ttl_ms > 0) {
+        static const char *const roles[] = {"none", "standby", "loading", "owner", "fenced"};
+        family(f, "rebound_lease_role", "gauge", "1 for this instance's role in the lease on the schedule.");
+        for (int r = 1; r < 5; r++)
+            fprintf(f, "rebound_lease_role{role=\"%s\"} %d\n", roles[r], rbd->lease_role == r ? 1 : 0);
+        family(f, "rebound_lease_epoch", "gauge", "The lease epoch this instance holds (0: none).");
+        fprintf(f, "rebound_lease_epoch %lld\n", rbd->lease_epoch);
+        family(f, "rebound_lease_takeovers_total", "counter", "Times this instance acquired the lease.");
+        fprintf(f, "rebound_lease_takeovers_total %llu\n", (unsigned long long)rbd->lease_takeovers);
+        family(f, "rebound_lease_fenced_writes_total", "counter", "Writes Redis refused as FENCED (the lease moved).");
+        fprintf(f, "rebound_lease_fenced_writes_total %llu\n", (unsigned long long)rbd->lease_fenced_writes);
+        family(f, "rebound_lease_renew_failures_total", "counter", "Lease renewals that got no answer.");
+        fprintf(f, "rebound_lease_renew_failures_total %llu\n", (unsigned long long)rbd->lease_renew_failures);
+        family(f, "rebound_lease_self_fenced_total", "counter",
+               "Times this instance stopped serving: the lease lost, or not renewed in time.");
+        fprintf(f, "rebound_lease_self_fenced_total %llu\n", (unsigned long long)rbd->lease_self_fenced);
+        family(f, "rebound_forwarded_requests_total", "counter",
+               "Requests a standby relayed to the owner (lease_forward), by result: failed ones were answered "
+               "unavailable here.");
+        sample_u64(f, "rebound_forwarded_requests_total", "result", "relayed", peer_forwarded() - peer_failed());
+        sample_u64(f, "rebound_forwarded_requests_total", "result", "failed", peer_failed());
+    }
 
     family(f, "rebound_connections", "gauge", "Open client connections.");
     fprintf(f, "rebound_connections %d\n", rbd->nconns);

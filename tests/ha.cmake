@@ -7,11 +7,14 @@
 #   ha.cluster_failover: nine redis-server nodes in cluster mode (three
 #     primaries, two replicas each) formed by redis-cli --cluster create;
 #     two cases, ~10 s.
-foreach(t sentinel_failover cluster_failover)
+#   ha.lease: several reboundd on one Redis (docs/operations.md, "Several
+#     reboundd on one Redis: the lease"): standby answers, kill -9 and
+#     SIGSTOP of the owner, a fenced write, SIGTERM hand-over; ~40 s.
+foreach(t sentinel_failover cluster_failover lease)
   add_test(NAME ha.${t}
            COMMAND ${Python3_EXECUTABLE} test_${t}.py
            WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/ha)
   set_tests_properties(ha.${t} PROPERTIES
     ENVIRONMENT "REBOUND_BUILD_DIR=${PROJECT_BINARY_DIR};REBOUND_SOURCE_DIR=${PROJECT_SOURCE_DIR};PYTHONDONTWRITEBYTECODE=1"
-    TIMEOUT 180 RUN_SERIAL TRUE SKIP_RETURN_CODE 77)
+    TIMEOUT 240 RUN_SERIAL TRUE SKIP_RETURN_CODE 77)
 endforeach()

@@ -65,6 +65,13 @@ struct daemon {
     char advertise[300];              /* cfg.advertise, or the listen address */
     uint64_t wait_batches;            /* write batches followed by a WAIT */
     uint64_t wait_short;              /* of those, WAITs short of redis_min_replicas: answered unavailable */
+    /* several reboundd on one Redis: the lease (schedule/lease.c) */
+    int lease_role;                   /* enum lease_role (schedule/lease.h) */
+    long long lease_epoch;            /* the epoch held, 0 none */
+    uint64_t lease_takeovers;         /* times this instance acquired the lease */
+    uint64_t lease_fenced_writes;     /* writes Redis refused as FENCED */
+    uint64_t lease_renew_failures;    /* renewals that got no answer */
+    uint64_t lease_self_fenced;       /* times this instance stopped serving: lease lost or not renewed */
 };
 
 extern struct daemon *rbd;

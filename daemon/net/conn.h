@@ -66,6 +66,7 @@ struct conn {
     bool throttled;        /* over its budget: reading resumes next turn */
     bool is_pipe;
     bool keepalive;        /* TCP keep-alive on (a subscriber's quiet spells) */
+    bool from_peer;        /* another instance relays its clients' requests on it (net/peer.c) */
     struct conn *throttled_next;
 };
 

@@ -7,6 +7,7 @@
 #include "base/daemon.h"
 #include "config/explain.h"
 #include "net/conn.h"
+#include "net/peer.h"
 #include "ops/job.h"
 #include "proto/event.h"
 #include "proto/reply.h"
@@ -14,6 +15,7 @@
 #include "schedule/domains.h"
 #include "schedule/entry.h"
 #include "schedule/learned.h"
+#include "schedule/lease.h"
 #include "store/store.h"
 
 void op_ping(struct job *op)
@@ -108,6 +110,16 @@ static json_t *stats_json(void)
     json_object_set_new(o, "connections", json_integer(rbd->nconns));
     json_object_set_new(o, "domains", domains_stats_json(now_ms()));
     json_object_set_new(o, "learned", learned_stats_json());
+    /* several reboundd on one Redis (schedule/lease.c) */
+    if (rbd->cfg.lease_ttl_ms > 0)
+        json_object_set_new(o, "lease",
+                            json_pack("{sssIsssIsIsIsIsIsI}", "role", lease_role_name(), "epoch",
+                                      (json_int_t)rbd->lease_epoch, "owner", lease_owner_addr(), "takeovers",
+                                      (json_int_t)rbd->lease_takeovers, "fenced_writes",
+                                      (json_int_t)rbd->lease_fenced_writes, "renew_failures",
+                                      (json_int_t)rbd->lease_renew_failures, "self_fenced",
+                                      (json_int_t)rbd->lease_self_fenced, "forwarded",
+                                      (json_int_t)peer_forwarded(), "forward_failed", (json_int_t)peer_failed()));
     return o;
 }
 void op_stats(struct job *op)

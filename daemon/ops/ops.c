@@ -15,14 +15,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/counters.h"
 #include "base/daemon.h"
 #include "base/xmalloc.h"
 #include "net/conn.h"
+#include "net/peer.h"
 #include "ops/job.h"
 #include "proto/reply.h"
 #include "proto/request.h"
 #include "schedule/domains.h"
 #include "schedule/entry.h"
+#include "schedule/lease.h"
 #include "store/store.h"
 
 /* The op table: {handler, per_message, needs_store}, by proto's enum op
@@ -157,6 +160,59 @@ void ops_run_waiters(struct entry *e)
     }
 }
 
+/* ---- the lease (several reboundd on one Redis: schedule/lease.c) ----
+ * An instance that does not serve the schedule answers only what does not
+ * need it; everything else gets `unavailable` with the owner's address
+ * ("owner", "" while unknown), where the client resends. */
+static bool op_needs_schedule(enum op o)
+{
+    return o != OP_PING && o != OP_AUTH && o != OP_CLASSIFY && o != OP_STATS && o != OP_CLUSTER;
+}
+
+static void op_not_owner(struct conn *c, struct slot *s, json_t *req)
+{
+    char msg[200];
+    snprintf(msg, sizeof msg, "this instance does not serve the schedule (%s); nothing was written, resend to the owner",
+             lease_role_name());
+    size_t n;
+    char *line = reply_error(req, ERR_UNAVAILABLE, msg, &n);
+    /* reply_error's line is one object ending "}\n": the owner joins it. */
+    json_t *owner = json_string(lease_owner_addr());
+    char *ow = owner ? json_dumps(owner, JSON_ENCODE_ANY) : NULL;
+    json_decref(owner);
+    if (ow && n >= 2 && line[n - 2] == '}') {
+        size_t olen = strlen(ow);
+        char *out = xmalloc(n + olen + 16);
+        memcpy(out, line, n - 2);
+        size_t k = n - 2;
+        memcpy(out + k, ",\"owner\":", 9);
+        k += 9;
+        memcpy(out + k, ow, olen);
+        k += olen;
+        memcpy(out + k, "}\n", 2);
+        k += 2;
+        free(line);
+        line = out;
+        n = k;
+    }
+    free(ow);
+    counters_error(ERR_UNAVAILABLE);
+    conn_reply(c, s, line, n);
+}
+
+/* A standby relays a request to the owner (lease_forward) and its client
+ * gets the owner's reply; not an op bound to this connection (subscribe,
+ * ack, groups), nor one that came from a peer, nor while the owner is
+ * unknown or this instance is between roles. Returns true when relayed. */
+static bool op_forward(struct conn *c, struct slot *s, const struct request *r, const char *line, size_t len)
+{
+    const char *owner = lease_owner_addr();
+    if (!rbd->cfg.lease_forward || c->from_peer || rbd->lease_role != LEASE_STANDBY || !owner[0] ||
+        strcmp(owner, rbd->advertise) == 0 || r->op == OP_SUBSCRIBE || r->op == OP_ACK || r->op == OP_GROUPS)
+        return false;
+    return peer_forward(owner, c, s, line, len, r->req) == 0;
+}
+
 void ops_dispatch(struct conn *c, const char *line, size_t len)
 {
     struct slot *s = conn_slot(c);
@@ -176,6 +232,14 @@ void ops_dispatch(struct conn *c, const char *line, size_t len)
     const struct op_handler *h = (unsigned)r->op < OP__COUNT ? &handlers[r->op] : NULL;
     if (!h || !h->run) {
         conn_reply_error(c, s, r->req, ERR_UNKNOWN_OP, "unknown op");
+        job_release(op);
+        return;
+    }
+    if (r->op == OP_PING && json_is_string(r->req) && strcmp(json_string_value(r->req), PEER_HELLO_REQ) == 0)
+        c->from_peer = true;
+    if (!lease_serving() && op_needs_schedule(r->op)) {
+        if (!op_forward(c, s, r, line, len))
+            op_not_owner(c, s, r->req);
         job_release(op);
         return;
     }

@@ -47,8 +47,16 @@ static bool fire_reply_ok(const struct store_fire *b, const redisReply *reply)
     return true;
 }
 
+/* With the lease on (store/lease.c): the burst between its WATCH of the
+ * epoch and its EXEC. An EXEC ends every WATCH of the connection, so only
+ * one burst at a time may be in that window; the others of the moment go
+ * through the fire script, which checks the epoch itself. */
+static struct store_fire *burst_watching;
+
 static void finish(struct store_fire *b, bool ok)
 {
+    if (burst_watching == b)
+        burst_watching = NULL;
     struct fire_priv *p = b->priv;
     if (p) {
         free(p->slot);
@@ -64,7 +72,9 @@ static void fire_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
 {
     struct store_fire *b = arg;
     bool ok = fire_reply_ok(b, reply);
-    if (reply && !ok)
+    if (reply && !ok && store_fenced_reply(reply))
+        ; /* the lease moved: nothing fired */
+    else if (reply && !ok)
         log_error("redis: fire script failed: %s", reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
     for (int i = 0; ok && i < b->n; i++) {
         const redisReply *r = reply->element[0]->element[2 * i];
@@ -135,7 +145,9 @@ static void exec_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
     struct fire_priv *p = b->priv;
     /* EXEC answers each command of the transaction: the XADDs, HSET, XTRIM. */
     bool ok = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == (size_t)p->nxadd + 2;
-    if (reply && !ok)
+    if (reply && reply->type == REDIS_REPLY_NIL && burst_watching == b)
+        store_fenced_now(); /* the WATCHed epoch moved: the transaction did not run */
+    else if (reply && !ok)
         log_error("redis: fire transaction failed: %s",
                   reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
     for (int i = 0; ok && i < b->n; i++) {
@@ -237,7 +249,13 @@ static void hmget_reply_cb(struct redis_link *link, redisReply *reply, void *arg
     struct store_fire *b = arg;
     struct fire_priv *p = b->priv;
     if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != (size_t)b->n) {
-        if (reply)
+        if (burst_watching == b) {
+            const char *unwatch[] = {"UNWATCH"};
+            redis_link_command(rbd->link, queued_reply_cb, NULL, 1, unwatch, NULL);
+        }
+        if (reply && store_fenced_reply(reply))
+            ; /* the lease moved: nothing read, nothing fired */
+        else if (reply)
             log_error("redis: reading records to fire failed: %s",
                       reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
         finish(b, false);
@@ -259,6 +277,8 @@ int store_fire_burst(struct store_fire *b, const char **ids, const size_t *lens)
 {
     if (!store_ready())
         return -1;
+    if (store_fencing() && burst_watching)
+        return store_fire_script(b, ids, lens);
     struct fire_priv *p = xcalloc(1, sizeof *p);
     /* Kept for the second step: the callers' arrays do not last. */
     p->ids = xmalloc((size_t)b->n * sizeof *p->ids);
@@ -272,7 +292,24 @@ int store_fire_burst(struct store_fire *b, const char **ids, const size_t *lens)
     msgs_command("HMGET", argc, &argv, &argl);
     memcpy(argv + 2, ids, (size_t)b->n * sizeof *ids);
     memcpy(argl + 2, lens, (size_t)b->n * sizeof *lens);
-    int rc = redis_link_command(rbd->link, hmget_reply_cb, b, (int)argc, argv, argl);
+    int rc;
+    if (store_fencing()) {
+        /* WATCH the epoch, then read the records only if it is ours: the
+         * EXEC that follows runs only if it has not moved since. */
+        const char *watch[] = {"WATCH", store_fence_key()};
+        const char **fa;
+        size_t *fl;
+        int fn = store_fence_wrap((int)argc, argv, argl, &fa, &fl);
+        rc = redis_link_command(rbd->link, queued_reply_cb, NULL, 2, watch, NULL);
+        if (rc == 0)
+            rc = redis_link_command(rbd->link, hmget_reply_cb, b, fn, fa, fl);
+        if (rc == 0)
+            burst_watching = b;
+        free(fa);
+        free(fl);
+    } else {
+        rc = redis_link_command(rbd->link, hmget_reply_cb, b, (int)argc, argv, argl);
+    }
     free(argv);
     free(argl);
     if (rc != 0) {
@@ -295,8 +332,9 @@ int store_fire_script(struct store_fire *b, const char **ids, const size_t *lens
     snprintf(ngroups, sizeof ngroups, "%d", b->ngroups);
     int head = 2 + 5 + b->ngroups;
     int argc = head + b->n;
-    const char **argv = xmalloc((size_t)argc * sizeof *argv);
-    size_t *argl = xmalloc((size_t)argc * sizeof *argl);
+    /* two more for the fence (store_fence_args) */
+    const char **argv = xmalloc((size_t)(argc + 2) * sizeof *argv);
+    size_t *argl = xmalloc((size_t)(argc + 2) * sizeof *argl);
     argv[0] = rbd->key_msgs;
     argv[1] = rbd->key_events;
     argv[2] = now_s;
@@ -310,7 +348,10 @@ int store_fire_script(struct store_fire *b, const char **ids, const size_t *lens
         argl[i] = strlen(argv[i]);
     memcpy(argv + head, ids, (size_t)b->n * sizeof *ids);
     memcpy(argl + head, lens, (size_t)b->n * sizeof *lens);
-    int rc = redis_link_script(rbd->link, SCRIPT_FIRE, fire_reply_cb, b, 2, argc, argv, argl);
+    int nkeys = 2;
+    if (store_fencing())
+        store_fence_args(argv, argl, &nkeys, &argc);
+    int rc = redis_link_script(rbd->link, SCRIPT_FIRE, fire_reply_cb, b, nkeys, argc, argv, argl);
     free(argv);
     free(argl);
     return rc;

@@ -27,6 +27,12 @@ static void qo_reply_cb(struct redis_link *link, redisReply *reply, void *privda
     free(c);
 }
 
+static void qo_fenced_reply_cb(struct redis_link *link, redisReply *reply, void *privdata)
+{
+    store_fenced_reply(reply);
+    qo_reply_cb(link, reply, privdata);
+}
+
 static int qo_command(int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg)
 {
     if (!store_ready())
@@ -41,20 +47,58 @@ static int qo_command(int argc, const char **argv, const size_t *lens, store_rep
     return 0;
 }
 
+/* A write: with the lease on, it runs only while the epoch is ours
+ * (store/lease.c); a FENCED refusal reaches cb as the error reply. */
+static int qo_write(int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg)
+{
+    if (!store_fencing())
+        return qo_command(argc, argv, lens, cb, arg);
+    if (!store_ready())
+        return -1;
+    const char **a;
+    size_t *l;
+    int n = store_fence_wrap(argc, argv, lens, &a, &l);
+    struct qo_ctx *c = xmalloc(sizeof *c);
+    c->cb = cb;
+    c->arg = arg;
+    int rc = redis_link_command(rbd->link, qo_fenced_reply_cb, c, n, a, l);
+    if (rc != 0)
+        free(c);
+    free(a);
+    free(l);
+    return rc;
+}
+
+/* A command already fenced by itself (a script with the prologue): only
+ * its FENCED reply is noticed. */
+static int qo_write_raw(int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg)
+{
+    if (!store_ready())
+        return -1;
+    struct qo_ctx *c = xmalloc(sizeof *c);
+    c->cb = cb;
+    c->arg = arg;
+    if (redis_link_command(rbd->link, qo_fenced_reply_cb, c, argc, argv, lens) != 0) {
+        free(c);
+        return -1;
+    }
+    return 0;
+}
+
 int store_held_set(const char *domain, int64_t until, int64_t since, store_reply_cb cb, void *arg)
 {
     char val[48];
     snprintf(val, sizeof val, "%" PRId64 ",%" PRId64, until, since);
     const char *argv[] = {"HSET", rbd->key_held, domain, val};
     size_t lens[] = {4, strlen(rbd->key_held), strlen(domain), strlen(val)};
-    return qo_command(4, argv, lens, cb, arg);
+    return qo_write(4, argv, lens, cb, arg);
 }
 
 int store_held_del(const char *domain, store_reply_cb cb, void *arg)
 {
     const char *argv[] = {"HDEL", rbd->key_held, domain};
     size_t lens[] = {4, strlen(rbd->key_held), strlen(domain)};
-    return qo_command(3, argv, lens, cb, arg);
+    return qo_write(3, argv, lens, cb, arg);
 }
 
 int store_held_read(store_reply_cb cb, void *arg)
@@ -80,7 +124,7 @@ static int bulk(const char *cmd, const char *const *ids, const size_t *lens, siz
         argv[2 + i] = ids[i];
         alens[2 + i] = lens[i];
     }
-    int rc = qo_command((int)argc, argv, alens, cb, arg);
+    int rc = (cmd[0] == 'H' && cmd[1] == 'D' ? qo_write : qo_command)((int)argc, argv, alens, cb, arg);
     free(argv);
     free(alens);
     return rc;
@@ -101,6 +145,10 @@ int store_msgs_del(const char *const *ids, const size_t *lens, size_t n, store_r
  * leaving the rest as it is. Sent with EVAL: it is short, and a bulk op
  * sends one per thousand ids. */
 static const char due_now_lua[] =
+    /* the fence (store/lease.c): the epoch key after KEYS[1], the epoch last */
+    "if #KEYS > 1 and redis.call('GET', KEYS[2]) ~= table.remove(ARGV) then\n"
+    "  return redis.error_reply('FENCED the lease on the schedule moved to another instance')\n"
+    "end\n"
     "local due = tonumber(ARGV[1])\n"
     "local out = {}\n"
     "for i = 2, #ARGV do\n"
@@ -126,8 +174,9 @@ int store_msgs_due_now(const char *const *ids, const size_t *lens, size_t n, int
     char when[24];
     snprintf(when, sizeof when, "%" PRId64, due);
     size_t argc = 5 + n;
-    const char **argv = xmalloc(argc * sizeof *argv);
-    size_t *alens = xmalloc(argc * sizeof *alens);
+    bool fence = store_fencing();
+    const char **argv = xmalloc((argc + 2) * sizeof *argv);
+    size_t *alens = xmalloc((argc + 2) * sizeof *alens);
     argv[0] = "EVAL";
     argv[1] = due_now_lua;
     argv[2] = "1";
@@ -139,7 +188,14 @@ int store_msgs_due_now(const char *const *ids, const size_t *lens, size_t n, int
         argv[5 + i] = ids[i];
         alens[5 + i] = lens[i];
     }
-    int rc = qo_command((int)argc, argv, alens, cb, arg);
+    if (fence) {
+        /* the EVAL's keys start after its 3 words: EVAL, script, numkeys */
+        int nkeys = 1, nargs = (int)argc - 3;
+        store_fence_args(argv + 3, alens + 3, &nkeys, &nargs);
+        argv[2] = "2";
+        argc = (size_t)nargs + 3;
+    }
+    int rc = fence ? qo_write_raw((int)argc, argv, alens, cb, arg) : qo_command((int)argc, argv, alens, cb, arg);
     free(argv);
     free(alens);
     return rc;

@@ -151,6 +151,9 @@ void store_init(void)
     rbd->key_history = make_key("history");
     rbd->key_history_at = make_key("history_at");
     rbd->key_learned = make_key("learned");
+    /* several reboundd on one Redis: the lease and its fencing */
+    if (rbd->cfg.lease_ttl_ms > 0)
+        store_lease_init();
 }
 
 void store_mark_in_doubt(const char *id, size_t id_len)
@@ -189,6 +192,7 @@ void store_take_in_doubt(void (*fn)(const char *id, void *arg), void *arg)
 
 void store_free(void)
 {
+    store_lease_free();
     strmap_free(&in_doubt);
     /* Anything still queued never reached Redis: say so to its waiters. */
     struct batch *b = current;
@@ -418,7 +422,9 @@ static void batch_reply_cb(struct redis_link *link, redisReply *reply, void *pri
 static void batch_answer(struct batch *b, redisReply *reply)
 {
     bool ok = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == b->nwaiters;
-    if (reply && !ok)
+    if (reply && !ok && store_fenced_reply(reply))
+        ; /* the lease moved: the lifecycle says so (schedule/lease.c) */
+    else if (reply && !ok)
         log_error("redis: apply script failed: %s", reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
     if (!reply) {
         /* The connection dropped: Redis may have applied the batch. */
@@ -454,8 +460,9 @@ void store_flush(void)
     char nfresh[32];
     snprintf(nfresh, sizeof nfresh, "%zu", b->nfresh);
     size_t argc = batch_nargs(b) + 1, k = 0;
-    const char **argv = xmalloc(argc * sizeof *argv);
-    size_t *lens = xmalloc(argc * sizeof *lens);
+    /* two more for the fence (store_fence_args) */
+    const char **argv = xmalloc((argc + 2) * sizeof *argv);
+    size_t *lens = xmalloc((argc + 2) * sizeof *lens);
     const struct args *parts[] = {&b->head, &b->fresh, &b->general};
     for (int p = 0; p < 3; p++) {
         if (p == 1) {
@@ -471,7 +478,10 @@ void store_flush(void)
             lens[k++] = b->rcpts_len;
         }
     }
-    int rc = redis_link_script(rbd->link, SCRIPT_APPLY, batch_reply_cb, b, APPLY_NKEYS, (int)argc, argv, lens);
+    int nkeys = APPLY_NKEYS, nargs = (int)argc;
+    if (store_fencing())
+        store_fence_args(argv, lens, &nkeys, &nargs);
+    int rc = redis_link_script(rbd->link, SCRIPT_APPLY, batch_reply_cb, b, nkeys, nargs, argv, lens);
     free(argv);
     free(lens);
     if (rc != 0)
@@ -604,4 +614,9 @@ void store_bounce_arg(char *buf, char action, bool counts, int64_t now, int code
         p += n;
     }
     *p = '\0';
+}
+
+bool store_batch_empty(void)
+{
+    return current == NULL;
 }

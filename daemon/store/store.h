@@ -249,4 +249,57 @@ int store_learned_scan(const char *cursor, const char *count, store_reply_cb cb,
 /* Forgets a domain's learned state (HDEL; the reply is not awaited): the
  * daemon let it go to stay within its bound. */
 void store_learned_forget(const char *name, size_t len);
+/* ---- the lease on the schedule and its fencing (store/lease.c) ----
+ * <prefix>lease    "<instance> <addr> <epoch>" with a TTL: the owner
+ * <prefix>epoch    the fencing token, incremented by every acquisition
+ * <prefix>members  hash, instance id -> "<addr> <at ms>": heartbeats
+ * With lease_ttl set, every write carries the epoch held and Redis refuses
+ * it with an error starting "FENCED" once the counter moved on. */
+
+/* Makes the lease's keys (only with lease_ttl set: without them nothing
+ * is fenced). */
+void store_lease_init(void);
+void store_lease_free(void);
+/* True when writes are fenced (lease_ttl set). */
+bool store_fencing(void);
+/* The epoch writes carry from now on (0: none held, every write refused). */
+void store_fence_set(long long epoch);
+/* fn is called for every write Redis refused as fenced. */
+void store_set_fenced_hook(void (*fn)(void));
+/* Acquires the lease for who ("<instance> <addr>") for ttl_ms unless it is
+ * held: the reply is {epoch, value}, epoch 0 with the holder's value when
+ * another holds it. */
+int store_lease_acquire(const char *who, int64_t ttl_ms, store_reply_cb cb, void *arg);
+/* Extends the lease by ttl_ms if its value is still `value`: 1, else 0. */
+int store_lease_renew(const char *value, int64_t ttl_ms, store_reply_cb cb, void *arg);
+/* Deletes the lease if its value is still `value`: 1, else 0. */
+int store_lease_release(const char *value, store_reply_cb cb, void *arg);
+/* The lease's value (GET), nil when nobody holds it. */
+int store_lease_read(store_reply_cb cb, void *arg);
+/* Records this instance's heartbeat (HSET; the reply is not awaited). */
+int store_members_beat(const char *id, const char *value);
+/* Forgets an instance's heartbeat (HDEL; the reply is not awaited). */
+int store_members_forget(const char *id);
+/* Every heartbeat (HGETALL): {id, "<addr> <at ms>", ...}. */
+int store_members_read(store_reply_cb cb, void *arg);
+/* Commands sent to Redis and not answered yet. */
+size_t store_inflight(void);
+/* True when no change is queued for the next write batch. */
+bool store_batch_empty(void);
+
+/* The store's own (store.c, fire.c, queue_ops.c): */
+/* True (and counted, and the hook told) when reply is a FENCED refusal. */
+bool store_fenced_reply(const redisReply *reply);
+/* Counts a write refused as fenced and tells the hook. */
+void store_fenced_now(void);
+/* Adds the fence to a script call: the epoch key after the script's nkeys
+ * keys, the epoch as the last argument (argv and lens need room for two
+ * more). The scripts' prologue checks it. */
+void store_fence_args(const char **argv, size_t *lens, int *nkeys, int *argc);
+/* A command (argv[1] its key) wrapped to run only while the epoch is ours:
+ * new arrays in *out and *out_lens (the caller frees them), their count
+ * returned. */
+int store_fence_wrap(int argc, const char *const *argv, const size_t *lens, const char ***out, size_t **out_lens);
+/* The epoch counter's key. */
+const char *store_fence_key(void);
 #endif

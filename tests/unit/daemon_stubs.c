@@ -304,3 +304,93 @@ int store_history_get(const char *id, size_t id_len, store_reply_cb cb, void *ar
 {
     return record_command("history_get", id, id_len, 1, cb, arg);
 }
+
+/* ---- store/lease.c ------------------------------------------------------ */
+
+long long stub_fence_epoch;
+size_t stub_inflight;
+
+int store_lease_acquire(const char *who, int64_t ttl_ms, store_reply_cb cb, void *arg)
+{
+    return record_command("store_lease_acquire", who, strlen(who), 0, cb, arg);
+}
+
+int store_lease_renew(const char *value, int64_t ttl_ms, store_reply_cb cb, void *arg)
+{
+    return record_command("store_lease_renew", value, strlen(value), 0, cb, arg);
+}
+
+int store_lease_release(const char *value, store_reply_cb cb, void *arg)
+{
+    return record_command("store_lease_release", value, strlen(value), 0, cb, arg);
+}
+
+int store_lease_read(store_reply_cb cb, void *arg)
+{
+    return record_command("store_lease_read", "", 0, 0, cb, arg);
+}
+
+int store_members_beat(const char *id, const char *value)
+{
+    return stubs.ready ? 0 : -1;
+}
+
+int store_members_forget(const char *id)
+{
+    return 0;
+}
+
+int store_members_read(store_reply_cb cb, void *arg)
+{
+    return stubs.ready ? 0 : -1;
+}
+
+void store_fence_set(long long epoch)
+{
+    stub_fence_epoch = epoch;
+}
+
+size_t store_inflight(void)
+{
+    return stub_inflight;
+}
+
+bool store_batch_empty(void)
+{
+    for (int i = 0; i < stubs.nwrites; i++)
+        if (stubs.writes[i].done)
+            return false;
+    return true;
+}
+
+int stub_events_link_ups;
+
+void events_link_up(void)
+{
+    stub_events_link_ups++;
+}
+
+/* ---- net/peer.c ---------------------------------------------------------- */
+
+int stub_forwards;
+int stub_forward_result = -1;
+
+int peer_forward(const char *addr, struct conn *c, struct slot *s, const char *line, size_t len, json_t *req)
+{
+    stub_forwards++;
+    return stub_forward_result;
+}
+
+uint64_t peer_forwarded(void)
+{
+    return (uint64_t)stub_forwards;
+}
+
+uint64_t peer_failed(void)
+{
+    return 0;
+}
+
+void peer_close_all(void)
+{
+}

@@ -9,6 +9,7 @@
 #include "events/events.h"
 #include "net/conn.h"
 #include "store/store.h"
+#include "net/peer.h"
 
 #define STUBS_MAX 64
 
@@ -64,5 +65,15 @@ struct stub_commands {
 extern struct stub_commands stub_cmds;
 /* Answers command i with reply (NULL: the link went down). */
 void stubs_answer_command(int i, redisReply *reply);
+
+/* store/lease.c: the lease's commands are recorded among stub_cmds (named
+ * "store_lease_acquire", ...; first is the value sent); the epoch writes
+ * carry, and the commands in flight the lifecycle sees. */
+extern long long stub_fence_epoch;
+extern size_t stub_inflight;
+extern int stub_events_link_ups;
+/* net/peer.c: peer_forward calls, and what it returns (-1: not relayed) */
+extern int stub_forwards;
+extern int stub_forward_result; /* events_link_up calls */
 
 #endif

@@ -23,6 +23,7 @@
 #include "schedule/entry.h"
 #include "schedule/firing.h"
 #include "schedule/learned.h"
+#include "schedule/lease.h"
 
 static struct conn conn;
 
@@ -329,6 +330,66 @@ static void test_learned_bound(void **state)
     assert_non_null(learned_find("new9.example", 12));
 }
 
+/* With a lease (lease_ttl), an instance that does not serve the schedule
+ * answers what needs it `unavailable` with the owner's address, writes
+ * nothing, and still answers ping, stats, classify and cluster. */
+static void test_standby_answers_with_owner(void **state)
+{
+    rbd->cfg.lease_ttl_ms = 1000;
+    snprintf(rbd->instance_id, sizeof rbd->instance_id, "%s", "b");
+    snprintf(rbd->advertise, sizeof rbd->advertise, "%s", "10.0.0.8:7411");
+    lease_init(NULL);
+    lease_tick(0);
+    redisReply e = {.type = REDIS_REPLY_INTEGER, .integer = 0};
+    redisReply v = {.type = REDIS_REPLY_STRING, .str = "a 10.0.0.7:7411 3", .len = 17};
+    redisReply *el[2] = {&e, &v};
+    redisReply arr = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = el};
+    stubs_answer_command(stub_cmds.n - 1, &arr);
+    send_line("{\"op\":\"bounce\",\"id\":\"m1\",\"rcpt\":\"u@example.com\"," GREYLIST ",\"req\":1}");
+    assert_reply(0, "\"code\":\"unavailable\"");
+    assert_reply(0, "\"owner\":\"10.0.0.7:7411\"}");
+    assert_reply(0, "\"req\":1");
+    send_line("{\"op\":\"get\",\"id\":\"m1\"}");
+    assert_reply(1, "\"owner\":\"10.0.0.7:7411\"");
+    send_line("{\"op\":\"ping\"}");
+    assert_reply(2, "\"ok\":true");
+    send_line("{\"op\":\"cluster\"}");
+    assert_reply(3, "\"role\":\"standby\"");
+    assert_reply(3, "\"owner\":{\"id\":\"a\",\"addr\":\"10.0.0.7:7411\"}");
+    send_line("{\"op\":\"stats\"}");
+    assert_reply(4, "\"lease\":{");
+    assert_int_equal(stubs.nwrites, 0);
+    assert_null(sched_find(rbd->sched, "m1", 2));
+    assert_int_equal(stub_forwards, 0);
+
+    /* lease_forward: relayed to the owner, whose reply will fill the slot */
+    rbd->cfg.lease_forward = true;
+    stub_forward_result = 0;
+    send_line("{\"op\":\"get\",\"id\":\"m1\"}");
+    assert_int_equal(stub_forwards, 1);
+    assert_int_equal(stubs.nreplies, 5); /* none here */
+    /* not what is bound to this connection */
+    send_line("{\"op\":\"subscribe\",\"group\":\"g\"}");
+    assert_int_equal(stub_forwards, 1);
+    assert_reply(5, "\"owner\":\"10.0.0.7:7411\"");
+    /* not what another instance relayed here: no request goes round */
+    send_line("{\"op\":\"ping\",\"req\":\"rebound-peer\"}");
+    assert_true(conn.from_peer);
+    send_line("{\"op\":\"get\",\"id\":\"m1\"}");
+    assert_int_equal(stub_forwards, 1);
+    assert_reply(7, "\"code\":\"unavailable\"");
+    /* nor when the peer cannot take it */
+    conn.from_peer = false;
+    stub_forward_result = -1;
+    send_line("{\"op\":\"get\",\"id\":\"m1\"}");
+    assert_int_equal(stub_forwards, 2);
+    assert_reply(8, "\"owner\":\"10.0.0.7:7411\"");
+    stub_forwards = 0;
+    rbd->cfg.lease_forward = false;
+    lease_close();
+    rbd->cfg.lease_ttl_ms = 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -340,6 +401,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_store_down, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_ops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cluster, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_standby_answers_with_owner, setup, teardown),
         cmocka_unit_test_setup_teardown(test_learned_timing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_learned_bound, setup, teardown),
     };

@@ -26,6 +26,7 @@
 #include "schedule/domains.h"
 #include "schedule/entry.h"
 #include "schedule/firing.h"
+#include "schedule/lease.h"
 
 static int waiter_runs;
 
@@ -295,6 +296,167 @@ static void test_firing_script_then_burst(void **state)
     assert_true(entry_scheduled(b0));
 }
 
+/* ---- the lease's state machine (schedule/lease.c) ---- */
+
+static redisReply *int_reply(long long v)
+{
+    static redisReply r[8];
+    static int k;
+    redisReply *x = &r[k++ % 8];
+    memset(x, 0, sizeof *x);
+    x->type = REDIS_REPLY_INTEGER;
+    x->integer = v;
+    return x;
+}
+
+/* {epoch, value}: the acquire script's answer. */
+static void answer_acquire(int i, long long epoch, const char *value)
+{
+    redisReply e = {.type = REDIS_REPLY_INTEGER, .integer = epoch};
+    redisReply v = {.type = REDIS_REPLY_STRING, .str = (char *)value, .len = strlen(value)};
+    redisReply *el[2] = {&e, &v};
+    redisReply arr = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = el};
+    assert_string_equal(stub_cmds.c[i].name, "store_lease_acquire");
+    stubs_answer_command(i, &arr);
+}
+
+/* The last command sent, which must be `name`. */
+static int last_command(const char *name)
+{
+    assert_true(stub_cmds.n > 0);
+    assert_string_equal(stub_cmds.c[stub_cmds.n - 1].name, name);
+    return stub_cmds.n - 1;
+}
+
+static void test_lease_state_machine(void **state)
+{
+    rbd->loaded = false;
+    rbd->cfg.lease_ttl_ms = 1000; /* renew every 200, check every 100 */
+    snprintf(rbd->instance_id, sizeof rbd->instance_id, "me");
+    snprintf(rbd->advertise, sizeof rbd->advertise, "127.0.0.1:7001");
+    lease_init(NULL);
+    assert_int_equal(rbd->lease_role, LEASE_STANDBY);
+    assert_false(lease_serving());
+    assert_int_equal(lease_renew_every(), 200);
+    assert_int_equal(lease_check_every(), 100);
+
+    /* held by another: stand by, and know where it is */
+    lease_tick(0);
+    int a = last_command("store_lease_acquire");
+    assert_string_equal(stub_cmds.c[a].first, "me 127.0.0.1:7001");
+    lease_tick(50); /* one acquire at a time */
+    assert_int_equal(last_command("store_lease_acquire"), a);
+    answer_acquire(a, 0, "other 10.0.0.2:7001 4");
+    assert_int_equal(rbd->lease_role, LEASE_STANDBY);
+    assert_string_equal(lease_owner_addr(), "10.0.0.2:7001");
+    assert_string_equal(lease_owner_id(), "other");
+
+    /* free: ours, with a new epoch that every write now carries */
+    lease_tick(100);
+    a = last_command("store_lease_acquire");
+    answer_acquire(a, 5, "me 127.0.0.1:7001 5");
+    assert_int_equal(rbd->lease_role, LEASE_LOADING);
+    assert_int_equal(rbd->lease_epoch, 5);
+    assert_int_equal(stub_fence_epoch, 5);
+    assert_int_equal(rbd->lease_takeovers, 1);
+    assert_string_equal(lease_owner_addr(), "127.0.0.1:7001");
+    assert_false(lease_serving()); /* not before the schedule is read back */
+
+    /* renewed every 200 ms with our own value */
+    lease_tick(200);
+    assert_string_equal(stub_cmds.c[stub_cmds.n - 1].name, "store_lease_acquire"); /* not yet */
+    lease_tick(300);
+    int r = last_command("store_lease_renew");
+    assert_string_equal(stub_cmds.c[r].first, "me 127.0.0.1:7001 5");
+    stubs_answer_command(r, int_reply(1)); /* valid until 300 + 1000 */
+    /* two renewals lost (Redis unreachable) */
+    lease_tick(500);
+    stubs_answer_command(last_command("store_lease_renew"), NULL);
+    lease_tick(700);
+    stubs_answer_command(last_command("store_lease_renew"), NULL);
+    assert_int_equal(rbd->lease_renew_failures, 2);
+    lease_tick(1000);
+    int late = last_command("store_lease_renew");
+    assert_int_equal(rbd->lease_role, LEASE_LOADING);
+    /* the deadline: the last confirmed renewal's send + ttl - renew period */
+    lease_tick(1100);
+    assert_int_equal(rbd->lease_role, LEASE_FENCED);
+    assert_int_equal(rbd->lease_self_fenced, 1);
+    assert_int_equal(stub_fence_epoch, 0);
+    assert_false(rbd->loaded);
+    /* a renewal answered after the fence changes nothing */
+    stubs_answer_command(late, int_reply(1));
+    assert_int_equal(rbd->lease_role, LEASE_FENCED);
+
+    /* fenced: the schedule is dropped only once nothing is in flight */
+    struct entry *e = sched_add(rbd->sched, "x1", 2);
+    assert_non_null(e);
+    stub_inflight = 1;
+    int before = stub_cmds.n;
+    lease_tick(1200);
+    assert_int_equal(rbd->lease_role, LEASE_FENCED);
+    assert_int_equal(sched_count(rbd->sched), 1);
+    stub_inflight = 0;
+    lease_tick(1300);
+    assert_int_equal(rbd->lease_role, LEASE_STANDBY);
+    assert_int_equal(sched_count(rbd->sched), 0);
+    assert_true(stub_cmds.n > before);
+    a = last_command("store_lease_acquire"); /* at once: who owns it now */
+    answer_acquire(a, 6, "me 127.0.0.1:7001 6");
+    assert_int_equal(rbd->lease_role, LEASE_LOADING);
+    assert_int_equal(rbd->lease_takeovers, 2);
+
+    /* a renewal that finds another value: fenced at once */
+    lease_tick(1500);
+    stubs_answer_command(last_command("store_lease_renew"), int_reply(0));
+    assert_int_equal(rbd->lease_role, LEASE_FENCED);
+    assert_int_equal(rbd->lease_self_fenced, 2);
+    lease_tick(1600);
+    assert_int_equal(rbd->lease_role, LEASE_STANDBY);
+    answer_acquire(last_command("store_lease_acquire"), 7, "me 127.0.0.1:7001 7");
+
+    /* Redis refused a write as FENCED (the store's hook) */
+    lease_fenced();
+    assert_int_equal(rbd->lease_role, LEASE_FENCED);
+    lease_fenced(); /* once is enough */
+    assert_int_equal(rbd->lease_self_fenced, 3);
+
+    /* shutdown: a standby has nothing to give up */
+    lease_tick(1700);
+    assert_int_equal(rbd->lease_role, LEASE_STANDBY);
+    int n = stub_cmds.n;
+    lease_release(NULL);
+    assert_int_equal(stub_cmds.n, n);
+    lease_tick(1800); /* released: no more acquisitions */
+    assert_int_equal(stub_cmds.n, n);
+    lease_close();
+    uv_run(rbd->loop, UV_RUN_NOWAIT); /* the timer's close */
+
+    /* no lease: the daemon serves, nothing is sent */
+    rbd->cfg.lease_ttl_ms = 0;
+    lease_init(NULL);
+    assert_int_equal(rbd->lease_role, LEASE_NONE);
+    assert_true(lease_serving());
+    lease_tick(5000);
+    assert_int_equal(stub_cmds.n, n);
+}
+
+static void test_lease_release_on_shutdown(void **state)
+{
+    rbd->cfg.lease_ttl_ms = 2000;
+    snprintf(rbd->instance_id, sizeof rbd->instance_id, "me");
+    snprintf(rbd->advertise, sizeof rbd->advertise, "127.0.0.1:7001");
+    lease_init(NULL);
+    lease_tick(0);
+    answer_acquire(last_command("store_lease_acquire"), 1, "me 127.0.0.1:7001 1");
+    assert_int_equal(rbd->lease_role, LEASE_LOADING);
+    lease_release(NULL);
+    int r = last_command("store_lease_release");
+    assert_string_equal(stub_cmds.c[r].first, "me 127.0.0.1:7001 1"); /* only if still ours */
+    stubs_answer_command(r, int_reply(1));
+    lease_close();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -304,6 +466,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_domain_pace, setup, teardown),
         cmocka_unit_test_setup_teardown(test_domain_hold_and_release, setup, teardown),
         cmocka_unit_test_setup_teardown(test_firing_script_then_burst, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_state_machine, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_release_on_shutdown, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -52,6 +52,14 @@
 -- fresh record 0 (as decided), 1 (suppressed now: chronic_soft), 2 (was
 -- suppressed already); for "R" and "U" 1 when a suppression was lifted,
 -- else 0; 0 otherwise.
+-- Fencing (several reboundd on one Redis, store/lease.c): with a key
+-- after the script's own 8, that key is the lease's epoch counter and the
+-- last argument the epoch the caller holds; a caller whose epoch is not
+-- the current one has lost the schedule to another instance and must not
+-- write. Without the key (lease_ttl 0) nothing is checked.
+if #KEYS > 8 and redis.call('GET', KEYS[9]) ~= table.remove(ARGV) then
+  return redis.error_reply('FENCED the lease on the schedule moved to another instance')
+end
 local msgs, stream, rcpts, supp, doms = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local hist, hist_at, learned = KEYS[6], KEYS[7], KEYS[8]
 local maxlen = ARGV[1]

@@ -23,6 +23,14 @@
 --           call as the integer i (its id was the i-th), any other entry
 --           as its id then its body ('' when trimmed); or the error of
 --           the read (the fires stand).
+-- Fencing (several reboundd on one Redis, store/lease.c): with a key
+-- after the script's own 2, that key is the lease's epoch counter and the
+-- last argument the epoch the caller holds; a caller whose epoch is not
+-- the current one has lost the schedule to another instance and must not
+-- write. Without the key (lease_ttl 0) nothing is checked.
+if #KEYS > 2 and redis.call('GET', KEYS[3]) ~= table.remove(ARGV) then
+  return redis.error_reply('FENCED the lease on the schedule moved to another instance')
+end
 local msgs, stream, now, maxlen = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
 local consumer, count, ngroups = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local first = 6 + ngroups
