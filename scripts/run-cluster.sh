@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# A local Redis Cluster and reboundd on it, in the foreground, from a fresh
-# Debian 12 machine (scripts/run.sh --cluster runs this): six redis-server
-# nodes on 127.0.0.1:7000-7005 (three primaries, one replica each; data in
-# var/cluster/<port>), formed with redis-cli --cluster create the first
-# time, and reboundd with its keys under the hash tag {rebound}, every
-# write batch confirmed by one replica.
+# A local Redis Cluster and three reboundd on it, in the foreground, from a
+# fresh Debian 12 machine (scripts/run.sh --cluster runs this): six
+# redis-server nodes on 127.0.0.1:7000-7005 (three primaries, one replica
+# each; data in var/cluster/<port>), formed with redis-cli --cluster create
+# the first time, and reboundd on 127.0.0.1:7411, 7412 and 7413 sharing
+# one schedule under a lease (one owns it, the others relay to it and take
+# over when it stops), its keys under the hash tag {rebound}, every write
+# batch confirmed by one replica.
 #   scripts/run.sh --cluster                      # start it
 #   redis-cli -p 7000 cluster nodes               # look at the cluster
 #   scripts/run.sh --cluster --log-level debug    # extra reboundd flags
@@ -17,8 +19,10 @@ var=$PWD/var/cluster
 ports=(7000 7001 7002 7003 7004 7005)
 mkdir -p "$var"
 pids=()
+daemons=()
 cleanup() {
-  [ -n "${daemon_pid:-}" ] && kill -TERM "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+  for p in "${daemons[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${daemons[@]}"; do wait "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
@@ -49,19 +53,30 @@ if ! redis-cli -p 7000 cluster info | grep -q '^cluster_state:ok'; then
 fi
 echo "Redis Cluster on 127.0.0.1:7000-7005 (data in var/cluster)" >&2
 
-cat >"$var/reboundd.json" <<JSON
+metrics=${REBOUND_METRICS-127.0.0.1:9411}
+for i in 1 2 3; do
+  cat >"$var/reboundd-$i.json" <<JSON
 {
   "redis_cluster": ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002",
                     "127.0.0.1:7003", "127.0.0.1:7004", "127.0.0.1:7005"],
   "prefix": "{rebound}:",
   "redis_min_replicas": 1,
-  "redis_replica_timeout": "1s"
+  "redis_replica_timeout": "1s",
+  "lease_ttl": "10s",
+  "instance_id": "r$i",
+  "listen": "127.0.0.1:741$i",
+  "advertise": "127.0.0.1:741$i",
+  "unix_path": ""
 }
 JSON
-metrics=${REBOUND_METRICS-127.0.0.1:9411}
-echo "reboundd on 127.0.0.1:7411 and $PWD/var/rebound.sock" >&2
-[ -n "$metrics" ] && echo "metrics at http://$metrics/metrics, status page at http://$metrics/" >&2
-build/reboundd -c "$var/reboundd.json" --redis 127.0.0.1:7000 --unix "$PWD/var/rebound.sock" \
-  --metrics "$metrics" "$@" &
-daemon_pid=$!
-wait "$daemon_pid"
+  flags=(-c "$var/reboundd-$i.json" --redis 127.0.0.1:7000)
+  # the first instance also has the Unix socket and the metrics endpoint
+  if [ "$i" = 1 ]; then
+    flags+=(--unix "$PWD/var/rebound.sock" --metrics "$metrics")
+  fi
+  build/reboundd "${flags[@]}" "$@" &
+  daemons+=($!)
+done
+echo "reboundd r1, r2, r3 on 127.0.0.1:7411, 7412, 7413 (and r1 on $PWD/var/rebound.sock); any of them takes any request" >&2
+[ -n "$metrics" ] && echo "r1's metrics at http://$metrics/metrics, status page at http://$metrics/" >&2
+wait "${daemons[@]}"
