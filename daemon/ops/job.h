@@ -39,6 +39,11 @@ struct job {
     int nevents;
     enum event_type event_types[3];
     char copies[192]; /* the request's strings, when they fit */
+    /* shards (ops/ops.c): the shard the op is about (0 in the one-shard
+     * layout), and while its shard is looked up in Redis, its line */
+    int shard;
+    char *line;
+    size_t line_len;
 };
 
 /* One row of the op table (ops.c). */

@@ -56,6 +56,16 @@ const char *lease_role_name(void);
  * TTL, as last read: id, address. */
 void lease_members(void (*fn)(const char *id, const char *addr, void *arg), void *arg);
 
+/* ---- shards (cfg.shards >= 2): a lease per shard ---- */
+/* The shards: cfg.shards, or 1 (the whole schedule is shard 0). */
+int lease_shards(void);
+/* True when this instance serves shard k (loaded, its lease held); always
+ * without a lease. */
+bool lease_shard_serving(int k);
+/* Shard k's owner as last seen: address and instance id ("" unknown). */
+const char *lease_shard_owner_addr(int k);
+const char *lease_shard_owner_id(int k);
+
 /* The check's and renewal's periods (lease_ttl/10 and lease_ttl/5). */
 int64_t lease_check_every(void);
 int64_t lease_renew_every(void);

@@ -14,6 +14,7 @@
 #include "proto/event.h"
 #include "proto/jbuf.h"
 #include "proto/record.h"
+#include "queue/shard.h"
 #include "redis/redis_link.h"
 
 /* A list of argument strings, addressed by offset into the batch's arena
@@ -51,9 +52,12 @@ struct batch {
      * kept until the WAIT sent right behind it answers */
     bool wait_sent, wait_missing, applied_seen;
     redisReply *applied;
+    int shard; /* whose records it writes and whose epoch fences it */
 };
 
-static struct batch *current;
+/* The batch being filled, one per shard (one-shard layout: [0] alone). */
+static struct batch *current[SHARD_MAX];
+static char *key_shard_msgs[SHARD_MAX]; /* [0] is rbd->key_msgs with one shard */
 static struct strmap in_doubt;
 
 /* A batch closes at this many arguments so one script call stays short
@@ -138,11 +142,24 @@ static char *make_key(const char *name)
     return k;
 }
 
+int store_nshards(void)
+{
+    return rbd->cfg.shards >= 2 ? rbd->cfg.shards : 1;
+}
+
+const char *store_msgs_key(int shard)
+{
+    return shard > 0 && shard < store_nshards() ? key_shard_msgs[shard] : rbd->key_msgs;
+}
+
 void store_init(void)
 {
-    current = NULL;
+    memset(current, 0, sizeof current);
     strmap_init(&in_doubt);
-    rbd->key_msgs = make_key("msg");
+    rbd->key_msgs = store_nshards() > 1 ? store_shard_key(0, "msg") : make_key("msg");
+    key_shard_msgs[0] = rbd->key_msgs;
+    for (int k = 1; k < store_nshards(); k++)
+        key_shard_msgs[k] = store_shard_key(k, "msg");
     rbd->key_events = make_key("events");
     rbd->key_rcpts = make_key("rcpt");
     rbd->key_supp = make_key("suppressed");
@@ -195,10 +212,14 @@ void store_free(void)
     store_lease_free();
     strmap_free(&in_doubt);
     /* Anything still queued never reached Redis: say so to its waiters. */
-    struct batch *b = current;
-    current = NULL;
-    if (b) {
-        batch_fail(b);
+    for (int k = 0; k < SHARD_MAX; k++) {
+        struct batch *b = current[k];
+        current[k] = NULL;
+        if (b)
+            batch_fail(b);
+        if (k > 0)
+            free(key_shard_msgs[k]);
+        key_shard_msgs[k] = NULL;
     }
     free(rbd->key_msgs);
     free(rbd->key_events);
@@ -256,12 +277,13 @@ static bool is_fresh(const struct batch *b, const struct store_change *ch)
            !in_doubt_has(ch->id, ch->id_len);
 }
 
-static void batch_open(void)
+static void batch_open(int shard)
 {
     const struct policy *p = rbd->policy;
-    struct batch *b = current = batch_new();
+    struct batch *b = current[shard] = batch_new();
+    b->shard = shard;
     char num[32];
-    batch_arg_str(b, &b->head, rbd->key_msgs);
+    batch_arg_str(b, &b->head, store_msgs_key(shard));
     batch_arg_str(b, &b->head, rbd->key_events);
     batch_arg_str(b, &b->head, rbd->key_rcpts);
     batch_arg_str(b, &b->head, rbd->key_supp);
@@ -362,13 +384,23 @@ static void queue_general(struct batch *b, const struct store_change *ch, const 
         queue_event(b, ch->events[i]);
 }
 
+static void batch_flush(int shard);
+
 int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
 {
     if (!store_ready())
         return -1;
-    if (!current)
-        batch_open();
-    struct batch *b = current;
+    int shard = ch->shard;
+    /* A change about no message (a throttle, learned timing, unsuppress)
+     * goes under any shard this instance holds: on one Redis every key is
+     * in reach, and the fence only needs an epoch that is ours. */
+    if (shard < 0 || (ch->id_len == 0 && store_nshards() > 1))
+        shard = store_shard_any();
+    else if (shard >= store_nshards())
+        shard = 0;
+    if (!current[shard])
+        batch_open(shard);
+    struct batch *b = current[shard];
     const char *who = "";
     size_t who_len = 0;
     if (ch->fragment)
@@ -391,7 +423,7 @@ int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
         queue_general(b, ch, who, who_len);
     }
     if (batch_nargs(b) >= BATCH_MAX_ARGS)
-        store_flush();
+        batch_flush(shard);
     return 0;
 }
 
@@ -447,10 +479,18 @@ static void batch_answer(struct batch *b, redisReply *reply)
 
 void store_flush(void)
 {
-    struct batch *b = current;
+    int n = store_nshards();
+    for (int k = 0; k < n; k++)
+        if (current[k])
+            batch_flush(k);
+}
+
+static void batch_flush(int shard)
+{
+    struct batch *b = current[shard];
     if (!b)
         return;
-    current = NULL;
+    current[shard] = NULL;
     if (!store_ready()) {
         batch_fail(b);
         return;
@@ -480,7 +520,7 @@ void store_flush(void)
     }
     int nkeys = APPLY_NKEYS, nargs = (int)argc;
     if (store_fencing())
-        store_fence_args(argv, lens, &nkeys, &nargs);
+        store_fence_args(b->shard, argv, lens, &nkeys, &nargs);
     int rc = redis_link_script(rbd->link, SCRIPT_APPLY, batch_reply_cb, b, nkeys, nargs, argv, lens);
     free(argv);
     free(lens);
@@ -618,5 +658,8 @@ void store_bounce_arg(char *buf, char action, bool counts, int64_t now, int code
 
 bool store_batch_empty(void)
 {
-    return current == NULL;
+    for (int k = 0; k < SHARD_MAX; k++)
+        if (current[k])
+            return false;
+    return true;
 }
