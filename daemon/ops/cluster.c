@@ -53,9 +53,9 @@ static void op_cluster_sharded(struct job *op)
         if (lease_shard_serving(k))
             json_array_append_new(served, json_integer(k));
     }
-    op_reply(op, json_pack("{sisososososssssi}", "shards", lease_shards(), "instances", list, "map", map, "unowned",
+    op_reply(op, json_pack("{sisososososssssssI}", "shards", lease_shards(), "instances", list, "map", map, "unowned",
                            unowned, "serving", served, "role", lease_role_name(), "id", rbd->instance_id, "hash",
-                           "crc16(lower(rcpt)) mod shards", "forwarded", (int)rbd->shards_forwarded));
+                           "crc16(lower(rcpt)) mod shards", "forwarded", (json_int_t)rbd->shards_forwarded));
 }
 
 void op_cluster(struct job *op)
