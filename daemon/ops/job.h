@@ -97,6 +97,11 @@ void history_change(struct store_change *ch, char *story, const char *outcome, c
                     int64_t first_ms, const char *class_name, int64_t at_ms, int code, const char *enhanced);
 void op_cluster(struct job *op);     /* cluster.c */
 void op_groups(struct job *op);      /* groups.c */
+/* fanout.c (shards): whether r is asked of every instance and merged
+ * (list, stats, hold, release, the bulk retry_now and cancel), and doing
+ * so: c's slot s gets the merged reply. */
+bool ops_fans_out(const struct request *r);
+void ops_fan_out(struct conn *c, struct slot *s, const struct request *r, const char *line, size_t len);
 
 /* Replies obj (owned, may be NULL) as the request's success. */
 void op_reply(const struct job *op, json_t *obj);

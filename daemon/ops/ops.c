@@ -341,6 +341,11 @@ void ops_dispatch(struct conn *c, const char *line, size_t len)
     }
     if (r->op == OP_PING && json_is_string(r->req) && strcmp(json_string_value(r->req), PEER_HELLO_REQ) == 0)
         c->from_peer = true;
+    if (rbd->cfg.shards >= 2 && rbd->cfg.lease_ttl_ms > 0 && !c->from_peer && ops_fans_out(r)) {
+        ops_fan_out(c, s, r, line, len);
+        job_release(op);
+        return;
+    }
     if (rbd->cfg.shards >= 2 && h->needs_store && op_by_message(r)) {
         op->conn = c;
         op->slot = s;

@@ -10,7 +10,7 @@ policy, shards 6, lease_ttl 1.5 s (renewed every 300 ms, checked every
               layout is recorded (meta) and an instance configured with
               another number of shards refuses to start
   same        the integration scenarios' core (bounce, duplicate, get,
-              hold, release, cancel, get, delivered, a hard bounce, the
+              list, hold, release, cancel, get, delivered, a hard bounce, the
               suppressed recipient's next bounce, an invalid request) sent
               through an instance that does not serve the message's shard
               give the same replies as one daemon alone
@@ -176,6 +176,7 @@ class ShardsTest(DaemonTestCase):
         reqs = [bounce(mid, rcpt=rcpt, req="r1", **GREYLIST),
                 bounce(mid, rcpt=rcpt, req="r2", **GREYLIST),
                 {"op": "get", "id": mid, "req": "r3"},
+                {"op": "list", "domain": "%s.example" % tag, "req": "r3b"},
                 {"op": "hold", "domain": "%s.example" % tag, "req": "r4"},
                 {"op": "release", "domain": "%s.example" % tag, "req": "r5"},
                 {"op": "cancel", "id": mid, "req": "r6"},
@@ -226,7 +227,8 @@ class ShardsTest(DaemonTestCase):
         for v in via:
             self.assertEqual(v, alone)
         self.assertTrue(json.loads(alone[0])["ok"])
-        self.assertIn('"action": "suppress"', alone[9])
+        self.assertIn('"action": "suppress"', alone[10])
+        self.assertIn('"items": [{', alone[3])
         self.assertGreater(self.cluster(a)["forwarded"], forwarded_before)
         log("the scenario (%d requests) through a non-owner on each of 3 instances: the same replies as one "
             "daemon" % len(alone))
