@@ -657,8 +657,12 @@ void lease_init(const struct lease_hooks *hooks)
     }
     L.on = true;
     L.nshards = store_nshards();
-    for (int k = 0; k < L.nshards; k++)
+    for (int k = 0; k < L.nshards; k++) {
         L.sh[k].role = LEASE_STANDBY;
+        L.sh[k].last_read = INT64_MIN / 2; /* the owners are asked at the first check */
+    }
+    if (sharded())
+        L.last_beat = INT64_MIN / 2; /* the members too: the share needs them */
     sync_rbd();
     snprintf(L.who, sizeof L.who, "%s %s", rbd->instance_id, rbd->advertise);
     /* Instances start their search for free shards at different places,
