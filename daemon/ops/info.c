@@ -105,7 +105,8 @@ static json_t *stats_json(void)
     json_object_set_new(o, "reports", json_integer((json_int_t)rbd->reports));
     json_object_set_new(o, "errors", json_integer((json_int_t)rbd->errors));
     json_object_set_new(o, "redis", json_string(store_ready() ? "up" : "down"));
-    json_object_set_new(o, "loaded", json_boolean(rbd->loaded));
+    /* with shards: every shard this instance holds is read back */
+    json_object_set_new(o, "loaded", json_boolean(rbd->loaded && rbd->shards_served == rbd->shards_held));
     json_object_set_new(o, "uptime_s", json_integer((now_ms() - rbd->started_ms) / 1000));
     json_object_set_new(o, "connections", json_integer(rbd->nconns));
     json_object_set_new(o, "domains", domains_stats_json(now_ms()));
