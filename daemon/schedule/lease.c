@@ -146,9 +146,12 @@ static void set_role(int k, enum lease_role r)
         rbd->shards_served |= bit(k);
     else
         rbd->shards_served &= ~bit(k);
+    /* held: loading or served; a shard being given up is neither (its
+     * retries wait for the next owner), though its epoch is kept until its
+     * writes in flight are answered */
     if (r == LEASE_OWNER || r == LEASE_LOADING)
         rbd->shards_held |= bit(k);
-    else if (!(r == LEASE_FENCED && L.sh[k].shedding))
+    else
         rbd->shards_held &= ~bit(k);
     sync_rbd();
 }
