@@ -225,6 +225,11 @@ int store_fence_wrap(int shard, int argc, const char *const *argv, const size_t 
     return n;
 }
 
+const char *store_fence_epoch(int shard)
+{
+    return fence_epoch[shard >= 0 && shard < SHARD_MAX ? shard : 0];
+}
+
 const char *store_fence_key(int shard)
 {
     return key_epoch_of(shard < 0 ? store_shard_any() : shard);

@@ -28,6 +28,7 @@ struct args {
 struct waiter {
     store_done_cb cb;
     void *arg;
+    int shard;  /* with shards: whose records it changes, fenced by its epoch */
     bool fresh; /* in the fresh section */
     size_t at;  /* its index in its section (fresh: the pair) */
     size_t id;  /* index of its id among its section's arguments */
@@ -53,6 +54,7 @@ struct batch {
     bool wait_sent, wait_missing, applied_seen;
     redisReply *applied;
     int shard; /* whose records it writes and whose epoch fences it */
+    uint64_t shards; /* with shards: the shards of its changes, a bit each */
 };
 
 /* The batch being filled, one per shard (one-shard layout: [0] alone). */
@@ -398,9 +400,14 @@ int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
         shard = store_shard_any();
     else if (shard >= store_nshards())
         shard = 0;
-    if (!current[shard])
-        batch_open(shard);
-    struct batch *b = current[shard];
+    /* With shards one batch a turn carries every shard's changes, each
+     * fenced by its own shard's epoch (apply.lua's selector): one script
+     * call per turn, as with one shard. */
+    int slot = store_nshards() > 1 ? 0 : shard;
+    if (!current[slot])
+        batch_open(slot);
+    struct batch *b = current[slot];
+    b->shards |= (uint64_t)1 << shard;
     const char *who = "";
     size_t who_len = 0;
     if (ch->fragment)
@@ -412,6 +419,7 @@ int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
     struct waiter *w = &b->waiters[b->nwaiters++];
     w->cb = done;
     w->arg = arg;
+    w->shard = shard;
     w->fresh = is_fresh(b, ch) && who_len > 0 && who[0] != '"';
     if (w->fresh) {
         w->at = b->nfresh++;
@@ -423,7 +431,7 @@ int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
         queue_general(b, ch, who, who_len);
     }
     if (batch_nargs(b) >= BATCH_MAX_ARGS)
-        batch_flush(shard);
+        batch_flush(slot);
     return 0;
 }
 
@@ -485,6 +493,64 @@ void store_flush(void)
             batch_flush(k);
 }
 
+/* A batch of several shards' changes (apply.lua's selector): after the
+ * 8 keys, the epoch key of each shard present, then its message hash; at
+ * the end of the arguments, their epochs, the selector (one byte per fresh
+ * record, then per general change: 64 + the rank of its shard among those
+ * present) and "M<m>". */
+static int batch_send_sharded(struct batch *b, const char **argv, const size_t *lens, size_t argc)
+{
+    int rank[SHARD_MAX], order[SHARD_MAX], m = 0;
+    for (int k = 0; k < SHARD_MAX; k++)
+        if (b->shards & ((uint64_t)1 << k)) {
+            order[m] = k;
+            rank[k] = ++m;
+        }
+    size_t nsel = b->nwaiters;
+    char *sel = xmalloc(nsel + 1);
+    for (size_t i = 0; i < b->nwaiters; i++) {
+        const struct waiter *w = &b->waiters[i];
+        size_t pos = w->fresh ? w->at : b->nfresh + w->at;
+        if (pos < nsel)
+            sel[pos] = (char)(64 + rank[w->shard]);
+    }
+    char mark[16];
+    snprintf(mark, sizeof mark, "M%d", m);
+    size_t total = argc + 3 * (size_t)m + 2;
+    const char **a = xmalloc(total * sizeof *a);
+    size_t *l = xmalloc(total * sizeof *l);
+    size_t k = 0;
+    for (int i = 0; i < APPLY_NKEYS; i++, k++) {
+        a[k] = argv[i];
+        l[k] = lens[i];
+    }
+    for (int j = 0; j < m; j++, k++) {
+        a[k] = store_fence_key(order[j]);
+        l[k] = strlen(a[k]);
+    }
+    for (int j = 0; j < m; j++, k++) {
+        a[k] = store_msgs_key(order[j]);
+        l[k] = strlen(a[k]);
+    }
+    for (size_t i = APPLY_NKEYS; i < argc; i++, k++) {
+        a[k] = argv[i];
+        l[k] = lens[i];
+    }
+    for (int j = 0; j < m; j++, k++) {
+        a[k] = store_fence_epoch(order[j]);
+        l[k] = strlen(a[k]);
+    }
+    a[k] = sel;
+    l[k++] = nsel;
+    a[k] = mark;
+    l[k++] = strlen(mark);
+    int rc = redis_link_script(rbd->link, SCRIPT_APPLY, batch_reply_cb, b, APPLY_NKEYS + 2 * m, (int)k, a, l);
+    free(a);
+    free(l);
+    free(sel);
+    return rc;
+}
+
 static void batch_flush(int shard)
 {
     struct batch *b = current[shard];
@@ -519,9 +585,14 @@ static void batch_flush(int shard)
         }
     }
     int nkeys = APPLY_NKEYS, nargs = (int)argc;
-    if (store_fencing())
-        store_fence_args(b->shard, argv, lens, &nkeys, &nargs);
-    int rc = redis_link_script(rbd->link, SCRIPT_APPLY, batch_reply_cb, b, nkeys, nargs, argv, lens);
+    int rc;
+    if (store_nshards() > 1) {
+        rc = batch_send_sharded(b, argv, lens, argc);
+    } else {
+        if (store_fencing())
+            store_fence_args(b->shard, argv, lens, &nkeys, &nargs);
+        rc = redis_link_script(rbd->link, SCRIPT_APPLY, batch_reply_cb, b, nkeys, nargs, argv, lens);
+    }
     free(argv);
     free(lens);
     if (rc != 0)

@@ -330,8 +330,9 @@ void store_fence_args(int shard, const char **argv, size_t *lens, int *nkeys, in
  * new arrays in *out and *out_lens (the caller frees them), their count
  * returned. */
 int store_fence_wrap(int shard, int argc, const char *const *argv, const size_t *lens, const char ***out, size_t **out_lens);
-/* The epoch counter's key. */
+/* The epoch counter's key, and the epoch writes carry ("0": none held). */
 const char *store_fence_key(int shard);
+const char *store_fence_epoch(int shard);
 /* "{<shard k's hash tag>}<name>" (freed by the caller). */
 char *store_shard_key(int k, const char *name);
 /* The first shard whose epoch this instance holds (0 when none): where a

@@ -57,7 +57,23 @@
 -- last argument the epoch the caller holds; a caller whose epoch is not
 -- the current one has lost the schedule to another instance and must not
 -- write. Without the key (lease_ttl 0) nothing is checked.
-if #KEYS > 8 and redis.call('GET', KEYS[9]) ~= table.remove(ARGV) then
+-- Shards (store.c, a sharded layout): a batch of the changes of m shards
+-- has after the 8 keys the m shards' epoch keys, then their message
+-- hashes, and its arguments end with the m epochs held, a selector (one
+-- byte per fresh record, then per change: 64 + the change's shard among the
+-- m) and "M<m>". Every shard's epoch is checked; KEYS[1] is then unused.
+local shard_msgs, sel, ngen = nil, nil, 0
+if #KEYS > 8 and string.byte(ARGV[#ARGV], 1) == 77 then
+  local m = tonumber(string.sub(table.remove(ARGV), 2))
+  sel = table.remove(ARGV)
+  for j = m, 1, -1 do
+    if redis.call('GET', KEYS[8 + j]) ~= table.remove(ARGV) then
+      return redis.error_reply('FENCED the lease on a shard moved to another instance')
+    end
+  end
+  shard_msgs = {}
+  for j = 1, m do shard_msgs[j] = KEYS[8 + m + j] end
+elseif #KEYS > 8 and redis.call('GET', KEYS[9]) ~= table.remove(ARGV) then
   return redis.error_reply('FENCED the lease on the schedule moved to another instance')
 end
 local msgs, stream, rcpts, supp, doms = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -143,7 +159,23 @@ if nfresh > 0 then
       end
     end
   end
-  if not blocked then
+  if not blocked and shard_msgs then
+    -- one HSET per shard of its pairs
+    local by = {}
+    for k = 1, nfresh do
+      local j = string.byte(sel, k) - 64
+      local t = by[j]
+      if not t then t = {}; by[j] = t end
+      t[#t + 1] = ARGV[4 + 2 * k]
+      t[#t + 1] = ARGV[5 + 2 * k]
+    end
+    for j, t in pairs(by) do
+      for a = 1, #t, 4000 do
+        redis.call('HSET', shard_msgs[j], unpack(t, a, math.min(a + 3999, #t)))
+      end
+    end
+    for k = 1, nfresh do out[k] = 0 end
+  elseif not blocked then
     for a = 6, last, 4000 do
       redis.call('HSET', msgs, unpack(ARGV, a, math.min(a + 3999, last)))
     end
@@ -151,6 +183,7 @@ if nfresh > 0 then
   else
     for k = 1, nfresh do
       local id, rec = ARGV[4 + 2 * k], ARGV[5 + 2 * k]
+      if shard_msgs then msgs = shard_msgs[string.byte(sel, k) - 64] end
       if blocked[k] then
         suppressed_fresh(id, rec)
         out[k] = 2
@@ -215,6 +248,10 @@ local function keep_story(id, header, who, item, outcome)
 end
 
 while i <= #ARGV do
+  if shard_msgs then
+    ngen = ngen + 1
+    msgs = shard_msgs[string.byte(sel, nfresh + ngen) - 64]
+  end
   local id, mode, header, who, item = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local op, key, arg = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
   local n = tonumber(ARGV[i + 8])
