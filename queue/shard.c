@@ -3,16 +3,30 @@
 #include <stdio.h>
 #include <string.h>
 
+/* The byte-at-a-time table of the polynomial: runs once per report in a
+ * sharded layout, so 256 entries rather than eight shifts a byte. */
+static const uint16_t *crc_table(void)
+{
+    static uint16_t t[256];
+    static int ready;
+    if (!ready) {
+        for (int i = 0; i < 256; i++) {
+            uint16_t crc = (uint16_t)(i << 8);
+            for (int b = 0; b < 8; b++)
+                crc = (crc & 0x8000) ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
+            t[i] = crc;
+        }
+        ready = 1;
+    }
+    return t;
+}
+
 uint16_t shard_crc16(const char *buf, size_t len)
 {
-    /* Bit by bit: it runs once per report in a sharded layout, over an
-     * address of a few dozen bytes, next to a Redis round trip. */
+    const uint16_t *t = crc_table();
     uint16_t crc = 0;
-    for (size_t i = 0; i < len; i++) {
-        crc ^= (uint16_t)((unsigned char)buf[i] << 8);
-        for (int b = 0; b < 8; b++)
-            crc = (crc & 0x8000) ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
-    }
+    for (size_t i = 0; i < len; i++)
+        crc = (uint16_t)((crc << 8) ^ t[((crc >> 8) ^ (unsigned char)buf[i]) & 0xff]);
     return crc;
 }
 
@@ -20,14 +34,13 @@ int shard_of_rcpt(const char *rcpt, size_t len, int nshards)
 {
     if (nshards < 2)
         return 0;
+    const uint16_t *t = crc_table();
     uint16_t crc = 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)rcpt[i];
         if (c >= 'A' && c <= 'Z')
             c = (unsigned char)(c + ('a' - 'A'));
-        crc ^= (uint16_t)(c << 8);
-        for (int b = 0; b < 8; b++)
-            crc = (crc & 0x8000) ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
+        crc = (uint16_t)((crc << 8) ^ t[((crc >> 8) ^ c) & 0xff]);
     }
     return crc % nshards;
 }

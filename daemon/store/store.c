@@ -498,7 +498,7 @@ void store_flush(void)
  * the end of the arguments, their epochs, the selector (one byte per fresh
  * record, then per general change: 64 + the rank of its shard among those
  * present) and "M<m>". */
-static int batch_send_sharded(struct batch *b, const char **argv, const size_t *lens, size_t argc)
+static int batch_send_sharded(struct batch *b, const char **argv, size_t *lens, size_t argc)
 {
     int rank[SHARD_MAX], order[SHARD_MAX], m = 0;
     for (int k = 0; k < SHARD_MAX; k++)
@@ -506,6 +506,71 @@ static int batch_send_sharded(struct batch *b, const char **argv, const size_t *
             order[m] = k;
             rank[k] = ++m;
         }
+    /* The fresh pairs (and their recipients' lines) regrouped by shard, so
+     * that the script writes each shard's with one HSET of a run of its
+     * arguments; their order does not matter (distinct ids, all as decided
+     * unless suppressed), and each waiter learns its new place. */
+    if (b->nfresh > 1) {
+        size_t nf = b->nfresh, count[SHARD_MAX + 1] = {0};
+        size_t *old_pos = xmalloc(nf * sizeof *old_pos);
+        const char **lines = xmalloc(nf * sizeof *lines);
+        size_t *line_len = xmalloc(nf * sizeof *line_len);
+        const char *p = b->rcpts;
+        for (size_t i = 0; i < nf; i++) {
+            const char *nl = memchr(p, '\n', (size_t)(b->rcpts + b->rcpts_len - p));
+            lines[i] = p;
+            line_len[i] = nl ? (size_t)(nl - p) + 1 : 0;
+            p = nl ? nl + 1 : p;
+        }
+        for (size_t i = 0; i < b->nwaiters; i++)
+            if (b->waiters[i].fresh)
+                count[rank[b->waiters[i].shard]]++;
+        size_t start[SHARD_MAX + 1], at = 0;
+        for (int j = 1; j <= m; j++) {
+            start[j] = at;
+            at += count[j];
+        }
+        /* argument index of pair q: 1 + 2q into the head-less arrays below */
+        size_t *off = xmalloc(2 * nf * sizeof *off), *len = xmalloc(2 * nf * sizeof *len);
+        char *rc = xmalloc(b->rcpts_len + 1);
+        size_t *rc_at = xmalloc(nf * sizeof *rc_at), *rc_n = xmalloc(nf * sizeof *rc_n);
+        for (size_t i = 0; i < b->nwaiters; i++) {
+            struct waiter *w = &b->waiters[i];
+            if (!w->fresh)
+                continue;
+            size_t q = start[rank[w->shard]]++, o = w->at;
+            off[2 * q] = b->fresh.off[2 * o];
+            len[2 * q] = b->fresh.len[2 * o];
+            off[2 * q + 1] = b->fresh.off[2 * o + 1];
+            len[2 * q + 1] = b->fresh.len[2 * o + 1];
+            rc_at[q] = (size_t)(lines[o] - b->rcpts);
+            rc_n[q] = line_len[o];
+            old_pos[q] = o;
+            w->at = q;
+            w->id = 2 * q;
+        }
+        size_t rl = 0;
+        for (size_t q = 0; q < nf; q++) {
+            memcpy(rc + rl, b->rcpts + rc_at[q], rc_n[q]);
+            rl += rc_n[q];
+        }
+        memcpy(b->fresh.off, off, 2 * nf * sizeof *off);
+        memcpy(b->fresh.len, len, 2 * nf * sizeof *len);
+        memcpy(b->rcpts, rc, rl);
+        /* the caller's argv points at the arena by pair: redo that part */
+        for (size_t q = 0; q < 2 * nf; q++) {
+            argv[b->head.n + 1 + q] = b->arena + b->fresh.off[q];
+            lens[b->head.n + 1 + q] = b->fresh.len[q];
+        }
+        free(off);
+        free(len);
+        free(rc);
+        free(rc_at);
+        free(rc_n);
+        free(old_pos);
+        free(lines);
+        free(line_len);
+    }
     size_t nsel = b->nwaiters;
     char *sel = xmalloc(nsel + 1);
     for (size_t i = 0; i < b->nwaiters; i++) {

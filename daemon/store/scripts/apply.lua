@@ -160,19 +160,17 @@ if nfresh > 0 then
     end
   end
   if not blocked and shard_msgs then
-    -- one HSET per shard of its pairs
-    local by = {}
-    for k = 1, nfresh do
-      local j = string.byte(sel, k) - 64
-      local t = by[j]
-      if not t then t = {}; by[j] = t end
-      t[#t + 1] = ARGV[4 + 2 * k]
-      t[#t + 1] = ARGV[5 + 2 * k]
-    end
-    for j, t in pairs(by) do
-      for a = 1, #t, 4000 do
-        redis.call('HSET', shard_msgs[j], unpack(t, a, math.min(a + 3999, #t)))
+    -- the pairs come grouped by shard (store.c): one HSET per run
+    local k = 1
+    while k <= nfresh do
+      local j = string.byte(sel, k)
+      local e = k
+      while e < nfresh and string.byte(sel, e + 1) == j do e = e + 1 end
+      local stop = 5 + 2 * e
+      for a = 4 + 2 * k, stop, 4000 do
+        redis.call('HSET', shard_msgs[j - 64], unpack(ARGV, a, math.min(a + 3999, stop)))
       end
+      k = e + 1
     end
     for k = 1, nfresh do out[k] = 0 end
   elseif not blocked then
