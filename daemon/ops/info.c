@@ -15,6 +15,7 @@
 #include "schedule/domains.h"
 #include "schedule/entry.h"
 #include "schedule/learned.h"
+#include "queue/shard.h"
 #include "schedule/lease.h"
 #include "store/store.h"
 
@@ -121,6 +122,18 @@ static json_t *stats_json(void)
                                       (json_int_t)rbd->lease_renew_failures, "self_fenced",
                                       (json_int_t)rbd->lease_self_fenced, "forwarded",
                                       (json_int_t)peer_forwarded(), "forward_failed", (json_int_t)peer_failed()));
+    /* shards: this instance's (stats is asked of every instance and merged:
+     * the rest of its numbers are the whole schedule's) */
+    if (rbd->cfg.lease_ttl_ms > 0 && rbd->cfg.shards >= 2) {
+        json_t *serving = json_array();
+        for (int k = 0; k < lease_shards(); k++)
+            if (lease_shard_serving(k))
+                json_array_append_new(serving, json_integer(k));
+        json_object_set_new(o, "shards",
+                            json_pack("{sisosIsIsI}", "count", lease_shards(), "serving", serving, "loading",
+                                      (json_int_t)shard_count(rbd->shards_held & ~rbd->shards_served), "forwarded",
+                                      (json_int_t)rbd->shards_forwarded, "shed", (json_int_t)rbd->shards_shed));
+    }
     return o;
 }
 void op_stats(struct job *op)

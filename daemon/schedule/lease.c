@@ -272,6 +272,8 @@ static void self_fence(int k, const char *why)
         log_warn("lease: %s; not serving the schedule any more (standing by once nothing is in flight)", why);
 }
 
+static int64_t mono_ms(void);
+
 void lease_fenced(void)
 {
     if (!sharded()) {
@@ -279,7 +281,13 @@ void lease_fenced(void)
         return;
     }
     /* Which shard moved: every held shard's lease is checked now (a
-     * renewal that finds another value fences that shard). */
+     * renewal that finds another value or epoch fences that shard). */
+    static int64_t logged;
+    int64_t now = mono_ms();
+    if (now - logged >= lease_renew_every()) {
+        logged = now;
+        log_warn("lease: Redis refused a write as FENCED; checking the lease of every shard held");
+    }
     for (int k = 0; k < L.nshards; k++)
         L.sh[k].renew_sent = INT64_MIN / 2;
 }

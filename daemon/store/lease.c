@@ -46,9 +46,11 @@ static const char acquire_lua[] =
     "redis.call('SET', KEYS[1], v, 'PX', ARGV[2])\n"
     "return {e, v}\n";
 
-/* KEYS[1] lease; ARGV[1] our value, ARGV[2] ttl: 1 renewed, 0 not ours. */
+/* KEYS[1] lease, KEYS[2] epoch; ARGV[1] our value, ARGV[2] ttl, ARGV[3]
+ * the epoch in our value: 1 renewed, 0 not ours (the value, or the epoch,
+ * moved: a write refused as FENCED is traced to its shard this way). */
 static const char renew_lua[] =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+    "if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('GET', KEYS[2]) == ARGV[3] then\n"
     "  redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
     "  return 1\n"
     "end\n"
@@ -276,8 +278,9 @@ int store_lease_renew(int shard, const char *value, int64_t ttl_ms, store_reply_
 {
     char ttl[24];
     snprintf(ttl, sizeof ttl, "%" PRId64, ttl_ms);
-    const char *argv[] = {"EVAL", renew_lua, "1", key_lease[shard], value, ttl};
-    return lease_command(6, argv, cb, arg);
+    const char *sp = strrchr(value, ' ');
+    const char *argv[] = {"EVAL", renew_lua, "2", key_lease[shard], key_epoch[shard], value, ttl, sp ? sp + 1 : ""};
+    return lease_command(8, argv, cb, arg);
 }
 
 int store_lease_release(int shard, const char *value, store_reply_cb cb, void *arg)

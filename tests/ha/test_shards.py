@@ -16,6 +16,8 @@ policy, shards 6, lease_ttl 1.5 s (renewed every 300 ms, checked every
               give the same replies as one daemon alone
   events      a subscriber on one instance receives the retry events of
               every shard
+  fenced      one shard's epoch moves under its owner: its next write is
+              refused, the record unchanged, its other shards go on
   kill9       kill -9 of one instance under pipelined ingest through the
               others, retries falling due: its shards are taken over and
               fire; every acknowledged report has its retry event
@@ -259,6 +261,57 @@ class ShardsTest(DaemonTestCase):
         finally:
             sub.close()
         log("a subscriber on one instance: the retry events of all %d shards" % SHARDS)
+
+    def epoch_key(self, redis, shard):
+        for k in redis.cmd("KEYS", "{rebound:s*}epoch"):
+            k = k if isinstance(k, str) else k.decode()
+            if k.startswith("{rebound:s%d." % shard):
+                return k
+        self.fail("no epoch key for shard %d" % shard)
+
+    def test_fenced_shard(self):
+        """Another instance's acquisition of one shard, as Redis sees it (its
+        epoch moves): the owner's next write there is refused, the record
+        stays; its other shards go on; the shard is taken back."""
+        redis = self.start_redis()
+        a, b, c = self.three(redis)
+        mine = self.serving(a)
+        rcpt = next(rcpt_of(i) for i in range(1000) if shard_of(rcpt_of(i)) == mine[0])
+        other = next(rcpt_of(i) for i in range(1000) if shard_of(rcpt_of(i)) == mine[1])
+        mid = unique_id("fence")
+        with a.client() as cl:
+            self.assertTrue(cl.request(bounce(mid, rcpt=rcpt, **GREYLIST))["ok"])
+            msgs = self.epoch_key(redis, mine[0]).replace("epoch", "msg")
+            wait_until(lambda: (redis.cmd("HGET", msgs, mid) or "P")[:1] in ("A", b"A"), 5, what="the retry")
+            before = redis.cmd("HGET", msgs, mid)
+            moved = int(redis.cmd("INCR", self.epoch_key(redis, mine[0])))
+            r = cl.request(bounce(mid, rcpt=rcpt, **GREYLIST))
+            self.assertFalse(r["ok"], r)
+            self.assertEqual(r["error"]["code"], "unavailable", r)
+            self.assertEqual(redis.cmd("HGET", msgs, mid), before)
+            # the other shard is served all along (a batch of the fenced
+            # shard's changes may take it along once: resend)
+            ok = False
+            for _ in range(20):
+                ok = cl.request(bounce(unique_id("fence2"), rcpt=other, **GREYLIST))["ok"]
+                if ok:
+                    break
+                time.sleep(0.05)
+            self.assertTrue(ok)
+        self.assertIn("FENCED", a.log_text())
+        # the owner finds out (its renewal sees the epoch moved), gives the
+        # shard up; the lease it still names runs out and the shard is
+        # acquired anew (a new epoch) and served again
+        wait_until(lambda: "shard %d: the lease is not ours any more" % mine[0] in a.log_text(), 3,
+                   what="the owner to fence the shard")
+        wait_until(lambda: int(redis.cmd("GET", self.epoch_key(redis, mine[0]))) > moved,
+                   min(TTL_MS / 1000 * 4, self.left()), what="the shard acquired anew")
+        self.wait_spread([a, b, c], 5)
+        with b.client() as cl:
+            r = cl.request(bounce(mid, rcpt=rcpt, **GREYLIST))
+            self.assertTrue(r["ok"], r)
+        log("a shard's epoch moved under its owner: its write refused (FENCED), the record unchanged, the "
+            "shard served again")
 
     def ingest(self, targets, acked, n, on_progress=None, batch=200):
         """Pipelines n greylisted reports, resending what is refused or cut
