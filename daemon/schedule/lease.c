@@ -707,8 +707,8 @@ void lease_link_up(void)
         L.loading = -1;
         load_next();
     }
-    if (sharded() && L.served_once)
-        events_link_up(); /* subscribers here read every shard's events */
+    if (sharded() && L.served_once && !rbd->loaded)
+        events_link_up(); /* subscribers here read every shard's events (main.c does it while serving) */
     lease_tick(mono_ms());
 }
 

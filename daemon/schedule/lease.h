@@ -1,9 +1,10 @@
 /*
- * The lease on the schedule: several reboundd on one Redis, one of them
+ * The leases on the schedule: several reboundd on one Redis, one of them
  * owns the schedule and serves it, the others stand by and take over when
  * it dies (docs/operations.md, "High availability"; docs/architecture.md,
- * "The lease"). The whole schedule is one unit, shard 0 of 1; shards would
- * each get a lease and an epoch of their own.
+ * "The lease"). Without shards the whole schedule is one unit, shard 0 of
+ * 1; with `shards` each shard has a lease and an epoch of its own, and the
+ * instances share them (docs/architecture.md, "Shards").
  *
  * With lease_ttl 0 (the default) none of this runs: the role is
  * LEASE_NONE and the daemon serves as it always did.
