@@ -103,7 +103,7 @@ end
 
 local res = {out}
 for j = 1, ngroups do
-  local r = redis.pcall('XREADGROUP', 'GROUP', ARGV[5 + j], consumer, 'COUNT', count, 'STREAMS', stream, '>')
+  local r = redis.pcall('XREADGROUP', 'GROUP', ARGV[5 + j], consumer, 'COUNT', count, 'NOACK', 'STREAMS', stream, '>')
   local read = {}
   if type(r) == 'table' and r.err then
     read = r
