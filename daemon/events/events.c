@@ -840,6 +840,15 @@ static void groups_sweep_cb(uv_timer_t *t)
     arm_sweep();
 }
 
+long long events_group_pending(const char *name)
+{
+    const struct group *g = group_find(name);
+    long long n = 0;
+    for (const struct subscriber *s = g ? g->subs : NULL; s; s = s->next)
+        n += s->unacked;
+    return n;
+}
+
 void events_stop(void)
 {
     if (groups_timer_on && !uv_is_closing((uv_handle_t *)&groups_timer))
@@ -888,12 +897,9 @@ static void groups_list_cb(void *arg, redisReply *reply)
             /* Read with NOACK, a group's pending events are the daemon's
              * (delivered, not acked); a pending list in Redis is one an
              * earlier version left, until the group is attached. */
-            long long held = 0;
-            for (const struct subscriber *s = g ? g->subs : NULL; s; s = s->next)
-                held += s->unacked;
-            json_object_set_new(
-                o, "pending",
-                json_integer(held + (pending && pending->type == REDIS_REPLY_INTEGER ? pending->integer : 0)));
+            json_object_set_new(o, "pending",
+                                json_integer(events_group_pending(name->str) +
+                                             (pending && pending->type == REDIS_REPLY_INTEGER ? pending->integer : 0)));
             /* lag: entries not yet read by the group (Redis 7; null when
              * Redis cannot tell) */
             json_object_set_new(o, "lag",

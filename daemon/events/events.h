@@ -69,6 +69,10 @@ void events_groups_load(void);
  * pending, lag); otherwise deletes that group with its pending list,
  * refused while it has subscribers. Replies into s. */
 void events_groups(struct conn *c, struct slot *s, const struct request *r);
+/* Events of the group named name delivered to its connections and not
+ * acked: its pending count (the groups are read with NOACK, so Redis's
+ * own count is only of a pending list an earlier version left). */
+long long events_group_pending(const char *name);
 /* Closes the sweep's timer (shutdown). */
 void events_stop(void);
 
