@@ -52,9 +52,9 @@ struct ev {
     struct ev *prev, *next; /* the group's outstanding events, stream order */
     struct ev *hnext;       /* the held queue */
     struct subscriber *sub; /* NULL while held */
-    char *body;
     size_t len;
     char eid[EID_MAX];
+    char body[]; /* len bytes and a NUL: one allocation per event */
 };
 
 struct group {
@@ -107,7 +107,6 @@ static void out_free_all(struct group *g)
         struct ev *n = e->next;
         if (e->sub)
             e->sub->unacked--;
-        free(e->body);
         free(e);
         e = n;
     }
@@ -226,7 +225,6 @@ static void ev_done(struct group *g, struct ev *e)
     strmap_del(&g->out, e->eid);
     if (e->sub)
         e->sub->unacked--;
-    free(e->body);
     free(e);
     g->mark_dirty = true;
 }
@@ -320,9 +318,9 @@ static void take(struct group *g, const char *eid, const char *body, size_t len)
     g->have_read = true;
     if (strlen(eid) >= EID_MAX || strmap_get(&g->out, eid))
         return; /* not an entry id; or read twice (a rewind): it is here already */
-    struct ev *e = xcalloc(1, sizeof *e);
+    struct ev *e = xmalloc(sizeof *e + len + 1);
+    memset(e, 0, sizeof *e);
     memcpy(e->eid, eid, strlen(eid) + 1);
-    e->body = xmalloc(len + 1);
     memcpy(e->body, body, len);
     e->body[len] = '\0';
     e->len = len;
