@@ -589,7 +589,8 @@ static bool domain_of_rcpt(const char *rcpt, size_t rn, const char *d, size_t dn
 
 static char *put(char *o, const char *s, size_t n)
 {
-    memcpy(o, s, n);
+    if (n > 0) /* s may be NULL for an absent member */
+        memcpy(o, s, n);
     return o + n;
 }
 

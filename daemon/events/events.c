@@ -27,6 +27,8 @@
 #define HELD_LOW 1000
 /* An entry id <ms>-<seq> with room to spare. */
 #define EID_MAX 48
+/* Acks of entries not read yet a group remembers at most. */
+#define AHEAD_MAX 10000
 
 struct group;
 
@@ -67,6 +69,11 @@ struct group {
     size_t nheld;
     char last_read[EID_MAX];      /* the newest entry received this run */
     bool have_read;
+    /* Ids acked before this run read them (after a start the group reads
+     * again from its mark, and a client may ack what it got from the run
+     * before first): skipped when they come. */
+    struct strmap ahead;
+    size_t nahead;
     bool mark_dirty;              /* handled events the mark does not cover yet */
     bool created;  /* attached (scripts/group.lua) since the last connect */
     bool busy;     /* a command for the group is in flight */
@@ -125,6 +132,7 @@ void events_free(void)
         groups = g->next;
         out_free_all(g);
         strmap_free(&g->out);
+        strmap_free(&g->ahead);
         free(g->name);
         free(g);
     }
@@ -143,6 +151,7 @@ static struct group *group_new(const char *name)
     struct group *g = xcalloc(1, sizeof *g);
     g->name = xstrdup(name);
     strmap_init(&g->out);
+    strmap_init(&g->ahead);
     g->next = groups;
     groups = g;
     ngroups++;
@@ -161,6 +170,7 @@ static void group_free(struct group *g)
     ngroups--;
     out_free_all(g);
     strmap_free(&g->out);
+    strmap_free(&g->ahead);
     free(g->name);
     free(g);
 }
@@ -195,6 +205,59 @@ static void eid_before(const char *eid, char *out, size_t cap)
         snprintf(out, cap, "%llu-18446744073709551615", ms - 1);
     else
         snprintf(out, cap, "0-0");
+}
+
+/* Parses an entry id <ms>-<seq>; false for anything else. */
+static bool eid_parse(const char *eid, unsigned long long *ms, unsigned long long *seq)
+{
+    char *end;
+    if (*eid < '0' || *eid > '9')
+        return false;
+    *ms = strtoull(eid, &end, 10);
+    if (*end != '-' || end[1] < '0' || end[1] > '9')
+        return false;
+    *seq = strtoull(end + 1, &end, 10);
+    return *end == '\0';
+}
+
+/* Whether entry id a comes after b (b a valid id). */
+static bool eid_after(const char *a, const char *b)
+{
+    unsigned long long am, as, bm, bs;
+    if (!eid_parse(a, &am, &as) || !eid_parse(b, &bm, &bs))
+        return false;
+    return am > bm || (am == bm && as > bs);
+}
+
+/* An ack of eid, which g has not read in this run (yet): remembered when
+ * a read may still bring it. */
+static void ack_ahead(struct group *g, const char *eid)
+{
+    unsigned long long ms, seq;
+    if (!eid_parse(eid, &ms, &seq) || strlen(eid) >= EID_MAX || g->nahead >= AHEAD_MAX)
+        return; /* full: it comes again, at least once */
+    if (g->have_read && !eid_after(eid, g->last_read))
+        return; /* read and handled before */
+    if (!strmap_get(&g->ahead, eid)) {
+        strmap_put(&g->ahead, eid, g);
+        g->nahead++;
+    }
+}
+
+static void prune_ahead_cb(struct strmap *m, const char *key, void *value, void *arg)
+{
+    struct group *g = arg;
+    if (!eid_after(key, g->last_read)) {
+        strmap_del(m, key);
+        g->nahead--;
+    }
+}
+
+/* Forgets the acks ahead that the reads have passed without meeting. */
+static void prune_ahead(struct group *g)
+{
+    if (g->nahead > 0 && g->have_read)
+        strmap_foreach(&g->ahead, prune_ahead_cb, g);
 }
 
 /* g's mark now: every entry up to it is handled. Returns false when this
@@ -318,6 +381,11 @@ static void take(struct group *g, const char *eid, const char *body, size_t len)
     g->have_read = true;
     if (strlen(eid) >= EID_MAX || strmap_get(&g->out, eid))
         return; /* not an entry id; or read twice (a rewind): it is here already */
+    if (g->nahead > 0 && strmap_del(&g->ahead, eid)) {
+        g->nahead--;
+        g->mark_dirty = true; /* acked before it came: handled */
+        return;
+    }
     struct ev *e = xmalloc(sizeof *e + len + 1);
     memset(e, 0, sizeof *e);
     memcpy(e->eid, eid, strlen(eid) + 1);
@@ -386,6 +454,7 @@ static void read_done(struct group *g, redisReply *reply)
     }
     if (n >= READ_COUNT_N)
         g->more = true;
+    prune_ahead(g);
     mark_flush(g, NULL, NULL);
     pump(g);
 }
@@ -411,6 +480,9 @@ static void attach_reply_cb(void *arg, redisReply *reply)
          * memory came from (Redis lost its data): they cannot be acked
          * any more, and new entries may have smaller ids. */
         out_free_all(g);
+        strmap_free(&g->ahead);
+        strmap_init(&g->ahead);
+        g->nahead = 0;
         g->have_read = false;
         g->mark_dirty = false;
     }
@@ -538,8 +610,11 @@ void events_ack(struct conn *c, struct slot *s, const struct request *r)
     for (size_t i = 0; i < nids; i++) {
         const char *eid = json_string_value(json_array_get(r->ids, i));
         struct ev *e = eid ? strmap_get(&g->out, eid) : NULL;
-        if (!e)
-            continue; /* acked before, or never read for the group */
+        if (!e) {
+            if (eid)
+                ack_ahead(g, eid); /* acked before, or not read (again) yet */
+            continue;
+        }
         was_held |= !e->sub; /* held again after its connection left */
         ev_done(g, e);
         acked++;
@@ -693,6 +768,7 @@ void events_fire_read(struct group *g, const redisReply *read, const redisReply 
         g->more = true;
     else
         g->covered = true;
+    prune_ahead(g);
     mark_flush(g, NULL, NULL);
 }
 

@@ -293,6 +293,29 @@ class EventsTest(DaemonTestCase):
         b.ack(list(got))
         self.assertEqual(self.pending("crash"), 0)
 
+    def test_acks_sent_before_the_restarted_daemon_reads_again(self):
+        # After a restart the group is read again from its mark; a consumer
+        # that acks what it got from the daemon before, right after its new
+        # subscribe (before those events come again), has them handled.
+        a = self.connect(self.daemon)
+        a.subscribe("early")
+        self.make_retries(20, "early")
+        evs = self.collect(a, 20)
+        self.daemon.kill9()
+        self.daemon.start()
+        self.c = self.connect(self.daemon)
+        b = self.connect(self.daemon)
+        b.subscribe("early")
+        b.ack([e["eid"] for e in evs])
+        again = b.events(20, 0.5)
+        if again:
+            b.ack([e["eid"] for e in again])
+        b.close()
+        c = self.connect(self.daemon)
+        c.subscribe("early")
+        self.assertNoMoreEvents(c)
+        self.assertEqual(self.pending("early"), 0)
+
     def test_pending_list_of_an_earlier_version_is_delivered(self):
         # A group an earlier daemon read without NOACK has a pending list
         # in Redis: its entries come to the group's next subscriber, and
