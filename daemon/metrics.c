@@ -30,6 +30,7 @@
 #include "base/log.h"
 #include "base/xmalloc.h"
 #include "config/addr.h"
+#include "events/events.h"
 #include "net/peer.h"
 #include "proto/event.h"
 #include "queue/policy.h"
@@ -104,7 +105,11 @@ static void groups_cb(void *arg, redisReply *reply)
             json_t *o = json_object();
             json_object_set_new(o, "name", json_stringn(name->str, name->len));
             json_object_set_new(o, "consumers", info_integer(info_field(g, "consumers")));
-            json_object_set_new(o, "pending", info_integer(info_field(g, "pending")));
+            /* the daemon's own count added: it reads the groups with NOACK */
+            json_t *pend = info_integer(info_field(g, "pending"));
+            if (json_is_integer(pend))
+                json_integer_set(pend, json_integer_value(pend) + events_group_pending(name->str));
+            json_object_set_new(o, "pending", pend);
             json_object_set_new(o, "lag", info_integer(info_field(g, "lag")));
             json_array_append_new(arr, o);
         }

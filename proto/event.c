@@ -325,6 +325,7 @@ static int letter_type(char c)
 }
 
 static long long b36_of(const char *s, size_t n, bool *ok);
+static size_t compact_outcome(int t, const char *p, const char *e, long long at, char *out);
 
 size_t event_compact(const char *body, size_t body_len, char *out)
 {
@@ -349,6 +350,13 @@ size_t event_compact(const char *body, size_t body_len, char *out)
         at = at * 10 + (*p - '0');
     if (digits == 0 || (p < e && *p != ','))
         return 0;
+    /* The outcomes of a report take the positional form, when they have
+     * the shape bounce.c writes (what every one of them has). */
+    if (t == EV_GIVE_UP || t == EV_SUPPRESS || t == EV_SENDER_ALERT) {
+        size_t n = compact_outcome(t, p, e, at, out);
+        if (n > 0)
+            return n;
+    }
     /* The members must not hold a code byte already (compact JSON does
      * not: a control character in a string is escaped). */
     for (const char *c = p; c < e; c++)
@@ -449,6 +457,429 @@ static long long b36_of(const char *s, size_t n, bool *ok)
     return v;
 }
 
+/* ---- the positional compact form of give_up, suppress, sender_alert ---- */
+
+/* The reasons these events name, each by one letter; '=' in the form
+ * stands for a reason equal to the class (every sender_alert's). */
+static const struct {
+    char letter;
+    const char *name;
+} reason_codes[] = {
+    {'p', "permanent"}, {'m', "max_attempts"}, {'a', "max_age"},     {'h', "hard_invalid"},
+    {'d', "disabled"},  {'c', "chronic_soft"}, {'s', "suppressed"},
+};
+#define NREASONS (sizeof reason_codes / sizeof reason_codes[0])
+
+/* A JSON scanner for the bodies event_body_text wrote: each reads one
+ * item at *p (before e) and advances past it, or returns false. */
+static bool lit(const char **p, const char *e, const char *s)
+{
+    size_t n = strlen(s);
+    if ((size_t)(e - *p) < n || memcmp(*p, s, n) != 0)
+        return false;
+    *p += n;
+    return true;
+}
+
+/* A JSON string: *p at its opening quote. *plain says whether it holds no
+ * escape (its bytes are then the value). */
+static bool jstring(const char **p, const char *e, bool *plain)
+{
+    const char *q = *p;
+    if (q >= e || *q != '"')
+        return false;
+    *plain = true;
+    for (q++; q < e; q++) {
+        if (*q == '\\') {
+            *plain = false;
+            q++;
+        } else if (*q == '"') {
+            *p = q + 1;
+            return true;
+        } else if ((unsigned char)*q < 0x20) {
+            return false;
+        }
+    }
+    return false;
+}
+
+/* Any JSON value (meta): strings and nesting skipped whole, a scalar up
+ * to the next delimiter. */
+static bool jvalue(const char **p, const char *e)
+{
+    const char *q = *p;
+    int depth = 0;
+    bool plain;
+    while (q < e) {
+        char c = *q;
+        if (c == '"') {
+            if (!jstring(&q, e, &plain))
+                return false;
+            if (depth == 0)
+                break;
+            continue;
+        }
+        if (c == '{' || c == '[') {
+            depth++;
+        } else if (c == '}' || c == ']') {
+            if (depth == 0)
+                break;
+            if (--depth == 0) {
+                q++;
+                break;
+            }
+        } else if (c == ',' && depth == 0) {
+            break;
+        } else if ((unsigned char)c < 0x20) {
+            return false;
+        }
+        q++;
+    }
+    if (depth != 0 || q == *p)
+        return false;
+    *p = q;
+    return true;
+}
+
+/* Digits (an optional '-' first), at most 18. */
+static bool jint(const char **p, const char *e, const char **v, size_t *n)
+{
+    const char *q = *p;
+    *v = q;
+    if (q < e && *q == '-')
+        q++;
+    const char *d = q;
+    while (q < e && *q >= '0' && *q <= '9' && q - d < 18)
+        q++;
+    if (q == d)
+        return false;
+    *n = (size_t)(q - *v);
+    *p = q;
+    return true;
+}
+
+static bool name_chars(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return false;
+    }
+    return n > 0;
+}
+
+/* The lower-cased domain of a plain recipient, as the alert names it. */
+static bool domain_of_rcpt(const char *rcpt, size_t rn, const char *d, size_t dn)
+{
+    const char *at = memchr(rcpt, '@', rn);
+    if (at == NULL)
+        return false;
+    size_t n = rn - (size_t)(at + 1 - rcpt);
+    if (n != dn)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = at[1 + i];
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c - 'A' + 'a');
+        if (c != d[i])
+            return false;
+    }
+    return true;
+}
+
+static char *put(char *o, const char *s, size_t n)
+{
+    if (n > 0) /* s may be NULL for an absent member */
+        memcpy(o, s, n);
+    return o + n;
+}
+
+static char *put_b36(char *o, unsigned long long u)
+{
+    char tmp[16], *d = tmp + sizeof tmp;
+    do {
+        *--d = "0123456789abcdefghijklmnopqrstuvwxyz"[u % 36];
+        u /= 36;
+    } while (u);
+    return put(o, d, (size_t)(tmp + sizeof tmp - d));
+}
+
+/* The positional form of a give_up, suppress or sender_alert body of the
+ * shape bounce.c writes, into out (room for body_len bytes); 0 for any
+ * other shape. */
+static size_t compact_outcome(int t, const char *p, const char *e, long long at, char *out)
+{
+    const char *who = p, *id = NULL, *rcpt = NULL;
+    size_t idn = 0, rn = 0;
+    bool plain_id, plain_rcpt, plain;
+    /* the message's members */
+    if (!lit(&p, e, ",\"id\":"))
+        return 0;
+    who = p - 5;
+    id = p + 1;
+    if (!jstring(&p, e, &plain_id))
+        return 0;
+    idn = (size_t)(p - 1 - id);
+    if (!lit(&p, e, ",\"rcpt\":"))
+        return 0;
+    rcpt = p + 1;
+    if (!jstring(&p, e, &plain_rcpt))
+        return 0;
+    rn = (size_t)(p - 1 - rcpt);
+    bool members_json = !plain_id || !plain_rcpt || !plain_bytes(id, idn, false) || !plain_bytes(rcpt, rn, false);
+    if (lit(&p, e, ",\"campaign\":")) {
+        members_json = true;
+        if (!jstring(&p, e, &plain))
+            return 0;
+    }
+    if (lit(&p, e, ",\"meta\":")) {
+        members_json = true;
+        if (!jvalue(&p, e))
+            return 0;
+    }
+    const char *who_end = p;
+    /* the outcome's members */
+    const char *cls, *att, *code, *enh = NULL, *reason, *text = NULL, *dom = NULL, *rep = NULL;
+    size_t clsn, attn, coden, enhn = 0, reasonn, textn = 0, domn = 0, repn = 0;
+    if (!lit(&p, e, ",\"class\":\""))
+        return 0;
+    cls = p;
+    while (p < e && *p != '"')
+        p++;
+    clsn = (size_t)(p - cls);
+    if (!name_chars(cls, clsn) || !lit(&p, e, "\",\"attempt\":") || !jint(&p, e, &att, &attn) || att[0] == '-' ||
+        !lit(&p, e, ",\"code\":") || !jint(&p, e, &code, &coden))
+        return 0;
+    if (lit(&p, e, ",\"enhanced\":\"")) {
+        enh = p;
+        while (p < e && ((*p >= '0' && *p <= '9') || *p == '.'))
+            p++;
+        enhn = (size_t)(p - enh);
+        if (enhn == 0 || !lit(&p, e, "\""))
+            return 0;
+    }
+    if (!lit(&p, e, ",\"reason\":\""))
+        return 0;
+    reason = p;
+    while (p < e && *p != '"')
+        p++;
+    reasonn = (size_t)(p - reason);
+    if (!name_chars(reason, reasonn) || !lit(&p, e, "\""))
+        return 0;
+    if (t == EV_SENDER_ALERT) {
+        if (lit(&p, e, ",\"text\":")) {
+            text = p;
+            if (!jstring(&p, e, &plain))
+                return 0;
+            textn = (size_t)(p - text);
+        }
+        if (!lit(&p, e, ",\"domain\":\""))
+            return 0;
+        dom = p;
+        while (p < e && *p != '"' && *p != ',' && *p != '\\' && (unsigned char)*p >= 0x20)
+            p++;
+        domn = (size_t)(p - dom);
+        if (domn == 0 || !lit(&p, e, "\",\"repeats\":") || !jint(&p, e, &rep, &repn) || rep[0] == '-')
+            return 0;
+    }
+    if (p != e)
+        return 0;
+    char rl = 0;
+    if (reasonn == clsn && memcmp(reason, cls, clsn) == 0) {
+        rl = '=';
+    } else {
+        for (size_t k = 0; k < NREASONS; k++)
+            if (strlen(reason_codes[k].name) == reasonn && memcmp(reason_codes[k].name, reason, reasonn) == 0)
+                rl = reason_codes[k].letter;
+        if (!rl)
+            return 0;
+    }
+
+    char *o = out;
+    *o++ = t == EV_GIVE_UP ? 'G' : t == EV_SUPPRESS ? 'S' : 'A';
+    o = put_b36(o, (unsigned long long)at);
+    *o++ = ',';
+    o = put(o, att, attn);
+    *o++ = ',';
+    o = put(o, code, coden);
+    *o++ = ',';
+    o = put(o, enh, enhn);
+    *o++ = ',';
+    *o++ = rl;
+    o = put(o, cls, clsn);
+    if (t == EV_SENDER_ALERT) {
+        *o++ = ',';
+        o = put(o, rep, repn);
+        *o++ = ',';
+        /* the recipient's own domain, what the alert names, goes empty */
+        if (members_json || !domain_of_rcpt(rcpt, rn, dom, domn))
+            o = put(o, dom, domn);
+        if (text) {
+            *o++ = ',';
+            o = put(o, text, textn);
+        }
+    }
+    *o++ = '\n';
+    if (members_json) {
+        o = put(o, who, (size_t)(who_end - who));
+    } else {
+        o = put(o, id, idn);
+        *o++ = '\n';
+        o = put(o, rcpt, rn);
+    }
+    return (size_t)(o - out);
+}
+
+/* The line of a positional body (compact_outcome), or NULL when it is
+ * malformed: the members of the JSON body, in its order. */
+static char *outcome_line(const char *eid, const char *body, size_t body_len, size_t *len)
+{
+    int t = body[0] == 'G' ? EV_GIVE_UP : body[0] == 'S' ? EV_SUPPRESS : EV_SENDER_ALERT;
+    const char *p = body + 1, *e = body + body_len;
+    const char *nl = memchr(p, '\n', (size_t)(e - p));
+    if (nl == NULL)
+        return NULL;
+    long long at, attempt, code, repeats = 0;
+    if (!compact_b36(&p, nl, ',', &at) || !compact_int(&p, nl, ',', &attempt) || attempt < 0 ||
+        !compact_int(&p, nl, ',', &code))
+        return NULL;
+    const char *enh = p;
+    while (p < nl && ((*p >= '0' && *p <= '9') || *p == '.'))
+        p++;
+    size_t enhn = (size_t)(p - enh);
+    if (p >= nl || *p != ',')
+        return NULL;
+    p++;
+    char rl = p < nl ? *p++ : 0;
+    const char *cls = p;
+    while (p < nl && *p != ',')
+        p++;
+    size_t clsn = (size_t)(p - cls);
+    if (!name_chars(cls, clsn))
+        return NULL;
+    const char *reason = cls;
+    size_t reasonn = clsn;
+    if (rl != '=') {
+        reason = NULL;
+        for (size_t k = 0; k < NREASONS; k++)
+            if (reason_codes[k].letter == rl)
+                reason = reason_codes[k].name;
+        if (reason == NULL)
+            return NULL;
+        reasonn = strlen(reason);
+    }
+    const char *dom = NULL, *text = NULL;
+    size_t domn = 0, textn = 0;
+    if (t == EV_SENDER_ALERT) {
+        if (p >= nl)
+            return NULL;
+        p++;
+        if (!compact_int(&p, nl, ',', &repeats) || repeats < 0)
+            return NULL;
+        dom = p;
+        while (p < nl && *p != ',')
+            p++;
+        domn = (size_t)(p - dom);
+        if (domn == 0)
+            dom = NULL;
+        if (p < nl) {
+            text = p + 1;
+            textn = (size_t)(nl - text);
+            if (textn < 2 || text[0] != '"' || text[textn - 1] != '"' || memchr(text, '\0', textn) != NULL)
+                return NULL;
+        }
+    } else if (p != nl) {
+        return NULL;
+    }
+    const char *who = nl + 1, *id = NULL, *rcpt = NULL;
+    size_t who_len = (size_t)(e - who), idn = 0, rn = 0;
+    if (who_len > 0 && who[0] == '"') {
+        if (memchr(who, '\n', who_len) != NULL || memchr(who, '\0', who_len) != NULL)
+            return NULL;
+    } else {
+        const char *nl2 = memchr(who, '\n', who_len);
+        if (nl2 == NULL || nl2 == who || nl2 + 1 == e)
+            return NULL;
+        id = who;
+        idn = (size_t)(nl2 - who);
+        rcpt = nl2 + 1;
+        rn = (size_t)(e - rcpt);
+        if (!plain_bytes(id, idn, false) || !plain_bytes(rcpt, rn, false))
+            return NULL;
+    }
+    char lower[256];
+    if (t == EV_SENDER_ALERT && domn == 0) {
+        /* the recipient's domain, lower-cased, as the alert names it */
+        const char *a = rcpt ? memchr(rcpt, '@', rn) : NULL;
+        if (a == NULL)
+            return NULL;
+        domn = rn - (size_t)(a + 1 - rcpt);
+        if (domn == 0 || domn >= sizeof lower)
+            return NULL;
+        for (size_t i = 0; i < domn; i++) {
+            char c = a[1 + i];
+            lower[i] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+        }
+        dom = lower;
+    }
+    if (dom != NULL && !plain_bytes(dom, domn, false))
+        return NULL;
+
+    const char *tn = event_type_name((enum event_type)t);
+    struct jbuf b = {0};
+    jbuf_reserve(&b, 7 + strlen(eid) + 2 + 200 + body_len + reasonn + domn);
+    jbuf_lit(&b, "{\"eid\":");
+    if (plain_string(eid)) {
+        jbuf_lit(&b, "\"");
+        jbuf_put(&b, eid, strlen(eid));
+        jbuf_lit(&b, "\"");
+    } else {
+        json_t *s = json_string(eid);
+        jbuf_json(&b, s);
+        json_decref(s);
+    }
+    jbuf_lit(&b, ",\"type\":\"");
+    jbuf_put(&b, tn, strlen(tn));
+    jbuf_lit(&b, "\",\"at\":");
+    jbuf_int(&b, at);
+    jbuf_lit(&b, ",");
+    if (id != NULL) {
+        jbuf_lit(&b, "\"id\":\"");
+        jbuf_put(&b, id, idn);
+        jbuf_lit(&b, "\",\"rcpt\":\"");
+        jbuf_put(&b, rcpt, rn);
+        jbuf_lit(&b, "\"");
+    } else {
+        jbuf_put(&b, who, who_len);
+    }
+    jbuf_lit(&b, ",\"class\":\"");
+    jbuf_put(&b, cls, clsn);
+    jbuf_lit(&b, "\",\"attempt\":");
+    jbuf_int(&b, attempt);
+    jbuf_lit(&b, ",\"code\":");
+    jbuf_int(&b, code);
+    if (enhn > 0) {
+        jbuf_lit(&b, ",\"enhanced\":\"");
+        jbuf_put(&b, enh, enhn);
+        jbuf_lit(&b, "\"");
+    }
+    jbuf_lit(&b, ",\"reason\":\"");
+    jbuf_put(&b, reason, reasonn);
+    jbuf_lit(&b, "\"");
+    if (t == EV_SENDER_ALERT) {
+        if (text != NULL) {
+            jbuf_lit(&b, ",\"text\":");
+            jbuf_put(&b, text, textn);
+        }
+        jbuf_lit(&b, ",\"domain\":\"");
+        jbuf_put(&b, dom, domn);
+        jbuf_lit(&b, "\",\"repeats\":");
+        jbuf_int(&b, repeats);
+    }
+    jbuf_lit(&b, "}\n");
+    return jbuf_finish(&b, len);
+}
+
 char *event_line(const char *eid, const char *body, size_t body_len, size_t *len)
 {
     struct jbuf b = {0};
@@ -456,6 +887,8 @@ char *event_line(const char *eid, const char *body, size_t body_len, size_t *len
 
     if (eid != NULL && body != NULL && body_len > 0 && body[0] == 'R')
         return compact_line(eid, body, body_len, len);
+    if (eid != NULL && body != NULL && body_len > 0 && (body[0] == 'G' || body[0] == 'S' || body[0] == 'A'))
+        return outcome_line(eid, body, body_len, len);
     if (eid != NULL && body != NULL && body_len > 0 && body[0] >= 'a' && body[0] <= 'z')
         return generic_line(eid, body, body_len, len);
     if (eid == NULL || body == NULL || body_len < 2 || body[0] != '{' || body[body_len - 1] != '}' ||
@@ -497,6 +930,12 @@ int event_body_type(const char *body, size_t body_len)
 
     if (body_len > 0 && body[0] == 'R')
         return EV_RETRY; /* the compact form: event_retry_compact */
+    if (body_len > 0 && body[0] == 'G')
+        return EV_GIVE_UP; /* the positional forms of event_compact */
+    if (body_len > 0 && body[0] == 'S')
+        return EV_SUPPRESS;
+    if (body_len > 0 && body[0] == 'A')
+        return EV_SENDER_ALERT;
     if (body_len > 0 && body[0] >= 'a' && body[0] <= 'z')
         return letter_type(body[0]); /* event_compact's */
     /* Bodies from event_body start with the type: read it in place. */

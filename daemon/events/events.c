@@ -25,6 +25,10 @@
 /* The next read leaves while fewer than this many events are held, so the
  * connections have events to take while it is in flight. */
 #define HELD_LOW 1000
+/* An entry id <ms>-<seq> with room to spare. */
+#define EID_MAX 48
+/* Acks of entries not read yet a group remembers at most. */
+#define AHEAD_MAX 10000
 
 struct group;
 
@@ -33,37 +37,49 @@ struct subscriber {
     struct group *g;
     unsigned types;
     int unacked;
+    bool closing; /* a send to it failed: the connection is going away */
     struct subscriber *next;
 };
 
-/* Read from Redis but not yet deliverable (every wanting connection full). */
-struct held {
-    struct held *next;
-    char *eid;
-    char *body;
+/*
+ * An event read for a group and not yet handled: delivered to a
+ * connection (sub) and not acked, or held until a connection has room.
+ * The group is read with NOACK, so Redis keeps no pending list: these
+ * are the group's pending events, kept with their bodies so that those a
+ * leaving connection did not ack go to the next one from memory. They are
+ * in stream order (reads of a group never overlap), so the oldest one
+ * gives the group's mark: every entry before it is handled.
+ */
+struct ev {
+    struct ev *prev, *next; /* the group's outstanding events, stream order */
+    struct ev *hnext;       /* the held queue */
+    struct subscriber *sub; /* NULL while held */
     size_t len;
+    char eid[EID_MAX];
+    char body[]; /* len bytes and a NUL: one allocation per event */
 };
 
 struct group {
     struct group *next;
     char *name;
     struct subscriber *subs;
-    struct strmap delivered; /* eid -> subscriber, until acked */
-    struct held *held_head, *held_tail;
+    struct strmap out;            /* eid -> struct ev */
+    struct ev *out_head, *out_tail;
+    struct ev *held_head, *held_tail;
     size_t nheld;
-    bool created;  /* XGROUP CREATE done since the last connect */
+    char last_read[EID_MAX];      /* the newest entry received this run */
+    bool have_read;
+    /* Ids acked before this run read them (after a start the group reads
+     * again from its mark, and a client may ack what it got from the run
+     * before first): skipped when they come. */
+    struct strmap ahead;
+    size_t nahead;
+    bool mark_dirty;              /* handled events the mark does not cover yet */
+    bool created;  /* attached (scripts/group.lua) since the last connect */
     bool busy;     /* a command for the group is in flight */
-    bool rescan;   /* re-read the group's pending list from cursor */
     bool more;     /* new events may be waiting */
     bool covered;  /* the fire batch just answered read all that is new */
-    bool lost;     /* an event went to a closing connection */
     int fire_reads; /* fire batches in flight that read for the group */
-    unsigned rescan_gen; /* counts the rescans started over */
-    unsigned read_gen;   /* rescan_gen when the read in flight was sent */
-    char cursor[48];
-    /* Entries read that nobody of the group wants: acknowledged together. */
-    char **acks;
-    size_t nacks, cap_acks;
     /* The bound on groups (max_groups, group_expiry) */
     int64_t seen_ms; /* epoch ms it last had a subscriber (kept in Redis) */
     int inflight;    /* acks in flight that name it: not freed before they land */
@@ -89,27 +105,23 @@ void events_init(void)
     groups_loaded = false;
 }
 
-static void held_free_all(struct group *g)
+/* Forgets every outstanding event of g (the daemon stops, the group goes,
+ * or the stream they came from is gone). */
+static void out_free_all(struct group *g)
 {
-    struct held *h = g->held_head;
-    while (h) {
-        struct held *n = h->next;
-        free(h->eid);
-        free(h->body);
-        free(h);
-        h = n;
+    struct ev *e = g->out_head;
+    while (e) {
+        struct ev *n = e->next;
+        if (e->sub)
+            e->sub->unacked--;
+        free(e);
+        e = n;
     }
+    g->out_head = g->out_tail = NULL;
     g->held_head = g->held_tail = NULL;
     g->nheld = 0;
-}
-
-static void acks_free(struct group *g)
-{
-    for (size_t i = 0; i < g->nacks; i++)
-        free(g->acks[i]);
-    free(g->acks);
-    g->acks = NULL;
-    g->nacks = g->cap_acks = 0;
+    strmap_free(&g->out);
+    strmap_init(&g->out);
 }
 
 void events_free(void)
@@ -118,9 +130,9 @@ void events_free(void)
     while (groups) {
         struct group *g = groups;
         groups = g->next;
-        held_free_all(g);
-        acks_free(g);
-        strmap_free(&g->delivered);
+        out_free_all(g);
+        strmap_free(&g->out);
+        strmap_free(&g->ahead);
         free(g->name);
         free(g);
     }
@@ -138,7 +150,8 @@ static struct group *group_new(const char *name)
 {
     struct group *g = xcalloc(1, sizeof *g);
     g->name = xstrdup(name);
-    strmap_init(&g->delivered);
+    strmap_init(&g->out);
+    strmap_init(&g->ahead);
     g->next = groups;
     groups = g;
     ngroups++;
@@ -155,9 +168,9 @@ static void group_free(struct group *g)
         }
     }
     ngroups--;
-    held_free_all(g);
-    acks_free(g);
-    strmap_free(&g->delivered);
+    out_free_all(g);
+    strmap_free(&g->out);
+    strmap_free(&g->ahead);
     free(g->name);
     free(g);
 }
@@ -177,38 +190,133 @@ static void group_seen(struct group *g)
 
 static bool sub_has_room(const struct subscriber *s)
 {
-    return s->unacked < SUB_UNACKED_MAX && conn_write_backlog(s->conn) < SUB_BACKLOG_MAX;
+    return !s->closing && s->unacked < SUB_UNACKED_MAX && conn_write_backlog(s->conn) < SUB_BACKLOG_MAX;
 }
 
-/* Acknowledges eid for g with the next acks_flush. */
-static void xack(struct group *g, const char *eid)
+/* The id just before eid: where a read must start to get eid again. */
+static void eid_before(const char *eid, char *out, size_t cap)
 {
-    if (g->nacks == g->cap_acks) {
-        g->cap_acks = g->cap_acks ? 2 * g->cap_acks : 64;
-        g->acks = xrealloc(g->acks, g->cap_acks * sizeof *g->acks);
+    unsigned long long ms = 0, seq = 0;
+    if (sscanf(eid, "%llu-%llu", &ms, &seq) != 2)
+        ms = seq = 0;
+    if (seq > 0)
+        snprintf(out, cap, "%llu-%llu", ms, seq - 1);
+    else if (ms > 0)
+        snprintf(out, cap, "%llu-18446744073709551615", ms - 1);
+    else
+        snprintf(out, cap, "0-0");
+}
+
+/* Parses an entry id <ms>-<seq>; false for anything else. */
+static bool eid_parse(const char *eid, unsigned long long *ms, unsigned long long *seq)
+{
+    char *end;
+    if (*eid < '0' || *eid > '9')
+        return false;
+    *ms = strtoull(eid, &end, 10);
+    if (*end != '-' || end[1] < '0' || end[1] > '9')
+        return false;
+    *seq = strtoull(end + 1, &end, 10);
+    return *end == '\0';
+}
+
+/* Whether entry id a comes after b (b a valid id). */
+static bool eid_after(const char *a, const char *b)
+{
+    unsigned long long am, as, bm, bs;
+    if (!eid_parse(a, &am, &as) || !eid_parse(b, &bm, &bs))
+        return false;
+    return am > bm || (am == bm && as > bs);
+}
+
+/* An ack of eid, which g has not read in this run (yet): remembered when
+ * a read may still bring it. */
+static void ack_ahead(struct group *g, const char *eid)
+{
+    unsigned long long ms, seq;
+    if (!eid_parse(eid, &ms, &seq) || strlen(eid) >= EID_MAX || g->nahead >= AHEAD_MAX)
+        return; /* full: it comes again, at least once */
+    if (g->have_read && !eid_after(eid, g->last_read))
+        return; /* read and handled before */
+    if (!strmap_get(&g->ahead, eid)) {
+        strmap_put(&g->ahead, eid, g);
+        g->nahead++;
     }
-    g->acks[g->nacks++] = xstrdup(eid);
 }
 
-/* Sends the acknowledgements xack gathered, in one XACK. Should Redis not
- * take it, the events stay pending and come back with the next rescan. */
-static void acks_flush(struct group *g)
+static void prune_ahead_cb(struct strmap *m, const char *key, void *value, void *arg)
 {
-    if (g->nacks == 0)
-        return;
-    store_group_ack(g->name, (const char *const *)g->acks, g->nacks, NULL, NULL);
-    acks_free(g);
+    struct group *g = arg;
+    if (!eid_after(key, g->last_read)) {
+        strmap_del(m, key);
+        g->nahead--;
+    }
 }
 
-/* Hands one event to a connection of g. Returns false when every
- * connection that wants it is full (hold it), true when delivered, not
- * wanted by anyone (then it is acknowledged for the group), or when the
- * group has no connection left (then it stays pending, for the next one). */
-static bool route(struct group *g, const char *eid, const char *body, size_t len)
+/* Forgets the acks ahead that the reads have passed without meeting. */
+static void prune_ahead(struct group *g)
+{
+    if (g->nahead > 0 && g->have_read)
+        strmap_foreach(&g->ahead, prune_ahead_cb, g);
+}
+
+/* g's mark now: every entry up to it is handled. Returns false when this
+ * run has read nothing for g (the mark in Redis stands). */
+static bool group_mark(const struct group *g, char *out, size_t cap)
+{
+    if (g->out_head) {
+        eid_before(g->out_head->eid, out, cap);
+        return true;
+    }
+    if (!g->have_read)
+        return false;
+    snprintf(out, cap, "%s", g->last_read);
+    return true;
+}
+
+/* e is handled (acked, or nobody in the group wants it): it goes. */
+static void ev_done(struct group *g, struct ev *e)
+{
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        g->out_head = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        g->out_tail = e->prev;
+    strmap_del(&g->out, e->eid);
+    if (e->sub)
+        e->sub->unacked--;
+    free(e);
+    g->mark_dirty = true;
+}
+
+/* Writes g's mark if events were handled since the last write, with cb
+ * (may be NULL) getting the HSET's reply. Returns 0, or -1 when nothing
+ * was sent. Should Redis not take it, the events after the older mark
+ * come again after a restart (at least once). */
+static int mark_flush(struct group *g, store_reply_cb cb, void *arg)
+{
+    char mark[EID_MAX];
+    if (!g->mark_dirty || !group_mark(g, mark, sizeof mark))
+        return -1;
+    if (store_group_mark(g->name, mark, cb, arg) != 0)
+        return -1;
+    g->mark_dirty = false;
+    return 0;
+}
+
+enum route_result { ROUTED, HOLD };
+
+/* Hands e to a connection of g, or finds nobody of the group wants it
+ * (then it is handled, and freed). HOLD when every connection that wants
+ * it is full, or there is none. */
+static enum route_result route(struct group *g, struct ev *e)
 {
     if (!g->subs)
-        return true;
-    int type = event_body_type(body, len);
+        return HOLD;
+    int type = event_body_type(e->body, e->len);
     unsigned bit = type >= 0 ? 1u << type : EV_ALL;
     bool wanted = false;
     struct subscriber *pick = NULL;
@@ -220,76 +328,96 @@ static bool route(struct group *g, const char *eid, const char *body, size_t len
             pick = s;
     }
     if (!wanted) {
-        xack(g, eid);
-        return true;
+        ev_done(g, e);
+        return ROUTED;
     }
     if (!pick)
-        return false;
+        return HOLD;
     size_t n;
-    char *line = event_line(eid, body, len, &n);
+    char *line = event_line(e->eid, e->body, e->len, &n);
     if (!line) {
-        log_warn("events: dropping malformed event %s", eid);
-        xack(g, eid);
-        return true;
+        log_warn("events: dropping malformed event %s", e->eid);
+        ev_done(g, e);
+        return ROUTED;
     }
-    if (conn_send_event(pick->conn, line, n) == 0) {
-        pick->unacked++;
-        strmap_put(&g->delivered, eid, pick);
-    } else {
-        g->lost = true; /* the connection is closing: pending in Redis, re-read it */
-    }
-    return true;
+    /* Counted as the connection's even if the send fails (it is closing):
+     * its unsubscribe hands the event on. */
+    e->sub = pick;
+    pick->unacked++;
+    if (conn_send_event(pick->conn, line, n) != 0)
+        pick->closing = true;
+    return ROUTED;
 }
 
-static void hold(struct group *g, const char *eid, const char *body, size_t len)
+static void hold(struct group *g, struct ev *e)
 {
-    struct held *h = xcalloc(1, sizeof *h);
-    h->eid = xstrdup(eid);
-    h->body = xstrndup(body, len);
-    h->len = len;
+    e->hnext = NULL;
     g->nheld++;
     if (g->held_tail)
-        g->held_tail->next = h;
+        g->held_tail->hnext = e;
     else
-        g->held_head = h;
-    g->held_tail = h;
+        g->held_head = e;
+    g->held_tail = e;
 }
 
 static void deliver_held(struct group *g)
 {
     while (g->held_head) {
-        struct held *h = g->held_head;
-        if (!route(g, h->eid, h->body, h->len))
+        struct ev *e = g->held_head;
+        struct ev *next = e->hnext;
+        if (route(g, e) == HOLD)
             return;
-        g->held_head = h->next;
+        g->held_head = next;
         g->nheld--;
         if (!g->held_head)
             g->held_tail = NULL;
-        free(h->eid);
-        free(h->body);
-        free(h);
     }
 }
 
-/* Routes or holds one entry read for g. */
+/* Takes one entry read for g (in stream order), routes or holds it. */
 static void take(struct group *g, const char *eid, const char *body, size_t len)
 {
-    if (g->held_head || !route(g, eid, body, len))
-        hold(g, eid, body, len);
+    snprintf(g->last_read, sizeof g->last_read, "%s", eid);
+    g->have_read = true;
+    if (strlen(eid) >= EID_MAX || strmap_get(&g->out, eid))
+        return; /* not an entry id; or read twice (a rewind): it is here already */
+    if (g->nahead > 0 && strmap_del(&g->ahead, eid)) {
+        g->nahead--;
+        g->mark_dirty = true; /* acked before it came: handled */
+        return;
+    }
+    struct ev *e = xmalloc(sizeof *e + len + 1);
+    memset(e, 0, sizeof *e);
+    memcpy(e->eid, eid, strlen(eid) + 1);
+    memcpy(e->body, body, len);
+    e->body[len] = '\0';
+    e->len = len;
+    e->prev = g->out_tail;
+    if (g->out_tail)
+        g->out_tail->next = e;
+    else
+        g->out_head = e;
+    g->out_tail = e;
+    strmap_put(&g->out, e->eid, e);
+    if (g->held_head || route(g, e) == HOLD)
+        hold(g, e);
 }
 
-/* Starts reading g's pending list over: what it holds in memory is pending
- * in Redis too and comes back with the rescan (except what a connection
- * still has, which the rescan skips). */
-static void rescan_from_start(struct group *g)
+/* Rebuilds the held queue from the outstanding events, in stream order:
+ * those of connection gone (may be NULL) are held again. */
+static void requeue(struct group *g, const struct subscriber *gone)
 {
-    g->rescan = true;
-    g->rescan_gen++;
-    snprintf(g->cursor, sizeof g->cursor, "0");
-    held_free_all(g);
+    g->held_head = g->held_tail = NULL;
+    g->nheld = 0;
+    for (struct ev *e = g->out_head; e; e = e->next) {
+        if (gone && e->sub == gone)
+            e->sub = NULL;
+        if (!e->sub)
+            hold(g, e);
+    }
 }
 
-static void read_done(struct group *g, redisReply *reply, bool rescan)
+static void read_done(struct group *g, redisReply *reply)
 {
     g->busy = false;
     if (!reply || reply->type == REDIS_REPLY_ERROR) {
@@ -302,7 +430,6 @@ static void read_done(struct group *g, redisReply *reply, bool rescan)
         }
         return; /* pumped again when Redis is back */
     }
-    bool stale = g->read_gen != g->rescan_gen;
     size_t n = 0;
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1 && reply->element[0]->type == REDIS_REPLY_ARRAY &&
         reply->element[0]->elements == 2) {
@@ -314,55 +441,53 @@ static void read_done(struct group *g, redisReply *reply, bool rescan)
                 continue;
             const char *eid = en->element[0]->str;
             redisReply *fields = en->element[1];
-            if (stale)
-                continue; /* a rescan started (over) meanwhile and brings it */
-            if (rescan)
-                snprintf(g->cursor, sizeof g->cursor, "%s", eid);
             if (fields->type != REDIS_REPLY_ARRAY || fields->elements < 2) {
-                xack(g, eid); /* trimmed out of the stream: nothing to deliver */
+                /* trimmed out of the stream: nothing to deliver */
+                snprintf(g->last_read, sizeof g->last_read, "%s", eid);
+                g->have_read = true;
+                g->mark_dirty = true;
                 continue;
             }
-            if (rescan && strmap_get(&g->delivered, eid))
-                continue; /* still with a live connection */
             redisReply *body = fields->element[1];
             take(g, eid, body->str, body->len);
         }
     }
-    if (stale) {
+    if (n >= READ_COUNT_N)
         g->more = true;
-    } else if (rescan) {
-        if (n < READ_COUNT_N) {
-            g->rescan = false;
-            g->more = true;
-        }
-    } else if (n >= READ_COUNT_N) {
-        g->more = true;
-    }
-    acks_flush(g);
+    prune_ahead(g);
+    mark_flush(g, NULL, NULL);
     pump(g);
 }
 
 static void read_reply_cb(void *arg, redisReply *reply)
 {
-    read_done(arg, reply, false);
+    read_done(arg, reply);
 }
 
-static void rescan_reply_cb(void *arg, redisReply *reply)
-{
-    read_done(arg, reply, true);
-}
-
-static void create_reply_cb(void *arg, redisReply *reply)
+static void attach_reply_cb(void *arg, redisReply *reply)
 {
     struct group *g = arg;
     g->busy = false;
     if (!reply)
         return;
-    if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "BUSYGROUP", 9) != 0) {
-        log_warn("events: creating group %s failed: %s", g->name, reply->str);
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 || reply->element[0]->type != REDIS_REPLY_INTEGER) {
+        log_warn("events: attaching group %s failed: %s", g->name,
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
         return;
     }
+    if (reply->element[0]->integer == 1 && g->have_read) {
+        /* The group was gone, and with it the stream the events in
+         * memory came from (Redis lost its data): they cannot be acked
+         * any more, and new entries may have smaller ids. */
+        out_free_all(g);
+        strmap_free(&g->ahead);
+        strmap_init(&g->ahead);
+        g->nahead = 0;
+        g->have_read = false;
+        g->mark_dirty = false;
+    }
     g->created = true;
+    g->more = true;
     pump(g);
 }
 
@@ -379,30 +504,24 @@ static void pump(struct group *g)
     if (!g->subs || rbd->stopping)
         return;
     deliver_held(g);
-    acks_flush(g);
-    if (g->lost) {
-        g->lost = false;
-        rescan_from_start(g);
-    }
+    mark_flush(g, NULL, NULL);
     /* One read at a time, and none while a fire batch reads for the group:
-     * a rescan must not overtake a read whose entries are not routed yet. */
+     * entries must arrive in stream order. */
     if (g->busy || g->fire_reads > 0 || !store_ready())
         return;
     if (g->nheld >= HELD_LOW || (!g->held_head && !any_room(g)))
         return;
     if (!g->created) {
-        if (store_group_create(g->name, create_reply_cb, g) == 0)
+        /* Where this run left off, or after a start the group's mark. */
+        if (store_group_attach(g->name, g->have_read ? g->last_read : "", attach_reply_cb, g) == 0)
             g->busy = true;
         return;
     }
-    if (!g->rescan && !g->more)
+    if (!g->more)
         return;
-    const char *from = g->rescan ? g->cursor : ">";
-    if (store_group_read(g->name, from, READ_COUNT, g->rescan ? rescan_reply_cb : read_reply_cb, g) == 0) {
+    if (store_group_read(g->name, ">", READ_COUNT, read_reply_cb, g) == 0) {
         g->busy = true;
-        g->read_gen = g->rescan_gen;
-        if (!g->rescan)
-            g->more = false;
+        g->more = false;
     }
 }
 
@@ -433,8 +552,6 @@ void events_subscribe(struct conn *c, struct slot *s, const struct request *r)
         sub->conn = c;
         sub->g = g;
         sub->types = r->types;
-        if (!g->subs)
-            rescan_from_start(g); /* the pending list may hold events nobody acked */
         sub->next = g->subs;
         g->subs = sub;
         c->sub = sub;
@@ -453,16 +570,17 @@ struct ack_ctx {
     struct slot *slot;
     json_t *req;
     struct group *g;
+    long long acked;
 };
 
 static void ack_reply_cb(void *arg, redisReply *reply)
 {
     struct ack_ctx *a = arg;
-    if (!reply || reply->type != REDIS_REPLY_INTEGER) {
+    if (a->conn && (!reply || reply->type != REDIS_REPLY_INTEGER)) {
         conn_reply_error(a->conn, a->slot, a->req, ERR_UNAVAILABLE, "Redis did not confirm the ack; send it again");
-    } else {
+    } else if (a->conn) {
         json_t *o = json_object();
-        json_object_set_new(o, "acked", json_integer(reply->integer));
+        json_object_set_new(o, "acked", json_integer(a->acked));
         size_t n;
         char *line = reply_ok(o, a->req, &n);
         conn_reply(a->conn, a->slot, line, n);
@@ -470,7 +588,8 @@ static void ack_reply_cb(void *arg, redisReply *reply)
     a->g->inflight--;
     pump(a->g);
     json_decref(a->req);
-    conn_unref(a->conn);
+    if (a->conn)
+        conn_unref(a->conn);
     free(a);
 }
 
@@ -486,46 +605,48 @@ void events_ack(struct conn *c, struct slot *s, const struct request *r)
     }
     struct group *g = c->sub->g;
     size_t nids = json_array_size(r->ids);
-    const char **ids = xmalloc((nids ? nids : 1) * sizeof *ids);
+    long long acked = 0;
+    bool was_held = false;
     for (size_t i = 0; i < nids; i++) {
         const char *eid = json_string_value(json_array_get(r->ids, i));
-        ids[i] = eid;
-        struct subscriber *owner = strmap_del(&g->delivered, eid);
-        if (owner)
-            owner->unacked--;
+        struct ev *e = eid ? strmap_get(&g->out, eid) : NULL;
+        if (!e) {
+            if (eid)
+                ack_ahead(g, eid); /* acked before, or not read (again) yet */
+            continue;
+        }
+        was_held |= !e->sub; /* held again after its connection left */
+        ev_done(g, e);
+        acked++;
     }
+    if (was_held)
+        requeue(g, NULL);
+    /* The ack is answered once the mark that covers it is written; an ack
+     * that moves no mark (an older event is still out) is durable as it
+     * is: after a crash those events come again, at least once. */
     struct ack_ctx *a = xmalloc(sizeof *a);
     a->conn = c;
     a->slot = s;
     a->req = r->req ? json_incref(r->req) : NULL;
     a->g = g;
+    a->acked = acked;
     conn_ref(c);
     g->inflight++;
-    if (store_group_ack(g->name, ids, nids, ack_reply_cb, a) != 0) {
+    g->mark_dirty = true;
+    if (mark_flush(g, ack_reply_cb, a) != 0) {
+        /* Nothing to write (this run read nothing for the group yet). */
+        json_t *o = json_object();
+        json_object_set_new(o, "acked", json_integer(acked));
+        size_t n;
+        char *line = reply_ok(o, r->req, &n);
+        conn_reply(c, s, line, n);
         g->inflight--;
-        conn_reply_error(c, s, r->req, ERR_UNAVAILABLE, "Redis is not available; ack again later");
         json_decref(a->req);
         conn_unref(c);
         free(a);
     }
-    free(ids);
-    /* The room the ack made is used at once: the next read leaves right
-     * behind the XACK instead of a round trip later. */
+    /* The room the ack made is used at once. */
     pump(g);
-}
-
-struct forget_ctx {
-    struct subscriber *sub;
-    int removed;
-};
-
-static void forget_sub_cb(struct strmap *m, const char *key, void *value, void *arg)
-{
-    struct forget_ctx *f = arg;
-    if (value == f->sub) {
-        strmap_del(m, key);
-        f->removed++;
-    }
 }
 
 void events_unsubscribe(struct conn *c)
@@ -538,17 +659,14 @@ void events_unsubscribe(struct conn *c)
             break;
         }
     }
-    struct forget_ctx f = {sub, 0};
-    strmap_foreach(&g->delivered, forget_sub_cb, &f);
-    if (f.removed)
-        rescan_from_start(g); /* its unacked events are still pending in Redis: hand them on */
+    /* Its unacked events are held again, in stream order, for the other
+     * connections of the group or its next one. */
+    if (sub->unacked > 0)
+        requeue(g, sub);
     c->sub = NULL;
     free(sub);
-    if (!g->subs) {
-        held_free_all(g); /* still pending in Redis; re-read on the next subscribe */
-        acks_flush(g);
+    if (!g->subs)
         group_seen(g); /* group_expiry counts from now */
-    }
     pump(g);
 }
 
@@ -572,12 +690,11 @@ void events_link_up(void)
 {
     events_groups_load();
     for (struct group *g = groups; g; g = g->next) {
+        /* Reads whose answers the link lost moved the group on in Redis:
+         * the attach puts it back where this run's reads ended. */
         g->created = false;
         g->busy = false;
         g->more = true;
-        /* Reads whose answers the link lost left their entries pending. */
-        if (g->subs)
-            rescan_from_start(g);
         pump(g);
     }
 }
@@ -588,7 +705,7 @@ int events_fire_groups(struct group **out, int max)
     if (rbd->stopping)
         return 0;
     for (struct group *g = groups; g && n < max; g = g->next) {
-        if (!g->subs || !g->created || g->busy || g->rescan || g->held_head || !any_room(g))
+        if (!g->subs || !g->created || g->busy || g->held_head || !any_room(g))
             continue;
         g->fire_reads++;
         g->more = false; /* the batch reads whatever is new */
@@ -610,15 +727,10 @@ void events_fire_read(struct group *g, const redisReply *read, const redisReply 
             log_warn("events: reading group %s failed: %s", g->name, read->str);
         if (read && strncmp(read->str, "NOGROUP", 7) == 0)
             g->created = false; /* the stream or group vanished (Redis lost its data) */
-        /* Whatever the batch read, if anything, is pending: rescan. */
-        if (g->subs)
-            rescan_from_start(g);
+        /* A failed script did not read (the read is its last step); a lost
+         * reply is put right by the attach when the link is back. */
         g->more = true;
         return;
-    }
-    if (g->rescan) {
-        g->more = true;
-        return; /* a rescan started meanwhile and brings these entries */
     }
     size_t taken = 0;
     for (size_t k = 0; k < read->elements; k++) {
@@ -643,16 +755,21 @@ void events_fire_read(struct group *g, const redisReply *read, const redisReply 
             continue;
         }
         taken++;
-        if (len == 0)
-            xack(g, eid); /* trimmed out of the stream: nothing to deliver */
-        else
+        if (len == 0) {
+            /* trimmed out of the stream: nothing to deliver */
+            snprintf(g->last_read, sizeof g->last_read, "%s", eid);
+            g->have_read = true;
+            g->mark_dirty = true;
+        } else {
             take(g, eid, body, len);
+        }
     }
     if (taken >= (size_t)count)
         g->more = true;
     else
         g->covered = true;
-    acks_flush(g);
+    prune_ahead(g);
+    mark_flush(g, NULL, NULL);
 }
 
 void events_fired(void)
@@ -797,6 +914,15 @@ static void groups_sweep_cb(uv_timer_t *t)
     arm_sweep();
 }
 
+long long events_group_pending(const char *name)
+{
+    const struct group *g = group_find(name);
+    long long n = 0;
+    for (const struct subscriber *s = g ? g->subs : NULL; s; s = s->next)
+        n += s->unacked;
+    return n;
+}
+
 void events_stop(void)
 {
     if (groups_timer_on && !uv_is_closing((uv_handle_t *)&groups_timer))
@@ -842,8 +968,12 @@ static void groups_list_cb(void *arg, redisReply *reply)
             json_t *o = json_object();
             json_object_set_new(o, "name", json_string(name->str));
             json_object_set_new(o, "consumers", json_integer(consumers));
+            /* Read with NOACK, a group's pending events are the daemon's
+             * (delivered, not acked); a pending list in Redis is one an
+             * earlier version left, until the group is attached. */
             json_object_set_new(o, "pending",
-                                json_integer(pending && pending->type == REDIS_REPLY_INTEGER ? pending->integer : 0));
+                                json_integer(events_group_pending(name->str) +
+                                             (pending && pending->type == REDIS_REPLY_INTEGER ? pending->integer : 0)));
             /* lag: entries not yet read by the group (Redis 7; null when
              * Redis cannot tell) */
             json_object_set_new(o, "lag",

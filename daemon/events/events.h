@@ -3,11 +3,14 @@
  *
  * Every event sits in the stream <prefix>events. Each subscription group is
  * a Redis consumer group on it; the daemon reads for the group (consumer
- * name "reboundd") and hands each event to one connection of the group.
- * An event counts as delivered only when a client acks its eid; events a
- * connection had not acked when it went away stay in the group's pending
- * list and go to the group's next connection (at-least-once), also across
- * daemon restarts.
+ * name "reboundd", with NOACK: Redis keeps no pending entry per event) and
+ * hands each event to one connection of the group. An event counts as
+ * delivered only when a client acks its eid; events a connection had not
+ * acked when it went away are kept in memory and go to the group's next
+ * connection. Across a daemon restart or crash, the group's mark in Redis
+ * (written with the acks: every entry up to it is handled) is where
+ * reading starts again, so what was read and not acked comes again
+ * (at-least-once).
  */
 #ifndef REBOUND_DAEMON_EVENTS_H
 #define REBOUND_DAEMON_EVENTS_H
@@ -66,6 +69,10 @@ void events_groups_load(void);
  * pending, lag); otherwise deletes that group with its pending list,
  * refused while it has subscribers. Replies into s. */
 void events_groups(struct conn *c, struct slot *s, const struct request *r);
+/* Events of the group named name delivered to its connections and not
+ * acked: its pending count (the groups are read with NOACK, so Redis's
+ * own count is only of a pending list an earlier version left). */
+long long events_group_pending(const char *name);
 /* Closes the sweep's timer (shutdown). */
 void events_stop(void);
 

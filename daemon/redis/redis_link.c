@@ -727,6 +727,42 @@ static void cmd_accepted(struct redis_link *link, struct link_cmd *cmd)
         timer_no_later_than(link, cmd->sent_at + (uint64_t)link->timeout_ms);
 }
 
+static size_t put_uint(char *p, size_t v);
+static size_t uint_len(size_t v);
+
+/* Formats argv as one RESP array, in stack (cap bytes) when it fits, else
+ * in a malloc'd buffer; returns it and its length in *len. hiredis's own
+ * formatter spends most of its time in sdscatfmt, and a fire burst sends
+ * a thousand commands at once. */
+static char *format_argv(int argc, const char **argv, const size_t *argvlen, char *stack, size_t cap, size_t *len)
+{
+    size_t total = 1 + uint_len((size_t)argc) + 2;
+    for (int i = 0; i < argc; i++) {
+        size_t l = argvlen ? argvlen[i] : strlen(argv[i]);
+        total += 1 + uint_len(l) + 2 + l + 2;
+    }
+    char *buf = total <= cap ? stack : xmalloc(total);
+    char *p = buf;
+    *p++ = '*';
+    p += put_uint(p, (size_t)argc);
+    *p++ = '\r';
+    *p++ = '\n';
+    for (int i = 0; i < argc; i++) {
+        size_t l = argvlen ? argvlen[i] : strlen(argv[i]);
+        *p++ = '$';
+        p += put_uint(p, l);
+        *p++ = '\r';
+        *p++ = '\n';
+        if (l)
+            memcpy(p, argv[i], l);
+        p += l;
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    *len = (size_t)(p - buf);
+    return buf;
+}
+
 int redis_link_command(struct redis_link *link, link_reply_cb cb, void *privdata, int argc, const char **argv,
                        const size_t *argvlen)
 {
@@ -735,8 +771,15 @@ int redis_link_command(struct redis_link *link, link_reply_cb cb, void *privdata
     size_t len0 = argvlen ? argvlen[0] : strlen(argv[0]);
     if (is_refused_command(argv[0], len0))
         return -1;
+    char small[512];
+    size_t fmt_len;
+    char *fmt = format_argv(argc, argv, argvlen, small, sizeof small, &fmt_len);
     struct link_cmd *cmd = cmd_new(link, cb, privdata, -1);
-    if (redisAsyncCommandArgv(link->ac, cmd_reply_cb, cmd, argc, argv, argvlen) != REDIS_OK) {
+    /* hiredis copies the command into its output buffer */
+    int rc = redisAsyncFormattedCommand(link->ac, cmd_reply_cb, cmd, fmt, fmt_len);
+    if (fmt != small)
+        free(fmt);
+    if (rc != REDIS_OK) {
         free(cmd);
         return -1;
     }

@@ -128,9 +128,12 @@ int store_group_create(const char *group, store_reply_cb cb, void *arg)
 
 int store_group_read(const char *group, const char *from, const char *count, store_reply_cb cb, void *arg)
 {
-    const char *argv[] = {"XREADGROUP", "GROUP", group, STORE_CONSUMER, "COUNT", count, "STREAMS",
+    /* NOACK: Redis keeps no pending entry per event read (nor writes one
+     * to the AOF); the group's mark (store_group_mark) says what is
+     * handled instead. */
+    const char *argv[] = {"XREADGROUP", "GROUP", group, STORE_CONSUMER, "COUNT", count, "NOACK", "STREAMS",
                           rbd->key_events, from};
-    return command_str(9, argv, cb, arg);
+    return command_str(10, argv, cb, arg);
 }
 
 int store_group_ack(const char *group, const char *const *ids, size_t n, store_reply_cb cb, void *arg)
@@ -156,6 +159,8 @@ int store_group_ack(const char *group, const char *const *ids, size_t n, store_r
  * stream's groups as Redis lists them, and a hash <prefix>groups of when
  * each group last had a subscriber (epoch ms), so an expiry survives a
  * restart. */
+static const char *marks_key(void);
+
 static const char *groups_key(void)
 {
     static char *key;
@@ -233,7 +238,42 @@ int store_group_destroy(const char *group, store_reply_cb cb, void *arg)
     const char *hdel[] = {"HDEL", groups_key(), group};
     if (command_str(3, hdel, ignore_reply_cb, NULL) != 0)
         return -1;
+    const char *hdel_mark[] = {"HDEL", marks_key(), group};
+    if (command_str(3, hdel_mark, ignore_reply_cb, NULL) != 0)
+        return -1;
     const char *argv[] = {"XGROUP", "DESTROY", rbd->key_events, group};
+    return command_str(4, argv, cb ? cb : ignore_reply_cb, arg);
+}
+
+/* ---- the groups' marks: what each group has handled ---- */
+/* <prefix>groupmarks: per group, the entry id up to which every event is
+ * acknowledged or skipped by the group (scripts/group.lua). */
+static const char *marks_key(void)
+{
+    static char *key;
+    static const char *made_from;
+    if (made_from != rbd->key_events) {
+        size_t plen = strlen(rbd->key_events) - strlen("events");
+        free(key);
+        key = xmalloc(plen + sizeof "groupmarks");
+        memcpy(key, rbd->key_events, plen);
+        memcpy(key + plen, "groupmarks", sizeof "groupmarks");
+        made_from = rbd->key_events;
+    }
+    return key;
+}
+
+int store_group_attach(const char *group, const char *from, store_reply_cb cb, void *arg)
+{
+    /* Sent as EVAL: it runs once per group per connect, not worth a slot
+     * among the scripts loaded by SHA. */
+    const char *argv[] = {"EVAL", script_group, "2", rbd->key_events, marks_key(), group, from ? from : ""};
+    return command_str(7, argv, cb, arg);
+}
+
+int store_group_mark(const char *group, const char *mark, store_reply_cb cb, void *arg)
+{
+    const char *argv[] = {"HSET", marks_key(), group, mark};
     return command_str(4, argv, cb ? cb : ignore_reply_cb, arg);
 }
 

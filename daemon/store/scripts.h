@@ -11,4 +11,7 @@ extern const char script_apply[];
 extern const char script_fire[];
 extern const char script_get[];
 
+/* Run with EVAL, not loaded by SHA (rare: once per group per connect). */
+extern const char script_group[];
+
 #endif

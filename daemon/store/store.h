@@ -249,6 +249,16 @@ int store_groups_seen(const char *const *names, const long long *ms, size_t n);
 /* Deletes group and its pending list (XGROUP DESTROY) and its time in
  * <prefix>groups; cb (may be NULL) gets XGROUP DESTROY's reply. */
 int store_group_destroy(const char *group, store_reply_cb cb, void *arg);
+/* Consumer groups read with NOACK: what a group has handled is its mark,
+ * an entry id up to which every event is acknowledged (or skipped). */
+/* Puts group where the next read (">") starts (scripts/group.lua): from
+ * "" after a start (the group's mark), or from the last entry the daemon
+ * received for it; creates a missing group at the stream's start. The
+ * reply is {created, position}. */
+int store_group_attach(const char *group, const char *from, store_reply_cb cb, void *arg);
+/* Writes group's mark (one HSET; cb may be NULL). */
+int store_group_mark(const char *group, const char *mark, store_reply_cb cb, void *arg);
+
 /* ---- learned timing (schedule/learned.c) ---- */
 
 /* One page of the learned states from cursor (HSCAN of <prefix>learned,

@@ -1,6 +1,7 @@
 """The stream's encoding of events (fast policy): a retry event is stored
 in its compact form (proto/event.h) whether it fired through the fire
-script or as a burst, and other events in the generic compact form, yet
+script or as a burst, give_up, suppress and sender_alert in a positional
+form, and other events in the generic compact form, yet
 a subscriber gets the JSON that protocol.md shows, member for member and
 in that order; entries written in the JSON
 form (by a daemon from before the compact form) are still delivered as
@@ -103,9 +104,49 @@ class EventEncodingTest(DaemonTestCase):
         self.assertEqual((ev["type"], ev["id"], ev["rcpt"], ev["meta"], ev["code"], ev["enhanced"]),
                          ("suppress", r["id"], r["rcpt"], r["meta"], 550, "5.1.1"))
         stored = self.stream_bodies()[ev["eid"]][1]
-        self.assertTrue(stored.startswith("s"), stored)
+        self.assertTrue(stored.startswith("S"), stored)
         line = json.dumps({k: v for k, v in ev.items() if k != "eid"}, separators=(",", ":"))
         self.assertLessEqual(len(stored), len(line.encode()) - 50)
+
+    def check_outcome(self, ev, want_keys, stored, saved):
+        self.assertEqual(list(ev.keys()), want_keys, ev)
+        self.assertTrue(stored[:1] in ("G", "S", "A"), stored)
+        line = json.dumps({k: v for k, v in ev.items() if k != "eid"}, separators=(",", ":"))
+        self.assertLessEqual(len(stored), len(line.encode()) - saved, "the stored form is not compact")
+
+    def test_outcomes_positional_and_same_json(self):
+        # give_up, suppress (the daemon's, and the one apply.lua writes for
+        # an address suppressed already) and sender_alert: stored in the
+        # positional form, delivered as the JSON protocol.md shows.
+        sub = self.connect(self.daemon)
+        sub.subscribe("g")
+        gone = bounce(unique_id("gone"), **USER_UNKNOWN)
+        again = bounce(unique_id("again"), rcpt=gone["rcpt"].upper(), campaign="c, \"2\"", **USER_UNKNOWN)
+        hard = bounce(unique_id("hard"), code=554, enhanced="5.0.0", text="554 5.0.0 Transaction failed")
+        dmarc = bounce(unique_id("dmarc"), rcpt="Alice@Mail.Example.ORG", code=550, enhanced="5.7.26",
+                       text="550 5.7.26 Unauthenticated, \"DMARC\" policy")
+        for r in (gone, again, hard, dmarc):
+            self.assertOk(self.c.request(r))
+        evs = self.collect(sub, 5)
+        bodies = self.stream_bodies()
+        by = {(e["id"], e["type"]): e for e in evs}
+        msg = ["eid", "type", "at", "id", "rcpt"]
+        outcome = ["class", "attempt", "code", "enhanced", "reason"]
+        ev = by[(gone["id"], "suppress")]
+        self.assertEqual((ev["reason"], ev["class"], ev["rcpt"]), ("hard_invalid", "hard_invalid", gone["rcpt"]))
+        self.check_outcome(ev, msg + outcome, bodies[ev["eid"]][1], 70)
+        ev = by[(again["id"], "suppress")]
+        self.assertEqual((ev["reason"], ev["campaign"], ev["rcpt"]), ("suppressed", again["campaign"], again["rcpt"]))
+        self.check_outcome(ev, msg + ["campaign"] + outcome, bodies[ev["eid"]][1], 40)
+        ev = by[(hard["id"], "give_up")]
+        self.assertEqual((ev["reason"], ev["code"], ev["enhanced"]), ("permanent", 554, "5.0.0"))
+        self.check_outcome(ev, msg + outcome, bodies[ev["eid"]][1], 60)
+        ev = by[(dmarc["id"], "sender_alert")]
+        self.assertEqual((ev["reason"], ev["class"], ev["text"], ev["domain"], ev["repeats"]),
+                         ("auth_failure", "auth_failure", dmarc["text"], "mail.example.org", 0))
+        self.check_outcome(ev, msg + outcome + ["text", "domain", "repeats"], bodies[ev["eid"]][1], 70)
+        self.assertIn((dmarc["id"], "give_up"), by)
+        self.assertEqual(sub.ack([e["eid"] for e in evs]).get("acked"), 5)
 
     def test_entries_from_before_the_upgrade_still_read(self):
         old = [
@@ -118,16 +159,21 @@ class EventEncodingTest(DaemonTestCase):
              "class": "mailbox_full", "attempt": 3, "code": 452, "enhanced": "4.2.2", "reason": "max_age"},
         ]
         eids = [self.redis.cmd("XADD", STREAM, "*", "e", json.dumps(b, separators=(",", ":"))) for b in old]
+        # the generic compact form of the version before the positional one
+        old.append({"type": "give_up", "at": 1718003600000, "id": "msg-78", "rcpt": "bob@example.net",
+                    "class": "mailbox_full", "attempt": 3, "code": 452, "enhanced": "4.2.2", "reason": "max_age"})
+        eids.append(self.redis.cmd("XADD", STREAM, "*", "e", 'glx8mzhq8,\x01"msg-78",\x02"bob@example.net",'
+                                   '\x05"mailbox_full",\x063,\x07452,\x08"4.2.2",\x0b"max_age"'))
         new = bounce(unique_id("new"), **GREYLIST)
         self.assertOk(self.c.request(new))
         sub = self.connect(self.daemon)
         sub.subscribe("g")
-        evs = self.collect(sub, 4)
-        self.assertEqual([e["eid"] for e in evs[:3]], eids)
+        evs = self.collect(sub, 5)
+        self.assertEqual([e["eid"] for e in evs[:4]], eids)
         for ev, body in zip(evs, old):
             self.assertEqual(list(ev.items()), [("eid", ev["eid"])] + list(body.items()))
-        self.check_retry(evs[3], new, self.stream_bodies())
-        self.assertEqual(sub.ack([e["eid"] for e in evs]).get("acked"), 4)
+        self.check_retry(evs[4], new, self.stream_bodies())
+        self.assertEqual(sub.ack([e["eid"] for e in evs]).get("acked"), 5)
 
 
 if __name__ == "__main__":

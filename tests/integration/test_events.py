@@ -151,8 +151,14 @@ class EventsTest(DaemonTestCase):
         self.assertNotIn("suppress", [e["type"] for e in others if e.get("id") == id], others)
 
     def pending(self, group):
-        """How many events group has read and not acked, in Redis."""
-        return self.redis.cmd("XPENDING", "rebound:events", group)[0]
+        """How many events group has been delivered and not acked (the
+        groups op: the daemon reads with NOACK, so Redis has no pending
+        list; the daemon keeps them)."""
+        r = self.c.request({"op": "groups"})
+        self.assertTrue(r.get("ok"), r)
+        found = [g["pending"] for g in r["groups"] if g["name"] == group]
+        self.assertEqual(len(found), 1, r)
+        return found[0]
 
     def test_retries_and_report_events_interleaved(self):
         # A fire batch reads the group's new entries itself: events that
@@ -219,6 +225,138 @@ class EventsTest(DaemonTestCase):
         self.assertEqual(sorted(got.values()), sorted(ids))
         self.assertNoMoreEvents(b)
         wait_until(lambda: self.pending("big") == 0, 3, what="every event acked")
+
+    def test_unacked_go_to_the_other_connection_when_one_leaves(self):
+        # Two connections of one group; one leaves holding unacked events:
+        # the other gets exactly those, once, from the daemon's memory.
+        a = self.connect(self.daemon)
+        a.subscribe("pair")
+        b = self.connect(self.daemon)
+        b.subscribe("pair")
+        ids = self.make_retries(40, "pair")
+        got = {}
+        deadline = time.monotonic() + 5
+        while len(got) < 40 and time.monotonic() < deadline:
+            for who, conn in (("a", a), ("b", b)):
+                for e in conn.events(40, 0.05):
+                    self.assertNotIn(e["eid"], got, "delivered twice")
+                    got[e["eid"]] = (who, e)
+        self.assertEqual(sorted(e["id"] for _, e in got.values()), sorted(ids))
+        of_a = sorted(eid for eid, (who, _) in got.items() if who == "a")
+        of_b = [eid for eid, (who, _) in got.items() if who == "b"]
+        self.assertGreater(len(of_a), 0, "the group did not share")
+        b.ack(of_b)
+        a.close()
+        again = self.collect(b, len(of_a))
+        self.assertEqual(sorted(e["eid"] for e in again), of_a)
+        self.assertEqual(again, [got[e["eid"]][1] for e in again], "a redelivered event differs")
+        self.assertNoMoreEvents(b)
+        self.assertEqual(b.ack(of_a).get("acked"), len(of_a))
+        self.assertEqual(self.pending("pair"), 0)
+
+    def test_kill9_redelivers_every_unacked_event(self):
+        # The group is read with NOACK; what it handled is its mark in
+        # Redis. kill -9 with events delivered and not acked, some acked
+        # past the oldest unacked one: after the restart every unacked
+        # event comes again (those acked after the mark may come again
+        # too: at least once), none of the acked prefix does.
+        a = self.connect(self.daemon)
+        a.subscribe("crash")
+        ids = self.make_retries(300, "crash")
+        evs = self.collect(a, 300)
+        self.assertEqual(sorted(e["id"] for e in evs), sorted(ids))
+        evs.sort(key=lambda e: tuple(int(x) for x in e["eid"].split("-")))
+        prefix, hole, later = evs[:100], evs[100:150], evs[150:]
+        self.assertEqual(a.ack([e["eid"] for e in prefix]).get("acked"), 100)
+        self.assertEqual(a.ack([e["eid"] for e in later[::2]]).get("acked"), len(later[::2]))
+        self.assertEqual(self.pending("crash"), 300 - 100 - len(later[::2]))
+        self.assertEqual(self.redis.cmd("XPENDING", "rebound:events", "crash")[0], 0,
+                         "the group has a pending list in Redis")
+        self.daemon.kill9()
+        self.daemon.start()
+        self.c = self.connect(self.daemon)
+        b = self.connect(self.daemon)
+        b.subscribe("crash")
+        got = {}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            batch = b.events(300, 0.3)
+            if not batch and got:
+                break
+            for e in batch:
+                got[e["eid"]] = e
+        unacked = hole + later[1::2]
+        for e in unacked:
+            self.assertIn(e["eid"], got, "an unacked event was lost across kill -9")
+            self.assertEqual(got[e["eid"]], e)
+        self.assertFalse(set(got) & {e["eid"] for e in prefix}, "an event acked before the mark came again")
+        b.ack(list(got))
+        self.assertEqual(self.pending("crash"), 0)
+
+    def test_acks_sent_before_the_restarted_daemon_reads_again(self):
+        # After a restart the group is read again from its mark; a consumer
+        # that acks what it got from the daemon before, right after its new
+        # subscribe (before those events come again), has them handled.
+        a = self.connect(self.daemon)
+        a.subscribe("early")
+        self.make_retries(20, "early")
+        evs = self.collect(a, 20)
+        self.daemon.kill9()
+        self.daemon.start()
+        self.c = self.connect(self.daemon)
+        b = self.connect(self.daemon)
+        b.subscribe("early")
+        b.ack([e["eid"] for e in evs])
+        again = b.events(20, 0.5)
+        if again:
+            b.ack([e["eid"] for e in again])
+        b.close()
+        c = self.connect(self.daemon)
+        c.subscribe("early")
+        self.assertNoMoreEvents(c)
+        self.assertEqual(self.pending("early"), 0)
+
+    def test_pending_list_of_an_earlier_version_is_delivered(self):
+        # A group an earlier daemon read without NOACK has a pending list
+        # in Redis: its entries come to the group's next subscriber, and
+        # the list goes.
+        ids = self.make_retries(5, "old")
+        wait_until(lambda: self.redis.cmd("XLEN", "rebound:events") >= 5, 3, what="the retries fired")
+        self.redis.cmd("XGROUP", "CREATE", "rebound:events", "legacy", "0")
+        read = self.redis.cmd("XREADGROUP", "GROUP", "legacy", "reboundd", "COUNT", "3", "STREAMS",
+                              "rebound:events", ">")
+        self.assertEqual(len(read[0][1]), 3)
+        self.assertEqual(self.redis.cmd("XPENDING", "rebound:events", "legacy")[0], 3)
+        a = self.connect(self.daemon)
+        a.subscribe("legacy")
+        evs = self.collect(a, 5)
+        self.assertEqual(sorted(e["id"] for e in evs), sorted(ids))
+        self.assertNoMoreEvents(a)
+        self.assertEqual(self.redis.cmd("XPENDING", "rebound:events", "legacy")[0], 0)
+        self.assertEqual(a.ack([e["eid"] for e in evs]).get("acked"), 5)
+
+    def test_unacked_survive_a_redis_restart(self):
+        # Redis restarts from its AOF under a subscriber holding unacked
+        # events: the group goes on from where the daemon's reads ended
+        # (no duplicate, no loss), and the unacked ones stay ackable.
+        self.daemon.term()
+        self.redis.stop()
+        self.redis, self.daemon, self.c = self.start_all(appendonly=True)
+        a = self.connect(self.daemon)
+        a.subscribe("flap")
+        first = self.collect(a, 10) if self.make_retries(10, "flap1") else []
+        self.redis.restart()
+
+        def redis_back():
+            r = self.c.request({"op": "get", "id": "no-such-message"})
+            return r.get("ok") or r["error"]["code"] != "unavailable"
+
+        wait_until(redis_back, 10, what="the daemon back on Redis")
+        ids = self.make_retries(10, "flap2")
+        second = self.collect(a, 10)
+        self.assertEqual(sorted(e["id"] for e in second), sorted(ids))
+        self.assertNoMoreEvents(a)
+        self.assertEqual(a.ack([e["eid"] for e in first + second]).get("acked"), 20)
 
     def test_group_recreated_after_redis_lost_its_data(self):
         # The group vanished with Redis's data: it is created again and

@@ -410,6 +410,120 @@ static void test_generic_compact(void **state)
     }
 }
 
+/* give_up, suppress and sender_alert as bounce.c writes them take the
+ * positional form: the same line back byte for byte, in well under two
+ * thirds of the JSON's bytes for the common event. */
+static void test_outcome_compact(void **state)
+{
+    (void)state;
+    static const char *frags[] = {
+        "\"id\":\"msg-g000001\",\"rcpt\":\"userg000001@D0000001.Example.com\"",
+        "\"id\":\"a\\\"b\",\"rcpt\":\"x@y.example\"",
+        "\"id\":\"m\",\"rcpt\":\"x@y.example\",\"campaign\":\"c,\\\"1\\\"\"",
+        "\"id\":\"m\",\"rcpt\":\"x@y.example\",\"meta\":{\"t\":\"a,b\",\"n\":[1,{\"class\":\"x\"}],\"z\":null}",
+        "\"id\":\"m\",\"rcpt\":\"caf\xc3\xa9@y.example\"",
+    };
+    static const char *outcomes[] = {
+        ",\"class\":\"hard_other\",\"attempt\":0,\"code\":554,\"enhanced\":\"5.0.0\",\"reason\":\"permanent\"",
+        ",\"class\":\"hard_invalid\",\"attempt\":3,\"code\":550,\"enhanced\":\"5.1.1\",\"reason\":\"hard_invalid\"",
+        ",\"class\":\"mailbox_full\",\"attempt\":12,\"code\":452,\"reason\":\"max_age\"",
+        ",\"class\":\"rate-limit\",\"attempt\":1,\"code\":421,\"enhanced\":\"4.7.0\",\"reason\":\"max_attempts\"",
+    };
+    static const char *alerts[] = {
+        ",\"class\":\"auth_failure\",\"attempt\":0,\"code\":550,\"enhanced\":\"5.7.26\",\"reason\":\"auth_failure\","
+        "\"text\":\"5.7.26 DMARC, \\\"p=reject\\\"\",\"domain\":\"%s\",\"repeats\":7",
+        ",\"class\":\"content_rejected\",\"attempt\":2,\"code\":554,\"reason\":\"content_rejected\","
+        "\"domain\":\"%s\",\"repeats\":0",
+    };
+    for (size_t f = 0; f < sizeof frags / sizeof frags[0]; f++) {
+        for (int t = EV_GIVE_UP; t <= EV_SENDER_ALERT; t++) {
+            size_t nm = t == EV_SENDER_ALERT ? 2 * (sizeof alerts / sizeof alerts[0]) : sizeof outcomes / sizeof outcomes[0];
+            for (size_t k = 0; k < nm; k++) {
+                char members[512];
+                if (t == EV_SENDER_ALERT)
+                    snprintf(members, sizeof members, alerts[k / 2],
+                             k % 2 ? "other.example" : f == 0 ? "d0000001.example.com" : "y.example");
+                else
+                    snprintf(members, sizeof members, "%s", outcomes[k]);
+                size_t blen, cl, l1, l2;
+                char *body = event_body_text((enum event_type)t, 1796607541758LL, frags[f], members, strlen(members),
+                                             &blen);
+                assert_non_null(body);
+                char *c = malloc(blen);
+                cl = event_compact(body, blen, c);
+                assert_true(cl > 0 && cl < blen);
+                assert_int_equal(c[0], t == EV_GIVE_UP ? 'G' : t == EV_SUPPRESS ? 'S' : 'A');
+                if (f == 0 && k == 0)
+                    assert_true(cl * 3 < blen * 2);
+                assert_int_equal(event_body_type(c, cl), t);
+                char *want = event_line("1796607541758-3", body, blen, &l1);
+                char *got = event_line("1796607541758-3", c, cl, &l2);
+                if (got == NULL || l1 != l2 || memcmp(got, want, l1) != 0)
+                    fail_msg("type %d frag %zu members %zu:\n%s%.*s", t, f, k, want, got ? (int)l2 : 6,
+                             got ? got : "(null)");
+                free(want);
+                free(got);
+                free(c);
+                free(body);
+            }
+        }
+    }
+    /* the body apply.lua writes for an address already suppressed */
+    static const char lua[] = "Sloyw3vtz,0,550,5.1.1,shard_invalid\nm1\na@b.example";
+    size_t l1, l2, blen;
+    char *body = event_body_text(EV_SUPPRESS, 1700000000999LL, "\"id\":\"m1\",\"rcpt\":\"a@b.example\"",
+                                 ",\"class\":\"hard_invalid\",\"attempt\":0,\"code\":550,\"enhanced\":\"5.1.1\","
+                                 "\"reason\":\"suppressed\"",
+                                 strlen(",\"class\":\"hard_invalid\",\"attempt\":0,\"code\":550,\"enhanced\":\"5.1.1\","
+                                        "\"reason\":\"suppressed\""),
+                                 &blen);
+    char *want = event_line("1-0", body, blen, &l1);
+    char *got = event_line("1-0", lua, sizeof lua - 1, &l2);
+    assert_non_null(got);
+    assert_int_equal(l1, l2);
+    assert_memory_equal(got, want, l1);
+    free(want);
+    free(got);
+    free(body);
+    /* not of bounce.c's shape: the generic form */
+    static const char *other[] = {
+        "{\"type\":\"give_up\",\"at\":1,\"id\":\"m\",\"rcpt\":\"x\",\"class\":\"c\",\"attempt\":0,\"code\":5,\"reason\":\"why\"}",
+        "{\"type\":\"give_up\",\"at\":1,\"id\":\"m\",\"rcpt\":\"x\",\"class\":\"c c\",\"attempt\":0,\"code\":5,\"reason\":\"c c\"}",
+        "{\"type\":\"sender_alert\",\"at\":1,\"id\":\"m\",\"rcpt\":\"x\",\"class\":\"c\",\"attempt\":0,\"code\":5,\"reason\":\"c\"}",
+        "{\"type\":\"suppress\",\"at\":1,\"rcpt\":\"x\",\"id\":\"m\",\"class\":\"c\",\"attempt\":0,\"code\":5,\"reason\":\"c\"}",
+    };
+    char out[512];
+    for (size_t i = 0; i < sizeof other / sizeof other[0]; i++) {
+        size_t n = event_compact(other[i], strlen(other[i]), out);
+        assert_true(n > 0);
+        assert_true(out[0] >= 'a' && out[0] <= 'z');
+    }
+    /* malformed positional bodies */
+    static const char *bad[] = {
+        "G",
+        "G1,0,550,5.1.1,ph\nm",
+        "G1,0,550,5.1.1,xh\nm\nr@x",
+        "G1,0,550,5.1.1,p\nm\nr@x",
+        "G1,0,550,5.1.1,ph,1\nm\nr@x",
+        "G1,-1,550,,ph\nm\nr@x",
+        "G1,0,550,5x,ph\nm\nr@x",
+        "G1,0,550,,ph\nm\"\nr@x",
+        "S1,0,550,,=h h\nm\nr@x",
+        "A1,0,550,,=c\nm\nr@x",
+        "A1,0,550,,=c,1,,\"t\nm\nr@x",
+        "A1,0,550,,=c,1,d\"x\nm\nr@x",
+        "A1,0,550,,=c,-1,\nm\nr@x",
+        "A1,0,550,,=c,1,\nm\nrx",
+        "A1,0,550,,=c,1,\n\"id\":\"m\"",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        size_t len;
+        char *line = event_line("1-0", bad[i], strlen(bad[i]), &len);
+        if (line != NULL)
+            fail_msg("positional body %zu accepted: %s", i, line);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -424,6 +538,7 @@ int main(void)
         cmocka_unit_test(test_retry_compact),
         cmocka_unit_test(test_retry_compact_refuses),
         cmocka_unit_test(test_generic_compact),
+        cmocka_unit_test(test_outcome_compact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -130,14 +130,33 @@ local function rebase(hist, ofirst, nfirst)
   return table.concat(parts, ';')
 end
 
+-- A suppress event in the positional form (proto/event.h, event_compact):
+-- S<at, base 36>,<attempt>,<code>,<enhanced>,<reason letter><class>
+-- then the message as its record holds it (an id and recipient on two
+-- lines, or the members JSON). The daemon turns it into the event's JSON.
+local REASON_LETTER = { suppressed = 's', chronic_soft = 'c' }
+local function suppress_body(at, id, who, class, attempt, code, enh, reason)
+  local digits, u, t = '0123456789abcdefghijklmnopqrstuvwxyz', tonumber(at), {}
+  repeat
+    local d = u % 36
+    table.insert(t, 1, string.sub(digits, d + 1, d + 1))
+    u = (u - d) / 36
+  until u == 0
+  if who == '' then
+    who = members(id, who)
+  elseif string.byte(who, 1) ~= 34 then
+    who = id .. '\n' .. who
+  end
+  local letter = reason == class and '=' or REASON_LETTER[reason]
+  return 'S' .. table.concat(t) .. ',' .. attempt .. ',' .. code .. ',' .. enh .. ',' .. letter .. class .. '\n' .. who
+end
+
 -- The suppress event of a fresh record whose recipient is suppressed.
 local function suppressed_fresh(id, rec)
   local class, first, who, code, enh =
     string.match(rec, '^P%-?%d+,%d+,([%w_]+),(%d+)\n([^\n]*)\n%-?%d+,(%d+),([%d.]*),')
   if not class then return end
-  emit('{"type":"suppress","at":' .. first .. ',' .. members(id, who) .. ',"class":"' .. class ..
-    '","attempt":0,"code":' .. code .. (enh ~= '' and (',"enhanced":"' .. enh .. '"') or '') ..
-    ',"reason":"suppressed"}')
+  emit(suppress_body(first, id, who, class, 0, code, enh, 'suppressed'))
 end
 
 -- Fresh records: one HSET for all, unless a recipient is suppressed.
@@ -286,9 +305,7 @@ while i <= #ARGV do
         end
         mode = '-'
         skip_first = action ~= 'R'
-        extra = '{"type":"suppress","at":' .. now .. ',' .. members(id, who) .. ',"class":"' .. class .. '","attempt":' ..
-          attempt .. ',"code":' .. code .. (enh ~= '' and (',"enhanced":"' .. enh .. '"') or '') ..
-          ',"reason":"' .. reason .. '"}'
+        extra = suppress_body(now, id, who, class, attempt, code, enh, reason)
       end
     end
   elseif op == 'R' or op == 'U' then

@@ -109,9 +109,11 @@ if #own > 0 then
   redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
 end
 
+-- NOACK: the groups keep no pending list; the daemon holds what it read
+-- and writes each group's mark with the acks (scripts/group.lua).
 local res = {out}
 for j = 1, ngroups do
-  local r = redis.pcall('XREADGROUP', 'GROUP', ARGV[5 + j], consumer, 'COUNT', count, 'STREAMS', stream, '>')
+  local r = redis.pcall('XREADGROUP', 'GROUP', ARGV[5 + j], consumer, 'COUNT', count, 'NOACK', 'STREAMS', stream, '>')
   local read = {}
   if type(r) == 'table' and r.err then
     read = r
