@@ -157,6 +157,14 @@ class ShardsTest(DaemonTestCase):
         with ds[0].client() as c:
             for i in range(24):
                 self.assertTrue(c.request(bounce("lay-%d" % i, rcpt=rcpt_of(i), **GREYLIST))["ok"])
+        # stats from any instance: the whole schedule's counts, summed
+        for d in ds:
+            with d.client() as cl:
+                st = cl.request({"op": "stats"})
+            self.assertTrue(st["ok"], st)
+            self.assertEqual(st["instances"], 3, st)
+            self.assertEqual(st["reports"], 24, st)
+            self.assertEqual(len(st["shards"]["serving"]), 2, st)
         keys = sorted(k if isinstance(k, str) else k.decode() for k in redis.cmd("KEYS", "{rebound:s*}msg"))
         self.assertEqual(len(keys), SHARDS, keys)
         slots = sorted(crc16(k[1:k.index("}")].encode()) % 16384 for k in keys)
