@@ -9,6 +9,7 @@ policy, shards 6, lease_ttl 1.5 s (renewed every 300 ms, checked every
               the cluster op from any instance tells the same map; the
               layout is recorded (meta) and an instance configured with
               another number of shards refuses to start
+  forty       one instance with 40 shards: every record in its shard's hash
   same        the integration scenarios' core (bounce, duplicate, get,
               list, hold, release, cancel, get, delivered, a hard bounce, the
               suppressed recipient's next bounce, an invalid request) sent
@@ -178,6 +179,26 @@ class ShardsTest(DaemonTestCase):
         one = self.start_daemon(redis, wait_ready=False)
         self.assertEqual(one.proc.wait(10), 1)
         self.assertIn("holds a layout of 6 shards", one.log_text())
+
+    def test_forty_shards_one_instance(self):
+        """One instance takes all 40 shards; pipelined reports land each in
+        its recipient's shard's hash (batches of many shards at once)."""
+        redis = self.start_redis()
+        d = self.start_sharded(redis, "solo", shards=40, wait_ready=False)
+        wait_until(lambda: len(self.serving(d)) == 40, min(10, self.left()), what="all 40 shards served")
+        rcpts = ["u%d@D%d.example" % (i, i % 50) for i in range(2000)]
+        later = now_ms() + 3000
+        with d.client() as c:
+            reps = c.pipeline([bounce("s40-%d" % i, rcpt=r, not_before=later, **GREYLIST) for i, r in enumerate(rcpts)],
+                              window=500, timeout=10)
+        self.assertEqual([r for r in reps if not r["ok"]], [])
+        keys = {}
+        for k in redis.cmd("KEYS", "{rebound:s*}msg"):
+            k = k if isinstance(k, str) else k.decode()
+            keys[int(k.split("s", 1)[1].split(".")[0])] = k
+        self.assertEqual(len(keys), 40)
+        for i, r in enumerate(rcpts):
+            self.assertIsNotNone(redis.cmd("HGET", keys[shard_of(r, 40)], "s40-%d" % i), (i, r))
 
     def scenario(self, d, tag):
         """The same requests under ids and addresses of their own: the

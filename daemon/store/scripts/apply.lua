@@ -66,8 +66,10 @@ local shard_msgs, sel, ngen = nil, nil, 0
 if #KEYS > 8 and string.byte(ARGV[#ARGV], 1) == 77 then
   local m = tonumber(string.sub(table.remove(ARGV), 2))
   sel = table.remove(ARGV)
+  -- one MGET for every epoch: on one Redis any keys may go together
+  local held = redis.call('MGET', unpack(KEYS, 9, 8 + m))
   for j = m, 1, -1 do
-    if redis.call('GET', KEYS[8 + j]) ~= table.remove(ARGV) then
+    if held[j] ~= table.remove(ARGV) then
       return redis.error_reply('FENCED the lease on a shard moved to another instance')
     end
   end
@@ -182,9 +184,12 @@ if nfresh > 0 then
     -- the pairs come grouped by shard (store.c): one HSET per run
     local k = 1
     while k <= nfresh do
-      local j = string.byte(sel, k)
-      local e = k
-      while e < nfresh and string.byte(sel, e + 1) == j do e = e + 1 end
+      local c = string.sub(sel, k, k)
+      local j = string.byte(c)
+      -- the run ends before the first other byte (escaped unless a letter)
+      local other = string.find(sel, string.find(c, '%w') and ('[^' .. c .. ']') or ('[^%' .. c .. ']'), k + 1)
+      local e = other and other - 1 or nfresh
+      if e > nfresh then e = nfresh end
       local stop = 5 + 2 * e
       for a = 4 + 2 * k, stop, 4000 do
         redis.call('HSET', shard_msgs[j - 64], unpack(ARGV, a, math.min(a + 3999, stop)))
