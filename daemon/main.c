@@ -241,8 +241,19 @@ static bool layout_checked;
 
 static void layout_cb(void *arg, redisReply *reply)
 {
-    if (!reply || reply->type != REDIS_REPLY_INTEGER)
-        return; /* asked again at the next connect */
+    if (!reply)
+        return; /* the link dropped: asked again at the next connect */
+    if (reply->type != REDIS_REPLY_INTEGER) {
+        /* One schedule reads and writes what it always did: go on. A
+         * sharded layout cannot be checked: wait for the next connect. */
+        log_warn("shards: reading the layout failed (%s)%s", reply->type == REDIS_REPLY_ERROR ? reply->str : "?",
+                 store_nshards() > 1 ? "; asking again at the next connect" : "");
+        if (store_nshards() > 1)
+            return;
+        layout_checked = true;
+        on_link_state(rbd->link, true, NULL);
+        return;
+    }
     long long want = store_nshards();
     if (reply->integer != want) {
         log_error("shards: this Redis holds a layout of %lld shard%s under prefix %s, and this instance is configured "

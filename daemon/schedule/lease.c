@@ -597,7 +597,10 @@ void lease_tick(int64_t now)
     int share = shard_fair_share(L.nshards, live_members());
     if (sharded() && L.members_seen)
         shed(share);
+    /* held, and asked for: an acquisition in flight counts as taken */
     int held = shard_count(rbd->shards_held);
+    for (int k = 0; k < L.nshards; k++)
+        held += L.sh[k].role == LEASE_STANDBY && L.sh[k].acquiring;
     for (int i = 0; i < L.nshards; i++) {
         int k = (L.first + i) % L.nshards;
         struct shard_lease *s = &L.sh[k];
@@ -607,9 +610,10 @@ void lease_tick(int64_t now)
              * heartbeats are known. */
             if (!sharded()) {
                 try_acquire(k, now);
+            } else if (s->acquiring) {
+                ; /* counted above */
             } else if (L.members_seen && held < share && !owner_live(s)) {
-                if (!s->acquiring)
-                    held++;
+                held++;
                 try_acquire(k, now);
             } else {
                 read_owner(k, now);
