@@ -4,12 +4,14 @@
 #   clients.python.client        every call, errors, token, busy, resend, deadline, consumer acks
 #   clients.python.kill9         kill -9 of reboundd amid a pipelined batch of 10,000 reports
 #   clients.python.kill9_asyncio the same with the asyncio client and consumer
+#   clients.python.instances     several reboundd under a lease: a list of addresses, the owner followed
 #   clients.python.examples      the reporter and consumer examples
 #   clients.python.install       pip install into a fresh venv with no package index
 set(pyclient_tests
     "client=test_client"
     "kill9=test_kill9.Kill9Test.test_blocking_client_and_consumer"
     "kill9_asyncio=test_kill9.Kill9Test.test_asyncio_client_and_consumer"
+    "instances=test_instances"
     "examples=test_examples"
     "install=test_install")
 foreach(entry ${pyclient_tests})

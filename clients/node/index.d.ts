@@ -186,9 +186,12 @@ export interface ClientCounters {
  * answer (with back-off) until resendDeadlineMs.
  */
 export class Client extends EventEmitter {
-  /** @param address "host:port" or a Unix socket path (any string with a "/") */
-  constructor(address: string, options?: ClientOptions);
-  readonly address: string;
+  /**
+   * @param address "host:port" or a Unix socket path (any string with a "/"),
+   *   or several: reboundd instances sharing one schedule, tried in turn
+   */
+  constructor(address: string | string[], options?: ClientOptions);
+  readonly address: string | string[];
   readonly counters: ClientCounters;
 
   bounce(id: string, rcpt: string, code: number, options?: BounceOptions): Promise<BounceReply>;
@@ -274,8 +277,8 @@ export interface ConsumerCounters {
  * Reconnects and subscribes again by itself; delivery is at least once.
  */
 export class Consumer extends EventEmitter implements AsyncIterableIterator<ReboundEvent> {
-  constructor(address: string, group: string, options?: ConsumerOptions);
-  readonly address: string;
+  constructor(address: string | string[], group: string, options?: ConsumerOptions);
+  readonly address: string | string[];
   readonly group: string;
   readonly counters: ConsumerCounters;
 

@@ -33,6 +33,7 @@ const { Client, Consumer } = loadClient();
 // For the plugin's own tests (Haraka registers only hook_* and named hooks).
 exports.reboundId = reboundId;
 exports.queueKey = queueKey;
+exports.addressList = addressList;
 
 // Errors that refuse the report itself: sending it again cannot help. Any
 // other failure (unavailable, timeout, closed, auth_required, ...) means it was
@@ -57,6 +58,12 @@ function queueKey(filename) {
   const p = String(filename).split('_');
   if (p.length !== 7) return null;
   return `${p[0]}_${p[4]}`;
+}
+
+/** "a:1, b:2" as the client takes it: one address, or a list of several. */
+function addressList(text) {
+  const list = String(text).split(',').map((x) => x.trim()).filter((x) => x !== '');
+  return list.length === 1 ? list[0] : list;
 }
 
 function addressOf(a) {
@@ -88,7 +95,8 @@ exports.load_rebound_ini = function () {
   const m = cfg.main || {};
   const num = (v, d) => (v === undefined || v === '' || Number.isNaN(Number(v)) ? d : Number(v));
   this.cfg = {
-    address: m.address || '127.0.0.1:7411',
+    // several reboundd sharing one schedule: comma-separated, tried in turn
+    address: addressList(m.address || '127.0.0.1:7411'),
     token: m.token || undefined,
     group: m.group || 'haraka',
     campaign_header: m.campaign_header || 'X-Campaign',

@@ -35,4 +35,53 @@ function parseAddress(address) {
   return { host, port };
 }
 
-module.exports = { parseAddress, DEFAULT_PORT };
+/**
+ * The reboundd instances a client talks to, and which one it uses now.
+ * Given several (an array: instances sharing one schedule under a lease), a
+ * connection that cannot be made or that drops moves to the next one in
+ * turn; an `unavailable` reply that names the `owner` (a standby that could
+ * not relay, or a subscribe, which is never relayed) moves to that owner
+ * until a connection to it fails.
+ */
+class Targets {
+  /** @param {string|string[]} address */
+  constructor(address) {
+    const list = Array.isArray(address) ? [...address] : [address];
+    if (list.length === 0) throw new TypeError('no address given');
+    for (const a of list) parseAddress(a); // a malformed address fails here
+    this.addresses = list;
+    this.index = 0;
+    this.owner = null;
+  }
+
+  /** @returns {string} the address to connect to now */
+  get current() {
+    return this.owner !== null ? this.owner : this.addresses[this.index];
+  }
+
+  /** The current instance could not be reached, or dropped the connection. */
+  failed() {
+    if (this.owner !== null) this.owner = null;
+    else this.index = (this.index + 1) % this.addresses.length;
+  }
+
+  /**
+   * Follows a reply's `owner`; true when it names another instance than
+   * the current one (the connection should be given up for it).
+   * @param {object} msg
+   * @returns {boolean}
+   */
+  moved(msg) {
+    const owner = msg && msg.owner;
+    if (typeof owner !== 'string' || owner === '' || owner === this.current) return false;
+    try {
+      parseAddress(owner);
+    } catch (e) {
+      return false;
+    }
+    this.owner = owner;
+    return true;
+  }
+}
+
+module.exports = { parseAddress, Targets, DEFAULT_PORT };

@@ -406,6 +406,12 @@ class Client extends Link {
       if (RESEND_CODES.has(err.code) && Date.now() < head.deadline) {
         this._lastError = err;
         this.counters.unavailable++;
+        if (this._followOwner(msg)) {
+          // The instance named the owner: what is in flight goes there.
+          this._inflight.unshiftAll([head]);
+          this._onSocketGone(sock, err);
+          return;
+        }
         this._park(head);
       } else {
         head.reject(err);
@@ -439,6 +445,7 @@ class Client extends Link {
   _onSocketGone(sock, err) {
     if (this._sock !== sock) return;
     this._sock = null;
+    this._socketLost();
     this.counters.drops++;
     this._state = this._state === 'closed' ? 'closed' : 'idle';
     this._blocked = false;

@@ -292,8 +292,10 @@ class Consumer extends Link {
         this._ackQueue.unshift(...head.ids);
         this._scheduleAcks(backoffMs(this._ackRetries++, this._opts.backoffMinMs, this._opts.backoffMaxMs));
       } else if (err.code === 'unavailable' || err.code === 'busy' || head.kind === 'ping') {
-        // Nothing was done: start over on a new connection, later.
+        // Nothing was done: start over on a new connection, later (at the
+        // owner when a standby named it: a subscribe is never relayed).
         if (head.kind === 'ack') this._ackQueue.unshift(...head.ids);
+        this._followOwner(msg);
         this._onSocketGone(sock, err);
       } else if (head.kind === 'ack') {
         // The daemon refused the ids (not ours to ack): forget them, the
@@ -363,6 +365,7 @@ class Consumer extends Link {
   _onSocketGone(sock, err) {
     if (this._sock !== sock) return;
     this._sock = null;
+    this._socketLost();
     sock.destroy();
     this._clearTimers(['_silenceTimer']);
     // Acks written without a reply go again on the next connection; they

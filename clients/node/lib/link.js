@@ -10,7 +10,7 @@
 
 const { EventEmitter } = require('node:events');
 const { ReboundError } = require('./errors');
-const { parseAddress } = require('./address');
+const { parseAddress, Targets } = require('./address');
 const { openSocket, LineSplitter, backoffMs } = require('./connection');
 
 /**
@@ -46,14 +46,16 @@ function answersHead(msg, head) {
 
 class Link extends EventEmitter {
   /**
-   * @param {string} address "host:port" or a Unix socket path
+   * @param {string|string[]} address "host:port" or a Unix socket path, or
+   *   several: instances sharing one schedule, tried in turn (Targets)
    * @param {object} defaults every option with its default
    * @param {object} options the caller's; undefined members keep the default
    */
   constructor(address, defaults, options) {
     super();
     this.address = address;
-    this._target = parseAddress(address);
+    this._targets = new Targets(address);
+    this._moving = false; // the socket is given up to follow an owner, not failed
     this._opts = { ...defaults };
     for (const [k, v] of Object.entries(options)) {
       if (v !== undefined) this._opts[k] = v;
@@ -78,10 +80,11 @@ class Link extends EventEmitter {
     this._state = 'connecting';
     let sock;
     try {
-      sock = await openSocket(this._target, this._opts.timeoutMs);
+      sock = await openSocket(parseAddress(this._targets.current), this._opts.timeoutMs);
     } catch (err) {
       if (this._state === 'closed') return null;
       this._state = 'idle';
+      this._targets.failed();
       onFail(err);
       return null;
     }
@@ -144,6 +147,27 @@ class Link extends EventEmitter {
       }
     }, wait);
     if (this._silenceUnref) this._silenceTimer.unref();
+  }
+
+  /**
+   * Notes that the current socket is gone: the next connection goes to
+   * the next instance, unless it was given up to follow an owner.
+   */
+  _socketLost() {
+    if (this._moving) this._moving = false;
+    else this._targets.failed();
+  }
+
+  /**
+   * Follows an `unavailable` reply naming the owner; true when the current
+   * socket should be given up (call _onSocketGone after).
+   * @param {object} msg
+   * @returns {boolean}
+   */
+  _followOwner(msg) {
+    if (!this._targets.moved(msg)) return false;
+    this._moving = true;
+    return true;
   }
 
   /** The next back-off, in ms; each call grows the next one. */

@@ -54,6 +54,60 @@ class ReboundError(Exception):
         return cls(str(err.get("code", "internal")), str(err.get("message", "")), reply)
 
 
+#: One instance's address, or several (a list): instances sharing one
+#: schedule, any of which takes any request.
+Addresses = Union[Address, List[Address]]
+
+
+class Targets:
+    """The reboundd instances a client talks to, and which one it uses now.
+
+    Given several (a list), a connection that cannot be made or that drops
+    moves the client to the next one in turn: when one instance dies, a
+    standby of the same schedule takes the requests (it relays them to the
+    owner, or is the owner once it took over). An ``unavailable`` reply that
+    names the owner (``"owner"``: a standby that could not relay, or a
+    ``subscribe``, which is never relayed) moves the client to that owner
+    until a connection to it fails."""
+
+    def __init__(self, address: Addresses) -> None:
+        addresses = list(address) if isinstance(address, list) else [address]
+        if not addresses:
+            raise ValueError("no address given")
+        for a in addresses:
+            parse_address(a)  # a malformed address fails here, not at the first call
+        self.addresses: List[Address] = addresses
+        self.index = 0
+        self.owner: Optional[Address] = None
+
+    @property
+    def current(self) -> Address:
+        return self.owner if self.owner is not None else self.addresses[self.index]
+
+    def failed(self) -> None:
+        """The current instance could not be reached or dropped the
+        connection: the next one is tried (the owner named last is
+        forgotten first)."""
+        if self.owner is not None:
+            self.owner = None
+        else:
+            self.index = (self.index + 1) % len(self.addresses)
+
+    def moved(self, reply: Optional[Mapping[str, Any]]) -> bool:
+        """Follows an ``unavailable`` reply's ``owner``; True when it names
+        another instance than the current one (the connection should then
+        be given up and the requests resent there)."""
+        owner = reply.get("owner") if reply is not None else None
+        if not isinstance(owner, str) or not owner or owner == self.current:
+            return False
+        try:
+            parse_address(owner)
+        except ValueError:
+            return False
+        self.owner = owner
+        return True
+
+
 def parse_address(address: Address) -> Tuple[str, Any]:
     """("unix", path) for a path (any string with a "/"), else ("tcp",
     (host, port)) for "host:port", "[v6]:port" or a (host, port) tuple."""
@@ -247,11 +301,10 @@ class ClientBase:
     (see Client for their meaning), the connection count, and the hooks a
     consumer sets."""
 
-    def __init__(self, address: Address, token: Optional[str], timeout: float, connect_timeout: float,
+    def __init__(self, address: Addresses, token: Optional[str], timeout: float, connect_timeout: float,
                  retry_deadline: Optional[float], backoff_first: float, backoff_max: float,
                  window: int) -> None:
-        # a malformed address fails here, not at the first call
-        self._target = parse_address(address)
+        self._targets = Targets(address)
         self.address = address
         self.token = token
         self.timeout = timeout
@@ -285,7 +338,7 @@ class ConsumerBase:
 
     _client_type: Callable[..., ClientBase]
 
-    def __init__(self, address: Address, group: str, types: Optional[Sequence[str]] = None,
+    def __init__(self, address: Addresses, group: str, types: Optional[Sequence[str]] = None,
                  token: Optional[str] = None, *, ack_batch: int = 100, ack_interval: float = 1.0,
                  timeout: float = 30.0, connect_timeout: float = 5.0,
                  retry_deadline: Optional[float] = None, backoff_first: float = 0.05,

@@ -9,11 +9,16 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from ._protocol import ACK_CHUNK  # noqa: F401  (it was defined here too)
-from ._protocol import (DROP, EVENT, RESEND, Address, Backoff, ClientBase, ConsumerBase, Event, Failing, Line,
+from ._protocol import (DROP, EVENT, RESEND, Address, Addresses, Backoff, ClientBase, ConsumerBase, Event, Failing, Line,
                         ReboundError, Reply, bounce_request, check_handshake, decode, encode, handshake_lines,
-                        match_reply, outcome, pipeline_lines, report_lines, request)
+                        match_reply, outcome, parse_address, pipeline_lines, report_lines, request)
 
 Result = Union[Reply, ReboundError]
+
+
+class _Refused(Exception):
+    """The handshake was refused for now (unavailable, busy): try again,
+    where the client's targets say."""
 
 
 class _Req:
@@ -37,6 +42,7 @@ class _LineProtocol(asyncio.Protocol):
         self.lost: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
         self.last_data = time.monotonic()
         self.replies = 0
+        self.moved = False  # given up to follow an owner an instance named
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -82,7 +88,7 @@ class AsyncClient(ClientBase):
     or ``await client.close()``.
     """
 
-    def __init__(self, address: Address, token: Optional[str] = None, *, timeout: float = 30.0,
+    def __init__(self, address: Addresses, token: Optional[str] = None, *, timeout: float = 30.0,
                  connect_timeout: float = 5.0, retry_deadline: Optional[float] = 60.0,
                  backoff_first: float = 0.05, backoff_max: float = 2.0, window: int = 1000) -> None:
         super().__init__(address, token, timeout, connect_timeout, retry_deadline, backoff_first,
@@ -162,6 +168,10 @@ class AsyncClient(ClientBase):
         req = self._inflight.popleft()
         if what == RESEND and not req.handshake:
             err = ReboundError.from_reply(obj)
+            if self._targets.moved(obj):
+                # the instance named the owner: what is in flight goes there
+                proto.moved = True
+                proto.abort()
             if not self._failed(req, err):
                 assert req.failing is not None
                 asyncio.get_running_loop().call_later(req.failing.backoff.next(), self._requeue, req)
@@ -179,7 +189,7 @@ class AsyncClient(ClientBase):
 
     async def _open(self) -> _LineProtocol:
         loop = asyncio.get_running_loop()
-        kind, where = self._target
+        kind, where = parse_address(self._targets.current)
         if kind == "unix":
             transport, proto = await loop.create_unix_connection(lambda: _LineProtocol(self), where)
         else:
@@ -201,7 +211,10 @@ class AsyncClient(ClientBase):
                     raise ConnectionError("no reply to the handshake")
                 retry = check_handshake(req.future.result())
                 if retry is not None:
-                    raise ConnectionError(retry.message)
+                    # a subscribe at a standby names the owner: go there
+                    if not self._targets.moved(retry.reply):
+                        self._targets.failed()
+                    raise _Refused(retry.message)
         except BaseException:
             self._proto = None
             self._inflight.clear()
@@ -232,8 +245,16 @@ class AsyncClient(ClientBase):
                 if self._keep_connected:
                     return
                 continue
-            except (OSError, asyncio.TimeoutError) as e:
+            except _Refused as e:
+                # the handshake was refused for now (unavailable, busy): _open
+                # has chosen where to go next
                 self._expire_unsent(ReboundError("disconnected", "cannot connect to %s: %s" % (self.address, e)))
+                await asyncio.sleep(backoff.next())
+                continue
+            except (OSError, asyncio.TimeoutError) as e:
+                where = self._targets.current
+                self._targets.failed()
+                self._expire_unsent(ReboundError("disconnected", "cannot connect to %s: %s" % (where, e)))
                 await asyncio.sleep(backoff.next())
                 continue
             transport = proto.transport
@@ -263,7 +284,9 @@ class AsyncClient(ClientBase):
                     waiter.cancel()
             proto.abort()
             self._proto = None
-            err = ReboundError("disconnected", "the connection to %s dropped" % (self.address,))
+            err = ReboundError("disconnected", "the connection to %s dropped" % (self._targets.current,))
+            if not proto.moved:
+                self._targets.failed()
             back = list(self._inflight)
             self._inflight.clear()
             for req in reversed(back):

@@ -10,7 +10,7 @@ from collections import deque
 from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from ._protocol import ACK_CHUNK  # noqa: F401  (importable from here, where it was first defined)
-from ._protocol import (DROP, EVENT, RESEND, Address, ClientBase, ConsumerBase, Event, Failing, Line,
+from ._protocol import (DROP, EVENT, RESEND, Address, Addresses, ClientBase, ConsumerBase, Event, Failing, Line,
                         ReboundError, Reply, bounce_request, check_handshake, decode, encode, handshake_lines,
                         is_reply, match_reply, outcome, parse_address, pipeline_lines, report_lines, request,
                         unexpected)
@@ -120,7 +120,10 @@ class Client(ClientBase):
     """A blocking client on one long-lived connection to reboundd.
 
     ``address`` is ``"host:port"`` for TCP or a path (anything with a "/")
-    for the Unix socket; ``token`` is sent with ``auth`` on every new
+    for the Unix socket, or a list of those: several reboundd sharing one
+    schedule (``lease_ttl``), tried in turn when one cannot be reached or
+    drops the connection; an ``unavailable`` reply naming the ``owner``
+    moves the client there. ``token`` is sent with ``auth`` on every new
     connection when given. The connection is opened on the first request.
 
     Every request that gets no reply because the connection dropped, or
@@ -138,7 +141,7 @@ class Client(ClientBase):
     send many reports in one ``bounce_many`` or ``pipeline`` call.
     """
 
-    def __init__(self, address: Address, token: Optional[str] = None, *, timeout: float = 30.0,
+    def __init__(self, address: Addresses, token: Optional[str] = None, *, timeout: float = 30.0,
                  connect_timeout: float = 5.0, retry_deadline: Optional[float] = 60.0,
                  backoff_first: float = 0.05, backoff_max: float = 2.0, window: int = 1000) -> None:
         super().__init__(address, token, timeout, connect_timeout, retry_deadline, backoff_first,
@@ -187,12 +190,15 @@ class Client(ClientBase):
             raise ReboundError("closed", "the client is closed")
         if self._conn is not None:
             return self._conn
-        conn = _Conn(self.address, self.connect_timeout)
+        conn = _Conn(self._targets.current, self.connect_timeout)
         self.connects += 1
         try:
             for line in handshake_lines(self.token, self._subscribe):
                 retry = check_handshake(self._handshake_call(conn, line))
                 if retry is not None:
+                    # a subscribe at a standby names the owner: go there
+                    if not self._targets.moved(retry.reply):
+                        self._targets.failed()
                     raise _Dropped.of(retry)
         except BaseException:
             conn.close()
@@ -203,12 +209,16 @@ class Client(ClientBase):
     def _connect_noting(self, failing: _Failing) -> Optional[_Conn]:
         """The connection, or None with the failure noted in ``failing``
         when a retry may cure it; ReboundError when none can."""
+        where = self._targets.current
         try:
             return self._connection()
         except _Dropped as e:
+            if e.error.code == "disconnected":
+                self._targets.failed()
             failing.fail(e.error)
         except OSError as e:
-            failing.fail(ReboundError("disconnected", "cannot connect to %s: %s" % (self.address, e)))
+            self._targets.failed()
+            failing.fail(ReboundError("disconnected", "cannot connect to %s: %s" % (where, e)))
         return None
 
     def close(self) -> None:
@@ -259,6 +269,7 @@ class Client(ClientBase):
                 retry: List[int] = []
                 try:
                     while todo or inflight:
+                        moved = False
                         for obj in conn.take():
                             what = match_reply(obj, bool(inflight))
                             if what == EVENT:
@@ -270,10 +281,14 @@ class Client(ClientBase):
                             if what == RESEND:
                                 retry.append(i)
                                 failing.fail(ReboundError.from_reply(obj))
+                                moved = self._targets.moved(obj) or moved
                             else:
                                 results[i] = outcome(obj)
                                 if not retry:
                                     failing.ok()
+                        if moved:
+                            # the instance named the owner: resend there
+                            raise _Dropped("unavailable", "moving to the owner %s" % (self._targets.current,))
                         while todo and len(inflight) < self.window:
                             i = todo.popleft()
                             conn.out += lines[i]  # type: ignore[arg-type]
@@ -284,6 +299,8 @@ class Client(ClientBase):
                             raise _Dropped("disconnected", "no reply from reboundd in %.1fs" % self.timeout)
                 except _Dropped as e:
                     self._drop()
+                    if e.error.code == "disconnected":
+                        self._targets.failed()
                     failing.fail(e.error)
                     todo = deque(sorted([*inflight, *retry, *todo]))
                     continue
@@ -461,6 +478,8 @@ class Consumer(ConsumerBase):
                     conn.pump(left)
                 except _Dropped as e:
                     c._drop()
+                    if e.error.code == "disconnected":
+                        c._targets.failed()
                     failing.fail(e.error)
 
     def ack(self, event: Union[Event, str]) -> None:

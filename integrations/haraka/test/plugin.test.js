@@ -43,6 +43,12 @@ const HMAIL = {
   },
 };
 
+test('address: one, or several reboundd comma-separated', () => {
+  assert.equal(mod.addressList('127.0.0.1:7411'), '127.0.0.1:7411');
+  assert.deepEqual(mod.addressList('10.0.0.1:7411, 10.0.0.2:7411,'), ['10.0.0.1:7411', '10.0.0.2:7411']);
+  assert.equal(mod.addressList('/run/rebound/rebound.sock'), '/run/rebound/rebound.sock');
+});
+
 test('ids: one per recipient of a message, whatever the case of the address', () => {
   const a = mod.reboundId(HMAIL.todo.uuid, 'Alice@Example.com');
   assert.equal(a, mod.reboundId(HMAIL.todo.uuid, 'alice@example.com'));
