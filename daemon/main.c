@@ -236,7 +236,9 @@ static void on_link_up_leased(void)
 }
 
 /* The layout's shards, fixed at creation (<prefix>meta): an instance
- * configured with another number would read and write the wrong keys. */
+ * configured with another number would read and write the wrong keys.
+ * Checked with a lease (the setting that shares a Redis); one instance
+ * alone starts as it always did. */
 static bool layout_checked;
 
 static void layout_cb(void *arg, redisReply *reply)
@@ -272,6 +274,8 @@ static void on_link_state(struct redis_link *link, bool up, void *arg)
 {
     if (!up)
         return;
+    if (!layout_checked && rbd->cfg.lease_ttl_ms <= 0)
+        layout_checked = true;
     if (!layout_checked) {
         if (store_meta_shards(store_nshards(), layout_cb, NULL) != 0)
             log_warn("shards: could not ask Redis for the layout; asking again at the next connect");

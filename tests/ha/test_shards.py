@@ -176,7 +176,7 @@ class ShardsTest(DaemonTestCase):
         bad = self.start_sharded(redis, "d", shards=4, wait_ready=False)
         self.assertEqual(bad.proc.wait(10), 1)
         self.assertIn("holds a layout of 6 shards", bad.log_text())
-        one = self.start_daemon(redis, wait_ready=False)
+        one = self.start_sharded(redis, "e", shards=0, wait_ready=False)
         self.assertEqual(one.proc.wait(10), 1)
         self.assertIn("holds a layout of 6 shards", one.log_text())
 
