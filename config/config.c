@@ -106,6 +106,8 @@ static const struct option options[] = {
     /* several reboundd on one Redis: the lease on the schedule (0 = none) */
     {"lease_ttl", OPT_DURATION, FIELD(lease_ttl_ms), "0", 0, 3600LL * 1000, false, false},
     {"lease_forward", OPT_BOOL, FIELD(lease_forward), "true", 0, 0, true, false},
+    /* shards of the schedule by recipient, each under a lease (0 = one) */
+    {"shards", OPT_INT, FIELD(shards), "0", 0, 64, false, false},
 };
 #define NOPTIONS (sizeof options / sizeof options[0])
 
@@ -738,6 +740,21 @@ static int check_ha(const struct config *cfg, char *err, size_t errlen)
      * 100 ms those turns would be shorter than a loaded machine's jitter. */
     if (cfg->lease_ttl_ms > 0 && cfg->lease_ttl_ms < 100) {
         set_err(err, errlen, "lease_ttl: 0 (no lease) or at least 100ms");
+        return -1;
+    }
+    /* Shards are leased one by one and live on one Redis (one slot per
+     * shard of a cluster is not built); braces in the prefix would make
+     * every shard's hash tag the prefix's. */
+    if (cfg->shards >= 2 && cfg->lease_ttl_ms <= 0) {
+        set_err(err, errlen, "shards: needs lease_ttl (each shard is owned under a lease)");
+        return -1;
+    }
+    if (cfg->shards >= 2 && cfg->redis_cluster[0]) {
+        set_err(err, errlen, "shards: not with redis_cluster (shards live on one Redis, or Sentinel's master)");
+        return -1;
+    }
+    if (cfg->shards >= 2 && (strchr(cfg->prefix, '{') || strchr(cfg->prefix, '}'))) {
+        set_err(err, errlen, "prefix: no braces with shards (each shard's keys get a hash tag of their own)");
         return -1;
     }
     return 0;

@@ -56,6 +56,9 @@ struct config {
      * serves it, the others stand by (0 = no lease, one instance alone). */
     int64_t lease_ttl_ms;           /* the lease's time to live (key "lease_ttl"), default 0 */
     bool lease_forward;             /* a standby relays requests to the owner (else: unavailable + owner) */
+    /* The schedule in shards by recipient, each with a lease of its own
+     * (0 or 1 = one schedule, today's layout). Fixed at creation. */
+    int shards;
 };
 
 /* The largest max_line accepted: with the default max_connections, 1,024

@@ -235,10 +235,52 @@ static void on_link_up_leased(void)
     lease_link_up();
 }
 
+/* The layout's shards, fixed at creation (<prefix>meta): an instance
+ * configured with another number would read and write the wrong keys.
+ * Checked with a lease (the setting that shares a Redis); one instance
+ * alone starts as it always did. */
+static bool layout_checked;
+
+static void layout_cb(void *arg, redisReply *reply)
+{
+    if (!reply)
+        return; /* the link dropped: asked again at the next connect */
+    if (reply->type != REDIS_REPLY_INTEGER) {
+        /* One schedule reads and writes what it always did: go on. A
+         * sharded layout cannot be checked: wait for the next connect. */
+        log_warn("shards: reading the layout failed (%s)%s", reply->type == REDIS_REPLY_ERROR ? reply->str : "?",
+                 store_nshards() > 1 ? "; asking again at the next connect" : "");
+        if (store_nshards() > 1)
+            return;
+        layout_checked = true;
+        on_link_state(rbd->link, true, NULL);
+        return;
+    }
+    long long want = store_nshards();
+    if (reply->integer != want) {
+        log_error("shards: this Redis holds a layout of %lld shard%s under prefix %s, and this instance is configured "
+                  "with shards %d; refusing to start (set shards to %lld%s)",
+                  reply->integer, reply->integer == 1 ? "" : "s", rbd->cfg.prefix, rbd->cfg.shards, reply->integer,
+                  reply->integer == 1 ? " or 0" : "");
+        exit_code = 1;
+        raise(SIGTERM);
+        return;
+    }
+    layout_checked = true;
+    on_link_state(rbd->link, true, NULL);
+}
+
 static void on_link_state(struct redis_link *link, bool up, void *arg)
 {
     if (!up)
         return;
+    if (!layout_checked && rbd->cfg.lease_ttl_ms <= 0)
+        layout_checked = true;
+    if (!layout_checked) {
+        if (store_meta_shards(store_nshards(), layout_cb, NULL) != 0)
+            log_warn("shards: could not ask Redis for the layout; asking again at the next connect");
+        return;
+    }
     rbd->redis_connects++;
     if (rbd->cfg.lease_ttl_ms > 0) {
         on_link_up_leased();

@@ -38,7 +38,9 @@
 #include "redis/redis_link.h"
 #include "schedule/domains.h"
 #include "schedule/entry.h"
+#include "queue/shard.h"
 #include "schedule/learned.h"
+#include "schedule/lease.h"
 #include "store/store.h"
 
 #ifdef REBOUND_HAVE_MHD
@@ -387,6 +389,22 @@ char *metrics_render(size_t *len)
                "unavailable here.");
         sample_u64(f, "rebound_forwarded_requests_total", "result", "relayed", peer_forwarded() - peer_failed());
         sample_u64(f, "rebound_forwarded_requests_total", "result", "failed", peer_failed());
+    }
+    /* shards (schedule/lease.c): per instance; unowned is as this one saw it */
+    if (rbd->cfg.lease_ttl_ms > 0 && rbd->cfg.shards >= 2) {
+        int unowned = 0;
+        for (int k = 0; k < lease_shards(); k++)
+            unowned += lease_shard_owner_id(k)[0] == '\0';
+        family(f, "rebound_shards_owned", "gauge", "Shards this instance holds, by state: serving, or loading.");
+        fprintf(f, "rebound_shards_owned{state=\"serving\"} %d\n", shard_count(rbd->shards_served));
+        fprintf(f, "rebound_shards_owned{state=\"loading\"} %d\n",
+                shard_count(rbd->shards_held & ~rbd->shards_served));
+        family(f, "rebound_cluster_shards_unowned", "gauge", "Shards no instance is known to hold.");
+        fprintf(f, "rebound_cluster_shards_unowned %d\n", unowned);
+        family(f, "rebound_shards_forwarded_total", "counter", "Requests relayed to another shard's owner.");
+        fprintf(f, "rebound_shards_forwarded_total %llu\n", (unsigned long long)rbd->shards_forwarded);
+        family(f, "rebound_shards_shed_total", "counter", "Shards given up to stay within the fair share.");
+        fprintf(f, "rebound_shards_shed_total %llu\n", (unsigned long long)rbd->shards_shed);
     }
 
     family(f, "rebound_connections", "gauge", "Open client connections.");

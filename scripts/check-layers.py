@@ -27,7 +27,7 @@ LAYERS = {
     "proto": ("proto", [], ["jansson"]),
     "config": ("config", ["queue"], ["jansson"]),
     "base": ("daemon/base", ["queue", "proto", "config"], ["uv"]),
-    "redis": ("daemon/redis", ["base"], ["uv", "hiredis"]),
+    "redis": ("daemon/redis", ["base", "queue"], ["uv", "hiredis"]),
     "store": ("daemon/store", ["redis", "base", "proto", "queue", "config"], ["uv", "hiredis"]),
     "net": ("daemon/net", ["base", "proto", "config", "queue"], ["uv", "jansson"]),
     "events": ("daemon/events", ["net", "store", "base", "proto", "config", "queue"],

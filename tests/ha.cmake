@@ -10,7 +10,10 @@
 #   ha.lease: several reboundd on one Redis (docs/operations.md, "Several
 #     reboundd on one Redis: the lease"): standby answers, kill -9 and
 #     SIGSTOP of the owner, a fenced write, SIGTERM hand-over; ~40 s.
-foreach(t sentinel_failover cluster_failover lease)
+#   ha.shards: three reboundd sharing the schedule in six shards
+#     (docs/operations.md, "Shards"): spread, the same replies through a
+#     non-owner, events on any instance, kill -9 and SIGTERM; ~60 s.
+foreach(t sentinel_failover cluster_failover lease shards)
   add_test(NAME ha.${t}
            COMMAND ${Python3_EXECUTABLE} test_${t}.py
            WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/ha)

@@ -72,6 +72,11 @@ struct daemon {
     uint64_t lease_fenced_writes;     /* writes Redis refused as FENCED */
     uint64_t lease_renew_failures;    /* renewals that got no answer */
     uint64_t lease_self_fenced;       /* times this instance stopped serving: lease lost or not renewed */
+    /* shards (cfg.shards >= 2; schedule/lease.c): a bit per shard */
+    uint64_t shards_held;             /* leased by this instance: loading or served */
+    uint64_t shards_served;           /* loaded and served */
+    uint64_t shards_forwarded;        /* requests relayed to another shard's owner */
+    uint64_t shards_shed;             /* shards given up to stay within the fair share */
 };
 
 extern struct daemon *rbd;

@@ -19,14 +19,19 @@
 #include "config/addr.h"
 #include "proto/request.h"
 
-#define PEERS_MAX 4
+/* One per owner: with shards, every other instance, and this one for
+ * the fanned-out ops it asks itself. */
+#define PEERS_MAX 16
 #define PEER_PENDING_MAX 100000 /* relayed and not answered, per peer */
 #define PEER_IDLE_MS 10000
 #define PEER_TICK_MS 250
 #define PEER_LINE_MAX (1 << 20)
 
 struct pending {
-    struct conn *c; /* NULL: the auth line's reply, swallowed */
+    /* peer_ask's: called with the reply line, or NULL when none came */
+    void (*cb)(void *arg, const char *line, size_t len);
+    void *arg;
+    struct conn *c; /* NULL: the auth line's reply, swallowed (or cb's) */
     struct slot *s;
     json_t *req;
     uint64_t sent_ms;
@@ -103,6 +108,9 @@ static void peer_fail(struct peer *p, const char *why)
             nfailed++;
             conn_reply_error(q->c, q->s, q->req, ERR_UNAVAILABLE, msg);
             conn_unref(q->c);
+        } else if (q->cb) {
+            nfailed++;
+            q->cb(q->arg, NULL, 0);
         }
         json_decref(q->req);
         free(q);
@@ -176,6 +184,8 @@ static void take_reply(struct peer *p, const char *line, size_t len)
         copy[len] = '\n';
         conn_reply(q->c, q->s, copy, len + 1);
         conn_unref(q->c);
+    } else if (q->cb) {
+        q->cb(q->arg, line, len);
     }
     json_decref(q->req);
     free(q);
@@ -295,7 +305,7 @@ static struct peer *peer_open(const char *addr)
     return p;
 }
 
-int peer_forward(const char *addr, struct conn *c, struct slot *s, const char *line, size_t len, json_t *req)
+static struct peer *peer_for(const char *addr)
 {
     struct peer *p = NULL;
     for (int i = 0; i < PEERS_MAX && !p; i++)
@@ -304,6 +314,30 @@ int peer_forward(const char *addr, struct conn *c, struct slot *s, const char *l
     if (!p)
         p = peer_open(addr);
     if (!p || p->npending >= PEER_PENDING_MAX)
+        return NULL;
+    return p;
+}
+
+int peer_ask(const char *addr, const char *line, size_t len, void (*cb)(void *arg, const char *line, size_t len),
+             void *arg)
+{
+    struct peer *p = peer_for(addr);
+    if (!p)
+        return -1;
+    append(&p->out, &p->out_len, &p->out_cap, line, len);
+    append(&p->out, &p->out_len, &p->out_cap, "\n", 1);
+    push(p, NULL, NULL, NULL);
+    p->tail->cb = cb;
+    p->tail->arg = arg;
+    p->last_used = uv_now(rbd->loop);
+    peer_flush(p);
+    return 0;
+}
+
+int peer_forward(const char *addr, struct conn *c, struct slot *s, const char *line, size_t len, json_t *req)
+{
+    struct peer *p = peer_for(addr);
+    if (!p)
         return -1;
     append(&p->out, &p->out_len, &p->out_cap, line, len);
     append(&p->out, &p->out_len, &p->out_cap, "\n", 1);

@@ -26,6 +26,12 @@
  * address, too many in flight): then nothing was sent and the caller
  * answers. */
 int peer_forward(const char *addr, struct conn *c, struct slot *s, const char *line, size_t len, json_t *req);
+/* Sends line to the instance at addr and calls cb with its reply line
+ * (without the newline), or with NULL when it could not be reached or did
+ * not answer in time; cb is called exactly once unless this returns -1
+ * (nothing sent). The fan-out of an op to every instance (shards). */
+int peer_ask(const char *addr, const char *line, size_t len, void (*cb)(void *arg, const char *line, size_t len),
+             void *arg);
 /* Requests relayed so far, and of those answered `unavailable` here
  * because the peer could not be reached or did not answer in time. */
 uint64_t peer_forwarded(void);

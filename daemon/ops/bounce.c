@@ -209,6 +209,7 @@ static void bounce_change(const struct job *op, const struct entry *e, const cha
                      p->classes[d->class_idx].counts_streak, now, op->cls.code, op->prior_attempt, cname,
                      op->cls.enhanced, r->campaign, r->id, r->id_len);
     *ch = (struct store_change){
+        .shard = op->shard,
         .id = r->id,
         .id_len = r->id_len,
         .fragment = frag,
@@ -288,8 +289,11 @@ void op_bounce(struct job *op)
     struct store_change ch;
     bounce_change(op, e, frag, now, barg, events, nev, &ch, story);
 
-    if (!e)
+    if (!e) {
         e = sched_add(rbd->sched, r->id, r->id_len);
+        if (op->shard)
+            entry_set_shard(e, op->shard);
+    }
     op->e = e;
     op->was_scheduled = entry_scheduled(e);
     op->old_due = e->node.due_ms;

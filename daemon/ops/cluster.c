@@ -25,8 +25,45 @@ static void add_member(const char *id, const char *addr, void *arg)
  * heartbeat is younger than the lease's TTL, the owner's with shard 0, and
  * "owner" names it ({"id","addr","epoch"}: null while nobody holds it, as
  * far as this instance knows); "role" is this instance's. */
+/* With shards: each live instance with the shards it owns as far as this
+ * instance last saw, "map" the owner's address by shard ("" unknown) for
+ * clients that go straight to the owner, and "unowned" the shards nobody
+ * is known to hold. */
+static void add_sharded_member(const char *id, const char *addr, void *arg)
+{
+    json_t *list = arg;
+    json_t *mine = json_array();
+    for (int k = 0; k < lease_shards(); k++)
+        if (strcmp(lease_shard_owner_id(k), id) == 0)
+            json_array_append_new(mine, json_integer(k));
+    json_t *m = json_pack("{sssssO}", "id", id, "addr", addr, "shards", mine);
+    json_decref(mine);
+    if (m)
+        json_array_append_new(list, m);
+}
+
+static void op_cluster_sharded(struct job *op)
+{
+    json_t *list = json_array(), *map = json_array(), *unowned = json_array(), *served = json_array();
+    lease_members(add_sharded_member, list);
+    for (int k = 0; k < lease_shards(); k++) {
+        json_array_append_new(map, json_string(lease_shard_owner_addr(k)));
+        if (!lease_shard_owner_id(k)[0])
+            json_array_append_new(unowned, json_integer(k));
+        if (lease_shard_serving(k))
+            json_array_append_new(served, json_integer(k));
+    }
+    op_reply(op, json_pack("{sisososososssssssI}", "shards", lease_shards(), "instances", list, "map", map, "unowned",
+                           unowned, "serving", served, "role", lease_role_name(), "id", rbd->instance_id, "hash",
+                           "crc16(lower(rcpt)) mod shards", "forwarded", (json_int_t)rbd->shards_forwarded));
+}
+
 void op_cluster(struct job *op)
 {
+    if (rbd->cfg.shards >= 2 && rbd->cfg.lease_ttl_ms > 0) {
+        op_cluster_sharded(op);
+        return;
+    }
     if (rbd->cfg.lease_ttl_ms <= 0) {
         json_t *me = json_pack("{sssss[i]}", "id", rbd->instance_id, "addr", rbd->advertise, "shards", 0);
         op_reply(op, json_pack("{sis[o]}", "shards", 1, "instances", me));

@@ -104,7 +104,7 @@ void op_drop(struct job *op)
     }
     if (!op_store_usable(op))
         return;
-    struct store_change ch = {.id = op->req.id, .id_len = op->req.id_len, .mode = known ? 'D' : '-'};
+    struct store_change ch = {.shard = op->shard, .id = op->req.id, .id_len = op->req.id_len, .mode = known ? 'D' : '-'};
     if (delivered) {
         ch.op = STORE_OP_RESET;
         ch.key = op->req.rcpt ? op->req.rcpt : ""; /* "": the recipient in the message's record */

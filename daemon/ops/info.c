@@ -15,6 +15,7 @@
 #include "schedule/domains.h"
 #include "schedule/entry.h"
 #include "schedule/learned.h"
+#include "queue/shard.h"
 #include "schedule/lease.h"
 #include "store/store.h"
 
@@ -105,7 +106,8 @@ static json_t *stats_json(void)
     json_object_set_new(o, "reports", json_integer((json_int_t)rbd->reports));
     json_object_set_new(o, "errors", json_integer((json_int_t)rbd->errors));
     json_object_set_new(o, "redis", json_string(store_ready() ? "up" : "down"));
-    json_object_set_new(o, "loaded", json_boolean(rbd->loaded));
+    /* with shards: every shard this instance holds is read back */
+    json_object_set_new(o, "loaded", json_boolean(rbd->loaded && rbd->shards_served == rbd->shards_held));
     json_object_set_new(o, "uptime_s", json_integer((now_ms() - rbd->started_ms) / 1000));
     json_object_set_new(o, "connections", json_integer(rbd->nconns));
     json_object_set_new(o, "domains", domains_stats_json(now_ms()));
@@ -120,6 +122,18 @@ static json_t *stats_json(void)
                                       (json_int_t)rbd->lease_renew_failures, "self_fenced",
                                       (json_int_t)rbd->lease_self_fenced, "forwarded",
                                       (json_int_t)peer_forwarded(), "forward_failed", (json_int_t)peer_failed()));
+    /* shards: this instance's (stats is asked of every instance and merged:
+     * the rest of its numbers are the whole schedule's) */
+    if (rbd->cfg.lease_ttl_ms > 0 && rbd->cfg.shards >= 2) {
+        json_t *serving = json_array();
+        for (int k = 0; k < lease_shards(); k++)
+            if (lease_shard_serving(k))
+                json_array_append_new(serving, json_integer(k));
+        json_object_set_new(o, "shards",
+                            json_pack("{sisosIsIsI}", "count", lease_shards(), "serving", serving, "loading",
+                                      (json_int_t)shard_count(rbd->shards_held & ~rbd->shards_served), "forwarded",
+                                      (json_int_t)rbd->shards_forwarded, "shed", (json_int_t)rbd->shards_shed));
+    }
     return o;
 }
 void op_stats(struct job *op)

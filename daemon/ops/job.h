@@ -39,6 +39,11 @@ struct job {
     int nevents;
     enum event_type event_types[3];
     char copies[192]; /* the request's strings, when they fit */
+    /* shards (ops/ops.c): the shard the op is about (0 in the one-shard
+     * layout), and while its shard is looked up in Redis, its line */
+    int shard;
+    char *line;
+    size_t line_len;
 };
 
 /* One row of the op table (ops.c). */
@@ -92,6 +97,11 @@ void history_change(struct store_change *ch, char *story, const char *outcome, c
                     int64_t first_ms, const char *class_name, int64_t at_ms, int code, const char *enhanced);
 void op_cluster(struct job *op);     /* cluster.c */
 void op_groups(struct job *op);      /* groups.c */
+/* fanout.c (shards): whether r is asked of every instance and merged
+ * (list, stats, hold, release, the bulk retry_now and cancel), and doing
+ * so: c's slot s gets the merged reply. */
+bool ops_fans_out(const struct request *r);
+void ops_fan_out(struct conn *c, struct slot *s, const struct request *r, const char *line, size_t len);
 
 /* Replies obj (owned, may be NULL) as the request's success. */
 void op_reply(const struct job *op, json_t *obj);

@@ -339,6 +339,17 @@ void op_list(struct job *op)
         p->attempts[i] = e->attempt;
         p->held[i] = domains_held(entry_domain(e), now);
     }
-    if (store_msgs_get((const char *const *)p->ids, p->lens, n, records_cb, p) != 0)
+    /* With shards the entries listed may be of several: one read each
+     * from its shard's hash. */
+    int *shards = NULL;
+    if (rbd->cfg.shards >= 2) {
+        shards = xmalloc(n * sizeof *shards);
+        for (size_t i = 0; i < n; i++)
+            shards[i] = entry_shard(p->heap[i]);
+    }
+    int rc = shards ? store_msgs_get_each(shards, (const char *const *)p->ids, p->lens, n, records_cb, p)
+                    : store_msgs_get(0, (const char *const *)p->ids, p->lens, n, records_cb, p);
+    free(shards);
+    if (rc != 0)
         records_cb(p, NULL);
 }

@@ -23,6 +23,7 @@
 #include "ops/job.h"
 #include "proto/reply.h"
 #include "proto/request.h"
+#include "queue/shard.h"
 #include "schedule/domains.h"
 #include "schedule/entry.h"
 #include "schedule/lease.h"
@@ -75,6 +76,8 @@ static struct job *job_new(void)
 static void job_release(struct job *op)
 {
     request_free(&op->req);
+    free(op->line);
+    op->line = NULL;
     if (nfree_jobs >= JOBS_KEPT) {
         free(op);
         return;
@@ -113,7 +116,8 @@ void op_unavailable(struct job *op)
 
 bool op_store_usable(struct job *op)
 {
-    if (rbd->loaded && !rbd->stopping && store_ready())
+    /* With shards, dispatch checked the op's shard already. */
+    if ((rbd->loaded || rbd->cfg.shards >= 2) && !rbd->stopping && store_ready())
         return true;
     op_unavailable(op);
     op_finish(op);
@@ -169,15 +173,12 @@ static bool op_needs_schedule(enum op o)
     return o != OP_PING && o != OP_AUTH && o != OP_CLASSIFY && o != OP_STATS && o != OP_CLUSTER;
 }
 
-static void op_not_owner(struct conn *c, struct slot *s, json_t *req)
+static void op_not_owner_of(struct conn *c, struct slot *s, json_t *req, const char *msg, const char *owner_addr)
 {
-    char msg[200];
-    snprintf(msg, sizeof msg, "this instance does not serve the schedule (%s); nothing was written, resend to the owner",
-             lease_role_name());
     size_t n;
     char *line = reply_error(req, ERR_UNAVAILABLE, msg, &n);
     /* reply_error's line is one object ending "}\n": the owner joins it. */
-    json_t *owner = json_string(lease_owner_addr());
+    json_t *owner = json_string(owner_addr);
     char *ow = owner ? json_dumps(owner, JSON_ENCODE_ANY) : NULL;
     json_decref(owner);
     if (ow && n >= 2 && line[n - 2] == '}') {
@@ -200,6 +201,14 @@ static void op_not_owner(struct conn *c, struct slot *s, json_t *req)
     conn_reply(c, s, line, n);
 }
 
+static void op_not_owner(struct conn *c, struct slot *s, json_t *req)
+{
+    char msg[200];
+    snprintf(msg, sizeof msg, "this instance does not serve the schedule (%s); nothing was written, resend to the owner",
+             lease_role_name());
+    op_not_owner_of(c, s, req, msg, lease_owner_addr());
+}
+
 /* A standby relays a request to the owner (lease_forward) and its client
  * gets the owner's reply; not an op bound to this connection (subscribe,
  * ack, groups), nor one that came from a peer, nor while the owner is
@@ -211,6 +220,101 @@ static bool op_forward(struct conn *c, struct slot *s, const struct request *r, 
         strcmp(owner, rbd->advertise) == 0 || r->op == OP_SUBSCRIBE || r->op == OP_ACK || r->op == OP_GROUPS)
         return false;
     return peer_forward(owner, c, s, line, len, r->req) == 0;
+}
+
+/* ---- shards (cfg.shards >= 2): routing by the report's recipient ----
+ * An op about one message runs where its shard is served: here, or
+ * relayed to the shard's owner over a peer connection (as a standby
+ * relays to the one owner), or answered `unavailable` with the owner's
+ * address when it cannot be relayed. Its shard is its recipient's; for an
+ * id alone, the shard of the id's entry here, else of the shard whose
+ * hash holds its record in Redis (one script over every shard's hash:
+ * on one Redis that is the cheapest fan-out). Every other op (lists,
+ * history, suppressed, subscriptions, stats) is this instance's. */
+
+static bool op_by_message(const struct request *r)
+{
+    switch (r->op) {
+    case OP_BOUNCE:
+    case OP_DELIVERED:
+    case OP_CANCEL:
+    case OP_GET:
+    case OP_UNSUPPRESS:
+        return r->id || r->rcpt;
+    case OP_RETRY_NOW:
+        return r->id != NULL;
+    default:
+        return false;
+    }
+}
+
+/* Runs op (parsed, authenticated) on shard k here, or relays it. */
+static void op_route(struct job *op, int k, const char *line, size_t len)
+{
+    struct conn *c = op->conn;
+    struct slot *s = op->slot;
+    if (k < 0) {
+        /* Known to no shard: any shard served here answers as a single
+         * daemon would (an unknown message); else the first known owner. */
+        for (int j = 0; j < lease_shards() && k < 0; j++)
+            if (lease_shard_serving(j))
+                k = j;
+        for (int j = 0; j < lease_shards() && k < 0; j++)
+            if (lease_shard_owner_addr(j)[0])
+                k = j;
+        if (k < 0)
+            k = 0;
+    }
+    if (lease_shard_serving(k) && !rbd->stopping) {
+        op->shard = k;
+        op_run(op); /* the handler finishes the job */
+        return;
+    }
+    const char *owner = lease_shard_owner_addr(k);
+    if (rbd->cfg.lease_forward && !c->from_peer && owner[0] && strcmp(owner, rbd->advertise) != 0 &&
+        !rbd->stopping && peer_forward(owner, c, s, line, len, op->req.req) == 0) {
+        rbd->shards_forwarded++;
+    } else {
+        char msg[200];
+        snprintf(msg, sizeof msg,
+                 "this instance does not serve shard %d of this message; nothing was written, resend to the owner", k);
+        op_not_owner_of(c, s, op->req.req, msg, owner);
+    }
+    conn_unref(c);
+    job_release(op);
+}
+
+static void locate_cb(void *arg, redisReply *reply)
+{
+    struct job *op = arg;
+    if (!reply || reply->type != REDIS_REPLY_INTEGER) {
+        op_unavailable(op);
+        op_finish(op);
+        return;
+    }
+    op_route(op, (int)reply->integer, op->line, op->line_len);
+}
+
+/* Routes an op about one message; the job holds a reference to c. */
+static void op_shard_dispatch(struct job *op, const char *line, size_t len)
+{
+    const struct request *r = &op->req;
+    if (r->rcpt) {
+        op_route(op, shard_of_rcpt(r->rcpt, r->rcpt_len, lease_shards()), line, len);
+        return;
+    }
+    struct entry *e = sched_find(rbd->sched, r->id, r->id_len);
+    if (e) {
+        op_route(op, entry_shard(e), line, len);
+        return;
+    }
+    op->line = xmalloc(len + 1);
+    memcpy(op->line, line, len);
+    op->line_len = len;
+    if (store_msgs_locate(r->id, r->id_len, locate_cb, op) != 0) {
+        op_unavailable(op);
+        op_finish(op);
+    }
 }
 
 void ops_dispatch(struct conn *c, const char *line, size_t len)
@@ -237,6 +341,18 @@ void ops_dispatch(struct conn *c, const char *line, size_t len)
     }
     if (r->op == OP_PING && json_is_string(r->req) && strcmp(json_string_value(r->req), PEER_HELLO_REQ) == 0)
         c->from_peer = true;
+    if (rbd->cfg.shards >= 2 && rbd->cfg.lease_ttl_ms > 0 && !c->from_peer && ops_fans_out(r)) {
+        ops_fan_out(c, s, r, line, len);
+        job_release(op);
+        return;
+    }
+    if (rbd->cfg.shards >= 2 && h->needs_store && op_by_message(r)) {
+        op->conn = c;
+        op->slot = s;
+        conn_ref(c);
+        op_shard_dispatch(op, line, len);
+        return;
+    }
     if (!lease_serving() && op_needs_schedule(r->op)) {
         if (!op_forward(c, s, r, line, len))
             op_not_owner(c, s, r->req);

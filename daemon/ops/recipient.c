@@ -203,7 +203,7 @@ void op_get(struct job *op)
     op->e = NULL; /* read from Redis: the record is the truth */
     if (!op_store_usable(op))
         return;
-    if (store_get_with_rcpt(op->req.id, op->req.id_len, op->req.id ? NULL : op->req.rcpt, get_reply_cb, op) != 0) {
+    if (store_get_with_rcpt(op->shard, op->req.id, op->req.id_len, op->req.id ? NULL : op->req.rcpt, get_reply_cb, op) != 0) {
         op_unavailable(op);
         op_finish(op);
     }

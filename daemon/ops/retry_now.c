@@ -29,6 +29,7 @@
 #include "proto/jbuf.h"
 #include "proto/record.h"
 #include "schedule/domains.h"
+#include "schedule/lease.h"
 #include "schedule/entry.h"
 #include "schedule/firing.h"
 #include "store/store.h"
@@ -55,6 +56,8 @@ struct bulk {
     const char *slice_ids[BULK_SLICE];
     size_t slice_lens[BULK_SLICE];
     size_t nslice;
+    int slice_shard; /* a slice is of one shard (each is fenced by its own) */
+    int scan_shard;  /* campaign: the shard being scanned */
 };
 
 static bool wanted(const struct bulk *b, const struct entry *e)
@@ -151,6 +154,14 @@ static void next_slice(struct bulk *b)
         struct entry *e = sched_find(rbd->sched, id, strlen(id));
         if (!e || (e->flags & (ENTRY_BUSY | ENTRY_FIRING)) || !wanted(b, e))
             continue;
+        if (rbd->cfg.shards >= 2 && !lease_shard_serving(entry_shard(e)))
+            continue; /* its shard is not served here (any more) */
+        if (b->nslice == 0)
+            b->slice_shard = entry_shard(e);
+        else if (entry_shard(e) != b->slice_shard) {
+            b->next--; /* the next slice's */
+            break;
+        }
         e->flags |= ENTRY_BUSY;
         b->slice[b->nslice] = e;
         b->slice_ids[b->nslice] = e->id;
@@ -161,8 +172,9 @@ static void next_slice(struct bulk *b)
         bulk_end(b, true);
         return;
     }
-    int rc = b->cancel ? store_msgs_del(b->slice_ids, b->slice_lens, b->nslice, slice_cb, b)
-                       : store_msgs_due_now(b->slice_ids, b->slice_lens, b->nslice, now_ms(), slice_cb, b);
+    int rc = b->cancel ? store_msgs_del(b->slice_shard, b->slice_ids, b->slice_lens, b->nslice, slice_cb, b)
+                       : store_msgs_due_now(b->slice_shard, b->slice_ids, b->slice_lens, b->nslice, now_ms(),
+                                            slice_cb, b);
     if (rc != 0)
         slice_cb(b, NULL);
 }
@@ -213,6 +225,12 @@ static void scan_cb(void *arg, redisReply *reply)
             add_id(b, k->str, k->len);
     }
     snprintf(b->cursor, sizeof b->cursor, "%.*s", (int)reply->element[0]->len, reply->element[0]->str);
+    /* With shards: every shard served here, one after the other. */
+    while (strcmp(b->cursor, "0") == 0 && ++b->scan_shard < lease_shards())
+        if (lease_shard_serving(b->scan_shard)) {
+            scan_page(b);
+            return;
+        }
     if (strcmp(b->cursor, "0") == 0)
         next_slice(b);
     else
@@ -221,7 +239,7 @@ static void scan_cb(void *arg, redisReply *reply)
 
 static void scan_page(struct bulk *b)
 {
-    if (rbd->stopping || store_msgs_scan(b->cursor, BULK_SCAN, scan_cb, b) != 0)
+    if (rbd->stopping || store_msgs_scan(b->scan_shard, b->cursor, BULK_SCAN, scan_cb, b) != 0)
         bulk_end(b, false);
 }
 
@@ -253,6 +271,9 @@ void op_bulk(struct job *op)
         return;
     }
     strcpy(b->cursor, "0");
+    b->scan_shard = 0;
+    while (b->scan_shard + 1 < lease_shards() && !lease_shard_serving(b->scan_shard))
+        b->scan_shard++;
     scan_page(b);
 }
 
@@ -304,6 +325,6 @@ void op_retry_now(struct job *op)
     e->flags |= ENTRY_BUSY;
     const char *ids[1] = {e->id};
     size_t lens[1] = {e->id_len};
-    if (store_msgs_due_now(ids, lens, 1, now_ms(), one_cb, op) != 0)
+    if (store_msgs_due_now(op->shard, ids, lens, 1, now_ms(), one_cb, op) != 0)
         one_cb(op, NULL);
 }

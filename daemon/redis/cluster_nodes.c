@@ -9,18 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, no
- * reflection. Bit by bit: it runs once per connect, not per key. */
-static uint16_t crc16(const char *buf, size_t len)
-{
-    uint16_t crc = 0;
-    for (size_t i = 0; i < len; i++) {
-        crc ^= (uint16_t)((unsigned char)buf[i] << 8);
-        for (int b = 0; b < 8; b++)
-            crc = (crc & 0x8000) ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
-    }
-    return crc;
-}
+#include "queue/shard.h"
 
 /* The hashed part of key: its tag when it has a non-empty one. */
 static void hashed_part(const char *key, size_t len, const char **part, size_t *plen)
@@ -44,7 +33,7 @@ int cluster_key_slot(const char *key, size_t len)
     const char *part;
     size_t plen;
     hashed_part(key, len, &part, &plen);
-    return crc16(part, plen) & (CLUSTER_SLOTS - 1);
+    return shard_crc16(part, plen) & (CLUSTER_SLOTS - 1);
 }
 
 bool cluster_has_hash_tag(const char *key, size_t len)

@@ -237,9 +237,25 @@ void domains_unref(uint32_t d)
 
 /* ---- the entry word --------------------------------------------------- */
 
+/* The entry word's low ENTRY_DOMAIN_BITS are the domain's number, the
+ * bits above it the entry's shard (0 in the one-shard layout): a shard
+ * costs no byte per entry. DOMAINS_MAX stays below the split. */
+#define ENTRY_DOMAIN_BITS 24
+#define ENTRY_DOMAIN_MASK ((UINT32_C(1) << ENTRY_DOMAIN_BITS) - 1)
+
 uint32_t entry_domain(const struct entry *e)
 {
-    return e->domain;
+    return e->domain & ENTRY_DOMAIN_MASK;
+}
+
+int entry_shard(const struct entry *e)
+{
+    return (int)(e->domain >> ENTRY_DOMAIN_BITS);
+}
+
+void entry_set_shard(struct entry *e, int shard)
+{
+    e->domain = (e->domain & ENTRY_DOMAIN_MASK) | ((uint32_t)shard << ENTRY_DOMAIN_BITS);
 }
 
 static bool entry_placed(const struct entry *e)
@@ -249,7 +265,7 @@ static bool entry_placed(const struct entry *e)
 
 static void entry_set_placed(struct entry *e, bool placed)
 {
-    if (!e->domain)
+    if (!entry_domain(e))
         return;
     if (placed)
         e->flags |= ENTRY_PLACED;
@@ -259,11 +275,11 @@ static void entry_set_placed(struct entry *e, bool placed)
 
 void entry_set_domain(struct entry *e, uint32_t d)
 {
-    if (e->domain != d) {
-        domains_unref(e->domain);
+    if (entry_domain(e) != d) {
+        domains_unref(entry_domain(e));
         domains_ref(d);
     }
-    e->domain = d;
+    e->domain = (e->domain & ~ENTRY_DOMAIN_MASK) | (d & ENTRY_DOMAIN_MASK);
     e->flags &= (uint8_t)~ENTRY_PLACED;
 }
 

@@ -41,6 +41,9 @@ void domains_unref(uint32_t d);
 
 /* The entry's domain (0: none). */
 uint32_t entry_domain(const struct entry *e);
+/* The entry's shard (0 in the one-shard layout), kept in the same word. */
+int entry_shard(const struct entry *e);
+void entry_set_shard(struct entry *e, int shard);
 /* Sets the entry's domain (references counted; 0 clears it) and clears its
  * place in the domain's pace. Call only while the entry is not counted as
  * pending (between stats_entry_leave and stats_entry_enter, or while it is

@@ -16,6 +16,7 @@
 #include "events/events.h"
 #include "proto/record.h"
 #include "queue/policy.h"
+#include "queue/shard.h"
 #include "schedule/domains.h"
 #include "schedule/entry.h"
 #include "store/scripts.h"
@@ -271,23 +272,29 @@ static int fire_send(struct fire_batch *b, const char **ids, const size_t *lens,
     return store_fire_script(f, ids, lens);
 }
 
-/* Fills b with up to max due entries that may fire now, from the heap's
- * front; the due ones that do not fire now (busy, expiring, held back by
- * their domain) count against *skipped, up to budget. */
-static void fill_batch(struct fire_batch *b, int max, int64_t now, const char **ids, size_t *lens, int *skipped,
-                       int budget)
+/* The next due entry that may fire now, from the heap's front, or NULL;
+ * the due ones that do not fire now (busy, expiring, held back by their
+ * domain, in a shard this instance does not hold) count against
+ * *skipped, up to budget. */
+static struct entry *next_fireable(int64_t now, int *skipped, int budget)
 {
     struct entry *e;
-    while (b->n < max && *skipped < budget && (e = sched_pop_due(rbd->sched, now))) {
+    while (*skipped < budget && (e = sched_pop_due(rbd->sched, now))) {
         if (e->flags & ENTRY_BUSY) {
             /* A write for it is in flight and will reschedule it. */
             sched_set_due(rbd->sched, e, now + BUSY_RETRY_MS);
             (*skipped)++;
             continue;
         }
+        if (rbd->cfg.shards >= 2 && !((rbd->shards_held >> entry_shard(e)) & 1)) {
+            /* Its shard was lost or given up: it goes with the shard. */
+            sched_set_due(rbd->sched, e, now + 10 * BUSY_RETRY_MS);
+            (*skipped)++;
+            continue;
+        }
         if (e->state == ENTRY_AWAITING) {
             (*skipped)++;
-            struct store_change ch = {.id = e->id, .id_len = e->id_len, .mode = 'D'};
+            struct store_change ch = {.shard = entry_shard(e), .id = e->id, .id_len = e->id_len, .mode = 'D'};
             e->flags |= ENTRY_BUSY;
             if (store_queue(&ch, expire_done_cb, e) != 0)
                 expire_done_cb(e, false, 0);
@@ -307,11 +314,85 @@ static void fill_batch(struct fire_batch *b, int max, int64_t now, const char **
             continue;
         }
         e->flags |= ENTRY_BUSY | ENTRY_FIRING;
-        b->entries[b->n] = e;
-        b->due[b->n] = e->node.due_ms;
-        ids[b->n] = e->id;
-        lens[b->n] = e->id_len;
-        b->n++;
+        return e;
+    }
+    return NULL;
+}
+
+static void batch_put(struct fire_batch *b, struct entry *e, const char **ids, size_t *lens)
+{
+    b->entries[b->n] = e;
+    b->due[b->n] = e->node.due_ms;
+    ids[b->n] = e->id;
+    lens[b->n] = e->id_len;
+    b->n++;
+}
+
+/* Fills b with up to max due entries that may fire now. */
+static void fill_batch(struct fire_batch *b, int max, int64_t now, const char **ids, size_t *lens, int *skipped,
+                       int budget)
+{
+    struct entry *e;
+    while (b->n < max && (e = next_fireable(now, skipped, budget)))
+        batch_put(b, e, ids, lens);
+}
+
+static struct fire_batch *fire_batch_new(int max)
+{
+    struct fire_batch *b = xcalloc(1, sizeof *b);
+    b->entries = xmalloc((size_t)max * sizeof *b->entries);
+    b->due = xmalloc((size_t)max * sizeof *b->due);
+    return b;
+}
+
+/* Sends b (n entries): the small ones read for the caught-up groups. */
+static int fire_go(struct fire_batch *b, const char **ids, const size_t *lens, int64_t now)
+{
+    int n = b->n;
+    if (n <= FIRE_READ_MAX) {
+        b->f.read_count = n + FIRE_READ_SLACK;
+        b->ngroups = events_fire_groups(b->groups, STORE_FIRE_GROUPS_MAX);
+    }
+    batches_in_flight++;
+    if (fire_send(b, ids, lens, now) != 0) {
+        fired_cb(&b->f, false);
+        return 0;
+    }
+    return n;
+}
+
+/* With shards: up to fire_batch due entries a round, sent as one batch
+ * per shard, each fenced by its shard's epoch. */
+static void fire_due_sharded(int64_t now)
+{
+    int skipped = 0, skip_budget = 4 * rbd->cfg.fire_batch;
+    int max = rbd->cfg.fire_batch;
+    int nshards = store_nshards();
+    while (batches_in_flight < MAX_BATCHES_IN_FLIGHT) {
+        struct fire_batch *by[SHARD_MAX] = {0};
+        const char **ids[SHARD_MAX] = {0};
+        size_t *lens[SHARD_MAX] = {0};
+        int total = 0;
+        struct entry *e;
+        while (total < max && (e = next_fireable(now, &skipped, skip_budget))) {
+            int k = entry_shard(e);
+            if (!by[k]) {
+                by[k] = fire_batch_new(max);
+                by[k]->f.shard = k;
+                ids[k] = xmalloc((size_t)max * sizeof *ids[k]);
+                lens[k] = xmalloc((size_t)max * sizeof *lens[k]);
+            }
+            batch_put(by[k], e, ids[k], lens[k]);
+            total++;
+        }
+        for (int k = 0; k < nshards; k++) {
+            if (by[k])
+                fire_go(by[k], ids[k], lens[k], now);
+            free(ids[k]);
+            free(lens[k]);
+        }
+        if (total < max)
+            break;
     }
 }
 
@@ -328,10 +409,12 @@ static void fire_due(void)
     int max = rbd->cfg.fire_batch;
     const char **ids = NULL;
     size_t *lens = NULL;
-    while (batches_in_flight < MAX_BATCHES_IN_FLIGHT) {
-        struct fire_batch *b = xcalloc(1, sizeof *b);
-        b->entries = xmalloc((size_t)max * sizeof *b->entries);
-        b->due = xmalloc((size_t)max * sizeof *b->due);
+    if (rbd->cfg.shards >= 2) {
+        fire_due_sharded(now);
+        max = 0;
+    }
+    while (max && batches_in_flight < MAX_BATCHES_IN_FLIGHT) {
+        struct fire_batch *b = fire_batch_new(max);
         if (!ids) {
             ids = xmalloc((size_t)max * sizeof *ids);
             lens = xmalloc((size_t)max * sizeof *lens);
@@ -339,15 +422,7 @@ static void fire_due(void)
         fill_batch(b, max, now, ids, lens, &skipped, skip_budget);
         int n = b->n;
         if (n > 0) {
-            if (n <= FIRE_READ_MAX) {
-                b->f.read_count = n + FIRE_READ_SLACK;
-                b->ngroups = events_fire_groups(b->groups, STORE_FIRE_GROUPS_MAX);
-            }
-            batches_in_flight++;
-            if (fire_send(b, ids, lens, now) != 0) {
-                fired_cb(&b->f, false);
-                n = 0;
-            }
+            n = fire_go(b, ids, lens, now);
         } else {
             fire_batch_free(b);
         }

@@ -1,9 +1,10 @@
 /*
- * The lease on the schedule: several reboundd on one Redis, one of them
+ * The leases on the schedule: several reboundd on one Redis, one of them
  * owns the schedule and serves it, the others stand by and take over when
  * it dies (docs/operations.md, "High availability"; docs/architecture.md,
- * "The lease"). The whole schedule is one unit, shard 0 of 1; shards would
- * each get a lease and an epoch of their own.
+ * "The lease"). Without shards the whole schedule is one unit, shard 0 of
+ * 1; with `shards` each shard has a lease and an epoch of its own, and the
+ * instances share them (docs/architecture.md, "Shards").
  *
  * With lease_ttl 0 (the default) none of this runs: the role is
  * LEASE_NONE and the daemon serves as it always did.
@@ -55,6 +56,16 @@ const char *lease_role_name(void);
 /* Calls fn for each instance whose heartbeat is younger than the lease's
  * TTL, as last read: id, address. */
 void lease_members(void (*fn)(const char *id, const char *addr, void *arg), void *arg);
+
+/* ---- shards (cfg.shards >= 2): a lease per shard ---- */
+/* The shards: cfg.shards, or 1 (the whole schedule is shard 0). */
+int lease_shards(void);
+/* True when this instance serves shard k (loaded, its lease held); always
+ * without a lease. */
+bool lease_shard_serving(int k);
+/* Shard k's owner as last seen: address and instance id ("" unknown). */
+const char *lease_shard_owner_addr(int k);
+const char *lease_shard_owner_id(int k);
 
 /* The check's and renewal's periods (lease_ttl/10 and lease_ttl/5). */
 int64_t lease_check_every(void);

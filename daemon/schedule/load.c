@@ -10,6 +10,7 @@
 #include "base/xmalloc.h"
 #include "proto/record.h"
 #include "queue/policy.h"
+#include "queue/shard.h"
 #include "schedule/domains.h"
 #include "schedule/entry.h"
 #include "schedule/firing.h"
@@ -67,9 +68,11 @@ struct load_run {
     int nwaiting; /* scans with a page asked for */
     bool stopped; /* Redis failed, or a new run began: take in what is kept, then end */
     bool closing;
+    int shard;    /* the shard read (0 in the one-shard layout) */
 };
 
 static void (*load_done)(void);
+static void (*shard_done)(int shard); /* a shard's load (schedule_load_shard) */
 static struct load_run *load_current; /* the run that asks for pages */
 static uint64_t load_count;
 static int load_class_last = -1; /* the class of the previous record */
@@ -103,12 +106,14 @@ static void entry_from_record(struct entry *e, const struct record *rec, int64_t
     struct entry_facts f = {class_for(rec->class_name, rec->class_len), rec->attempt, rec->first_ms,
                             domains_of_rcpt(rec->rcpt, rec->rcpt_len, true, now)};
     entry_become(e, rec->state == 'P' ? ENTRY_PENDING : ENTRY_AWAITING, &f);
+    if (store_nshards() > 1)
+        entry_set_shard(e, shard_of_rcpt(rec->rcpt, rec->rcpt_len, store_nshards()));
     sched_set_due(rbd->sched, e, rec->state == 'P' ? rec->due_ms : rec->due_ms + awaiting);
 }
 
 /* Takes in one HSCAN page, {cursor, [field, value, ...]}, already checked
  * to be of that shape. */
-static void load_take_page(redisReply *reply)
+static void load_take_page(redisReply *reply, int shard)
 {
     redisReply *items = reply->element[1];
     int64_t awaiting = rbd->policy->awaiting_ms;
@@ -138,6 +143,8 @@ static void load_take_page(redisReply *reply)
         if (!added)
             continue; /* HSCAN may return a field twice */
         entry_from_record(e, &rec, awaiting, now);
+        if (shard)
+            entry_set_shard(e, shard);
         load_count++;
     }
 }
@@ -176,7 +183,7 @@ static void load_check_cb(uv_check_t *h)
     struct load_run *run = h->data;
     while (run->nkept > 0) {
         redisReply *page = run->kept[0];
-        load_take_page(page);
+        load_take_page(page, run->shard);
         store_reply_release(page);
         run->nkept--;
         memmove(run->kept, run->kept + 1, (size_t)run->nkept * sizeof run->kept[0]);
@@ -193,9 +200,16 @@ static void load_check_cb(uv_check_t *h)
     load_end(run);
     if (run->stopped || !read || rbd->stopping)
         return;
-    log_info("load: %llu messages read back from Redis (%llu pending, %llu awaiting)",
+    log_info("load: %llu messages read back from Redis (%llu pending, %llu awaiting)%s",
              (unsigned long long)load_count, (unsigned long long)rbd->npending,
-             (unsigned long long)rbd->nawaiting);
+             (unsigned long long)rbd->nawaiting, store_nshards() > 1 ? " for a shard" : "");
+    if (shard_done) {
+        void (*sdone)(int) = shard_done;
+        shard_done = NULL;
+        load_done = NULL;
+        sdone(run->shard);
+        return;
+    }
     void (*done)(void) = load_done;
     load_done = NULL;
     /* Then the domain throttles, so that a restart honours them before the
@@ -237,7 +251,7 @@ static void load_reply_cb(void *arg, redisReply *reply)
 static void load_page(struct load_scan *scan)
 {
     struct load_run *run = scan->run;
-    if (store_msgs_scan(scan->cursor, LOAD_PAGE_COUNT, load_reply_cb, scan) == 0) {
+    if (store_msgs_scan(run->shard, scan->cursor, LOAD_PAGE_COUNT, load_reply_cb, scan) == 0) {
         scan->waiting = true;
         run->nwaiting++;
         return;
@@ -256,19 +270,18 @@ static void load_hlen_cb(void *arg, redisReply *reply)
         sched_reserve(rbd->sched, sched_count(rbd->sched) + (size_t)reply->integer);
 }
 
-void schedule_load(void (*done)(void))
+static void load_start(int shard)
 {
-    if (rbd->stopping)
-        return;
     if (load_current)
         load_current->stopped = true; /* it takes in what it kept, and ends */
     struct load_run *run = xcalloc(1, sizeof *run);
     uv_check_init(rbd->loop, &run->check);
     run->check.data = run;
+    run->shard = shard;
     load_current = run;
-    load_done = done;
+    load_count = 0;
     load_class_last = -1;
-    if (store_msgs_len(load_hlen_cb, NULL) != 0) {
+    if (store_msgs_len(shard, load_hlen_cb, NULL) != 0) {
         log_warn("load: Redis went away; will resume when it is back");
         run->stopped = true;
     }
@@ -281,6 +294,56 @@ void schedule_load(void (*done)(void))
     }
     if (run->nwaiting == 0)
         load_end(run);
+}
+
+void schedule_load(void (*done)(void))
+{
+    if (rbd->stopping)
+        return;
+    load_done = done;
+    shard_done = NULL;
+    load_start(0);
+}
+
+/* ---- one shard (schedule/lease.c loads them one after the other) ---- */
+
+static void (*extras_shard_done)(int);
+static int extras_shard;
+
+static void extras_then(void)
+{
+    void (*done)(int) = extras_shard_done;
+    extras_shard_done = NULL;
+    if (done)
+        done(extras_shard);
+}
+
+static void shard_then_extras(int shard)
+{
+    /* The throttles and learned timing are every shard's: read with the
+     * first shard an instance takes, before its first retry fires. */
+    extras_shard = shard;
+    learned_after = extras_then;
+    domains_load(learned_then);
+}
+
+void schedule_load_shard(int shard, bool with_domains, void (*done)(int shard))
+{
+    if (rbd->stopping)
+        return;
+    load_done = NULL;
+    if (with_domains) {
+        extras_shard_done = done;
+        shard_done = shard_then_extras;
+    } else {
+        shard_done = done;
+    }
+    load_start(shard);
+}
+
+bool schedule_loading(void)
+{
+    return load_current != NULL;
 }
 
 struct remap {
@@ -339,10 +402,33 @@ static void resync_reply_cb(void *arg, redisReply *reply)
     firing_kick();
 }
 
+/* With shards, an id in doubt that the schedule does not know is looked
+ * up in every shard's hash first. */
+static void resync_locate_cb(void *arg, redisReply *reply)
+{
+    char *id = arg;
+    if (!reply || reply->type != REDIS_REPLY_INTEGER) {
+        store_mark_in_doubt(id, strlen(id));
+        free(id);
+        return;
+    }
+    if (reply->integer < 0 || !((rbd->shards_held >> reply->integer) & 1)) {
+        free(id); /* nowhere, or in a shard another instance serves */
+        return;
+    }
+    if (store_get((int)reply->integer, id, strlen(id), resync_reply_cb, id) != 0) {
+        store_mark_in_doubt(id, strlen(id));
+        free(id);
+    }
+}
+
 static void resync_one(const char *id, void *arg)
 {
     char *copy = xstrdup(id);
-    if (store_get(copy, strlen(copy), resync_reply_cb, copy) != 0) {
+    struct entry *e = sched_find(rbd->sched, copy, strlen(copy));
+    int rc = e || store_nshards() < 2 ? store_get(e ? entry_shard(e) : 0, copy, strlen(copy), resync_reply_cb, copy)
+                                      : store_msgs_locate(copy, strlen(copy), resync_locate_cb, copy);
+    if (rc != 0) {
         store_mark_in_doubt(copy, strlen(copy));
         free(copy);
     }

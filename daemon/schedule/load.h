@@ -6,11 +6,19 @@
 #ifndef REBOUND_DAEMON_LOAD_H
 #define REBOUND_DAEMON_LOAD_H
 
+#include <stdbool.h>
+
 struct policy;
 
 /* Starts reading the schedule from Redis (in pages); calls done() once all
  * is loaded. */
 void schedule_load(void (*done)(void));
+/* Reads shard's records (a sharded layout) and calls done(shard) once all
+ * are in; with_domains, also the throttles and learned timing, first. A
+ * new load stops the one running (which then never calls its done). */
+void schedule_load_shard(int shard, bool with_domains, void (*done)(int shard));
+/* True while a load runs. */
+bool schedule_loading(void);
 /* Re-reads the records whose last write got no answer (the connection
  * dropped: Redis may or may not have applied it) and makes the schedule
  * agree with Redis. Called when Redis is back. */

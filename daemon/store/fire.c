@@ -101,14 +101,15 @@ static void fire_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
 
 /* Allocates the argument arrays of an argc-argument command on the
  * message hash, with the command and the key filled in. */
-static void msgs_command(const char *cmd, size_t argc, const char ***argv, size_t **lens)
+static void msgs_command(int shard, const char *cmd, size_t argc, const char ***argv, size_t **lens)
 {
+    const char *key = store_msgs_key(shard);
     *argv = xmalloc(argc * sizeof **argv);
     *lens = xmalloc(argc * sizeof **lens);
     (*argv)[0] = cmd;
     (*lens)[0] = strlen(cmd);
-    (*argv)[1] = rbd->key_msgs;
-    (*lens)[1] = strlen(rbd->key_msgs);
+    (*argv)[1] = key;
+    (*lens)[1] = strlen(key);
 }
 
 /* Appends the retry event of id's pending record rec to *buf (at *len,
@@ -210,7 +211,7 @@ static int burst_send(struct store_fire *b, redisReply *reply, const char *bodie
     size_t hargc = 2 + 2 * (size_t)p->nxadd;
     const char **hargv;
     size_t *hlens;
-    msgs_command("HSET", hargc, &hargv, &hlens);
+    msgs_command(b->shard, "HSET", hargc, &hargv, &hlens);
     char maxlen[32];
     snprintf(maxlen, sizeof maxlen, "%lld", rbd->cfg.stream_maxlen);
     const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
@@ -289,17 +290,17 @@ int store_fire_burst(struct store_fire *b, const char **ids, const size_t *lens)
     size_t argc = 2 + (size_t)b->n;
     const char **argv;
     size_t *argl;
-    msgs_command("HMGET", argc, &argv, &argl);
+    msgs_command(b->shard, "HMGET", argc, &argv, &argl);
     memcpy(argv + 2, ids, (size_t)b->n * sizeof *ids);
     memcpy(argl + 2, lens, (size_t)b->n * sizeof *lens);
     int rc;
     if (store_fencing()) {
         /* WATCH the epoch, then read the records only if it is ours: the
          * EXEC that follows runs only if it has not moved since. */
-        const char *watch[] = {"WATCH", store_fence_key()};
+        const char *watch[] = {"WATCH", store_fence_key(b->shard)};
         const char **fa;
         size_t *fl;
-        int fn = store_fence_wrap((int)argc, argv, argl, &fa, &fl);
+        int fn = store_fence_wrap(b->shard, (int)argc, argv, argl, &fa, &fl);
         rc = redis_link_command(rbd->link, queued_reply_cb, NULL, 2, watch, NULL);
         if (rc == 0)
             rc = redis_link_command(rbd->link, hmget_reply_cb, b, fn, fa, fl);
@@ -335,7 +336,7 @@ int store_fire_script(struct store_fire *b, const char **ids, const size_t *lens
     /* two more for the fence (store_fence_args) */
     const char **argv = xmalloc((size_t)(argc + 2) * sizeof *argv);
     size_t *argl = xmalloc((size_t)(argc + 2) * sizeof *argl);
-    argv[0] = rbd->key_msgs;
+    argv[0] = store_msgs_key(b->shard);
     argv[1] = rbd->key_events;
     argv[2] = now_s;
     argv[3] = maxlen;
@@ -350,7 +351,7 @@ int store_fire_script(struct store_fire *b, const char **ids, const size_t *lens
     memcpy(argl + head, lens, (size_t)b->n * sizeof *lens);
     int nkeys = 2;
     if (store_fencing())
-        store_fence_args(argv, argl, &nkeys, &argc);
+        store_fence_args(b->shard, argv, argl, &nkeys, &argc);
     int rc = redis_link_script(rbd->link, SCRIPT_FIRE, fire_reply_cb, b, nkeys, argc, argv, argl);
     free(argv);
     free(argl);

@@ -27,10 +27,13 @@
 #include "base/daemon.h"
 #include "base/log.h"
 #include "base/xmalloc.h"
+#include "queue/shard.h"
 #include "redis/redis_link.h"
 
-static char *key_lease, *key_epoch, *key_members;
-static char fence_epoch[24]; /* the epoch writes carry: "0" while none is held */
+/* Per shard (shard 0 alone in the one-shard layout): the lease, the
+ * epoch, and the epoch writes carry ("0" while none is held). */
+static char *key_lease[SHARD_MAX], *key_epoch[SHARD_MAX], *key_members, *key_meta;
+static char fence_epoch[SHARD_MAX][24];
 static void (*fenced_hook)(void);
 
 /* KEYS[1] lease, KEYS[2] epoch; ARGV[1] "<instance> <addr>", ARGV[2] ttl.
@@ -43,9 +46,11 @@ static const char acquire_lua[] =
     "redis.call('SET', KEYS[1], v, 'PX', ARGV[2])\n"
     "return {e, v}\n";
 
-/* KEYS[1] lease; ARGV[1] our value, ARGV[2] ttl: 1 renewed, 0 not ours. */
+/* KEYS[1] lease, KEYS[2] epoch; ARGV[1] our value, ARGV[2] ttl, ARGV[3]
+ * the epoch in our value: 1 renewed, 0 not ours (the value, or the epoch,
+ * moved: a write refused as FENCED is traced to its shard this way). */
 static const char renew_lua[] =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+    "if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('GET', KEYS[2]) == ARGV[3] then\n"
     "  redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
     "  return 1\n"
     "end\n"
@@ -93,30 +98,62 @@ static char *lease_key(const char *name)
     return k;
 }
 
+/* "{<shard k's tag>}<name>" (queue/shard.h). */
+char *store_shard_key(int k, const char *name)
+{
+    char tag[400];
+    shard_tag(rbd->cfg.prefix, k, store_nshards(), tag, sizeof tag);
+    size_t a = strlen(tag), b = strlen(name);
+    char *key = xmalloc(a + b + 3);
+    key[0] = '{';
+    memcpy(key + 1, tag, a);
+    key[a + 1] = '}';
+    memcpy(key + a + 2, name, b + 1);
+    return key;
+}
+
 void store_lease_init(void)
 {
-    key_lease = lease_key("lease");
-    key_epoch = lease_key("epoch");
+    int n = store_nshards();
+    for (int k = 0; k < n; k++) {
+        key_lease[k] = n > 1 ? store_shard_key(k, "lease") : lease_key("lease");
+        key_epoch[k] = n > 1 ? store_shard_key(k, "epoch") : lease_key("epoch");
+        snprintf(fence_epoch[k], sizeof fence_epoch[k], "0");
+    }
     key_members = lease_key("members");
-    snprintf(fence_epoch, sizeof fence_epoch, "0");
+    key_meta = lease_key("meta");
 }
 
 void store_lease_free(void)
 {
-    free(key_lease);
-    free(key_epoch);
+    for (int k = 0; k < SHARD_MAX; k++) {
+        free(key_lease[k]);
+        free(key_epoch[k]);
+        key_lease[k] = key_epoch[k] = NULL;
+    }
     free(key_members);
-    key_lease = key_epoch = key_members = NULL;
+    free(key_meta);
+    key_members = key_meta = NULL;
 }
 
 bool store_fencing(void)
 {
-    return rbd->cfg.lease_ttl_ms > 0 && key_epoch;
+    return rbd->cfg.lease_ttl_ms > 0 && key_epoch[0];
 }
 
-void store_fence_set(long long epoch)
+void store_fence_set(int shard, long long epoch)
 {
-    snprintf(fence_epoch, sizeof fence_epoch, "%lld", epoch);
+    if (shard >= 0 && shard < SHARD_MAX)
+        snprintf(fence_epoch[shard], sizeof fence_epoch[shard], "%lld", epoch);
+}
+
+int store_shard_any(void)
+{
+    int n = store_nshards();
+    for (int k = 0; k < n; k++)
+        if (strcmp(fence_epoch[k], "0") != 0)
+            return k;
+    return 0;
 }
 
 void store_set_fenced_hook(void (*fn)(void))
@@ -139,21 +176,33 @@ void store_fenced_now(void)
         fenced_hook();
 }
 
-void store_fence_args(const char **argv, size_t *lens, int *nkeys, int *argc)
+static const char *key_epoch_of(int shard)
 {
+    return key_epoch[shard >= 0 && shard < SHARD_MAX && key_epoch[shard] ? shard : 0];
+}
+
+void store_fence_args(int shard, const char **argv, size_t *lens, int *nkeys, int *argc)
+{
+    if (shard < 0)
+        shard = store_shard_any();
+    const char *ekey = key_epoch_of(shard), *epoch = fence_epoch[shard];
     int k = *nkeys, n = *argc;
     memmove(argv + k + 1, argv + k, (size_t)(n - k) * sizeof *argv);
     memmove(lens + k + 1, lens + k, (size_t)(n - k) * sizeof *lens);
-    argv[k] = key_epoch;
-    lens[k] = strlen(key_epoch);
-    argv[n + 1] = fence_epoch;
-    lens[n + 1] = strlen(fence_epoch);
+    argv[k] = ekey;
+    lens[k] = strlen(ekey);
+    argv[n + 1] = epoch;
+    lens[n + 1] = strlen(epoch);
     *nkeys = k + 1;
     *argc = n + 2;
 }
 
-int store_fence_wrap(int argc, const char *const *argv, const size_t *lens, const char ***out, size_t **out_lens)
+int store_fence_wrap(int shard, int argc, const char *const *argv, const size_t *lens, const char ***out,
+                     size_t **out_lens)
 {
+    if (shard < 0)
+        shard = store_shard_any();
+    const char *ekey = key_epoch_of(shard), *epoch = fence_epoch[shard];
     /* EVAL fence_lua 2 <epoch key> <key> <epoch> <cmd> <other args...> */
     int n = argc + 5;
     const char **a = xmalloc((size_t)n * sizeof *a);
@@ -161,9 +210,9 @@ int store_fence_wrap(int argc, const char *const *argv, const size_t *lens, cons
     a[0] = "EVAL";
     a[1] = fence_lua;
     a[2] = "2";
-    a[3] = key_epoch;
+    a[3] = ekey;
     a[4] = argv[1];
-    a[5] = fence_epoch;
+    a[5] = epoch;
     a[6] = argv[0];
     for (int i = 0; i < 7; i++)
         l[i] = strlen(a[i]);
@@ -178,9 +227,14 @@ int store_fence_wrap(int argc, const char *const *argv, const size_t *lens, cons
     return n;
 }
 
-const char *store_fence_key(void)
+const char *store_fence_epoch(int shard)
 {
-    return key_epoch;
+    return fence_epoch[shard >= 0 && shard < SHARD_MAX ? shard : 0];
+}
+
+const char *store_fence_key(int shard)
+{
+    return key_epoch_of(shard < 0 ? store_shard_any() : shard);
 }
 
 /* ---- the lease's own commands ---- */
@@ -200,7 +254,7 @@ static void lease_reply_cb(struct redis_link *link, redisReply *reply, void *pri
 
 static int lease_command(int argc, const char **argv, store_reply_cb cb, void *arg)
 {
-    if (!store_ready() || !key_lease)
+    if (!store_ready() || !key_lease[0])
         return -1;
     struct lease_ctx *c = xmalloc(sizeof *c);
     c->cb = cb;
@@ -212,31 +266,32 @@ static int lease_command(int argc, const char **argv, store_reply_cb cb, void *a
     return 0;
 }
 
-int store_lease_acquire(const char *who, int64_t ttl_ms, store_reply_cb cb, void *arg)
+int store_lease_acquire(int shard, const char *who, int64_t ttl_ms, store_reply_cb cb, void *arg)
 {
     char ttl[24];
     snprintf(ttl, sizeof ttl, "%" PRId64, ttl_ms);
-    const char *argv[] = {"EVAL", acquire_lua, "2", key_lease, key_epoch, who, ttl};
+    const char *argv[] = {"EVAL", acquire_lua, "2", key_lease[shard], key_epoch[shard], who, ttl};
     return lease_command(7, argv, cb, arg);
 }
 
-int store_lease_renew(const char *value, int64_t ttl_ms, store_reply_cb cb, void *arg)
+int store_lease_renew(int shard, const char *value, int64_t ttl_ms, store_reply_cb cb, void *arg)
 {
     char ttl[24];
     snprintf(ttl, sizeof ttl, "%" PRId64, ttl_ms);
-    const char *argv[] = {"EVAL", renew_lua, "1", key_lease, value, ttl};
-    return lease_command(6, argv, cb, arg);
+    const char *sp = strrchr(value, ' ');
+    const char *argv[] = {"EVAL", renew_lua, "2", key_lease[shard], key_epoch[shard], value, ttl, sp ? sp + 1 : ""};
+    return lease_command(8, argv, cb, arg);
 }
 
-int store_lease_release(const char *value, store_reply_cb cb, void *arg)
+int store_lease_release(int shard, const char *value, store_reply_cb cb, void *arg)
 {
-    const char *argv[] = {"EVAL", release_lua, "1", key_lease, value};
+    const char *argv[] = {"EVAL", release_lua, "1", key_lease[shard], value};
     return lease_command(5, argv, cb, arg);
 }
 
-int store_lease_read(store_reply_cb cb, void *arg)
+int store_lease_read(int shard, store_reply_cb cb, void *arg)
 {
-    const char *argv[] = {"GET", key_lease};
+    const char *argv[] = {"GET", key_lease[shard]};
     return lease_command(2, argv, cb, arg);
 }
 
@@ -256,6 +311,38 @@ int store_members_read(store_reply_cb cb, void *arg)
 {
     const char *argv[] = {"HGETALL", key_members};
     return lease_command(2, argv, cb, arg);
+}
+
+/* KEYS[1] meta, KEYS[2] the one-shard layout's message hash; ARGV[1]
+ * the shards configured (1: the one-shard layout, which writes no meta).
+ * A sharded layout is recorded only where no one-shard records are. */
+static const char meta_lua[] =
+    "local cur = redis.call('HGET', KEYS[1], 'shards')\n"
+    "if cur then return tonumber(cur) end\n"
+    "local n = tonumber(ARGV[1])\n"
+    "if n < 2 then return 1 end\n"
+    "if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end\n"
+    "redis.call('HSET', KEYS[1], 'shards', ARGV[1])\n"
+    "return n\n";
+
+int store_meta_shards(int nshards, store_reply_cb cb, void *arg)
+{
+    char n[16];
+    snprintf(n, sizeof n, "%d", nshards);
+    char *meta = lease_key("meta"), *msg = lease_key("msg");
+    const char *argv[] = {"EVAL", meta_lua, "2", meta, msg, n};
+    int rc = -1;
+    if (store_ready()) {
+        struct lease_ctx *c = xmalloc(sizeof *c);
+        c->cb = cb;
+        c->arg = arg;
+        rc = redis_link_command(rbd->link, lease_reply_cb, c, 6, argv, NULL);
+        if (rc != 0)
+            free(c);
+    }
+    free(meta);
+    free(msg);
+    return rc;
 }
 
 size_t store_inflight(void)

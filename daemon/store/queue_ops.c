@@ -49,7 +49,7 @@ static int qo_command(int argc, const char **argv, const size_t *lens, store_rep
 
 /* A write: with the lease on, it runs only while the epoch is ours
  * (store/lease.c); a FENCED refusal reaches cb as the error reply. */
-static int qo_write(int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg)
+static int qo_write(int shard, int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg)
 {
     if (!store_fencing())
         return qo_command(argc, argv, lens, cb, arg);
@@ -57,7 +57,7 @@ static int qo_write(int argc, const char **argv, const size_t *lens, store_reply
         return -1;
     const char **a;
     size_t *l;
-    int n = store_fence_wrap(argc, argv, lens, &a, &l);
+    int n = store_fence_wrap(shard, argc, argv, lens, &a, &l);
     struct qo_ctx *c = xmalloc(sizeof *c);
     c->cb = cb;
     c->arg = arg;
@@ -91,14 +91,14 @@ int store_held_set(const char *domain, int64_t until, int64_t since, store_reply
     snprintf(val, sizeof val, "%" PRId64 ",%" PRId64, until, since);
     const char *argv[] = {"HSET", rbd->key_held, domain, val};
     size_t lens[] = {4, strlen(rbd->key_held), strlen(domain), strlen(val)};
-    return qo_write(4, argv, lens, cb, arg);
+    return qo_write(STORE_SHARD_ANY, 4, argv, lens, cb, arg);
 }
 
 int store_held_del(const char *domain, store_reply_cb cb, void *arg)
 {
     const char *argv[] = {"HDEL", rbd->key_held, domain};
     size_t lens[] = {4, strlen(rbd->key_held), strlen(domain)};
-    return qo_write(3, argv, lens, cb, arg);
+    return qo_write(STORE_SHARD_ANY, 3, argv, lens, cb, arg);
 }
 
 int store_held_read(store_reply_cb cb, void *arg)
@@ -109,7 +109,7 @@ int store_held_read(store_reply_cb cb, void *arg)
 }
 
 /* <cmd> <key> id...: a bulk command on the message records. */
-static int bulk(const char *cmd, const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg)
+static int bulk(int shard, const char *cmd, const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg)
 {
     if (n == 0 || n > STORE_BULK_MAX)
         return -1;
@@ -118,26 +118,70 @@ static int bulk(const char *cmd, const char *const *ids, const size_t *lens, siz
     size_t *alens = xmalloc(argc * sizeof *alens);
     argv[0] = cmd;
     alens[0] = strlen(cmd);
-    argv[1] = rbd->key_msgs;
-    alens[1] = strlen(rbd->key_msgs);
+    argv[1] = store_msgs_key(shard);
+    alens[1] = strlen(argv[1]);
     for (size_t i = 0; i < n; i++) {
         argv[2 + i] = ids[i];
         alens[2 + i] = lens[i];
     }
-    int rc = (cmd[0] == 'H' && cmd[1] == 'D' ? qo_write : qo_command)((int)argc, argv, alens, cb, arg);
+    int rc = cmd[0] == 'H' && cmd[1] == 'D' ? qo_write(shard, (int)argc, argv, alens, cb, arg)
+                                            : qo_command((int)argc, argv, alens, cb, arg);
     free(argv);
     free(alens);
     return rc;
 }
 
-int store_msgs_get(const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg)
+int store_msgs_get(int shard, const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg)
 {
-    return bulk("HMGET", ids, lens, n, cb, arg);
+    return bulk(shard, "HMGET", ids, lens, n, cb, arg);
 }
 
-int store_msgs_del(const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg)
+/* KEYS: every shard's message hash; ARGV: (shard, id) pairs. */
+static const char get_each_lua[] =
+    "local out = {}\n"
+    "for i = 1, #ARGV, 2 do\n"
+    "  out[#out + 1] = redis.call('HGET', KEYS[tonumber(ARGV[i]) + 1], ARGV[i + 1])\n"
+    "end\n"
+    "return out\n";
+
+int store_msgs_get_each(const int *shards, const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb,
+                        void *arg)
 {
-    return bulk("HDEL", ids, lens, n, cb, arg);
+    if (n == 0 || n > STORE_BULK_MAX)
+        return -1;
+    int ns = store_nshards();
+    size_t argc = 3 + (size_t)ns + 2 * n;
+    const char **argv = xmalloc(argc * sizeof *argv);
+    size_t *alens = xmalloc(argc * sizeof *alens);
+    char *nums = xmalloc(n * 12);
+    char nk[16];
+    snprintf(nk, sizeof nk, "%d", ns);
+    argv[0] = "EVAL";
+    argv[1] = get_each_lua;
+    argv[2] = nk;
+    for (int k = 0; k < ns; k++)
+        argv[3 + k] = store_msgs_key(k);
+    for (size_t i = 0; i < 3 + (size_t)ns; i++)
+        alens[i] = strlen(argv[i]);
+    for (size_t i = 0; i < n; i++) {
+        char *num = nums + 12 * i;
+        int k = shards[i] >= 0 && shards[i] < ns ? shards[i] : 0;
+        snprintf(num, 12, "%d", k);
+        argv[3 + ns + 2 * i] = num;
+        alens[3 + ns + 2 * i] = strlen(num);
+        argv[4 + ns + 2 * i] = ids[i];
+        alens[4 + ns + 2 * i] = lens[i];
+    }
+    int rc = qo_command((int)argc, argv, alens, cb, arg);
+    free(argv);
+    free(alens);
+    free(nums);
+    return rc;
+}
+
+int store_msgs_del(int shard, const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg)
+{
+    return bulk(shard, "HDEL", ids, lens, n, cb, arg);
 }
 
 /* Rewrites the due time in the header of each pending record
@@ -166,7 +210,7 @@ static const char due_now_lua[] =
     "end\n"
     "return out\n";
 
-int store_msgs_due_now(const char *const *ids, const size_t *lens, size_t n, int64_t due, store_reply_cb cb,
+int store_msgs_due_now(int shard, const char *const *ids, const size_t *lens, size_t n, int64_t due, store_reply_cb cb,
                        void *arg)
 {
     if (n == 0 || n > STORE_BULK_MAX)
@@ -180,7 +224,7 @@ int store_msgs_due_now(const char *const *ids, const size_t *lens, size_t n, int
     argv[0] = "EVAL";
     argv[1] = due_now_lua;
     argv[2] = "1";
-    argv[3] = rbd->key_msgs;
+    argv[3] = store_msgs_key(shard);
     argv[4] = when;
     for (int i = 0; i < 5; i++)
         alens[i] = strlen(argv[i]);
@@ -191,7 +235,7 @@ int store_msgs_due_now(const char *const *ids, const size_t *lens, size_t n, int
     if (fence) {
         /* the EVAL's keys start after its 3 words: EVAL, script, numkeys */
         int nkeys = 1, nargs = (int)argc - 3;
-        store_fence_args(argv + 3, alens + 3, &nkeys, &nargs);
+        store_fence_args(shard, argv + 3, alens + 3, &nkeys, &nargs);
         argv[2] = "2";
         argc = (size_t)nargs + 3;
     }

@@ -13,6 +13,7 @@
 
 #include "base/daemon.h"
 #include "base/xmalloc.h"
+#include "queue/shard.h"
 #include "redis/redis_link.h"
 #include "store/scripts.h"
 
@@ -42,18 +43,18 @@ static int command(int argc, const char **argv, const size_t *lens, store_reply_
     return 0;
 }
 
-int store_get(const char *id, size_t id_len, store_reply_cb cb, void *arg)
+int store_get(int shard, const char *id, size_t id_len, store_reply_cb cb, void *arg)
 {
-    const char *argv[] = {"HGET", rbd->key_msgs, id};
-    size_t lens[] = {4, strlen(rbd->key_msgs), id_len};
+    const char *argv[] = {"HGET", store_msgs_key(shard), id};
+    size_t lens[] = {4, strlen(argv[1]), id_len};
     return command(3, argv, lens, cb, arg);
 }
 
-int store_get_with_rcpt(const char *id, size_t id_len, const char *rcpt, store_reply_cb cb, void *arg)
+int store_get_with_rcpt(int shard, const char *id, size_t id_len, const char *rcpt, store_reply_cb cb, void *arg)
 {
     if (!store_ready())
         return -1;
-    const char *argv[] = {rbd->key_msgs, rbd->key_rcpts, rbd->key_supp, id ? id : "", rcpt ? rcpt : ""};
+    const char *argv[] = {store_msgs_key(shard), rbd->key_rcpts, rbd->key_supp, id ? id : "", rcpt ? rcpt : ""};
     size_t lens[] = {strlen(argv[0]), strlen(argv[1]), strlen(argv[2]), id ? id_len : 0, rcpt ? strlen(rcpt) : 0};
     struct reply_ctx *c = xmalloc(sizeof *c);
     c->cb = cb;
@@ -78,15 +79,15 @@ static void ignore_reply_cb(void *arg, redisReply *reply)
 {
 }
 
-int store_msgs_len(store_reply_cb cb, void *arg)
+int store_msgs_len(int shard, store_reply_cb cb, void *arg)
 {
-    const char *argv[] = {"HLEN", rbd->key_msgs};
+    const char *argv[] = {"HLEN", store_msgs_key(shard)};
     return command_str(2, argv, cb, arg);
 }
 
-int store_msgs_scan(const char *cursor, const char *count, store_reply_cb cb, void *arg)
+int store_msgs_scan(int shard, const char *cursor, const char *count, store_reply_cb cb, void *arg)
 {
-    const char *argv[] = {"HSCAN", rbd->key_msgs, cursor, "COUNT", count};
+    const char *argv[] = {"HSCAN", store_msgs_key(shard), cursor, "COUNT", count};
     return command_str(5, argv, cb, arg);
 }
 
@@ -289,4 +290,30 @@ void store_learned_forget(const char *name, size_t len)
     const char *argv[] = {"HDEL", rbd->key_learned, name};
     size_t lens[] = {4, strlen(rbd->key_learned), len};
     command(3, argv, lens, ignore_reply_cb, NULL);
+}
+
+/* KEYS: every shard's message hash; ARGV[1] the id. */
+static const char locate_lua[] =
+    "for k = 1, #KEYS do\n"
+    "  if redis.call('HEXISTS', KEYS[k], ARGV[1]) == 1 then return k - 1 end\n"
+    "end\n"
+    "return -1\n";
+
+int store_msgs_locate(const char *id, size_t id_len, store_reply_cb cb, void *arg)
+{
+    int n = store_nshards();
+    const char *argv[3 + SHARD_MAX + 1];
+    size_t lens[3 + SHARD_MAX + 1];
+    char nk[16];
+    snprintf(nk, sizeof nk, "%d", n);
+    argv[0] = "EVAL";
+    argv[1] = locate_lua;
+    argv[2] = nk;
+    for (int k = 0; k < n; k++)
+        argv[3 + k] = store_msgs_key(k);
+    argv[3 + n] = id;
+    for (int i = 0; i < 3 + n; i++)
+        lens[i] = strlen(argv[i]);
+    lens[3 + n] = id_len;
+    return command(4 + n, argv, lens, cb, arg);
 }

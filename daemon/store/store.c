@@ -14,6 +14,7 @@
 #include "proto/event.h"
 #include "proto/jbuf.h"
 #include "proto/record.h"
+#include "queue/shard.h"
 #include "redis/redis_link.h"
 
 /* A list of argument strings, addressed by offset into the batch's arena
@@ -27,6 +28,7 @@ struct args {
 struct waiter {
     store_done_cb cb;
     void *arg;
+    int shard;  /* with shards: whose records it changes, fenced by its epoch */
     bool fresh; /* in the fresh section */
     size_t at;  /* its index in its section (fresh: the pair) */
     size_t id;  /* index of its id among its section's arguments */
@@ -51,9 +53,13 @@ struct batch {
      * kept until the WAIT sent right behind it answers */
     bool wait_sent, wait_missing, applied_seen;
     redisReply *applied;
+    int shard; /* whose records it writes and whose epoch fences it */
+    uint64_t shards; /* with shards: the shards of its changes, a bit each */
 };
 
-static struct batch *current;
+/* The batch being filled, one per shard (one-shard layout: [0] alone). */
+static struct batch *current[SHARD_MAX];
+static char *key_shard_msgs[SHARD_MAX]; /* [0] is rbd->key_msgs with one shard */
 static struct strmap in_doubt;
 
 /* A batch closes at this many arguments so one script call stays short
@@ -138,11 +144,24 @@ static char *make_key(const char *name)
     return k;
 }
 
+int store_nshards(void)
+{
+    return rbd->cfg.shards >= 2 ? rbd->cfg.shards : 1;
+}
+
+const char *store_msgs_key(int shard)
+{
+    return shard > 0 && shard < store_nshards() ? key_shard_msgs[shard] : rbd->key_msgs;
+}
+
 void store_init(void)
 {
-    current = NULL;
+    memset(current, 0, sizeof current);
     strmap_init(&in_doubt);
-    rbd->key_msgs = make_key("msg");
+    rbd->key_msgs = store_nshards() > 1 ? store_shard_key(0, "msg") : make_key("msg");
+    key_shard_msgs[0] = rbd->key_msgs;
+    for (int k = 1; k < store_nshards(); k++)
+        key_shard_msgs[k] = store_shard_key(k, "msg");
     rbd->key_events = make_key("events");
     rbd->key_rcpts = make_key("rcpt");
     rbd->key_supp = make_key("suppressed");
@@ -195,10 +214,14 @@ void store_free(void)
     store_lease_free();
     strmap_free(&in_doubt);
     /* Anything still queued never reached Redis: say so to its waiters. */
-    struct batch *b = current;
-    current = NULL;
-    if (b) {
-        batch_fail(b);
+    for (int k = 0; k < SHARD_MAX; k++) {
+        struct batch *b = current[k];
+        current[k] = NULL;
+        if (b)
+            batch_fail(b);
+        if (k > 0)
+            free(key_shard_msgs[k]);
+        key_shard_msgs[k] = NULL;
     }
     free(rbd->key_msgs);
     free(rbd->key_events);
@@ -256,12 +279,13 @@ static bool is_fresh(const struct batch *b, const struct store_change *ch)
            !in_doubt_has(ch->id, ch->id_len);
 }
 
-static void batch_open(void)
+static void batch_open(int shard)
 {
     const struct policy *p = rbd->policy;
-    struct batch *b = current = batch_new();
+    struct batch *b = current[shard] = batch_new();
+    b->shard = shard;
     char num[32];
-    batch_arg_str(b, &b->head, rbd->key_msgs);
+    batch_arg_str(b, &b->head, store_msgs_key(shard));
     batch_arg_str(b, &b->head, rbd->key_events);
     batch_arg_str(b, &b->head, rbd->key_rcpts);
     batch_arg_str(b, &b->head, rbd->key_supp);
@@ -362,13 +386,28 @@ static void queue_general(struct batch *b, const struct store_change *ch, const 
         queue_event(b, ch->events[i]);
 }
 
+static void batch_flush(int shard);
+
 int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
 {
     if (!store_ready())
         return -1;
-    if (!current)
-        batch_open();
-    struct batch *b = current;
+    int shard = ch->shard;
+    /* A change about no message (a throttle, learned timing, unsuppress)
+     * goes under any shard this instance holds: on one Redis every key is
+     * in reach, and the fence only needs an epoch that is ours. */
+    if (shard < 0 || (ch->id_len == 0 && store_nshards() > 1))
+        shard = store_shard_any();
+    else if (shard >= store_nshards())
+        shard = 0;
+    /* With shards one batch a turn carries every shard's changes, each
+     * fenced by its own shard's epoch (apply.lua's selector): one script
+     * call per turn, as with one shard. */
+    int slot = store_nshards() > 1 ? 0 : shard;
+    if (!current[slot])
+        batch_open(slot);
+    struct batch *b = current[slot];
+    b->shards |= (uint64_t)1 << shard;
     const char *who = "";
     size_t who_len = 0;
     if (ch->fragment)
@@ -380,6 +419,7 @@ int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
     struct waiter *w = &b->waiters[b->nwaiters++];
     w->cb = done;
     w->arg = arg;
+    w->shard = shard;
     w->fresh = is_fresh(b, ch) && who_len > 0 && who[0] != '"';
     if (w->fresh) {
         w->at = b->nfresh++;
@@ -391,7 +431,7 @@ int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
         queue_general(b, ch, who, who_len);
     }
     if (batch_nargs(b) >= BATCH_MAX_ARGS)
-        store_flush();
+        batch_flush(slot);
     return 0;
 }
 
@@ -447,10 +487,141 @@ static void batch_answer(struct batch *b, redisReply *reply)
 
 void store_flush(void)
 {
-    struct batch *b = current;
+    int n = store_nshards();
+    for (int k = 0; k < n; k++)
+        if (current[k])
+            batch_flush(k);
+}
+
+/* A batch of several shards' changes (apply.lua's selector): after the
+ * 8 keys, the epoch key of each shard present, then its message hash; at
+ * the end of the arguments, their epochs, the selector (one byte per fresh
+ * record, then per general change: 64 + the rank of its shard among those
+ * present) and "M<m>". */
+static int batch_send_sharded(struct batch *b, const char **argv, size_t *lens, size_t argc)
+{
+    int rank[SHARD_MAX], order[SHARD_MAX], m = 0;
+    for (int k = 0; k < SHARD_MAX; k++)
+        if (b->shards & ((uint64_t)1 << k)) {
+            order[m] = k;
+            rank[k] = ++m;
+        }
+    /* The fresh pairs (and their recipients' lines) regrouped by shard, so
+     * that the script writes each shard's with one HSET of a run of its
+     * arguments; their order does not matter (distinct ids, all as decided
+     * unless suppressed), and each waiter learns its new place. */
+    if (b->nfresh > 1) {
+        size_t nf = b->nfresh, count[SHARD_MAX + 1] = {0};
+        size_t *old_pos = xmalloc(nf * sizeof *old_pos);
+        const char **lines = xmalloc(nf * sizeof *lines);
+        size_t *line_len = xmalloc(nf * sizeof *line_len);
+        const char *p = b->rcpts;
+        for (size_t i = 0; i < nf; i++) {
+            const char *nl = memchr(p, '\n', (size_t)(b->rcpts + b->rcpts_len - p));
+            lines[i] = p;
+            line_len[i] = nl ? (size_t)(nl - p) + 1 : 0;
+            p = nl ? nl + 1 : p;
+        }
+        for (size_t i = 0; i < b->nwaiters; i++)
+            if (b->waiters[i].fresh)
+                count[rank[b->waiters[i].shard]]++;
+        size_t start[SHARD_MAX + 1], at = 0;
+        for (int j = 1; j <= m; j++) {
+            start[j] = at;
+            at += count[j];
+        }
+        /* argument index of pair q: 1 + 2q into the head-less arrays below */
+        size_t *off = xmalloc(2 * nf * sizeof *off), *len = xmalloc(2 * nf * sizeof *len);
+        char *rc = xmalloc(b->rcpts_len + 1);
+        size_t *rc_at = xmalloc(nf * sizeof *rc_at), *rc_n = xmalloc(nf * sizeof *rc_n);
+        for (size_t i = 0; i < b->nwaiters; i++) {
+            struct waiter *w = &b->waiters[i];
+            if (!w->fresh)
+                continue;
+            size_t q = start[rank[w->shard]]++, o = w->at;
+            off[2 * q] = b->fresh.off[2 * o];
+            len[2 * q] = b->fresh.len[2 * o];
+            off[2 * q + 1] = b->fresh.off[2 * o + 1];
+            len[2 * q + 1] = b->fresh.len[2 * o + 1];
+            rc_at[q] = (size_t)(lines[o] - b->rcpts);
+            rc_n[q] = line_len[o];
+            old_pos[q] = o;
+            w->at = q;
+            w->id = 2 * q;
+        }
+        size_t rl = 0;
+        for (size_t q = 0; q < nf; q++) {
+            memcpy(rc + rl, b->rcpts + rc_at[q], rc_n[q]);
+            rl += rc_n[q];
+        }
+        memcpy(b->fresh.off, off, 2 * nf * sizeof *off);
+        memcpy(b->fresh.len, len, 2 * nf * sizeof *len);
+        memcpy(b->rcpts, rc, rl);
+        /* the caller's argv points at the arena by pair: redo that part */
+        for (size_t q = 0; q < 2 * nf; q++) {
+            argv[b->head.n + 1 + q] = b->arena + b->fresh.off[q];
+            lens[b->head.n + 1 + q] = b->fresh.len[q];
+        }
+        free(off);
+        free(len);
+        free(rc);
+        free(rc_at);
+        free(rc_n);
+        free(old_pos);
+        free(lines);
+        free(line_len);
+    }
+    size_t nsel = b->nwaiters;
+    char *sel = xmalloc(nsel + 1);
+    for (size_t i = 0; i < b->nwaiters; i++) {
+        const struct waiter *w = &b->waiters[i];
+        size_t pos = w->fresh ? w->at : b->nfresh + w->at;
+        if (pos < nsel)
+            sel[pos] = (char)(64 + rank[w->shard]);
+    }
+    char mark[16];
+    snprintf(mark, sizeof mark, "M%d", m);
+    size_t total = argc + 3 * (size_t)m + 2;
+    const char **a = xmalloc(total * sizeof *a);
+    size_t *l = xmalloc(total * sizeof *l);
+    size_t k = 0;
+    for (int i = 0; i < APPLY_NKEYS; i++, k++) {
+        a[k] = argv[i];
+        l[k] = lens[i];
+    }
+    for (int j = 0; j < m; j++, k++) {
+        a[k] = store_fence_key(order[j]);
+        l[k] = strlen(a[k]);
+    }
+    for (int j = 0; j < m; j++, k++) {
+        a[k] = store_msgs_key(order[j]);
+        l[k] = strlen(a[k]);
+    }
+    for (size_t i = APPLY_NKEYS; i < argc; i++, k++) {
+        a[k] = argv[i];
+        l[k] = lens[i];
+    }
+    for (int j = 0; j < m; j++, k++) {
+        a[k] = store_fence_epoch(order[j]);
+        l[k] = strlen(a[k]);
+    }
+    a[k] = sel;
+    l[k++] = nsel;
+    a[k] = mark;
+    l[k++] = strlen(mark);
+    int rc = redis_link_script(rbd->link, SCRIPT_APPLY, batch_reply_cb, b, APPLY_NKEYS + 2 * m, (int)k, a, l);
+    free(a);
+    free(l);
+    free(sel);
+    return rc;
+}
+
+static void batch_flush(int shard)
+{
+    struct batch *b = current[shard];
     if (!b)
         return;
-    current = NULL;
+    current[shard] = NULL;
     if (!store_ready()) {
         batch_fail(b);
         return;
@@ -479,9 +650,14 @@ void store_flush(void)
         }
     }
     int nkeys = APPLY_NKEYS, nargs = (int)argc;
-    if (store_fencing())
-        store_fence_args(argv, lens, &nkeys, &nargs);
-    int rc = redis_link_script(rbd->link, SCRIPT_APPLY, batch_reply_cb, b, nkeys, nargs, argv, lens);
+    int rc;
+    if (store_nshards() > 1) {
+        rc = batch_send_sharded(b, argv, lens, argc);
+    } else {
+        if (store_fencing())
+            store_fence_args(b->shard, argv, lens, &nkeys, &nargs);
+        rc = redis_link_script(rbd->link, SCRIPT_APPLY, batch_reply_cb, b, nkeys, nargs, argv, lens);
+    }
     free(argv);
     free(lens);
     if (rc != 0)
@@ -618,5 +794,8 @@ void store_bounce_arg(char *buf, char action, bool counts, int64_t now, int code
 
 bool store_batch_empty(void)
 {
-    return current == NULL;
+    for (int k = 0; k < SHARD_MAX; k++)
+        if (current[k])
+            return false;
+    return true;
 }

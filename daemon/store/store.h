@@ -52,6 +52,10 @@ enum store_op {
 #define STORE_WAS_SUPPRESSED 2 /* the address was suppressed before */
 
 struct store_change {
+    /* The shard whose records it changes and whose lease fences it (0 in
+     * the one-shard layout); STORE_SHARD_ANY for a change about no message
+     * (a domain's throttle, learned timing): any shard this instance holds. */
+    int shard;
     const char *id;         /* "" for a change about no message */
     size_t id_len;
     char mode;              /* 'S' set, 'D' delete, '-' events only, 'H' delete keeping the story
@@ -119,16 +123,16 @@ typedef void (*store_reply_cb)(void *arg, redisReply *reply);
 redisReply *store_reply_retain(redisReply *reply);
 void store_reply_release(redisReply *reply);
 /* Reads one record (HGET). */
-int store_get(const char *id, size_t id_len, store_reply_cb cb, void *arg);
+int store_get(int shard, const char *id, size_t id_len, store_reply_cb cb, void *arg);
 /* Reads a message's record with its recipient's streak and suppression
  * (scripts/get.lua), or, with id NULL, the recipient rcpt's alone. The
  * reply is an array {record, streak, suppression, address}. */
-int store_get_with_rcpt(const char *id, size_t id_len, const char *rcpt, store_reply_cb cb, void *arg);
+int store_get_with_rcpt(int shard, const char *id, size_t id_len, const char *rcpt, store_reply_cb cb, void *arg);
 /* The number of message records (HLEN). */
-int store_msgs_len(store_reply_cb cb, void *arg);
+int store_msgs_len(int shard, store_reply_cb cb, void *arg);
 /* One page of the message records from cursor (HSCAN, count a hint): the
  * reply is {cursor, [field, value, ...]}. */
-int store_msgs_scan(const char *cursor, const char *count, store_reply_cb cb, void *arg);
+int store_msgs_scan(int shard, const char *cursor, const char *count, store_reply_cb cb, void *arg);
 /* One page of the suppressed list from cursor (HSCAN) and its size (HLEN):
  * cb is called twice, once per reply, in that order. */
 int store_suppressed_page(const char *cursor, int count, store_reply_cb cb, void *arg);
@@ -153,14 +157,17 @@ int store_held_del(const char *domain, store_reply_cb cb, void *arg);
 int store_held_read(store_reply_cb cb, void *arg);
 /* The records of n ids (HMGET, n <= STORE_BULK_MAX): an array of n
  * strings or nils. */
-int store_msgs_get(const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg);
+int store_msgs_get(int shard, const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg);
+/* The same, each id read from its own shard's hash (shards[i]). */
+int store_msgs_get_each(const int *shards, const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb,
+                        void *arg);
 /* Deletes the records of n ids (HDEL, n <= STORE_BULK_MAX); the reply is
  * how many there were. */
-int store_msgs_del(const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg);
+int store_msgs_del(int shard, const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg);
 /* Makes the pending retries of n ids (n <= STORE_BULK_MAX) due at `due`
  * in their records, in one atomic step; records that are not pending are
  * left alone. The reply is an array of n integers: 1 rewritten, 0 not. */
-int store_msgs_due_now(const char *const *ids, const size_t *lens, size_t n, int64_t due, store_reply_cb cb,
+int store_msgs_due_now(int shard, const char *const *ids, const size_t *lens, size_t n, int64_t due, store_reply_cb cb,
                        void *arg);
 
 /* A finished message's story (HGET of <prefix>history; apply.lua's mode
@@ -181,6 +188,7 @@ enum store_fire_outcome {
  * until done is called (exactly once, unless the send returned -1), and
  * may free it in done. */
 struct store_fire {
+    int shard;              /* the ids' shard (0 in the one-shard layout) */
     int n;                  /* ids */
     int64_t now;            /* the events' time */
     unsigned char *outcome; /* n bytes: enum store_fire_outcome per id, set when done says ok */
@@ -273,19 +281,19 @@ void store_lease_free(void);
 /* True when writes are fenced (lease_ttl set). */
 bool store_fencing(void);
 /* The epoch writes carry from now on (0: none held, every write refused). */
-void store_fence_set(long long epoch);
+void store_fence_set(int shard, long long epoch);
 /* fn is called for every write Redis refused as fenced. */
 void store_set_fenced_hook(void (*fn)(void));
 /* Acquires the lease for who ("<instance> <addr>") for ttl_ms unless it is
  * held: the reply is {epoch, value}, epoch 0 with the holder's value when
  * another holds it. */
-int store_lease_acquire(const char *who, int64_t ttl_ms, store_reply_cb cb, void *arg);
+int store_lease_acquire(int shard, const char *who, int64_t ttl_ms, store_reply_cb cb, void *arg);
 /* Extends the lease by ttl_ms if its value is still `value`: 1, else 0. */
-int store_lease_renew(const char *value, int64_t ttl_ms, store_reply_cb cb, void *arg);
+int store_lease_renew(int shard, const char *value, int64_t ttl_ms, store_reply_cb cb, void *arg);
 /* Deletes the lease if its value is still `value`: 1, else 0. */
-int store_lease_release(const char *value, store_reply_cb cb, void *arg);
+int store_lease_release(int shard, const char *value, store_reply_cb cb, void *arg);
 /* The lease's value (GET), nil when nobody holds it. */
-int store_lease_read(store_reply_cb cb, void *arg);
+int store_lease_read(int shard, store_reply_cb cb, void *arg);
 /* Records this instance's heartbeat (HSET; the reply is not awaited). */
 int store_members_beat(const char *id, const char *value);
 /* Forgets an instance's heartbeat (HDEL; the reply is not awaited). */
@@ -297,6 +305,28 @@ size_t store_inflight(void);
 /* True when no change is queued for the next write batch. */
 bool store_batch_empty(void);
 
+/* ---- shards (docs/architecture.md, "Shards") ----
+ * With shards S >= 2 the records, the lease and the epoch are per shard,
+ * each under its shard's hash tag (queue/shard.h: shard_tag):
+ *   {<tag k>}msg, {<tag k>}lease, {<tag k>}epoch
+ * and <prefix>meta (hash) holds "shards", fixed at creation. Everything
+ * else (events, rcpt, suppressed, domains, held, history, learned,
+ * members) stays one key for all shards: on one Redis a script may touch
+ * any key, and only ownership needs the split. With S < 2, shard 0's keys
+ * are today's <prefix>msg, <prefix>lease, <prefix>epoch. */
+#define STORE_SHARD_ANY (-1)
+/* The shards of the layout: cfg.shards when >= 2, else 1. */
+int store_nshards(void);
+/* Shard k's message hash. */
+const char *store_msgs_key(int shard);
+/* Answers the layout's number of shards (an integer): the one recorded
+ * in <prefix>meta, else 1 where <prefix>msg holds records of the one-shard
+ * layout, else nshards, recorded when it is 2 or more. */
+int store_meta_shards(int nshards, store_reply_cb cb, void *arg);
+/* Which shard holds id's record: an integer, the first shard whose hash
+ * has it, or -1 when none does (one script over every shard's hash). */
+int store_msgs_locate(const char *id, size_t id_len, store_reply_cb cb, void *arg);
+
 /* The store's own (store.c, fire.c, queue_ops.c): */
 /* True (and counted, and the hook told) when reply is a FENCED refusal. */
 bool store_fenced_reply(const redisReply *reply);
@@ -305,11 +335,17 @@ void store_fenced_now(void);
 /* Adds the fence to a script call: the epoch key after the script's nkeys
  * keys, the epoch as the last argument (argv and lens need room for two
  * more). The scripts' prologue checks it. */
-void store_fence_args(const char **argv, size_t *lens, int *nkeys, int *argc);
+void store_fence_args(int shard, const char **argv, size_t *lens, int *nkeys, int *argc);
 /* A command (argv[1] its key) wrapped to run only while the epoch is ours:
  * new arrays in *out and *out_lens (the caller frees them), their count
  * returned. */
-int store_fence_wrap(int argc, const char *const *argv, const size_t *lens, const char ***out, size_t **out_lens);
-/* The epoch counter's key. */
-const char *store_fence_key(void);
+int store_fence_wrap(int shard, int argc, const char *const *argv, const size_t *lens, const char ***out, size_t **out_lens);
+/* The epoch counter's key, and the epoch writes carry ("0": none held). */
+const char *store_fence_key(int shard);
+const char *store_fence_epoch(int shard);
+/* "{<shard k's hash tag>}<name>" (freed by the caller). */
+char *store_shard_key(int k, const char *name);
+/* The first shard whose epoch this instance holds (0 when none): where a
+ * change about no message is fenced. */
+int store_shard_any(void);
 #endif

@@ -101,10 +101,10 @@ void store_reply_release(redisReply *reply)
         return -1;                                                                                             \
     }
 
-int store_get(const char *id, size_t id_len, store_reply_cb cb, void *arg) NOT_SENT()
-int store_get_with_rcpt(const char *id, size_t id_len, const char *rcpt, store_reply_cb cb, void *arg) NOT_SENT()
-int store_msgs_len(store_reply_cb cb, void *arg) NOT_SENT()
-int store_msgs_scan(const char *cursor, const char *count, store_reply_cb cb, void *arg) NOT_SENT()
+int store_get(int shard, const char *id, size_t id_len, store_reply_cb cb, void *arg) NOT_SENT()
+int store_get_with_rcpt(int shard, const char *id, size_t id_len, const char *rcpt, store_reply_cb cb, void *arg) NOT_SENT()
+int store_msgs_len(int shard, store_reply_cb cb, void *arg) NOT_SENT()
+int store_msgs_scan(int shard, const char *cursor, const char *count, store_reply_cb cb, void *arg) NOT_SENT()
 int store_suppressed_page(const char *cursor, int count, store_reply_cb cb, void *arg) NOT_SENT()
 int store_domains_read(store_reply_cb cb, void *arg) NOT_SENT()
 int store_group_create(const char *group, store_reply_cb cb, void *arg) NOT_SENT()
@@ -284,17 +284,17 @@ int store_held_read(store_reply_cb cb, void *arg)
     return record_command("held_read", NULL, 0, 0, cb, arg);
 }
 
-int store_msgs_get(const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg)
+int store_msgs_get(int shard, const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg)
 {
     return record_command("msgs_get", ids[0], lens[0], n, cb, arg);
 }
 
-int store_msgs_del(const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg)
+int store_msgs_del(int shard, const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb, void *arg)
 {
     return record_command("msgs_del", ids[0], lens[0], n, cb, arg);
 }
 
-int store_msgs_due_now(const char *const *ids, const size_t *lens, size_t n, int64_t due, store_reply_cb cb,
+int store_msgs_due_now(int shard, const char *const *ids, const size_t *lens, size_t n, int64_t due, store_reply_cb cb,
                        void *arg)
 {
     return record_command("msgs_due_now", ids[0], lens[0], n, cb, arg);
@@ -310,22 +310,22 @@ int store_history_get(const char *id, size_t id_len, store_reply_cb cb, void *ar
 long long stub_fence_epoch;
 size_t stub_inflight;
 
-int store_lease_acquire(const char *who, int64_t ttl_ms, store_reply_cb cb, void *arg)
+int store_lease_acquire(int shard, const char *who, int64_t ttl_ms, store_reply_cb cb, void *arg)
 {
     return record_command("store_lease_acquire", who, strlen(who), 0, cb, arg);
 }
 
-int store_lease_renew(const char *value, int64_t ttl_ms, store_reply_cb cb, void *arg)
+int store_lease_renew(int shard, const char *value, int64_t ttl_ms, store_reply_cb cb, void *arg)
 {
     return record_command("store_lease_renew", value, strlen(value), 0, cb, arg);
 }
 
-int store_lease_release(const char *value, store_reply_cb cb, void *arg)
+int store_lease_release(int shard, const char *value, store_reply_cb cb, void *arg)
 {
     return record_command("store_lease_release", value, strlen(value), 0, cb, arg);
 }
 
-int store_lease_read(store_reply_cb cb, void *arg)
+int store_lease_read(int shard, store_reply_cb cb, void *arg)
 {
     return record_command("store_lease_read", "", 0, 0, cb, arg);
 }
@@ -340,14 +340,35 @@ int store_members_forget(const char *id)
     return 0;
 }
 
+int stub_nshards;
+
 int store_members_read(store_reply_cb cb, void *arg)
 {
+    /* with shards the test answers it: the live members make the share */
+    if (stub_nshards > 1)
+        return record_command("store_members_read", "", 0, 0, cb, arg);
     return stubs.ready ? 0 : -1;
 }
 
-void store_fence_set(long long epoch)
+void store_fence_set(int shard, long long epoch)
 {
     stub_fence_epoch = epoch;
+}
+
+int store_nshards(void)
+{
+    return stub_nshards > 1 ? stub_nshards : 1;
+}
+
+int store_msgs_locate(const char *id, size_t id_len, store_reply_cb cb, void *arg)
+{
+    return record_command("msgs_locate", id, id_len, 1, cb, arg);
+}
+
+int store_msgs_get_each(const int *shards, const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb,
+                        void *arg)
+{
+    return record_command("msgs_get", ids[0], lens[0], n, cb, arg);
 }
 
 size_t store_inflight(void)
@@ -393,4 +414,13 @@ uint64_t peer_failed(void)
 
 void peer_close_all(void)
 {
+}
+
+int stub_asks;
+
+int peer_ask(const char *addr, const char *line, size_t len, void (*cb)(void *arg, const char *line, size_t len),
+             void *arg)
+{
+    stub_asks++;
+    return -1;
 }

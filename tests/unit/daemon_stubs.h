@@ -71,6 +71,7 @@ void stubs_answer_command(int i, redisReply *reply);
  * carry, and the commands in flight the lifecycle sees. */
 extern long long stub_fence_epoch;
 extern size_t stub_inflight;
+extern int stub_nshards; /* store_nshards(); > 1: members reads are recorded too */
 extern int stub_events_link_ups;
 /* net/peer.c: peer_forward calls, and what it returns (-1: not relayed) */
 extern int stub_forwards;

@@ -514,7 +514,7 @@ static void test_dump_masks_secrets(void **state)
     assert_string_equal(json_string_value(json_object_get(j, "unix_mode")), "0660");
     assert_string_equal(json_string_value(json_object_get(j, "redis_timeout")), "5s");
     assert_int_equal(json_integer_value(json_object_get(j, "max_line")), 65536);
-    assert_int_equal(json_object_size(j), 38);
+    assert_int_equal(json_object_size(j), 39);
     json_decref(j);
 
     config_set(cfg, "redis_password", "hunter2", err, sizeof err);

@@ -26,6 +26,7 @@
 #include "schedule/domains.h"
 #include "schedule/entry.h"
 #include "schedule/firing.h"
+#include "queue/shard.h"
 #include "schedule/lease.h"
 
 static int waiter_runs;
@@ -457,6 +458,117 @@ static void test_lease_release_on_shutdown(void **state)
     lease_close();
 }
 
+/* Commands named `name` sent since index from. */
+static int count_since(const char *name, int from)
+{
+    int n = 0;
+    for (int i = from; i < stub_cmds.n; i++)
+        n += strcmp(stub_cmds.c[i].name, name) == 0;
+    return n;
+}
+
+/* Answers the members read with live heartbeats of the ids given. */
+static void answer_members(int i, const char *const *ids, int n)
+{
+    redisReply el[16], *els[16];
+    char vals[8][64];
+    for (int k = 0; k < n; k++) {
+        snprintf(vals[k], sizeof vals[k], "127.0.0.1:%d %lld", 7001 + k, (long long)now_ms());
+        el[2 * k] = (redisReply){.type = REDIS_REPLY_STRING, .str = (char *)ids[k], .len = strlen(ids[k])};
+        el[2 * k + 1] = (redisReply){.type = REDIS_REPLY_STRING, .str = vals[k], .len = strlen(vals[k])};
+    }
+    for (int k = 0; k < 2 * n; k++)
+        els[k] = &el[k];
+    redisReply arr = {.type = REDIS_REPLY_ARRAY, .elements = (size_t)(2 * n), .element = els};
+    assert_string_equal(stub_cmds.c[i].name, "store_members_read");
+    stubs_answer_command(i, &arr);
+}
+
+/* With shards: nothing is acquired before the members are known; then up
+ * to the fair share (4 shards, 2 live instances: 2), each shard its own
+ * lease and epoch; a third of the instances gone, the share grows and the
+ * rest is taken; a renewal refused fences that shard alone. */
+static void test_lease_shards(void **state)
+{
+    rbd->loaded = false;
+    rbd->cfg.lease_ttl_ms = 1000;
+    rbd->cfg.shards = 4;
+    stub_nshards = 4;
+    snprintf(rbd->instance_id, sizeof rbd->instance_id, "me");
+    snprintf(rbd->advertise, sizeof rbd->advertise, "127.0.0.1:7001");
+    lease_init(NULL);
+    assert_int_equal(lease_shards(), 4);
+    assert_true(lease_serving()); /* every op is taken, and routed by shard */
+    for (int k = 0; k < 4; k++)
+        assert_false(lease_shard_serving(k));
+
+    lease_tick(0);
+    assert_int_equal(count_since("store_lease_acquire", 0), 0);
+    assert_int_equal(count_since("store_lease_read", 0), 4); /* who owns what */
+    int m = -1;
+    for (int i = 0; i < stub_cmds.n; i++)
+        if (strcmp(stub_cmds.c[i].name, "store_members_read") == 0)
+            m = i;
+    const char *two[] = {"me", "other"};
+    answer_members(m, two, 2);
+
+    int from = stub_cmds.n;
+    lease_tick(100);
+    assert_int_equal(count_since("store_lease_acquire", from), 2);
+    char value[64];
+    for (int i = from, e = 1; i < stub_cmds.n; i++) {
+        if (strcmp(stub_cmds.c[i].name, "store_lease_acquire") != 0)
+            continue;
+        snprintf(value, sizeof value, "me 127.0.0.1:7001 %d", e);
+        answer_acquire(i, e++, value);
+    }
+    assert_int_equal(shard_count(rbd->shards_held), 2);
+    assert_int_equal(rbd->lease_role, LEASE_LOADING);
+    assert_int_equal(rbd->lease_takeovers, 2);
+    from = stub_cmds.n;
+    lease_tick(150); /* at the share: no more */
+    assert_int_equal(count_since("store_lease_acquire", from), 0);
+
+    /* the other instance is gone: the share is all four */
+    lease_tick(200);
+    m = -1;
+    for (int i = from; i < stub_cmds.n; i++)
+        if (strcmp(stub_cmds.c[i].name, "store_members_read") == 0)
+            m = i;
+    assert_true(m >= 0);
+    const char *one[] = {"me"};
+    answer_members(m, one, 1);
+    from = stub_cmds.n;
+    lease_tick(250);
+    assert_int_equal(count_since("store_lease_acquire", from), 2);
+    for (int i = from, e = 7; i < stub_cmds.n; i++)
+        if (strcmp(stub_cmds.c[i].name, "store_lease_acquire") == 0) {
+            snprintf(value, sizeof value, "me 127.0.0.1:7001 %d", e);
+            answer_acquire(i, e++, value);
+        }
+    assert_int_equal(rbd->shards_held, 0xf);
+
+    /* Redis refused a write as FENCED: every held shard's lease is checked
+     * at once; the one renewal that finds another value fences that shard */
+    from = stub_cmds.n;
+    lease_fenced();
+    lease_tick(260);
+    assert_int_equal(count_since("store_lease_renew", from), 4);
+    int fenced = -1;
+    for (int i = from; i < stub_cmds.n; i++)
+        if (strcmp(stub_cmds.c[i].name, "store_lease_renew") == 0)
+            stubs_answer_command(i, int_reply(fenced < 0 ? (fenced = i, 0) : 1));
+    assert_int_equal(shard_count(rbd->shards_held), 3);
+    assert_int_equal(rbd->lease_self_fenced, 1);
+    lease_release(NULL);
+    assert_int_equal(count_since("store_lease_release", from), 3);
+    lease_close();
+    uv_run(rbd->loop, UV_RUN_NOWAIT);
+    rbd->cfg.shards = 0;
+    stub_nshards = 0;
+    rbd->cfg.lease_ttl_ms = 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -468,6 +580,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_firing_script_then_burst, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_state_machine, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_release_on_shutdown, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_shards, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

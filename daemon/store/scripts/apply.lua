@@ -57,7 +57,25 @@
 -- last argument the epoch the caller holds; a caller whose epoch is not
 -- the current one has lost the schedule to another instance and must not
 -- write. Without the key (lease_ttl 0) nothing is checked.
-if #KEYS > 8 and redis.call('GET', KEYS[9]) ~= table.remove(ARGV) then
+-- Shards (store.c, a sharded layout): a batch of the changes of m shards
+-- has after the 8 keys the m shards' epoch keys, then their message
+-- hashes, and its arguments end with the m epochs held, a selector (one
+-- byte per fresh record, then per change: 64 + the change's shard among the
+-- m) and "M<m>". Every shard's epoch is checked; KEYS[1] is then unused.
+local shard_msgs, sel, ngen = nil, nil, 0
+if #KEYS > 8 and string.byte(ARGV[#ARGV], 1) == 77 then
+  local m = tonumber(string.sub(table.remove(ARGV), 2))
+  sel = table.remove(ARGV)
+  -- one MGET for every epoch: on one Redis any keys may go together
+  local held = redis.call('MGET', unpack(KEYS, 9, 8 + m))
+  for j = m, 1, -1 do
+    if held[j] ~= table.remove(ARGV) then
+      return redis.error_reply('FENCED the lease on a shard moved to another instance')
+    end
+  end
+  shard_msgs = {}
+  for j = 1, m do shard_msgs[j] = KEYS[8 + m + j] end
+elseif #KEYS > 8 and redis.call('GET', KEYS[9]) ~= table.remove(ARGV) then
   return redis.error_reply('FENCED the lease on the schedule moved to another instance')
 end
 local msgs, stream, rcpts, supp, doms = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -162,7 +180,24 @@ if nfresh > 0 then
       end
     end
   end
-  if not blocked then
+  if not blocked and shard_msgs then
+    -- the pairs come grouped by shard (store.c): one HSET per run
+    local k = 1
+    while k <= nfresh do
+      local c = string.sub(sel, k, k)
+      local j = string.byte(c)
+      -- the run ends before the first other byte (escaped unless a letter)
+      local other = string.find(sel, string.find(c, '%w') and ('[^' .. c .. ']') or ('[^%' .. c .. ']'), k + 1)
+      local e = other and other - 1 or nfresh
+      if e > nfresh then e = nfresh end
+      local stop = 5 + 2 * e
+      for a = 4 + 2 * k, stop, 4000 do
+        redis.call('HSET', shard_msgs[j - 64], unpack(ARGV, a, math.min(a + 3999, stop)))
+      end
+      k = e + 1
+    end
+    for k = 1, nfresh do out[k] = 0 end
+  elseif not blocked then
     for a = 6, last, 4000 do
       redis.call('HSET', msgs, unpack(ARGV, a, math.min(a + 3999, last)))
     end
@@ -170,6 +205,7 @@ if nfresh > 0 then
   else
     for k = 1, nfresh do
       local id, rec = ARGV[4 + 2 * k], ARGV[5 + 2 * k]
+      if shard_msgs then msgs = shard_msgs[string.byte(sel, k) - 64] end
       if blocked[k] then
         suppressed_fresh(id, rec)
         out[k] = 2
@@ -234,6 +270,10 @@ local function keep_story(id, header, who, item, outcome)
 end
 
 while i <= #ARGV do
+  if shard_msgs then
+    ngen = ngen + 1
+    msgs = shard_msgs[string.byte(sel, nfresh + ngen) - 64]
+  end
   local id, mode, header, who, item = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local op, key, arg = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
   local n = tonumber(ARGV[i + 8])
