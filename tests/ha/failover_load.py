@@ -124,3 +124,49 @@ class FailoverLoad:
             todo = [i for i, r in zip(todo, replies) if r.get("ok") is not True]
             time.sleep(0.05)
         return todo
+
+
+def ingest_rotating(targets, acked, n, rcpt_of, keep_going, on_progress=None, batch=200):
+    """Pipelines n greylisted reports to the first of targets (daemons),
+    resending what is refused or cut off (to the next target when one is
+    gone) until each is acknowledged or keep_going() says stop; the
+    acknowledged ids go into the set acked, and on_progress() is called
+    after every batch. Returns the counts of `unavailable` answers and of
+    other errors."""
+    unavailable = errors = 0
+    todo = []
+    made = 0
+    t = 0
+    client = None
+    while (made < n or todo) and keep_going():
+        while len(todo) < batch and made < n:
+            todo.append(bounce(unique_id("k"), rcpt=rcpt_of(made), **GREYLIST))
+            made += 1
+        try:
+            if client is None:
+                client = targets[t].client(timeout=5.0)
+            replies = client.pipeline(todo, window=batch, timeout=5.0)
+        except (OSError, ConnectionError, TimeoutError):
+            if client is not None:
+                client.close()
+            client = None
+            t = (t + 1) % len(targets)
+            time.sleep(0.02)
+            continue
+        again = []
+        for req, r in zip(todo, replies):
+            if r["ok"]:
+                acked.add(req["id"])
+            elif r["error"]["code"] == "unavailable":
+                unavailable += 1
+                again.append(req)
+            else:
+                errors += 1
+        todo = again
+        if again:
+            time.sleep(0.05)
+        if on_progress:
+            on_progress()
+    if client is not None:
+        client.close()
+    return unavailable, errors

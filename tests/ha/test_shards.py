@@ -41,6 +41,8 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
+from failover_load import ingest_rotating  # noqa: E402
+
 from harness import (GREYLIST, USER_UNKNOWN, DaemonTestCase, bounce, now_ms, unique_id,  # noqa: E402
                      wait_until)
 
@@ -347,47 +349,7 @@ class ShardsTest(DaemonTestCase):
             "shard served again")
 
     def ingest(self, targets, acked, n, on_progress=None, batch=200):
-        """Pipelines n greylisted reports, resending what is refused or cut
-        off (to the next target when one is gone) until each is
-        acknowledged. Returns the counts of `unavailable` answers and of
-        other errors."""
-        unavailable = errors = 0
-        todo = []
-        made = 0
-        t = 0
-        client = None
-        while (made < n or todo) and self.left() > 5:
-            while len(todo) < batch and made < n:
-                todo.append(bounce(unique_id("k"), rcpt=rcpt_of(made), **GREYLIST))
-                made += 1
-            try:
-                if client is None:
-                    client = targets[t].client(timeout=5.0)
-                replies = client.pipeline(todo, window=batch, timeout=5.0)
-            except (OSError, ConnectionError, TimeoutError):
-                if client is not None:
-                    client.close()
-                client = None
-                t = (t + 1) % len(targets)
-                time.sleep(0.02)
-                continue
-            again = []
-            for req, r in zip(todo, replies):
-                if r["ok"]:
-                    acked.add(req["id"])
-                elif r["error"]["code"] == "unavailable":
-                    unavailable += 1
-                    again.append(req)
-                else:
-                    errors += 1
-            todo = again
-            if again:
-                time.sleep(0.05)
-            if on_progress:
-                on_progress()
-        if client is not None:
-            client.close()
-        return unavailable, errors
+        return ingest_rotating(targets, acked, n, rcpt_of, lambda: self.left() > 5, on_progress, batch)
 
     def wait_all_retried(self, redis, acked, timeout):
         missing = [None]
