@@ -221,6 +221,25 @@ static bool plain_bytes(const char *s, size_t n, bool allow_quote)
     return true;
 }
 
+/* The last part of a compact body, from who to e: the members JSON of a
+ * record (it starts with '"', written by the encoder from a record: it only
+ * has to keep the line one line), or "<id>\n<rcpt>". Returns 0 with *id
+ * and *rcpt set (NULL for the JSON form), or -1 when it is malformed. */
+static int read_who(const char *who, const char *e, const char **id, size_t *idn, const char **rcpt, size_t *rn)
+{
+    size_t who_len = (size_t)(e - who);
+    if (who_len > 0 && who[0] == '"')
+        return memchr(who, '\n', who_len) != NULL || memchr(who, '\0', who_len) != NULL ? -1 : 0;
+    const char *nl2 = memchr(who, '\n', who_len);
+    if (nl2 == NULL || nl2 == who || nl2 + 1 == e)
+        return -1;
+    *id = who;
+    *idn = (size_t)(nl2 - who);
+    *rcpt = nl2 + 1;
+    *rn = (size_t)(e - *rcpt);
+    return plain_bytes(*id, *idn, false) && plain_bytes(*rcpt, *rn, false) ? 0 : -1;
+}
+
 /* The line of a compact retry body (event_retry_compact), or NULL when it
  * is malformed. The members written are those of the JSON body, in its
  * order, so the line is byte for byte what the JSON body gives. */
@@ -242,22 +261,8 @@ static char *compact_line(const char *eid, const char *body, size_t body_len, si
     }
     const char *who = nl + 1, *id = NULL, *rcpt = NULL;
     size_t who_len = (size_t)(e - who), id_len = 0, rcpt_len = 0;
-    if (who_len > 0 && who[0] == '"') {
-        /* Members JSON, written by the encoder from a record: it only
-         * has to keep the line one line. */
-        if (memchr(who, '\n', who_len) != NULL || memchr(who, '\0', who_len) != NULL)
-            return NULL;
-    } else {
-        const char *nl2 = memchr(who, '\n', who_len);
-        if (nl2 == NULL || nl2 == who || nl2 + 1 == e)
-            return NULL;
-        id = who;
-        id_len = (size_t)(nl2 - who);
-        rcpt = nl2 + 1;
-        rcpt_len = (size_t)(e - rcpt);
-        if (!plain_bytes(id, id_len, false) || !plain_bytes(rcpt, rcpt_len, false))
-            return NULL;
-    }
+    if (read_who(who, e, &id, &id_len, &rcpt, &rcpt_len) != 0)
+        return NULL;
 
     struct jbuf b = {0};
     jbuf_reserve(&b, 7 + strlen(eid) + 2 + 96 + cls_len + who_len + 24);
@@ -793,20 +798,8 @@ static char *outcome_line(const char *eid, const char *body, size_t body_len, si
     }
     const char *who = nl + 1, *id = NULL, *rcpt = NULL;
     size_t who_len = (size_t)(e - who), idn = 0, rn = 0;
-    if (who_len > 0 && who[0] == '"') {
-        if (memchr(who, '\n', who_len) != NULL || memchr(who, '\0', who_len) != NULL)
-            return NULL;
-    } else {
-        const char *nl2 = memchr(who, '\n', who_len);
-        if (nl2 == NULL || nl2 == who || nl2 + 1 == e)
-            return NULL;
-        id = who;
-        idn = (size_t)(nl2 - who);
-        rcpt = nl2 + 1;
-        rn = (size_t)(e - rcpt);
-        if (!plain_bytes(id, idn, false) || !plain_bytes(rcpt, rn, false))
-            return NULL;
-    }
+    if (read_who(who, e, &id, &idn, &rcpt, &rn) != 0)
+        return NULL;
     char lower[256];
     if (t == EV_SENDER_ALERT && domn == 0) {
         /* the recipient's domain, lower-cased, as the alert names it */
