@@ -240,6 +240,43 @@ static int read_who(const char *who, const char *e, const char **id, size_t *idn
     return plain_bytes(*id, *idn, false) && plain_bytes(*rcpt, *rn, false) ? 0 : -1;
 }
 
+/* The members every compact form starts its line with, in the JSON body's
+ * order: {"eid":..,"type":..,"at":..,"id":..,"rcpt":.. (or the record's
+ * members JSON, who),"class":..,"attempt":N. */
+static void put_head(struct jbuf *b, const char *eid, const char *type, long long at, const char *id, size_t idn,
+                     const char *rcpt, size_t rn, const char *who, size_t who_len, const char *cls, size_t clsn,
+                     long long attempt)
+{
+    jbuf_lit(b, "{\"eid\":");
+    if (plain_string(eid)) {
+        jbuf_lit(b, "\"");
+        jbuf_put(b, eid, strlen(eid));
+        jbuf_lit(b, "\"");
+    } else {
+        json_t *s = json_string(eid);
+        jbuf_json(b, s);
+        json_decref(s);
+    }
+    jbuf_lit(b, ",\"type\":\"");
+    jbuf_put(b, type, strlen(type));
+    jbuf_lit(b, "\",\"at\":");
+    jbuf_int(b, at);
+    jbuf_lit(b, ",");
+    if (id != NULL) {
+        jbuf_lit(b, "\"id\":\"");
+        jbuf_put(b, id, idn);
+        jbuf_lit(b, "\",\"rcpt\":\"");
+        jbuf_put(b, rcpt, rn);
+        jbuf_lit(b, "\"");
+    } else {
+        jbuf_put(b, who, who_len);
+    }
+    jbuf_lit(b, ",\"class\":\"");
+    jbuf_put(b, cls, clsn);
+    jbuf_lit(b, "\",\"attempt\":");
+    jbuf_int(b, attempt);
+}
+
 /* The line of a compact retry body (event_retry_compact), or NULL when it
  * is malformed. The members written are those of the JSON body, in its
  * order, so the line is byte for byte what the JSON body gives. */
@@ -266,32 +303,7 @@ static char *compact_line(const char *eid, const char *body, size_t body_len, si
 
     struct jbuf b = {0};
     jbuf_reserve(&b, 7 + strlen(eid) + 2 + 96 + cls_len + who_len + 24);
-    jbuf_lit(&b, "{\"eid\":");
-    if (plain_string(eid)) {
-        jbuf_lit(&b, "\"");
-        jbuf_put(&b, eid, strlen(eid));
-        jbuf_lit(&b, "\"");
-    } else {
-        json_t *s = json_string(eid);
-        jbuf_json(&b, s);
-        json_decref(s);
-    }
-    jbuf_lit(&b, ",\"type\":\"retry\",\"at\":");
-    jbuf_int(&b, at);
-    jbuf_lit(&b, ",");
-    if (id != NULL) {
-        jbuf_lit(&b, "\"id\":\"");
-        jbuf_put(&b, id, id_len);
-        jbuf_lit(&b, "\",\"rcpt\":\"");
-        jbuf_put(&b, rcpt, rcpt_len);
-        jbuf_lit(&b, "\"");
-    } else {
-        jbuf_put(&b, who, who_len);
-    }
-    jbuf_lit(&b, ",\"class\":\"");
-    jbuf_put(&b, cls, cls_len);
-    jbuf_lit(&b, "\",\"attempt\":");
-    jbuf_int(&b, attempt);
+    put_head(&b, eid, "retry", at, id, id_len, rcpt, rcpt_len, who, who_len, cls, cls_len, attempt);
     jbuf_lit(&b, ",\"due_at\":");
     jbuf_int(&b, at - late);
     jbuf_lit(&b, "}\n");
@@ -821,34 +833,7 @@ static char *outcome_line(const char *eid, const char *body, size_t body_len, si
     const char *tn = event_type_name((enum event_type)t);
     struct jbuf b = {0};
     jbuf_reserve(&b, 7 + strlen(eid) + 2 + 200 + body_len + reasonn + domn);
-    jbuf_lit(&b, "{\"eid\":");
-    if (plain_string(eid)) {
-        jbuf_lit(&b, "\"");
-        jbuf_put(&b, eid, strlen(eid));
-        jbuf_lit(&b, "\"");
-    } else {
-        json_t *s = json_string(eid);
-        jbuf_json(&b, s);
-        json_decref(s);
-    }
-    jbuf_lit(&b, ",\"type\":\"");
-    jbuf_put(&b, tn, strlen(tn));
-    jbuf_lit(&b, "\",\"at\":");
-    jbuf_int(&b, at);
-    jbuf_lit(&b, ",");
-    if (id != NULL) {
-        jbuf_lit(&b, "\"id\":\"");
-        jbuf_put(&b, id, idn);
-        jbuf_lit(&b, "\",\"rcpt\":\"");
-        jbuf_put(&b, rcpt, rn);
-        jbuf_lit(&b, "\"");
-    } else {
-        jbuf_put(&b, who, who_len);
-    }
-    jbuf_lit(&b, ",\"class\":\"");
-    jbuf_put(&b, cls, clsn);
-    jbuf_lit(&b, "\",\"attempt\":");
-    jbuf_int(&b, attempt);
+    put_head(&b, eid, tn, at, id, idn, rcpt, rn, who, who_len, cls, clsn, attempt);
     jbuf_lit(&b, ",\"code\":");
     jbuf_int(&b, code);
     if (enhn > 0) {

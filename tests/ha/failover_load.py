@@ -170,3 +170,18 @@ def ingest_rotating(targets, acked, n, rcpt_of, keep_going, on_progress=None, ba
     if client is not None:
         client.close()
     return unavailable, errors
+
+
+def start_configured(test, redis, config, wait_ready=True):
+    """A reboundd of test's (a DaemonTestCase) on redis with a config file
+    holding `config` (its directory is the daemon's own, known only once it
+    has been made: so it is made, stopped, and started again with -c)."""
+    d = test.start_daemon(redis, wait_ready=False)
+    d.proc.kill()
+    d.proc.wait()
+    conf = os.path.join(d.dir, "reboundd.json")
+    with open(conf, "w") as f:
+        json.dump(config, f)
+    d.extra_args = ["-c", conf]
+    d.start(wait_ready=wait_ready)
+    return d

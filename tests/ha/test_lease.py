@@ -37,7 +37,7 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
-from failover_load import ingest_rotating  # noqa: E402
+from failover_load import ingest_rotating, start_configured  # noqa: E402
 
 from harness import GREYLIST, DaemonTestCase, bounce, now_ms, unique_id, wait_until  # noqa: E402
 
@@ -66,15 +66,8 @@ class LeaseTest(DaemonTestCase):
         return CASE_BUDGET_S - (time.monotonic() - self.t0)
 
     def start_leased(self, redis, iid, wait_ready=True, forward=True):
-        d = self.start_daemon(redis, wait_ready=False)
-        d.proc.kill()
-        d.proc.wait()
-        conf = os.path.join(d.dir, "reboundd.json")
-        with open(conf, "w") as f:
-            json.dump({"lease_ttl": "%dms" % TTL_MS, "instance_id": iid, "lease_forward": forward}, f)
-        d.extra_args = ["-c", conf]
-        d.start(wait_ready=wait_ready)
-        return d
+        return start_configured(self, redis, {"lease_ttl": "%dms" % TTL_MS, "instance_id": iid,
+                                              "lease_forward": forward}, wait_ready)
 
     def role(self, d):
         with d.client(timeout=2.0) as c:

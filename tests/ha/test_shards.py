@@ -41,7 +41,7 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
-from failover_load import ingest_rotating  # noqa: E402
+from failover_load import ingest_rotating, start_configured  # noqa: E402
 
 from harness import (GREYLIST, USER_UNKNOWN, DaemonTestCase, bounce, now_ms, unique_id,  # noqa: E402
                      wait_until)
@@ -84,15 +84,8 @@ class ShardsTest(DaemonTestCase):
         return CASE_BUDGET_S - (time.monotonic() - self.t0)
 
     def start_sharded(self, redis, iid, shards=SHARDS, wait_ready=True):
-        d = self.start_daemon(redis, wait_ready=False)
-        d.proc.kill()
-        d.proc.wait()
-        conf = os.path.join(d.dir, "reboundd.json")
-        with open(conf, "w") as f:
-            json.dump({"lease_ttl": "%dms" % TTL_MS, "instance_id": iid, "shards": shards}, f)
-        d.extra_args = ["-c", conf]
-        d.start(wait_ready=wait_ready)
-        return d
+        return start_configured(self, redis, {"lease_ttl": "%dms" % TTL_MS, "instance_id": iid, "shards": shards},
+                                wait_ready)
 
     def cluster(self, d):
         with d.client(timeout=2.0) as c:
