@@ -54,6 +54,7 @@ struct ctl {
 
 struct client {
     int fd;
+    char addr[256]; /* the instance connected to, for messages */
     struct frame in;
     const struct ctl *ctl;
 };
@@ -185,10 +186,21 @@ bool render_answer(const struct ctl *ctl, const char *raw, size_t len, json_t *r
 
 /* ---- the connection (ctl_client.c) ----------------------------------- */
 
-/* Connects to ctl->server and authenticates with ctl->token. cl is then
- * open even when this fails: close it with client_close. Returns 0, or an
- * exit status after saying why (EXIT_REPLY when the token was refused). */
+/* Connects to ctl->server (the first of a comma-separated list that
+ * answers) and authenticates with ctl->token. cl is then open even when
+ * this fails: close it with client_close. Returns 0, or an exit status
+ * after saying why (EXIT_REPLY when the token was refused). */
 int client_open(struct client *cl, const struct ctl *ctl);
+
+/* Moves an open cl straight to the instance that owns rcpt's shard, as
+ * the `cluster` op maps it; stays where it is when that cannot be done
+ * (the instance it is on relays). */
+void client_route(struct client *cl, const char *rcpt);
+
+/* When reply is `unavailable` naming another instance as the owner, moves
+ * cl there. Returns whether it moved (the request is then worth sending
+ * once more: an unavailable request wrote nothing). */
+bool client_follow_owner(struct client *cl, json_t *reply);
 
 /* Closes the connection and frees what it holds; idempotent. */
 void client_close(struct client *cl);

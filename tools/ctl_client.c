@@ -24,6 +24,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "queue/shard.h"
 #include "tools/ctl.h"
 
 static volatile sig_atomic_t interrupted;
@@ -81,10 +82,11 @@ static int new_socket(int family)
     return fd;
 }
 
-/* Connects to ctl->server. Returns the fd, or -1 after saying why. */
-static int open_server(const struct ctl *ctl)
+/* Connects to one address (HOST:PORT, [IPv6]:PORT or a socket path).
+ * Returns the fd, or -1 after saying why. */
+static int open_address(const char *addr, int64_t timeout_ms)
 {
-    const char *addr = ctl->server;
+    const char *given = addr;
     if (strchr(addr, '/')) {
         struct sockaddr_un sun = {.sun_family = AF_UNIX};
         if (strlen(addr) >= sizeof sun.sun_path) {
@@ -93,7 +95,7 @@ static int open_server(const struct ctl *ctl)
         }
         strcpy(sun.sun_path, addr);
         int fd = new_socket(AF_UNIX);
-        if (fd < 0 || connect_fd(fd, (struct sockaddr *)&sun, sizeof sun, ctl->timeout_ms) < 0) {
+        if (fd < 0 || connect_fd(fd, (struct sockaddr *)&sun, sizeof sun, timeout_ms) < 0) {
             errorf("cannot connect to %s: %s", addr, strerror(errno));
             if (fd >= 0)
                 close(fd);
@@ -111,7 +113,7 @@ static int open_server(const struct ctl *ctl)
         hlen -= 2;
     }
     if (!colon || hlen == 0 || hlen >= sizeof host || !*port) {
-        errorf("bad server address \"%s\": expected HOST:PORT or a Unix socket path", ctl->server);
+        errorf("bad server address \"%s\": expected HOST:PORT or a Unix socket path", given);
         return -1;
     }
     memcpy(host, addr, hlen);
@@ -120,13 +122,13 @@ static int open_server(const struct ctl *ctl)
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res, *ai;
     int gai = getaddrinfo(host, port, &hints, &res);
     if (gai != 0) {
-        errorf("cannot connect to %s: %s", ctl->server, gai_strerror(gai));
+        errorf("cannot connect to %s: %s", given, gai_strerror(gai));
         return -1;
     }
     int fd = -1, saved = 0;
     for (ai = res; ai; ai = ai->ai_next) {
         fd = new_socket(ai->ai_family);
-        if (fd >= 0 && connect_fd(fd, ai->ai_addr, ai->ai_addrlen, ctl->timeout_ms) == 0)
+        if (fd >= 0 && connect_fd(fd, ai->ai_addr, ai->ai_addrlen, timeout_ms) == 0)
             break;
         saved = errno;
         if (fd >= 0)
@@ -135,7 +137,7 @@ static int open_server(const struct ctl *ctl)
     }
     freeaddrinfo(res);
     if (fd < 0)
-        errorf("cannot connect to %s: %s", ctl->server, strerror(saved));
+        errorf("cannot connect to %s: %s", given, strerror(saved));
     return fd;
 }
 
@@ -160,7 +162,7 @@ static int send_all(struct client *cl, const char *buf, size_t len)
                 errno = ETIMEDOUT;
         }
         if (!interrupted)
-            errorf("cannot send to %s: %s", cl->ctl->server, strerror(errno));
+            errorf("cannot send to %s: %s", cl->addr, strerror(errno));
         return -1;
     }
     return 0;
@@ -216,14 +218,14 @@ int read_line(struct client *cl, int64_t timeout_ms, const char **line, size_t *
         if (r == 1)
             return 1;
         if (r < 0) {
-            errorf("the reply from %s is longer than %u bytes", cl->ctl->server, MAX_LINE);
+            errorf("the reply from %s is longer than %u bytes", cl->addr, MAX_LINE);
             return -1;
         }
         int w = wait_fd(cl->fd, POLLIN, timeout_ms);
         if (w < 0 && interrupted)
             return 0;
         if (w == 0) {
-            errorf("%s did not answer within %lld ms", cl->ctl->server, (long long)timeout_ms);
+            errorf("%s did not answer within %lld ms", cl->addr, (long long)timeout_ms);
             return -1;
         }
         ssize_t n = w < 0 ? -1 : read_some(cl->fd, &cl->in);
@@ -232,11 +234,11 @@ int read_line(struct client *cl, int64_t timeout_ms, const char **line, size_t *
         if (n < 0 && interrupted)
             return 0;
         if (n < 0) {
-            errorf("cannot read from %s: %s", cl->ctl->server, strerror(errno));
+            errorf("cannot read from %s: %s", cl->addr, strerror(errno));
             return -1;
         }
         if (n == 0) {
-            errorf("%s closed the connection", cl->ctl->server);
+            errorf("%s closed the connection", cl->addr);
             return -1;
         }
     }
@@ -255,7 +257,7 @@ json_t *read_reply(struct client *cl, const char **raw, size_t *rawlen)
         json_error_t jerr;
         json_t *j = json_loadb(line, len, 0, &jerr);
         if (!j || !json_is_object(j)) {
-            errorf("%s sent a line that is not a JSON object: %.*s", cl->ctl->server, (int)(len > 200 ? 200 : len),
+            errorf("%s sent a line that is not a JSON object: %.*s", cl->addr, (int)(len > 200 ? 200 : len),
                    line);
             json_decref(j);
             return NULL;
@@ -285,15 +287,11 @@ void client_close(struct client *cl)
     frame_free(&cl->in);
 }
 
-/* Connects and authenticates. Returns 0, or an exit status after saying
- * why (EXIT_REPLY when the token was refused). */
-int client_open(struct client *cl, const struct ctl *ctl)
+/* Sends the token, when there is one. Returns 0, or an exit status after
+ * saying why (EXIT_REPLY when the token was refused). */
+static int authenticate(struct client *cl)
 {
-    cl->ctl = ctl;
-    frame_init(&cl->in, MAX_LINE);
-    cl->fd = open_server(ctl);
-    if (cl->fd < 0)
-        return EXIT_IO;
+    const struct ctl *ctl = cl->ctl;
     if (!ctl->token || !ctl->token[0])
         return 0;
     json_t *auth = json_pack("{s:s,s:s}", "op", "auth", "token", ctl->token);
@@ -310,6 +308,91 @@ int client_open(struct client *cl, const struct ctl *ctl)
     }
     json_decref(reply);
     return rc;
+}
+
+/* Connects to addr (length n) and authenticates. */
+static int open_at(struct client *cl, const struct ctl *ctl, const char *addr, size_t n)
+{
+    cl->ctl = ctl;
+    frame_init(&cl->in, MAX_LINE);
+    snprintf(cl->addr, sizeof cl->addr, "%.*s", (int)n, addr);
+    cl->fd = open_address(cl->addr, ctl->timeout_ms);
+    if (cl->fd < 0)
+        return EXIT_IO;
+    return authenticate(cl);
+}
+
+int client_open(struct client *cl, const struct ctl *ctl)
+{
+    /* -s may list several instances of one deployment: any of them answers
+     * (it relays what it does not own), so the first that connects is used. */
+    int rc = EXIT_IO;
+    for (const char *p = ctl->server;;) {
+        size_t n = strcspn(p, ",");
+        if (n > 0) {
+            rc = open_at(cl, ctl, p, n);
+            if (rc != EXIT_IO)
+                return rc;
+            client_close(cl);
+        }
+        if (!p[n])
+            return rc;
+        p += n + 1;
+    }
+}
+
+/* The address an instance's `cluster` answer gives for the owner of rcpt's
+ * shard (docs/protocol.md, cluster), or NULL when it names none. */
+static const char *owner_in_map(json_t *cluster, const char *rcpt)
+{
+    json_int_t shards = json_integer_value(json_object_get(cluster, "shards"));
+    json_t *map = json_object_get(cluster, "map");
+    if (shards >= 2 && json_is_array(map)) {
+        int k = shard_of_rcpt(rcpt, strlen(rcpt), (int)shards);
+        return json_string_value(json_array_get(map, (size_t)k));
+    }
+    return json_string_value(json_object_get(json_object_get(cluster, "owner"), "addr"));
+}
+
+/* Moves cl to addr when it is another instance and answers; otherwise cl
+ * stays where it is (that instance relays). */
+static void move_to(struct client *cl, const char *addr)
+{
+    if (!addr || !addr[0] || strcmp(addr, cl->addr) == 0)
+        return;
+    struct client direct = {.fd = -1};
+    if (open_at(&direct, cl->ctl, addr, strlen(addr)) == 0) {
+        client_close(cl);
+        *cl = direct;
+    } else {
+        client_close(&direct);
+    }
+}
+
+void client_route(struct client *cl, const char *rcpt)
+{
+    json_t *req = json_pack("{s:s}", "op", "cluster"), *reply = NULL;
+    const char *raw;
+    size_t len;
+    if (client_request(cl, req, &reply, &raw, &len) == 0 && json_is_true(json_object_get(reply, "ok")))
+        move_to(cl, owner_in_map(reply, rcpt));
+    json_decref(req);
+    json_decref(reply);
+}
+
+bool client_follow_owner(struct client *cl, json_t *reply)
+{
+    json_t *err = json_object_get(reply, "error");
+    const char *code = json_string_value(json_object_get(err, "code"));
+    if (!code || strcmp(code, "unavailable") != 0)
+        return false;
+    const char *owner = json_string_value(json_object_get(reply, "owner"));
+    if (!owner || !owner[0] || strcmp(owner, cl->addr) == 0)
+        return false;
+    char was[sizeof cl->addr];
+    memcpy(was, cl->addr, sizeof was);
+    move_to(cl, owner);
+    return strcmp(was, cl->addr) != 0;
 }
 
 /* Both directions are serviced by one poll loop; the source is read only
@@ -389,7 +472,7 @@ int client_pipeline(struct client *cl, struct frame *src, bool src_eof, int src_
             goto done;
         }
         if (n == 0) {
-            errorf("%s did not answer within %lld ms (%lld of %lld requests answered)", cl->ctl->server,
+            errorf("%s did not answer within %lld ms (%lld of %lld requests answered)", cl->addr,
                    (long long)cl->ctl->timeout_ms, answered, queued);
             rc = EXIT_IO;
             goto done;
@@ -409,7 +492,7 @@ int client_pipeline(struct client *cl, struct frame *src, bool src_eof, int src_
             if (w > 0)
                 outoff += (size_t)w;
             else if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-                errorf("cannot send to %s: %s", cl->ctl->server, strerror(errno));
+                errorf("cannot send to %s: %s", cl->addr, strerror(errno));
                 rc = EXIT_IO;
                 goto done;
             }
@@ -417,7 +500,7 @@ int client_pipeline(struct client *cl, struct frame *src, bool src_eof, int src_
         if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
             ssize_t r = read_some(cl->fd, &cl->in);
             if (r < 0 && errno != EAGAIN && errno != EINTR) {
-                errorf("cannot read from %s: %s", cl->ctl->server, strerror(errno));
+                errorf("cannot read from %s: %s", cl->addr, strerror(errno));
                 rc = EXIT_IO;
                 goto done;
             }
@@ -436,13 +519,13 @@ int client_pipeline(struct client *cl, struct frame *src, bool src_eof, int src_
                 json_decref(j);
             }
             if (fr < 0) {
-                errorf("a reply from %s is longer than %u bytes", cl->ctl->server, MAX_LINE);
+                errorf("a reply from %s is longer than %u bytes", cl->addr, MAX_LINE);
                 rc = EXIT_IO;
                 goto done;
             }
             if (r == 0) {
                 if (answered < queued || !src_done) {
-                    errorf("%s closed the connection (%lld of %lld requests answered)", cl->ctl->server, answered,
+                    errorf("%s closed the connection (%lld of %lld requests answered)", cl->addr, answered,
                            queued);
                     rc = EXIT_IO;
                 }

@@ -21,8 +21,16 @@ static int call_and_print(const struct ctl *ctl, json_t *req)
     const char *raw;
     size_t len;
     int rc = client_open(&cl, ctl);
+    const char *rcpt = json_string_value(json_object_get(req, "rcpt"));
+    if (rc == 0 && rcpt)
+        client_route(&cl, rcpt);
     if (rc == 0)
         rc = client_request(&cl, req, &reply, &raw, &len);
+    if (rc == 0 && client_follow_owner(&cl, reply)) {
+        json_decref(reply);
+        reply = NULL;
+        rc = client_request(&cl, req, &reply, &raw, &len);
+    }
     json_decref(req);
     if (rc) {
         client_close(&cl);

@@ -17,6 +17,8 @@ policy, shards 6, lease_ttl 1.5 s (renewed every 300 ms, checked every
               give the same replies as one daemon alone
   events      a subscriber on one instance receives the retry events of
               every shard
+  ctl         reboundctl given every instance (the first one dead) sends a
+              report straight to its shard's owner: no instance relays it
   fenced      one shard's epoch moves under its owner: its next write is
               refused, the record unchanged, its other shards go on
   kill9       kill -9 of one instance under pipelined ingest through the
@@ -34,6 +36,7 @@ budget, every process killed on every path.
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import unittest
@@ -43,8 +46,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
 from failover_load import ingest_rotating, start_configured  # noqa: E402
 
-from harness import (GREYLIST, USER_UNKNOWN, DaemonTestCase, bounce, now_ms, unique_id,  # noqa: E402
-                     wait_until)
+from harness import (BUILD_DIR, GREYLIST, USER_UNKNOWN, DaemonTestCase, bounce, free_port, now_ms,  # noqa: E402
+                     unique_id, wait_until)
 
 TTL_MS = 1500
 SHARDS = 6
@@ -262,6 +265,30 @@ class ShardsTest(DaemonTestCase):
         self.assertGreater(self.cluster(a)["forwarded"], forwarded_before)
         log("the scenario (%d requests) through a non-owner on each of 3 instances: the same replies as one "
             "daemon" % len(alone))
+
+    def test_reboundctl_goes_to_the_owner(self):
+        redis = self.start_redis()
+        a, b, c = self.three(redis)
+        ctl = os.path.join(BUILD_DIR, "reboundctl")
+        dead = "127.0.0.1:%d" % free_port()
+        servers = ",".join([dead] + ["127.0.0.1:%d" % d.port for d in (a, b, c)])
+        before = sum(self.cluster(d)["forwarded"] for d in (a, b, c))
+        sent = 0
+        for p in ("ctla", "ctlb", "ctlc"):
+            tag = self.tag_not_served_by(a, p)
+            rcpt = "x@%s.example" % tag
+            out = subprocess.run([ctl, "--json", "-s", servers, "bounce", "--id", tag + "-1", "--rcpt", rcpt,
+                                  "--code", "451", "--enhanced", "4.7.1", "--text", "greylisted"],
+                                 capture_output=True, text=True, timeout=20)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertTrue(json.loads(out.stdout)["ok"], out.stdout)
+            got = subprocess.run([ctl, "--json", "-s", servers, "get", "--rcpt", rcpt],
+                                 capture_output=True, text=True, timeout=20)
+            self.assertEqual(got.returncode, 0, got.stderr)
+            self.assertEqual(json.loads(got.stdout)["recipient"]["address"], rcpt, got.stdout)
+            sent += 1
+        self.assertEqual(sum(self.cluster(d)["forwarded"] for d in (a, b, c)), before)
+        log("reboundctl -s dead,a,b,c: %d reports and their gets sent straight to their owners, 0 relayed" % sent)
 
     def test_subscriber_gets_every_shards_events(self):
         redis = self.start_redis()
