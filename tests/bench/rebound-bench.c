@@ -62,12 +62,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "queue/shard.h"
+
 #ifndef REBOUND_SOURCE_DIR
 #define REBOUND_SOURCE_DIR "."
 #endif
 
 #define MAX_RUNS 15
 #define MAX_CONNS 256
+/* Instances a routed run talks to (the shard map's distinct owners). */
+#define MAX_OWNERS 16
 #define READ_CHUNK 65536
 
 /* ---- options ------------------------------------------------------------ */
@@ -104,6 +108,7 @@ struct opts {
     int timeout_s;
     bool keep;
     bool cmdstats;          /* print Redis INFO commandstats after each run */
+    bool via_target;        /* with shards: everything through the target, which relays */
 };
 
 static struct opts o;
@@ -769,6 +774,7 @@ static void buf_printf(struct buf *b, const char *fmt, ...)
 
 struct conn {
     int fd;
+    int owner;           /* routed: the index of the instance it talks to */
     bool sub;            /* the subscriber connection */
     bool want_out;       /* EPOLLOUT armed */
     struct buf out, in;
@@ -782,6 +788,10 @@ struct run {
     int nconns;
     int ep;
     long long next;      /* next report number to send (1-based) */
+    /* Routed straight to the shards' owners (see route_plan): each report's
+     * owner, and each owner's next report to send; NULL when not routed. */
+    unsigned char *owner_of;
+    long long next_of[MAX_OWNERS];
     long long acked, errors;
     int64_t *lat;        /* per reply, ns */
     long long nlat;
@@ -835,13 +845,27 @@ static int64_t due_for(const struct run *r, long long i)
     return r->due0_ms + (int64_t)((i - 1) * o.spread_ms / o.n);
 }
 
+/* The next report connection c sends (1-based), 0 when its share is sent:
+ * every report in order, or, routed, the next one its instance owns. */
+static long long next_report(struct run *r, const struct conn *c)
+{
+    if (!r->owner_of)
+        return r->next <= o.n ? r->next++ : 0;
+    long long *i = &r->next_of[c->owner];
+    while (*i <= o.n && r->owner_of[*i] != c->owner)
+        ++*i;
+    return *i <= o.n ? (*i)++ : 0;
+}
+
 /* Queues reports while this connection has room in its pipeline. */
 static void conn_fill(struct run *r, struct conn *c)
 {
     int64_t now = 0;
     bool any = false;
-    while (c->inflight < o.pipeline && r->next <= o.n) {
-        long long i = r->next++;
+    while (c->inflight < o.pipeline) {
+        long long i = next_report(r, c);
+        if (i == 0)
+            break;
         buf_reserve(&c->out, 256);
         if (o.w == W2 || o.w == W3)
             buf_printf(&c->out,
@@ -1018,12 +1042,13 @@ static void on_readable(struct run *r, struct conn *c)
         conn_fill(r, c);
 }
 
-static void conn_open(struct run *r, struct conn *c, bool sub)
+/* Opens connection c, to addr (HOST:PORT) or, when NULL, to the target. */
+static void conn_open_at(struct run *r, struct conn *c, bool sub, const char *addr)
 {
     memset(c, 0, sizeof *c);
-    c->fd = connect_daemon(false);
+    c->fd = addr ? connect_tcp(addr, false) : connect_daemon(false);
     if (c->fd < 0)
-        die("cannot connect to reboundd");
+        die("cannot connect to reboundd at %s", addr ? addr : target_unix[0] ? target_unix : target_tcp);
     fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
     c->sub = sub;
     c->sent = calloc((size_t)o.pipeline, sizeof *c->sent);
@@ -1032,6 +1057,11 @@ static void conn_open(struct run *r, struct conn *c, bool sub)
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
     if (epoll_ctl(r->ep, EPOLL_CTL_ADD, c->fd, &ev) != 0)
         die("epoll_ctl: %s", strerror(errno));
+}
+
+static void conn_open(struct run *r, struct conn *c, bool sub)
+{
+    conn_open_at(r, c, sub, NULL);
 }
 
 static void conn_close(struct conn *c)
@@ -1187,15 +1217,72 @@ static void run_teardown(void)
     cleanup();
 }
 
+/* With shards (the target's `cluster` answer maps each shard to its
+ * owner), reports go straight to their owners, o.conns connections to each,
+ * as a platform's routing client would send them; --via-target sends
+ * everything to the target, which relays. Fills owners with the distinct
+ * owner addresses and r->owner_of; returns how many, 0 when not routed. */
+static int route_plan(struct run *r, char owners[][64])
+{
+    if (o.via_target || target_unix[0])
+        return 0;
+    int fd = connect_daemon(false);
+    if (fd < 0)
+        die("cannot connect to reboundd at %s", target_tcp);
+    static char line[1 << 16];
+    int rc = daemon_call(fd, "{\"op\":\"cluster\"}\n", line, sizeof line, 5000);
+    close(fd);
+    json_t *j = rc == 0 ? json_loads(line, 0, NULL) : NULL;
+    json_t *map = json_object_get(j, "map");
+    int shards = (int)json_integer_value(json_object_get(j, "shards"));
+    int nowners = 0, owner_of_shard[SHARD_MAX];
+    for (int k = 0; k < shards && k < SHARD_MAX && json_is_array(map); k++) {
+        const char *a = json_string_value(json_array_get(map, (size_t)k));
+        if (!a || !a[0] || strlen(a) >= 64)
+            die("shard %d has no owner in the cluster map; wait until every shard is served", k);
+        int w = 0;
+        while (w < nowners && strcmp(owners[w], a) != 0)
+            w++;
+        if (w == nowners) {
+            if (nowners == MAX_OWNERS)
+                die("more than %d instances own shards", MAX_OWNERS);
+            snprintf(owners[nowners++], 64, "%s", a);
+        }
+        owner_of_shard[k] = w;
+    }
+    json_decref(j);
+    if (shards < 2 || nowners == 0)
+        return 0;
+    r->owner_of = malloc((size_t)o.n + 1);
+    if (!r->owner_of)
+        die("out of memory");
+    char rcpt[64];
+    for (long long i = 1; i <= o.n; i++) {
+        int len = snprintf(rcpt, sizeof rcpt, "u%lld@d%lld.example", i, i % 1000);
+        r->owner_of[i] = (unsigned char)owner_of_shard[shard_of_rcpt(rcpt, (size_t)len, shards)];
+    }
+    fprintf(stderr, "rebound-bench: %d shards on %d instances: reports go straight to their owners\n", shards,
+            nowners);
+    return nowners;
+}
+
 static void ingest_open(struct run *r)
 {
     r->ep = epoll_create1(EPOLL_CLOEXEC);
     if (r->ep < 0)
         die("epoll_create1: %s", strerror(errno));
-    r->nconns = o.conns;
-    for (int k = 0; k < o.conns; k++)
-        conn_open(r, &r->conns[k], false);
+    char owners[MAX_OWNERS][64];
+    int nowners = route_plan(r, owners);
+    r->nconns = nowners > 0 ? o.conns * nowners : o.conns;
+    if (r->nconns > MAX_CONNS)
+        die("%d connections to each of %d instances: more than %d", o.conns, nowners, MAX_CONNS);
+    for (int k = 0; k < r->nconns; k++) {
+        conn_open_at(r, &r->conns[k], false, nowners > 0 ? owners[k % nowners] : NULL);
+        r->conns[k].owner = nowners > 0 ? k % nowners : 0;
+    }
     r->next = 1;
+    for (int k = 0; k < MAX_OWNERS; k++)
+        r->next_of[k] = 1;
     r->lat = malloc((size_t)o.n * sizeof *r->lat);
     if (!r->lat)
         die("out of memory");
@@ -1206,6 +1293,7 @@ static void run_close(struct run *r)
     for (int k = 0; k < r->nconns; k++)
         conn_close(&r->conns[k]);
     close(r->ep);
+    free(r->owner_of);
     free(r->lat);
     free(r->recv_us);
     free(r->due_ms);
@@ -1216,7 +1304,7 @@ static void run_close(struct run *r)
  * latencies. */
 static void ingest(struct run *r, struct result *res)
 {
-    for (int k = 0; k < o.conns; k++)
+    for (int k = 0; k < r->nconns; k++)
         conn_fill(r, &r->conns[k]);
     int64_t deadline = mono_ns() + (int64_t)o.timeout_s * 1000000000LL;
     if (!loop_until(r, all_acked, deadline))
@@ -1582,7 +1670,10 @@ static void usage(FILE *f)
             "\n"
             "Target (one of):\n"
             "  --start-daemon PATH   start this reboundd (fresh for every run)\n"
-            "  --tcp HOST:PORT       a running reboundd (default 127.0.0.1:7411)\n"
+            "  --tcp HOST:PORT       a running reboundd (default 127.0.0.1:7411); with shards,\n"
+            "                        each report goes straight to its shard's owner (the\n"
+            "                        cluster op's map), --conns connections to each\n"
+            "  --via-target          with shards: send everything to --tcp, which relays\n"
             "  --unix PATH           a running reboundd's Unix socket\n"
             "Redis (one of):\n"
             "  --start-redis MODES   start a private redis-server: mem (appendonly no), aof (yes +\n"
@@ -1619,13 +1710,14 @@ int main(int argc, char **argv)
         OPT_N = 256, OPT_CONNS, OPT_PIPELINE, OPT_TCP, OPT_UNIX, OPT_REDIS, OPT_START_REDIS, OPT_START_DAEMON,
         OPT_POLICY, OPT_BASE_POLICY, OPT_DAEMON_CONFIG, OPT_DAEMON_PID, OPT_SPREAD, OPT_LEAD, OPT_RUNS, OPT_GROUP,
         OPT_ACK_BATCH, OPT_ACK_DELAY, OPT_JSON, OPT_LABEL, OPT_ID_PREFIX, OPT_TIMEOUT, OPT_KEEP, OPT_VIA_UNIX,
-        OPT_CMDSTATS,
+        OPT_CMDSTATS, OPT_VIA_TARGET,
     };
     static const struct option longopts[] = {
         {"n", required_argument, NULL, OPT_N},
         {"conns", required_argument, NULL, OPT_CONNS},
         {"pipeline", required_argument, NULL, OPT_PIPELINE},
         {"tcp", required_argument, NULL, OPT_TCP},
+        {"via-target", no_argument, NULL, OPT_VIA_TARGET},
         {"unix", required_argument, NULL, OPT_UNIX},
         {"redis", required_argument, NULL, OPT_REDIS},
         {"start-redis", required_argument, NULL, OPT_START_REDIS},
@@ -1690,6 +1782,7 @@ int main(int argc, char **argv)
         case OPT_CONNS: o.conns = atoi(optarg); break;
         case OPT_PIPELINE: o.pipeline = atoi(optarg); break;
         case OPT_TCP: o.tcp = optarg; break;
+        case OPT_VIA_TARGET: o.via_target = true; break;
         case OPT_UNIX: o.unix_path = optarg; break;
         case OPT_REDIS: o.redis = optarg; break;
         case OPT_START_REDIS: o.start_redis = optarg; break;

@@ -19,6 +19,8 @@ policy, shards 6, lease_ttl 1.5 s (renewed every 300 ms, checked every
               every shard
   ctl         reboundctl given every instance (the first one dead) sends a
               report straight to its shard's owner: no instance relays it
+  bench       rebound-bench w1 against one instance sends every report
+              straight to its owner (none relayed); --via-target relays
   fenced      one shard's epoch moves under its owner: its next write is
               refused, the record unchanged, its other shards go on
   kill9       kill -9 of one instance under pipelined ingest through the
@@ -289,6 +291,24 @@ class ShardsTest(DaemonTestCase):
             sent += 1
         self.assertEqual(sum(self.cluster(d)["forwarded"] for d in (a, b, c)), before)
         log("reboundctl -s dead,a,b,c: %d reports and their gets sent straight to their owners, 0 relayed" % sent)
+
+    def test_rebound_bench_goes_to_the_owners(self):
+        redis = self.start_redis()
+        a, b, c = self.three(redis)
+        bench = os.path.join(BUILD_DIR, "tests", "bench", "rebound-bench")
+        forwarded = []
+        for extra in ([], ["--via-target"]):
+            before = sum(self.cluster(d)["forwarded"] for d in (a, b, c))
+            out = subprocess.run([bench, "w1", "--n", "3000", "--conns", "1", "--tcp", "127.0.0.1:%d" % a.port,
+                                  "--redis", redis.addr, "--id-prefix", "bench%d-" % len(forwarded)] + extra,
+                                 capture_output=True, text=True, timeout=min(40, self.left()))
+            self.assertEqual(out.returncode, 0, out.stderr[-2000:])
+            self.assertEqual("straight to their owners" in out.stderr, not extra, out.stderr[-2000:])
+            forwarded.append(sum(self.cluster(d)["forwarded"] for d in (a, b, c)) - before)
+        self.assertEqual(forwarded[0], 0)
+        # through one instance, the two thirds it does not own are relayed
+        self.assertGreater(forwarded[1], 1000)
+        log("rebound-bench w1 (3,000 reports): %d relayed routed, %d through one instance" % tuple(forwarded))
 
     def test_subscriber_gets_every_shards_events(self):
         redis = self.start_redis()
