@@ -60,7 +60,8 @@ function toEpochMs(v) {
  * and send them again, until resendDeadlineMs has passed.
  *
  * Events: `connect` (the connection is up and authenticated), `disconnect`
- * (err: why; the client reconnects when it has work).
+ * (err: why; the client reconnects when it has work); with shards, those of
+ * each owner's connection too.
  */
 class Client extends Link {
   /**
@@ -306,6 +307,8 @@ class Client extends Link {
       const fallbacks = this._targets.addresses.filter((a) => a !== addr);
       lane = new Client([addr, ...fallbacks], { ...this._options, route: false });
       lane._targets.onChange = () => { this._map.stale = true; };
+      lane.on('connect', () => this.emit('connect'));
+      lane.on('disconnect', (err) => this.emit('disconnect', err));
       this._lanes.set(addr, lane);
     }
     return lane;
@@ -320,7 +323,15 @@ class Client extends Link {
       this._mapFetch = null;
       this._map.update(r, Date.now());
       this._targets.add(this._map.instances);
-      for (const lane of this._lanes.values()) lane._targets.add(this._map.instances);
+      for (const [addr, lane] of this._lanes) {
+        if (!this._map.owners.includes(addr) && lane._pending() === 0) {
+          // It owns nothing now (it died, or handed its shards over).
+          this._lanes.delete(addr);
+          lane.close();
+        } else {
+          lane._targets.add(this._map.instances);
+        }
+      }
       const waiting = this._waiting;
       this._waiting = [];
       for (const w of waiting) this._dispatch(w.obj, w.rcpt, w.deadline).then(w.resolve, w.reject);

@@ -188,6 +188,7 @@ test('reports go straight to their owners; kill -9 of an owner mid-batch loses n
   assertAllRetry(await client.bounceMany(later.map((x, i) => grey(x, rcptOf('n', i)))), later);
   assert.equal(await forwarded([a, c]), before2, 'relayed after the takeover');
   assert.ok(!client.routes.map.includes(b.address), JSON.stringify(client.routes));
+  assert.deepEqual(client.routes.owners, [c.address], 'the dead owner\'s connection given up');
   ids.push(...later);
 
   const { missing, dups } = await collectRetries(cons, ids, 30000);

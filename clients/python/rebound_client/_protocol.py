@@ -507,8 +507,11 @@ class ClientBase:
         fail, by this client and by every owner's."""
         self._map.update(reply, time.monotonic())
         self._targets.add(self._map.instances)
-        for lane in self._lanes.values():
-            lane._targets.add(self._map.instances)
+        for addr, lane in list(self._lanes.items()):
+            if addr not in self._map.owners and self._lane_idle(lane):
+                self._retire(lane)  # owns nothing now (it died, or handed its shards over)
+            else:
+                lane._targets.add(self._map.instances)
 
     def _lane_for(self, rcpt: Optional[str]) -> Optional["ClientBase"]:
         """The client that sends a request about rcpt: the owner's (made on

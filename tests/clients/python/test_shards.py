@@ -215,6 +215,7 @@ class ShardsTest(DaemonTestCase):
                                                       for k, m in enumerate(after)]), after)
                 self.assertEqual(self.forwarded([a, c]), before, "relayed after the takeover")
                 self.assertNotIn(tcp(b), cl.routes["map"])
+                self.assertEqual(cl.routes["owners"], [tcp(c)], "the dead owner's connection given up")
                 ids += after
             missing, dups = self.collect_retries(cons, set(ids), 30)
         self.assertEqual(len(missing), 0, "%d acknowledged reports without a retry event, e.g. %s"
