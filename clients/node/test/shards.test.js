@@ -12,8 +12,9 @@
 const { test, after } = require('node:test');
 const assert = require('node:assert/strict');
 const net = require('node:net');
-const { Client, Consumer } = require('..');
-const { crc16, shardOf } = require('../lib/shards');
+const { Client, Consumer, ReboundError } = require('..');
+const { crc16, shardOf, routeRcpt, ShardMap } = require('../lib/shards');
+const { Targets } = require('../lib/address');
 const { Redis, Daemon, disposeAfter, uniqueId, waitFor, sleep } = require('./harness');
 
 const SHARDS = 6;
@@ -123,14 +124,51 @@ function assertAllRetry(replies, ids) {
   assert.deepEqual(replies.map((r) => r.id), ids);
 }
 
-test('the shard computed here is the one the daemons serve', { timeout: 60000 }, async () => {
+test('the routing bookkeeping, no daemon', () => {
+  // CRC-16/XMODEM's check value; only ASCII letters are lowered
   assert.equal(crc16(Buffer.from('123456789')), 0x31c3);
   assert.equal(shardOf('Alice@EXAMPLE.com', SHARDS), shardOf('alice@example.com', SHARDS));
+  assert.equal(shardOf('\u00c9@x', 64), crc16(Buffer.from('\u00c9@x')) % 64);
+  assert.equal(shardOf('a@b', 1), 0);
+  assert.equal(routeRcpt({ op: 'bounce', id: 'm', rcpt: 'a@b' }), 'a@b');
+  assert.equal(routeRcpt({ op: 'get', id: 'm' }), undefined);
+  assert.equal(routeRcpt({ op: 'stats' }), undefined);
+
+  const m = new ShardMap();
+  assert.equal(m.due(0), true);
+  m.update({ ok: true, shards: 3, map: ['h:1', 'h:2', ''], instances: [{ addr: 'h:1' }, { addr: 'h:2' }] }, 1000);
+  const owners = new Map();
+  for (let i = 0; i < 200; i++) owners.set(shardOf(`u${i}@x`, 3), m.owner(`u${i}@x`));
+  assert.deepEqual([...owners.entries()].sort(), [[0, 'h:1'], [1, 'h:2'], [2, null]]);
+  assert.deepEqual(m.instances, ['h:1', 'h:2']);
+  assert.equal(m.due(1000 + 4999), false);
+  assert.equal(m.due(1000 + 5000), true);
+  m.stale = true;
+  assert.equal(m.due(1000 + 100), false);
+  assert.equal(m.due(1000 + 250), true);
+  m.update(new Error('nobody answered'), 2000); // the map as it was
+  assert.deepEqual([m.shards, m.stale], [3, true]);
+  m.update(ReboundError.fromReply({ ok: false, error: { code: 'unknown_op' } }), 3000);
+  assert.deepEqual([m.shards, m.owner('u1@x'), m.stale], [1, null, false]);
+
+  const t = new Targets('h:9');
+  const moves = [];
+  t.onChange = () => moves.push(t.current);
+  t.add(['h:1', 'h:9', 'h:0', 'h:2']); // port 0: not an address
+  assert.deepEqual(t.addresses, ['h:9', 'h:1', 'h:2']);
+  t.failed();
+  assert.deepEqual([t.current, t.away], ['h:1', true]);
+  assert.equal(t.moved({ owner: 'h:2' }), true);
+  assert.deepEqual(moves, ['h:1', 'h:2']);
+});
+
+test('the shard computed here is the one the daemons serve', { timeout: 60000 }, async () => {
   const ds = await three();
   const owners = (await cluster(ds[0])).map;
   const per = new Map(ds.map((d) => [d.address, []]));
   for (let i = 0; i < 600; i++) {
-    const r = rcptOf('h', i);
+    // some with UTF-8 (SMTPUTF8): only A-Z are lowered, by byte
+    const r = i % 10 ? rcptOf('h', i) : `J\u00d6RG${i}.\u00e9t\u00c9@D${i % 7}.Example`;
     per.get(owners[shardOf(r, SHARDS)]).push({ op: 'get', rcpt: r });
   }
   for (const reqs of per.values()) assert.ok(reqs.length > 100, `${reqs.length} of 600 on one instance`);

@@ -20,7 +20,8 @@ import unittest
 
 from pyclient_base import DaemonTestCase, log, tcp, unique_id, wait_until
 from rebound_client import AsyncClient, Client, Consumer
-from rebound_client._protocol import crc16, shard_of
+from rebound_client._protocol import (MAP_REFRESH, MAP_REFRESH_MIN, ReboundError, ShardMap, Targets, crc16,
+                                      route_rcpt, shard_of)
 
 GREY = dict(code=451, enhanced="4.7.1", text="451 4.7.1 Greylisted, please try again later")
 TTL_MS = 1500
@@ -33,6 +34,65 @@ def rcpt_of(tag, i):
     # pace holds the retries back)
     user = ("User%d" if i % 3 == 0 else "u%d") % i
     return "%s.%s@D%d.Example" % (user, tag, i % 64) if i % 2 else "%s.%s@d%d.example" % (user, tag, i % 64)
+
+
+class MapTest(unittest.TestCase):
+    """The routing bookkeeping alone, no daemon."""
+
+    CLUSTER = {"ok": True, "shards": 3, "map": ["h:1", "h:2", ""],
+               "instances": [{"id": "a", "addr": "h:1", "shards": [0]}, {"id": "b", "addr": "h:2", "shards": [1]}]}
+
+    def test_map(self):
+        m = ShardMap()
+        self.assertTrue(m.due(0.0))
+        self.assertIsNone(m.owner("x@y"))
+        m.update(self.CLUSTER, 100.0)
+        self.assertEqual((m.shards, m.instances), (3, ["h:1", "h:2"]))
+        by_shard = {}
+        for i in range(200):
+            by_shard.setdefault(shard_of("u%d@x" % i, 3), m.owner("u%d@x" % i))
+        self.assertEqual(by_shard, {0: "h:1", 1: "h:2", 2: None})  # "": unknown, any instance
+        self.assertFalse(m.due(100.0 + MAP_REFRESH - 0.1))
+        self.assertTrue(m.due(100.0 + MAP_REFRESH))
+        m.stale = True
+        self.assertFalse(m.due(100.0 + MAP_REFRESH_MIN / 2))
+        self.assertTrue(m.due(100.0 + MAP_REFRESH_MIN))
+        # nobody answered: the map as it was, asked again later
+        m.update(ReboundError("disconnected", "down"), 200.0)
+        self.assertEqual((m.shards, m.owners, m.stale), (3, ["h:1", "h:2", ""], True))
+        # a daemon without the op, or one schedule: nothing routed
+        m.update(ReboundError.from_reply({"ok": False, "error": {"code": "unknown_op"}}), 300.0)
+        self.assertEqual((m.shards, m.owner("u1@x"), m.stale), (1, None, False))
+        m.update({"ok": True, "shards": 1, "instances": []}, 400.0)
+        self.assertEqual(m.shards, 1)
+
+    def test_routed_ops(self):
+        self.assertEqual(route_rcpt({"op": "bounce", "id": "m", "rcpt": "a@b"}), "a@b")
+        self.assertEqual(route_rcpt({"op": "get", "rcpt": "a@b"}), "a@b")
+        self.assertEqual(route_rcpt({"op": "delivered", "id": "m", "rcpt": "a@b"}), "a@b")
+        self.assertIsNone(route_rcpt({"op": "get", "id": "m"}))
+        self.assertIsNone(route_rcpt({"op": "stats"}))
+        self.assertIsNone(route_rcpt({"op": "list", "rcpt": "a@b"}))
+
+    def test_targets_learn_instances(self):
+        t = Targets("h:9")
+        moves = []
+        t.on_change = lambda: moves.append(t.current)
+        t.add(["h:1", "h:9", "not an address", "h:2"])
+        self.assertEqual(t.addresses, ["h:9", "h:1", "h:2"])
+        self.assertFalse(t.away)
+        t.failed()
+        self.assertEqual((t.current, t.away), ("h:1", True))
+        self.assertTrue(t.moved({"owner": "h:2"}))
+        self.assertEqual(moves, ["h:1", "h:2"])
+
+    def test_hash_is_the_daemons(self):
+        # CRC-16/XMODEM's check value; only ASCII letters are lowered, as
+        # reboundd lowers the address's bytes
+        self.assertEqual(crc16(b"123456789"), 0x31C3)
+        self.assertEqual(shard_of("Alice@EXAMPLE.com", SHARDS), shard_of("alice@example.com", SHARDS))
+        self.assertEqual(shard_of("\u00c9@x", 64), crc16("\u00c9@x".encode()) % 64)
+        self.assertEqual(shard_of("a@b", 1), 0)
 
 
 class ShardsTest(DaemonTestCase):
@@ -105,17 +165,16 @@ class ShardsTest(DaemonTestCase):
     # ------------------------------------------------------------------
 
     def test_hash_matches_the_daemon(self):
-        """CRC-16/XMODEM's check value, and the daemon's own routing: a get
-        for each of 600 recipients (mixed case) sent raw to the owner this
-        client computes is relayed by nobody."""
-        self.assertEqual(crc16(b"123456789"), 0x31C3)
-        self.assertEqual(shard_of("Alice@EXAMPLE.com", SHARDS), shard_of("alice@example.com", SHARDS))
+        """The daemons' own routing: a get for each of 600 recipients
+        (mixed case) sent raw to the owner this client computes is relayed
+        by nobody."""
         _, ds = self.three()
         by_addr = {tcp(d): d for d in ds}
         owners = self.cluster(ds[0])["map"]
         per = {d: [] for d in ds}
         for i in range(600):
-            r = rcpt_of("h", i)
+            # some with UTF-8 (SMTPUTF8): only A-Z are lowered, by byte
+            r = rcpt_of("h", i) if i % 10 else "J\u00d6RG%d.\u00e9t\u00c9@D%d.Example" % (i, i % 7)
             per[by_addr[owners[shard_of(r, SHARDS)]]].append({"op": "get", "rcpt": r})
         self.assertTrue(all(len(v) > 100 for v in per.values()), {tcp(d): len(v) for d, v in per.items()})
         before = self.forwarded(ds)
