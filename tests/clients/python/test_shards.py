@@ -246,13 +246,14 @@ class ShardsTest(DaemonTestCase):
                                                       for k, m in enumerate(warm)]), warm)
                 ids += warm
                 self.assertIn(tcp(b), cl.routes["owners"])
-                # the kill lands while the batch is in flight: 6000 reports
-                # take far longer than the 150 ms the thread waits (checked)
-                batch = [unique_id("k-blk") for _ in range(6000)]
+                # the kill lands while the batch is in flight: 15,000
+                # reports take far longer than the 100 ms the thread waits
+                # (about 25,000 reports/s at best here; checked below)
+                batch = [unique_id("k-blk") for _ in range(15000)]
                 state = {}
 
                 def killer():
-                    time.sleep(0.15)
+                    time.sleep(0.1)
                     b.kill9()
                     state["killed"] = time.monotonic()
                 t = threading.Thread(target=killer)
