@@ -28,3 +28,8 @@ endforeach()
 if(TEST clients.node.kill9)
   set_tests_properties(clients.node.kill9 PROPERTIES RUN_SERIAL TRUE)
 endif()
+# Three daemons under a load of thousands of reports, one of them killed:
+# alone too.
+if(TEST clients.node.shards)
+  set_tests_properties(clients.node.shards PROPERTIES RUN_SERIAL TRUE)
+endif()

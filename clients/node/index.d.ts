@@ -43,6 +43,22 @@ export interface ClientOptions {
   backoffMaxMs?: number;
   /** The most requests written and unanswered at once (default 1000). */
   window?: number;
+  /**
+   * With shards, send each request about one recipient straight to its
+   * shard's owner, on a connection per owner (default true); false sends
+   * everything to `address`, which relays what it does not own.
+   */
+  route?: boolean;
+}
+
+/** What a Client's routing knows now (see `Client.routes`). */
+export interface ClientRoutes {
+  /** 0 before the first `cluster` answer, 1 without shards. */
+  shards: number;
+  /** Each shard's owner's address ("" while unknown). */
+  map: string[];
+  /** The owners with a connection of their own. */
+  owners: string[];
 }
 
 export interface BounceOptions {
@@ -192,7 +208,9 @@ export class Client extends EventEmitter {
    */
   constructor(address: string | string[], options?: ClientOptions);
   readonly address: string | string[];
+  /** This client's own connection's counters (an owner's connection keeps its own). */
   readonly counters: ClientCounters;
+  readonly routes: ClientRoutes;
 
   bounce(id: string, rcpt: string, code: number, options?: BounceOptions): Promise<BounceReply>;
   /** Replies in the order of `reports`; a refused report holds its error reply. */

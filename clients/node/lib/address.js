@@ -52,6 +52,31 @@ class Targets {
     this.addresses = list;
     this.index = 0;
     this.owner = null;
+    // Called after every move (failed or moved): a routing client asks for
+    // the shard map again then.
+    this.onChange = () => {};
+  }
+
+  /**
+   * Appends the instances not yet listed (the others a `cluster` answer
+   * named), tried after those given.
+   * @param {string[]} addresses
+   */
+  add(addresses) {
+    for (const a of addresses) {
+      if (this.addresses.includes(a)) continue;
+      try {
+        parseAddress(a);
+      } catch (e) {
+        continue;
+      }
+      this.addresses.push(a);
+    }
+  }
+
+  /** @returns {boolean} whether it moved off its first address */
+  get away() {
+    return this.owner !== null || this.index !== 0;
   }
 
   /** @returns {string} the address to connect to now */
@@ -63,6 +88,7 @@ class Targets {
   failed() {
     if (this.owner !== null) this.owner = null;
     else this.index = (this.index + 1) % this.addresses.length;
+    this.onChange();
   }
 
   /**
@@ -80,6 +106,7 @@ class Targets {
       return false;
     }
     this.owner = owner;
+    this.onChange();
     return true;
   }
 }

@@ -23,6 +23,7 @@ const { ReboundError } = require('./errors');
 const { encodeLine } = require('./connection');
 const { Link, answersHead } = require('./link');
 const { Deque } = require('./deque');
+const { ShardMap, routeRcpt, FETCH_DEADLINE_MS } = require('./shards');
 
 const DEFAULTS = {
   token: undefined,
@@ -33,6 +34,8 @@ const DEFAULTS = {
   // reboundd reads at most 1024 unanswered requests per connection
   // (max_inflight); staying under it keeps the resend set after a drop small.
   window: 1000,
+  // With shards: each request about one recipient straight to its owner.
+  route: true,
 };
 
 // Errors that mean "nothing was done, ask again later".
@@ -57,7 +60,8 @@ function toEpochMs(v) {
  * and send them again, until resendDeadlineMs has passed.
  *
  * Events: `connect` (the connection is up and authenticated), `disconnect`
- * (err: why; the client reconnects when it has work).
+ * (err: why; the client reconnects when it has work); with shards, those of
+ * each owner's connection too.
  */
 class Client extends Link {
   /**
@@ -77,9 +81,22 @@ class Client extends Link {
    * @param {number} [options.backoffMaxMs=2000] the longest back-off
    * @param {number} [options.window=1000] the most requests written and
    *   unanswered at once (reboundd's max_inflight is 1024)
+   * @param {boolean} [options.route=true] with shards (several reboundd,
+   *   each owning some shards of the schedule by recipient), send each
+   *   request about one recipient straight to its shard's owner, on a
+   *   connection per owner; false sends everything to `address` (which
+   *   relays what it does not own)
    */
   constructor(address, options = {}) {
     super(address, DEFAULTS, options);
+    this._options = options;
+    // Shards: the last `cluster` answer, a Client (route off) per owner
+    // sent to, by address, and the requests waiting for the first answer.
+    this._map = new ShardMap();
+    this._lanes = new Map();
+    this._waiting = [];
+    this._mapFetch = null;
+    this._targets.onChange = () => { this._map.stale = true; };
     // _state: idle | connecting | ready | closed
     this._queue = new Deque(); // not yet written, oldest first
     this._inflight = new Deque(); // written, unanswered, in order
@@ -240,11 +257,90 @@ class Client extends Link {
     return this._send({ ...obj });
   }
 
-  // Queues a request; obj is the client's own (its req is set here).
+  /**
+   * What routing knows now: `shards` (0 before the first `cluster` answer,
+   * 1 without shards), `map` (each shard's owner) and `owners` (the
+   * addresses with a connection of their own).
+   * @returns {{shards: number, map: string[], owners: string[]}}
+   */
+  get routes() {
+    return { shards: this._map.shards, map: [...this._map.owners], owners: [...this._lanes.keys()].sort() };
+  }
+
+  // Sends a request where it belongs; obj is the client's own.
   _send(obj) {
     if (this._closing || this._state === 'closed') {
       return Promise.reject(new ReboundError('closed', 'the client is closed'));
     }
+    const deadline = Date.now() + this._opts.resendDeadlineMs;
+    const rcpt = this._opts.route ? routeRcpt(obj) : undefined;
+    if (rcpt === undefined) return this._enqueue(obj, deadline);
+    if (this._map.due(Date.now())) this._fetchMap();
+    if (!this._map.known) {
+      // Until the first answer: sent here, all of it would be relayed.
+      return new Promise((resolve, reject) => {
+        this._waiting.push({ obj, rcpt, deadline, resolve, reject });
+      });
+    }
+    return this._dispatch(obj, rcpt, deadline);
+  }
+
+  _dispatch(obj, rcpt, deadline) {
+    const lane = this._laneFor(rcpt);
+    return (lane === null ? this : lane)._enqueue(obj, deadline);
+  }
+
+  // The Client for the owner of rcpt's shard (made on first use), or null
+  // for this one (no shards, the owner unknown, or connected there already).
+  _laneFor(rcpt) {
+    const addr = this._map.owner(rcpt);
+    if (addr === null || addr === this._targets.current) return null;
+    let lane = this._lanes.get(addr);
+    if (lane !== undefined && lane._targets.away && !this._map.stale && lane._pending() === 0) {
+      // It left its owner (a failure, an unavailable naming another) and
+      // the map still names that owner: start over there.
+      this._lanes.delete(addr);
+      lane.close();
+      lane = undefined;
+    }
+    if (lane === undefined) {
+      const fallbacks = this._targets.addresses.filter((a) => a !== addr);
+      lane = new Client([addr, ...fallbacks], { ...this._options, route: false });
+      lane._targets.onChange = () => { this._map.stale = true; };
+      lane.on('connect', () => this.emit('connect'));
+      lane.on('disconnect', (err) => this.emit('disconnect', err));
+      this._lanes.set(addr, lane);
+    }
+    return lane;
+  }
+
+  // Asks `cluster` here (one ask at a time); the requests waiting for the
+  // first answer go on once it came, or failed.
+  _fetchMap() {
+    if (this._mapFetch !== null) return;
+    const deadline = Date.now() + Math.min(FETCH_DEADLINE_MS, this._opts.resendDeadlineMs);
+    this._mapFetch = this._enqueue({ op: 'cluster' }, deadline).then((r) => r, (e) => e).then((r) => {
+      this._mapFetch = null;
+      this._map.update(r, Date.now());
+      this._targets.add(this._map.instances);
+      for (const [addr, lane] of this._lanes) {
+        if (!this._map.owners.includes(addr) && lane._pending() === 0) {
+          // It owns nothing now (it died, or handed its shards over).
+          this._lanes.delete(addr);
+          lane.close();
+        } else {
+          lane._targets.add(this._map.instances);
+        }
+      }
+      const waiting = this._waiting;
+      this._waiting = [];
+      for (const w of waiting) this._dispatch(w.obj, w.rcpt, w.deadline).then(w.resolve, w.reject);
+      this._maybeFinishClose();
+    });
+  }
+
+  // Queues a request on this client's own connection; its req is set here.
+  _enqueue(obj, deadline) {
     let line;
     const req = this._nextReq++;
     obj.req = req;
@@ -254,10 +350,7 @@ class Client extends Link {
       return Promise.reject(e);
     }
     return new Promise((resolve, reject) => {
-      this._queue.push({
-        req, line, resolve, reject, internal: false, tries: 0,
-        deadline: Date.now() + this._opts.resendDeadlineMs,
-      });
+      this._queue.push({ req, line, resolve, reject, internal: false, tries: 0, deadline });
       this._kick();
     });
   }
@@ -269,10 +362,12 @@ class Client extends Link {
    */
   close() {
     this._closing = true;
-    return new Promise((resolve) => {
+    const own = new Promise((resolve) => {
       this._closeWaiters.push(resolve);
       this._maybeFinishClose();
     });
+    // The owners' connections once nothing more can be routed to them.
+    return own.then(() => Promise.all([...this._lanes.values()].map((l) => l.close()))).then(() => {});
   }
 
   /**
@@ -281,14 +376,17 @@ class Client extends Link {
    */
   destroy() {
     this._closing = true;
-    this._failAll(new ReboundError('closed', 'the client was destroyed'));
+    const err = new ReboundError('closed', 'the client was destroyed');
+    this._failAll(err);
+    for (const w of this._waiting.splice(0)) w.reject(err);
+    for (const lane of this._lanes.values()) lane.destroy();
     this._maybeFinishClose();
   }
 
   // ---------------------------------------------------------- internals
 
   _pending() {
-    return this._queue.length + this._inflight.length + this._parked.length;
+    return this._queue.length + this._inflight.length + this._parked.length + this._waiting.length;
   }
 
   // Called whenever there may be something to do.

@@ -79,6 +79,30 @@ class Targets:
         self.addresses: List[Address] = addresses
         self.index = 0
         self.owner: Optional[Address] = None
+        #: called after every move (failed or moved): a routing client
+        #: refreshes its shard map then
+        self.on_change: Callable[[], None] = lambda: None
+
+    def add(self, addresses: Iterable[str]) -> None:
+        """Appends the instances not yet listed (the others a ``cluster``
+        answer named), to be tried after those given."""
+        for a in addresses:
+            if a and a not in self.addresses:
+                try:
+                    parse_address(a)
+                except ValueError:
+                    continue
+                self.addresses.append(a)
+
+    @property
+    def home(self) -> Address:
+        """The first address, the one this list is for."""
+        return self.addresses[0]
+
+    @property
+    def away(self) -> bool:
+        """Whether it moved off its first address."""
+        return self.owner is not None or self.index != 0
 
     @property
     def current(self) -> Address:
@@ -92,6 +116,7 @@ class Targets:
             self.owner = None
         else:
             self.index = (self.index + 1) % len(self.addresses)
+        self.on_change()
 
     def moved(self, reply: Optional[Mapping[str, Any]]) -> bool:
         """Follows an ``unavailable`` reply's ``owner``; True when it names
@@ -105,6 +130,7 @@ class Targets:
         except ValueError:
             return False
         self.owner = owner
+        self.on_change()
         return True
 
 
@@ -242,29 +268,163 @@ def outcome(reply: Reply) -> Union[Reply, ReboundError]:
 Line = Union[bytes, ReboundError]
 
 
-def pipeline_lines(requests: Iterable[Mapping[str, Any]]) -> List[Line]:
+#: A request line and the recipient it is about when it goes to that
+#: recipient's shard's owner (route_rcpt), else None.
+Item = Tuple[Line, Optional[str]]
+
+
+def pipeline_items(requests: Iterable[Mapping[str, Any]]) -> List[Item]:
     """One encoded line per request object, or the ReboundError that keeps
-    it from being sent (it then comes back as that request's result)."""
-    lines: List[Line] = []
+    it from being sent (it then comes back as that request's result), each
+    with its route_rcpt."""
+    items: List[Item] = []
     for obj in requests:
         try:
-            lines.append(encode(obj))
+            items.append((encode(obj), route_rcpt(obj)))
         except ReboundError as e:
-            lines.append(e)
-    return lines
+            items.append((e, None))
+    return items
+
+
+def report_items(reports: Iterable[Mapping[str, Any]]) -> List[Item]:
+    """As pipeline_items, for bounce_many's reports (see report_request)."""
+    items: List[Item] = []
+    for rep in reports:
+        try:
+            obj = report_request(rep)
+            items.append((encode(obj), route_rcpt(obj)))
+        except ReboundError as e:
+            items.append((e, None))
+        except TypeError as e:
+            items.append((ReboundError("bad_request", "bad report %r: %s" % (rep, e)), None))
+    return items
+
+
+def pipeline_lines(requests: Iterable[Mapping[str, Any]]) -> List[Line]:
+    """As pipeline_items, the lines alone."""
+    return [line for line, _ in pipeline_items(requests)]
 
 
 def report_lines(reports: Iterable[Mapping[str, Any]]) -> List[Line]:
-    """As pipeline_lines, for bounce_many's reports (see report_request)."""
-    lines: List[Line] = []
-    for rep in reports:
-        try:
-            lines.append(encode(report_request(rep)))
-        except ReboundError as e:
-            lines.append(e)
-        except TypeError as e:
-            lines.append(ReboundError("bad_request", "bad report %r: %s" % (rep, e)))
-    return lines
+    """As report_items, the lines alone."""
+    return [line for line, _ in report_items(reports)]
+
+
+# -- shards: which instance owns a recipient's reports
+
+def _crc16_table() -> List[int]:
+    table = []
+    for i in range(256):
+        crc = i << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+        table.append(crc & 0xFFFF)
+    return table
+
+
+_CRC16 = _crc16_table()
+
+
+def crc16(data: bytes) -> int:
+    """CRC-16/XMODEM (polynomial 0x1021, initial 0, not reflected): the
+    checksum Redis Cluster hashes keys with, and reboundd its recipients."""
+    crc = 0
+    t = _CRC16
+    for b in data:
+        crc = ((crc << 8) & 0xFFFF) ^ t[(crc >> 8) ^ b]
+    return crc
+
+
+def shard_of(rcpt: str, shards: int) -> int:
+    """The shard of a recipient: CRC16 of its UTF-8 bytes with A-Z in lower
+    case (as reboundd lowers it: ASCII only), mod ``shards``; 0 below 2."""
+    if shards < 2:
+        return 0
+    return crc16(rcpt.encode("utf-8", "surrogatepass").lower()) % shards
+
+
+#: The ops that run on the owner of their recipient's shard when they
+#: carry ``rcpt`` (docs/protocol.md, cluster: "A request about one
+#: message runs on its shard's owner").
+ROUTED_OPS = frozenset(("bounce", "delivered", "cancel", "get", "unsuppress"))
+
+
+def route_rcpt(obj: Mapping[str, Any]) -> Optional[str]:
+    """The recipient whose shard's owner should get this request, or None
+    when any instance may take it (ops by id alone, list, stats, ...)."""
+    rcpt = obj.get("rcpt")
+    if obj.get("op") in ROUTED_OPS and isinstance(rcpt, str) and rcpt:
+        return rcpt
+    return None
+
+
+#: How often a routing client asks ``cluster`` again while nothing moved
+#: (seconds): an instance that joined gets its share of the reports within
+#: this. With one schedule (no shards), less often.
+MAP_REFRESH = 5.0
+MAP_REFRESH_UNSHARDED = 30.0
+#: The least time between two asks after something moved (a connection
+#: failed, an unavailable named an owner): a dead owner is not asked about
+#: in a tight loop while its shards wait for a taker.
+MAP_REFRESH_MIN = 0.25
+#: How long one ``cluster`` ask may keep trying (seconds) before the
+#: requests go on with the map as it was.
+MAP_DEADLINE = 2.0
+
+
+class ShardMap:
+    """The last ``cluster`` answer as a routing client keeps it: how many
+    shards, each one's owner, the instances, and when to ask again."""
+
+    def __init__(self) -> None:
+        self.shards = 0
+        self.owners: List[str] = []
+        self.instances: List[str] = []
+        self.fetched: Optional[float] = None
+        self.stale = False
+        #: answers taken (the first included)
+        self.refreshes = 0
+
+    @property
+    def known(self) -> bool:
+        return self.fetched is not None
+
+    def due(self, now: float) -> bool:
+        """Whether to ask ``cluster`` now (``now``: time.monotonic())."""
+        if self.fetched is None:
+            return True
+        age = now - self.fetched
+        if self.stale:
+            return age >= MAP_REFRESH_MIN
+        return age >= (MAP_REFRESH if self.shards >= 2 else MAP_REFRESH_UNSHARDED)
+
+    def update(self, reply: Union[Reply, "ReboundError"], now: float) -> None:
+        """Takes a ``cluster`` reply. An error reply (a daemon without the
+        op) means one schedule: nothing to route. A ReboundError (nobody
+        answered) keeps the map as it was, to be asked again later."""
+        self.fetched = now
+        if isinstance(reply, ReboundError) and reply.reply is None:
+            return
+        self.stale = False
+        self.refreshes += 1
+        body = reply.reply if isinstance(reply, ReboundError) else reply
+        shards = body.get("shards") if isinstance(body, dict) and body.get("ok") is True else None
+        owners = body.get("map") if isinstance(body, dict) else None
+        if not isinstance(shards, int) or shards < 2 or not isinstance(owners, list) or len(owners) != shards:
+            self.shards, self.owners = 1, []
+            return
+        self.shards = shards
+        self.owners = [a if isinstance(a, str) else "" for a in owners]
+        insts = body.get("instances")
+        addrs = [m.get("addr") for m in insts if isinstance(m, dict)] if isinstance(insts, list) else []
+        self.instances = [a for a in addrs if isinstance(a, str) and a]
+
+    def owner(self, rcpt: str) -> Optional[str]:
+        """The address of the owner of rcpt's shard, None when there are no
+        shards or the shard's owner is not known now."""
+        if self.shards < 2:
+            return None
+        return self.owners[shard_of(rcpt, self.shards)] or None
 
 
 def handshake_lines(token: Optional[str], subscribe: Optional[bytes]) -> List[bytes]:
@@ -303,8 +463,14 @@ class ClientBase:
 
     def __init__(self, address: Addresses, token: Optional[str], timeout: float, connect_timeout: float,
                  retry_deadline: Optional[float], backoff_first: float, backoff_max: float,
-                 window: int) -> None:
+                 window: int, route: bool = True) -> None:
         self._targets = Targets(address)
+        # shards: the last cluster answer, and a client of the same kind
+        # (route off) per owner it sends to, by address
+        self._route = route
+        self._map = ShardMap()
+        self._lanes: Dict[str, "ClientBase"] = {}
+        self._targets.on_change = self._map_moved
         self.address = address
         self.token = token
         self.timeout = timeout
@@ -324,6 +490,66 @@ class ClientBase:
 
     #: what _new_failing makes (the blocking client's also sleeps)
     _failing_type: "type[Failing]"
+
+    # -- shards: each request about one recipient straight to its owner
+
+    def _map_moved(self) -> None:
+        self._map.stale = True
+
+    def _routing(self) -> bool:
+        """Whether requests about a recipient go to its shard's owner: not
+        on a consumer's connection (subscribed there), nor on an owner's own."""
+        return self._route and self._subscribe is None
+
+    def _took_map(self, reply: Union[Reply, ReboundError]) -> None:
+        """Takes a cluster answer (or the error that came instead); the
+        instances it names are tried after the addresses given when those
+        fail, by this client and by every owner's."""
+        self._map.update(reply, time.monotonic())
+        self._targets.add(self._map.instances)
+        for addr, lane in list(self._lanes.items()):
+            if addr not in self._map.owners and self._lane_idle(lane):
+                self._retire(lane)  # owns nothing now (it died, or handed its shards over)
+            else:
+                lane._targets.add(self._map.instances)
+
+    def _lane_for(self, rcpt: Optional[str]) -> Optional["ClientBase"]:
+        """The client that sends a request about rcpt: the owner's (made on
+        first use), or None for this one (no shards, the owner unknown, or
+        the owner is where this client is connected)."""
+        if rcpt is None:
+            return None
+        addr = self._map.owner(rcpt)
+        if addr is None or addr == self._targets.current:
+            return None
+        lane = self._lanes.get(addr)
+        if lane is not None and lane._targets.away and not self._map.stale and self._lane_idle(lane):
+            # it left its owner (a failure, an unavailable naming another)
+            # and the map still names that owner: start over there
+            self._retire(lane)
+            lane = None
+        if lane is None:
+            fallbacks = [a for a in self._targets.addresses if a != addr]
+            lane = type(self)([addr, *fallbacks], self.token, timeout=self.timeout,  # type: ignore[call-arg]
+                              connect_timeout=self.connect_timeout, retry_deadline=self.retry_deadline,
+                              backoff_first=self.backoff_first, backoff_max=self.backoff_max,
+                              window=self.window, route=False)
+            lane._targets.on_change = self._map_moved
+            self._lanes[addr] = lane
+        return lane
+
+    def _lane_idle(self, lane: "ClientBase") -> bool:
+        raise NotImplementedError
+
+    def _retire(self, lane: "ClientBase") -> None:
+        raise NotImplementedError
+
+    @property
+    def routes(self) -> Dict[str, Any]:
+        """What routing knows now: ``shards`` (0 before the first cluster
+        answer, 1 without shards), ``map`` (each shard's owner) and
+        ``owners`` (the addresses with a connection of their own)."""
+        return {"shards": self._map.shards, "map": list(self._map.owners), "owners": sorted(self._lanes)}
 
     def _new_failing(self) -> "Failing":
         """A fresh retry deadline and back-off for one call or request."""

@@ -9,9 +9,10 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from ._protocol import ACK_CHUNK  # noqa: F401  (it was defined here too)
-from ._protocol import (DROP, EVENT, RESEND, Address, Addresses, Backoff, ClientBase, ConsumerBase, Event, Failing, Line,
-                        ReboundError, Reply, bounce_request, check_handshake, decode, encode, handshake_lines,
-                        match_reply, outcome, parse_address, pipeline_lines, report_lines, request)
+from ._protocol import (DROP, EVENT, MAP_DEADLINE, RESEND, Address, Addresses, Backoff, ClientBase, ConsumerBase,
+                        Event, Failing, Item, ReboundError, Reply, bounce_request, check_handshake, decode, encode,
+                        handshake_lines, match_reply, outcome, parse_address, pipeline_items, report_items,
+                        request, route_rcpt)
 
 Result = Union[Reply, ReboundError]
 
@@ -86,13 +87,19 @@ class AsyncClient(ClientBase):
     resend and the retry deadline work as in ``Client``; each request has
     its own deadline, counted from its first failure. Use ``async with``,
     or ``await client.close()``.
+
+    With shards, requests about one recipient go straight to the owner of
+    its shard, on a connection per owner, as with ``Client`` (``route``);
+    each connection keeps its own pipeline and window.
     """
 
     def __init__(self, address: Addresses, token: Optional[str] = None, *, timeout: float = 30.0,
                  connect_timeout: float = 5.0, retry_deadline: Optional[float] = 60.0,
-                 backoff_first: float = 0.05, backoff_max: float = 2.0, window: int = 1000) -> None:
+                 backoff_first: float = 0.05, backoff_max: float = 2.0, window: int = 1000,
+                 route: bool = True) -> None:
         super().__init__(address, token, timeout, connect_timeout, retry_deadline, backoff_first,
-                         backoff_max, window)
+                         backoff_max, window, route)
+        self._map_task: Optional["asyncio.Task[None]"] = None
         self._unsent: Deque[_Req] = deque()
         self._inflight: Deque[_Req] = deque()
         self._proto: Optional[_LineProtocol] = None
@@ -124,11 +131,50 @@ class AsyncClient(ClientBase):
         fut = asyncio.get_running_loop().create_future()
         return _Req(line, fut, self._new_failing())
 
-    async def _submit(self, line: bytes) -> Result:
+    def _enqueue(self, line: bytes, failing: Optional[Failing] = None) -> _Req:
         self._start()
         req = self._new_req(line)
+        if failing is not None:
+            req.failing = failing
         self._unsent.append(req)
-        return await req.future
+        return req
+
+    async def _submit(self, line: bytes) -> Result:
+        return await self._enqueue(line).future
+
+    # -- shards
+
+    def _lane_idle(self, lane: ClientBase) -> bool:
+        return not lane._inflight and not lane._unsent  # type: ignore[attr-defined]
+
+    def _retire(self, lane: ClientBase) -> None:
+        for addr, ln in list(self._lanes.items()):
+            if ln is lane:
+                del self._lanes[addr]
+        asyncio.get_running_loop().create_task(lane.close())  # type: ignore[attr-defined]
+
+    async def _fetch_map(self) -> None:
+        failing = Failing(MAP_DEADLINE, Backoff(self.backoff_first, self.backoff_max))
+        try:
+            r = await self._enqueue(encode(request("cluster")), failing).future
+        except ReboundError as e:  # closed meanwhile
+            r = e
+        self._took_map(r if isinstance(r, ReboundError) else outcome(r))
+
+    async def _map_ready(self) -> None:
+        """Asks cluster when it is time to; waits for the answer only when
+        there is no map yet (later asks run while requests go on with the
+        map as it is)."""
+        if not self._map.due(time.monotonic()):
+            return
+        if self._map_task is None or self._map_task.done():
+            self._map_task = asyncio.get_running_loop().create_task(self._fetch_map())
+        if not self._map.known:
+            await asyncio.shield(self._map_task)
+
+    def _enqueue_routed(self, line: bytes, rcpt: Optional[str]) -> _Req:
+        lane = self._lane_for(rcpt) if self._routing() else None
+        return (lane if lane is not None else self)._enqueue(line)  # type: ignore[attr-defined]
 
     @staticmethod
     def _resolve(req: _Req, result: Result) -> None:
@@ -308,6 +354,12 @@ class AsyncClient(ClientBase):
         self._unsent.clear()
         if self._proto is not None:
             self._proto.abort()
+        if self._map_task is not None and not self._map_task.done():
+            self._map_task.cancel()
+        lanes = list(self._lanes.values())
+        self._lanes.clear()
+        for lane in lanes:
+            await lane.close()  # type: ignore[attr-defined]
         if self._pump_task is not None and not self._pump_task.done():
             self._pump_task.cancel()
             try:
@@ -316,23 +368,23 @@ class AsyncClient(ClientBase):
                 pass
 
     async def _call(self, obj: Mapping[str, Any]) -> Reply:
-        r = await self._submit(encode(obj))
-        if not isinstance(r, ReboundError):
-            r = outcome(r)
+        r = (await self._run([(encode(obj), route_rcpt(obj))]))[0]
         if isinstance(r, ReboundError):
             raise r
         return r
 
-    async def _run(self, lines: Sequence[Line]) -> List[Result]:
+    async def _run(self, items: Sequence[Item]) -> List[Result]:
         self._start()
+        if self._routing() and any(rcpt is not None for _, rcpt in items):
+            await self._map_ready()
         reqs: List[Union[_Req, ReboundError]] = []
-        for line in lines:
+        # queued in one go, without an await: each connection gets its part
+        # of the batch in the batch's order
+        for line, rcpt in items:
             if isinstance(line, ReboundError):
                 reqs.append(line)
             else:
-                req = self._new_req(line)
-                self._unsent.append(req)
-                reqs.append(req)
+                reqs.append(self._enqueue_routed(line, rcpt))
         out: List[Result] = []
         for r in reqs:
             if isinstance(r, ReboundError):
@@ -351,12 +403,12 @@ class AsyncClient(ClientBase):
     async def pipeline(self, requests: Iterable[Mapping[str, Any]]) -> List[Result]:
         """As ``Client.pipeline``: one reply dict or ReboundError per
         request, in order."""
-        return await self._run(pipeline_lines(requests))
+        return await self._run(pipeline_items(requests))
 
     async def bounce_many(self, reports: Iterable[Mapping[str, Any]]) -> List[Result]:
         """As ``Client.bounce_many``: one reply dict or ReboundError per
         report, in order, each exactly once."""
-        return await self._run(report_lines(reports))
+        return await self._run(report_items(reports))
 
     async def bounce(self, id: str, rcpt: str, code: int, enhanced: Optional[str] = None,
                      text: Optional[str] = None, campaign: Optional[str] = None,

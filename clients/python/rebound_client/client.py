@@ -10,10 +10,10 @@ from collections import deque
 from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from ._protocol import ACK_CHUNK  # noqa: F401  (importable from here, where it was first defined)
-from ._protocol import (DROP, EVENT, RESEND, Address, Addresses, ClientBase, ConsumerBase, Event, Failing, Line,
-                        ReboundError, Reply, bounce_request, check_handshake, decode, encode, handshake_lines,
-                        is_reply, match_reply, outcome, parse_address, pipeline_lines, report_lines, request,
-                        unexpected)
+from ._protocol import (DROP, EVENT, MAP_DEADLINE, RESEND, Address, Addresses, ClientBase, ConsumerBase, Event,
+                        Failing, Item, Line, ReboundError, Reply, bounce_request, check_handshake, decode, encode,
+                        handshake_lines, is_reply, match_reply, outcome, parse_address, pipeline_items,
+                        report_items, request, route_rcpt, unexpected)
 
 Result = Union[Reply, ReboundError]
 
@@ -139,13 +139,24 @@ class Client(ClientBase):
 
     One call runs at a time (a lock serializes threads); for throughput,
     send many reports in one ``bounce_many`` or ``pipeline`` call.
+
+    With shards (several reboundd, each owning some shards of the schedule
+    by recipient), the client asks ``cluster`` on its first request and
+    sends each request about one recipient (``bounce``; ``delivered``,
+    ``get``, ``cancel``, ``unsuppress`` with ``rcpt``) straight to the owner
+    of that recipient's shard, on a connection of its own per owner (opened
+    on first use); the rest goes where it would without shards. A batch is
+    split by owner and its parts sent at once, each in a thread of its own;
+    the results come back in the order of the batch. ``route=False`` sends
+    everything to the addresses given (which relay what they do not own).
     """
 
     def __init__(self, address: Addresses, token: Optional[str] = None, *, timeout: float = 30.0,
                  connect_timeout: float = 5.0, retry_deadline: Optional[float] = 60.0,
-                 backoff_first: float = 0.05, backoff_max: float = 2.0, window: int = 1000) -> None:
+                 backoff_first: float = 0.05, backoff_max: float = 2.0, window: int = 1000,
+                 route: bool = True) -> None:
         super().__init__(address, token, timeout, connect_timeout, retry_deadline, backoff_first,
-                         backoff_max, window)
+                         backoff_max, window, route)
         self._conn: Optional[_Conn] = None
         self._lock = threading.RLock()
         self._closed = False
@@ -226,6 +237,9 @@ class Client(ClientBase):
         with self._lock:
             self._closed = True
             self._drop()
+            for lane in self._lanes.values():
+                lane.close()  # type: ignore[attr-defined]
+            self._lanes.clear()
 
     def __enter__(self) -> "Client":
         return self
@@ -308,8 +322,68 @@ class Client(ClientBase):
                     todo = deque(retry)
             return results  # type: ignore[return-value]
 
+    # -- shards: a batch split by owner
+
+    def _lane_idle(self, lane: ClientBase) -> bool:
+        return True  # a call holds the lock of every client it uses until it ends
+
+    def _retire(self, lane: ClientBase) -> None:
+        lane.close()  # type: ignore[attr-defined]
+        for addr, ln in list(self._lanes.items()):
+            if ln is lane:
+                del self._lanes[addr]
+
+    def _refresh_map(self) -> None:
+        """Asks ``cluster`` here when it is time to (the first request, a
+        few seconds on, or after something moved), for at most
+        MAP_DEADLINE seconds; nobody answering keeps the map as it was."""
+        if not self._map.due(time.monotonic()):
+            return
+        saved = self.retry_deadline
+        self.retry_deadline = MAP_DEADLINE if saved is None else min(saved, MAP_DEADLINE)
+        try:
+            r = self._run([encode(request("cluster"))])[0]
+        finally:
+            self.retry_deadline = saved
+        self._took_map(r)
+
+    def _run_items(self, items: Sequence[Item]) -> List[Result]:
+        """As _run, each request about a recipient sent to the owner of its
+        shard when there are shards: one group per owner, the groups at
+        once (a thread each), this client's own in this thread."""
+        with self._lock:
+            if not self._routing() or all(rcpt is None for _, rcpt in items):
+                return self._run([line for line, _ in items])
+            if self._closed:
+                raise ReboundError("closed", "the client is closed")
+            self._refresh_map()
+            groups: Dict[Optional[ClientBase], List[int]] = {}
+            for i, (line, rcpt) in enumerate(items):
+                lane = None if isinstance(line, ReboundError) else self._lane_for(rcpt)
+                groups.setdefault(lane, []).append(i)
+            results: List[Optional[Result]] = [None] * len(items)
+            failed: List[BaseException] = []
+
+            def run(client: "Client", idx: List[int]) -> None:
+                try:
+                    for i, r in zip(idx, client._run([items[i][0] for i in idx])):
+                        results[i] = r
+                except BaseException as e:  # re-raised in the caller's thread
+                    failed.append(e)
+
+            threads = [threading.Thread(target=run, args=(lane, idx), daemon=True)
+                       for lane, idx in groups.items() if lane is not None]
+            for t in threads:
+                t.start()
+            run(self, groups.get(None, []))
+            for t in threads:
+                t.join()
+            if failed:
+                raise failed[0]
+            return results  # type: ignore[return-value]
+
     def _call(self, obj: Mapping[str, Any]) -> Reply:
-        r = self._run([encode(obj)])[0]
+        r = self._run_items([(encode(obj), route_rcpt(obj))])[0]
         if isinstance(r, ReboundError):
             raise r
         return r
@@ -326,7 +400,7 @@ class Client(ClientBase):
         the connection without waiting for each reply. Returns one result
         per request, in order: the reply dict, or a ReboundError for an
         error reply (an error does not stop the others)."""
-        return self._run(pipeline_lines(requests))
+        return self._run_items(pipeline_items(requests))
 
     def bounce_many(self, reports: Iterable[Mapping[str, Any]]) -> List[Result]:
         """Reports many failed deliveries at once. Each report is a mapping
@@ -337,7 +411,7 @@ class Client(ClientBase):
         invalid report, or ``unavailable`` when the retry deadline ran
         out). Each report gets exactly one result, whatever reconnects and
         resends happened underneath."""
-        return self._run(report_lines(reports))
+        return self._run_items(report_items(reports))
 
     def bounce(self, id: str, rcpt: str, code: int, enhanced: Optional[str] = None,
                text: Optional[str] = None, campaign: Optional[str] = None,
