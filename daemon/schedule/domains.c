@@ -1254,7 +1254,7 @@ json_t *domains_share_json(void)
 {
     if (!shared())
         return NULL;
-    return json_pack("{sisisIsIsIsIsIsIsI}", "owned", share_owned(), "shards", store_nshards(), "polls",
+    return json_pack("{sisIsIsIsIsIsIsI}", "owned", share_owned(), "polls",
                      (json_int_t)S.polls, "poll_failures", (json_int_t)S.poll_failures, "adopted",
                      (json_int_t)S.adopted, "ended", (json_int_t)S.ended, "began", (json_int_t)S.merges_begun,
                      "alerts_raised", (json_int_t)S.alerts_raised, "alerts_deduped", (json_int_t)S.alerts_deduped);
