@@ -23,10 +23,12 @@ foreach(t sentinel_failover cluster_failover lease shards)
 endforeach()
 #   ha.domains_shared: three reboundd in six shards: a throttle decided by
 #     one instance's shards holds the others' retries of the domain within
-#     about a second, one domain_throttled, one sender_alert; ~25 s.
+#     about a second, one domain_throttled, one sender_alert; the merge
+#     script on a real Redis; ~15 s.
 #   ha.rolling: three reboundd in six shards under pipelined ingest through
 #     the Python client, each restarted in turn (SIGTERM, start again):
-#     only resendable unavailable, 0 acknowledged reports lost; < 90 s.
+#     only resendable unavailable, 0 acknowledged reports lost; ~10 s
+#     (bounded at 80 s).
 foreach(t domains_shared rolling)
   add_test(NAME ha.${t}
            COMMAND ${Python3_EXECUTABLE} test_${t}.py

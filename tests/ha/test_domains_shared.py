@@ -11,6 +11,9 @@ threshold scaled by its share (12 replies in the policy: 4 each).
             the back-off; every instance's domain op says throttled
   alert     auth failures of one domain reported on every instance's
             shards: one sender_alert in all (SET NX PX in Redis)
+  script    the merge script itself on a real Redis: began, lengthened,
+            covered, an early end naming its episode, the poll dropping
+            what ended long ago
 
 Runs under ctest as ha.domains_shared (RUN_SERIAL), each case bounded by
 its own budget, every process killed on every path.
@@ -29,7 +32,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
 from failover_load import start_configured  # noqa: E402
 
-from harness import FAST_POLICY, GREYLIST, DaemonTestCase, bounce, now_ms, unique_id, wait_until  # noqa: E402
+from harness import (FAST_POLICY, GREYLIST, DaemonTestCase, RedisError, bounce, now_ms, unique_id,  # noqa: E402
+                     wait_until)
 
 TTL_MS = 1500
 SHARDS = 6
@@ -200,6 +204,46 @@ class SharedDomainsTest(DaemonTestCase):
         self.assertEqual(keys, ["{rebound:domains}alert:auth_failure:dmarc.example"])
         ttl = int(redis.cmd("PTTL", keys[0]))
         self.assertTrue(0 < ttl <= 3600 * 1000, ttl)
+
+    def test_merge_script(self):
+        redis = self.start_redis()
+        with open(os.path.join(HERE, "..", "..", "daemon", "store", "scripts", "throttle.lua")) as f:
+            script = f.read()
+        key = "{rebound:domains}throttle"
+
+        def run(*args):
+            r = redis.cmd("EVAL", script, "1", key, *[str(a) for a in args])
+            if isinstance(r, list):
+                return [x.decode() if isinstance(x, bytes) else x for x in r]
+            return r
+
+        def stored(d):
+            v = redis.cmd("HGET", key, d)
+            return v.decode() if isinstance(v, bytes) else v
+
+        now = 1000000
+        self.assertEqual(run("M", "x.example", "rate_limit,%d,%d" % (now + 500, now), now),
+                         [2, "rate_limit,%d,%d" % (now + 500, now)])
+        # another instance, later and longer: lengthened, the episode's class and since kept
+        self.assertEqual(run("M", "x.example", "congestion,%d,%d" % (now + 900, now + 10), now + 10),
+                         [1, "rate_limit,%d,%d" % (now + 900, now)])
+        # shorter: covered, nothing written
+        self.assertEqual(run("M", "x.example", "congestion,%d,%d" % (now + 600, now + 20), now + 20),
+                         [0, "rate_limit,%d,%d" % (now + 900, now)])
+        # an early end names its episode by since: another episode's is ignored
+        self.assertEqual(run("E", "x.example", now + 10, now + 30), 0)
+        self.assertEqual(run("E", "x.example", now, now + 30), 1)
+        self.assertEqual(stored("x.example"), "rate_limit,%d,%d" % (now + 30, now))
+        # ended: the next merge begins a new episode
+        self.assertEqual(run("M", "x.example", "congestion,%d,%d" % (now + 800, now + 40), now + 40)[0], 2)
+        # the poll returns what is in force or ended recently, and drops the rest
+        run("M", "old.example", "rate_limit,%d,%d" % (now - 20000, now - 30000), now - 30000)
+        self.assertEqual(run("P", now + 50, 10000), ["x.example", "congestion,%d,%d" % (now + 800, now + 40)])
+        self.assertIsNone(stored("old.example"))
+        with self.assertRaises(RedisError) as e:
+            run("M", "y.example", "bad", now)
+        self.assertIn("bad value", str(e.exception))
+        self.assertIsNone(stored("y.example"))
 
 
 if __name__ == "__main__":
