@@ -786,7 +786,10 @@ json_t *domains_json(const char *name, size_t len, int64_t now)
     }
     json_object_set_new(o, "window", win);
     json_object_set_new(o, "window_ms", json_integer(p->throttle_window_ms));
-    json_object_set_new(o, "threshold", json_integer(share_threshold()));
+    /* The policy's figure: what the instances back the domain off at
+     * together (each counts its share of it: stats' domains.shared), so
+     * the answer is the same whichever instance is asked. */
+    json_object_set_new(o, "threshold", json_integer(p->throttle_replies));
     json_t *alerts = json_array();
     for (int i = 0; i < d->nalerts; i++) {
         const struct alert *a = &d->alerts[i];
@@ -1243,9 +1246,13 @@ bool domains_alert_shared(uint32_t di, int class_idx, const char *body)
     a->body = xstrdup(body);
     if (store_alert_claim(d->name, p->classes[class_idx].name, rbd->instance_id, p->alert_window_ms, alert_claim_cb,
                           a) != 0) {
-        /* Redis is away: the report's own write fails too, and is resent. */
+        /* Redis is away: the report's own write fails too and is resent;
+         * this instance's window is given back so the resend claims it. */
         free(a->body);
         free(a);
+        for (int i = 0; i < d->nalerts; i++)
+            if (d->alerts[i].class_idx == class_idx)
+                d->alerts[i].start = 0;
     }
     return true;
 }

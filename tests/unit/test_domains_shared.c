@@ -293,7 +293,7 @@ static void test_threshold_scaled_and_one_event(void **state)
     assert_int_equal(json_integer_value(json_object_get(t, "until")), now + 90000);
     assert_int_equal(json_integer_value(json_object_get(t, "since")), now - 500);
     assert_string_equal(json_string_value(json_object_get(t, "class")), "congestion");
-    assert_int_equal(json_integer_value(json_object_get(j, "threshold")), 13);
+    assert_int_equal(json_integer_value(json_object_get(j, "threshold")), 50); /* the policy's, for all */
     json_decref(j);
     assert_true(domains_pace_entry(o, now + 1) >= now + 90000);
 
@@ -406,6 +406,15 @@ static void test_alert_claimed_once(void **state)
     /* a failed report does not give the window back: the alert went */
     domains_alert_unclaim(d, 1, 0);
     assert_false(domains_alert_claim(d, 1, now + 1, &repeats));
+
+    /* Redis away: nothing claimed, so this instance's window is given
+     * back and the resent report claims it again */
+    uint32_t d2 = domains_find("away.example", 12, true, now);
+    assert_true(domains_alert_claim(d2, 1, now, &repeats));
+    stubs.ready = false;
+    assert_true(domains_alert_shared(d2, 1, "{}"));
+    stubs.ready = true;
+    assert_true(domains_alert_claim(d2, 1, now + 1, &repeats));
 
     /* one shard: not shared, the caller writes the alert with its report */
     rbd->cfg.shards = 0;
