@@ -26,14 +26,15 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
 from failover_load import start_configured  # noqa: E402
 
-from harness import (FAST_POLICY, GREYLIST, DaemonTestCase, RedisError, bounce, now_ms, unique_id,  # noqa: E402
-                     wait_until)
+from harness import (FAST_POLICY, GREYLIST, DaemonTestCase, RedisError, bounce, free_port, now_ms,  # noqa: E402
+                     unique_id, wait_until)
 
 TTL_MS = 1500
 SHARDS = 6
@@ -97,8 +98,14 @@ class SharedDomainsTest(DaemonTestCase):
 
     def three(self):
         redis = self.start_redis()
-        ds = [start_configured(self, redis, {"lease_ttl": "%dms" % TTL_MS, "instance_id": iid, "shards": SHARDS})
-              for iid in ("a", "b", "c")]
+        self.metrics = {}
+        ds = []
+        for iid in ("a", "b", "c"):
+            port = free_port()
+            d = start_configured(self, redis, {"lease_ttl": "%dms" % TTL_MS, "instance_id": iid, "shards": SHARDS,
+                                               "metrics_listen": "127.0.0.1:%d" % port})
+            self.metrics[d.port] = port
+            ds.append(d)
 
         def spread():
             got = [self.serving(d) for d in ds]
@@ -109,6 +116,14 @@ class SharedDomainsTest(DaemonTestCase):
                    "" not in self.cluster(ds[0])["map"], min(5, self.left()), interval=0.05,
                    what="one map seen from every instance")
         return redis, ds
+
+    def sample(self, d, name):
+        """One sample of d's /metrics ("name{labels}" as written), or None."""
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.metrics[d.port], timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[-1])
+        return None
 
     def collect(self, client, seconds):
         out = []
@@ -183,6 +198,12 @@ class SharedDomainsTest(DaemonTestCase):
                 r = cl.request({"op": "domain", "domain": "shared.example"})
             self.assertTrue(r["ok"] and r["throttled"], r)
             self.assertEqual(r["throttle"]["until"], th["until"], r)
+        # a began it (and announced it); b and c adopted it from the hash
+        self.assertEqual(self.sample(a, 'rebound_domains_shared_throttles_total{how="began"}'), 1)
+        for d in (b, c):
+            self.assertEqual(self.sample(d, 'rebound_domains_shared_throttles_total{how="began"}'), 0)
+            self.assertGreaterEqual(self.sample(d, 'rebound_domains_shared_throttles_total{how="adopted"}'), 1)
+            self.assertGreater(self.sample(d, 'rebound_domains_shared_polls_total{result="ok"}'), 0)
 
     def test_one_sender_alert(self):
         redis, ds = self.three()
@@ -204,6 +225,10 @@ class SharedDomainsTest(DaemonTestCase):
         self.assertEqual(keys, ["{rebound:domains}alert:auth_failure:dmarc.example"])
         ttl = int(redis.cmd("PTTL", keys[0]))
         self.assertTrue(0 < ttl <= 3600 * 1000, ttl)
+        raised = [self.sample(d, 'rebound_sender_alerts_shared_total{result="raised"}') for d in ds]
+        deduped = [self.sample(d, 'rebound_sender_alerts_shared_total{result="deduped"}') for d in ds]
+        self.assertEqual(sum(raised), 1, raised)
+        self.assertEqual(sum(deduped), 2, deduped)  # each other instance's first of the window
 
     def test_merge_script(self):
         redis = self.start_redis()
