@@ -32,8 +32,8 @@
 #include "queue/domain.h"
 #include "schedule/entry.h"
 #include "schedule/firing.h"
-#include "store/store.h"
 #include "schedule/lease.h"
+#include "store/store.h"
 
 
 #define DOMAINS_MAX (1u << 24)       /* numbers must fit the entry word on any platform */
