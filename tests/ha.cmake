@@ -23,8 +23,9 @@ foreach(t sentinel_failover cluster_failover lease shards)
 endforeach()
 #   ha.domains_shared: three reboundd in six shards: a throttle decided by
 #     one instance's shards holds the others' retries of the domain within
-#     about a second, one domain_throttled, one sender_alert; the merge
-#     script on a real Redis; ~15 s.
+#     about a second, one domain_throttled, one sender_alert, a domain's
+#     pace kept by the instances together; the merge script on a real
+#     Redis; ~20 s.
 #   ha.rolling: three reboundd in six shards under pipelined ingest through
 #     the Python client, each restarted in turn (SIGTERM, start again):
 #     only resendable unavailable, 0 acknowledged reports lost; ~10 s

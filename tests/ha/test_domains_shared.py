@@ -11,6 +11,10 @@ threshold scaled by its share (12 replies in the policy: 4 each).
             the back-off; every instance's domain op says throttled
   alert     auth failures of one domain reported on every instance's
             shards: one sender_alert in all (SET NX PX in Redis)
+  pace      one domain paced at 60 a second (burst 6) has 180 retries due at
+            one instant over all six shards: each instance releases its
+            share (20 a second, burst 2), so together they keep to about
+            the policy's pace, not three times it
   script    the merge script itself on a real Redis: began, lengthened,
             covered, an early end naming its episode, the poll dropping
             what ended long ago
@@ -229,6 +233,47 @@ class SharedDomainsTest(DaemonTestCase):
         deduped = [self.sample(d, 'rebound_sender_alerts_shared_total{result="deduped"}') for d in ds]
         self.assertEqual(sum(raised), 1, raised)
         self.assertEqual(sum(deduped), 2, deduped)  # each other instance's first of the window
+
+    def test_pace_by_share(self):
+        with open(self.policy_path) as f:
+            p = json.load(f)
+        p["domains"]["pace"]["per_second"] = 60
+        p["domains"]["pace"]["burst"] = 6
+        with open(self.policy_path, "w") as f:
+            json.dump(p, f)
+        redis, ds = self.three()
+        sub = self.connect(ds[0])
+        sub.subscribe("paced")
+        due = now_ms() + 1500
+        ids = set()
+        with ds[1].client() as cl:
+            reqs = []
+            for r in self.rcpts("paced.example", set(range(SHARDS)), 180, "p"):
+                i = unique_id("p")
+                ids.add(i)
+                reqs.append(bounce(i, rcpt=r, not_before=due, **GREYLIST))
+            reps = cl.pipeline(reqs, window=180, timeout=10)
+        self.assertEqual([r for r in reps if not r.get("ok")], [])
+        fired = []
+        deadline = time.monotonic() + min(12, self.left())
+        while len(fired) < len(ids) and time.monotonic() < deadline:
+            evs = self.collect(sub, 0.5)
+            fired += [e["at"] for e in evs if e["type"] == "retry" and e["id"] in ids]
+        fired.sort()
+        self.assertEqual(len(fired), len(ids), "not every paced retry fired")
+        best, j = 0, 0
+        for k, t in enumerate(fired):
+            while t - fired[j] >= 1000:
+                j += 1
+            best = max(best, k - j + 1)
+        span = fired[-1] - fired[0]
+        log("180 retries of one domain due at once over 3 instances, paced at 60/s (burst 6) in all: released "
+            "over %d ms, at most %d in any second" % (span, best))
+        # one daemon's pace would release them over about 2.9 s; each
+        # instance at the full pace would take about 1 s and put all 180
+        # in one second. A loaded machine only fires later, never earlier.
+        self.assertLessEqual(best, 60 + 6 + 12)
+        self.assertGreaterEqual(span, 2000)
 
     def test_merge_script(self):
         redis = self.start_redis()
