@@ -99,7 +99,7 @@ static const struct option options[] = {
     {"redis_master_name", OPT_STRING, FIELD(redis_master_name), "mymaster", 0, 0, false, false},
     {"redis_sentinel_password", OPT_STRING, FIELD(redis_sentinel_password), "", 0, 0, false, true},
     {"redis_cluster", OPT_STRING, FIELD(redis_cluster), "", 0, 0, false, false},
-    {"redis_min_replicas", OPT_INT, FIELD(redis_min_replicas), "0", 0, 1000, false, false},
+    {"wait_replicas", OPT_INT, FIELD(redis_min_replicas), "0", 0, 1000, false, false},
     {"redis_replica_timeout", OPT_DURATION, FIELD(redis_replica_timeout_ms), "1s", 1, 3600LL * 1000, false, false},
     {"instance_id", OPT_STRING, FIELD(instance_id), "", 0, 0, false, false},
     {"advertise", OPT_STRING, FIELD(advertise), "", 0, 0, false, false},
@@ -117,6 +117,23 @@ static const struct {
 } aliases[] = {
     {"unix", "unix_path"},
 };
+
+/* Keys renamed: the old name is still read, from a file too, as the new
+ * one. Both in one file is an error unless they agree (which one was meant
+ * cannot be guessed). */
+static const struct {
+    const char *old, *name;
+} renamed[] = {
+    {"redis_min_replicas", "wait_replicas"}, /* the and Redis's word */
+};
+
+static const char *renamed_to(const char *key)
+{
+    for (size_t i = 0; i < sizeof renamed / sizeof renamed[0]; i++)
+        if (strcmp(key, renamed[i].old) == 0)
+            return renamed[i].name;
+    return NULL;
+}
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
@@ -156,6 +173,8 @@ static const struct option *option_find(const char *name)
     for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++)
         if (strcmp(name, aliases[i].alias) == 0)
             name = aliases[i].name;
+    if (renamed_to(name))
+        name = renamed_to(name);
     for (size_t i = 0; i < NOPTIONS; i++)
         if (strcmp(name, options[i].name) == 0)
             return &options[i];
@@ -597,7 +616,19 @@ int config_load_text(struct config *cfg, const char *text, size_t len, const cha
         if (key[0] == '_')
             continue; /* comments: "_comment_listen": "..." */
         const struct option *o = option_find(key);
-        if (!o || strcmp(o->name, key) != 0) {
+        if (o && renamed_to(key) && json_object_get(root, o->name)) {
+            struct value nv, ov;
+            char why[256];
+            if (parse_json(o, json_object_get(root, o->name), &nv, why, sizeof why) == 0 &&
+                parse_json(o, val, &ov, why, sizeof why) == 0 && nv.n != ov.n) {
+                const char *p[1] = {key};
+                json_pos_find(text, len, p, 1, &line, &col);
+                set_err(err, errlen, "%s:%d:%d: \"%s\" is the old name of \"%s\", and the two differ: give one",
+                        path, line, col, key, o->name);
+                goto fail_next;
+            }
+        }
+        if (!o || (strcmp(o->name, key) != 0 && !renamed_to(key))) {
             char kpath[300];
             snprintf(kpath, sizeof kpath, "~%s", key);
             const char *p[1] = {kpath};

@@ -48,7 +48,8 @@ struct config {
     char *redis_master_name;        /* the master's name in the Sentinels, default "mymaster" */
     char *redis_sentinel_password;  /* the Sentinels' own password, "" = none */
     char *redis_cluster;            /* Redis Cluster seeds "host:port,...", "" = no cluster */
-    int redis_min_replicas;         /* WAIT for this many replicas after each write batch, 0 = no WAIT */
+    int redis_min_replicas;         /* wait_replicas (its old name, still read: redis_min_replicas): WAIT for this
+                                       many replicas after each write batch, 0 = no WAIT */
     int64_t redis_replica_timeout_ms; /* WAIT's time-out, default 1000 (key "redis_replica_timeout") */
     char *instance_id;              /* this instance's name, "" = "<hostname>:<pid>" at start */
     char *advertise;                /* the address peers reach this instance at, "" = listen */

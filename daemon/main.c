@@ -376,6 +376,7 @@ static void close_own_handles(void)
     close_if_open((uv_handle_t *)&status_timer);
     close_if_open((uv_handle_t *)&swap_timer);
     lease_close();
+    domains_share_stop(); /* the shared throttles' poll */
     peer_close_all();
     notify_close();
     events_stop();

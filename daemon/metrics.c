@@ -265,6 +265,27 @@ static void render_observed(FILE *f)
     fprintf(f, "rebound_domains_throttled %zu\n", json_array_size(json_object_get(dstats, "throttled")));
     family(f, "rebound_domains_held", "gauge", "Receiving domains on hold.");
     fprintf(f, "rebound_domains_held %llu\n", (unsigned long long)domains_held_count(now_ms()));
+    /* with shards: the domain throttles and alerts shared across instances */
+    json_t *shared = json_object_get(dstats, "shared");
+    if (shared) {
+        family(f, "rebound_domains_shared_throttles_total", "counter",
+               "Shared domain throttles: began here (announced), adopted from another instance, ended early elsewhere.");
+        static const char *const how[] = {"began", "adopted", "ended"};
+        for (size_t i = 0; i < sizeof how / sizeof how[0]; i++)
+            fprintf(f, "rebound_domains_shared_throttles_total{how=\"%s\"} %lld\n", how[i],
+                    (long long)json_integer_value(json_object_get(shared, how[i])));
+        family(f, "rebound_domains_shared_polls_total", "counter", "Reads of the shared domain throttles, by result.");
+        fprintf(f, "rebound_domains_shared_polls_total{result=\"ok\"} %lld\n",
+                (long long)json_integer_value(json_object_get(shared, "polls")));
+        fprintf(f, "rebound_domains_shared_polls_total{result=\"failed\"} %lld\n",
+                (long long)json_integer_value(json_object_get(shared, "poll_failures")));
+        family(f, "rebound_sender_alerts_shared_total", "counter",
+               "sender_alert windows claimed across instances: raised here, or left to another instance's claim.");
+        fprintf(f, "rebound_sender_alerts_shared_total{result=\"raised\"} %lld\n",
+                (long long)json_integer_value(json_object_get(shared, "alerts_raised")));
+        fprintf(f, "rebound_sender_alerts_shared_total{result=\"deduped\"} %lld\n",
+                (long long)json_integer_value(json_object_get(shared, "alerts_deduped")));
+    }
     json_decref(dstats);
 
     family(f, "rebound_suppressed_addresses", "gauge", "Addresses on the suppressed list.");

@@ -21,3 +21,20 @@ foreach(t sentinel_failover cluster_failover lease shards)
     ENVIRONMENT "REBOUND_BUILD_DIR=${PROJECT_BINARY_DIR};REBOUND_SOURCE_DIR=${PROJECT_SOURCE_DIR};PYTHONDONTWRITEBYTECODE=1"
     TIMEOUT 240 RUN_SERIAL TRUE SKIP_RETURN_CODE 77)
 endforeach()
+#   ha.domains_shared: three reboundd in six shards: a throttle decided by
+#     one instance's shards holds the others' retries of the domain within
+#     about a second, one domain_throttled, one sender_alert, a domain's
+#     pace kept by the instances together; the merge script on a real
+#     Redis; ~20 s.
+#   ha.rolling: three reboundd in six shards under pipelined ingest through
+#     the Python client, each restarted in turn (SIGTERM, start again):
+#     only resendable unavailable, 0 acknowledged reports lost; ~10 s
+#     (bounded at 80 s).
+foreach(t domains_shared rolling)
+  add_test(NAME ha.${t}
+           COMMAND ${Python3_EXECUTABLE} test_${t}.py
+           WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/ha)
+  set_tests_properties(ha.${t} PROPERTIES
+    ENVIRONMENT "REBOUND_BUILD_DIR=${PROJECT_BINARY_DIR};REBOUND_SOURCE_DIR=${PROJECT_SOURCE_DIR};PYTHONDONTWRITEBYTECODE=1"
+    TIMEOUT 180 RUN_SERIAL TRUE SKIP_RETURN_CODE 77)
+endforeach()

@@ -188,7 +188,12 @@ static int bounce_events(struct job *op, const char *frag, int64_t now, char **e
             jbuf_lit(x, ",\"repeats\":");
             jbuf_int(x, (long long)op->alert_repeats);
             events[nev] = x->failed ? NULL : event_body_text(EV_SENDER_ALERT, now, frag, x->p, x->len, &n);
-            op->event_types[nev++] = EV_SENDER_ALERT;
+            /* With shards the alert is raised once across the instances
+             * (domains_alert_shared), not with this report. */
+            if (events[nev] && domains_alert_shared(op->domain, d->class_idx, events[nev]))
+                free(events[nev]);
+            else
+                op->event_types[nev++] = EV_SENDER_ALERT;
         }
     }
     return nev;

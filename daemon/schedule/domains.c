@@ -32,6 +32,7 @@
 #include "queue/domain.h"
 #include "schedule/entry.h"
 #include "schedule/firing.h"
+#include "schedule/lease.h"
 #include "store/store.h"
 
 
@@ -323,6 +324,26 @@ static void throttle_done_cb(void *arg, bool ok, long long result)
     free(w);
 }
 
+/* The domain_throttled event of d's back-off as it stands (NULL when it
+ * could not be encoded). */
+static char *throttle_event(const struct domain *d, int64_t now)
+{
+    const struct policy *p = rbd->policy;
+    json_t *extra = json_object();
+    json_object_set_new(extra, "domain", json_string(d->name));
+    json_object_set_new(extra, "class", json_string(d->tclass));
+    json_object_set_new(extra, "until", json_integer(d->until));
+    json_object_set_new(extra, "replies", json_integer(d->replies));
+    json_object_set_new(extra, "window_ms", json_integer(p->throttle_window_ms));
+    size_t n;
+    char *body = event_body(EV_DOMAIN_THROTTLED, now, NULL, extra, &n);
+    json_decref(extra);
+    return body;
+}
+
+static bool shared(void);
+static void share_merge(struct domain *d, int64_t now);
+
 static void begin_throttle(struct domain *d, int class_idx, uint32_t replies, int64_t now)
 {
     const struct policy *p = rbd->policy;
@@ -334,16 +355,12 @@ static void begin_throttle(struct domain *d, int class_idx, uint32_t replies, in
     held_clear(d);
     log_warn("domains: %s sent %u throttling replies (mostly %s) within %lld ms: backing off for %lld ms", d->name,
              replies, d->tclass, (long long)p->throttle_window_ms, (long long)p->backoff_ms);
+    if (shared()) {
+        share_merge(d, now);
+        return;
+    }
 
-    json_t *extra = json_object();
-    json_object_set_new(extra, "domain", json_string(d->name));
-    json_object_set_new(extra, "class", json_string(d->tclass));
-    json_object_set_new(extra, "until", json_integer(d->until));
-    json_object_set_new(extra, "replies", json_integer(replies));
-    json_object_set_new(extra, "window_ms", json_integer(p->throttle_window_ms));
-    size_t n;
-    char *body = event_body(EV_DOMAIN_THROTTLED, now, NULL, extra, &n);
-    json_decref(extra);
+    char *body = throttle_event(d, now);
     char arg[96];
     snprintf(arg, sizeof arg, "%s,%lld,%lld", d->tclass, (long long)d->until, (long long)d->since);
     const char *events[1] = {body};
@@ -386,6 +403,8 @@ static struct track *track_for(struct domain *d, int class_idx)
     return t;
 }
 
+static uint32_t share_threshold(void);
+
 void domains_report(uint32_t di, int class_idx, int64_t now)
 {
     const struct policy *p = rbd->policy;
@@ -409,7 +428,7 @@ void domains_report(uint32_t di, int class_idx, int64_t now)
             top = d->track[i].class_idx;
         }
     }
-    if (sum >= (uint32_t)p->throttle_replies)
+    if (sum >= share_threshold())
         begin_throttle(d, top, sum, now);
 }
 
@@ -437,15 +456,10 @@ static void shift_one(struct entry *e, void *arg)
         sched_set_due(rbd->sched, e, e->node.due_ms - s->delta);
 }
 
-void domains_delivered(uint32_t di, int64_t now)
+/* Ends d's back-off at now: its held retries move up by the time saved. */
+static void end_early(struct domain *d, int64_t now)
 {
-    struct domain *d = get(di);
-    if (!d)
-        return;
-    d->last_seen = now;
-    if (d->until <= now)
-        return;
-    struct shift_ctx s = {di, d->until, d->until - now};
+    struct shift_ctx s = {d->idx, d->until, d->until - now};
     d->until = now;
     domain_pace_shift(&d->pace, s.delta);
     if (d->held_overflow) {
@@ -460,10 +474,27 @@ void domains_delivered(uint32_t di, int64_t now)
     log_info("domains: %s delivers again: back-off ended %lld ms early, %zu held retries moved up", d->name,
              (long long)s.delta, d->nheld);
     held_clear(d);
+    firing_kick();
+}
+
+void domains_delivered(uint32_t di, int64_t now)
+{
+    struct domain *d = get(di);
+    if (!d)
+        return;
+    d->last_seen = now;
+    if (d->until <= now)
+        return;
+    end_early(d, now);
+    if (shared()) {
+        /* The other instances see the end at their next poll. */
+        if (store_throttle_end(d->name, d->since, now, NULL, NULL) != 0)
+            unthrottle_done_cb(NULL, false, 0);
+        return;
+    }
     struct store_change ch = {.id = "", .id_len = 0, .mode = '-', .op = STORE_OP_UNTHROTTLE, .key = d->name};
     if (store_queue(&ch, unthrottle_done_cb, NULL) != 0)
         unthrottle_done_cb(NULL, false, 0);
-    firing_kick();
 }
 
 /* ---- sender alerts ----------------------------------------------------- */
@@ -510,7 +541,10 @@ bool domains_alert_claim(uint32_t di, int class_idx, int64_t now, uint64_t *repe
 void domains_alert_unclaim(uint32_t di, int class_idx, uint64_t repeats)
 {
     struct domain *d = get(di);
-    if (!d)
+    /* With shards the alert was handed to domains_alert_shared, which
+     * raises it whatever became of the report's write: the window stays
+     * claimed. */
+    if (!d || (shared() && rbd->policy->alert_window_ms > 0))
         return;
     for (int i = 0; i < d->nalerts; i++) {
         if (d->alerts[i].class_idx == class_idx) {
@@ -523,13 +557,11 @@ void domains_alert_unclaim(uint32_t di, int class_idx, uint64_t repeats)
 
 /* ---- firing ------------------------------------------------------------ */
 
+static int share_owned(void);
+
 static int64_t pace_interval_us(void)
 {
-    int per_second = rbd->policy->pace_per_second;
-    if (per_second <= 0)
-        return 0;
-    int64_t iv = 1000000 / per_second;
-    return iv > 0 ? iv : 1;
+    return domains_share_interval_us(rbd->policy->pace_per_second, share_owned(), store_nshards());
 }
 
 int64_t domains_pace_entry(struct entry *e, int64_t now)
@@ -562,7 +594,8 @@ int64_t domains_pace_entry(struct entry *e, int64_t now)
         entry_set_placed(e, false);
         return 0;
     }
-    int64_t at = domain_pace_take(&d->pace, now, interval, rbd->policy->pace_burst);
+    int64_t at = domain_pace_take(&d->pace, now, interval,
+                                  domains_share_burst(rbd->policy->pace_burst, share_owned(), store_nshards()));
     if (at)
         entry_set_placed(e, true);
     return at;
@@ -609,9 +642,15 @@ static void load_reply_cb(void *arg, redisReply *reply)
     holds_load();
 }
 
+static void share_load(void);
+
 void domains_load(void (*done)(void))
 {
     load_done = done;
+    if (shared()) {
+        share_load();
+        return;
+    }
     if (store_domains_read(load_reply_cb, NULL) != 0)
         log_warn("load: Redis went away; will resume when it is back");
 }
@@ -706,6 +745,9 @@ json_t *domains_stats_json(int64_t now)
     json_object_set_new(o, "throttled", throttled);
     json_object_set_new(o, "top_pending", arr);
     json_object_set_new(o, "held", holds_json(now));
+    json_t *sh = domains_share_json();
+    if (sh)
+        json_object_set_new(o, "shared", sh);
     return o;
 }
 
@@ -744,6 +786,9 @@ json_t *domains_json(const char *name, size_t len, int64_t now)
     }
     json_object_set_new(o, "window", win);
     json_object_set_new(o, "window_ms", json_integer(p->throttle_window_ms));
+    /* The policy's figure: what the instances back the domain off at
+     * together (each counts its share of it: stats' domains.shared), so
+     * the answer is the same whichever instance is asked. */
     json_object_set_new(o, "threshold", json_integer(p->throttle_replies));
     json_t *alerts = json_array();
     for (int i = 0; i < d->nalerts; i++) {
@@ -878,4 +923,346 @@ const char *domains_name(uint32_t d)
 {
     struct domain *x = d && d < T.cap ? T.by_idx[d] : NULL;
     return x ? x->name : NULL;
+}
+
+/* ---- throttles and alerts across instances (shards) -------------------
+ *
+ * With shards each instance sees only its own shards' reports, about
+ * owned/S of a domain's replies, and sends about that share of its
+ * retries: the threshold, the pace and its burst are scaled by the share,
+ * so the instances together throttle and pace a domain as one daemon
+ * would. The windows stay local (the KumoMTA lesson: share only the small
+ * part); the decision is shared. An instance that passes its threshold
+ * backs off at once and merges its throttle into one hash in Redis
+ * (store/throttle.c: max of until); the instance whose merge began the
+ * episode announces it (domain_throttled, once); every instance reads
+ * the hash about once a second and holds its own retries of the domains
+ * others backed off. A poll never waits in the way of anything: it is one
+ * asynchronous command, and the next is not sent while one is out.
+ *
+ * Not fenced: the hash and the alert keys are every shard's, so no one
+ * shard's epoch can vouch for a write to them (and in a Redis Cluster the
+ * epoch is in another slot). A paused instance that wakes after losing
+ * its shards can at worst merge a back-off its own replies justified (at
+ * most the policy's backoff from its clock) or end one early; neither
+ * moves a record or loses a report. The domain_throttled event itself
+ * goes through the fenced write of one of its shards.
+ */
+#define SHARE_POLL_MS 1000
+#define SHARE_KEEP_MS 10000 /* an early end stays readable this long */
+
+static struct {
+    uv_timer_t *timer;
+    bool polling;
+    uint64_t polls, poll_failures, adopted, ended, alerts_raised, alerts_deduped, merges_begun;
+} S;
+
+static bool shared(void)
+{
+    return store_nshards() > 1;
+}
+
+static int share_owned(void)
+{
+    int n = __builtin_popcountll(rbd->shards_held);
+    return n > 0 ? n : store_nshards(); /* none held yet: nothing to scale */
+}
+
+uint32_t domains_share_threshold(int replies, int owned, int nshards)
+{
+    if (replies <= 0)
+        return 0;
+    if (nshards <= 1 || owned <= 0 || owned >= nshards)
+        return (uint32_t)replies;
+    int64_t t = ((int64_t)replies * owned + nshards - 1) / nshards; /* rounded up */
+    return t > 0 ? (uint32_t)t : 1;
+}
+
+int64_t domains_share_interval_us(int per_second, int owned, int nshards)
+{
+    if (per_second <= 0)
+        return 0;
+    if (nshards <= 1 || owned <= 0 || owned > nshards)
+        owned = nshards = 1;
+    /* per_second * owned / nshards a second: the interval grows by nshards/owned */
+    int64_t iv = INT64_C(1000000) * nshards / ((int64_t)per_second * owned);
+    return iv > 0 ? iv : 1;
+}
+
+int domains_share_burst(int burst, int owned, int nshards)
+{
+    if (burst <= 0 || nshards <= 1 || owned <= 0 || owned >= nshards)
+        return burst;
+    int64_t b = ((int64_t)burst * owned + nshards - 1) / nshards;
+    return b > 0 ? (int)b : 1;
+}
+
+static uint32_t share_threshold(void)
+{
+    return domains_share_threshold(rbd->policy->throttle_replies, shared() ? share_owned() : 1, store_nshards());
+}
+
+int domains_throttle_merge(struct domains_throttle *stored, bool *have, const struct domains_throttle *mine,
+                           int64_t now)
+{
+    if (!*have || stored->until <= now) {
+        *stored = *mine;
+        *have = true;
+        return DOMAINS_MERGE_BEGAN;
+    }
+    if (mine->until > stored->until) {
+        stored->until = mine->until;
+        return DOMAINS_MERGE_LENGTHENED;
+    }
+    return DOMAINS_MERGE_COVERED;
+}
+
+static bool parse_throttle(const char *v, size_t len, struct domains_throttle *t)
+{
+    char val[128];
+    long long until, since;
+    if (len >= sizeof val)
+        return false;
+    memcpy(val, v, len);
+    val[len] = '\0';
+    char cls[POLICY_NAME_MAX];
+    if (sscanf(val, "%31[a-z0-9_],%lld,%lld", cls, &until, &since) != 3)
+        return false;
+    snprintf(t->cls, sizeof t->cls, "%s", cls);
+    t->until = until;
+    t->since = since;
+    return true;
+}
+
+static void share_event_done_cb(void *arg, bool ok, long long result)
+{
+    enum event_type *type = arg;
+    if (ok) {
+        rbd->events_emitted[*type]++;
+        events_notify();
+    }
+    free(type);
+}
+
+/* Writes one event body (events only, under one of this instance's
+ * shards, so fenced like any write of it). */
+static void share_emit(enum event_type type, const char *body)
+{
+    if (!body)
+        return;
+    const char *events[1] = {body};
+    struct store_change ch = {.shard = STORE_SHARD_ANY, .id = "", .id_len = 0, .mode = '-', .events = events,
+                              .nevents = 1};
+    enum event_type *t = xmalloc(sizeof *t);
+    *t = type;
+    if (store_queue(&ch, share_event_done_cb, t) != 0) {
+        log_warn("domains: an event could not be written (Redis went away)");
+        free(t);
+    }
+}
+
+static void share_merge_cb(void *arg, redisReply *reply)
+{
+    struct throttle_write *w = arg;
+    struct domain *d = get(w->d);
+    struct domains_throttle t;
+    bool ok = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+              reply->element[0]->type == REDIS_REPLY_INTEGER && reply->element[1]->type == REDIS_REPLY_STRING &&
+              parse_throttle(reply->element[1]->str, reply->element[1]->len, &t);
+    if (d && d->since == w->since) {
+        d->writing = false;
+        if (!ok) {
+            /* Not shared, so not announced: lifted, as a throttle that
+             * could not be written is with one daemon. */
+            log_warn("domains: the throttle of %s could not be shared (%s); lifted", d->name,
+                     reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "no reply");
+            d->until = 0;
+            d->last_start = 0;
+        } else {
+            /* The episode in force is the shared one: its end, and the
+             * since by which an early end names it. */
+            d->until = t.until;
+            d->since = t.since;
+            snprintf(d->tclass, sizeof d->tclass, "%s", t.cls);
+            if (reply->element[0]->integer == DOMAINS_MERGE_BEGAN) {
+                S.merges_begun++;
+                char *body = throttle_event(d, now_ms());
+                share_emit(EV_DOMAIN_THROTTLED, body);
+                free(body);
+            } else {
+                log_info("domains: %s was already backed off by another instance, until %lld", d->name,
+                         (long long)t.until);
+            }
+        }
+    }
+    domains_unref(w->d);
+    free(w);
+}
+
+static void share_merge(struct domain *d, int64_t now)
+{
+    char value[96];
+    snprintf(value, sizeof value, "%s,%lld,%lld", d->tclass, (long long)d->until, (long long)d->since);
+    struct throttle_write *w = xmalloc(sizeof *w);
+    w->d = d->idx;
+    w->since = d->since;
+    d->writing = true;
+    domains_ref(d->idx);
+    if (store_throttle_merge(d->name, value, now, share_merge_cb, w) != 0)
+        share_merge_cb(w, NULL);
+}
+
+int domains_shared_apply(const char *name, size_t len, const char *value, size_t vlen, int64_t now)
+{
+    char buf[256];
+    struct domains_throttle t;
+    if (!T.ready || !norm_name(name, len, buf) || !parse_throttle(value, vlen, &t))
+        return 0;
+    struct domain *d = strmap_get(&T.by_name, buf);
+    if (!d || d->writing)
+        return 0; /* none of its retries here; or our own merge will say */
+    if (t.until > now && t.until > d->until) {
+        bool fresh = d->until <= now;
+        d->until = t.until;
+        if (fresh || d->since != t.since) {
+            d->since = t.since;
+            d->last_start = t.since;
+            d->replies = 0;
+            snprintf(d->tclass, sizeof d->tclass, "%s", t.cls);
+        }
+        if (fresh) {
+            held_clear(d);
+            log_info("domains: %s backed off by another instance until %lld (%s)", d->name, (long long)t.until,
+                     t.cls);
+        }
+        S.adopted++;
+        return DOMAINS_APPLIED_ADOPTED;
+    }
+    if (d->until > now && t.until < d->until && t.since == d->since) {
+        end_early(d, t.until > now ? t.until : now);
+        S.ended++;
+        return DOMAINS_APPLIED_ENDED;
+    }
+    return 0;
+}
+
+static void share_poll_cb(void *arg, redisReply *reply)
+{
+    S.polling = false;
+    void (*done)(void) = arg;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY) {
+        S.poll_failures++;
+        if (done) {
+            log_warn("load: reading the shared domain throttles failed (%s); will retry when Redis is back",
+                     reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "no reply");
+            return; /* schedule_load runs again on reconnect */
+        }
+        return;
+    }
+    S.polls++;
+    int64_t now = now_ms();
+    for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+        redisReply *k = reply->element[i], *v = reply->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        /* At load, as a single daemon does with its throttles: the domain
+         * is known from now on, so a report for it finds it backed off. */
+        if (done)
+            domains_find(k->str, k->len, true, now);
+        domains_shared_apply(k->str, k->len, v->str, v->len, now);
+    }
+    if (done)
+        done();
+}
+
+void domains_share_tick(int64_t now)
+{
+    /* Only an instance with shards has retries to hold; one poll out at
+     * a time, so a slow Redis gets one command a second at most. */
+    if (!shared() || S.polling || !rbd->shards_held || !store_ready() || rbd->stopping)
+        return;
+    S.polling = true;
+    if (store_throttle_poll(now, SHARE_KEEP_MS, share_poll_cb, NULL) != 0)
+        S.polling = false;
+}
+
+static void share_timer_cb(uv_timer_t *t)
+{
+    domains_share_tick(now_ms());
+}
+
+static void share_load(void)
+{
+    if (!S.timer && rbd->loop) {
+        S.timer = xmalloc(sizeof *S.timer);
+        uv_timer_init(rbd->loop, S.timer);
+        uv_timer_start(S.timer, share_timer_cb, SHARE_POLL_MS, SHARE_POLL_MS);
+    }
+    if (store_throttle_poll(now_ms(), SHARE_KEEP_MS, share_poll_cb, (void *)holds_load) != 0)
+        log_warn("load: Redis went away; will resume when it is back");
+}
+
+static void share_timer_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+void domains_share_stop(void)
+{
+    if (!S.timer)
+        return;
+    uv_close((uv_handle_t *)S.timer, share_timer_closed);
+    S.timer = NULL;
+}
+
+struct alert_claim {
+    char *body;
+    enum event_type type;
+};
+
+static void alert_claim_cb(void *arg, redisReply *reply)
+{
+    struct alert_claim *a = arg;
+    if (reply && reply->type == REDIS_REPLY_STATUS) {
+        S.alerts_raised++;
+        share_emit(EV_SENDER_ALERT, a->body);
+    } else if (reply && reply->type == REDIS_REPLY_NIL) {
+        S.alerts_deduped++; /* another instance raised this window's */
+    } else {
+        log_warn("domains: a sender_alert could not be claimed (%s); not raised",
+                 reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "no reply");
+    }
+    free(a->body);
+    free(a);
+}
+
+bool domains_alert_shared(uint32_t di, int class_idx, const char *body)
+{
+    struct domain *d = get(di);
+    const struct policy *p = rbd->policy;
+    if (!shared() || !d || !body || p->alert_window_ms <= 0 || class_idx < 0 || class_idx >= p->nclasses)
+        return false;
+    struct alert_claim *a = xmalloc(sizeof *a);
+    a->body = xstrdup(body);
+    if (store_alert_claim(d->name, p->classes[class_idx].name, rbd->instance_id, p->alert_window_ms, alert_claim_cb,
+                          a) != 0) {
+        /* Redis is away: the report's own write fails too and is resent;
+         * this instance's window is given back so the resend claims it. */
+        free(a->body);
+        free(a);
+        for (int i = 0; i < d->nalerts; i++)
+            if (d->alerts[i].class_idx == class_idx)
+                d->alerts[i].start = 0;
+    }
+    return true;
+}
+
+json_t *domains_share_json(void)
+{
+    if (!shared())
+        return NULL;
+    return json_pack("{sisIsIsIsIsIsIsI}", "owned", share_owned(), "polls",
+                     (json_int_t)S.polls, "poll_failures", (json_int_t)S.poll_failures, "adopted",
+                     (json_int_t)S.adopted, "ended", (json_int_t)S.ended, "began", (json_int_t)S.merges_begun,
+                     "alerts_raised", (json_int_t)S.alerts_raised, "alerts_deduped", (json_int_t)S.alerts_deduped);
 }

@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "queue/policy.h"
 #include "queue/sched.h"
 
 void domains_init(void);
@@ -108,4 +109,49 @@ void domains_entry_unplace(struct entry *e);
 
 /* The lower-case name of domain d, or NULL (0, or forgotten). */
 const char *domains_name(uint32_t d);
+/* ---- throttles and alerts across instances (shards S >= 2) ----
+ * docs/policy.md, "Throttles across instances"; domains.c says why. */
+
+/* The share arithmetic: an instance serving `owned` of `nshards` shards
+ * sees about owned/nshards of a domain's replies and sends that much of
+ * its retries, so the threshold (rounded up, at least 1), the pace's
+ * interval and its burst (rounded up, at least 1) are scaled by it. With
+ * one shard, or owned >= nshards, the policy's own figures. */
+uint32_t domains_share_threshold(int replies, int owned, int nshards);
+int64_t domains_share_interval_us(int per_second, int owned, int nshards);
+int domains_share_burst(int burst, int owned, int nshards);
+
+/* A throttle as the shared hash keeps it: "<class>,<until>,<since>". */
+struct domains_throttle {
+    char cls[POLICY_NAME_MAX];
+    int64_t until, since;
+};
+#define DOMAINS_MERGE_COVERED 0    /* one in force ends as late or later: it stays */
+#define DOMAINS_MERGE_LENGTHENED 1 /* ours ends later: until raised, the episode's class and since kept */
+#define DOMAINS_MERGE_BEGAN 2      /* none in force: ours is stored, and announced by its instance */
+/* The merge rule of store/scripts/throttle.lua at now, in C: stored (when
+ * *have) becomes the throttle in force. Returns DOMAINS_MERGE_*. */
+int domains_throttle_merge(struct domains_throttle *stored, bool *have, const struct domains_throttle *mine,
+                           int64_t now);
+
+#define DOMAINS_APPLIED_ADOPTED 1 /* backed off (or longer) as another instance decided */
+#define DOMAINS_APPLIED_ENDED 2   /* the episode this instance held ended early elsewhere */
+/* A shared throttle read back by the poll, value "<class>,<until>,<since>":
+ * applied to this instance's retries of the domain. Returns 0 (nothing to
+ * do: not known here, or nothing new) or DOMAINS_APPLIED_*. */
+int domains_shared_apply(const char *name, size_t len, const char *value, size_t vlen, int64_t now);
+/* One poll of the shared throttles (the timer's, about once a second;
+ * tests call it): skipped while the last is unanswered. */
+void domains_share_tick(int64_t now);
+/* Stops the poll's timer (shutdown). */
+void domains_share_stop(void);
+/* With shards, a sender_alert claimed by domains_alert_claim (this
+ * instance's window) is raised here, once across the instances: the
+ * window is claimed in Redis (SET NX PX) and the event (body, copied)
+ * written by the instance that wins. Returns false when not shared (the
+ * caller writes the alert with its report as before). */
+bool domains_alert_shared(uint32_t d, int class_idx, const char *body);
+/* For stats: the share and the poll's counters, NULL when not shared. */
+json_t *domains_share_json(void);
+
 #endif

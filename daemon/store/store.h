@@ -348,4 +348,26 @@ char *store_shard_key(int k, const char *name);
 /* The first shard whose epoch this instance holds (0 when none): where a
  * change about no message is fenced. */
 int store_shard_any(void);
+/* ---- domain throttles shared by the instances (store/throttle.c) ----
+ * Only with shards (S >= 2); cluster-wide keys under a hash tag of their
+ * own, each touched alone (never in a multi-slot script), not fenced:
+ *   {<prefix>domains}throttle  hash, domain -> "<class>,<until>,<since>"
+ *   {<prefix>domains}alert:<class>:<domain>  string with a TTL: the
+ *                   instance that raised the window's sender_alert
+ * scripts/throttle.lua says the merge rule. */
+/* Merges this instance's throttle ("<class>,<until>,<since>") of domain
+ * into the shared hash: the reply is {result, value in force}, result 2
+ * began (announce it), 1 lengthened, 0 covered by one in force. */
+int store_throttle_merge(const char *domain, const char *value, int64_t now, store_reply_cb cb, void *arg);
+/* Ends the episode of domain that began at since, if it is in force (the
+ * domain delivers again): 1 ended, 0 not. cb may be NULL. */
+int store_throttle_end(const char *domain, int64_t since, int64_t now, store_reply_cb cb, void *arg);
+/* Every shared throttle, flat {domain, value, ...}; those ended more than
+ * keep_ms ago are deleted first. */
+int store_throttle_poll(int64_t now, int64_t keep_ms, store_reply_cb cb, void *arg);
+/* Claims the sender_alert window of (domain, class) for who: SET NX PX
+ * ttl_ms. The reply is status OK when this claim won, nil when another
+ * instance holds the window. */
+int store_alert_claim(const char *domain, const char *class_name, const char *who, int64_t ttl_ms, store_reply_cb cb,
+                      void *arg);
 #endif

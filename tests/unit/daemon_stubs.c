@@ -424,3 +424,34 @@ int peer_ask(const char *addr, const char *line, size_t len, void (*cb)(void *ar
     stub_asks++;
     return -1;
 }
+
+/* ---- store/throttle.c: the shared throttles and alert windows -------------- */
+
+/* first: "<domain> <value>" for a merge, "<domain> <since>" for an end,
+ * "<class>:<domain>" for an alert claim; the test answers each. */
+int store_throttle_merge(const char *domain, const char *value, int64_t now, store_reply_cb cb, void *arg)
+{
+    char f[256];
+    int n = snprintf(f, sizeof f, "%s %s", domain, value);
+    return record_command("throttle_merge", f, (size_t)n, 1, cb, arg);
+}
+
+int store_throttle_end(const char *domain, int64_t since, int64_t now, store_reply_cb cb, void *arg)
+{
+    char f[256];
+    int n = snprintf(f, sizeof f, "%s %lld", domain, (long long)since);
+    return record_command("throttle_end", f, (size_t)n, 1, cb, arg);
+}
+
+int store_throttle_poll(int64_t now, int64_t keep_ms, store_reply_cb cb, void *arg)
+{
+    return record_command("throttle_poll", "", 0, 0, cb, arg);
+}
+
+int store_alert_claim(const char *domain, const char *class_name, const char *who, int64_t ttl_ms, store_reply_cb cb,
+                      void *arg)
+{
+    char f[256];
+    int n = snprintf(f, sizeof f, "%s:%s", class_name, domain);
+    return record_command("alert_claim", f, (size_t)n, 1, cb, arg);
+}

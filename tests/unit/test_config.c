@@ -786,6 +786,32 @@ static void test_ha_keys(void **state)
     assert_non_null(strstr(err, "redis_sentinels"));
 }
 
+/* wait_replicas and its old name: one field; the old name is still read
+ * from a file and a flag; both in one file only when they agree. */
+static void test_wait_replicas_renamed(void **state)
+{
+    struct config *cfg = *state;
+    char err[512] = "";
+    assert_int_equal(load_text(cfg, "{\"wait_replicas\": 2}", err, sizeof err), 0);
+    assert_int_equal(cfg->redis_min_replicas, 2);
+    assert_int_equal(load_text(cfg, "{\"redis_min_replicas\": 3}", err, sizeof err), 0);
+    assert_int_equal(cfg->redis_min_replicas, 3);
+    assert_int_equal(load_text(cfg, "{\"wait_replicas\": 1, \"redis_min_replicas\": 1}", err, sizeof err), 0);
+    assert_int_equal(cfg->redis_min_replicas, 1);
+    assert_int_equal(load_text(cfg, "{\"redis_min_replicas\": 2, \"wait_replicas\": 1}", err, sizeof err), -1);
+    assert_non_null(strstr(err, "redis_min_replicas"));
+    assert_non_null(strstr(err, "wait_replicas"));
+    assert_int_equal(cfg->redis_min_replicas, 1); /* a refused file changes nothing */
+    assert_int_equal(config_set(cfg, "redis_min_replicas", "4", err, sizeof err), 0);
+    assert_int_equal(cfg->redis_min_replicas, 4);
+    assert_int_equal(config_set(cfg, "wait_replicas", "0", err, sizeof err), 0);
+    assert_int_equal(cfg->redis_min_replicas, 0);
+    json_t *j = dump_to_json(cfg, NULL);
+    assert_non_null(json_object_get(j, "wait_replicas"));
+    assert_null(json_object_get(j, "redis_min_replicas"));
+    json_decref(j);
+}
+
 /* Redis Cluster seeds: an array or a string, never with Sentinels, and
  * only with a prefix whose hash tag keeps every key in one slot of db 0. */
 static void test_cluster_keys(void **state)
@@ -851,6 +877,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_docs_mark_reloadable_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ha_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cluster_keys, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wait_replicas_renamed, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
