@@ -94,6 +94,8 @@ class Client extends Link {
     // sent to, by address, and the requests waiting for the first answer.
     this._map = new ShardMap();
     this._lanes = new Map();
+    // Lanes to owners that own nothing now, answering what was sent before.
+    this._retired = new Set();
     this._waiting = [];
     this._mapFetch = null;
     this._targets.onChange = () => { this._map.stale = true; };
@@ -300,7 +302,7 @@ class Client extends Link {
       // It left its owner (a failure, an unavailable naming another) and
       // the map still names that owner: start over there.
       this._lanes.delete(addr);
-      lane.close();
+      this._retire(lane);
       lane = undefined;
     }
     if (lane === undefined) {
@@ -324,10 +326,12 @@ class Client extends Link {
       this._map.update(r, Date.now());
       this._targets.add(this._map.instances);
       for (const [addr, lane] of this._lanes) {
-        if (!this._map.owners.includes(addr) && lane._pending() === 0) {
-          // It owns nothing now (it died, or handed its shards over).
+        if (!this._map.owners.includes(addr)) {
+          // It owns nothing now (it died, or handed its shards over): nothing
+          // new goes there; what was sent already is answered (or fails over
+          // to the other instances) before its connection closes.
           this._lanes.delete(addr);
-          lane.close();
+          this._retire(lane);
         } else {
           lane._targets.add(this._map.instances);
         }
@@ -337,6 +341,11 @@ class Client extends Link {
       for (const w of waiting) this._dispatch(w.obj, w.rcpt, w.deadline).then(w.resolve, w.reject);
       this._maybeFinishClose();
     });
+  }
+
+  _retire(lane) {
+    this._retired.add(lane);
+    lane.close().then(() => this._retired.delete(lane));
   }
 
   // Queues a request on this client's own connection; its req is set here.
@@ -367,7 +376,8 @@ class Client extends Link {
       this._maybeFinishClose();
     });
     // The owners' connections once nothing more can be routed to them.
-    return own.then(() => Promise.all([...this._lanes.values()].map((l) => l.close()))).then(() => {});
+    return own.then(() => Promise.all([...this._lanes.values(), ...this._retired].map((l) => l.close())))
+      .then(() => {});
   }
 
   /**
@@ -379,7 +389,7 @@ class Client extends Link {
     const err = new ReboundError('closed', 'the client was destroyed');
     this._failAll(err);
     for (const w of this._waiting.splice(0)) w.reject(err);
-    for (const lane of this._lanes.values()) lane.destroy();
+    for (const lane of [...this._lanes.values(), ...this._retired]) lane.destroy();
     this._maybeFinishClose();
   }
 
