@@ -20,7 +20,6 @@
 #define SUB_BACKLOG_MAX (1u << 20)
 /* Entries per read of a group: a burst of retries is read in few round
  * trips; what the connections have no room for waits in memory (held). */
-#define READ_COUNT "2000"
 #define READ_COUNT_N 2000
 /* The next read leaves while fewer than this many events are held, so the
  * connections have events to take while it is in flight. */
@@ -84,6 +83,14 @@ struct group {
     int64_t seen_ms; /* epoch ms it last had a subscriber (kept in Redis) */
     int inflight;    /* acks in flight that name it: not freed before they land */
     bool listed;     /* in the last XINFO GROUPS */
+    /* Batch entries (proto/event.h): where the last attach put the group.
+     * A mark can fall inside a batch entry, which is then read again
+     * whole: its events up to the floor were handled and are skipped. */
+    char floor[EID_MAX];
+    /* Entries the next read of the group asks for (0: READ_COUNT_N), fewer
+     * when the stream holds batch entries, so that a read brings about
+     * READ_COUNT_N events, not that many batches. */
+    int read_n;
 };
 
 static struct group *groups;
@@ -403,6 +410,45 @@ static void take(struct group *g, const char *eid, const char *body, size_t len)
         hold(g, e);
 }
 
+/* Takes one entry read for g: its event, or each event of a batch entry
+ * (those up to the group's floor were handled before). Returns how many
+ * events the entry holds. */
+static long long take_entry(struct group *g, const char *eid, const char *v, size_t len)
+{
+    size_t pos;
+    long long n = event_batch_open(v, len, &pos);
+    if (n < 0) {
+        take(g, eid, v, len);
+        return 1;
+    }
+    const char *body;
+    size_t blen;
+    char id[EID_MAX];
+    for (long long k = 0; k < n && event_batch_next(v, len, &pos, &body, &blen); k++) {
+        if (!event_batch_eid(eid, n, k, id, sizeof id)) {
+            log_warn("events: dropping malformed batch entry %s", eid);
+            break;
+        }
+        if (g->floor[0] && !eid_after(id, g->floor))
+            continue;
+        take(g, id, body, blen);
+    }
+    /* The entry is read, whatever it held. */
+    snprintf(g->last_read, sizeof g->last_read, "%s", eid);
+    g->have_read = true;
+    return n;
+}
+
+/* The COUNT of g's next read: about READ_COUNT_N events, given the events
+ * per entry of the last read (entries of them, events in all). */
+static void read_size(struct group *g, size_t entries, long long events)
+{
+    if (entries == 0)
+        return;
+    long long per = events / (long long)entries;
+    g->read_n = per > 1 ? (int)(READ_COUNT_N / per) + 1 : 0;
+}
+
 /* Rebuilds the held queue from the outstanding events, in stream order:
  * those of connection gone (may be NULL) are held again. */
 static void requeue(struct group *g, const struct subscriber *gone)
@@ -431,6 +477,7 @@ static void read_done(struct group *g, redisReply *reply)
         return; /* pumped again when Redis is back */
     }
     size_t n = 0;
+    long long nev = 0;
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1 && reply->element[0]->type == REDIS_REPLY_ARRAY &&
         reply->element[0]->elements == 2) {
         redisReply *entries = reply->element[0]->element[1];
@@ -449,11 +496,12 @@ static void read_done(struct group *g, redisReply *reply)
                 continue;
             }
             redisReply *body = fields->element[1];
-            take(g, eid, body->str, body->len);
+            nev += take_entry(g, eid, body->str, body->len);
         }
     }
-    if (n >= READ_COUNT_N)
+    if (n >= (size_t)(g->read_n ? g->read_n : READ_COUNT_N))
         g->more = true;
+    read_size(g, n, nev);
     prune_ahead(g);
     mark_flush(g, NULL, NULL);
     pump(g);
@@ -488,6 +536,12 @@ static void attach_reply_cb(void *arg, redisReply *reply)
     }
     g->created = true;
     g->more = true;
+    /* Reading goes on after this position (the group's mark after a start). */
+    const redisReply *at = reply->element[1];
+    unsigned long long ms, seq;
+    g->floor[0] = '\0';
+    if (at->type == REDIS_REPLY_STRING && at->len < EID_MAX && eid_parse(at->str, &ms, &seq))
+        memcpy(g->floor, at->str, at->len + 1);
     pump(g);
 }
 
@@ -519,7 +573,9 @@ static void pump(struct group *g)
     }
     if (!g->more)
         return;
-    if (store_group_read(g->name, ">", READ_COUNT, read_reply_cb, g) == 0) {
+    char count[16];
+    snprintf(count, sizeof count, "%d", g->read_n ? g->read_n : READ_COUNT_N);
+    if (store_group_read(g->name, ">", count, read_reply_cb, g) == 0) {
         g->busy = true;
         g->more = false;
     }
@@ -761,7 +817,7 @@ void events_fire_read(struct group *g, const redisReply *read, const redisReply 
             g->have_read = true;
             g->mark_dirty = true;
         } else {
-            take(g, eid, body, len);
+            take_entry(g, eid, body, len);
         }
     }
     if (taken >= (size_t)count)
