@@ -45,6 +45,7 @@ from failover_load import ingest_rotating, start_configured  # noqa: E402
 
 from harness import (GREYLIST, USER_UNKNOWN, DaemonTestCase, bounce, now_ms, unique_id,  # noqa: E402
                      wait_until)
+import stream_events  # noqa: E402
 
 TTL_MS = 1500
 SHARDS = 6
@@ -124,8 +125,7 @@ class ShardsTest(DaemonTestCase):
     def retry_counts(self, redis):
         """Retry events in the stream by message id."""
         counts = {}
-        for _, fields in redis.cmd("XRANGE", EVENTS, "-", "+") or []:
-            body = fields[1] if isinstance(fields[1], str) else fields[1].decode()
+        for _, body in stream_events.events(redis, EVENTS):
             if not body.startswith("R"):
                 continue
             parts = body.split("\n")
