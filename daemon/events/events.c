@@ -384,9 +384,11 @@ static void deliver_held(struct group *g)
 /* Takes one entry read for g (in stream order), routes or holds it. */
 static void take(struct group *g, const char *eid, const char *body, size_t len)
 {
-    snprintf(g->last_read, sizeof g->last_read, "%s", eid);
+    size_t elen = strlen(eid);
+    if (elen < EID_MAX)
+        memcpy(g->last_read, eid, elen + 1);
     g->have_read = true;
-    if (strlen(eid) >= EID_MAX || strmap_get(&g->out, eid))
+    if (elen >= EID_MAX || strmap_get(&g->out, eid))
         return; /* not an entry id; or read twice (a rewind): it is here already */
     if (g->nahead > 0 && strmap_del(&g->ahead, eid)) {
         g->nahead--;
@@ -395,7 +397,7 @@ static void take(struct group *g, const char *eid, const char *body, size_t len)
     }
     struct ev *e = xmalloc(sizeof *e + len + 1);
     memset(e, 0, sizeof *e);
-    memcpy(e->eid, eid, strlen(eid) + 1);
+    memcpy(e->eid, eid, elen + 1);
     memcpy(e->body, body, len);
     e->body[len] = '\0';
     e->len = len;
@@ -421,16 +423,31 @@ static long long take_entry(struct group *g, const char *eid, const char *v, siz
         take(g, eid, v, len);
         return 1;
     }
+    unsigned long long ms, seq, fms = 0, fseq = 0;
+    bool floor = g->floor[0] && eid_parse(g->floor, &fms, &fseq);
+    if (!eid_parse(eid, &ms, &seq) || seq < (unsigned long long)(n - 1) || strlen(eid) >= EID_MAX) {
+        log_warn("events: dropping malformed batch entry %s", eid);
+        n = 0;
+    }
+    /* The events' ids share the entry's "<ms>-": only the seq is written
+     * per event (a burst is read at up to a few hundred thousand events a
+     * second). */
+    char id[EID_MAX];
+    size_t head = n > 0 ? (size_t)(strchr(eid, '-') - eid) + 1 : 0;
+    memcpy(id, eid, head);
     const char *body;
     size_t blen;
-    char id[EID_MAX];
     for (long long k = 0; k < n && event_batch_next(v, len, &pos, &body, &blen); k++) {
-        if (!event_batch_eid(eid, n, k, id, sizeof id)) {
-            log_warn("events: dropping malformed batch entry %s", eid);
-            break;
-        }
-        if (g->floor[0] && !eid_after(id, g->floor))
+        unsigned long long s = seq - (unsigned long long)(n - 1 - k);
+        if (floor && (ms < fms || (ms == fms && s <= fseq)))
             continue;
+        char digits[24], *q = digits + sizeof digits;
+        *--q = '\0';
+        do {
+            *--q = (char)('0' + s % 10);
+            s /= 10;
+        } while (s);
+        memcpy(id + head, q, (size_t)(digits + sizeof digits - q));
         take(g, id, body, blen);
     }
     /* The entry is read, whatever it held. */
