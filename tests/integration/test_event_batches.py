@@ -3,10 +3,12 @@ entry per fire batch, each event with an id of its own. Delivery, acks,
 the group's mark inside a batch entry across kill -9, a group created after
 the burst, and what the stream holds (fast policy)."""
 
+import json
 import time
 import unittest
+import urllib.request
 
-from harness import GREYLIST, DaemonTestCase, bounce, now_ms, unique_id
+from harness import GREYLIST, DaemonTestCase, bounce, free_port, now_ms, unique_id, wait_until
 from stream_events import events as stream_events
 
 N = 600  # well over the fire script's 128: the batches go as a burst
@@ -129,6 +131,25 @@ class EventBatchesTest(DaemonTestCase):
         self.assertEqual(len(ev), 1)
         self.assertEqual(ev[0]["id"], gid)
         self.assertGreater(eid_key(ev[0]["eid"]), eid_key(top))
+
+    def test_status_page_latest_events_from_a_batch(self):
+        # /status.json's latest events (metrics.c) expand the newest batch
+        # entry: the 20 newest events, newest first, as subscribers got them.
+        addr = "127.0.0.1:%d" % free_port()
+        self.daemon.kill9()  # one daemon on the Redis: this one serves the page
+        self.daemon = self.start_daemon(self.redis, extra_args=["--metrics", addr])
+        self.c = self.connect(self.daemon)
+        a = self.connect(self.daemon)
+        a.subscribe("st")
+        self.burst()
+        got = self.drain(a, N)
+        newest = sorted(got, key=eid_key, reverse=True)[:20]
+
+        def latest():
+            with urllib.request.urlopen("http://%s/status.json" % addr, timeout=2) as r:
+                return json.loads(r.read())["events"]["latest"]
+        wait_until(lambda: [e["eid"] for e in latest()] == newest, 6, interval=0.2, what="the latest events")
+        self.assertEqual(latest(), [got[e] for e in newest])
 
 
 if __name__ == "__main__":
