@@ -132,6 +132,27 @@ class EventBatchesTest(DaemonTestCase):
         self.assertEqual(ev[0]["id"], gid)
         self.assertGreater(eid_key(ev[0]["eid"]), eid_key(top))
 
+    def test_burst_then_small_batches_each_event_once(self):
+        # Small fire batches right behind a burst: the fire script's read
+        # for a caught-up group may bring the burst's batch entries
+        # (events_fire_read), the group's own reads the rest.
+        a = self.connect(self.daemon)
+        a.subscribe("mix")
+        at = now_ms() + 700
+        ids, reqs = [], []
+        for i in range(N + 60):
+            m = unique_id("mix")
+            ids.append(m)
+            due = at if i < N else at + 2 * (i - N)  # then one every 2 ms
+            reqs.append(bounce(m, rcpt="u%d@m%d.example" % (i, i), not_before=due, **GREYLIST))
+        for r in self.c.pipeline(reqs):
+            self.assertOk(r)
+        got = self.drain(a, len(ids))
+        self.assertEqual(sorted(e["id"] for e in got.values()), sorted(ids))
+        self.assertEqual(sorted(got, key=eid_key), [eid for eid, _ in stream_events(self.redis)])
+        self.assertEqual(a.ack(list(got)).get("acked"), len(ids))
+        self.assertEqual(a.events(1, 0.3), [])
+
     def test_status_page_latest_events_from_a_batch(self):
         # /status.json's latest events (metrics.c) expand the newest batch
         # entry: the 20 newest events, newest first, as subscribers got them.
