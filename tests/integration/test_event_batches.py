@@ -153,6 +153,22 @@ class EventBatchesTest(DaemonTestCase):
         self.assertEqual(a.ack(list(got)).get("acked"), len(ids))
         self.assertEqual(a.events(1, 0.3), [])
 
+    def test_reserved_id_refused_falls_back_to_an_entry_per_event(self):
+        # The stream's last id above its newest entry (an entry deleted by
+        # hand): the reserved id is refused, and the script appends the
+        # events one entry each, so no fired retry is without its event.
+        future = now_ms() + 3600 * 1000
+        self.redis.pipeline([["MULTI"], ["XADD", STREAM, "%d-0" % future, "e", "x"], ["XDEL", STREAM, "%d-0" % future],
+                             ["EXEC"]])
+        a = self.connect(self.daemon)
+        a.subscribe("fb")
+        ids = self.burst()
+        got = self.drain(a, N)
+        self.assertEqual(sorted(e["id"] for e in got.values()), sorted(ids))
+        self.assertTrue(all(eid_key(e) > (future, 0) for e in got), "an event below the stream's last id")
+        self.assertEqual(self.redis.cmd("XLEN", STREAM), N, "not one entry per event")
+        self.assertEqual(a.ack(list(got)).get("acked"), N)
+
     def test_status_page_latest_events_from_a_batch(self):
         # /status.json's latest events (metrics.c) expand the newest batch
         # entry: the 20 newest events, newest first, as subscribers got them.
