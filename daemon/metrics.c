@@ -126,6 +126,31 @@ static void count_cb(void *arg, redisReply *reply)
         *(long long *)arg = reply->integer;
 }
 
+/* Appends to arr the events of a burst's batch entry (proto/event.h),
+ * newest first, while arr holds fewer than LATEST_EVENTS. */
+static void latest_batch(json_t *arr, const char *eid, const char *v, size_t len)
+{
+    size_t pos;
+    long long n = event_batch_open(v, len, &pos);
+    if (n < 1)
+        return;
+    json_t *batch = json_array();
+    const char *body;
+    size_t blen;
+    char id[48];
+    for (long long k = 0; k < n && event_batch_next(v, len, &pos, &body, &blen); k++) {
+        size_t ln;
+        char *line = event_batch_eid(eid, n, k, id, sizeof id) ? event_line(id, body, blen, &ln) : NULL;
+        json_t *ev = line ? json_loadb(line, ln, 0, NULL) : NULL;
+        free(line);
+        if (ev)
+            json_array_insert_new(batch, 0, ev);
+    }
+    for (size_t i = 0; i < json_array_size(batch) && json_array_size(arr) < LATEST_EVENTS; i++)
+        json_array_append(arr, json_array_get(batch, i));
+    json_decref(batch);
+}
+
 static void latest_cb(void *arg, redisReply *reply)
 {
     obs.in_flight--;
@@ -137,6 +162,11 @@ static void latest_cb(void *arg, redisReply *reply)
         if (en->type != REDIS_REPLY_ARRAY || en->elements != 2 || en->element[0]->type != REDIS_REPLY_STRING)
             continue;
         const redisReply *fv = en->element[1];
+        const redisReply *batch = info_field(fv, "b");
+        if (batch && batch->type == REDIS_REPLY_STRING) {
+            latest_batch(arr, en->element[0]->str, batch->str, batch->len);
+            continue;
+        }
         const redisReply *body = info_field(fv, "e");
         if (!body || body->type != REDIS_REPLY_STRING)
             continue;

@@ -935,3 +935,73 @@ int event_body_type(const char *body, size_t body_len)
     json_decref(root);
     return t;
 }
+
+/* ---- batch entries (event.h) ---- */
+
+size_t event_batch_head(char *out, long long n)
+{
+    out[0] = EVENT_BATCH_MARK;
+    size_t k = 1 + jbuf_fmt_int(out + 1, n);
+    out[k++] = '\n';
+    return k;
+}
+
+size_t event_batch_item(char *out, size_t body_len)
+{
+    size_t k = jbuf_fmt_int(out, (long long)body_len);
+    out[k++] = ':';
+    return k;
+}
+
+/* Reads decimal digits at *pos up to the byte stop; -1 when there are none,
+ * too many, or stop does not follow. */
+static long long batch_number(const char *v, size_t len, size_t *pos, char stop)
+{
+    size_t i = *pos;
+    long long n = 0;
+    while (i < len && v[i] >= '0' && v[i] <= '9' && i - *pos < 15)
+        n = n * 10 + (v[i++] - '0');
+    if (i == *pos || i >= len || v[i] != stop)
+        return -1;
+    *pos = i + 1;
+    return n;
+}
+
+long long event_batch_open(const char *v, size_t len, size_t *pos)
+{
+    if (!event_is_batch(v, len))
+        return -1;
+    *pos = 1;
+    return batch_number(v, len, pos, '\n');
+}
+
+bool event_batch_next(const char *v, size_t len, size_t *pos, const char **body, size_t *body_len)
+{
+    size_t at = *pos;
+    long long n = batch_number(v, len, &at, ':');
+    if (n < 0 || (size_t)n > len - at) {
+        *pos = len;
+        return false;
+    }
+    *body = v + at;
+    *body_len = (size_t)n;
+    *pos = at + (size_t)n;
+    return true;
+}
+
+bool event_batch_eid(const char *entry_eid, long long n, long long k, char *out, size_t cap)
+{
+    unsigned long long ms = 0, seq = 0;
+    const char *p = entry_eid;
+    char *end;
+    if (*p < '0' || *p > '9' || n < 1 || k < 0 || k >= n)
+        return false;
+    ms = strtoull(p, &end, 10);
+    if (*end != '-' || end[1] < '0' || end[1] > '9')
+        return false;
+    seq = strtoull(end + 1, &end, 10);
+    if (*end != '\0' || seq < (unsigned long long)(n - 1))
+        return false;
+    int w = snprintf(out, cap, "%llu-%llu", ms, seq - (unsigned long long)(n - 1 - k));
+    return w > 0 && (size_t)w < cap;
+}

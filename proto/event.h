@@ -83,4 +83,34 @@ size_t event_retry_compact(char *out, long long at_ms, long long due_ms, int att
  * is stored as it is). */
 size_t event_compact(const char *body, size_t body_len, char *out);
 
+/*
+ * A batch entry: one stream entry that holds the events of a burst, so
+ * that Redis appends, stores and writes to its AOF one entry per batch
+ * instead of one per event (docs/performance.md). Its value (field "b") is
+ *
+ *   #<n>\n<len>:<body><len>:<body>...      n bodies, len in decimal
+ *
+ * and each event keeps an entry id of its own: the entry's id <ms>-<seq>
+ * is the last event's, the events before it have <ms>-<seq - n + 1> up
+ * to <ms>-<seq - 1> (the writer reserves the range above the stream's
+ * last id, store/fire.c). No single body begins with '#'.
+ */
+#define EVENT_BATCH_MARK '#'
+/* Whether an entry's value is a batch. */
+#define event_is_batch(v, len) ((len) > 0 && (v)[0] == EVENT_BATCH_MARK)
+/* Writes the head "#<n>\n" into out (room for 24 bytes); returns its length. */
+size_t event_batch_head(char *out, long long n);
+/* Writes an item's prefix "<len>:" into out (room for 24 bytes). */
+size_t event_batch_item(char *out, size_t body_len);
+/* Reads a batch value's head: returns the number of events and sets *pos
+ * to the first item, or -1 when v is not a well-formed batch head. */
+long long event_batch_open(const char *v, size_t len, size_t *pos);
+/* The next body at *pos (advanced past it): returns false at the end or
+ * on a malformed item (the rest is then skipped). */
+bool event_batch_next(const char *v, size_t len, size_t *pos, const char **body, size_t *body_len);
+/* The entry id of event k (0-based) of a batch of n whose entry id is
+ * entry_eid, written into out (cap bytes, at least 48); false when
+ * entry_eid is no <ms>-<seq> or its seq is below n - 1. */
+bool event_batch_eid(const char *entry_eid, long long n, long long k, char *out, size_t cap);
+
 #endif

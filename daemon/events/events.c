@@ -20,7 +20,6 @@
 #define SUB_BACKLOG_MAX (1u << 20)
 /* Entries per read of a group: a burst of retries is read in few round
  * trips; what the connections have no room for waits in memory (held). */
-#define READ_COUNT "2000"
 #define READ_COUNT_N 2000
 /* The next read leaves while fewer than this many events are held, so the
  * connections have events to take while it is in flight. */
@@ -84,6 +83,14 @@ struct group {
     int64_t seen_ms; /* epoch ms it last had a subscriber (kept in Redis) */
     int inflight;    /* acks in flight that name it: not freed before they land */
     bool listed;     /* in the last XINFO GROUPS */
+    /* Batch entries (proto/event.h): where the last attach put the group.
+     * A mark can fall inside a batch entry, which is then read again
+     * whole: its events up to the floor were handled and are skipped. */
+    char floor[EID_MAX];
+    /* Entries the next read of the group asks for (0: READ_COUNT_N), fewer
+     * when the stream holds batch entries, so that a read brings about
+     * READ_COUNT_N events, not that many batches. */
+    int read_n;
 };
 
 static struct group *groups;
@@ -377,9 +384,11 @@ static void deliver_held(struct group *g)
 /* Takes one entry read for g (in stream order), routes or holds it. */
 static void take(struct group *g, const char *eid, const char *body, size_t len)
 {
-    snprintf(g->last_read, sizeof g->last_read, "%s", eid);
+    size_t elen = strlen(eid);
+    if (elen < EID_MAX)
+        memcpy(g->last_read, eid, elen + 1);
     g->have_read = true;
-    if (strlen(eid) >= EID_MAX || strmap_get(&g->out, eid))
+    if (elen >= EID_MAX || strmap_get(&g->out, eid))
         return; /* not an entry id; or read twice (a rewind): it is here already */
     if (g->nahead > 0 && strmap_del(&g->ahead, eid)) {
         g->nahead--;
@@ -388,7 +397,7 @@ static void take(struct group *g, const char *eid, const char *body, size_t len)
     }
     struct ev *e = xmalloc(sizeof *e + len + 1);
     memset(e, 0, sizeof *e);
-    memcpy(e->eid, eid, strlen(eid) + 1);
+    memcpy(e->eid, eid, elen + 1);
     memcpy(e->body, body, len);
     e->body[len] = '\0';
     e->len = len;
@@ -401,6 +410,60 @@ static void take(struct group *g, const char *eid, const char *body, size_t len)
     strmap_put(&g->out, e->eid, e);
     if (g->held_head || route(g, e) == HOLD)
         hold(g, e);
+}
+
+/* Takes one entry read for g: its event, or each event of a batch entry
+ * (those up to the group's floor were handled before). Returns how many
+ * events the entry holds. */
+static long long take_entry(struct group *g, const char *eid, const char *v, size_t len)
+{
+    size_t pos;
+    long long n = event_batch_open(v, len, &pos);
+    if (n < 0) {
+        take(g, eid, v, len);
+        return 1;
+    }
+    unsigned long long ms, seq, fms = 0, fseq = 0;
+    bool floor = g->floor[0] && eid_parse(g->floor, &fms, &fseq);
+    if (!eid_parse(eid, &ms, &seq) || seq < (unsigned long long)(n - 1) || strlen(eid) >= EID_MAX) {
+        log_warn("events: dropping malformed batch entry %s", eid);
+        n = 0;
+    }
+    /* The events' ids share the entry's "<ms>-": only the seq is written
+     * per event (a burst is read at up to a few hundred thousand events a
+     * second). */
+    char id[EID_MAX];
+    size_t head = n > 0 ? (size_t)(strchr(eid, '-') - eid) + 1 : 0;
+    memcpy(id, eid, head);
+    const char *body;
+    size_t blen;
+    for (long long k = 0; k < n && event_batch_next(v, len, &pos, &body, &blen); k++) {
+        unsigned long long s = seq - (unsigned long long)(n - 1 - k);
+        if (floor && (ms < fms || (ms == fms && s <= fseq)))
+            continue;
+        char digits[24], *q = digits + sizeof digits;
+        *--q = '\0';
+        do {
+            *--q = (char)('0' + s % 10);
+            s /= 10;
+        } while (s);
+        memcpy(id + head, q, (size_t)(digits + sizeof digits - q));
+        take(g, id, body, blen);
+    }
+    /* The entry is read, whatever it held. */
+    snprintf(g->last_read, sizeof g->last_read, "%s", eid);
+    g->have_read = true;
+    return n;
+}
+
+/* The COUNT of g's next read: about READ_COUNT_N events, given the events
+ * per entry of the last read (entries of them, events in all). */
+static void read_size(struct group *g, size_t entries, long long events)
+{
+    if (entries == 0)
+        return;
+    long long per = events / (long long)entries;
+    g->read_n = per > 1 ? (int)(READ_COUNT_N / per) + 1 : 0;
 }
 
 /* Rebuilds the held queue from the outstanding events, in stream order:
@@ -431,6 +494,7 @@ static void read_done(struct group *g, redisReply *reply)
         return; /* pumped again when Redis is back */
     }
     size_t n = 0;
+    long long nev = 0;
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1 && reply->element[0]->type == REDIS_REPLY_ARRAY &&
         reply->element[0]->elements == 2) {
         redisReply *entries = reply->element[0]->element[1];
@@ -449,11 +513,12 @@ static void read_done(struct group *g, redisReply *reply)
                 continue;
             }
             redisReply *body = fields->element[1];
-            take(g, eid, body->str, body->len);
+            nev += take_entry(g, eid, body->str, body->len);
         }
     }
-    if (n >= READ_COUNT_N)
+    if (n >= (size_t)(g->read_n ? g->read_n : READ_COUNT_N))
         g->more = true;
+    read_size(g, n, nev);
     prune_ahead(g);
     mark_flush(g, NULL, NULL);
     pump(g);
@@ -488,6 +553,12 @@ static void attach_reply_cb(void *arg, redisReply *reply)
     }
     g->created = true;
     g->more = true;
+    /* Reading goes on after this position (the group's mark after a start). */
+    const redisReply *at = reply->element[1];
+    unsigned long long ms, seq;
+    g->floor[0] = '\0';
+    if (at->type == REDIS_REPLY_STRING && at->len < EID_MAX && eid_parse(at->str, &ms, &seq))
+        memcpy(g->floor, at->str, at->len + 1);
     pump(g);
 }
 
@@ -519,7 +590,9 @@ static void pump(struct group *g)
     }
     if (!g->more)
         return;
-    if (store_group_read(g->name, ">", READ_COUNT, read_reply_cb, g) == 0) {
+    char count[16];
+    snprintf(count, sizeof count, "%d", g->read_n ? g->read_n : READ_COUNT_N);
+    if (store_group_read(g->name, ">", count, read_reply_cb, g) == 0) {
         g->busy = true;
         g->more = false;
     }
@@ -761,7 +834,7 @@ void events_fire_read(struct group *g, const redisReply *read, const redisReply 
             g->have_read = true;
             g->mark_dirty = true;
         } else {
-            take(g, eid, body, len);
+            take_entry(g, eid, body, len);
         }
     }
     if (taken >= (size_t)count)

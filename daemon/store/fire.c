@@ -140,12 +140,51 @@ static void queued_reply_cb(struct redis_link *link, redisReply *reply, void *ar
 {
 }
 
+/*
+ * The burst's events as one batch entry (proto/event.h): one XADD per
+ * batch instead of one per event, which was the largest part of Redis's
+ * work per fired retry on AOF (each XADD parsed, a stream entry with its
+ * id and flags, and written to the file). Its events keep ids of their own:
+ * the entry takes the last id of a range reserved above the stream's last
+ * id, which only a script can read and use in one step. The daemon is the
+ * only writer of the stream's retries under the lease, and any other XADD
+ * with '*' lands above. Run with EVAL inside the burst's MULTI (a NOSCRIPT
+ * there would surface only at EXEC); Redis caches it by its hash.
+ *
+ * KEYS[1] the stream; ARGV[1] n, ARGV[2] the batch's value. Returns the
+ * entry id; or, should the reserved id be refused (the stream's newest
+ * entry deleted by hand, its last id above it), appends the events one
+ * entry each and returns their count: never a fired retry without its
+ * event.
+ */
+static const char batch_lua[] =
+    "local stream, n, v = KEYS[1], tonumber(ARGV[1]), ARGV[2]\n"
+    "local t = redis.call('TIME')\n"
+    "local ms, seq = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 0\n"
+    "local top = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]\n"
+    "if top then\n"
+    "  local tm, ts = string.match(top[1], '^(%d+)%-(%d+)$')\n"
+    "  if tonumber(tm) >= ms then ms, seq = tonumber(tm), tonumber(ts) + 1 end\n"
+    "end\n"
+    "local id = string.format('%d-%d', ms, seq + n - 1)\n"
+    "local r = redis.pcall('XADD', stream, id, 'b', v)\n"
+    "if type(r) == 'string' then return r end\n"
+    "local pos, k = string.find(v, '\\n', 1, true) + 1, 0\n"
+    "while pos <= #v do\n"
+    "  local c = string.find(v, ':', pos, true)\n"
+    "  local len = tonumber(string.sub(v, pos, c - 1))\n"
+    "  redis.call('XADD', stream, '*', 'e', string.sub(v, c + 1, c + len))\n"
+    "  pos, k = c + 1 + len, k + 1\n"
+    "end\n"
+    "return k\n";
+
 static void exec_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
 {
     struct store_fire *b = arg;
     struct fire_priv *p = b->priv;
-    /* EXEC answers each command of the transaction: the XADDs, HSET, XTRIM. */
-    bool ok = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == (size_t)p->nxadd + 2;
+    /* EXEC answers each command of the transaction: the batch's script
+     * (its one XADD), HSET, XTRIM. */
+    bool ok = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 3;
     if (reply && reply->type == REDIS_REPLY_NIL && burst_watching == b)
         store_fenced_now(); /* the WATCHed epoch moved: the transaction did not run */
     else if (reply && !ok)
@@ -154,8 +193,8 @@ static void exec_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
     for (int i = 0; ok && i < b->n; i++) {
         if (p->slot[i] < 0)
             continue;
-        const redisReply *r = reply->element[p->slot[i]];
-        if (r->type != REDIS_REPLY_STRING) {
+        const redisReply *r = reply->element[0];
+        if (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_INTEGER) {
             /* The record turned awaiting all the same (a transaction does
              * not roll back): say so, the retry is not re-sent. */
             log_error("redis: appending a retry event failed: %s", r->type == REDIS_REPLY_ERROR ? r->str : "?");
@@ -197,9 +236,32 @@ static char *burst_bodies(struct store_fire *b, const redisReply *reply, size_t 
     return bodies;
 }
 
-/* The transaction: MULTI, an XADD per event, one HSET of the records
- * turned awaiting, XTRIM, EXEC. Returns 0, or -1 when the link refused a
- * command (it refuses only when down, and then the first, MULTI, already:
+/* The value of the batch entry of the events of b (built by burst_bodies),
+ * in their order; *len its length. */
+static char *batch_value(const struct store_fire *b, const char *bodies, const size_t *boff, const size_t *bl,
+                         size_t *len)
+{
+    const struct fire_priv *p = b->priv;
+    size_t cap = 24, n = 0;
+    for (int i = 0; i < b->n; i++)
+        if (p->slot[i] >= 0)
+            cap += 24 + bl[i];
+    char *v = xmalloc(cap);
+    n = event_batch_head(v, p->nxadd);
+    for (int i = 0; i < b->n; i++) {
+        if (p->slot[i] < 0)
+            continue;
+        n += event_batch_item(v + n, bl[i]);
+        memcpy(v + n, bodies + boff[i], bl[i]);
+        n += bl[i];
+    }
+    *len = n;
+    return v;
+}
+
+/* The transaction: MULTI, the batch entry of the events (batch_lua), one
+ * HSET of the records turned awaiting, XTRIM, EXEC. Returns 0, or -1 when
+ * the link refused a command (it refuses only when down, and then the first, MULTI, already:
  * a transaction cut short never runs). */
 static int burst_send(struct store_fire *b, redisReply *reply, const char *bodies, const size_t *boff,
                       const size_t *bl)
@@ -220,13 +282,19 @@ static int burst_send(struct store_fire *b, redisReply *reply, const char *bodie
     for (int k = 0; k < 5; k++)
         trim_lens[k] = strlen(trim[k]);
     int rc = redis_link_command(rbd->link, queued_reply_cb, NULL, 1, multi, NULL);
+    size_t vlen;
+    char *value = batch_value(b, bodies, boff, bl, &vlen);
+    char nev[24];
+    snprintf(nev, sizeof nev, "%d", p->nxadd);
+    const char *bargv[] = {"EVAL", batch_lua, "1", rbd->key_events, nev, value};
+    size_t blens[] = {4, sizeof batch_lua - 1, 1, strlen(rbd->key_events), strlen(nev), vlen};
+    if (rc == 0)
+        rc = redis_link_command(rbd->link, queued_reply_cb, NULL, 6, bargv, blens);
+    free(value);
     size_t h = 2;
     for (int i = 0; rc == 0 && i < b->n; i++) {
         if (p->slot[i] < 0)
             continue;
-        const char *xargv[] = {"XADD", rbd->key_events, "*", "e", bodies + boff[i]};
-        size_t xlens[] = {4, strlen(rbd->key_events), 1, 1, bl[i]};
-        rc = redis_link_command(rbd->link, queued_reply_cb, NULL, 5, xargv, xlens);
         redisReply *r = reply->element[i];
         r->str[0] = 'A';
         hargv[h] = p->ids[i];

@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 from failover_load import ingest_rotating, start_configured  # noqa: E402
 
 from harness import GREYLIST, DaemonTestCase, bounce, now_ms, unique_id, wait_until  # noqa: E402
+import stream_events  # noqa: E402
 
 TTL_MS = 1500
 MSG_HASH = "rebound:msg"
@@ -89,8 +90,7 @@ class LeaseTest(DaemonTestCase):
         """Ids with a retry event in the stream, and the first such event's
         time (its entry id's ms) at or after since_ms."""
         ids, first = set(), None
-        for eid, fields in redis.cmd("XRANGE", EVENTS, "-", "+") or []:
-            body = fields[1] if isinstance(fields[1], str) else fields[1].decode()
+        for eid, body in stream_events.events(redis, EVENTS):
             if not body.startswith("R"):
                 continue
             parts = body.split("\n")

@@ -50,6 +50,7 @@ from failover_load import ingest_rotating, start_configured  # noqa: E402
 
 from harness import (BUILD_DIR, GREYLIST, USER_UNKNOWN, DaemonTestCase, bounce, free_port, now_ms,  # noqa: E402
                      unique_id, wait_until)
+import stream_events  # noqa: E402
 
 TTL_MS = 1500
 SHARDS = 6
@@ -129,8 +130,7 @@ class ShardsTest(DaemonTestCase):
     def retry_counts(self, redis):
         """Retry events in the stream by message id."""
         counts = {}
-        for _, fields in redis.cmd("XRANGE", EVENTS, "-", "+") or []:
-            body = fields[1] if isinstance(fields[1], str) else fields[1].decode()
+        for _, body in stream_events.events(redis, EVENTS):
             if not body.startswith("R"):
                 continue
             parts = body.split("\n")

@@ -524,6 +524,53 @@ static void test_outcome_compact(void **state)
     }
 }
 
+/* A batch entry: written by the head and item writers, read back body by
+ * body, each event's id counted down from the entry's. */
+static void test_batch(void **state)
+{
+    const char *bodies[] = {"R1,0,1,greylist\nm1\nu@x", "", "R2,5,3,c\n\"id\":\"q:\\\"\"", "{\"type\":\"retry\"}"};
+    char v[512];
+    size_t n = event_batch_head(v, 4);
+    for (int i = 0; i < 4; i++) {
+        n += event_batch_item(v + n, strlen(bodies[i]));
+        memcpy(v + n, bodies[i], strlen(bodies[i]));
+        n += strlen(bodies[i]);
+    }
+    assert_true(event_is_batch(v, n));
+    assert_false(event_is_batch(bodies[0], strlen(bodies[0])));
+    size_t pos;
+    assert_int_equal(event_batch_open(v, n, &pos), 4);
+    const char *b;
+    size_t bl;
+    for (int i = 0; i < 4; i++) {
+        assert_true(event_batch_next(v, n, &pos, &b, &bl));
+        assert_int_equal(bl, strlen(bodies[i]));
+        assert_memory_equal(b, bodies[i], bl);
+    }
+    assert_false(event_batch_next(v, n, &pos, &b, &bl));
+
+    char id[48];
+    assert_true(event_batch_eid("1700000000000-12", 4, 0, id, sizeof id));
+    assert_string_equal(id, "1700000000000-9");
+    assert_true(event_batch_eid("1700000000000-12", 4, 3, id, sizeof id));
+    assert_string_equal(id, "1700000000000-12");
+    assert_true(event_batch_eid("5-3", 4, 0, id, sizeof id));
+    assert_string_equal(id, "5-0");
+    assert_false(event_batch_eid("5-2", 4, 0, id, sizeof id)); /* no room below the entry's seq */
+    assert_false(event_batch_eid("5-9", 4, 4, id, sizeof id));
+    assert_false(event_batch_eid("x-9", 4, 0, id, sizeof id));
+    assert_false(event_batch_eid("5-9x", 4, 0, id, sizeof id));
+
+    /* Malformed: no head, a length past the end, a missing colon. */
+    const char *bad[] = {"#\n1:a", "#x\n", "#2\n9:ab", "#1\n2ab", "R1,0"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        size_t len = strlen(bad[i]);
+        long long k = event_batch_open(bad[i], len, &pos);
+        if (k >= 0)
+            assert_false(event_batch_next(bad[i], len, &pos, &b, &bl));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -539,6 +586,7 @@ int main(void)
         cmocka_unit_test(test_retry_compact_refuses),
         cmocka_unit_test(test_generic_compact),
         cmocka_unit_test(test_outcome_compact),
+        cmocka_unit_test(test_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
