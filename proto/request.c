@@ -503,11 +503,19 @@ static int parse_subscribe(json_t *root, const struct proto_limits *lim, struct 
     return 0;
 }
 
-/* A Redis stream entry id: "<ms>-<seq>", both decimal. */
+/* A Redis stream entry id: "<ms>-<seq>", both decimal; with the shards
+ * on several Redis Cluster primaries "<shard>/<ms>-<seq>" (the shard's
+ * stream), a shard below 64. */
 static bool stream_id_ok(const char *s, size_t n)
 {
     size_t i = 0, d;
 
+    for (d = 0; i < n && s[i] >= '0' && s[i] <= '9' && d < 3; i++, d++)
+        ;
+    if (d > 0 && d < 3 && i < n && s[i] == '/')
+        i++;
+    else
+        i = 0;
     for (d = 0; i < n && s[i] >= '0' && s[i] <= '9'; i++, d++)
         ;
     if (d == 0 || d > DIGITS_MAX || i >= n || s[i] != '-')

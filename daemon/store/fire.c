@@ -215,18 +215,18 @@ static int burst_send(struct store_fire *b, redisReply *reply, const char *bodie
     char maxlen[32];
     snprintf(maxlen, sizeof maxlen, "%lld", rbd->cfg.stream_maxlen);
     const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
-    const char *trim[] = {"XTRIM", rbd->key_events, "MAXLEN", "~", maxlen};
+    const char *trim[] = {"XTRIM", store_spread_key(b->shard, SPREAD_EVENTS), "MAXLEN", "~", maxlen};
     size_t trim_lens[5];
     for (int k = 0; k < 5; k++)
         trim_lens[k] = strlen(trim[k]);
-    int rc = redis_link_command(rbd->link, queued_reply_cb, NULL, 1, multi, NULL);
+    int rc = redis_link_command(store_link(b->shard), queued_reply_cb, NULL, 1, multi, NULL);
     size_t h = 2;
     for (int i = 0; rc == 0 && i < b->n; i++) {
         if (p->slot[i] < 0)
             continue;
-        const char *xargv[] = {"XADD", rbd->key_events, "*", "e", bodies + boff[i]};
-        size_t xlens[] = {4, strlen(rbd->key_events), 1, 1, bl[i]};
-        rc = redis_link_command(rbd->link, queued_reply_cb, NULL, 5, xargv, xlens);
+        const char *xargv[] = {"XADD", store_spread_key(b->shard, SPREAD_EVENTS), "*", "e", bodies + boff[i]};
+        size_t xlens[] = {4, strlen(store_spread_key(b->shard, SPREAD_EVENTS)), 1, 1, bl[i]};
+        rc = redis_link_command(store_link(b->shard), queued_reply_cb, NULL, 5, xargv, xlens);
         redisReply *r = reply->element[i];
         r->str[0] = 'A';
         hargv[h] = p->ids[i];
@@ -235,11 +235,11 @@ static int burst_send(struct store_fire *b, redisReply *reply, const char *bodie
         hlens[h++] = r->len;
     }
     if (rc == 0)
-        rc = redis_link_command(rbd->link, queued_reply_cb, NULL, (int)hargc, hargv, hlens);
+        rc = redis_link_command(store_link(b->shard), queued_reply_cb, NULL, (int)hargc, hargv, hlens);
     if (rc == 0)
-        rc = redis_link_command(rbd->link, queued_reply_cb, NULL, 5, trim, trim_lens);
+        rc = redis_link_command(store_link(b->shard), queued_reply_cb, NULL, 5, trim, trim_lens);
     if (rc == 0)
-        rc = redis_link_command(rbd->link, exec_reply_cb, b, 1, exec, NULL);
+        rc = redis_link_command(store_link(b->shard), exec_reply_cb, b, 1, exec, NULL);
     free(hargv);
     free(hlens);
     return rc;
@@ -252,7 +252,7 @@ static void hmget_reply_cb(struct redis_link *link, redisReply *reply, void *arg
     if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != (size_t)b->n) {
         if (burst_watching == b) {
             const char *unwatch[] = {"UNWATCH"};
-            redis_link_command(rbd->link, queued_reply_cb, NULL, 1, unwatch, NULL);
+            redis_link_command(store_link(b->shard), queued_reply_cb, NULL, 1, unwatch, NULL);
         }
         if (reply && store_fenced_reply(reply))
             ; /* the lease moved: nothing read, nothing fired */
@@ -276,7 +276,7 @@ static void hmget_reply_cb(struct redis_link *link, redisReply *reply, void *arg
 
 int store_fire_burst(struct store_fire *b, const char **ids, const size_t *lens)
 {
-    if (!store_ready())
+    if (!store_ready() || !store_shard_ready(b->shard))
         return -1;
     if (store_fencing() && burst_watching)
         return store_fire_script(b, ids, lens);
@@ -301,15 +301,15 @@ int store_fire_burst(struct store_fire *b, const char **ids, const size_t *lens)
         const char **fa;
         size_t *fl;
         int fn = store_fence_wrap(b->shard, (int)argc, argv, argl, &fa, &fl);
-        rc = redis_link_command(rbd->link, queued_reply_cb, NULL, 2, watch, NULL);
+        rc = redis_link_command(store_link(b->shard), queued_reply_cb, NULL, 2, watch, NULL);
         if (rc == 0)
-            rc = redis_link_command(rbd->link, hmget_reply_cb, b, fn, fa, fl);
+            rc = redis_link_command(store_link(b->shard), hmget_reply_cb, b, fn, fa, fl);
         if (rc == 0)
             burst_watching = b;
         free(fa);
         free(fl);
     } else {
-        rc = redis_link_command(rbd->link, hmget_reply_cb, b, (int)argc, argv, argl);
+        rc = redis_link_command(store_link(b->shard), hmget_reply_cb, b, (int)argc, argv, argl);
     }
     free(argv);
     free(argl);
@@ -324,7 +324,7 @@ int store_fire_burst(struct store_fire *b, const char **ids, const size_t *lens)
 
 int store_fire_script(struct store_fire *b, const char **ids, const size_t *lens)
 {
-    if (!store_ready())
+    if (!store_ready() || !store_shard_ready(b->shard))
         return -1;
     char now_s[32], maxlen[32], count[32], ngroups[32];
     snprintf(now_s, sizeof now_s, "%lld", (long long)b->now);
@@ -337,7 +337,7 @@ int store_fire_script(struct store_fire *b, const char **ids, const size_t *lens
     const char **argv = xmalloc((size_t)(argc + 2) * sizeof *argv);
     size_t *argl = xmalloc((size_t)(argc + 2) * sizeof *argl);
     argv[0] = store_msgs_key(b->shard);
-    argv[1] = rbd->key_events;
+    argv[1] = store_spread_key(b->shard, SPREAD_EVENTS);
     argv[2] = now_s;
     argv[3] = maxlen;
     argv[4] = STORE_CONSUMER;
@@ -352,7 +352,7 @@ int store_fire_script(struct store_fire *b, const char **ids, const size_t *lens
     int nkeys = 2;
     if (store_fencing())
         store_fence_args(b->shard, argv, argl, &nkeys, &argc);
-    int rc = redis_link_script(rbd->link, SCRIPT_FIRE, fire_reply_cb, b, nkeys, argc, argv, argl);
+    int rc = redis_link_script(store_link(b->shard), SCRIPT_FIRE, fire_reply_cb, b, nkeys, argc, argv, argl);
     free(argv);
     free(argl);
     return rc;
