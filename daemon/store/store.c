@@ -64,6 +64,9 @@ struct batch {
 static struct batch *current[SHARD_MAX + 1];
 static char *key_shard_msgs[SHARD_MAX]; /* [0] is rbd->key_msgs with one shard */
 static char *key_global_msgs; /* the cluster-wide batch's first key (apply.lua's; never written) */
+/* The shards apart: the batch each shard's changes go in (spread_leaders). */
+static int spread_leader[SHARD_MAX];
+static bool spread_leaders_made;
 static struct strmap in_doubt;
 
 /* A batch closes at this many arguments so one script call stays short
@@ -510,6 +513,8 @@ void store_flush(void)
             batch_flush(k);
     if (current[SPREAD_GLOBAL])
         batch_flush(SPREAD_GLOBAL);
+    if (store_spread())
+        spread_leaders_made = false; /* worked out again at the next change */
 }
 
 /* A batch of several shards' changes (apply.lua's selector): after the
@@ -517,6 +522,9 @@ void store_flush(void)
  * the end of the arguments, their epochs, the selector (one byte per fresh
  * record, then per general change: 64 + the rank of its shard among those
  * present) and "M<m>". */
+static int spread_send(struct batch *b, const char **argv, size_t *lens, size_t argc, const int *order, int m,
+                       const char *sel, size_t nsel);
+
 static int batch_send_sharded(struct batch *b, const char **argv, size_t *lens, size_t argc)
 {
     int rank[SHARD_MAX], order[SHARD_MAX], m = 0;
@@ -598,6 +606,11 @@ static int batch_send_sharded(struct batch *b, const char **argv, size_t *lens, 
         if (pos < nsel)
             sel[pos] = (char)(64 + rank[w->shard]);
     }
+    if (store_spread()) {
+        int rc = spread_send(b, argv, lens, argc, order, m, sel, nsel);
+        free(sel);
+        return rc;
+    }
     char mark[16];
     snprintf(mark, sizeof mark, "M%d", m);
     size_t total = argc + 3 * (size_t)m + 2;
@@ -635,6 +648,8 @@ static int batch_send_sharded(struct batch *b, const char **argv, size_t *lens, 
     return rc;
 }
 
+static void spread_head(int shard, const char **argv, size_t *lens);
+
 static void batch_flush(int shard)
 {
     struct batch *b = current[shard];
@@ -670,7 +685,14 @@ static void batch_flush(int shard)
     }
     int nkeys = APPLY_NKEYS, nargs = (int)argc;
     int rc;
-    if (store_nshards() > 1 && !store_spread()) {
+    if (store_spread() && b->shard != SPREAD_GLOBAL && shard_count(b->shards) == 1) {
+        /* one shard of its primary this turn: its own keys, as with one */
+        for (int k1 = 0; k1 < SHARD_MAX; k1++)
+            if (b->shards & ((uint64_t)1 << k1))
+                b->shard = k1;
+        spread_head(b->shard, argv, lens);
+    }
+    if (store_nshards() > 1 && (!store_spread() || (b->shard != SPREAD_GLOBAL && shard_count(b->shards) > 1))) {
         rc = batch_send_sharded(b, argv, lens, argc);
     } else {
         /* Apart, one call per shard fenced by its own epoch (in its slot);
@@ -835,6 +857,89 @@ static void spread_event_done(void *arg, bool ok, long long result)
     (void)result;
 }
 
+/* Which batch shard k's changes go in: the first shard (in order) whose
+ * link is ready to the same primary, so that one call a turn carries the
+ * changes of every shard of a primary (apply.lua's "P" form). Worked out
+ * again after every flush: a failover moves a primary's shards together,
+ * and a batch sent to a node that no longer serves a shard is refused
+ * there (unavailable, resent). */
+static void spread_leaders(void)
+{
+    int n = store_nshards();
+    const char *where[SHARD_MAX];
+    for (int k = 0; k < n; k++) {
+        struct redis_link *l = store_link(k);
+        where[k] = l && redis_link_ready(l) ? redis_link_where(l) : NULL;
+        spread_leader[k] = k;
+        for (int j = 0; where[k] && j < k; j++)
+            if (where[j] && strcmp(where[j], where[k]) == 0) {
+                spread_leader[k] = spread_leader[j];
+                break;
+            }
+    }
+    spread_leaders_made = true;
+}
+
+/* The first 8 keys of a call (apply.lua's KEYS) made shard's own. */
+static void spread_head(int shard, const char **argv, size_t *lens)
+{
+    static const enum spread_name names[] = {SPREAD_EVENTS, SPREAD_RCPT,    SPREAD_SUPP,       SPREAD_DOMAINS,
+                                             SPREAD_HISTORY, SPREAD_HISTORY_AT, SPREAD_LEARNED};
+    argv[0] = store_msgs_key(shard);
+    lens[0] = strlen(argv[0]);
+    for (int i = 0; i < 7; i++) {
+        argv[1 + i] = store_spread_key(shard, names[i]);
+        lens[1 + i] = strlen(argv[1 + i]);
+    }
+}
+
+/* The changes of m shards of one primary in one call, routed by the first
+ * shard's slot (its keys and epoch key declared), the others' keys among
+ * the arguments (apply.lua's "P" form). */
+static int spread_send(struct batch *b, const char **argv, size_t *lens, size_t argc, const int *order, int m,
+                       const char *sel, size_t nsel)
+{
+    int first = order[0];
+    b->shard = first;
+    spread_head(first, argv, lens);
+    static const enum spread_name names[] = {SPREAD_EVENTS, SPREAD_RCPT, SPREAD_SUPP, SPREAD_HISTORY,
+                                             SPREAD_HISTORY_AT};
+    char mark[16];
+    snprintf(mark, sizeof mark, "P%d", m);
+    size_t total = argc + 1 + 8 * (size_t)m + 2;
+    const char **a = xmalloc(total * sizeof *a);
+    size_t *l = xmalloc(total * sizeof *l);
+    size_t k = 0;
+    for (int i = 0; i < APPLY_NKEYS; i++, k++) {
+        a[k] = argv[i];
+        l[k] = lens[i];
+    }
+    a[k] = store_fence_key(first);
+    l[k] = strlen(a[k]);
+    k++;
+    for (size_t i = APPLY_NKEYS; i < argc; i++, k++) {
+        a[k] = argv[i];
+        l[k] = lens[i];
+    }
+    for (int j = 0; j < m; j++) {
+        a[k++] = store_fence_key(order[j]);
+        a[k++] = store_fence_epoch(order[j]);
+        a[k++] = store_msgs_key(order[j]);
+        for (int i = 0; i < 5; i++)
+            a[k++] = store_spread_key(order[j], names[i]);
+        for (size_t q = k - 8; q < k; q++)
+            l[q] = strlen(a[q]);
+    }
+    a[k] = sel;
+    l[k++] = nsel;
+    a[k] = mark;
+    l[k++] = strlen(mark);
+    int rc = redis_link_script(store_link(first), SCRIPT_APPLY, batch_reply_cb, b, APPLY_NKEYS + 1, (int)k, a, l);
+    free(a);
+    free(l);
+    return rc;
+}
+
 static int spread_queue(const struct store_change *ch, store_done_cb done, void *arg)
 {
     struct store_change c = *ch;
@@ -857,9 +962,12 @@ static int spread_queue(const struct store_change *ch, store_done_cb done, void 
         shard = ch->shard < store_nshards() ? ch->shard : 0;
     if (!(shard == SPREAD_GLOBAL ? store_shard_ready(-1) : store_shard_ready(shard)))
         return -1;
-    if (!current[shard])
-        batch_open(shard);
-    struct batch *b = current[shard];
+    if (!spread_leaders_made)
+        spread_leaders();
+    int slot = shard == SPREAD_GLOBAL ? SPREAD_GLOBAL : spread_leader[shard];
+    if (!current[slot])
+        batch_open(slot);
+    struct batch *b = current[slot];
     if (shard != SPREAD_GLOBAL)
         b->shards |= (uint64_t)1 << shard;
     const char *who = "";
@@ -885,6 +993,6 @@ static int spread_queue(const struct store_change *ch, store_done_cb done, void 
         queue_general(b, &c, who, who_len);
     }
     if (batch_nargs(b) >= BATCH_MAX_ARGS)
-        batch_flush(shard);
+        batch_flush(slot);
     return 0;
 }
