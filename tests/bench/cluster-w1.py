@@ -44,6 +44,23 @@ def cpu_s(node):
     return float(f["used_cpu_sys"]) + float(f["used_cpu_user"])
 
 
+def evalsha_calls(node):
+    f = info_fields(node, "commandstats").get("cmdstat_evalsha")
+    return int(dict(x.split("=") for x in f.split(","))["calls"]) if f else 0
+
+
+def command_usec(node):
+    """The microseconds the commands themselves took (INFO commandstats),
+    the scripts' inner calls counted within their EVALSHA."""
+    total = 0
+    for k, v in info_fields(node, "commandstats").items():
+        if k.startswith("cmdstat_") and k not in ("cmdstat_info", "cmdstat_config", "cmdstat_cluster"):
+            c = dict(x.split("=") for x in v.split(","))
+            if k in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_exec", "cmdstat_multi"):
+                total += int(c["usec"])
+    return total
+
+
 def calls(node):
     total = 0
     for k, v in info_fields(node, "commandstats").items():
@@ -110,13 +127,22 @@ def one_run(args, n_run):
         wait_until(ready, 30, 0.1, "reboundd to serve every shard")
         for x in nodes:
             x.cmd("CONFIG", "RESETSTAT")
+        # what the nodes spend idle (the cluster bus, the crons, the lease's
+        # renewals): measured over 2 s before the run, reported apart
+        idle0 = [cpu_s(x) for x in nodes]
+        time.sleep(2.0)
+        idle_per_s = [(cpu_s(x) - a) / 2.0 for x, a in zip(nodes, idle0)]
         cpu0 = [cpu_s(x) for x in nodes]
+        t0 = time.monotonic()
         load = os.getloadavg()[0]
         out = subprocess.run([bench, "w1", "--tcp", "127.0.0.1:%d" % port, "--daemon-pid", str(dproc.pid), "--redis", nodes[0].addr,
-                              "--n", str(args.n)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+                              "--n", str(args.n), "--conns", str(args.conns), "--pipeline", str(args.pipeline)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
         text = out.stdout.decode(errors="replace")
         cpu1 = [cpu_s(x) for x in nodes]
+        wall = time.monotonic() - t0
         ncalls = [calls(x) for x in nodes]
+        nscripts = [evalsha_calls(x) for x in nodes]
+        usec = [command_usec(x) for x in nodes]
         rate = None
         for line in text.splitlines():
             if "reports/s" in line and rate is None:
@@ -129,10 +155,13 @@ def one_run(args, n_run):
         cpu_us = [(b - a) * 1e6 / args.n for a, b in zip(cpu0, cpu1)]
         mean = sum(ncalls) / len(ncalls)
         res = {"run": n_run, "layout": "cluster" if cluster else "single", "shards": args.shards if cluster else
-               args.single_shards, "n": args.n, "load": load, "rate": rate, "calls": ncalls,
+               args.single_shards, "n": args.n, "conns": args.conns, "pipeline": args.pipeline, "load": load, "rate": rate, "calls": ncalls, "evalsha": nscripts,
+               "script_us_per_report": [round(u / args.n, 2) for u in usec],
                "calls_spread_pct": [round((c - mean) * 100 / mean, 1) for c in ncalls] if mean else [],
                "redis_cpu_us_per_report": [round(x, 2) for x in cpu_us],
-               "redis_cpu_us_per_report_sum": round(sum(cpu_us), 2)}
+               "redis_cpu_us_per_report_sum": round(sum(cpu_us), 2),
+               "idle_cpu_ms_per_s": [round(x * 1000, 1) for x in idle_per_s], "wall_s": round(wall, 2),
+               "redis_cpu_us_per_report_sum_less_idle": round(sum(cpu_us) - sum(idle_per_s) * wall * 1e6 / args.n, 2)}
         dproc.terminate()
         dproc.wait(10)
         if args.verbose:
@@ -151,6 +180,8 @@ def main():
     ap.add_argument("--shards", type=int, default=24)
     ap.add_argument("--n", type=int, default=200000)
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--conns", type=int, default=4)
+    ap.add_argument("--pipeline", type=int, default=64)
     ap.add_argument("--single", action="store_true")
     ap.add_argument("--single-shards", type=int, default=0)
     ap.add_argument("--verbose", action="store_true")
