@@ -299,6 +299,13 @@ static const struct bad_case bad[] = {
     {"{\"op\":\"ack\",\"ids\":[\"1-2 \"]}", ERR_BAD_REQUEST, "event id"},
     {"{\"op\":\"ack\",\"ids\":[\"*\"]}", ERR_BAD_REQUEST, "event id"},
     {"{\"op\":\"ack\",\"ids\":[\"123456789012345678901-0\"]}", ERR_BAD_REQUEST, "event id"},
+    /* shard-qualified ids (shards apart on a Redis Cluster): <shard>/<id> */
+    {"{\"op\":\"ack\",\"ids\":[\"/1-0\"]}", ERR_BAD_REQUEST, "event id"},
+    {"{\"op\":\"ack\",\"ids\":[\"100/1-0\"]}", ERR_BAD_REQUEST, "event id"},
+    {"{\"op\":\"ack\",\"ids\":[\"3/\"]}", ERR_BAD_REQUEST, "event id"},
+    {"{\"op\":\"ack\",\"ids\":[\"3/x-0\"]}", ERR_BAD_REQUEST, "event id"},
+    {"{\"op\":\"ack\",\"ids\":[\"3//1-0\"]}", ERR_BAD_REQUEST, "event id"},
+    {"{\"op\":\"ack\",\"ids\":[\"a/1-0\"]}", ERR_BAD_REQUEST, "event id"},
     /* auth */
     {"{\"op\":\"auth\"}", ERR_BAD_REQUEST, "field 'token' is required"},
     {"{\"op\":\"auth\",\"token\":1234}", ERR_BAD_REQUEST, "field 'token' must be a string"},
@@ -420,6 +427,9 @@ static void test_other_ops_valid(void **state)
     parse_ok("{\"op\":\"ack\",\"ids\":[\"1700000000000-0\",\"1700000000001-15\"]}", &r);
     assert_int_equal(r.op, OP_ACK);
     assert_int_equal(json_array_size(r.ids), 2);
+    request_free(&r);
+    parse_ok("{\"op\":\"ack\",\"ids\":[\"0/1700000000000-0\",\"63/1700000000001-15\",\"1-0\"]}", &r);
+    assert_int_equal(json_array_size(r.ids), 3);
     request_free(&r);
 
     parse_ok("{\"op\":\"auth\",\"token\":\"s3cret with spaces\"}", &r);
