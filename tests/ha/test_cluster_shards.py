@@ -206,6 +206,14 @@ class ClusterShardsTest(DaemonTestCase):
                     counts[parts[1]] = counts.get(parts[1], 0) + 1
         return counts
 
+    def stop_clean(self, d):
+        """SIGTERM: the drain releases the shards and closes every link;
+        exit 0, and nothing from the sanitizers in the log (ASan builds)."""
+        self.assertEqual(d.term(), 0, d.log_text()[-3000:])
+        text = d.log_text()
+        self.assertNotIn("Sanitizer", text)
+        self.assertNotIn("runtime error", text)
+
     # ------------------------------------------------------------------
 
     def scenario(self, d, tag):
@@ -303,6 +311,8 @@ class ClusterShardsTest(DaemonTestCase):
             wait_until(lambda: self.node_of(nodes, slot).cmd("HGET", "{%s}groupmarks" % tg, "g") is not None,
                        min(5, self.left()), interval=0.05, what="shard %d's mark of the group" % k)
         log("a subscriber on one instance: the retry events of all %d shards, ids <shard>/<entry id>" % SHARDS)
+        self.stop_clean(a)
+        self.stop_clean(b)
 
     def test_primary_kill9(self):
         nodes = self.start_cluster()
@@ -399,6 +409,7 @@ class ClusterShardsTest(DaemonTestCase):
         dups = sum(1 for m in acked if counts.get(m, 0) > 1)
         self.assertEqual(lost[:20], [], "%d acknowledged reports without their retry event" % len(lost))
         log("%d acknowledged, 0 without their retry event, %d retried twice (allowed)" % (len(acked), dups))
+        self.stop_clean(d)
 
 
 if __name__ == "__main__":
