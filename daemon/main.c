@@ -735,13 +735,21 @@ static int shard_links_open;
 
 static void on_shard_link_state(struct redis_link *link, bool up, void *arg)
 {
-    (void)link;
     (void)arg;
     /* Before the cluster-wide link checked the layout nothing runs yet;
      * afterwards a shard's link back is a connect like the one link's:
      * ids in doubt re-read, firing and the groups' reads resumed, a load
      * cut short started again. */
-    if (!up || !layout_checked || rbd->stopping || !rbd->link)
+    if (!up || rbd->stopping || !rbd->link)
+        return;
+    /* The others waiting out a back-off most likely lost the same primary,
+     * which the seeds now know the successor of: no need to wait. */
+    for (int k = 0; k < store_nshards(); k++) {
+        struct redis_link *l = store_spread_link(k);
+        if (l && l != link)
+            redis_link_reconnect_now(l);
+    }
+    if (!layout_checked)
         return;
     rbd->redis_connects++;
     on_link_up_leased();

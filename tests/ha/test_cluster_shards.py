@@ -39,7 +39,7 @@ from harness import (GREYLIST, USER_UNKNOWN, DaemonTestCase, RedisServer, _popen
 SHARDS = 6
 PREFIX = "rebound:"
 NODE_TIMEOUT_MS = 1000
-TTL_MS = 2000
+TTL_MS = 4000
 CASE_BUDGET_S = 80
 
 
