@@ -134,11 +134,20 @@ def one_run(args, n_run):
         idle_per_s = [(cpu_s(x) - a) / 2.0 for x, a in zip(nodes, idle0)]
         cpu0 = [cpu_s(x) for x in nodes]
         t0 = time.monotonic()
+        perf = None
+        if os.environ.get("CLUSTER_W1_PERF"):
+            # a profile of the first node for the run (perf report -i FILE)
+            perf = subprocess.Popen(["perf", "record", "-g", "-o", os.environ["CLUSTER_W1_PERF"], "-p",
+                                     str(nodes[0].proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         load = os.getloadavg()[0]
         out = subprocess.run([bench, "w1", "--tcp", "127.0.0.1:%d" % port, "--daemon-pid", str(dproc.pid), "--redis", nodes[0].addr,
                               "--n", str(args.n), "--conns", str(args.conns), "--pipeline", str(args.pipeline)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
         text = out.stdout.decode(errors="replace")
         cpu1 = [cpu_s(x) for x in nodes]
+        if perf:
+            perf.send_signal(2)
+            perf.wait(30)
         wall = time.monotonic() - t0
         ncalls = [calls(x) for x in nodes]
         nscripts = [evalsha_calls(x) for x in nodes]
