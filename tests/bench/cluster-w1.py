@@ -152,19 +152,23 @@ def one_run(args, n_run):
         ncalls = [calls(x) for x in nodes]
         nscripts = [evalsha_calls(x) for x in nodes]
         usec = [command_usec(x) for x in nodes]
-        rate = None
-        for line in text.splitlines():
-            if "reports/s" in line and rate is None:
-                for tok in line.replace(",", "").split():
-                    try:
-                        rate = float(tok)
-                        break
-                    except ValueError:
-                        pass
+        # the bench's table: a header naming its columns, then the run's row
+        rate = daemon_us = None
+        lines = text.splitlines()
+        for j, line in enumerate(lines):
+            if "reports/s" in line and j + 1 < len(lines):
+                head, row = line.split(), lines[j + 1].split()
+                try:
+                    rate = float(row[head.index("reports/s")])
+                    # run, reports/s, wall, p50, p99, redis B, daemon B, daemon us/op, redis us/op, load
+                    daemon_us = float(row[7]) if len(row) >= 10 else None
+                except (ValueError, IndexError):
+                    pass
+                break
         cpu_us = [(b - a) * 1e6 / args.n for a, b in zip(cpu0, cpu1)]
         mean = sum(ncalls) / len(ncalls)
         res = {"run": n_run, "layout": "cluster" if cluster else "single", "shards": args.shards if cluster else
-               args.single_shards, "n": args.n, "conns": args.conns, "pipeline": args.pipeline, "load": load, "rate": rate, "calls": ncalls, "evalsha": nscripts,
+               args.single_shards, "n": args.n, "conns": args.conns, "pipeline": args.pipeline, "load": load, "rate": rate, "daemon_us_per_report": daemon_us, "calls": ncalls, "evalsha": nscripts,
                "script_us_per_report": [round(u / args.n, 2) for u in usec],
                "calls_spread_pct": [round((c - mean) * 100 / mean, 1) for c in ncalls] if mean else [],
                "redis_cpu_us_per_report": [round(x, 2) for x in cpu_us],
