@@ -4,6 +4,9 @@ on a Redis Cluster"): a Redis Cluster of 3 primaries with one replica each
 `redis_cluster`, each shard's keys in its own slot, a link to each shard's
 slot, every write confirmed by one replica (redis_min_replicas 1).
 
+  batches     pipelined reports of every shard, fresh, duplicates,
+              hard bounces and a suppressed recipient among them: the replies
+              of one daemon, each record and suppression in its shard's slot
   same        the integration scenarios' core sent through an instance that
               does not serve the message's shard (two reboundd) gives the
               same replies as one daemon on one Redis; a subscriber on one
@@ -313,6 +316,57 @@ class ClusterShardsTest(DaemonTestCase):
         log("a subscriber on one instance: the retry events of all %d shards, ids <shard>/<entry id>" % SHARDS)
         self.stop_clean(a)
         self.stop_clean(b)
+
+    def test_batches_over_shards(self):
+        """Pipelined reports of every shard: each primary's share of a turn
+        goes as one call (the shards of a primary together), and a suppressed
+        recipient among fresh reports, their duplicates and hard bounces is
+        found in its own shard's list, as one daemon alone would."""
+        nodes = self.start_cluster()
+        d = self.start_sharded(nodes, "solo", wait_ready=False)
+        wait_until(lambda: len(self.serving(d)) == SHARDS, min(15, self.left()), interval=0.1,
+                   what="all shards served")
+        later = now_ms() + 3000  # the fast policy gives up after 4.3 s
+        rcpts = [rcpt_of(i) for i in range(120)]
+        bad = rcpts[7]
+        with d.client(timeout=10.0) as c:
+            r = c.request(bounce("pre-bad", rcpt=bad, **USER_UNKNOWN))
+            self.assertEqual(r["action"], "suppress", r)
+            first = c.pipeline([bounce("b-%d" % i, rcpt=x, not_before=later, **GREYLIST) for i, x in enumerate(rcpts)],
+                               window=120, timeout=10)
+            second = c.pipeline([bounce("b-%d" % i, rcpt=x, not_before=later, **GREYLIST)
+                                 for i, x in enumerate(rcpts)], window=120, timeout=10)
+            hard = c.pipeline([bounce("h-%d" % i, rcpt="h%d@d%d.example" % (i, i % 64), **USER_UNKNOWN)
+                               for i in range(60)], window=60, timeout=10)
+            again = c.pipeline([bounce("g-%d" % i, rcpt="h%d@d%d.example" % (i, i % 64), **GREYLIST)
+                                for i in range(60)], window=60, timeout=10)
+            got = c.pipeline([{"op": "get", "id": "b-%d" % i} for i in range(len(rcpts))], window=120, timeout=10)
+        for i, (r1, r2) in enumerate(zip(first, second)):
+            want = "suppress" if rcpts[i] == bad else "retry"
+            self.assertEqual((r1.get("ok"), r1.get("action")), (True, want), (i, r1))
+            self.assertEqual((r2.get("ok"), r2.get("action")), (True, want), (i, r2))
+        self.assertEqual({r.get("action") for r in hard}, {"suppress"}, hard[:3])
+        self.assertEqual({r.get("action") for r in again}, {"suppress"}, again[:3])
+        for i, g in enumerate(got):
+            if rcpts[i] == bad:
+                self.assertEqual(g.get("error", {}).get("code"), "not_found", g)
+                continue
+            self.assertEqual((g.get("state"), g.get("attempt")), ("pending", 1), g)
+        # each record, and each suppression, in its own shard's slot
+        for i, x in enumerate(rcpts):
+            tag, slot = shard_tag(shard_of(x))
+            rec = self.node_of(nodes, slot).cmd("HGET", "{%s}msg" % tag, "b-%d" % i)
+            self.assertEqual(rec is None, x == bad, (i, x, rec))
+        for i in range(60):
+            x = "h%d@d%d.example" % (i, i % 64)
+            tag, slot = shard_tag(shard_of(x))
+            self.assertIsNotNone(self.node_of(nodes, slot).cmd("HGET", "{%s}suppressed" % tag, x), x)
+        evalsha = sum(int(dict(kv.split("=") for kv in line.split(":", 1)[1].split(","))["calls"])
+                      for n in nodes if n.running for line in n.cmd("INFO", "commandstats").splitlines()
+                      if line.startswith("cmdstat_evalsha:"))
+        log("%d reports over %d shards in pipelines: %d apply calls over the 3 primaries"
+            % (2 * len(rcpts) + 121, SHARDS, evalsha))
+        self.stop_clean(d)
 
     def test_primary_kill9(self):
         nodes = self.start_cluster()
