@@ -6,7 +6,8 @@ slot, every write confirmed by one replica (redis_min_replicas 1).
 
   batches     pipelined reports of every shard, fresh, duplicates,
               hard bounces and a suppressed recipient among them: the replies
-              of one daemon, each record and suppression in its shard's slot
+              of one daemon, each record and suppression in its shard's slot;
+              the suppressed list paged over every shard, a story by id
   same        the integration scenarios' core sent through an instance that
               does not serve the message's shard (two reboundd) gives the
               same replies as one daemon on one Redis; a subscriber on one
@@ -361,6 +362,26 @@ class ClusterShardsTest(DaemonTestCase):
             x = "h%d@d%d.example" % (i, i % 64)
             tag, slot = shard_tag(shard_of(x))
             self.assertIsNotNone(self.node_of(nodes, slot).cmd("HGET", "{%s}suppressed" % tag, x), x)
+        # the reads over every shard: the suppressed list a shard after
+        # another (every address once, the total summed), a story by id
+        want = {bad} | {"h%d@d%d.example" % (i, i % 64) for i in range(60)}
+        seen, cursor, pages, total = [], "0", 0, None
+        with d.client(timeout=10.0) as c:
+            while True:
+                r = c.request({"op": "suppressed", "cursor": cursor, "count": 7})
+                self.assertTrue(r.get("ok"), r)
+                seen += [it["rcpt"] for it in r["items"]]
+                total = r["total"]
+                cursor = r["cursor"]
+                pages += 1
+                if cursor == "0" or pages > 200:
+                    break
+            h = c.request({"op": "history", "id": "h-17"})
+            self.assertEqual((h.get("ok"), h.get("outcome"), h.get("reason")), (True, "suppress", "hard_invalid"), h)
+            self.assertEqual(c.request({"op": "history", "id": "h-nope"}).get("error", {}).get("code"), "not_found")
+        self.assertEqual(set(seen), want)
+        self.assertEqual(total, len(want))
+        self.assertGreaterEqual(pages, SHARDS)
         evalsha = sum(int(dict(kv.split("=") for kv in line.split(":", 1)[1].split(","))["calls"])
                       for n in nodes if n.running for line in n.cmd("INFO", "commandstats").splitlines()
                       if line.startswith("cmdstat_evalsha:"))

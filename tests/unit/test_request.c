@@ -319,6 +319,11 @@ static const struct bad_case bad[] = {
     {"{\"op\":\"suppressed\",\"cursor\":\"\"}", ERR_BAD_REQUEST, "previous page"},
     {"{\"op\":\"suppressed\",\"cursor\":\"-1\"}", ERR_BAD_REQUEST, "decimal digits"},
     {"{\"op\":\"suppressed\",\"cursor\":\"123456789012345678901\"}", ERR_TOO_LARGE, "field 'cursor'"},
+    /* with shards on a Redis Cluster: "<shard>.<cursor>" */
+    {"{\"op\":\"suppressed\",\"cursor\":\".5\"}", ERR_BAD_REQUEST, "decimal digits"},
+    {"{\"op\":\"suppressed\",\"cursor\":\"3.\"}", ERR_BAD_REQUEST, "decimal digits"},
+    {"{\"op\":\"suppressed\",\"cursor\":\"123.5\"}", ERR_BAD_REQUEST, "decimal digits"},
+    {"{\"op\":\"suppressed\",\"cursor\":\"3.5.1\"}", ERR_BAD_REQUEST, "decimal digits"},
     {"{\"op\":\"suppressed\",\"count\":0}", ERR_BAD_REQUEST, "1..1000"},
     {"{\"op\":\"suppressed\",\"count\":1001}", ERR_BAD_REQUEST, "1..1000"},
     {"{\"op\":\"suppressed\",\"count\":\"5\"}", ERR_BAD_REQUEST, "must be an integer"},
@@ -469,6 +474,9 @@ static void test_recipient_and_domain_ops(void **state)
     parse_ok("{\"op\":\"suppressed\",\"cursor\":\"18446744073709551615\",\"count\":1000}", &r);
     assert_string_equal(r.cursor, "18446744073709551615");
     assert_int_equal(r.count, 1000);
+    request_free(&r);
+    parse_ok("{\"op\":\"suppressed\",\"cursor\":\"23.18446744073709551615\"}", &r);
+    assert_string_equal(r.cursor, "23.18446744073709551615");
     request_free(&r);
 
     parse_ok("{\"op\":\"domain\",\"domain\":\"Mail.Example.COM\"}", &r);
