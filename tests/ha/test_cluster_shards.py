@@ -32,6 +32,7 @@ import shutil
 import sys
 import time
 import unittest
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
@@ -181,10 +182,11 @@ class ClusterShardsTest(DaemonTestCase):
                     return n2
         return None
 
-    def start_sharded(self, nodes, iid, shards=SHARDS, wait_ready=True):
+    def start_sharded(self, nodes, iid, shards=SHARDS, wait_ready=True, extra=()):
         policy, conf = failover_files(self, {"redis_cluster": [n.addr for n in nodes], "shards": shards,
                                              "lease_ttl": "%dms" % TTL_MS, "instance_id": iid})
-        return self.start_daemon(nodes[0], policy=policy, extra_args=["--config", conf], wait_ready=wait_ready)
+        return self.start_daemon(nodes[0], policy=policy, extra_args=["--config", conf] + list(extra),
+                                 wait_ready=wait_ready)
 
     def cluster(self, d):
         with d.client(timeout=2.0) as c:
@@ -324,7 +326,8 @@ class ClusterShardsTest(DaemonTestCase):
         recipient among fresh reports, their duplicates and hard bounces is
         found in its own shard's list, as one daemon alone would."""
         nodes = self.start_cluster()
-        d = self.start_sharded(nodes, "solo", wait_ready=False)
+        mport = free_port()
+        d = self.start_sharded(nodes, "solo", wait_ready=False, extra=["--metrics", "127.0.0.1:%d" % mport])
         wait_until(lambda: len(self.serving(d)) == SHARDS, min(15, self.left()), interval=0.1,
                    what="all shards served")
         later = now_ms() + 3000  # the fast policy gives up after 4.3 s
@@ -382,6 +385,20 @@ class ClusterShardsTest(DaemonTestCase):
         self.assertEqual(set(seen), want)
         self.assertEqual(total, len(want))
         self.assertGreaterEqual(pages, SHARDS)
+        # /metrics: the counts summed over every shard, the shards' links
+        metrics = {}
+
+        def scraped():
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=2) as f:
+                text = f.read().decode()
+            for line in text.splitlines():
+                if line and not line.startswith("#"):
+                    k, _, v = line.rpartition(" ")
+                    metrics[k] = v
+            return metrics.get("rebound_suppressed_addresses") == str(len(want))
+        wait_until(scraped, min(10, self.left()), interval=0.2, what="the suppressed count in /metrics")
+        self.assertEqual(metrics.get("rebound_redis_shard_links_ready"), str(SHARDS), metrics)
+        self.assertGreater(int(metrics.get("rebound_stream_length", "0")), 0)
         evalsha = sum(int(dict(kv.split("=") for kv in line.split(":", 1)[1].split(","))["calls"])
                       for n in nodes if n.running for line in n.cmd("INFO", "commandstats").splitlines()
                       if line.startswith("cmdstat_evalsha:"))
