@@ -200,10 +200,10 @@ static const char *groups_key(void)
 
 int store_groups_info(store_reply_cb cb, void *arg)
 {
-    /* Apart: shard 0's stream stands for all (a group is made on every
-     * shard's stream together). */
-    const char *argv[] = {"XINFO", "GROUPS", store_spread_key(0, SPREAD_EVENTS)};
-    return command_str_on(0, 3, argv, cb, arg);
+    if (store_spread())
+        return store_ready() ? store_spread_groups_info(cb, arg) : -1;
+    const char *argv[] = {"XINFO", "GROUPS", rbd->key_events};
+    return command_str(3, argv, cb, arg);
 }
 
 int store_stream_len(store_reply_cb cb, void *arg)

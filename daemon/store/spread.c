@@ -738,3 +738,90 @@ int store_spread_group_destroy(const char *group, store_reply_cb cb, void *arg)
     }
     return fan_go(f);
 }
+
+/* ---- the groups as XINFO GROUPS lists them -------------------------------
+ * Shard 0's list (a group is made on every shard's stream together), each
+ * group's "lag" the sum over every shard (nil when a shard cannot tell, as
+ * Redis answers after some trims), so that the lag shown and alerted on is
+ * the whole schedule's. */
+static const redisReply *map_field(const redisReply *m, const char *name, size_t *at)
+{
+    if (!m || m->type != REDIS_REPLY_ARRAY)
+        return NULL;
+    for (size_t i = 0; i + 1 < m->elements; i += 2)
+        if (m->element[i]->type == REDIS_REPLY_STRING && strcmp(m->element[i]->str, name) == 0) {
+            if (at)
+                *at = i + 1;
+            return m->element[i + 1];
+        }
+    return NULL;
+}
+
+/* Group name's lag in shard k's list: its integer, or -1 when unknown. */
+static long long lag_in(const redisReply *list, const char *name)
+{
+    if (!list || list->type != REDIS_REPLY_ARRAY)
+        return -1;
+    for (size_t i = 0; i < list->elements; i++) {
+        const redisReply *nm = map_field(list->element[i], "name", NULL);
+        if (nm && nm->type == REDIS_REPLY_STRING && strcmp(nm->str, name) == 0) {
+            const redisReply *lag = map_field(list->element[i], "lag", NULL);
+            return lag && lag->type == REDIS_REPLY_INTEGER ? lag->integer : -1;
+        }
+    }
+    return -1;
+}
+
+static void combine_groups(struct fan *f)
+{
+    const redisReply *first = f->r[0];
+    if (!first || first->type != REDIS_REPLY_ARRAY) {
+        f->cb(f->arg, f->r[0]);
+        return;
+    }
+    size_t n = first->elements;
+    redisReply *top = mk_reply(REDIS_REPLY_ARRAY);
+    top->elements = n;
+    top->element = xcalloc(n ? n : 1, sizeof *top->element);
+    redisReply **maps = xcalloc(n ? n : 1, sizeof *maps), **lags = xcalloc(n ? n : 1, sizeof *lags);
+    for (size_t i = 0; i < n; i++) {
+        const redisReply *m = first->element[i];
+        const redisReply *nm = map_field(m, "name", NULL);
+        size_t at = 0;
+        if (!nm || nm->type != REDIS_REPLY_STRING || !map_field(m, "lag", &at)) {
+            top->element[i] = first->element[i];
+            continue;
+        }
+        long long sum = 0;
+        for (int k = 0; k < store_nshards() && sum >= 0; k++) {
+            long long one = lag_in(f->r[k], nm->str);
+            sum = one < 0 ? -1 : sum + one;
+        }
+        lags[i] = mk_reply(sum < 0 ? REDIS_REPLY_NIL : REDIS_REPLY_INTEGER);
+        lags[i]->integer = sum < 0 ? 0 : sum;
+        maps[i] = mk_reply(REDIS_REPLY_ARRAY);
+        maps[i]->elements = m->elements;
+        maps[i]->element = xmalloc(m->elements * sizeof *maps[i]->element);
+        memcpy(maps[i]->element, m->element, m->elements * sizeof *m->element);
+        maps[i]->element[at] = lags[i];
+        top->element[i] = maps[i];
+    }
+    f->cb(f->arg, top);
+    for (size_t i = 0; i < n; i++) {
+        mk_free(maps[i]);
+        mk_free(lags[i]);
+    }
+    free(maps);
+    free(lags);
+    mk_free(top);
+}
+
+int store_spread_groups_info(store_reply_cb cb, void *arg)
+{
+    struct fan *f = fan_new(combine_groups, cb, arg);
+    for (int k = 0; k < store_nshards(); k++) {
+        const char *argv[] = {"XINFO", "GROUPS", store_spread_key(k, SPREAD_EVENTS)};
+        fan_send(f, k, 3, argv, NULL);
+    }
+    return fan_go(f);
+}

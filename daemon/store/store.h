@@ -413,4 +413,7 @@ int store_spread_group_attach(const char *group, const char *from, store_reply_c
 int store_spread_group_read(const char *group, const char *count, store_reply_cb cb, void *arg);
 int store_spread_group_mark(const char *group, const char *mark, store_reply_cb cb, void *arg);
 int store_spread_group_destroy(const char *group, store_reply_cb cb, void *arg);
+/* XINFO GROUPS of shard 0's stream, each group's lag summed over every
+ * shard's (nil when one cannot tell). */
+int store_spread_groups_info(store_reply_cb cb, void *arg);
 #endif

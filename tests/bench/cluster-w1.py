@@ -138,7 +138,8 @@ def one_run(args, n_run):
         if os.environ.get("CLUSTER_W1_PERF"):
             # a profile of the first node for the run (perf report -i FILE)
             perf = subprocess.Popen(["perf", "record", "-g", "-o", os.environ["CLUSTER_W1_PERF"], "-p",
-                                     str(nodes[0].proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     str(dproc.pid if os.environ.get("CLUSTER_W1_PERF_DAEMON") else nodes[0].proc.pid)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
         load = os.getloadavg()[0]
         out = subprocess.run([bench, "w1", "--tcp", "127.0.0.1:%d" % port, "--daemon-pid", str(dproc.pid), "--redis", nodes[0].addr,

@@ -311,6 +311,21 @@ class ClusterShardsTest(DaemonTestCase):
                 self.assertEqual(int(eid.split("/")[0]), ids[mid], (mid, eid))
         finally:
             sub.close()
+        # the groups op: the group, its lag the sum over every shard's
+        # stream (60 retries of every shard while nobody reads the group)
+        with a.client() as cl:
+            for i in range(60):
+                self.assertTrue(cl.request(bounce(unique_id("lag"), rcpt=rcpt_of(i), **GREYLIST))["ok"])
+        lag = [None]
+
+        def lagging():
+            with b.client() as cl:
+                gr = cl.request({"op": "groups"})
+            self.assertTrue(gr.get("ok"), gr)
+            mine = [g for g in gr["groups"] if g["name"] == "g"]
+            lag[0] = mine[0]["lag"] if mine else None
+            return isinstance(lag[0], int) and lag[0] >= 60
+        wait_until(lagging, min(10, self.left()), interval=0.1, what="the group's lag over every shard (%r)" % lag)
         # the group's marks: in each shard's slot
         for k in range(SHARDS):
             tg, slot = shard_tag(k)
