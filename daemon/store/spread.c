@@ -422,10 +422,12 @@ int store_spread_get_each(const int *shards, const char *const *ids, const size_
     }
     free(argv);
     free(alens);
+    /* fan_go frees c with the fan when nothing could be sent */
+    int *cs = c->shard, *cp = c->pos;
     int rc = fan_go(f);
     if (rc != 0) {
-        free(c->shard);
-        free(c->pos);
+        free(cs);
+        free(cp);
     }
     return rc;
 }
@@ -438,12 +440,30 @@ struct supp_ctx {
     store_reply_cb cb;
     void *arg;
     int shard;
-    int replies;
 };
+
+/* The second answer, the list's size: the sum over every shard. */
+static void supp_len_cb(void *arg, redisReply *reply)
+{
+    struct supp_ctx *c = arg;
+    c->cb(c->arg, reply);
+    free(c);
+}
+
+/* The page's answer, then the size asked for: the caller gets the two in
+ * that order, whatever links they come over. */
+static void supp_page_cb(struct supp_ctx *c, redisReply *reply);
 
 static void supp_scan_cb(void *arg, redisReply *reply)
 {
     struct supp_ctx *c = arg;
+    supp_page_cb(c, reply);
+    if (store_spread_sum("HLEN", SPREAD_SUPP, supp_len_cb, c) != 0)
+        supp_len_cb(c, NULL);
+}
+
+static void supp_page_cb(struct supp_ctx *c, redisReply *reply)
+{
     if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
         reply->element[0]->type != REDIS_REPLY_STRING) {
         c->cb(c->arg, reply);
@@ -468,13 +488,6 @@ static void supp_scan_cb(void *arg, redisReply *reply)
     c->cb(c->arg, r);
     mk_free(cr);
     mk_free(r);
-}
-
-static void supp_len_cb(void *arg, redisReply *reply)
-{
-    struct supp_ctx *c = arg;
-    c->cb(c->arg, reply);
-    free(c);
 }
 
 static void supp_link_cb(struct redis_link *link, redisReply *reply, void *privdata)
@@ -507,9 +520,6 @@ int store_spread_suppressed_page(const char *cursor, int count, store_reply_cb c
         free(c);
         return -1;
     }
-    /* The second answer, the list's size: the sum over every shard. */
-    if (store_spread_sum("HLEN", SPREAD_SUPP, supp_len_cb, c) != 0)
-        supp_len_cb(c, NULL);
     return 0;
 }
 
