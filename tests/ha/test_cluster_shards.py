@@ -14,7 +14,8 @@ slot, every write confirmed by one replica (redis_min_replicas 1).
               instance receives (and acks) the retry events of every shard,
               with shard-qualified event ids
   kill9       pipelined ingest spread over every shard through one reboundd;
-              kill -9 of the primary of shard 0's slot (given a second
+              kill -9 of the primary of shard 0's slot (and, a case of its
+              own, of the primary of the cluster-wide {rebound:} slot) (given a second
               replica, so that the promoted one has one to confirm writes
               with: redis_min_replicas 1): the shards on the
               other primaries never answer `unavailable` (answers counted per
@@ -45,6 +46,7 @@ SHARDS = 6
 PREFIX = "rebound:"
 NODE_TIMEOUT_MS = 1000
 TTL_MS = 4000
+GLOBAL_SLOT = 13255  # CLUSTER KEYSLOT {rebound:}: the keys about no message
 CASE_BUDGET_S = 80
 
 
@@ -422,12 +424,21 @@ class ClusterShardsTest(DaemonTestCase):
         self.stop_clean(d)
 
     def test_primary_kill9(self):
+        self.kill_primary(shard_tag(0)[1], "shard 0's slot")
+
+    def test_cluster_wide_primary_kill9(self):
+        """The primary of the {<prefix>} slot (throttles, learned timing,
+        members): reports of the shards elsewhere do not depend on it."""
+        self.kill_primary(GLOBAL_SLOT, "the {%s} slot" % PREFIX)
+
+    def kill_primary(self, slot, what):
         nodes = self.start_cluster()
         d = self.start_sharded(nodes, "solo", wait_ready=False)
         wait_until(lambda: len(self.serving(d)) == SHARDS, min(15, self.left()), interval=0.1,
                    what="all shards served")
         slots = {k: shard_tag(k)[1] for k in range(SHARDS)}
-        victim = self.node_of(nodes, slots[0])
+        victim = self.node_of(nodes, slot)
+        log("killing the primary of %s" % what)
         self.add_replica(nodes, victim)
         dead = {k for k in range(SHARDS) if self.node_of(nodes, slots[k]) is victim}
         self.assertTrue(0 < len(dead) < SHARDS, dead)
