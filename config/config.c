@@ -755,7 +755,8 @@ static int check_ha(const struct config *cfg, char *err, size_t errlen)
             set_err(err, errlen, "redis_db: must be 0 with redis_cluster (a cluster has only database 0)");
             return -1;
         }
-        if (!has_hash_tag(cfg->prefix)) {
+        /* With shards each shard's keys get a hash tag of their own. */
+        if (cfg->shards < 2 && !has_hash_tag(cfg->prefix)) {
             set_err(err, errlen, "prefix: with redis_cluster it needs a hash tag so that every key is in one slot, "
                     "e.g. \"{%.100s}\" in place of \"%.100s\"", cfg->prefix, cfg->prefix);
             return -1;
@@ -773,15 +774,10 @@ static int check_ha(const struct config *cfg, char *err, size_t errlen)
         set_err(err, errlen, "lease_ttl: 0 (no lease) or at least 100ms");
         return -1;
     }
-    /* Shards are leased one by one and live on one Redis (one slot per
-     * shard of a cluster is not built); braces in the prefix would make
-     * every shard's hash tag the prefix's. */
+    /* Shards are leased one by one; braces in the prefix would make every
+     * shard's hash tag the prefix's. */
     if (cfg->shards >= 2 && cfg->lease_ttl_ms <= 0) {
         set_err(err, errlen, "shards: needs lease_ttl (each shard is owned under a lease)");
-        return -1;
-    }
-    if (cfg->shards >= 2 && cfg->redis_cluster[0]) {
-        set_err(err, errlen, "shards: not with redis_cluster (shards live on one Redis, or Sentinel's master)");
         return -1;
     }
     if (cfg->shards >= 2 && (strchr(cfg->prefix, '{') || strchr(cfg->prefix, '}'))) {

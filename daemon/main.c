@@ -385,8 +385,12 @@ static void close_own_handles(void)
     close_if_open((uv_handle_t *)&sig_hup);
 }
 
+static bool shard_links_close(void);
+
 static void link_closed_cb(void *arg)
 {
+    if (shard_links_close())
+        return; /* the last one closes the loop's own handles */
     close_own_handles();
 }
 
@@ -394,7 +398,7 @@ static void drain_timer_cb(uv_timer_t *t)
 {
     int64_t now = now_ms();
     /* Writes in flight get their answer (and their clients a reply) first. */
-    if (rbd->link && redis_link_inflight(rbd->link) > 0 && now < drain_deadline)
+    if (rbd->link && store_inflight() > 0 && now < drain_deadline)
         return;
     /* Then every connection is half-closed behind its last reply, and we
      * wait for the clients to read to the end and close, unless one does
@@ -719,6 +723,76 @@ static void start_loop_handles(void)
     uv_signal_start(&sig_hup, signal_cb, SIGHUP);
 }
 
+/* ---- the shards on several Redis Cluster primaries ----------------------
+ * rbd->link serves the cluster-wide keys ({<prefix>}...); each shard has a
+ * link of its own to its slot's primary (store_link), which finds that
+ * primary through the seeds, follows MOVED, ASK, TRYAGAIN, CLUSTERDOWN and
+ * READONLY for that slot alone, and so after a failover of one primary
+ * reconnects to the promoted replica while the other shards' links go on.
+ * A link per shard rather than per primary: each already knows how to
+ * find and re-find its one slot, and a failover then touches exactly the
+ * shards that moved (docs/architecture.md says what it costs). */
+static int shard_links_open;
+
+static void on_shard_link_state(struct redis_link *link, bool up, void *arg)
+{
+    (void)arg;
+    /* Before the cluster-wide link checked the layout nothing runs yet;
+     * afterwards a shard's link back is a connect like the one link's:
+     * ids in doubt re-read, firing and the groups' reads resumed, a load
+     * cut short started again. */
+    if (!up || rbd->stopping || !rbd->link)
+        return;
+    /* The others waiting out a back-off most likely lost the same primary,
+     * which the seeds now know the successor of: no need to wait. */
+    for (int k = 0; k < store_nshards(); k++) {
+        struct redis_link *l = store_spread_link(k);
+        if (l && l != link)
+            redis_link_reconnect_now(l);
+    }
+    if (!layout_checked)
+        return;
+    rbd->redis_connects++;
+    on_link_up_leased();
+}
+
+static void shard_links_start(const struct redis_link_opts *base)
+{
+    for (int k = 0; k < store_nshards(); k++) {
+        struct redis_link_opts lo = *base;
+        lo.cluster_key = store_msgs_key(k);
+        struct redis_link *l = redis_link_new(rbd->loop, &lo, on_shard_link_state, NULL);
+        redis_link_set_rtt_histogram(l, &rbd->redis_rtt);
+        store_spread_set_link(k, l);
+        redis_link_start(l);
+        shard_links_open++;
+    }
+    log_info("shards: %d shards apart on the cluster's primaries, a link to each shard's slot", store_nshards());
+}
+
+static void shard_link_closed_cb(void *arg)
+{
+    (void)arg;
+    if (--shard_links_open == 0)
+        close_own_handles();
+}
+
+/* Closes the shards' links; true when one was open (the last to close
+ * closes the loop's own handles). */
+static bool shard_links_close(void)
+{
+    bool any = false;
+    for (int k = 0; k < store_nshards(); k++) {
+        struct redis_link *l = store_spread_link(k);
+        if (!l)
+            continue;
+        store_spread_set_link(k, NULL);
+        any = true;
+        redis_link_close(l, shard_link_closed_cb, NULL);
+    }
+    return any;
+}
+
 int main(int argc, char **argv)
 {
     struct flags fl = {0};
@@ -797,6 +871,8 @@ int main(int argc, char **argv)
              config_mask_address(cfg->redis, shown, sizeof shown), cfg->policy);
     redis_link_start(rbd->link);
     watch = sentinel_watch_start(rbd->loop, rbd->link, &lo, SENTINEL_WATCH_EVERY_MS);
+    if (store_spread())
+        shard_links_start(&lo);
 
     uv_run(rbd->loop, UV_RUN_DEFAULT);
 

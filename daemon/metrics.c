@@ -418,6 +418,15 @@ char *metrics_render(size_t *len)
            "Redis Cluster answers (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, READONLY) that sent the link back to the seeds.");
     fprintf(f, "rebound_redis_cluster_redirects_total %llu\n",
             (unsigned long long)(rbd->link ? redis_link_redirects(rbd->link) : 0));
+    /* shards apart on a Redis Cluster: the links to the shards' slots */
+    if (store_spread()) {
+        family(f, "rebound_redis_shard_links_ready", "gauge",
+               "Shards whose link to their slot's primary is ready (shards on a Redis Cluster).");
+        fprintf(f, "rebound_redis_shard_links_ready %d\n", store_spread_ready_count());
+        family(f, "rebound_redis_shard_link_moves_total", "counter",
+               "Redirects and primary changes the shards' links followed (shards on a Redis Cluster).");
+        fprintf(f, "rebound_redis_shard_link_moves_total %llu\n", (unsigned long long)store_spread_redirects());
+    }
     /* several reboundd on one Redis: the lease (schedule/lease.c) */
     if (rbd->cfg.lease_ttl_ms > 0) {
         static const char *const roles[] = {"none", "standby", "loading", "owner", "fenced"};

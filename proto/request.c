@@ -503,11 +503,19 @@ static int parse_subscribe(json_t *root, const struct proto_limits *lim, struct 
     return 0;
 }
 
-/* A Redis stream entry id: "<ms>-<seq>", both decimal. */
+/* A Redis stream entry id: "<ms>-<seq>", both decimal; with the shards
+ * on several Redis Cluster primaries "<shard>/<ms>-<seq>" (the shard's
+ * stream), a shard below 64. */
 static bool stream_id_ok(const char *s, size_t n)
 {
     size_t i = 0, d;
 
+    for (d = 0; i < n && s[i] >= '0' && s[i] <= '9' && d < 3; i++, d++)
+        ;
+    if (d > 0 && d < 3 && i < n && s[i] == '/')
+        i++;
+    else
+        i = 0;
     for (d = 0; i < n && s[i] >= '0' && s[i] <= '9'; i++, d++)
         ;
     if (d == 0 || d > DIGITS_MAX || i >= n || s[i] != '-')
@@ -586,7 +594,9 @@ static int get_page_count(json_t *root, struct request *r, struct proto_error *e
 }
 
 /* suppressed: "cursor" a string of decimal digits (a Redis HSCAN cursor,
- * which may exceed 2^53, hence a string), "count" 1..1000. */
+ * which may exceed 2^53, hence a string), or with shards on a Redis Cluster
+ * "<shard>.<digits>" (the shard's list and the cursor in it), "count"
+ * 1..1000. */
 static int parse_suppressed(json_t *root, const struct proto_limits *lim, struct request *r,
                             struct proto_error *err)
 {
@@ -596,16 +606,22 @@ static int parse_suppressed(json_t *root, const struct proto_limits *lim, struct
 
     r->cursor = "0";
     r->count = 100;
-    rc = get_bounded(root, "cursor", false, DIGITS_MAX, &s, &n, err);
+    rc = get_bounded(root, "cursor", false, DIGITS_MAX + 3, &s, &n, err);
     if (rc < 0)
         return -1;
     if (rc > 0) {
         if (n == 0)
             return fail(err, ERR_BAD_REQUEST, "field 'cursor' must be the cursor of the previous page (\"0\" to start)");
-        for (size_t i = 0; i < n; i++)
-            if (s[i] < '0' || s[i] > '9')
+        size_t dot = n;
+        for (size_t i = 0; i < n; i++) {
+            if (s[i] == '.' && dot == n && i >= 1 && i <= 2 && i + 1 < n)
+                dot = i;
+            else if (s[i] < '0' || s[i] > '9')
                 return fail(err, ERR_BAD_REQUEST,
                             "field 'cursor' must be the cursor of the previous page (decimal digits, \"0\" to start)");
+        }
+        if (dot == n && n > DIGITS_MAX)
+            return fail(err, ERR_TOO_LARGE, "field 'cursor' is longer than %d characters", DIGITS_MAX);
         r->cursor = s;
     }
     return get_page_count(root, r, err);

@@ -10,6 +10,8 @@
 #   scripts/run.sh --cluster                      # start it
 #   redis-cli -p 7000 cluster nodes               # look at the cluster
 #   scripts/run.sh --cluster --log-level debug    # extra reboundd flags
+#   REBOUND_SHARDS=24 scripts/run.sh --cluster    # the schedule in 24 shards
+#                        spread over the three primaries (keys "rebound:"...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh run
@@ -54,12 +56,18 @@ fi
 echo "Redis Cluster on 127.0.0.1:7000-7005 (data in var/cluster)" >&2
 
 metrics=${REBOUND_METRICS-127.0.0.1:9411}
+# With REBOUND_SHARDS the shards live apart on the primaries (each shard's
+# keys under a tag of its own, so the prefix has none).
+layout='"prefix": "{rebound}:",'
+if [ -n "${REBOUND_SHARDS:-}" ]; then
+  layout="\"prefix\": \"rebound:\", \"shards\": $REBOUND_SHARDS,"
+fi
 for i in 1 2 3; do
   cat >"$var/reboundd-$i.json" <<JSON
 {
   "redis_cluster": ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002",
                     "127.0.0.1:7003", "127.0.0.1:7004", "127.0.0.1:7005"],
-  "prefix": "{rebound}:",
+  $layout
   "redis_min_replicas": 1,
   "redis_replica_timeout": "1s",
   "lease_ttl": "10s",

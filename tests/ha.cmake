@@ -38,3 +38,14 @@ foreach(t domains_shared rolling)
     ENVIRONMENT "REBOUND_BUILD_DIR=${PROJECT_BINARY_DIR};REBOUND_SOURCE_DIR=${PROJECT_SOURCE_DIR};PYTHONDONTWRITEBYTECODE=1"
     TIMEOUT 180 RUN_SERIAL TRUE SKIP_RETURN_CODE 77)
 endforeach()
+# ha.cluster_shards: shards on the three primaries of a Redis Cluster
+#   (docs/operations.md, "Shards on a Redis Cluster"): the same replies
+#   through a non-owner, every shard's events on one instance, pipelined
+#   batches over every shard, kill -9 of a primary (the other primaries'
+#   shards never unavailable); seven or nine redis-server nodes; ~20 s.
+add_test(NAME ha.cluster_shards
+         COMMAND ${Python3_EXECUTABLE} test_cluster_shards.py
+         WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/ha)
+set_tests_properties(ha.cluster_shards PROPERTIES
+  ENVIRONMENT "REBOUND_BUILD_DIR=${PROJECT_BINARY_DIR};REBOUND_SOURCE_DIR=${PROJECT_SOURCE_DIR};PYTHONDONTWRITEBYTECODE=1"
+  TIMEOUT 90 RUN_SERIAL TRUE SKIP_RETURN_CODE 77)

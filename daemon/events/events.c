@@ -91,6 +91,9 @@ struct group {
      * when the stream holds batch entries, so that a read brings about
      * READ_COUNT_N events, not that many batches. */
     int read_n;
+    /* The shards apart (store_spread): the newest entry read this run from
+     * each shard's stream ("" none), event ids being "<shard>/<entry id>". */
+    char (*shard_read)[EID_MAX];
 };
 
 static struct group *groups;
@@ -140,6 +143,7 @@ void events_free(void)
         out_free_all(g);
         strmap_free(&g->out);
         strmap_free(&g->ahead);
+        free(g->shard_read);
         free(g->name);
         free(g);
     }
@@ -178,6 +182,7 @@ static void group_free(struct group *g)
     out_free_all(g);
     strmap_free(&g->out);
     strmap_free(&g->ahead);
+    free(g->shard_read);
     free(g->name);
     free(g);
 }
@@ -303,8 +308,12 @@ static void ev_done(struct group *g, struct ev *e)
  * (may be NULL) getting the HSET's reply. Returns 0, or -1 when nothing
  * was sent. Should Redis not take it, the events after the older mark
  * come again after a restart (at least once). */
+static int spread_mark_flush(struct group *g, store_reply_cb cb, void *arg);
+
 static int mark_flush(struct group *g, store_reply_cb cb, void *arg)
 {
+    if (store_spread())
+        return spread_mark_flush(g, cb, arg);
     char mark[EID_MAX];
     if (!g->mark_dirty || !group_mark(g, mark, sizeof mark))
         return -1;
@@ -382,12 +391,15 @@ static void deliver_held(struct group *g)
 }
 
 /* Takes one entry read for g (in stream order), routes or holds it. */
+static void spread_note(struct group *g, const char *eid);
+
 static void take(struct group *g, const char *eid, const char *body, size_t len)
 {
     size_t elen = strlen(eid);
     if (elen < EID_MAX)
         memcpy(g->last_read, eid, elen + 1);
     g->have_read = true;
+    spread_note(g, eid);
     if (elen >= EID_MAX || strmap_get(&g->out, eid))
         return; /* not an entry id; or read twice (a rewind): it is here already */
     if (g->nahead > 0 && strmap_del(&g->ahead, eid)) {
@@ -509,6 +521,7 @@ static void read_done(struct group *g, redisReply *reply)
                 /* trimmed out of the stream: nothing to deliver */
                 snprintf(g->last_read, sizeof g->last_read, "%s", eid);
                 g->have_read = true;
+                spread_note(g, eid);
                 g->mark_dirty = true;
                 continue;
             }
@@ -549,6 +562,8 @@ static void attach_reply_cb(void *arg, redisReply *reply)
         strmap_init(&g->ahead);
         g->nahead = 0;
         g->have_read = false;
+        free(g->shard_read);
+        g->shard_read = NULL;
         g->mark_dirty = false;
     }
     g->created = true;
@@ -570,6 +585,8 @@ static bool any_room(const struct group *g)
     return false;
 }
 
+static char *spread_position(const struct group *g);
+
 static void pump(struct group *g)
 {
     if (!g->subs || rbd->stopping)
@@ -584,8 +601,10 @@ static void pump(struct group *g)
         return;
     if (!g->created) {
         /* Where this run left off, or after a start the group's mark. */
-        if (store_group_attach(g->name, g->have_read ? g->last_read : "", attach_reply_cb, g) == 0)
+        char *from = spread_position(g);
+        if (store_group_attach(g->name, from ? from : g->have_read ? g->last_read : "", attach_reply_cb, g) == 0)
             g->busy = true;
+        free(from);
         return;
     }
     if (!g->more)
@@ -775,7 +794,9 @@ void events_link_up(void)
 int events_fire_groups(struct group **out, int max)
 {
     int n = 0;
-    if (rbd->stopping)
+    /* The shards apart: a fire batch writes one shard's stream, and a
+     * group is read over all of them (store_spread_group_read). */
+    if (rbd->stopping || store_spread())
         return 0;
     for (struct group *g = groups; g && n < max; g = g->next) {
         if (!g->subs || !g->created || g->busy || g->held_head || !any_room(g))
@@ -1118,4 +1139,83 @@ void events_groups(struct conn *c, struct slot *s, const struct request *r)
         conn_reply_error(c, s, r->req, ERR_UNAVAILABLE, "Redis is not available; ask again later");
         groups_ctx_free(a);
     }
+}
+
+/* ---- the shards apart: a group over every shard's stream ----------------
+ * Event ids are "<shard>/<entry id>" (store/spread.c), and each shard's
+ * events arrive in its stream's order, so a group keeps per shard the
+ * newest entry read, and its mark is per shard: before its oldest event
+ * still out, else the newest read. Acks route by the id itself (the
+ * outstanding events are found by their qualified id). An ack of an event
+ * not read yet is not remembered ahead (ack_ahead wants a plain id): it
+ * comes again, at least once. */
+
+/* The shard of a qualified id and where its entry id starts, or -1. */
+static int spread_split(const char *eid, const char **raw)
+{
+    char *end;
+    long k = strtol(eid, &end, 10);
+    if (end == eid || *end != '/' || k < 0 || k >= store_nshards())
+        return -1;
+    *raw = end + 1;
+    return (int)k;
+}
+
+static void spread_note(struct group *g, const char *eid)
+{
+    const char *raw;
+    int k;
+    if (!store_spread() || (k = spread_split(eid, &raw)) < 0)
+        return;
+    if (!g->shard_read)
+        g->shard_read = xcalloc((size_t)store_nshards(), sizeof *g->shard_read);
+    snprintf(g->shard_read[k], sizeof g->shard_read[k], "%s", raw);
+}
+
+/* "<k>/<id>,..." for the shards read this run (the attach's start: the
+ * others from their marks), or NULL when not apart or nothing was read. */
+static char *spread_position(const struct group *g)
+{
+    if (!store_spread() || !g->shard_read)
+        return NULL;
+    int n = store_nshards();
+    char *out = xmalloc((size_t)n * (EID_MAX + 8) + 1);
+    size_t len = 0;
+    for (int k = 0; k < n; k++)
+        if (g->shard_read[k][0])
+            len += (size_t)sprintf(out + len, "%s%d/%s", len ? "," : "", k, g->shard_read[k]);
+    out[len] = '\0';
+    return out;
+}
+
+static int spread_mark_flush(struct group *g, store_reply_cb cb, void *arg)
+{
+    if (!g->mark_dirty || !g->shard_read)
+        return -1;
+    int n = store_nshards();
+    bool *seen = xcalloc((size_t)n, sizeof *seen);
+    char *mark = xmalloc((size_t)n * (EID_MAX + 8) + 1);
+    size_t len = 0;
+    /* the oldest event still out of each shard: the outstanding list is
+     * in read order, which is each shard's stream order */
+    for (struct ev *e = g->out_head; e; e = e->next) {
+        const char *raw;
+        int k = spread_split(e->eid, &raw);
+        if (k < 0 || seen[k])
+            continue;
+        seen[k] = true;
+        char before[EID_MAX];
+        eid_before(raw, before, sizeof before);
+        len += (size_t)sprintf(mark + len, "%s%d/%s", len ? "," : "", k, before);
+    }
+    for (int k = 0; k < n; k++)
+        if (!seen[k] && g->shard_read[k][0])
+            len += (size_t)sprintf(mark + len, "%s%d/%s", len ? "," : "", k, g->shard_read[k]);
+    mark[len] = '\0';
+    int rc = len ? store_group_mark(g->name, mark, cb, arg) : -1;
+    free(seen);
+    free(mark);
+    if (rc == 0)
+        g->mark_dirty = false;
+    return rc;
 }

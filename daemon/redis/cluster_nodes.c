@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "queue/shard.h"
 
@@ -151,25 +152,98 @@ int cluster_nodes_primary(const char *text, size_t len, int slot, char *host, si
     return best >= 0 ? 0 : -1;
 }
 
-/* CLUSTER NODES of one seed, read for the primary of the slot. */
-static int ask_seed(struct redisContext *c, void *arg, struct master_claim *claim, char *err, size_t errlen)
+/*
+ * The seeds' last answers, kept for a moment: with shards on a Redis
+ * Cluster each shard's link asks the seeds for its own slot, and after a
+ * failover they reconnect together; without this each would ask every
+ * seed again, and a seed that does not answer (a black-holed host) would
+ * block the loop once per link instead of once.
+ */
+#define SEEDS_ANSWERS_MS 250
+#define SEEDS_ANSWERS_MAX 16
+static struct {
+    int64_t at_ms;
+    int n; /* answers kept */
+    struct server_addr from[SEEDS_ANSWERS_MAX];
+    char *text[SEEDS_ANSWERS_MAX];
+    size_t len[SEEDS_ANSWERS_MAX];
+} answers;
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void answers_clear(void)
+{
+    for (int i = 0; i < answers.n; i++)
+        free(answers.text[i]);
+    answers.n = 0;
+}
+
+/* CLUSTER NODES of one seed, read for the primary of the slot, its text
+ * kept among the answers. */
+static int ask_seed_keep(struct redisContext *c, void *arg, struct master_claim *claim, char *err, size_t errlen)
 {
     int slot = *(const int *)arg;
     redisReply *r = redisCommand(c, "CLUSTER NODES");
     int rc = -1;
-    if (!r)
+    if (!r) {
         snprintf(err, errlen, "%s", c->errstr);
-    else if ((r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) &&
-             cluster_nodes_primary(r->str, r->len, slot, claim->host, sizeof claim->host, &claim->port,
-                                   &claim->epoch) == 0)
+        return -1;
+    }
+    if ((r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) && answers.n < SEEDS_ANSWERS_MAX &&
+        c->tcp.host && strlen(c->tcp.host) < sizeof answers.from[0].host) {
+        int i = answers.n++;
+        snprintf(answers.from[i].host, sizeof answers.from[i].host, "%s", c->tcp.host);
+        answers.from[i].port = c->tcp.port;
+        answers.text[i] = malloc(r->len + 1);
+        if (answers.text[i]) {
+            memcpy(answers.text[i], r->str, r->len);
+            answers.text[i][r->len] = '\0';
+            answers.len[i] = r->len;
+        } else {
+            answers.n--;
+        }
+    }
+    if ((r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) &&
+        cluster_nodes_primary(r->str, r->len, slot, claim->host, sizeof claim->host, &claim->port, &claim->epoch) ==
+            0)
         rc = 0;
     else if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS)
         snprintf(err, errlen, "no live primary claims slot %d", slot);
     else
         snprintf(err, errlen, "CLUSTER NODES: %.150s", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-    if (r)
-        freeReplyObject(r);
+    freeReplyObject(r);
     return rc;
+}
+
+/* The newest claim on slot among the answers kept, when they are fresh
+ * and came from these seeds: 0, or -1 to ask the seeds. */
+static int answers_claim(const struct server_addr *seeds, int n, int slot, struct master_claim *claim)
+{
+    if (answers.n == 0 || mono_ms() - answers.at_ms > SEEDS_ANSWERS_MS)
+        return -1;
+    for (int i = 0; i < answers.n; i++) {
+        bool listed = false;
+        for (int j = 0; j < n && !listed; j++)
+            listed = seeds[j].port == answers.from[i].port && strcmp(seeds[j].host, answers.from[i].host) == 0;
+        if (!listed)
+            return -1;
+    }
+    long long best = -1;
+    for (int i = 0; i < answers.n; i++) {
+        struct master_claim one = {.port = 0};
+        if (cluster_nodes_primary(answers.text[i], answers.len[i], slot, one.host, sizeof one.host, &one.port,
+                                  &one.epoch) == 0 &&
+            one.epoch > best) {
+            best = one.epoch;
+            *claim = one;
+        }
+    }
+    return best >= 0 ? 0 : -1;
 }
 
 int cluster_get_primary(const struct server_addr *seeds, int n, int *first, int slot, const char *user,
@@ -177,7 +251,13 @@ int cluster_get_primary(const struct server_addr *seeds, int n, int *first, int 
                         size_t errlen)
 {
     char why[300];
-    if (discovery_ask_all(seeds, n, first, user, password, timeout_ms, ask_seed, &slot, claim, why, sizeof why) == 0)
+    if (answers_claim(seeds, n, slot, claim) == 0)
+        return 0;
+    answers_clear();
+    int rc = discovery_ask_all(seeds, n, first, user, password, timeout_ms, ask_seed_keep, &slot, claim, why,
+                               sizeof why);
+    answers.at_ms = mono_ms(); /* fresh from when the last seed answered */
+    if (rc == 0)
         return 0;
     snprintf(err, errlen, "no seed named the primary of slot %d (last: %s)", slot, why);
     return -1;

@@ -1243,6 +1243,15 @@ bool redis_link_sentinel_moved(struct redis_link *link, const char *host, int po
     return false;
 }
 
+bool redis_link_reconnect_now(struct redis_link *link)
+{
+    if (link->closing || link->state != LINK_DISCONNECTED || !link->started)
+        return false;
+    link->reconnect_at = link_now(link);
+    link_rearm(link);
+    return true;
+}
+
 const char *redis_link_master_name(const struct redis_link *link)
 {
     return link->master_name;

@@ -131,6 +131,11 @@ uint64_t redis_link_master_changes(const struct redis_link *link);
  * Sentinels again; a link waiting out its back-off connects at once.
  * Returns whether it did either. */
 bool redis_link_sentinel_moved(struct redis_link *link, const char *host, int port, long long epoch);
+/* A link waiting out its back-off connects at once (a link to another
+ * slot of a Redis Cluster just connected after a failover: this one likely
+ * lost the same primary, and the seeds know the new one now). Returns
+ * whether it was waiting. */
+bool redis_link_reconnect_now(struct redis_link *link);
 /* The master's name with Sentinels, or NULL without. */
 const char *redis_link_master_name(const struct redis_link *link);
 

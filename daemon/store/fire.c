@@ -183,8 +183,10 @@ static void exec_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
     struct store_fire *b = arg;
     struct fire_priv *p = b->priv;
     /* EXEC answers each command of the transaction: the batch's script
-     * (its one XADD), HSET, XTRIM. */
-    bool ok = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 3;
+     * (its one XADD), or an XADD per event when the shards live apart;
+     * HSET, XTRIM. */
+    size_t nadd = store_spread() ? (size_t)p->nxadd : 1;
+    bool ok = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == nadd + 2;
     if (reply && reply->type == REDIS_REPLY_NIL && burst_watching == b)
         store_fenced_now(); /* the WATCHed epoch moved: the transaction did not run */
     else if (reply && !ok)
@@ -193,7 +195,7 @@ static void exec_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
     for (int i = 0; ok && i < b->n; i++) {
         if (p->slot[i] < 0)
             continue;
-        const redisReply *r = reply->element[0];
+        const redisReply *r = reply->element[nadd == 1 ? 0 : (size_t)p->slot[i]];
         if (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_INTEGER) {
             /* The record turned awaiting all the same (a transaction does
              * not roll back): say so, the retry is not re-sent. */
@@ -259,8 +261,8 @@ static char *batch_value(const struct store_fire *b, const char *bodies, const s
     return v;
 }
 
-/* The transaction: MULTI, the batch entry of the events (batch_lua), one
- * HSET of the records turned awaiting, XTRIM, EXEC. Returns 0, or -1 when
+/* The transaction: MULTI, the batch entry of the events (batch_lua; an
+ * XADD per event when the shards live apart), one HSET of the records turned awaiting, XTRIM, EXEC. Returns 0, or -1 when
  * the link refused a command (it refuses only when down, and then the first, MULTI, already:
  * a transaction cut short never runs). */
 static int burst_send(struct store_fire *b, redisReply *reply, const char *bodies, const size_t *boff,
@@ -277,24 +279,36 @@ static int burst_send(struct store_fire *b, redisReply *reply, const char *bodie
     char maxlen[32];
     snprintf(maxlen, sizeof maxlen, "%lld", rbd->cfg.stream_maxlen);
     const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
-    const char *trim[] = {"XTRIM", rbd->key_events, "MAXLEN", "~", maxlen};
+    const char *trim[] = {"XTRIM", store_spread_key(b->shard, SPREAD_EVENTS), "MAXLEN", "~", maxlen};
     size_t trim_lens[5];
     for (int k = 0; k < 5; k++)
         trim_lens[k] = strlen(trim[k]);
-    int rc = redis_link_command(rbd->link, queued_reply_cb, NULL, 1, multi, NULL);
-    size_t vlen;
-    char *value = batch_value(b, bodies, boff, bl, &vlen);
-    char nev[24];
-    snprintf(nev, sizeof nev, "%d", p->nxadd);
-    const char *bargv[] = {"EVAL", batch_lua, "1", rbd->key_events, nev, value};
-    size_t blens[] = {4, sizeof batch_lua - 1, 1, strlen(rbd->key_events), strlen(nev), vlen};
-    if (rc == 0)
-        rc = redis_link_command(rbd->link, queued_reply_cb, NULL, 6, bargv, blens);
-    free(value);
+    struct redis_link *link = store_link(b->shard);
+    const char *events_key = store_spread_key(b->shard, SPREAD_EVENTS);
+    int rc = redis_link_command(link, queued_reply_cb, NULL, 1, multi, NULL);
+    /* A batch entry's events are read with ids counted from the entry's,
+     * and a group's mark may fall inside it: kept to one stream, whose
+     * ids carry no shard. With the shards apart (ids "<shard>/<id>", a
+     * group's mark a list of them) each event keeps an entry of its own. */
+    if (rc == 0 && !store_spread()) {
+        size_t vlen;
+        char *value = batch_value(b, bodies, boff, bl, &vlen);
+        char nev[24];
+        snprintf(nev, sizeof nev, "%d", p->nxadd);
+        const char *bargv[] = {"EVAL", batch_lua, "1", events_key, nev, value};
+        size_t blens[] = {4, sizeof batch_lua - 1, 1, strlen(events_key), strlen(nev), vlen};
+        rc = redis_link_command(link, queued_reply_cb, NULL, 6, bargv, blens);
+        free(value);
+    }
     size_t h = 2;
     for (int i = 0; rc == 0 && i < b->n; i++) {
         if (p->slot[i] < 0)
             continue;
+        if (store_spread()) {
+            const char *xargv[] = {"XADD", events_key, "*", "e", bodies + boff[i]};
+            size_t xlens[] = {4, strlen(events_key), 1, 1, bl[i]};
+            rc = redis_link_command(link, queued_reply_cb, NULL, 5, xargv, xlens);
+        }
         redisReply *r = reply->element[i];
         r->str[0] = 'A';
         hargv[h] = p->ids[i];
@@ -303,11 +317,11 @@ static int burst_send(struct store_fire *b, redisReply *reply, const char *bodie
         hlens[h++] = r->len;
     }
     if (rc == 0)
-        rc = redis_link_command(rbd->link, queued_reply_cb, NULL, (int)hargc, hargv, hlens);
+        rc = redis_link_command(link, queued_reply_cb, NULL, (int)hargc, hargv, hlens);
     if (rc == 0)
-        rc = redis_link_command(rbd->link, queued_reply_cb, NULL, 5, trim, trim_lens);
+        rc = redis_link_command(link, queued_reply_cb, NULL, 5, trim, trim_lens);
     if (rc == 0)
-        rc = redis_link_command(rbd->link, exec_reply_cb, b, 1, exec, NULL);
+        rc = redis_link_command(link, exec_reply_cb, b, 1, exec, NULL);
     free(hargv);
     free(hlens);
     return rc;
@@ -320,7 +334,7 @@ static void hmget_reply_cb(struct redis_link *link, redisReply *reply, void *arg
     if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != (size_t)b->n) {
         if (burst_watching == b) {
             const char *unwatch[] = {"UNWATCH"};
-            redis_link_command(rbd->link, queued_reply_cb, NULL, 1, unwatch, NULL);
+            redis_link_command(store_link(b->shard), queued_reply_cb, NULL, 1, unwatch, NULL);
         }
         if (reply && store_fenced_reply(reply))
             ; /* the lease moved: nothing read, nothing fired */
@@ -344,7 +358,7 @@ static void hmget_reply_cb(struct redis_link *link, redisReply *reply, void *arg
 
 int store_fire_burst(struct store_fire *b, const char **ids, const size_t *lens)
 {
-    if (!store_ready())
+    if (!store_ready() || !store_shard_ready(b->shard))
         return -1;
     if (store_fencing() && burst_watching)
         return store_fire_script(b, ids, lens);
@@ -369,15 +383,15 @@ int store_fire_burst(struct store_fire *b, const char **ids, const size_t *lens)
         const char **fa;
         size_t *fl;
         int fn = store_fence_wrap(b->shard, (int)argc, argv, argl, &fa, &fl);
-        rc = redis_link_command(rbd->link, queued_reply_cb, NULL, 2, watch, NULL);
+        rc = redis_link_command(store_link(b->shard), queued_reply_cb, NULL, 2, watch, NULL);
         if (rc == 0)
-            rc = redis_link_command(rbd->link, hmget_reply_cb, b, fn, fa, fl);
+            rc = redis_link_command(store_link(b->shard), hmget_reply_cb, b, fn, fa, fl);
         if (rc == 0)
             burst_watching = b;
         free(fa);
         free(fl);
     } else {
-        rc = redis_link_command(rbd->link, hmget_reply_cb, b, (int)argc, argv, argl);
+        rc = redis_link_command(store_link(b->shard), hmget_reply_cb, b, (int)argc, argv, argl);
     }
     free(argv);
     free(argl);
@@ -392,7 +406,7 @@ int store_fire_burst(struct store_fire *b, const char **ids, const size_t *lens)
 
 int store_fire_script(struct store_fire *b, const char **ids, const size_t *lens)
 {
-    if (!store_ready())
+    if (!store_ready() || !store_shard_ready(b->shard))
         return -1;
     char now_s[32], maxlen[32], count[32], ngroups[32];
     snprintf(now_s, sizeof now_s, "%lld", (long long)b->now);
@@ -405,7 +419,7 @@ int store_fire_script(struct store_fire *b, const char **ids, const size_t *lens
     const char **argv = xmalloc((size_t)(argc + 2) * sizeof *argv);
     size_t *argl = xmalloc((size_t)(argc + 2) * sizeof *argl);
     argv[0] = store_msgs_key(b->shard);
-    argv[1] = rbd->key_events;
+    argv[1] = store_spread_key(b->shard, SPREAD_EVENTS);
     argv[2] = now_s;
     argv[3] = maxlen;
     argv[4] = STORE_CONSUMER;
@@ -420,7 +434,7 @@ int store_fire_script(struct store_fire *b, const char **ids, const size_t *lens
     int nkeys = 2;
     if (store_fencing())
         store_fence_args(b->shard, argv, argl, &nkeys, &argc);
-    int rc = redis_link_script(rbd->link, SCRIPT_FIRE, fire_reply_cb, b, nkeys, argc, argv, argl);
+    int rc = redis_link_script(store_link(b->shard), SCRIPT_FIRE, fire_reply_cb, b, nkeys, argc, argv, argl);
     free(argv);
     free(argl);
     return rc;

@@ -91,11 +91,7 @@ static const char fence_lua[] =
 
 static char *lease_key(const char *name)
 {
-    size_t a = strlen(rbd->cfg.prefix), b = strlen(name);
-    char *k = xmalloc(a + b + 1);
-    memcpy(k, rbd->cfg.prefix, a);
-    memcpy(k + a, name, b + 1);
-    return k;
+    return store_global_key(name);
 }
 
 /* "{<shard k's tag>}<name>" (queue/shard.h). */
@@ -252,18 +248,24 @@ static void lease_reply_cb(struct redis_link *link, redisReply *reply, void *pri
     free(c);
 }
 
-static int lease_command(int argc, const char **argv, store_reply_cb cb, void *arg)
+/* Over shard's link (store_link: shard < 0 for members and meta). */
+static int lease_command_on(int shard, int argc, const char **argv, store_reply_cb cb, void *arg)
 {
-    if (!store_ready() || !key_lease[0])
+    if (!store_ready() || !key_lease[0] || !store_shard_ready(shard))
         return -1;
     struct lease_ctx *c = xmalloc(sizeof *c);
     c->cb = cb;
     c->arg = arg;
-    if (redis_link_command(rbd->link, lease_reply_cb, c, argc, argv, NULL) != 0) {
+    if (redis_link_command(store_link(shard), lease_reply_cb, c, argc, argv, NULL) != 0) {
         free(c);
         return -1;
     }
     return 0;
+}
+
+static int lease_command(int argc, const char **argv, store_reply_cb cb, void *arg)
+{
+    return lease_command_on(-1, argc, argv, cb, arg);
 }
 
 int store_lease_acquire(int shard, const char *who, int64_t ttl_ms, store_reply_cb cb, void *arg)
@@ -271,7 +273,7 @@ int store_lease_acquire(int shard, const char *who, int64_t ttl_ms, store_reply_
     char ttl[24];
     snprintf(ttl, sizeof ttl, "%" PRId64, ttl_ms);
     const char *argv[] = {"EVAL", acquire_lua, "2", key_lease[shard], key_epoch[shard], who, ttl};
-    return lease_command(7, argv, cb, arg);
+    return lease_command_on(shard, 7, argv, cb, arg);
 }
 
 int store_lease_renew(int shard, const char *value, int64_t ttl_ms, store_reply_cb cb, void *arg)
@@ -280,19 +282,19 @@ int store_lease_renew(int shard, const char *value, int64_t ttl_ms, store_reply_
     snprintf(ttl, sizeof ttl, "%" PRId64, ttl_ms);
     const char *sp = strrchr(value, ' ');
     const char *argv[] = {"EVAL", renew_lua, "2", key_lease[shard], key_epoch[shard], value, ttl, sp ? sp + 1 : ""};
-    return lease_command(8, argv, cb, arg);
+    return lease_command_on(shard, 8, argv, cb, arg);
 }
 
 int store_lease_release(int shard, const char *value, store_reply_cb cb, void *arg)
 {
     const char *argv[] = {"EVAL", release_lua, "1", key_lease[shard], value};
-    return lease_command(5, argv, cb, arg);
+    return lease_command_on(shard, 5, argv, cb, arg);
 }
 
 int store_lease_read(int shard, store_reply_cb cb, void *arg)
 {
     const char *argv[] = {"GET", key_lease[shard]};
-    return lease_command(2, argv, cb, arg);
+    return lease_command_on(shard, 2, argv, cb, arg);
 }
 
 int store_members_beat(const char *id, const char *value)
@@ -347,5 +349,5 @@ int store_meta_shards(int nshards, store_reply_cb cb, void *arg)
 
 size_t store_inflight(void)
 {
-    return rbd->link ? redis_link_inflight(rbd->link) : 0;
+    return (rbd->link ? redis_link_inflight(rbd->link) : 0) + store_spread_inflight();
 }

@@ -33,18 +33,24 @@ static void qo_fenced_reply_cb(struct redis_link *link, redisReply *reply, void 
     qo_reply_cb(link, reply, privdata);
 }
 
-static int qo_command(int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg)
+/* Over shard's link (store_link; shard < 0: the cluster-wide keys'). */
+static int qo_command_on(int shard, int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg)
 {
-    if (!store_ready())
+    if (!store_ready() || !store_shard_ready(shard))
         return -1;
     struct qo_ctx *c = xmalloc(sizeof *c);
     c->cb = cb;
     c->arg = arg;
-    if (redis_link_command(rbd->link, qo_reply_cb, c, argc, argv, lens) != 0) {
+    if (redis_link_command(store_link(shard), qo_reply_cb, c, argc, argv, lens) != 0) {
         free(c);
         return -1;
     }
     return 0;
+}
+
+static int qo_command(int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg)
+{
+    return qo_command_on(-1, argc, argv, lens, cb, arg);
 }
 
 /* A write: with the lease on, it runs only while the epoch is ours
@@ -53,7 +59,11 @@ static int qo_write(int shard, int argc, const char **argv, const size_t *lens, 
 {
     if (!store_fencing())
         return qo_command(argc, argv, lens, cb, arg);
-    if (!store_ready())
+    /* Apart, a write about no message (a hold) is on the cluster-wide
+     * keys, where no shard's epoch is: unfenced, like a throttle. */
+    if (store_spread() && shard < 0)
+        return qo_command_on(-1, argc, argv, lens, cb, arg);
+    if (!store_ready() || !store_shard_ready(shard))
         return -1;
     const char **a;
     size_t *l;
@@ -61,7 +71,7 @@ static int qo_write(int shard, int argc, const char **argv, const size_t *lens, 
     struct qo_ctx *c = xmalloc(sizeof *c);
     c->cb = cb;
     c->arg = arg;
-    int rc = redis_link_command(rbd->link, qo_fenced_reply_cb, c, n, a, l);
+    int rc = redis_link_command(store_link(shard), qo_fenced_reply_cb, c, n, a, l);
     if (rc != 0)
         free(c);
     free(a);
@@ -71,14 +81,14 @@ static int qo_write(int shard, int argc, const char **argv, const size_t *lens, 
 
 /* A command already fenced by itself (a script with the prologue): only
  * its FENCED reply is noticed. */
-static int qo_write_raw(int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg)
+static int qo_write_raw(int shard, int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg)
 {
-    if (!store_ready())
+    if (!store_ready() || !store_shard_ready(shard))
         return -1;
     struct qo_ctx *c = xmalloc(sizeof *c);
     c->cb = cb;
     c->arg = arg;
-    if (redis_link_command(rbd->link, qo_fenced_reply_cb, c, argc, argv, lens) != 0) {
+    if (redis_link_command(store_link(shard), qo_fenced_reply_cb, c, argc, argv, lens) != 0) {
         free(c);
         return -1;
     }
@@ -125,7 +135,7 @@ static int bulk(int shard, const char *cmd, const char *const *ids, const size_t
         alens[2 + i] = lens[i];
     }
     int rc = cmd[0] == 'H' && cmd[1] == 'D' ? qo_write(shard, (int)argc, argv, alens, cb, arg)
-                                            : qo_command((int)argc, argv, alens, cb, arg);
+                                            : qo_command_on(shard, (int)argc, argv, alens, cb, arg);
     free(argv);
     free(alens);
     return rc;
@@ -149,6 +159,8 @@ int store_msgs_get_each(const int *shards, const char *const *ids, const size_t 
 {
     if (n == 0 || n > STORE_BULK_MAX)
         return -1;
+    if (store_spread())
+        return store_ready() ? store_spread_get_each(shards, ids, lens, n, cb, arg) : -1;
     int ns = store_nshards();
     size_t argc = 3 + (size_t)ns + 2 * n;
     const char **argv = xmalloc(argc * sizeof *argv);
@@ -239,7 +251,8 @@ int store_msgs_due_now(int shard, const char *const *ids, const size_t *lens, si
         argv[2] = "2";
         argc = (size_t)nargs + 3;
     }
-    int rc = fence ? qo_write_raw((int)argc, argv, alens, cb, arg) : qo_command((int)argc, argv, alens, cb, arg);
+    int rc = fence ? qo_write_raw(shard, (int)argc, argv, alens, cb, arg)
+                   : qo_command_on(shard, (int)argc, argv, alens, cb, arg);
     free(argv);
     free(alens);
     return rc;
@@ -247,6 +260,8 @@ int store_msgs_due_now(int shard, const char *const *ids, const size_t *lens, si
 
 int store_history_get(const char *id, size_t id_len, store_reply_cb cb, void *arg)
 {
+    if (store_spread())
+        return store_ready() ? store_spread_history_get(id, id_len, cb, arg) : -1;
     const char *argv[] = {"HGET", rbd->key_history, id};
     size_t lens[] = {4, strlen(rbd->key_history), id_len};
     return qo_command(3, argv, lens, cb, arg);

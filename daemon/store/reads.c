@@ -29,37 +29,46 @@ static void generic_reply_cb(struct redis_link *link, redisReply *reply, void *p
     free(c);
 }
 
-static int command(int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg)
+/* A command over shard's link (store_link: the one link unless the
+ * shards live apart; shard < 0 the cluster-wide keys'). */
+static int command_on(int shard, int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg)
 {
-    if (!store_ready())
+    if (!store_ready() || !store_shard_ready(shard))
         return -1;
     struct reply_ctx *c = xmalloc(sizeof *c);
     c->cb = cb;
     c->arg = arg;
-    if (redis_link_command(rbd->link, generic_reply_cb, c, argc, argv, lens) != 0) {
+    if (redis_link_command(store_link(shard), generic_reply_cb, c, argc, argv, lens) != 0) {
         free(c);
         return -1;
     }
     return 0;
 }
 
+static int command(int argc, const char **argv, const size_t *lens, store_reply_cb cb, void *arg)
+{
+    return command_on(-1, argc, argv, lens, cb, arg);
+}
+
 int store_get(int shard, const char *id, size_t id_len, store_reply_cb cb, void *arg)
 {
     const char *argv[] = {"HGET", store_msgs_key(shard), id};
     size_t lens[] = {4, strlen(argv[1]), id_len};
-    return command(3, argv, lens, cb, arg);
+    return command_on(shard, 3, argv, lens, cb, arg);
 }
 
 int store_get_with_rcpt(int shard, const char *id, size_t id_len, const char *rcpt, store_reply_cb cb, void *arg)
 {
-    if (!store_ready())
+    if (!store_ready() || !store_shard_ready(shard))
         return -1;
-    const char *argv[] = {store_msgs_key(shard), rbd->key_rcpts, rbd->key_supp, id ? id : "", rcpt ? rcpt : ""};
+    int ks = store_spread() ? shard : -1;
+    const char *argv[] = {store_msgs_key(shard), store_spread_key(ks, SPREAD_RCPT), store_spread_key(ks, SPREAD_SUPP),
+                          id ? id : "", rcpt ? rcpt : ""};
     size_t lens[] = {strlen(argv[0]), strlen(argv[1]), strlen(argv[2]), id ? id_len : 0, rcpt ? strlen(rcpt) : 0};
     struct reply_ctx *c = xmalloc(sizeof *c);
     c->cb = cb;
     c->arg = arg;
-    if (redis_link_script(rbd->link, SCRIPT_GET, generic_reply_cb, c, 3, 5, argv, lens) != 0) {
+    if (redis_link_script(store_link(shard), SCRIPT_GET, generic_reply_cb, c, 3, 5, argv, lens) != 0) {
         free(c);
         return -1;
     }
@@ -75,6 +84,14 @@ static int command_str(int argc, const char **argv, store_reply_cb cb, void *arg
     return command(argc, argv, lens, cb, arg);
 }
 
+static int command_str_on(int shard, int argc, const char **argv, store_reply_cb cb, void *arg)
+{
+    size_t lens[16];
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    return command_on(shard, argc, argv, lens, cb, arg);
+}
+
 static void ignore_reply_cb(void *arg, redisReply *reply)
 {
 }
@@ -82,17 +99,19 @@ static void ignore_reply_cb(void *arg, redisReply *reply)
 int store_msgs_len(int shard, store_reply_cb cb, void *arg)
 {
     const char *argv[] = {"HLEN", store_msgs_key(shard)};
-    return command_str(2, argv, cb, arg);
+    return command_str_on(shard, 2, argv, cb, arg);
 }
 
 int store_msgs_scan(int shard, const char *cursor, const char *count, store_reply_cb cb, void *arg)
 {
     const char *argv[] = {"HSCAN", store_msgs_key(shard), cursor, "COUNT", count};
-    return command_str(5, argv, cb, arg);
+    return command_str_on(shard, 5, argv, cb, arg);
 }
 
 int store_suppressed_page(const char *cursor, int count, store_reply_cb cb, void *arg)
 {
+    if (store_spread())
+        return store_spread_suppressed_page(cursor, count, cb, arg);
     char n[16];
     snprintf(n, sizeof n, "%d", count);
     const char *scan[] = {"HSCAN", rbd->key_supp, cursor, "COUNT", n};
@@ -128,6 +147,8 @@ int store_group_create(const char *group, store_reply_cb cb, void *arg)
 
 int store_group_read(const char *group, const char *from, const char *count, store_reply_cb cb, void *arg)
 {
+    if (store_spread())
+        return store_ready() ? store_spread_group_read(group, count, cb, arg) : -1;
     /* NOACK: Redis keeps no pending entry per event read (nor writes one
      * to the AOF); the group's mark (store_group_mark) says what is
      * handled instead. */
@@ -179,18 +200,24 @@ static const char *groups_key(void)
 
 int store_groups_info(store_reply_cb cb, void *arg)
 {
+    if (store_spread())
+        return store_ready() ? store_spread_groups_info(cb, arg) : -1;
     const char *argv[] = {"XINFO", "GROUPS", rbd->key_events};
     return command_str(3, argv, cb, arg);
 }
 
 int store_stream_len(store_reply_cb cb, void *arg)
 {
+    if (store_spread())
+        return store_spread_sum("XLEN", SPREAD_EVENTS, cb, arg);
     const char *argv[] = {"XLEN", rbd->key_events};
     return command_str(2, argv, cb, arg);
 }
 
 int store_suppressed_len(store_reply_cb cb, void *arg)
 {
+    if (store_spread())
+        return store_spread_sum("HLEN", SPREAD_SUPP, cb, arg);
     const char *argv[] = {"HLEN", rbd->key_supp};
     return command_str(2, argv, cb, arg);
 }
@@ -199,8 +226,9 @@ int store_events_latest(int count, store_reply_cb cb, void *arg)
 {
     char n[16];
     snprintf(n, sizeof n, "%d", count);
-    const char *argv[] = {"XREVRANGE", rbd->key_events, "+", "-", "COUNT", n};
-    return command_str(6, argv, cb, arg);
+    /* Apart: shard 0's newest (the status page's sample). */
+    const char *argv[] = {"XREVRANGE", store_spread_key(0, SPREAD_EVENTS), "+", "-", "COUNT", n};
+    return command_str_on(0, 6, argv, cb, arg);
 }
 
 int store_groups_seen_read(store_reply_cb cb, void *arg)
@@ -238,6 +266,8 @@ int store_group_destroy(const char *group, store_reply_cb cb, void *arg)
     const char *hdel[] = {"HDEL", groups_key(), group};
     if (command_str(3, hdel, ignore_reply_cb, NULL) != 0)
         return -1;
+    if (store_spread())
+        return store_spread_group_destroy(group, cb, arg);
     const char *hdel_mark[] = {"HDEL", marks_key(), group};
     if (command_str(3, hdel_mark, ignore_reply_cb, NULL) != 0)
         return -1;
@@ -267,12 +297,16 @@ int store_group_attach(const char *group, const char *from, store_reply_cb cb, v
 {
     /* Sent as EVAL: it runs once per group per connect, not worth a slot
      * among the scripts loaded by SHA. */
+    if (store_spread())
+        return store_ready() ? store_spread_group_attach(group, from, cb, arg) : -1;
     const char *argv[] = {"EVAL", script_group, "2", rbd->key_events, marks_key(), group, from ? from : ""};
     return command_str(7, argv, cb, arg);
 }
 
 int store_group_mark(const char *group, const char *mark, store_reply_cb cb, void *arg)
 {
+    if (store_spread())
+        return store_ready() ? store_spread_group_mark(group, mark, cb, arg) : -1;
     const char *argv[] = {"HSET", marks_key(), group, mark};
     return command_str(4, argv, cb ? cb : ignore_reply_cb, arg);
 }
@@ -301,6 +335,8 @@ static const char locate_lua[] =
 
 int store_msgs_locate(const char *id, size_t id_len, store_reply_cb cb, void *arg)
 {
+    if (store_spread())
+        return store_ready() ? store_spread_locate(id, id_len, cb, arg) : -1;
     int n = store_nshards();
     const char *argv[3 + SHARD_MAX + 1];
     size_t lens[3 + SHARD_MAX + 1];

@@ -57,9 +57,16 @@ struct batch {
     uint64_t shards; /* with shards: the shards of its changes, a bit each */
 };
 
-/* The batch being filled, one per shard (one-shard layout: [0] alone). */
-static struct batch *current[SHARD_MAX];
+/* The batch being filled, one per shard (one-shard layout: [0] alone);
+ * [SPREAD_GLOBAL] with the shards on several primaries: the changes about
+ * no message, on the cluster-wide keys. */
+#define SPREAD_GLOBAL SHARD_MAX
+static struct batch *current[SHARD_MAX + 1];
 static char *key_shard_msgs[SHARD_MAX]; /* [0] is rbd->key_msgs with one shard */
+static char *key_global_msgs; /* the cluster-wide batch's first key (apply.lua's; never written) */
+/* The shards apart: the batch each shard's changes go in (spread_leaders). */
+static int spread_leader[SHARD_MAX];
+static bool spread_leaders_made;
 static struct strmap in_doubt;
 
 /* A batch closes at this many arguments so one script call stays short
@@ -137,11 +144,7 @@ static void batch_fail(struct batch *b)
 
 static char *make_key(const char *name)
 {
-    size_t a = strlen(rbd->cfg.prefix), b = strlen(name);
-    char *k = xmalloc(a + b + 1);
-    memcpy(k, rbd->cfg.prefix, a);
-    memcpy(k + a, name, b + 1);
-    return k;
+    return store_global_key(name);
 }
 
 int store_nshards(void)
@@ -173,6 +176,9 @@ void store_init(void)
     /* several reboundd on one Redis: the lease and its fencing */
     if (rbd->cfg.lease_ttl_ms > 0)
         store_lease_init();
+    store_spread_init();
+    if (store_spread())
+        key_global_msgs = store_global_key("msg");
 }
 
 void store_mark_in_doubt(const char *id, size_t id_len)
@@ -212,13 +218,18 @@ void store_take_in_doubt(void (*fn)(const char *id, void *arg), void *arg)
 void store_free(void)
 {
     store_lease_free();
+    store_spread_free();
+    free(key_global_msgs);
+    key_global_msgs = NULL;
     strmap_free(&in_doubt);
     /* Anything still queued never reached Redis: say so to its waiters. */
-    for (int k = 0; k < SHARD_MAX; k++) {
+    for (int k = 0; k <= SHARD_MAX; k++) {
         struct batch *b = current[k];
         current[k] = NULL;
         if (b)
             batch_fail(b);
+        if (k == SHARD_MAX)
+            break;
         if (k > 0)
             free(key_shard_msgs[k]);
         key_shard_msgs[k] = NULL;
@@ -240,6 +251,8 @@ void store_free(void)
 
 bool store_ready(void)
 {
+    if (store_spread())
+        return rbd->link && store_spread_any_ready();
     return rbd->link && redis_link_ready(rbd->link);
 }
 
@@ -285,14 +298,17 @@ static void batch_open(int shard)
     struct batch *b = current[shard] = batch_new();
     b->shard = shard;
     char num[32];
-    batch_arg_str(b, &b->head, store_msgs_key(shard));
-    batch_arg_str(b, &b->head, rbd->key_events);
-    batch_arg_str(b, &b->head, rbd->key_rcpts);
-    batch_arg_str(b, &b->head, rbd->key_supp);
-    batch_arg_str(b, &b->head, rbd->key_domains);
-    batch_arg_str(b, &b->head, rbd->key_history);
-    batch_arg_str(b, &b->head, rbd->key_history_at);
-    batch_arg_str(b, &b->head, rbd->key_learned);
+    /* Apart, each shard's batch names only keys of its slot (the
+     * cluster-wide batch only the cluster-wide keys): store_spread_key. */
+    int ks = store_spread() ? shard : -1;
+    batch_arg_str(b, &b->head, shard == SPREAD_GLOBAL ? key_global_msgs : store_msgs_key(shard));
+    batch_arg_str(b, &b->head, store_spread_key(ks, SPREAD_EVENTS));
+    batch_arg_str(b, &b->head, store_spread_key(ks, SPREAD_RCPT));
+    batch_arg_str(b, &b->head, store_spread_key(ks, SPREAD_SUPP));
+    batch_arg_str(b, &b->head, store_spread_key(ks, SPREAD_DOMAINS));
+    batch_arg_str(b, &b->head, store_spread_key(ks, SPREAD_HISTORY));
+    batch_arg_str(b, &b->head, store_spread_key(ks, SPREAD_HISTORY_AT));
+    batch_arg_str(b, &b->head, store_spread_key(ks, SPREAD_LEARNED));
     snprintf(num, sizeof num, "%lld", rbd->cfg.stream_maxlen);
     batch_arg_str(b, &b->head, num);
     /* The streak rules of the policy in force when the batch opened. */
@@ -388,10 +404,14 @@ static void queue_general(struct batch *b, const struct store_change *ch, const 
 
 static void batch_flush(int shard);
 
+static int spread_queue(const struct store_change *ch, store_done_cb done, void *arg);
+
 int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
 {
     if (!store_ready())
         return -1;
+    if (store_spread())
+        return spread_queue(ch, done, arg);
     int shard = ch->shard;
     /* A change about no message (a throttle, learned timing, unsuppress)
      * goes under any shard this instance holds: on one Redis every key is
@@ -403,7 +423,7 @@ int store_queue(const struct store_change *ch, store_done_cb done, void *arg)
     /* With shards one batch a turn carries every shard's changes, each
      * fenced by its own shard's epoch (apply.lua's selector): one script
      * call per turn, as with one shard. */
-    int slot = store_nshards() > 1 ? 0 : shard;
+    int slot = store_nshards() > 1 && !store_spread() ? 0 : shard;
     if (!current[slot])
         batch_open(slot);
     struct batch *b = current[slot];
@@ -491,6 +511,10 @@ void store_flush(void)
     for (int k = 0; k < n; k++)
         if (current[k])
             batch_flush(k);
+    if (current[SPREAD_GLOBAL])
+        batch_flush(SPREAD_GLOBAL);
+    if (store_spread())
+        spread_leaders_made = false; /* worked out again at the next change */
 }
 
 /* A batch of several shards' changes (apply.lua's selector): after the
@@ -498,6 +522,9 @@ void store_flush(void)
  * the end of the arguments, their epochs, the selector (one byte per fresh
  * record, then per general change: 64 + the rank of its shard among those
  * present) and "M<m>". */
+static int spread_send(struct batch *b, const char **argv, size_t *lens, size_t argc, const int *order, int m,
+                       const char *sel, size_t nsel);
+
 static int batch_send_sharded(struct batch *b, const char **argv, size_t *lens, size_t argc)
 {
     int rank[SHARD_MAX], order[SHARD_MAX], m = 0;
@@ -579,6 +606,11 @@ static int batch_send_sharded(struct batch *b, const char **argv, size_t *lens, 
         if (pos < nsel)
             sel[pos] = (char)(64 + rank[w->shard]);
     }
+    if (store_spread()) {
+        int rc = spread_send(b, argv, lens, argc, order, m, sel, nsel);
+        free(sel);
+        return rc;
+    }
     char mark[16];
     snprintf(mark, sizeof mark, "M%d", m);
     size_t total = argc + 3 * (size_t)m + 2;
@@ -616,13 +648,15 @@ static int batch_send_sharded(struct batch *b, const char **argv, size_t *lens, 
     return rc;
 }
 
+static void spread_head(int shard, const char **argv, size_t *lens);
+
 static void batch_flush(int shard)
 {
     struct batch *b = current[shard];
     if (!b)
         return;
     current[shard] = NULL;
-    if (!store_ready()) {
+    if (!store_ready() || (store_spread() && !store_shard_ready(shard))) {
         batch_fail(b);
         return;
     }
@@ -651,12 +685,23 @@ static void batch_flush(int shard)
     }
     int nkeys = APPLY_NKEYS, nargs = (int)argc;
     int rc;
-    if (store_nshards() > 1) {
+    if (store_spread() && b->shard != SPREAD_GLOBAL && shard_count(b->shards) == 1) {
+        /* one shard of its primary this turn: its own keys, as with one */
+        for (int k1 = 0; k1 < SHARD_MAX; k1++)
+            if (b->shards & ((uint64_t)1 << k1))
+                b->shard = k1;
+        spread_head(b->shard, argv, lens);
+    }
+    if (store_nshards() > 1 && (!store_spread() || (b->shard != SPREAD_GLOBAL && shard_count(b->shards) > 1))) {
         rc = batch_send_sharded(b, argv, lens, argc);
     } else {
-        if (store_fencing())
+        /* Apart, one call per shard fenced by its own epoch (in its slot);
+         * the cluster-wide batch is fenced by none: a throttle or learned
+         * timing written by a stale owner is merged like any other. */
+        if (store_fencing() && b->shard != SPREAD_GLOBAL)
             store_fence_args(b->shard, argv, lens, &nkeys, &nargs);
-        rc = redis_link_script(rbd->link, SCRIPT_APPLY, batch_reply_cb, b, nkeys, nargs, argv, lens);
+        rc = redis_link_script(store_link(b->shard == SPREAD_GLOBAL ? -1 : b->shard), SCRIPT_APPLY, batch_reply_cb,
+                               b, nkeys, nargs, argv, lens);
     }
     free(argv);
     free(lens);
@@ -742,7 +787,7 @@ static void batch_send_wait(struct batch *b)
     snprintf(n, sizeof n, "%d", rbd->cfg.redis_min_replicas);
     snprintf(t, sizeof t, "%lld", (long long)rbd->cfg.redis_replica_timeout_ms);
     const char *argv[3] = {"WAIT", n, t};
-    if (redis_link_command(rbd->link, wait_reply_cb, b, 3, argv, NULL) == 0)
+    if (redis_link_command(store_link(b->shard == SPREAD_GLOBAL ? -1 : b->shard), wait_reply_cb, b, 3, argv, NULL) == 0)
         b->wait_sent = true;
     else
         b->wait_missing = true;
@@ -794,8 +839,160 @@ void store_bounce_arg(char *buf, char action, bool counts, int64_t now, int code
 
 bool store_batch_empty(void)
 {
-    for (int k = 0; k < SHARD_MAX; k++)
+    for (int k = 0; k <= SHARD_MAX; k++)
         if (current[k])
             return false;
     return true;
+}
+
+/* The shards apart (store_spread): a change goes to its own shard's batch,
+ * a recipient's (unsuppress) to the recipient's shard, and one about no
+ * message (a throttle, learned timing) to the cluster-wide batch, its
+ * events to a shard this instance holds, so that they reach the streams
+ * subscribers read. */
+static void spread_event_done(void *arg, bool ok, long long result)
+{
+    (void)arg;
+    (void)ok;
+    (void)result;
+}
+
+/* Which batch shard k's changes go in: the first shard (in order) whose
+ * link is ready to the same primary, so that one call a turn carries the
+ * changes of every shard of a primary (apply.lua's "P" form). Worked out
+ * again after every flush: a failover moves a primary's shards together,
+ * and a batch sent to a node that no longer serves a shard is refused
+ * there (unavailable, resent). */
+static void spread_leaders(void)
+{
+    int n = store_nshards();
+    const char *where[SHARD_MAX];
+    for (int k = 0; k < n; k++) {
+        struct redis_link *l = store_link(k);
+        where[k] = l && redis_link_ready(l) ? redis_link_where(l) : NULL;
+        spread_leader[k] = k;
+        for (int j = 0; where[k] && j < k; j++)
+            if (where[j] && strcmp(where[j], where[k]) == 0) {
+                spread_leader[k] = spread_leader[j];
+                break;
+            }
+    }
+    spread_leaders_made = true;
+}
+
+/* The first 8 keys of a call (apply.lua's KEYS) made shard's own. */
+static void spread_head(int shard, const char **argv, size_t *lens)
+{
+    static const enum spread_name names[] = {SPREAD_EVENTS, SPREAD_RCPT,    SPREAD_SUPP,       SPREAD_DOMAINS,
+                                             SPREAD_HISTORY, SPREAD_HISTORY_AT, SPREAD_LEARNED};
+    argv[0] = store_msgs_key(shard);
+    lens[0] = strlen(argv[0]);
+    for (int i = 0; i < 7; i++) {
+        argv[1 + i] = store_spread_key(shard, names[i]);
+        lens[1 + i] = strlen(argv[1 + i]);
+    }
+}
+
+/* The changes of m shards of one primary in one call, routed by the first
+ * shard's slot (its keys and epoch key declared), the others' keys among
+ * the arguments (apply.lua's "P" form). */
+static int spread_send(struct batch *b, const char **argv, size_t *lens, size_t argc, const int *order, int m,
+                       const char *sel, size_t nsel)
+{
+    int first = order[0];
+    b->shard = first;
+    spread_head(first, argv, lens);
+    static const enum spread_name names[] = {SPREAD_EVENTS, SPREAD_RCPT, SPREAD_SUPP, SPREAD_HISTORY,
+                                             SPREAD_HISTORY_AT};
+    char mark[16];
+    snprintf(mark, sizeof mark, "P%d", m);
+    size_t total = argc + 1 + 8 * (size_t)m + 2;
+    const char **a = xmalloc(total * sizeof *a);
+    size_t *l = xmalloc(total * sizeof *l);
+    size_t k = 0;
+    for (int i = 0; i < APPLY_NKEYS; i++, k++) {
+        a[k] = argv[i];
+        l[k] = lens[i];
+    }
+    a[k] = store_fence_key(first);
+    l[k] = strlen(a[k]);
+    k++;
+    for (size_t i = APPLY_NKEYS; i < argc; i++, k++) {
+        a[k] = argv[i];
+        l[k] = lens[i];
+    }
+    for (int j = 0; j < m; j++) {
+        a[k++] = store_fence_key(order[j]);
+        a[k++] = store_fence_epoch(order[j]);
+        a[k++] = store_msgs_key(order[j]);
+        for (int i = 0; i < 5; i++)
+            a[k++] = store_spread_key(order[j], names[i]);
+        for (size_t q = k - 8; q < k; q++)
+            l[q] = strlen(a[q]);
+    }
+    a[k] = sel;
+    l[k++] = nsel;
+    a[k] = mark;
+    l[k++] = strlen(mark);
+    int rc = redis_link_script(store_link(first), SCRIPT_APPLY, batch_reply_cb, b, APPLY_NKEYS + 1, (int)k, a, l);
+    free(a);
+    free(l);
+    return rc;
+}
+
+static int spread_queue(const struct store_change *ch, store_done_cb done, void *arg)
+{
+    struct store_change c = *ch;
+    bool global = ch->op == STORE_OP_THROTTLE || ch->op == STORE_OP_UNTHROTTLE || ch->op == STORE_OP_LEARN;
+    if (global && ch->nevents > 0) {
+        struct store_change ev = {.shard = store_shard_any(), .id = "", .id_len = 0, .mode = '-',
+                                  .events = ch->events, .nevents = ch->nevents};
+        spread_queue(&ev, spread_event_done, NULL);
+        c.events = NULL;
+        c.nevents = 0;
+    }
+    int shard;
+    if (global)
+        shard = SPREAD_GLOBAL;
+    else if (ch->id_len == 0 && ch->op == STORE_OP_UNSUPPRESS && ch->key)
+        shard = shard_of_rcpt(ch->key, strlen(ch->key), store_nshards());
+    else if (ch->shard < 0 || ch->id_len == 0)
+        shard = store_shard_any();
+    else
+        shard = ch->shard < store_nshards() ? ch->shard : 0;
+    if (!(shard == SPREAD_GLOBAL ? store_shard_ready(-1) : store_shard_ready(shard)))
+        return -1;
+    if (!spread_leaders_made)
+        spread_leaders();
+    int slot = shard == SPREAD_GLOBAL ? SPREAD_GLOBAL : spread_leader[shard];
+    if (!current[slot])
+        batch_open(slot);
+    struct batch *b = current[slot];
+    if (shard != SPREAD_GLOBAL)
+        b->shards |= (uint64_t)1 << shard;
+    const char *who = "";
+    size_t who_len = 0;
+    if (c.fragment)
+        record_who(c.id, c.id_len, c.op == STORE_OP_BOUNCE ? c.key : NULL, c.fragment, &who, &who_len);
+    if (b->nwaiters == b->cap_waiters) {
+        b->cap_waiters = b->cap_waiters ? b->cap_waiters * 2 : 32;
+        b->waiters = xrealloc(b->waiters, b->cap_waiters * sizeof *b->waiters);
+    }
+    struct waiter *w = &b->waiters[b->nwaiters++];
+    w->cb = done;
+    w->arg = arg;
+    w->shard = shard;
+    w->fresh = is_fresh(b, &c) && who_len > 0 && who[0] != '"';
+    if (w->fresh) {
+        w->at = b->nfresh++;
+        w->id = b->fresh.n;
+        queue_fresh(b, &c, who, who_len);
+    } else {
+        w->at = b->nwaiters - 1 - b->nfresh;
+        w->id = b->general.n;
+        queue_general(b, &c, who, who_len);
+    }
+    if (batch_nargs(b) >= BATCH_MAX_ARGS)
+        batch_flush(slot);
+    return 0;
 }

@@ -370,4 +370,72 @@ int store_throttle_poll(int64_t now, int64_t keep_ms, store_reply_cb cb, void *a
  * instance holds the window. */
 int store_alert_claim(const char *domain, const char *class_name, const char *who, int64_t ttl_ms, store_reply_cb cb,
                       void *arg);
+/* ---- shards on several Redis Cluster primaries (store/spread.c) ----
+ * With shards >= 2 and redis_cluster, every key a write for a message
+ * touches is under its shard's hash tag ({<tag k>}msg, events, rcpt,
+ * suppressed, history, history_at, groupmarks, lease, epoch), and the keys
+ * about no message under one cluster-wide tag ({<prefix>}domains, held,
+ * learned, members, meta, groups). Each shard's commands go over the link
+ * to its slot's primary; the cluster-wide ones over rbd->link. */
+enum spread_name {
+    SPREAD_EVENTS,
+    SPREAD_RCPT,
+    SPREAD_SUPP,
+    SPREAD_DOMAINS, /* in a shard's slot only so apply.lua's keys share it: never written */
+    SPREAD_HISTORY,
+    SPREAD_HISTORY_AT,
+    SPREAD_LEARNED, /* as SPREAD_DOMAINS */
+    SPREAD_MARKS,
+    SPREAD__COUNT,
+};
+struct redis_link;
+/* True when the shards live apart: shards >= 2 with redis_cluster. */
+bool store_spread(void);
+/* Makes (and frees) the per-shard key names (store_init, store_free). */
+void store_spread_init(void);
+void store_spread_free(void);
+/* Shard k's key of that name; the one key of the name without the split
+ * (or for a shard out of range). */
+const char *store_spread_key(int shard, enum spread_name name);
+/* A key about no message: "{<prefix>}name" when the shards live apart,
+ * else "<prefix>name" (freed by the caller). */
+char *store_global_key(const char *name);
+/* main.c hands over the link of each shard's slot (NULL: none yet). */
+void store_spread_set_link(int shard, struct redis_link *link);
+struct redis_link *store_spread_link(int shard);
+/* The link shard's commands go over: its own when the shards live
+ * apart, else the one link (also for shard < 0: the cluster-wide keys). */
+struct redis_link *store_link(int shard);
+/* True when shard's link is ready. */
+bool store_shard_ready(int shard);
+/* Any link ready (store_ready when the shards live apart). */
+bool store_spread_any_ready(void);
+/* Commands in flight over the shards' own links. */
+size_t store_spread_inflight(void);
+/* Shards whose link is ready. */
+int store_spread_ready_count(void);
+/* Redirects and primary changes the shards' links followed. */
+uint64_t store_spread_redirects(void);
+/* Reads over every shard, one command each, answered once all answered
+ * (the same replies as their one-Redis forms; never retained by the
+ * callers): */
+int store_spread_locate(const char *id, size_t id_len, store_reply_cb cb, void *arg);
+int store_spread_history_get(const char *id, size_t id_len, store_reply_cb cb, void *arg);
+/* cmd (HLEN, XLEN) of every shard's key of that name, summed. */
+int store_spread_sum(const char *cmd, enum spread_name name, store_reply_cb cb, void *arg);
+int store_spread_get_each(const int *shards, const char *const *ids, const size_t *lens, size_t n, store_reply_cb cb,
+                          void *arg);
+/* The suppressed list a shard after another: the cursor is
+ * "<shard>.<cursor>". */
+int store_spread_suppressed_page(const char *cursor, int count, store_reply_cb cb, void *arg);
+/* Consumer groups over every shard's stream: event ids "<shard>/<id>",
+ * a group's position or mark a list "<shard>/<id>,..." (a shard it does
+ * not name: from its mark). */
+int store_spread_group_attach(const char *group, const char *from, store_reply_cb cb, void *arg);
+int store_spread_group_read(const char *group, const char *count, store_reply_cb cb, void *arg);
+int store_spread_group_mark(const char *group, const char *mark, store_reply_cb cb, void *arg);
+int store_spread_group_destroy(const char *group, store_reply_cb cb, void *arg);
+/* XINFO GROUPS of shard 0's stream, each group's lag summed over every
+ * shard's (nil when one cannot tell). */
+int store_spread_groups_info(store_reply_cb cb, void *arg);
 #endif

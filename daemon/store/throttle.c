@@ -45,10 +45,12 @@ static int send_cmd(int argc, const char **argv, const size_t *lens, store_reply
 }
 
 /* "{<prefix>domains}<name>": the prefix has no braces with shards
- * (config.c refuses them), so the tag is the whole of it. */
+ * (config.c refuses them), so the tag is the whole of it. With the shards
+ * apart on a Redis Cluster, "{<prefix>}<name>": rbd->link is the link to
+ * the slot of the keys about no message, and these are such keys. */
 static void shared_key(char *buf, size_t len, const char *name)
 {
-    snprintf(buf, len, "{%sdomains}%s", rbd->cfg.prefix, name);
+    snprintf(buf, len, store_spread() ? "{%s}%s" : "{%sdomains}%s", rbd->cfg.prefix, name);
 }
 
 /* EVAL rather than a script loaded by SHA: a merge is rare and the poll

@@ -849,6 +849,31 @@ static void test_cluster_keys(void **state)
     assert_non_null(strstr(err, "redis_cluster"));
 }
 
+/* Shards apart on a Redis Cluster: shards with redis_cluster need no
+ * hash tag in the prefix (each shard's keys get one of their own) and
+ * still refuse braces in it, and a lease. */
+static void test_cluster_shards(void **state)
+{
+    struct config *cfg = *state;
+    char err[512] = "";
+    const char *text = "{\"redis_cluster\": [\"127.0.0.1:7000\"], \"shards\": 24, \"lease_ttl\": \"10s\"}";
+    assert_int_equal(load_text(cfg, text, err, sizeof err), 0);
+    assert_int_equal(config_validate(cfg, err, sizeof err), 0);
+    assert_int_equal(cfg->shards, 24);
+    assert_int_equal(config_set(cfg, "prefix", "{rebound}:", err, sizeof err), 0);
+    assert_int_equal(config_validate(cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "prefix: no braces with shards"));
+    assert_int_equal(config_set(cfg, "prefix", "rebound:", err, sizeof err), 0);
+    assert_int_equal(config_set(cfg, "lease_ttl", "0", err, sizeof err), 0);
+    assert_int_equal(config_validate(cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "shards: needs lease_ttl"));
+    assert_int_equal(config_set(cfg, "lease_ttl", "10s", err, sizeof err), 0);
+    /* without shards the one-slot rule stands */
+    assert_int_equal(config_set(cfg, "shards", "0", err, sizeof err), 0);
+    assert_int_equal(config_validate(cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "prefix: with redis_cluster it needs a hash tag"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -878,6 +903,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ha_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cluster_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wait_replicas_renamed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cluster_shards, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -299,6 +299,13 @@ static const struct bad_case bad[] = {
     {"{\"op\":\"ack\",\"ids\":[\"1-2 \"]}", ERR_BAD_REQUEST, "event id"},
     {"{\"op\":\"ack\",\"ids\":[\"*\"]}", ERR_BAD_REQUEST, "event id"},
     {"{\"op\":\"ack\",\"ids\":[\"123456789012345678901-0\"]}", ERR_BAD_REQUEST, "event id"},
+    /* shard-qualified ids (shards apart on a Redis Cluster): <shard>/<id> */
+    {"{\"op\":\"ack\",\"ids\":[\"/1-0\"]}", ERR_BAD_REQUEST, "event id"},
+    {"{\"op\":\"ack\",\"ids\":[\"100/1-0\"]}", ERR_BAD_REQUEST, "event id"},
+    {"{\"op\":\"ack\",\"ids\":[\"3/\"]}", ERR_BAD_REQUEST, "event id"},
+    {"{\"op\":\"ack\",\"ids\":[\"3/x-0\"]}", ERR_BAD_REQUEST, "event id"},
+    {"{\"op\":\"ack\",\"ids\":[\"3//1-0\"]}", ERR_BAD_REQUEST, "event id"},
+    {"{\"op\":\"ack\",\"ids\":[\"a/1-0\"]}", ERR_BAD_REQUEST, "event id"},
     /* auth */
     {"{\"op\":\"auth\"}", ERR_BAD_REQUEST, "field 'token' is required"},
     {"{\"op\":\"auth\",\"token\":1234}", ERR_BAD_REQUEST, "field 'token' must be a string"},
@@ -312,6 +319,11 @@ static const struct bad_case bad[] = {
     {"{\"op\":\"suppressed\",\"cursor\":\"\"}", ERR_BAD_REQUEST, "previous page"},
     {"{\"op\":\"suppressed\",\"cursor\":\"-1\"}", ERR_BAD_REQUEST, "decimal digits"},
     {"{\"op\":\"suppressed\",\"cursor\":\"123456789012345678901\"}", ERR_TOO_LARGE, "field 'cursor'"},
+    /* with shards on a Redis Cluster: "<shard>.<cursor>" */
+    {"{\"op\":\"suppressed\",\"cursor\":\".5\"}", ERR_BAD_REQUEST, "decimal digits"},
+    {"{\"op\":\"suppressed\",\"cursor\":\"3.\"}", ERR_BAD_REQUEST, "decimal digits"},
+    {"{\"op\":\"suppressed\",\"cursor\":\"123.5\"}", ERR_BAD_REQUEST, "decimal digits"},
+    {"{\"op\":\"suppressed\",\"cursor\":\"3.5.1\"}", ERR_BAD_REQUEST, "decimal digits"},
     {"{\"op\":\"suppressed\",\"count\":0}", ERR_BAD_REQUEST, "1..1000"},
     {"{\"op\":\"suppressed\",\"count\":1001}", ERR_BAD_REQUEST, "1..1000"},
     {"{\"op\":\"suppressed\",\"count\":\"5\"}", ERR_BAD_REQUEST, "must be an integer"},
@@ -421,6 +433,9 @@ static void test_other_ops_valid(void **state)
     assert_int_equal(r.op, OP_ACK);
     assert_int_equal(json_array_size(r.ids), 2);
     request_free(&r);
+    parse_ok("{\"op\":\"ack\",\"ids\":[\"0/1700000000000-0\",\"63/1700000000001-15\",\"1-0\"]}", &r);
+    assert_int_equal(json_array_size(r.ids), 3);
+    request_free(&r);
 
     parse_ok("{\"op\":\"auth\",\"token\":\"s3cret with spaces\"}", &r);
     assert_int_equal(r.op, OP_AUTH);
@@ -459,6 +474,9 @@ static void test_recipient_and_domain_ops(void **state)
     parse_ok("{\"op\":\"suppressed\",\"cursor\":\"18446744073709551615\",\"count\":1000}", &r);
     assert_string_equal(r.cursor, "18446744073709551615");
     assert_int_equal(r.count, 1000);
+    request_free(&r);
+    parse_ok("{\"op\":\"suppressed\",\"cursor\":\"23.18446744073709551615\"}", &r);
+    assert_string_equal(r.cursor, "23.18446744073709551615");
     request_free(&r);
 
     parse_ok("{\"op\":\"domain\",\"domain\":\"Mail.Example.COM\"}", &r);

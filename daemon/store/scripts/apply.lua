@@ -62,8 +62,32 @@
 -- hashes, and its arguments end with the m epochs held, a selector (one
 -- byte per fresh record, then per change: 64 + the change's shard among the
 -- m) and "M<m>". Every shard's epoch is checked; KEYS[1] is then unused.
+-- Shards on several Redis Cluster primaries (store.c, the shards apart):
+-- one call per primary carries the changes of m shards of that primary,
+-- each shard with keys of its own slot. KEYS are the first shard's 8 and
+-- its epoch key (the slot the call is routed by); the arguments end with,
+-- per shard, its epoch key, the epoch held, its message hash, stream,
+-- recipient hash, suppressed hash, history and history order (keys of
+-- other slots of the same node, which a script may reach there), then the
+-- selector and "P<m>". Every shard's epoch is checked.
 local shard_msgs, sel, ngen = nil, nil, 0
-if #KEYS > 8 and string.byte(ARGV[#ARGV], 1) == 77 then
+local spread = nil
+if #KEYS == 9 and string.byte(ARGV[#ARGV], 1) == 80 then
+  local m = tonumber(string.sub(table.remove(ARGV), 2))
+  sel = table.remove(ARGV)
+  spread = {}
+  for j = m, 1, -1 do
+    local t = {}
+    t.hist_at, t.hist, t.supp = table.remove(ARGV), table.remove(ARGV), table.remove(ARGV)
+    t.rcpts, t.stream, t.msgs = table.remove(ARGV), table.remove(ARGV), table.remove(ARGV)
+    local epoch, ekey = table.remove(ARGV), table.remove(ARGV)
+    if redis.call('GET', ekey) ~= epoch then
+      return redis.error_reply('FENCED the lease on a shard moved to another instance')
+    end
+    t.any = redis.call('EXISTS', t.supp) == 1
+    spread[j] = t
+  end
+elseif #KEYS > 8 and string.byte(ARGV[#ARGV], 1) == 77 then
   local m = tonumber(string.sub(table.remove(ARGV), 2))
   sel = table.remove(ARGV)
   -- one MGET for every epoch: on one Redis any keys may go together
@@ -164,7 +188,44 @@ end
 -- Fresh records: one HSET for all, unless a recipient is suppressed.
 local nfresh = tonumber(ARGV[5])
 local i = 6
-if nfresh > 0 then
+if nfresh > 0 and spread then
+  -- grouped by shard (store.c): one HSET per run, unless its shard has
+  -- suppressed addresses
+  local last = 5 + 2 * nfresh
+  local addrs = nil
+  local k = 1
+  while k <= nfresh do
+    local j = string.byte(sel, k)
+    local e = k
+    while e < nfresh and string.byte(sel, e + 1) == j do e = e + 1 end
+    local t = spread[j - 64]
+    if not t.any then
+      local stop = 5 + 2 * e
+      for a = 4 + 2 * k, stop, 4000 do
+        redis.call('HSET', t.msgs, unpack(ARGV, a, math.min(a + 3999, stop)))
+      end
+      for q = k, e do out[q] = 0 end
+    else
+      if not addrs then
+        addrs = {}
+        for a in string.gmatch(ARGV[last + 1], '([^\n]*)\n') do addrs[#addrs + 1] = a end
+      end
+      stream = t.stream
+      for q = k, e do
+        local id, rec = ARGV[4 + 2 * q], ARGV[5 + 2 * q]
+        if addrs[q] and redis.call('HEXISTS', t.supp, addrs[q]) == 1 then
+          suppressed_fresh(id, rec)
+          out[q] = 2
+        else
+          redis.call('HSET', t.msgs, id, rec)
+          out[q] = 0
+        end
+      end
+    end
+    k = e + 1
+  end
+  i = last + 2
+elseif nfresh > 0 then
   local last = 5 + 2 * nfresh
   local blocked = nil
   if any_suppressed then
@@ -269,10 +330,17 @@ local function keep_story(id, header, who, item, outcome)
   end
 end
 
+local cur = nil
 while i <= #ARGV do
   if shard_msgs then
     ngen = ngen + 1
     msgs = shard_msgs[string.byte(sel, nfresh + ngen) - 64]
+  elseif spread then
+    ngen = ngen + 1
+    if cur then cur.any = any_suppressed end
+    cur = spread[string.byte(sel, nfresh + ngen) - 64]
+    msgs, stream, rcpts, supp, hist, hist_at = cur.msgs, cur.stream, cur.rcpts, cur.supp, cur.hist, cur.hist_at
+    any_suppressed = cur.any
   end
   local id, mode, header, who, item = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local op, key, arg = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
