@@ -311,6 +311,29 @@ class ClusterShardsTest(DaemonTestCase):
             for mid, eid in got.items():
                 self.assertRegex(eid, r"^\d+/\d+-\d+$")
                 self.assertEqual(int(eid.split("/")[0]), ids[mid], (mid, eid))
+            # a burst: 1200 retries due at one instant, about 200 a shard
+            # (a fire batch past 128: one transaction per shard), each event
+            # an entry of its own in its shard's stream
+            burst = {unique_id("burst"): rcpt_of(i) for i in range(1200)}
+            due = now_ms() + 1500
+            with a.client(timeout=10.0) as cl:
+                reps = cl.pipeline([bounce(mid, rcpt=x, not_before=due, **GREYLIST) for mid, x in burst.items()],
+                                   window=200, timeout=10)
+            self.assertEqual({r.get("action") for r in reps}, {"retry"}, reps[:3])
+            seen = {}
+            deadline = time.monotonic() + min(20, self.left())
+            while set(seen) != set(burst) and time.monotonic() < deadline:
+                evs = [ev for ev in sub.events(200, 1.0) if ev.get("type") == "retry"]
+                for ev in evs:
+                    if ev["id"] in burst:
+                        seen[ev["id"]] = ev["eid"]
+                if evs:
+                    sub.ack([ev["eid"] for ev in evs])
+            self.assertEqual(len(set(burst) - set(seen)), 0)
+            for mid, eid in seen.items():
+                self.assertEqual(int(eid.split("/")[0]), shard_of(burst[mid]), (mid, eid))
+            log("a burst of %d retries over %d shards: every event once at a subscriber on b"
+                % (len(burst), SHARDS))
         finally:
             sub.close()
         # the groups op: the group, its lag the sum over every shard's
