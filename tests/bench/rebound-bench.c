@@ -1013,7 +1013,8 @@ static void on_readable(struct run *r, struct conn *c)
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             break;
         if (n == 0)
-            die("reboundd closed a connection%s", r->first_error[0] ? " (see the first error below)" : "");
+            die("reboundd closed a connection%s%s", r->first_error[0] ? "; its first error reply: " : "",
+                r->first_error);
         if (n < 0)
             die("read from reboundd: %s", strerror(errno));
         c->in.len += (size_t)n;
@@ -1305,7 +1306,8 @@ static void run_close(struct run *r)
 static void ingest(struct run *r, struct result *res)
 {
     for (int k = 0; k < r->nconns; k++)
-        conn_fill(r, &r->conns[k]);
+        if (!r->conns[k].sub)
+            conn_fill(r, &r->conns[k]);
     int64_t deadline = mono_ns() + (int64_t)o.timeout_s * 1000000000LL;
     if (!loop_until(r, all_acked, deadline))
         die("time-out: %lld of %lld reports acknowledged after %d s", r->acked, o.n, o.timeout_s);
