@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 from failover_load import failover_files  # noqa: E402
 from harness import (GREYLIST, USER_UNKNOWN, DaemonTestCase, RedisServer, _popen, bounce, free_port,  # noqa: E402
                      now_ms, unique_id, wait_until)
+from shard_hash import crc16, shard_index  # noqa: E402
 
 SHARDS = 6
 PREFIX = "rebound:"
@@ -54,17 +55,8 @@ def log(msg):
     sys.stderr.write("  [cluster-shards] %s\n" % msg)
 
 
-def crc16(data):
-    crc = 0
-    for b in data:
-        crc ^= b << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
-    return crc
-
-
 def shard_of(rcpt, n=SHARDS):
-    return crc16(rcpt.lower().encode()) % n
+    return shard_index(rcpt, n)
 
 
 def shard_tag(k, n=SHARDS):

@@ -39,6 +39,7 @@ from failover_load import start_configured  # noqa: E402
 
 from harness import (FAST_POLICY, GREYLIST, DaemonTestCase, RedisError, bounce, free_port, now_ms,  # noqa: E402
                      unique_id, wait_until)
+from shard_hash import shard_index  # noqa: E402
 
 TTL_MS = 1500
 SHARDS = 6
@@ -56,17 +57,8 @@ def log(msg):
     sys.stderr.write("  [domains_shared] %s\n" % msg)
 
 
-def crc16(data):
-    crc = 0
-    for b in data:
-        crc ^= b << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
-    return crc
-
-
 def shard_of(rcpt):
-    return crc16(rcpt.lower().encode()) % SHARDS
+    return shard_index(rcpt, SHARDS)
 
 
 class SharedDomainsTest(DaemonTestCase):

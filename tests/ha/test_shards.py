@@ -50,6 +50,7 @@ from failover_load import ingest_rotating, start_configured  # noqa: E402
 
 from harness import (BUILD_DIR, GREYLIST, USER_UNKNOWN, DaemonTestCase, bounce, free_port, now_ms,  # noqa: E402
                      unique_id, wait_until)
+from shard_hash import crc16, shard_index  # noqa: E402
 import stream_events  # noqa: E402
 
 TTL_MS = 1500
@@ -62,17 +63,8 @@ def log(msg):
     sys.stderr.write("  [shards] %s\n" % msg)
 
 
-def crc16(data):
-    crc = 0
-    for b in data:
-        crc ^= b << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
-    return crc
-
-
 def shard_of(rcpt, n=SHARDS):
-    return crc16(rcpt.lower().encode()) % n
+    return shard_index(rcpt, n)
 
 
 def rcpt_of(i):
