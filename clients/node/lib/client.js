@@ -323,24 +323,29 @@ class Client extends Link {
     const deadline = Date.now() + Math.min(FETCH_DEADLINE_MS, this._opts.resendDeadlineMs);
     this._mapFetch = this._enqueue({ op: 'cluster' }, deadline).then((r) => r, (e) => e).then((r) => {
       this._mapFetch = null;
-      this._map.update(r, Date.now());
-      this._targets.add(this._map.instances);
-      for (const [addr, lane] of this._lanes) {
-        if (!this._map.owners.includes(addr)) {
-          // It owns nothing now (it died, or handed its shards over): nothing
-          // new goes there; what was sent already is answered (or fails over
-          // to the other instances) before its connection closes.
-          this._lanes.delete(addr);
-          this._retire(lane);
-        } else {
-          lane._targets.add(this._map.instances);
-        }
-      }
+      this._tookMap(r);
       const waiting = this._waiting;
       this._waiting = [];
       for (const w of waiting) this._dispatch(w.obj, w.rcpt, w.deadline).then(w.resolve, w.reject);
       this._maybeFinishClose();
     });
+  }
+
+  // Takes a cluster answer (or the error that came instead).
+  _tookMap(r) {
+    this._map.update(r, Date.now());
+    this._targets.add(this._map.instances);
+    for (const [addr, lane] of this._lanes) {
+      if (!this._map.owners.includes(addr)) {
+        // It owns nothing now (it died, or handed its shards over): nothing
+        // new goes there; what was sent already is answered (or fails over
+        // to the other instances) before its connection closes.
+        this._lanes.delete(addr);
+        this._retire(lane);
+      } else {
+        lane._targets.add(this._map.instances);
+      }
+    }
   }
 
   _retire(lane) {

@@ -162,6 +162,25 @@ test('the routing bookkeeping, no daemon', () => {
   assert.deepEqual(moves, ['h:1', 'h:2']);
 });
 
+test('a lane still busy when its address owns nothing leaves the routes at once, closing after', async () => {
+  const cluster3 = { ok: true, shards: 3, map: ['h:1', 'h:2', ''], instances: [{ addr: 'h:1' }, { addr: 'h:2' }] };
+  const client = new Client('h:9');
+  client._tookMap(cluster3);
+  const rcpt = Array.from({ length: 200 }, (_, i) => `u${i}@x`).find((r) => shardOf(r, 3) === 0);
+  const lane = client._laneFor(rcpt);
+  assert.deepEqual(client.routes.owners, ['h:1']);
+  let closed = false;
+  lane.close = () => { closed = true; return Promise.resolve(); };
+  lane._queue.push({}); // a request not answered yet
+  client._tookMap({ ...cluster3, map: ['h:2', 'h:2', ''] });
+  assert.deepEqual(client.routes.owners, [], 'a busy lane kept in the routes');
+  assert.equal(closed, true, 'its close (which answers what it holds first) not begun');
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(client._retired.size, 0);
+  lane._queue.shift();
+  client.destroy();
+});
+
 test('the shard computed here is the one the daemons serve', { timeout: 60000 }, async () => {
   const ds = await three();
   const owners = (await cluster(ds[0])).map;

@@ -508,8 +508,10 @@ class ClientBase:
         self._map.update(reply, time.monotonic())
         self._targets.add(self._map.instances)
         for addr, lane in list(self._lanes.items()):
-            if addr not in self._map.owners and self._lane_idle(lane):
-                self._retire(lane)  # owns nothing now (it died, or handed its shards over)
+            if addr not in self._map.owners:
+                # owns nothing now (it died, or handed its shards over):
+                # nothing new goes there, what it was sent is answered first
+                self._retire(lane)
             else:
                 lane._targets.add(self._map.instances)
 

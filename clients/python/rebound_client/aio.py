@@ -106,6 +106,9 @@ class AsyncClient(ClientBase):
         self._wake: Optional[asyncio.Event] = None
         self._pump_task: Optional["asyncio.Task[None]"] = None
         self._closed = False
+        # lanes to addresses that own nothing now, answering what they were
+        # sent before they close
+        self._retired: Dict[ClientBase, "asyncio.Task[None]"] = {}
         # set by AsyncConsumer
         self._on_fatal: Callable[[ReboundError], None] = lambda e: None
         self._keep_connected = False
@@ -151,7 +154,16 @@ class AsyncClient(ClientBase):
         for addr, ln in list(self._lanes.items()):
             if ln is lane:
                 del self._lanes[addr]
-        asyncio.get_running_loop().create_task(lane.close())  # type: ignore[attr-defined]
+        if lane not in self._retired:
+            self._retired[lane] = asyncio.get_running_loop().create_task(self._close_when_idle(lane))
+
+    async def _close_when_idle(self, lane: ClientBase) -> None:
+        # its requests end by themselves: answered, failed over to the other
+        # instances, or out of time at their deadline
+        while not self._lane_idle(lane):
+            await asyncio.sleep(0.05)
+        await lane.close()  # type: ignore[attr-defined]
+        self._retired.pop(lane, None)
 
     async def _fetch_map(self) -> None:
         failing = Failing(MAP_DEADLINE, Backoff(self.backoff_first, self.backoff_max))
@@ -358,6 +370,10 @@ class AsyncClient(ClientBase):
             self._map_task.cancel()
         lanes = list(self._lanes.values())
         self._lanes.clear()
+        for lane, task in list(self._retired.items()):
+            task.cancel()
+            lanes.append(lane)
+        self._retired.clear()
         for lane in lanes:
             await lane.close()  # type: ignore[attr-defined]
         if self._pump_task is not None and not self._pump_task.done():

@@ -86,6 +86,28 @@ class MapTest(unittest.TestCase):
         self.assertTrue(t.moved({"owner": "h:2"}))
         self.assertEqual(moves, ["h:1", "h:2"])
 
+    def test_asyncio_retires_a_busy_lane(self):
+        # The map names another owner while a request is still on the old
+        # owner's lane: the lane leaves the routes at once, and closes only
+        # once that request is done (it must not be failed by the close).
+        async def run():
+            ac = AsyncClient("h:9")
+            ac._took_map(self.CLUSTER)
+            rcpt = next("u%d@x" % i for i in range(200) if shard_of("u%d@x" % i, 3) == 0)
+            lane = ac._lane_for(rcpt)
+            self.assertEqual(ac.routes["owners"], ["h:1"])
+            lane._unsent.append(object())  # a request not answered yet
+            ac._took_map(dict(self.CLUSTER, map=["h:2", "h:2", ""]))
+            self.assertEqual(ac.routes["owners"], [])
+            await asyncio.sleep(0.2)
+            self.assertFalse(lane._closed, "closed with a request on it")
+            lane._unsent.clear()
+            await asyncio.sleep(0.2)
+            self.assertTrue(lane._closed)
+            self.assertEqual(ac._retired, {})
+            await ac.close()
+        asyncio.run(run())
+
     def test_hash_is_the_daemons(self):
         # CRC-16/XMODEM's check value; only ASCII letters are lowered, as
         # reboundd lowers the address's bytes
