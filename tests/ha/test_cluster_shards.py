@@ -436,6 +436,20 @@ class ClusterShardsTest(DaemonTestCase):
                       if line.startswith("cmdstat_evalsha:"))
         log("%d reports over %d shards in pipelines: %d apply calls over the 3 primaries"
             % (2 * len(rcpts) + 121, SHARDS, evalsha))
+        # a domain's throttle (the fast policy: 50 rate-limit replies in a
+        # minute) lands in the shared hash, in the slot of the keys about no
+        # message (rbd->link's), not in a slot of its own
+        with d.client(timeout=10.0) as c:
+            reps = c.pipeline([bounce("rl-%d" % i, rcpt="r%d@thr.example" % i, code=421, enhanced="4.7.0",
+                                      text="421 4.7.0 Try again later, too many messages") for i in range(60)],
+                              window=60, timeout=10)
+        self.assertEqual({r.get("class") for r in reps}, {"rate_limit"}, reps[:3])
+        shared = self.node_of(nodes, GLOBAL_SLOT)
+
+        def throttled():
+            v = shared.cmd("HGET", "{%s}throttle" % PREFIX, "thr.example")
+            return v is not None and (v if isinstance(v, str) else v.decode()).startswith("rate_limit,")
+        wait_until(throttled, min(5, self.left()), interval=0.1, what="the throttle in {%s}throttle" % PREFIX)
         self.stop_clean(d)
 
     def test_primary_kill9(self):
