@@ -94,6 +94,9 @@ struct group {
     /* The shards apart (store_spread): the newest entry read this run from
      * each shard's stream ("" none), event ids being "<shard>/<entry id>". */
     char (*shard_read)[EID_MAX];
+    /* The shards apart: each shard's floor (the attach's position in that
+     * shard's stream; "" none), as floor is for the one stream. */
+    char (*shard_floor)[EID_MAX];
 };
 
 static struct group *groups;
@@ -144,6 +147,7 @@ void events_free(void)
         strmap_free(&g->out);
         strmap_free(&g->ahead);
         free(g->shard_read);
+        free(g->shard_floor);
         free(g->name);
         free(g);
     }
@@ -183,6 +187,7 @@ static void group_free(struct group *g)
     strmap_free(&g->out);
     strmap_free(&g->ahead);
     free(g->shard_read);
+    free(g->shard_floor);
     free(g->name);
     free(g);
 }
@@ -392,6 +397,7 @@ static void deliver_held(struct group *g)
 
 /* Takes one entry read for g (in stream order), routes or holds it. */
 static void spread_note(struct group *g, const char *eid);
+static int spread_split(const char *eid, const char **raw);
 
 static void take(struct group *g, const char *eid, const char *body, size_t len)
 {
@@ -435,17 +441,26 @@ static long long take_entry(struct group *g, const char *eid, const char *v, siz
         take(g, eid, v, len);
         return 1;
     }
+    /* With the shards apart the entry's id is "<shard>/<id>": the events'
+     * ids keep the prefix, and the floor is the shard's own. */
+    const char *raw = eid, *floor_id = g->floor;
+    if (store_spread()) {
+        int k = spread_split(eid, &raw);
+        floor_id = k >= 0 && g->shard_floor ? g->shard_floor[k] : "";
+        if (k < 0)
+            raw = "";
+    }
     unsigned long long ms, seq, fms = 0, fseq = 0;
-    bool floor = g->floor[0] && eid_parse(g->floor, &fms, &fseq);
-    if (!eid_parse(eid, &ms, &seq) || seq < (unsigned long long)(n - 1) || strlen(eid) >= EID_MAX) {
+    bool floor = floor_id[0] && eid_parse(floor_id, &fms, &fseq);
+    if (!eid_parse(raw, &ms, &seq) || seq < (unsigned long long)(n - 1) || strlen(eid) >= EID_MAX) {
         log_warn("events: dropping malformed batch entry %s", eid);
         n = 0;
     }
-    /* The events' ids share the entry's "<ms>-": only the seq is written
-     * per event (a burst is read at up to a few hundred thousand events a
-     * second). */
+    /* The events' ids share the entry's "[<shard>/]<ms>-": only the seq is
+     * written per event (a burst is read at up to a few hundred thousand
+     * events a second). */
     char id[EID_MAX];
-    size_t head = n > 0 ? (size_t)(strchr(eid, '-') - eid) + 1 : 0;
+    size_t head = n > 0 ? (size_t)(strchr(raw, '-') - eid) + 1 : 0;
     memcpy(id, eid, head);
     const char *body;
     size_t blen;
@@ -465,6 +480,7 @@ static long long take_entry(struct group *g, const char *eid, const char *v, siz
     /* The entry is read, whatever it held. */
     snprintf(g->last_read, sizeof g->last_read, "%s", eid);
     g->have_read = true;
+    spread_note(g, eid);
     return n;
 }
 
@@ -574,6 +590,13 @@ static void attach_reply_cb(void *arg, redisReply *reply)
     g->floor[0] = '\0';
     if (at->type == REDIS_REPLY_STRING && at->len < EID_MAX && eid_parse(at->str, &ms, &seq))
         memcpy(g->floor, at->str, at->len + 1);
+    if (store_spread() && at->type == REDIS_REPLY_STRING) {
+        /* "<shard>/<id>,...": each shard's position */
+        if (!g->shard_floor)
+            g->shard_floor = xcalloc((size_t)store_nshards(), sizeof *g->shard_floor);
+        for (int k = 0; k < store_nshards(); k++)
+            store_spread_position(at->str, k, g->shard_floor[k], sizeof g->shard_floor[k]);
+    }
     pump(g);
 }
 

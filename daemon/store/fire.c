@@ -48,15 +48,22 @@ static bool fire_reply_ok(const struct store_fire *b, const redisReply *reply)
 }
 
 /* With the lease on (store/lease.c): the burst between its WATCH of the
- * epoch and its EXEC. An EXEC ends every WATCH of the connection, so only
- * one burst at a time may be in that window; the others of the moment go
- * through the fire script, which checks the epoch itself. */
-static struct store_fire *burst_watching;
+ * epoch and its EXEC, per connection. An EXEC ends every WATCH of the
+ * connection, so only one burst at a time may be in that window on a
+ * link; the others of the moment go through the fire script, which checks
+ * the epoch itself. With the shards apart each shard has a link of its
+ * own (index = shard), else the one link is slot 0. */
+static struct store_fire *watching[64];
+
+static struct store_fire **watch_slot(const struct store_fire *b)
+{
+    return &watching[store_spread() && b->shard > 0 && b->shard < 64 ? b->shard : 0];
+}
 
 static void finish(struct store_fire *b, bool ok)
 {
-    if (burst_watching == b)
-        burst_watching = NULL;
+    if (*watch_slot(b) == b)
+        *watch_slot(b) = NULL;
     struct fire_priv *p = b->priv;
     if (p) {
         free(p->slot);
@@ -183,11 +190,9 @@ static void exec_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
     struct store_fire *b = arg;
     struct fire_priv *p = b->priv;
     /* EXEC answers each command of the transaction: the batch's script
-     * (its one XADD), or an XADD per event when the shards live apart;
-     * HSET, XTRIM. */
-    size_t nadd = store_spread() ? (size_t)p->nxadd : 1;
-    bool ok = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == nadd + 2;
-    if (reply && reply->type == REDIS_REPLY_NIL && burst_watching == b)
+     * (its one XADD), HSET, XTRIM. */
+    bool ok = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 3;
+    if (reply && reply->type == REDIS_REPLY_NIL && *watch_slot(b) == b)
         store_fenced_now(); /* the WATCHed epoch moved: the transaction did not run */
     else if (reply && !ok)
         log_error("redis: fire transaction failed: %s",
@@ -195,7 +200,7 @@ static void exec_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
     for (int i = 0; ok && i < b->n; i++) {
         if (p->slot[i] < 0)
             continue;
-        const redisReply *r = reply->element[nadd == 1 ? 0 : (size_t)p->slot[i]];
+        const redisReply *r = reply->element[0];
         if (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_INTEGER) {
             /* The record turned awaiting all the same (a transaction does
              * not roll back): say so, the retry is not re-sent. */
@@ -261,8 +266,8 @@ static char *batch_value(const struct store_fire *b, const char *bodies, const s
     return v;
 }
 
-/* The transaction: MULTI, the batch entry of the events (batch_lua; an
- * XADD per event when the shards live apart), one HSET of the records turned awaiting, XTRIM, EXEC. Returns 0, or -1 when
+/* The transaction: MULTI, the batch entry of the events (batch_lua), one
+ * HSET of the records turned awaiting, XTRIM, EXEC. Returns 0, or -1 when
  * the link refused a command (it refuses only when down, and then the first, MULTI, already:
  * a transaction cut short never runs). */
 static int burst_send(struct store_fire *b, redisReply *reply, const char *bodies, const size_t *boff,
@@ -286,11 +291,7 @@ static int burst_send(struct store_fire *b, redisReply *reply, const char *bodie
     struct redis_link *link = store_link(b->shard);
     const char *events_key = store_spread_key(b->shard, SPREAD_EVENTS);
     int rc = redis_link_command(link, queued_reply_cb, NULL, 1, multi, NULL);
-    /* A batch entry's events are read with ids counted from the entry's,
-     * and a group's mark may fall inside it: kept to one stream, whose
-     * ids carry no shard. With the shards apart (ids "<shard>/<id>", a
-     * group's mark a list of them) each event keeps an entry of its own. */
-    if (rc == 0 && !store_spread()) {
+    if (rc == 0) {
         size_t vlen;
         char *value = batch_value(b, bodies, boff, bl, &vlen);
         char nev[24];
@@ -304,11 +305,6 @@ static int burst_send(struct store_fire *b, redisReply *reply, const char *bodie
     for (int i = 0; rc == 0 && i < b->n; i++) {
         if (p->slot[i] < 0)
             continue;
-        if (store_spread()) {
-            const char *xargv[] = {"XADD", events_key, "*", "e", bodies + boff[i]};
-            size_t xlens[] = {4, strlen(events_key), 1, 1, bl[i]};
-            rc = redis_link_command(link, queued_reply_cb, NULL, 5, xargv, xlens);
-        }
         redisReply *r = reply->element[i];
         r->str[0] = 'A';
         hargv[h] = p->ids[i];
@@ -332,7 +328,7 @@ static void hmget_reply_cb(struct redis_link *link, redisReply *reply, void *arg
     struct store_fire *b = arg;
     struct fire_priv *p = b->priv;
     if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != (size_t)b->n) {
-        if (burst_watching == b) {
+        if (*watch_slot(b) == b) {
             const char *unwatch[] = {"UNWATCH"};
             redis_link_command(store_link(b->shard), queued_reply_cb, NULL, 1, unwatch, NULL);
         }
@@ -360,7 +356,7 @@ int store_fire_burst(struct store_fire *b, const char **ids, const size_t *lens)
 {
     if (!store_ready() || !store_shard_ready(b->shard))
         return -1;
-    if (store_fencing() && burst_watching)
+    if (store_fencing() && *watch_slot(b))
         return store_fire_script(b, ids, lens);
     struct fire_priv *p = xcalloc(1, sizeof *p);
     /* Kept for the second step: the callers' arrays do not last. */
@@ -387,7 +383,7 @@ int store_fire_burst(struct store_fire *b, const char **ids, const size_t *lens)
         if (rc == 0)
             rc = redis_link_command(store_link(b->shard), hmget_reply_cb, b, fn, fa, fl);
         if (rc == 0)
-            burst_watching = b;
+            *watch_slot(b) = b;
         free(fa);
         free(fl);
     } else {

@@ -532,7 +532,7 @@ int store_spread_suppressed_page(const char *cursor, int count, store_reply_cb c
 
 /* The entry id of shard k in a position list, copied into out ("" when
  * the list names none). */
-static void position_of(const char *pos, int k, char *out, size_t cap)
+void store_spread_position(const char *pos, int k, char *out, size_t cap)
 {
     out[0] = '\0';
     const char *p = pos;
@@ -568,10 +568,22 @@ static void combine_attach(struct fan *f)
         if (r->element[0]->integer == 1)
             created = 1;
     }
+    /* each shard's position, "<shard>/<id>,...": a batch entry read again
+     * whole is skipped up to it (events.c) */
+    int n = store_nshards();
+    char *list = xmalloc((size_t)n * 72 + 1);
+    size_t len = 0;
+    for (int k = 0; k < n; k++) {
+        const redisReply *at = f->r[k]->element[1];
+        if (at->type == REDIS_REPLY_STRING && at->len > 0 && at->len < 48)
+            len += (size_t)sprintf(list + len, "%s%d/%s", len ? "," : "", k, at->str);
+    }
+    list[len] = '\0';
     redisReply *r = mk_reply(REDIS_REPLY_ARRAY);
     redisReply *c = mk_reply(REDIS_REPLY_INTEGER), *p = mk_reply(REDIS_REPLY_STRING);
     c->integer = created;
-    p->str = xstrdup("");
+    p->str = list;
+    p->len = len;
     r->elements = 2;
     r->element = xmalloc(2 * sizeof *r->element);
     r->element[0] = c;
@@ -587,7 +599,7 @@ int store_spread_group_attach(const char *group, const char *from, store_reply_c
     struct fan *f = fan_new(combine_attach, cb, arg);
     for (int k = 0; k < store_nshards(); k++) {
         char at[64];
-        position_of(from ? from : "", k, at, sizeof at);
+        store_spread_position(from ? from : "", k, at, sizeof at);
         const char *argv[] = {"EVAL", script_group, "2", store_spread_key(k, SPREAD_EVENTS),
                               store_spread_key(k, SPREAD_MARKS), group, at};
         fan_send(f, k, 7, argv, NULL);
@@ -719,7 +731,7 @@ int store_spread_group_mark(const char *group, const char *mark, store_reply_cb 
     struct fan *f = fan_new(combine_all_ok, cb ? cb : ignore_reply, arg);
     for (int k = 0; k < store_nshards(); k++) {
         char at[64];
-        position_of(mark, k, at, sizeof at);
+        store_spread_position(mark, k, at, sizeof at);
         if (!at[0])
             continue;
         const char *argv[] = {"HSET", store_spread_key(k, SPREAD_MARKS), group, at};

@@ -432,6 +432,8 @@ int store_spread_suppressed_page(const char *cursor, int count, store_reply_cb c
  * a group's position or mark a list "<shard>/<id>,..." (a shard it does
  * not name: from its mark). */
 int store_spread_group_attach(const char *group, const char *from, store_reply_cb cb, void *arg);
+/* Shard k's position in a list "<shard>/<id>,..." ("" when not named). */
+void store_spread_position(const char *list, int k, char *out, size_t cap);
 int store_spread_group_read(const char *group, const char *count, store_reply_cb cb, void *arg);
 int store_spread_group_mark(const char *group, const char *mark, store_reply_cb cb, void *arg);
 int store_spread_group_destroy(const char *group, store_reply_cb cb, void *arg);

@@ -42,6 +42,7 @@ from failover_load import failover_files  # noqa: E402
 from harness import (GREYLIST, USER_UNKNOWN, DaemonTestCase, RedisServer, _popen, bounce, free_port,  # noqa: E402
                      now_ms, unique_id, wait_until)
 from shard_hash import crc16, shard_index  # noqa: E402
+import stream_events  # noqa: E402
 
 SHARDS = 6
 PREFIX = "rebound:"
@@ -197,8 +198,7 @@ class ClusterShardsTest(DaemonTestCase):
         for k in range(SHARDS):
             tag, slot = shard_tag(k)
             node = self.node_of(nodes, slot)
-            for _, fields in node.cmd("XRANGE", "{%s}events" % tag, "-", "+") or []:
-                body = fields[1] if isinstance(fields[1], str) else fields[1].decode()
+            for _, body in stream_events.events(node, "{%s}events" % tag):
                 if not body.startswith("R"):
                     continue
                 parts = body.split("\n")
@@ -304,8 +304,8 @@ class ClusterShardsTest(DaemonTestCase):
                 self.assertRegex(eid, r"^\d+/\d+-\d+$")
                 self.assertEqual(int(eid.split("/")[0]), ids[mid], (mid, eid))
             # a burst: 1200 retries due at one instant, about 200 a shard
-            # (a fire batch past 128: one transaction per shard), each event
-            # an entry of its own in its shard's stream
+            # (a fire batch past 128: one transaction per shard, its events
+            # one batch entry of the shard's stream)
             burst = {unique_id("burst"): rcpt_of(i) for i in range(1200)}
             due = now_ms() + 1500
             with a.client(timeout=10.0) as cl:
@@ -324,8 +324,13 @@ class ClusterShardsTest(DaemonTestCase):
             self.assertEqual(len(set(burst) - set(seen)), 0)
             for mid, eid in seen.items():
                 self.assertEqual(int(eid.split("/")[0]), shard_of(burst[mid]), (mid, eid))
-            log("a burst of %d retries over %d shards: every event once at a subscriber on b"
-                % (len(burst), SHARDS))
+            batches = sum(1 for k in range(SHARDS)
+                          for _, f in self.node_of(nodes, shard_tag(k)[1]).cmd(
+                              "XRANGE", "{%s}events" % shard_tag(k)[0], "-", "+") or []
+                          if f and (f[0] if isinstance(f[0], str) else f[0].decode()) == "b")
+            self.assertGreater(batches, 0, "no batch entry in any shard's stream")
+            log("a burst of %d retries over %d shards (%d batch entries): every event at a subscriber on b"
+                % (len(burst), SHARDS, batches))
         finally:
             sub.close()
         # the groups op: the group, its lag the sum over every shard's
@@ -450,6 +455,78 @@ class ClusterShardsTest(DaemonTestCase):
             v = shared.cmd("HGET", "{%s}throttle" % PREFIX, "thr.example")
             return v is not None and (v if isinstance(v, str) else v.decode()).startswith("rate_limit,")
         wait_until(throttled, min(5, self.left()), interval=0.1, what="the throttle in {%s}throttle" % PREFIX)
+        self.stop_clean(d)
+
+    def test_mark_inside_a_batch_kill9(self):
+        """A group's mark falls inside a batch entry of each shard's stream:
+        after kill -9 of the subscriber's instance each shard's entry is read
+        again whole and its events up to that shard's mark are skipped; every
+        unacked event comes again, no event acked before the mark does."""
+        nodes = self.start_cluster()
+        d = self.start_sharded(nodes, "solo", wait_ready=False)
+        wait_until(lambda: len(self.serving(d)) == SHARDS, min(15, self.left()), interval=0.1,
+                   what="all shards served")
+        sub = d.client(timeout=5.0)
+        sub.subscribe("crash")
+        # 900: fewer than a subscriber's 1000 unacked events at most
+        burst = {unique_id("mk"): rcpt_of(i) for i in range(900)}
+        due = now_ms() + 1500
+        with d.client(timeout=10.0) as cl:
+            reps = cl.pipeline([bounce(mid, rcpt=x, not_before=due, **GREYLIST) for mid, x in burst.items()],
+                               window=200, timeout=10)
+        self.assertEqual({r.get("action") for r in reps}, {"retry"}, reps[:3])
+        evs = {}
+        deadline = time.monotonic() + min(20, self.left())
+        while len(evs) < len(burst) and time.monotonic() < deadline:
+            for ev in sub.events(400, 1.0):
+                if ev.get("type") == "retry" and ev["id"] in burst:
+                    evs[ev["eid"]] = ev
+        self.assertEqual(len(evs), len(burst))
+        entries = {}
+        for k in range(SHARDS):
+            tag, slot = shard_tag(k)
+            for _, f in self.node_of(nodes, slot).cmd("XRANGE", "{%s}events" % tag, "-", "+") or []:
+                form = f[0] if isinstance(f[0], str) else f[0].decode()
+                entries[form] = entries.get(form, 0) + 1
+        log("the burst's %d events in %r stream entries (b: batch, e: one event)" % (len(evs), entries))
+
+        def order(eid):
+            k, raw = eid.split("/")
+            ms, seq = raw.split("-")
+            return int(k), int(ms), int(seq)
+        prefix, later = [], []
+        for k in range(SHARDS):
+            mine = sorted((e for e in evs if order(e)[0] == k), key=order)
+            prefix += mine[:len(mine) // 2]
+            later += mine[len(mine) // 2:]
+        self.assertEqual(sub.ack(prefix).get("acked"), len(prefix))
+        self.assertEqual(sub.ack(later[1::2]).get("acked"), len(later[1::2]))
+        sub.close()
+        d.kill9()
+        d.start(wait_ready=False)
+
+        def listening():
+            try:
+                return self.cluster(d)["ok"]
+            except OSError:
+                return False
+        wait_until(listening, min(10, self.left()), interval=0.1, what="the restarted instance listening")
+        again = d.client(timeout=5.0)
+        try:
+            again.subscribe("crash")
+            got = {}
+            deadline = time.monotonic() + min(15, self.left())
+            while time.monotonic() < deadline and not set(later[::2]) <= set(got):
+                for ev in again.events(400, 0.5):
+                    got[ev["eid"]] = ev
+            self.assertEqual(set(later[::2]) - set(got), set(), "unacked events lost across kill -9")
+            for eid in later[::2]:
+                self.assertEqual(got[eid], evs[eid])
+            self.assertEqual(set(got) & set(prefix), set(), "events acked before the mark came again")
+            log("kill -9 with each shard's mark inside a batch entry: %d unacked again, 0 of %d acked before "
+                "the marks" % (len(later[::2]), len(prefix)))
+        finally:
+            again.close()
         self.stop_clean(d)
 
     def test_primary_kill9(self):
