@@ -309,9 +309,15 @@ void schedule_load(void (*done)(void))
 
 static void (*extras_shard_done)(int);
 static int extras_shard;
+/* Loads started, and the one whose throttles and learned timing are being
+ * read: a load started meanwhile (the link came back) owns done, and the
+ * old reads' answer must not hand its shard over as loaded. */
+static unsigned load_gen, extras_gen;
 
 static void extras_then(void)
 {
+    if (extras_gen != load_gen)
+        return; /* a load started since: its own reads end it */
     void (*done)(int) = extras_shard_done;
     extras_shard_done = NULL;
     if (done)
@@ -323,6 +329,7 @@ static void shard_then_extras(int shard)
     /* The throttles and learned timing are every shard's: read with the
      * first shard an instance takes, before its first retry fires. */
     extras_shard = shard;
+    extras_gen = load_gen;
     learned_after = extras_then;
     domains_load(learned_then);
 }
@@ -332,6 +339,7 @@ void schedule_load_shard(int shard, bool with_domains, void (*done)(int shard))
     if (rbd->stopping)
         return;
     load_done = NULL;
+    load_gen++;
     if (with_domains) {
         extras_shard_done = done;
         shard_done = shard_then_extras;

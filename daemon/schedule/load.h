@@ -15,7 +15,8 @@ struct policy;
 void schedule_load(void (*done)(void));
 /* Reads shard's records (a sharded layout) and calls done(shard) once all
  * are in; with_domains, also the throttles and learned timing, first. A
- * new load stops the one running (which then never calls its done). */
+ * new load stops the one running, its throttles' and learned timing's
+ * reads included (it then never calls its done). */
 void schedule_load_shard(int shard, bool with_domains, void (*done)(int shard));
 /* True while a load runs. */
 bool schedule_loading(void);

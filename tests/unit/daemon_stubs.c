@@ -103,8 +103,27 @@ void store_reply_release(redisReply *reply)
 
 int store_get(int shard, const char *id, size_t id_len, store_reply_cb cb, void *arg) NOT_SENT()
 int store_get_with_rcpt(int shard, const char *id, size_t id_len, const char *rcpt, store_reply_cb cb, void *arg) NOT_SENT()
-int store_msgs_len(int shard, store_reply_cb cb, void *arg) NOT_SENT()
-int store_msgs_scan(int shard, const char *cursor, const char *count, store_reply_cb cb, void *arg) NOT_SENT()
+bool stub_record_loads;
+static int record_command(const char *name, const char *first, size_t first_len, size_t n, store_reply_cb cb,
+                          void *arg);
+
+int store_msgs_len(int shard, store_reply_cb cb, void *arg)
+{
+    if (!stub_record_loads) {
+        stubs.unsent++;
+        return -1;
+    }
+    return record_command("msgs_len", NULL, 0, (size_t)shard, cb, arg);
+}
+
+int store_msgs_scan(int shard, const char *cursor, const char *count, store_reply_cb cb, void *arg)
+{
+    if (!stub_record_loads) {
+        stubs.unsent++;
+        return -1;
+    }
+    return record_command("msgs_scan", cursor, strlen(cursor), (size_t)shard, cb, arg);
+}
 int store_suppressed_page(const char *cursor, int count, store_reply_cb cb, void *arg) NOT_SENT()
 int store_domains_read(store_reply_cb cb, void *arg) NOT_SENT()
 int store_group_create(const char *group, store_reply_cb cb, void *arg) NOT_SENT()
@@ -116,7 +135,14 @@ void store_domain_forget(const char *name, size_t len)
 }
 
 /* learned timing (schedule/learned.c) */
-int store_learned_scan(const char *cursor, const char *count, store_reply_cb cb, void *arg) NOT_SENT()
+int store_learned_scan(const char *cursor, const char *count, store_reply_cb cb, void *arg)
+{
+    if (!stub_record_loads) {
+        stubs.unsent++;
+        return -1;
+    }
+    return record_command("learned_scan", cursor, strlen(cursor), 0, cb, arg);
+}
 void store_learned_forget(const char *name, size_t len)
 {
 }

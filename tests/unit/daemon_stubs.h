@@ -72,6 +72,9 @@ void stubs_answer_command(int i, redisReply *reply);
 extern long long stub_fence_epoch;
 extern size_t stub_inflight;
 extern int stub_nshards; /* store_nshards(); > 1: members reads are recorded too */
+/* The schedule's and learned timing's reads (msgs_len, msgs_scan,
+ * learned_scan) recorded instead of refused. */
+extern bool stub_record_loads;
 extern int stub_events_link_ups;
 /* net/peer.c: peer_forward calls, and what it returns (-1: not relayed) */
 extern int stub_forwards;

@@ -28,6 +28,7 @@
 #include "schedule/firing.h"
 #include "queue/shard.h"
 #include "schedule/lease.h"
+#include "schedule/load.h"
 
 static int waiter_runs;
 
@@ -569,6 +570,114 @@ static void test_lease_shards(void **state)
     rbd->cfg.lease_ttl_ms = 0;
 }
 
+/* ---- loading shards one after the other (schedule/load.c) ---- */
+
+static int shard_loads[4];
+
+static void shard_loaded(int shard)
+{
+    shard_loads[shard]++;
+}
+
+/* A reply of the given type with n elements (allocated; freed with it). */
+static redisReply *mk(int type, size_t n)
+{
+    redisReply *r = calloc(1, sizeof *r);
+    r->type = type;
+    r->elements = n;
+    r->element = n ? calloc(n, sizeof *r->element) : NULL;
+    return r;
+}
+
+static void mk_free_all(redisReply *r)
+{
+    for (size_t i = 0; i < r->elements; i++)
+        mk_free_all(r->element[i]);
+    free(r->element);
+    free(r->str);
+    free(r);
+}
+
+/* {"0", []}: the last page of a scan. */
+static redisReply *last_page(void)
+{
+    redisReply *r = mk(REDIS_REPLY_ARRAY, 2);
+    r->element[0] = mk(REDIS_REPLY_STRING, 0);
+    r->element[0]->str = strdup("0");
+    r->element[0]->len = 1;
+    r->element[1] = mk(REDIS_REPLY_ARRAY, 0);
+    return r;
+}
+
+static redisReply *answered[64];
+static int nanswered;
+
+/* Answers every recorded command of that name from index from on with an
+ * empty answer of its kind; returns how many. */
+static int answer_all(const char *name, int from)
+{
+    int n = 0;
+    for (int i = from; i < stub_cmds.n; i++) {
+        if (strcmp(stub_cmds.c[i].name, name) != 0 || !stub_cmds.c[i].cb)
+            continue;
+        redisReply *r = strcmp(name, "msgs_len") == 0 ? mk(REDIS_REPLY_INTEGER, 0)
+                        : strcmp(name, "msgs_scan") == 0 || strcmp(name, "learned_scan") == 0
+                            ? last_page()
+                            : mk(REDIS_REPLY_ARRAY, 0);
+        stubs_answer_command(i, r);
+        answered[nanswered++] = r; /* the load keeps its pages until its turn ends */
+        n++;
+    }
+    return n;
+}
+
+static void test_load_restarted_while_reading_extras(void **state)
+{
+    /* A shard's load reads the throttles and learned timing after its
+     * records; a load started meanwhile (the link came back) must own the
+     * callback: the old reads' answer must not hand over the old shard as
+     * loaded, taking the new one's completion with it (the new shard was
+     * then never served). */
+    rbd->cfg.shards = 4;
+    stub_nshards = 4;
+    stub_record_loads = true;
+    memset(shard_loads, 0, sizeof shard_loads);
+
+    schedule_load_shard(1, true, shard_loaded);
+    assert_true(answer_all("msgs_scan", 0) > 0);
+    answer_all("msgs_len", 0);
+    uv_run(rbd->loop, UV_RUN_NOWAIT); /* the pages taken in: the extras begin */
+    int old_extras = stub_cmds.n;
+    assert_int_equal(strcmp(stub_cmds.c[old_extras - 1].name, "throttle_poll"), 0);
+
+    int from = stub_cmds.n;
+    schedule_load_shard(2, true, shard_loaded);
+    /* the old extras answer now: throttles, holds, learned timing */
+    answer_all("throttle_poll", 0);
+    answer_all("held_read", 0);
+    answer_all("learned_scan", 0);
+    assert_int_equal(shard_loads[1], 0);
+    assert_int_equal(shard_loads[2], 0);
+
+    /* the new load's own pages and extras: shard 2 is loaded, once */
+    assert_true(answer_all("msgs_scan", from) > 0);
+    answer_all("msgs_len", from);
+    uv_run(rbd->loop, UV_RUN_NOWAIT);
+    answer_all("throttle_poll", from);
+    answer_all("held_read", from);
+    answer_all("learned_scan", from);
+    assert_int_equal(shard_loads[2], 1);
+    assert_int_equal(shard_loads[1], 0);
+
+    domains_share_stop();
+    uv_run(rbd->loop, UV_RUN_NOWAIT);
+    while (nanswered > 0)
+        mk_free_all(answered[--nanswered]);
+    stub_record_loads = false;
+    stub_nshards = 0;
+    rbd->cfg.shards = 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -581,6 +690,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lease_state_machine, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_release_on_shutdown, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_shards, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_load_restarted_while_reading_extras, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
