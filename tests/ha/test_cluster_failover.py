@@ -18,7 +18,6 @@ Runs under ctest as ha.cluster_failover (RUN_SERIAL), bounded under 60 s.
 
 import os
 import sys
-import shutil
 import time
 import unittest
 import urllib.request
@@ -27,7 +26,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
 from failover_load import FailoverLoad, failover_files  # noqa: E402
-from harness import DaemonTestCase, RedisServer, _popen, free_port, wait_until  # noqa: E402
+from harness import DaemonTestCase, free_port, wait_until  # noqa: E402
+from redis_cluster import ClusterNodes, nodes_view, serves  # noqa: E402
 
 PREFIX = "{rebound}:"
 SLOT = 7943  # CLUSTER KEYSLOT {rebound}:
@@ -40,54 +40,20 @@ def log(msg):
     sys.stderr.write("  [cluster] %s\n" % msg)
 
 
-def nodes_view(node):
-    """CLUSTER NODES of one node as {port: (flags, slots)}."""
-    out = {}
-    for line in node.cmd("CLUSTER", "NODES").splitlines():
-        f = line.split()
-        if len(f) < 8:
-            continue
-        port = int(f[1].split("@")[0].rsplit(":", 1)[1])
-        out[port] = (f[2].split(","), f[8:])
-    return out
 
 
-def serves(slots, slot):
-    for s in slots:
-        if s.startswith("["):
-            continue
-        lo, _, hi = s.partition("-")
-        if int(lo) <= slot <= int(hi or lo):
-            return True
-    return False
-
-
-class ClusterFailoverTest(DaemonTestCase):
+class ClusterFailoverTest(ClusterNodes, DaemonTestCase):
     def setUp(self):
         super().setUp()
-        if shutil.which("redis-cli") is None:
-            if os.environ.get("REBOUND_REQUIRE_REDIS"):
-                self.fail("redis-cli not installed (redis-tools)")
-            self.skipTest("redis-cli not installed")
+        self.require_redis_cli()
         self.t0 = time.monotonic()
 
     def left(self):
         return max(1.0, TEST_BUDGET_S - (time.monotonic() - self.t0))
 
-    def start_node(self):
-        r = RedisServer(extra_args=["--cluster-enabled", "yes", "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-                                    "--cluster-config-file", "nodes.conf", "--repl-diskless-sync-delay", "0",
-                                    "--cluster-port", str(free_port()),
-                                    "--cluster-require-full-coverage", "no"])
-        self.addCleanup(r.cleanup)
-        return r
-
     def start_cluster(self):
-        nodes = [self.start_node() for _ in range(9)]
-        proc = _popen(["redis-cli", "--cluster", "create"] + [n.addr for n in nodes] +
-                      ["--cluster-replicas", "2", "--cluster-yes"], stdout=-1, stderr=-1)
-        out, err = proc.communicate(timeout=30)
-        self.assertEqual(proc.returncode, 0, (out + err).decode(errors="replace")[-2000:])
+        nodes = [self.start_node(NODE_TIMEOUT_MS) for _ in range(9)]
+        self.create_cluster(nodes, 2)
 
         def ready():
             for n in nodes:

@@ -29,7 +29,6 @@ Runs under ctest as ha.cluster_shards (RUN_SERIAL), bounded under 90 s.
 
 import json
 import os
-import shutil
 import sys
 import time
 import unittest
@@ -39,8 +38,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
 from failover_load import failover_files  # noqa: E402
-from harness import (GREYLIST, USER_UNKNOWN, DaemonTestCase, RedisServer, _popen, bounce, free_port,  # noqa: E402
-                     now_ms, unique_id, wait_until)
+from harness import (GREYLIST, USER_UNKNOWN, DaemonTestCase, bounce, free_port, now_ms, unique_id,  # noqa: E402
+                     wait_until)
+from redis_cluster import ClusterNodes, nodes_view, serves  # noqa: E402
 from shard_hash import crc16, shard_index  # noqa: E402
 import stream_events  # noqa: E402
 
@@ -72,58 +72,25 @@ def shard_tag(k, n=SHARDS):
         i += 1
 
 
-def nodes_view(node):
-    out = {}
-    for line in node.cmd("CLUSTER", "NODES").splitlines():
-        f = line.split()
-        if len(f) < 8:
-            continue
-        port = int(f[1].split("@")[0].rsplit(":", 1)[1])
-        out[port] = (f[2].split(","), f[8:])
-    return out
-
-
-def serves(slots, slot):
-    for s in slots:
-        if s.startswith("["):
-            continue
-        lo, _, hi = s.partition("-")
-        if int(lo) <= slot <= int(hi or lo):
-            return True
-    return False
 
 
 def rcpt_of(i):
     return "u%d@d%d.example" % (i, i % 64)
 
 
-class ClusterShardsTest(DaemonTestCase):
+class ClusterShardsTest(ClusterNodes, DaemonTestCase):
     def setUp(self):
         super().setUp()
-        if shutil.which("redis-cli") is None:
-            if os.environ.get("REBOUND_REQUIRE_REDIS"):
-                self.fail("redis-cli not installed (redis-tools)")
-            self.skipTest("redis-cli not installed")
+        self.require_redis_cli()
         self.t0 = time.monotonic()
 
     def left(self):
         return max(1.0, CASE_BUDGET_S - (time.monotonic() - self.t0))
 
-    def start_node(self):
-        r = RedisServer(extra_args=["--cluster-enabled", "yes", "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-                                    "--cluster-config-file", "nodes.conf", "--repl-diskless-sync-delay", "0",
-                                    "--cluster-port", str(free_port()),
-                                    "--cluster-require-full-coverage", "no"])
-        self.addCleanup(r.cleanup)
-        return r
-
     def start_cluster(self):
         """3 primaries with one replica each; returns the nodes."""
-        nodes = [self.start_node() for _ in range(6)]
-        proc = _popen(["redis-cli", "--cluster", "create"] + [n.addr for n in nodes] +
-                      ["--cluster-replicas", "1", "--cluster-yes"], stdout=-1, stderr=-1)
-        out, err = proc.communicate(timeout=30)
-        self.assertEqual(proc.returncode, 0, (out + err).decode(errors="replace")[-2000:])
+        nodes = [self.start_node(NODE_TIMEOUT_MS) for _ in range(6)]
+        self.create_cluster(nodes, 1)
 
         def ready():
             for n in nodes:
@@ -144,7 +111,7 @@ class ClusterShardsTest(DaemonTestCase):
     def add_replica(self, nodes, primary):
         """A second replica for primary, so that once one is promoted it
         still has one to confirm writes (redis_min_replicas 1)."""
-        n = self.start_node()
+        n = self.start_node(NODE_TIMEOUT_MS)
         me = [line.split() for line in primary.cmd("CLUSTER", "NODES").splitlines() if "myself" in line][0]
         bus = me[1].split("@")[1].split(",")[0]
         n.cmd("CLUSTER", "MEET", "127.0.0.1", str(primary.port), bus)

@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
 from failover_load import FailoverLoad, failover_files  # noqa: E402
-from harness import (GREYLIST, DaemonTestCase, RedisError, RespConnection, _popen,  # noqa: E402
+from harness import (GREYLIST, DaemonTestCase, RespConnection, _popen,  # noqa: E402
                      _stop_process, bounce, free_port, unique_id, wait_until)
 
 MASTER = "rebound-ha"
