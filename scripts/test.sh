@@ -2,8 +2,10 @@
 # The whole test suite, from a fresh Debian 12 machine: installs what is
 # missing, checks the layering, builds twice (plain, and with
 # AddressSanitizer + UBSan), and runs every unit and integration test under
-# ctest in both builds. Integration
-# tests start their own redis-server on a free loopback port.
+# ctest in both builds (three that check assets or outcomes rather than the
+# C code run in the plain build only: the Debian package, the Grafana
+# dashboard, the learned-timing simulation). Integration tests start their
+# own redis-server on a free loopback port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh test
