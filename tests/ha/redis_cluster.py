@@ -45,10 +45,18 @@ class ClusterNodes:
             self.skipTest("redis-cli not installed")
 
     def start_node(self, node_timeout_ms):
-        r = RedisServer(extra_args=["--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms),
-                                    "--cluster-config-file", "nodes.conf", "--repl-diskless-sync-delay", "0",
-                                    "--cluster-port", str(free_port()),
-                                    "--cluster-require-full-coverage", "no"])
+        for attempt in range(3):
+            try:
+                r = RedisServer(extra_args=["--cluster-enabled", "yes", "--cluster-node-timeout",
+                                            str(node_timeout_ms), "--cluster-config-file", "nodes.conf",
+                                            "--repl-diskless-sync-delay", "0", "--cluster-port", str(free_port()),
+                                            "--cluster-require-full-coverage", "no"])
+                break
+            except RuntimeError as e:
+                # a port taken between free_port() and the bind (a test
+                # running beside this one): again on two new ports
+                if "Address already in use" not in str(e) or attempt == 2:
+                    raise
         self.addCleanup(r.cleanup)
         return r
 

@@ -42,11 +42,22 @@ def now_ms():
     return int(time.time() * 1000)
 
 
+_ports_given = set()
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nobody listens on right now, and that
+    this process has not handed out before (the kernel may offer a port
+    again as soon as it is released: two servers started one after the
+    other would then be given the same one)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
+    return port
 
 
 def wait_until(pred, timeout, interval=0.02, what="condition"):
