@@ -147,43 +147,9 @@ static void queued_reply_cb(struct redis_link *link, redisReply *reply, void *ar
 {
 }
 
-/*
- * The burst's events as one batch entry (proto/event.h): one XADD per
- * batch instead of one per event, which was the largest part of Redis's
- * work per fired retry on AOF (each XADD parsed, a stream entry with its
- * id and flags, and written to the file). Its events keep ids of their own:
- * the entry takes the last id of a range reserved above the stream's last
- * id, which only a script can read and use in one step. The daemon is the
- * only writer of the stream's retries under the lease, and any other XADD
- * with '*' lands above. Run with EVAL inside the burst's MULTI (a NOSCRIPT
- * there would surface only at EXEC); Redis caches it by its hash.
- *
- * KEYS[1] the stream; ARGV[1] n, ARGV[2] the batch's value. Returns the
- * entry id; or, should the reserved id be refused (the stream's newest
- * entry deleted by hand, its last id above it), appends the events one
- * entry each and returns their count: never a fired retry without its
- * event.
- */
-static const char batch_lua[] =
-    "local stream, n, v = KEYS[1], tonumber(ARGV[1]), ARGV[2]\n"
-    "local t = redis.call('TIME')\n"
-    "local ms, seq = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 0\n"
-    "local top = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]\n"
-    "if top then\n"
-    "  local tm, ts = string.match(top[1], '^(%d+)%-(%d+)$')\n"
-    "  if tonumber(tm) >= ms then ms, seq = tonumber(tm), tonumber(ts) + 1 end\n"
-    "end\n"
-    "local id = string.format('%d-%d', ms, seq + n - 1)\n"
-    "local r = redis.pcall('XADD', stream, id, 'b', v)\n"
-    "if type(r) == 'string' then return r end\n"
-    "local pos, k = string.find(v, '\\n', 1, true) + 1, 0\n"
-    "while pos <= #v do\n"
-    "  local c = string.find(v, ':', pos, true)\n"
-    "  local len = tonumber(string.sub(v, pos, c - 1))\n"
-    "  redis.call('XADD', stream, '*', 'e', string.sub(v, c + 1, c + len))\n"
-    "  pos, k = c + 1 + len, k + 1\n"
-    "end\n"
-    "return k\n";
+/* The burst's events as one batch entry: scripts/batch.lua, run with EVAL
+ * inside the burst's MULTI. */
+extern const char script_batch[];
 
 static void exec_reply_cb(struct redis_link *link, redisReply *reply, void *arg)
 {
@@ -266,7 +232,7 @@ static char *batch_value(const struct store_fire *b, const char *bodies, const s
     return v;
 }
 
-/* The transaction: MULTI, the batch entry of the events (batch_lua), one
+/* The transaction: MULTI, the batch entry of the events (scripts/batch.lua), one
  * HSET of the records turned awaiting, XTRIM, EXEC. Returns 0, or -1 when
  * the link refused a command (it refuses only when down, and then the first, MULTI, already:
  * a transaction cut short never runs). */
@@ -296,8 +262,8 @@ static int burst_send(struct store_fire *b, redisReply *reply, const char *bodie
         char *value = batch_value(b, bodies, boff, bl, &vlen);
         char nev[24];
         snprintf(nev, sizeof nev, "%d", p->nxadd);
-        const char *bargv[] = {"EVAL", batch_lua, "1", events_key, nev, value};
-        size_t blens[] = {4, sizeof batch_lua - 1, 1, strlen(events_key), strlen(nev), vlen};
+        const char *bargv[] = {"EVAL", script_batch, "1", events_key, nev, value};
+        size_t blens[] = {4, strlen(script_batch), 1, strlen(events_key), strlen(nev), vlen};
         rc = redis_link_command(link, queued_reply_cb, NULL, 6, bargv, blens);
         free(value);
     }
