@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 from failover_load import failover_files  # noqa: E402
 from harness import (GREYLIST, USER_UNKNOWN, DaemonTestCase, bounce, free_port, now_ms, unique_id,  # noqa: E402
                      wait_until)
+from cluster_op import ClusterOp  # noqa: E402
 from redis_cluster import ClusterNodes, nodes_view, serves  # noqa: E402
 from shard_hash import crc16, shard_index  # noqa: E402
 import stream_events  # noqa: E402
@@ -78,7 +79,7 @@ def rcpt_of(i):
     return "u%d@d%d.example" % (i, i % 64)
 
 
-class ClusterShardsTest(ClusterNodes, DaemonTestCase):
+class ClusterShardsTest(ClusterOp, ClusterNodes, DaemonTestCase):
     def setUp(self):
         super().setUp()
         self.require_redis_cli()
@@ -149,15 +150,6 @@ class ClusterShardsTest(ClusterNodes, DaemonTestCase):
                                              "lease_ttl": "%dms" % TTL_MS, "instance_id": iid})
         return self.start_daemon(nodes[0], policy=policy, extra_args=["--config", conf] + list(extra),
                                  wait_ready=wait_ready)
-
-    def cluster(self, d):
-        with d.client(timeout=2.0) as c:
-            r = c.request({"op": "cluster"})
-        self.assertTrue(r["ok"], r)
-        return r
-
-    def serving(self, d):
-        return self.cluster(d)["serving"]
 
     def retry_counts(self, nodes):
         """Retry events by message id, over every shard's stream."""

@@ -39,6 +39,7 @@ from failover_load import start_configured  # noqa: E402
 
 from harness import (FAST_POLICY, GREYLIST, DaemonTestCase, RedisError, bounce, free_port, now_ms,  # noqa: E402
                      unique_id, wait_until)
+from cluster_op import ClusterOp  # noqa: E402
 from shard_hash import shard_index  # noqa: E402
 
 TTL_MS = 1500
@@ -61,7 +62,7 @@ def shard_of(rcpt):
     return shard_index(rcpt, SHARDS)
 
 
-class SharedDomainsTest(DaemonTestCase):
+class SharedDomainsTest(ClusterOp, DaemonTestCase):
 
     def setUp(self):
         super().setUp()
@@ -82,15 +83,6 @@ class SharedDomainsTest(DaemonTestCase):
 
     def left(self):
         return CASE_BUDGET_S - (time.monotonic() - self.t0)
-
-    def cluster(self, d):
-        with d.client(timeout=2.0) as c:
-            r = c.request({"op": "cluster"})
-        self.assertTrue(r["ok"], r)
-        return r
-
-    def serving(self, d):
-        return self.cluster(d)["serving"]
 
     def three(self):
         redis = self.start_redis()

@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.join(SOURCE, "clients", "python"))
 from failover_load import start_configured  # noqa: E402
 
 from harness import FAST_POLICY, GREYLIST, DaemonTestCase, unique_id, wait_until  # noqa: E402
+from cluster_op import ClusterOp  # noqa: E402
 
 from rebound_client import client as rc  # noqa: E402
 
@@ -67,7 +68,7 @@ class CountingClient(rc.Client):
     _failing_type = CountingFailing
 
 
-class RollingRestartTest(DaemonTestCase):
+class RollingRestartTest(ClusterOp, DaemonTestCase):
 
     def setUp(self):
         super().setUp()
@@ -86,12 +87,6 @@ class RollingRestartTest(DaemonTestCase):
 
     def left(self):
         return BUDGET_S - (time.monotonic() - self.t0)
-
-    def cluster(self, d):
-        with d.client(timeout=2.0) as c:
-            r = c.request({"op": "cluster"})
-        self.assertTrue(r["ok"], r)
-        return r
 
     def serving(self, d):
         try:

@@ -50,6 +50,7 @@ from failover_load import ingest_rotating, start_configured  # noqa: E402
 
 from harness import (BUILD_DIR, GREYLIST, USER_UNKNOWN, DaemonTestCase, bounce, free_port, now_ms,  # noqa: E402
                      unique_id, wait_until)
+from cluster_op import ClusterOp  # noqa: E402
 from shard_hash import crc16, shard_index  # noqa: E402
 import stream_events  # noqa: E402
 
@@ -72,7 +73,7 @@ def rcpt_of(i):
     return "u%d@d%d.example" % (i, i % 64)
 
 
-class ShardsTest(DaemonTestCase):
+class ShardsTest(ClusterOp, DaemonTestCase):
 
     def setUp(self):
         super().setUp()
@@ -84,15 +85,6 @@ class ShardsTest(DaemonTestCase):
     def start_sharded(self, redis, iid, shards=SHARDS, wait_ready=True):
         return start_configured(self, redis, {"lease_ttl": "%dms" % TTL_MS, "instance_id": iid, "shards": shards},
                                 wait_ready)
-
-    def cluster(self, d):
-        with d.client(timeout=2.0) as c:
-            r = c.request({"op": "cluster"})
-        self.assertTrue(r["ok"], r)
-        return r
-
-    def serving(self, d):
-        return self.cluster(d)["serving"]
 
     def three(self, redis):
         ds = [self.start_sharded(redis, iid) for iid in ("a", "b", "c")]
